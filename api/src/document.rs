@@ -1,0 +1,377 @@
+//! The Kubernetes-style document envelope and the parser for a multi-document YAML stream.
+//!
+//! Every error names the source, the document (its position, kind and name), the field path and
+//! the reason, e.g. `web.yaml: document 2 (Service default/users): spec.endpoints[1].address:
+//! invalid socket address syntax`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ServiceSpec, SidecarSpec};
+
+/// The `apiVersion` of Pilotfish's own kinds.
+pub const PILOTFISH_V1ALPHA1: &str = "pilotfish.io/v1alpha1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// A resource of one kind: its metadata and its validated spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<S> {
+    pub metadata: Metadata,
+    pub spec: S,
+}
+
+/// Every kind Pilotfish understands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Sidecar(Object<SidecarSpec>),
+    Service(Object<ServiceSpec>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sidecar(_) => "Sidecar",
+            Self::Service(_) => "Service",
+        }
+    }
+
+    pub fn api_version(&self) -> &'static str {
+        PILOTFISH_V1ALPHA1
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Self::Sidecar(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+        }
+    }
+
+    /// The document as JSON, in the shape it was written (`apiVersion`, `kind`, `metadata`, `spec`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let spec = match self {
+            Self::Sidecar(o) => serde_json::to_value(&o.spec),
+            Self::Service(o) => serde_json::to_value(&o.spec),
+        }
+        .expect("specs serialize to JSON");
+        serde_json::json!({
+            "apiVersion": self.api_version(),
+            "kind": self.kind(),
+            "metadata": self.metadata(),
+            "spec": spec,
+        })
+    }
+}
+
+/// A field that failed validation, with the path from the document root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Why a configuration stream was refused: which source, which document, which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Where the stream came from (a file path, `-`, an API request).
+    pub origin: String,
+    /// 1-based position of the document in the stream.
+    pub document: usize,
+    /// `Kind namespace/name`, when the document got far enough to have them.
+    pub object: Option<String>,
+    /// Field path from the document root (`spec.endpoints[1].address`); empty for the whole document.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.origin, self.document)?;
+        if let Some(object) = &self.object {
+            write!(f, " ({object})")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Envelope<S> {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: S,
+}
+
+/// Parses and validates a multi-document YAML (or JSON) stream. Either every document is valid
+/// and the whole stream is returned, or the first error is; nothing is half-accepted.
+pub fn parse_stream(source: &str, text: &str) -> Result<Vec<Resource>, ConfigError> {
+    let mut resources = Vec::new();
+    let mut positions = Vec::new();
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let error = |object: Option<String>, e: FieldError| ConfigError {
+            origin: source.to_owned(),
+            document: index + 1,
+            object,
+            field: e.field,
+            reason: e.reason,
+        };
+        let value = serde_yaml_ng::Value::deserialize(doc)
+            .map_err(|e| error(None, FieldError::new("", format!("not valid YAML: {e}"))))?;
+        if value.is_null() {
+            continue;
+        }
+        let resource = parse_document(value).map_err(|(object, e)| error(object, e))?;
+        resources.push(resource);
+        positions.push(index + 1);
+    }
+    validate_stream(&resources).map_err(|(i, e)| ConfigError {
+        origin: source.to_owned(),
+        document: positions[i],
+        object: Some(describe(&resources[i])),
+        field: e.field,
+        reason: e.reason,
+    })?;
+    Ok(resources)
+}
+
+fn describe(r: &Resource) -> String {
+    let m = r.metadata();
+    format!("{} {}/{}", r.kind(), m.namespace, m.name)
+}
+
+type DocumentError = (Option<String>, FieldError);
+
+fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError> {
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let api_version = text("apiVersion").ok_or_else(|| {
+        (None, FieldError::new("apiVersion", "missing: every document needs apiVersion and kind"))
+    })?;
+    let kind = text("kind").ok_or_else(|| {
+        (None, FieldError::new("kind", "missing: every document needs apiVersion and kind"))
+    })?;
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
+    let object = Some(format!("{kind} {name}"));
+    let expect_version = |expected: &str| {
+        if api_version == expected {
+            Ok(())
+        } else {
+            Err((
+                object.clone(),
+                FieldError::new(
+                    "apiVersion",
+                    format!("{kind} is served as {expected}, not {api_version}"),
+                ),
+            ))
+        }
+    };
+    let resource = match kind.as_str() {
+        "Sidecar" => {
+            expect_version(PILOTFISH_V1ALPHA1)?;
+            let env: Envelope<SidecarSpec> = typed(value).map_err(|e| (object.clone(), e))?;
+            env.spec.validate().map_err(|e| (object.clone(), e))?;
+            Resource::Sidecar(Object { metadata: env.metadata, spec: env.spec })
+        }
+        "Service" => {
+            expect_version(PILOTFISH_V1ALPHA1)?;
+            let env: Envelope<ServiceSpec> = typed(value).map_err(|e| (object.clone(), e))?;
+            env.spec.validate().map_err(|e| (object.clone(), e))?;
+            Resource::Service(Object { metadata: env.metadata, spec: env.spec })
+        }
+        other => {
+            return Err((
+                object,
+                FieldError::new("kind", format!("unknown kind {other:?}: expected Sidecar or Service")),
+            ))
+        }
+    };
+    let m = resource.metadata();
+    let object = Some(describe(&resource));
+    validate_name(&m.name).map_err(|r| (object.clone(), FieldError::new("metadata.name", r)))?;
+    validate_name(&m.namespace).map_err(|r| (object, FieldError::new("metadata.namespace", r)))?;
+    Ok(resource)
+}
+
+fn typed<S: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<S, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        FieldError::new(field, e.into_inner().to_string())
+    })
+}
+
+/// Names follow Kubernetes' DNS-1123 label rule, so they can appear in host names.
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
+    let mut seen = HashSet::new();
+    let mut local_ports = HashMap::new();
+    let mut sidecars = 0;
+    for (i, r) in resources.iter().enumerate() {
+        let m = r.metadata();
+        if !seen.insert((r.kind(), m.namespace.as_str(), m.name.as_str())) {
+            return Err((i, FieldError::new("metadata.name", "defined twice in this stream")));
+        }
+        match r {
+            Resource::Sidecar(_) => {
+                sidecars += 1;
+                if sidecars > 1 {
+                    return Err((i, FieldError::new("kind", "only one Sidecar document is allowed")));
+                }
+            }
+            Resource::Service(s) => {
+                if let Some(port) = s.spec.local_port {
+                    if let Some(other) = local_ports.insert(port, describe(r)) {
+                        return Err((
+                            i,
+                            FieldError::new(
+                                "spec.localPort",
+                                format!("port {port} is already the localPort of {other}"),
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: pilotfish.io/v1alpha1
+kind: Sidecar
+metadata: {name: web}
+spec:
+  admin: 127.0.0.1:15000
+  inbound:  {listen: 0.0.0.0:15006, app: 127.0.0.1:8080}
+  outbound: {listen: 127.0.0.1:15001}
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: Service
+metadata: {name: users, namespace: default}
+spec:
+  ports: [{port: 80, protocol: http}]
+  endpoints: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002}]
+  localPort: 18081
+"#;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let resources = parse_stream("web.yaml", GOOD).unwrap();
+        assert_eq!(resources.len(), 2);
+        let Resource::Service(users) = &resources[1] else { panic!("not a service") };
+        assert_eq!(users.metadata.name, "users");
+        assert_eq!(users.spec.endpoints.len(), 2);
+        assert_eq!(users.spec.local_port, Some(18081));
+        assert_eq!(users.spec.protocol(None), Some(crate::Protocol::Http));
+        let Resource::Sidecar(web) = &resources[0] else { panic!("not a sidecar") };
+        assert_eq!(web.spec.inbound.as_ref().unwrap().app.port(), 8080);
+        assert_eq!(web.spec.timeouts.drain, crate::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_document_field_and_reason() {
+        let bad = GOOD.replace("127.0.0.1:9002", "127.0.0.1:nine");
+        let err = parse_stream("web.yaml", &bad).unwrap_err();
+        assert_eq!(err.document, 2);
+        assert_eq!(err.field, "spec.endpoints[1].address");
+        let text = err.to_string();
+        assert!(text.starts_with("web.yaml: document 2 (Service users): spec.endpoints[1].address: "), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_refused() {
+        let err = parse_stream("f", &GOOD.replace("localPort", "localport")).unwrap_err();
+        assert_eq!(err.field, "spec.localport");
+        assert!(err.reason.contains("unknown field `localport`"), "{}", err.reason);
+
+        let err = parse_stream("f", &GOOD.replace("kind: Service", "kind: Servise")).unwrap_err();
+        assert_eq!((err.document, err.field.as_str()), (2, "kind"));
+
+        let err = parse_stream("f", &GOOD.replace("v1alpha1\nkind: Service", "v1\nkind: Service"))
+            .unwrap_err();
+        assert_eq!(err.field, "apiVersion");
+    }
+
+    #[test]
+    fn semantic_checks_run_after_shape_checks() {
+        let err = parse_stream("f", &GOOD.replace("9002", "9001")).unwrap_err();
+        assert_eq!(err.field, "spec.endpoints[1].address");
+        assert!(err.reason.contains("twice"));
+
+        let err = parse_stream("f", &GOOD.replace("name: users", "name: Users")).unwrap_err();
+        assert_eq!(err.field, "metadata.name");
+
+        let twice = format!("{GOOD}---\n{}", GOOD.split("---").nth(1).unwrap());
+        let err = parse_stream("f", &twice).unwrap_err();
+        assert_eq!(err.document, 3);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_reported_per_document() {
+        let err = parse_stream("f", "kind: Service\n---\n{unclosed: [").unwrap_err();
+        assert_eq!(err.document, 1);
+        let err = parse_stream("f", &format!("{GOOD}---\n{{unclosed: [")).unwrap_err();
+        assert_eq!(err.document, 3);
+        assert!(err.reason.starts_with("not valid YAML"));
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let resources = parse_stream("f", GOOD).unwrap();
+        let json = resources[1].to_json();
+        assert_eq!(json["spec"]["endpoints"][0]["address"], "127.0.0.1:9001");
+        assert_eq!(json["kind"], "Service");
+        let again = parse_stream("f", &serde_json::to_string(&json).unwrap()).unwrap();
+        assert_eq!(again[0], resources[1]);
+    }
+}

@@ -1,0 +1,23 @@
+//! The shared model of Pilotfish: configuration resources, registry records and their validation.
+//!
+//! Serde types and validation only — no I/O. Every other crate learns configuration through these
+//! types, validated once here into values that deeper code never re-checks.
+//!
+//! # Layout
+//! - [`document`]: the Kubernetes-style envelope (`apiVersion`, `kind`, `metadata`, `spec`) and the
+//!   parser for a multi-document YAML stream, with errors that name the document, field and reason.
+//! - [`sidecar`]: the `Sidecar` kind — one sidecar's listeners, timeouts and limits.
+//! - [`service`]: the `Service` kind — a service's ports and (in static mode) its endpoints.
+//! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
+
+#![forbid(unsafe_code)]
+
+pub mod document;
+pub mod duration;
+pub mod service;
+pub mod sidecar;
+
+pub use document::{parse_stream, ConfigError, Metadata, Resource};
+pub use duration::Duration;
+pub use service::{Endpoint, Protocol, ServicePort, ServiceSpec};
+pub use sidecar::SidecarSpec;

@@ -1,0 +1,195 @@
+//! The `Sidecar` kind: one sidecar's own listeners, timeouts and limits (static mode).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::document::FieldError;
+use crate::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarSpec {
+    /// Admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Traffic from other sidecars to the local app. Omitted: no inbound listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundSpec>,
+    /// Traffic from the local app to other services.
+    #[serde(default)]
+    pub outbound: OutboundSpec,
+    /// One JSON line per request or TCP connection on stdout.
+    #[serde(default)]
+    pub access_log: bool,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundSpec {
+    #[serde(default = "default_inbound")]
+    pub listen: SocketAddr,
+    /// Where the local app listens.
+    pub app: SocketAddr,
+    /// App ports that carry opaque TCP (e.g. server-speaks-first protocols): no protocol detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundSpec {
+    #[serde(default = "default_outbound")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// Establishing a TCP connection to an endpoint or the app.
+    #[serde(default = "default_connect")]
+    pub connect: Duration,
+    /// An opaque TCP connection with no bytes either way for this long is closed.
+    #[serde(default = "default_idle")]
+    pub idle: Duration,
+    /// How long to wait for the first bytes of a connection to detect its protocol; on expiry the
+    /// connection is treated as opaque TCP.
+    #[serde(default = "default_detect")]
+    pub detect: Duration,
+    /// Bound on reading an HTTP/1 request's headers (slow clients).
+    #[serde(default = "default_header_read")]
+    pub header_read: Duration,
+    /// Grace period for in-flight work on shutdown.
+    #[serde(default = "default_drain")]
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Concurrent connections per listener; further connections wait in the accept backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Bytes of HTTP/1 request head (request line and headers); over it → 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Number of headers in one request; over it → 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+fn default_inbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}
+fn default_outbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15001))
+}
+fn default_connect() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_detect() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_header_read() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        Self {
+            admin: default_admin(),
+            inbound: None,
+            outbound: OutboundSpec::default(),
+            access_log: false,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for OutboundSpec {
+    fn default() -> Self {
+        Self { listen: default_outbound() }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            idle: default_idle(),
+            detect: default_detect(),
+            header_read: default_header_read(),
+            drain: default_drain(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+        }
+    }
+}
+
+impl SidecarSpec {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
+        if let Some(inbound) = &self.inbound {
+            if inbound.app.port() == 0 {
+                return Err(FieldError::new("spec.inbound.app", "needs a port (IP:PORT)"));
+            }
+            if let Some(i) = inbound.opaque_ports.iter().position(|p| *p == 0) {
+                return Err(FieldError::new(
+                    format!("spec.inbound.opaquePorts[{i}]"),
+                    "must be 1-65535",
+                ));
+            }
+        }
+        for (field, d) in [
+            ("spec.timeouts.connect", self.timeouts.connect),
+            ("spec.timeouts.detect", self.timeouts.detect),
+            ("spec.timeouts.headerRead", self.timeouts.header_read),
+            ("spec.timeouts.idle", self.timeouts.idle),
+        ] {
+            if d.get().is_zero() {
+                return Err(FieldError::new(field, "must be greater than 0s"));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return Err(FieldError::new("spec.limits.maxConnections", "must be at least 1"));
+        }
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        if self.limits.max_header_bytes < 8192 {
+            return Err(FieldError::new("spec.limits.maxHeaderBytes", "must be at least 8192"));
+        }
+        if self.limits.max_headers == 0 {
+            return Err(FieldError::new("spec.limits.maxHeaders", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
