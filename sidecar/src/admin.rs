@@ -1,0 +1,94 @@
+//! The admin listener: `GET /live`, `GET /ready`, `GET /metrics` (Prometheus text 0.0.4),
+//! `GET /config` (the version and resources in force, JSON) and `POST /shutdown` (drain, exit).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::state::Shared;
+
+/// Serves until the process exits (it stays up while the sidecar drains, answering `/ready` 503).
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, req)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/live") => reply(StatusCode::OK, text, "live\n"),
+        (&Method::GET | &Method::HEAD, "/ready") => {
+            if shared.is_ready() {
+                reply(StatusCode::OK, text, "ready\n")
+            } else if shared.shutdown.is_cancelled() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "draining\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready: starting\n")
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode())
+        }
+        (&Method::GET | &Method::HEAD, "/config") => {
+            let body = serde_json::to_vec_pretty(&shared.snapshot.load().to_json())
+                .expect("config serializes to JSON");
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (&Method::POST, "/shutdown") => {
+            tracing::info!("shutdown requested on the admin endpoint");
+            shared.shutdown.cancel();
+            reply(StatusCode::OK, text, "draining\n")
+        }
+        (_, "/live" | "/ready" | "/metrics" | "/config") => {
+            let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");
+            res.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            res
+        }
+        (_, "/shutdown") => {
+            let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use POST\n");
+            res.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            res
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "not found: try /live, /ready, /metrics, /config or POST /shutdown\n",
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}

@@ -1,0 +1,197 @@
+//! Protocol detection: read the first bytes of a connection and decide HTTP/1.x, HTTP/2 (prior
+//! knowledge), TLS or opaque TCP. The bytes read are replayed to whoever handles the connection
+//! through [`PrefixedIo`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A request line longer than this is not worth waiting for: the connection is opaque.
+const MAX_PEEK: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    Tls,
+    Opaque,
+}
+
+/// Reads until the protocol is known, the peer stops sending for `timeout` (→ opaque: a
+/// server-speaks-first protocol, or a client that waits), or the peer closes.
+pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Detected, Bytes)> {
+    let mut buf = BytesMut::with_capacity(MAX_PEEK);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_elapsed) => return Ok((Detected::Opaque, buf.freeze())),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => return Ok((classify(&buf).unwrap_or(Detected::Opaque), buf.freeze())),
+            Ok(Ok(_)) => {
+                if let Some(found) = classify(&buf) {
+                    return Ok((found, buf.freeze()));
+                }
+                if buf.len() >= MAX_PEEK {
+                    return Ok((Detected::Opaque, buf.freeze()));
+                }
+            }
+        }
+    }
+}
+
+/// `None` while the bytes so far could still be either.
+pub fn classify(buf: &[u8]) -> Option<Detected> {
+    if buf.is_empty() {
+        return None;
+    }
+    if buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        return None;
+    }
+    if buf.starts_with(H2_PREFACE) {
+        return Some(Detected::Http2);
+    }
+    // A TLS record: handshake (0x16), protocol version 3.x.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => None,
+            Some(3) => Some(Detected::Tls),
+            Some(_) => Some(Detected::Opaque),
+        };
+    }
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(end) => {
+            let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+            Some(if is_http1_request_line(line) { Detected::Http1 } else { Detected::Opaque })
+        }
+        // Keep reading while this can still become a request line.
+        None if buf.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => None,
+        None => Some(Detected::Opaque),
+    }
+}
+
+/// `METHOD SP request-target SP HTTP/1.x` (RFC 9112 §3).
+fn is_http1_request_line(line: &[u8]) -> bool {
+    let Some(method_end) = line.iter().position(|b| *b == b' ') else { return false };
+    let method = &line[..method_end];
+    let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !method.is_empty()
+        && method.iter().all(is_tchar)
+        && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+        && line.len() > method_end + " HTTP/1.1".len()
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O stream that first yields bytes already read from it.
+    pub struct PrefixedIo<I> {
+        prefix: Bytes,
+        #[pin]
+        io: I,
+    }
+}
+
+impl<I> PrefixedIo<I> {
+    pub fn new(prefix: Bytes, io: I) -> Self {
+        Self { prefix, io }
+    }
+
+    pub fn into_parts(self) -> (Bytes, I) {
+        (self.prefix, self.io)
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.prefix.has_remaining() {
+            let n = this.prefix.len().min(out.remaining());
+            out.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_first_bytes() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Detected::Http1));
+        assert_eq!(classify(b"PURGE /cache HTTP/1.0\r\n"), Some(Detected::Http1));
+        assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00\x01"), Some(Detected::Tls));
+        assert_eq!(classify(b"PING\r\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"GET / SPDY/3\r\n"), Some(Detected::Opaque));
+        assert_eq!(classify(b"\x00\x01binary"), Some(Detected::Opaque));
+    }
+
+    #[test]
+    fn waits_while_undecided() {
+        assert_eq!(classify(b""), None);
+        assert_eq!(classify(b"PRI * HTTP/2"), None);
+        assert_eq!(classify(b"GET /some/long/pa"), None);
+        assert_eq!(classify(b"\x16"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_is_opaque_after_the_timeout() {
+        let (mut client, _server) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let (found, prefix) = detect(&mut client, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(found, Detected::Opaque);
+        assert!(prefix.is_empty());
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn split_request_line_is_reassembled_and_replayed() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            server.write_all(b"GET /a HT").await.unwrap();
+            tokio::task::yield_now().await;
+            server.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+            server
+        });
+        let (found, prefix) = detect(&mut client, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(found, Detected::Http1);
+        let _server = writer.await.unwrap();
+        let mut replay = PrefixedIo::new(prefix, client);
+        let mut first = [0u8; 19];
+        replay.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET /a HTTP/1.1\r\n\r\n");
+    }
+}

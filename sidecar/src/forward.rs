@@ -1,0 +1,88 @@
+//! The L4 path: forwarding an opaque connection to an endpoint, a service's endpoints, or the
+//! original destination, with the bytes already read during detection sent first.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::access_log::{self, TcpRecord};
+use crate::config::{ServiceRt, Snapshot};
+use crate::metrics::{Direction, TargetMetrics};
+use crate::{tcp, transport};
+
+/// Where an opaque connection goes.
+pub enum TcpTarget<'a> {
+    /// One of a service's endpoints (round-robin; on connect failure the next is tried).
+    Service(&'a Arc<ServiceRt>),
+    /// A fixed address: the app (inbound) or an unknown original destination (passthrough).
+    Addr(SocketAddr, &'a TargetMetrics, Option<&'a str>),
+}
+
+pub async fn forward(
+    snap: &Snapshot,
+    direction: Direction,
+    mut client: TcpStream,
+    client_addr: SocketAddr,
+    prefix: Bytes,
+    target: TcpTarget<'_>,
+) {
+    let started = Instant::now();
+    let connect_timeout = snap.sidecar.timeouts.connect.get();
+    let (server, metrics, service) = match target {
+        TcpTarget::Service(svc) => {
+            let attempts = svc.endpoints.len().min(3);
+            let mut connected = Err(std::io::Error::other(format!("service {} has no endpoints", svc.key)));
+            for _ in 0..attempts {
+                let Some(ep) = svc.pick() else { break };
+                connected = transport::connect(ep.addr, connect_timeout).await;
+                if connected.is_ok() {
+                    break;
+                }
+            }
+            (connected, &svc.metrics, Some(&*svc.key))
+        }
+        TcpTarget::Addr(addr, metrics, service) => {
+            (transport::connect(addr, connect_timeout).await, metrics, service)
+        }
+    };
+    let mut server = match server {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::debug!(client = %client_addr, error = %e, "opaque connection refused");
+            let _ = client.shutdown().await;
+            return;
+        }
+    };
+    let upstream = server.peer_addr().ok();
+    let mut result = Ok(());
+    if !prefix.is_empty() {
+        result = server.write_all(&prefix).await;
+        metrics.tcp_client_to_server.inc_by(prefix.len() as u64);
+    }
+    let mut moved = tcp::Transferred::default();
+    if result.is_ok() {
+        let idle = snap.sidecar.timeouts.idle.get();
+        let counters = (&metrics.tcp_client_to_server, &metrics.tcp_server_to_client);
+        (moved, result) = tcp::splice(client, server, idle, counters).await;
+    }
+    moved.client_to_server += prefix.len() as u64;
+    if let Err(e) = &result {
+        tracing::debug!(client = %client_addr, error = %e, "opaque connection ended with an error");
+    }
+    if snap.sidecar.access_log {
+        access_log::tcp(&TcpRecord {
+            direction: direction.as_str(),
+            client: client_addr,
+            upstream,
+            service: service.map(str::to_owned),
+            duration_ms: access_log::millis(started.elapsed()),
+            bytes_client_to_server: moved.client_to_server,
+            bytes_server_to_client: moved.server_to_client,
+            error: result.err().map(|e| e.to_string()),
+        });
+    }
+}

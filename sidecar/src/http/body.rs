@@ -1,0 +1,111 @@
+//! The response body the sidecar sends downstream: either an endpoint's streamed body, or a
+//! small body the sidecar wrote itself. Streaming an endpoint's body also finishes the request's
+//! bookkeeping: the HTTP/1.1 connection goes back to the pool once the body has been read to the
+//! end, and the access log line is written with the bytes sent when the body is done or dropped.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::pool::Reusable;
+use crate::access_log::{self, HttpRecord};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream { #[pin] inner: Incoming, done: Completion },
+        Local { #[pin] inner: Full<Bytes> },
+    }
+}
+
+/// What to do once an upstream body has been sent on.
+pub struct Completion {
+    pub conn: Option<Reusable>,
+    pub log: Option<Box<(HttpRecord, Instant)>>,
+    bytes: u64,
+}
+
+impl Completion {
+    pub fn new(conn: Option<Reusable>, log: Option<Box<(HttpRecord, Instant)>>) -> Self {
+        Self { conn, log, bytes: 0 }
+    }
+
+    fn finished(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(entry) = self.log.take() {
+            let (mut record, started) = *entry;
+            record.response_bytes = self.bytes;
+            record.duration_ms = access_log::millis(started.elapsed());
+            access_log::http(&record);
+        }
+    }
+}
+
+impl ProxyBody {
+    pub fn local(bytes: Bytes) -> Self {
+        Self::Local { inner: Full::new(bytes) }
+    }
+
+    pub fn upstream(inner: Incoming, mut done: Completion) -> Self {
+        // An empty body (204, HEAD, Content-Length: 0) is never polled: it is complete already.
+        if inner.is_end_stream() {
+            done.finished();
+        }
+        Self::Upstream { inner, done }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { mut inner, done } => {
+                let frame = ready!(inner.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(data) = f.data_ref() {
+                            done.bytes += data.len() as u64;
+                        }
+                        if inner.is_end_stream() {
+                            done.finished();
+                        }
+                    }
+                    None => done.finished(),
+                    Some(Err(_)) => {}
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            ProxyBodyProj::Local { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream { inner, .. } => inner.is_end_stream(),
+            Self::Local { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream { inner, .. } => inner.size_hint(),
+            Self::Local { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The one place where failures become HTTP responses: each local failure has a status, a
+//! `pilotfish-error` reason users and dashboards rely on, and a message saying what to do.
+//! gRPC callers get the equivalent `grpc-status` instead of a bare HTTP error.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::pool::UpstreamError;
+
+pub const ERROR_HEADER: &str = "pilotfish-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request has no Host header or :authority to route by")]
+    MissingAuthority,
+    #[error("no service matches host {0:?}: check the name, or declare the Service")]
+    NoRoute(String),
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(String),
+    #[error("could not connect to an endpoint: {0}")]
+    UpstreamConnect(#[source] UpstreamError),
+    #[error("the endpoint failed the request: {0}")]
+    UpstreamReset(#[source] UpstreamError),
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Connect(_) | UpstreamError::Handshake { .. } => Self::UpstreamConnect(e),
+            UpstreamError::Request { .. } => Self::UpstreamReset(e),
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingAuthority => StatusCode::BAD_REQUEST,
+            Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `pilotfish-error` value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingAuthority | Self::NoRoute(_) => "no-route",
+            Self::NoEndpoints(_) => "no-endpoints",
+            Self::UpstreamConnect(_) => "upstream-connect",
+            Self::UpstreamReset(_) => "upstream-reset",
+        }
+    }
+
+    /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, else UNAVAILABLE).
+    fn grpc_status(&self) -> &'static str {
+        match self {
+            Self::MissingAuthority | Self::NoRoute(_) => "12",
+            _ => "14",
+        }
+    }
+
+    pub fn respond(&self, grpc: bool) -> Response<ProxyBody> {
+        let message = self.to_string();
+        let mut res = if grpc {
+            let mut res = Response::new(ProxyBody::local(Bytes::new()));
+            let h = res.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from_static(self.grpc_status()));
+            if let Ok(v) = HeaderValue::from_str(&message) {
+                h.insert("grpc-message", v);
+            }
+            res
+        } else {
+            let mut res = Response::new(ProxyBody::local(Bytes::from(format!("{message}\n"))));
+            *res.status_mut() = self.status();
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            res
+        };
+        res.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        res
+    }
+}

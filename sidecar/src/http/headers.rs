@@ -1,0 +1,137 @@
+//! Header rules a proxy owes the hops on either side: hop-by-hop fields (RFC 9110 §7.6.1) are not
+//! forwarded, and inbound requests record the peer in `x-forwarded-for` and `forwarded` (RFC 7239).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
+/// non-standard ones still seen in the wild).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop fields, and any field the `Connection` header names. With `keep_upgrade`
+/// (a protocol switch being proxied) `Connection: upgrade` and `Upgrade` stay. `TE: trailers`
+/// stays too: it is how gRPC says it understands trailers, and HTTP/2 allows exactly that value.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let upgrade = keep_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+/// Appends the peer to `x-forwarded-for` and `forwarded` (creating them when absent).
+pub fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.to_string();
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    // RFC 7239: IPv6 addresses are quoted and bracketed.
+    let node = match peer {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto=http")) {
+        headers.append(header::FORWARDED, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_fields() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_survives_only_when_proxied() {
+        let req = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(wants_upgrade(&req));
+        let mut kept = req.clone();
+        strip_hop_by_hop(&mut kept, true);
+        assert_eq!((&kept["connection"], &kept["upgrade"]), (&"upgrade", &"websocket"));
+        let mut dropped = req;
+        strip_hop_by_hop(&mut dropped, false);
+        assert!(dropped.is_empty());
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = map(&[("x-forwarded-for", "203.0.113.7")]);
+        append_forwarded(&mut h, "10.0.0.1".parse().unwrap());
+        append_forwarded(&mut h, "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.1, ::1");
+        let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(fwd, ["for=10.0.0.1;proto=http", "for=\"[::1]\";proto=http"]);
+    }
+}

@@ -1,0 +1,59 @@
+//! Inbound connections, from other services to the local app: detect the protocol, then proxy
+//! HTTP (recording the peer in `x-forwarded-for`/`forwarded`) or forward opaque bytes to the app.
+//! A connection redirected by iptables goes to the app's address on the port originally dialled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::config::EndpointRt;
+use crate::detect::{self, Detected};
+use crate::forward::{self, TcpTarget};
+use crate::http::pool::{EndpointConns, Version};
+use crate::http::proxy::HttpTarget;
+use crate::metrics::Direction;
+use crate::outbound::serve_http;
+use crate::state::Shared;
+use crate::transport;
+
+pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr) {
+    let snap = shared.snapshot.load_full();
+    let Some(inbound) = &snap.inbound else { return };
+    let app = inbound.spec.app;
+    let target = match transport::original_dst(&stream) {
+        Some(orig) if orig.port() != app.port() => SocketAddr::new(app.ip(), orig.port()),
+        _ => app,
+    };
+    let opaque = inbound.spec.opaque_ports.contains(&target.port());
+    let (found, prefix) = if opaque {
+        (Detected::Opaque, bytes::Bytes::new())
+    } else {
+        match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "connection failed during protocol detection");
+                return;
+            }
+        }
+    };
+    let version = match found {
+        Detected::Http1 => Version::Http1,
+        Detected::Http2 => Version::Http2,
+        Detected::Tls | Detected::Opaque => {
+            let to = TcpTarget::Addr(target, &inbound.metrics, Some(&snap.name));
+            return forward::forward(&snap, Direction::Inbound, stream, client, prefix, to).await;
+        }
+    };
+    // The configured app port uses the shared pool; another port gets its own connections.
+    let endpoint = (target != app).then(|| {
+        let label = target.to_string();
+        Arc::new(EndpointRt {
+            addr: target,
+            conns: EndpointConns::new(target),
+            metrics: shared.metrics.endpoint(Direction::Inbound, &snap.name, &label),
+            label,
+        })
+    });
+    serve_http(&shared, &snap, stream, prefix, client, HttpTarget::App(endpoint), version).await;
+}

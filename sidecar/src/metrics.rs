@@ -1,0 +1,163 @@
+//! The sidecar's Prometheus metrics: the families, and the per-target handles that the request
+//! path uses. Label values are resolved when a config snapshot is built, never per request
+//! (status codes are resolved once, the first time each code is seen on an endpoint).
+
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Which way traffic flows through this sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From other services to the local app.
+    Inbound,
+    /// From the local app to other services.
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// Every metric family the sidecar exports, registered once at start-up.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    open_connections: IntGaugeVec,
+    tcp_bytes: IntCounterVec,
+    pub config_version: IntGauge,
+    pub config_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new("pilotfish_requests_total", "HTTP requests completed, by response status"),
+            &["direction", "service", "endpoint", "code"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pilotfish_request_duration_seconds",
+                "Time from receiving a request to sending its response headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["direction", "service"],
+        )
+        .expect("valid metric");
+        let open_connections = IntGaugeVec::new(
+            Opts::new("pilotfish_open_connections", "Connections accepted and not yet closed"),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new("pilotfish_tcp_bytes_total", "Bytes forwarded on opaque TCP connections"),
+            &["direction", "service", "flow"],
+        )
+        .expect("valid metric");
+        let config_version = IntGauge::new(
+            "pilotfish_config_version",
+            "Version of the configuration in force (increments on every accepted change)",
+        )
+        .expect("valid metric");
+        let config_errors = IntCounter::new(
+            "pilotfish_config_errors_total",
+            "Configurations rejected (the previous one stayed in force)",
+        )
+        .expect("valid metric");
+
+        let registry = Registry::new();
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(tcp_bytes.clone()),
+            Box::new(config_version.clone()),
+            Box::new(config_errors.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Arc::new(Self {
+            registry,
+            requests,
+            request_duration,
+            open_connections,
+            tcp_bytes,
+            config_version,
+            config_errors,
+        })
+    }
+
+    /// The Prometheus text exposition format (0.0.4).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    pub fn open_connections(&self, direction: Direction) -> IntGauge {
+        self.open_connections.with_label_values(&[direction.as_str()])
+    }
+
+    /// Handles for traffic to one service (or to the local app, inbound).
+    pub fn target(&self, direction: Direction, service: &str) -> TargetMetrics {
+        let d = direction.as_str();
+        TargetMetrics {
+            duration: self.request_duration.with_label_values(&[d, service]),
+            tcp_client_to_server: self.tcp_bytes.with_label_values(&[d, service, "client_to_server"]),
+            tcp_server_to_client: self.tcp_bytes.with_label_values(&[d, service, "server_to_client"]),
+        }
+    }
+
+    /// Handles for requests answered by one endpoint of a service (`endpoint` is empty for
+    /// responses the sidecar produced itself).
+    pub fn endpoint(&self, direction: Direction, service: &str, endpoint: &str) -> EndpointMetrics {
+        EndpointMetrics {
+            family: self.requests.clone(),
+            labels: [direction.as_str().to_owned(), service.to_owned(), endpoint.to_owned()],
+            codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+/// HTTP status codes 100..=599.
+const STATUS_SLOTS: usize = 500;
+
+#[derive(Clone)]
+pub struct TargetMetrics {
+    pub duration: Histogram,
+    pub tcp_client_to_server: IntCounter,
+    pub tcp_server_to_client: IntCounter,
+}
+
+pub struct EndpointMetrics {
+    family: IntCounterVec,
+    labels: [String; 3],
+    codes: Box<[OnceLock<IntCounter>]>,
+}
+
+impl EndpointMetrics {
+    pub fn record(&self, status: StatusCode) {
+        let slot = usize::from(status.as_u16()).saturating_sub(100).min(STATUS_SLOTS - 1);
+        self.codes[slot]
+            .get_or_init(|| {
+                let [d, s, e] = &self.labels;
+                self.family.with_label_values(&[d.as_str(), s, e, status.as_str()])
+            })
+            .inc();
+    }
+}

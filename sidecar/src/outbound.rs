@@ -1,0 +1,114 @@
+//! Outbound connections, from the local app to other services. The destination is named one of
+//! three ways: by the HTTP `Host`/`:authority` (the explicit listener), by the per-service local
+//! port it arrived on, or by the original destination of a connection iptables redirected here
+//! (transparent mode), which is either a known service's `ADDRESS:PORT` or passed through as is.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pilotfish_api::Protocol;
+use tokio::net::TcpStream;
+
+use crate::config::Snapshot;
+use crate::detect::{self, Detected, PrefixedIo};
+use crate::forward::{self, TcpTarget};
+use crate::http::pool::Version;
+use crate::http::proxy::{HttpTarget, Proxy};
+use crate::http::server;
+use crate::metrics::Direction;
+use crate::state::Shared;
+use crate::transport;
+
+/// Which outbound listener a connection arrived on.
+#[derive(Clone, Copy)]
+pub enum Listener {
+    /// The outbound listener: explicit (HTTP by host) or transparent (iptables).
+    Main,
+    /// A per-service local listener on this port.
+    Local(u16),
+}
+
+pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, listener: Listener) {
+    let snap = shared.snapshot.load_full();
+    let service = match listener {
+        Listener::Local(port) => match snap.local_ports.iter().find(|(p, _)| *p == port) {
+            Some((_, key)) => snap.service(key).map(|s| (s, s.spec.protocol(None))),
+            None => None,
+        },
+        Listener::Main => match transport::original_dst(&stream) {
+            Some(orig) => match snap.service_by_addr(orig) {
+                Some((svc, protocol)) => Some((svc, *protocol)),
+                None => {
+                    // Not a service we know: pass through untouched to where the app dialled.
+                    let target = TcpTarget::Addr(orig, &snap.passthrough, None);
+                    return forward::forward(&snap, Direction::Outbound, stream, client, Bytes::new(), target)
+                        .await;
+                }
+            },
+            None => None,
+        },
+    };
+    let (service, protocol) = match (listener, service) {
+        (Listener::Local(port), None) => {
+            tracing::debug!(port, "local port no longer maps to a service; closing");
+            return;
+        }
+        (_, Some((svc, protocol))) => (Some(svc.clone()), protocol),
+        (Listener::Main, None) => (None, None),
+    };
+
+    if protocol == Some(Protocol::Tcp) {
+        if let Some(svc) = &service {
+            return forward::forward(&snap, Direction::Outbound, stream, client, Bytes::new(), TcpTarget::Service(svc))
+                .await;
+        }
+    }
+    let mut stream = stream;
+    let (found, prefix) = match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
+        Ok(detected) => detected,
+        Err(e) => {
+            tracing::debug!(%client, error = %e, "connection failed during protocol detection");
+            return;
+        }
+    };
+    let version = match found {
+        Detected::Http1 => Version::Http1,
+        Detected::Http2 => Version::Http2,
+        Detected::Tls | Detected::Opaque => {
+            match &service {
+                Some(svc) => {
+                    forward::forward(&snap, Direction::Outbound, stream, client, prefix, TcpTarget::Service(svc)).await
+                }
+                None => tracing::info!(
+                    %client,
+                    "non-HTTP connection on the explicit outbound listener has no destination: use a service's localPort or transparent mode"
+                ),
+            }
+            return;
+        }
+    };
+    let target = match service {
+        Some(svc) => HttpTarget::Service { key: svc.key.clone(), protocol },
+        None => HttpTarget::ByAuthority,
+    };
+    serve_http(&shared, &snap, stream, prefix, client, target, version).await;
+}
+
+pub(crate) async fn serve_http(
+    shared: &Arc<Shared>,
+    snap: &Snapshot,
+    stream: TcpStream,
+    prefix: Bytes,
+    client: SocketAddr,
+    target: HttpTarget,
+    version: Version,
+) {
+    let direction = match target {
+        HttpTarget::App(_) => Direction::Inbound,
+        _ => Direction::Outbound,
+    };
+    let proxy = Proxy::new(shared.clone(), direction, client, target, version);
+    let io = PrefixedIo::new(prefix, stream);
+    server::serve(io, version, proxy, &snap.sidecar, shared.shutdown.clone()).await;
+}
