@@ -131,7 +131,9 @@ impl Default for SidecarSpec {
 
 impl Default for OutboundSpec {
     fn default() -> Self {
-        Self { listen: default_outbound() }
+        Self {
+            listen: default_outbound(),
+        }
     }
 }
 
@@ -161,7 +163,10 @@ impl SidecarSpec {
     pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if let Some(inbound) = &self.inbound {
             if inbound.app.port() == 0 {
-                return Err(FieldError::new("spec.inbound.app", "needs a port (IP:PORT)"));
+                return Err(FieldError::new(
+                    "spec.inbound.app",
+                    "needs a port (IP:PORT)",
+                ));
             }
             if let Some(i) = inbound.opaque_ports.iter().position(|p| *p == 0) {
                 return Err(FieldError::new(
@@ -181,14 +186,22 @@ impl SidecarSpec {
             }
         }
         if self.limits.max_connections == 0 {
-            return Err(FieldError::new("spec.limits.maxConnections", "must be at least 1"));
+            return Err(FieldError::new(
+                "spec.limits.maxConnections",
+                "must be at least 1",
+            ));
         }
-        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
-        if self.limits.max_header_bytes < 8192 {
-            return Err(FieldError::new("spec.limits.maxHeaderBytes", "must be at least 8192"));
+        if self.limits.max_header_bytes < 1024 {
+            return Err(FieldError::new(
+                "spec.limits.maxHeaderBytes",
+                "must be at least 1024",
+            ));
         }
         if self.limits.max_headers == 0 {
-            return Err(FieldError::new("spec.limits.maxHeaders", "must be at least 1"));
+            return Err(FieldError::new(
+                "spec.limits.maxHeaders",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

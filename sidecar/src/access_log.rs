@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-
 #[derive(Debug, Serialize)]
 pub struct HttpRecord {
     pub direction: &'static str,
@@ -56,10 +55,15 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-
 fn write<T: Serialize>(kind: &'static str, record: &T) {
     let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let Ok(mut line) = serde_json::to_vec(&Line { timestamp, kind, record }) else { return };
+    let Ok(mut line) = serde_json::to_vec(&Line {
+        timestamp,
+        kind,
+        record,
+    }) else {
+        return;
+    };
     line.push(b'\n');
     // One write per line so lines from concurrent connections never interleave.
     let _ = std::io::stdout().lock().write_all(&line);

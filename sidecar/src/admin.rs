@@ -52,12 +52,18 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             } else if shared.shutdown.is_cancelled() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "draining\n")
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready: starting\n")
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    text,
+                    "not ready: starting\n",
+                )
             }
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode())
-        }
+        (&Method::GET | &Method::HEAD, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.encode(),
+        ),
         (&Method::GET | &Method::HEAD, "/config") => {
             let body = serde_json::to_vec_pretty(&shared.snapshot.load().to_json())
                 .expect("config serializes to JSON");
@@ -70,12 +76,14 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (_, "/live" | "/ready" | "/metrics" | "/config") => {
             let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");
-            res.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             res
         }
         (_, "/shutdown") => {
             let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use POST\n");
-            res.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
             res
         }
         _ => reply(
@@ -86,9 +94,14 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
-    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }

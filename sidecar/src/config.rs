@@ -27,7 +27,7 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] pilotfish_api::ConfigError),
     #[error("{0}")]
     Conflict(String),
@@ -128,7 +128,10 @@ impl Snapshot {
             let label = addr.to_string();
             Arc::new(EndpointRt {
                 addr,
-                conns: pools.entry(addr).or_insert_with(|| EndpointConns::new(addr)).clone(),
+                conns: pools
+                    .entry(addr)
+                    .or_insert_with(|| EndpointConns::new(addr))
+                    .clone(),
                 metrics: metrics.endpoint(direction, service, &label),
                 label,
             })
@@ -316,7 +319,14 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
 "#;
 
     fn build() -> Snapshot {
-        Snapshot::build("test.yaml", CONFIG, &Overrides::default(), None, &Metrics::new()).unwrap()
+        Snapshot::build(
+            "test.yaml",
+            CONFIG,
+            &Overrides::default(),
+            None,
+            &Metrics::new(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -330,7 +340,9 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
             "users.shop.svc.cluster.local",
             "users.shop.svc.cluster.local.:80",
         ] {
-            let svc = snap.service_by_authority(host).unwrap_or_else(|| panic!("{host}"));
+            let svc = snap
+                .service_by_authority(host)
+                .unwrap_or_else(|| panic!("{host}"));
             assert_eq!(&*svc.key, "users.shop");
         }
         // Short names only resolve in the sidecar's own namespace.
@@ -342,9 +354,13 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
     #[test]
     fn maps_virtual_addresses_and_local_ports() {
         let snap = build();
-        let (svc, proto) = snap.service_by_addr("10.96.0.10:80".parse().unwrap()).unwrap();
+        let (svc, proto) = snap
+            .service_by_addr("10.96.0.10:80".parse().unwrap())
+            .unwrap();
         assert_eq!((&*svc.key, *proto), ("users.shop", Some(Protocol::Http)));
-        assert!(snap.service_by_addr("10.96.0.10:81".parse().unwrap()).is_none());
+        assert!(snap
+            .service_by_addr("10.96.0.10:81".parse().unwrap())
+            .is_none());
         assert_eq!(snap.local_ports, vec![(18081, Arc::from("users.shop"))]);
     }
 
@@ -379,7 +395,10 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
         let inbound = snap.sidecar.inbound.as_ref().unwrap();
         assert_eq!((inbound.listen.port(), inbound.app.port()), (7000, 8080));
 
-        let o = Overrides { inbound: o.inbound, ..Overrides::default() };
+        let o = Overrides {
+            inbound: o.inbound,
+            ..Overrides::default()
+        };
         assert!(matches!(
             Snapshot::build("t", CONFIG, &o, None, &Metrics::new()),
             Err(BuildError::Conflict(_))

@@ -24,7 +24,10 @@ pub enum Detected {
 
 /// Reads until the protocol is known, the peer stops sending for `timeout` (→ opaque: a
 /// server-speaks-first protocol, or a client that waits), or the peer closes.
-pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Detected, Bytes)> {
+pub async fn detect<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -66,7 +69,11 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     match buf.iter().position(|b| *b == b'\n') {
         Some(end) => {
             let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-            Some(if is_http1_request_line(line) { Detected::Http1 } else { Detected::Opaque })
+            Some(if is_http1_request_line(line) {
+                Detected::Http1
+            } else {
+                Detected::Opaque
+            })
         }
         // Keep reading while this can still become a request line.
         None if buf.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => None,
@@ -76,7 +83,9 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
 
 /// `METHOD SP request-target SP HTTP/1.x` (RFC 9112 §3).
 fn is_http1_request_line(line: &[u8]) -> bool {
-    let Some(method_end) = line.iter().position(|b| *b == b' ') else { return false };
+    let Some(method_end) = line.iter().position(|b| *b == b' ') else {
+        return false;
+    };
     let method = &line[..method_end];
     let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
     !method.is_empty()
@@ -105,7 +114,11 @@ impl<I> PrefixedIo<I> {
 }
 
 impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if this.prefix.has_remaining() {
             let n = this.prefix.len().min(out.remaining());
@@ -118,7 +131,11 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
 
@@ -149,8 +166,14 @@ mod tests {
 
     #[test]
     fn classifies_first_bytes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Detected::Http1));
-        assert_eq!(classify(b"PURGE /cache HTTP/1.0\r\n"), Some(Detected::Http1));
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Some(Detected::Http1)
+        );
+        assert_eq!(
+            classify(b"PURGE /cache HTTP/1.0\r\n"),
+            Some(Detected::Http1)
+        );
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
         assert_eq!(classify(b"\x16\x03\x01\x02\x00\x01"), Some(Detected::Tls));
         assert_eq!(classify(b"PING\r\n"), Some(Detected::Opaque));

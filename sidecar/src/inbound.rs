@@ -51,9 +51,20 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         Arc::new(EndpointRt {
             addr: target,
             conns: EndpointConns::new(target),
-            metrics: shared.metrics.endpoint(Direction::Inbound, &snap.name, &label),
+            metrics: shared
+                .metrics
+                .endpoint(Direction::Inbound, &snap.name, &label),
             label,
         })
     });
-    serve_http(&shared, &snap, stream, prefix, client, HttpTarget::App(endpoint), version).await;
+    serve_http(
+        &shared,
+        &snap,
+        stream,
+        prefix,
+        client,
+        HttpTarget::App(endpoint),
+        version,
+    )
+    .await;
 }

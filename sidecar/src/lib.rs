@@ -54,11 +54,20 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config: {0}")]
-    Config(#[from] config::BuildError),
-    #[error("cannot listen on {addr} ({listener} listener): {source}; is another process using it?")]
-    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
+    Config(config::BuildError),
+    #[error(
+        "cannot listen on {addr} ({listener} listener): {source}; is another process using it?"
+    )]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Local(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -71,19 +80,41 @@ pub enum Error {
 pub async fn run(opts: Options) -> Result<(), Error> {
     let metrics = Metrics::new();
     let path = &opts.config;
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
-    let snap = Snapshot::build(&path.display().to_string(), &text, &opts.overrides, None, &metrics)?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let snap = Snapshot::build(
+        &path.display().to_string(),
+        &text,
+        &opts.overrides,
+        None,
+        &metrics,
+    )
+    .map_err(Error::Config)?;
 
-    let bind = |listener, addr| transport::bind(addr).map_err(|source| Error::Bind { listener, addr, source });
+    let bind = |listener, addr| {
+        transport::bind(addr).map_err(|source| Error::Bind {
+            listener,
+            addr,
+            source,
+        })
+    };
     let admin = bind("admin", snap.sidecar.admin)?;
     let outbound = bind("outbound", snap.sidecar.outbound.listen)?;
-    let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
+    let inbound = snap
+        .sidecar
+        .inbound
+        .as_ref()
+        .map(|i| bind("inbound", i.listen))
+        .transpose()?;
     let local = Arc::new(local::LocalListeners::default());
     let bound = local.bind_new(&snap).map_err(Error::Local)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
 
-    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr =
+        |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         name = %snap.name,
         version = snap.version,
@@ -98,17 +129,30 @@ pub async fn run(opts: Options) -> Result<(), Error> {
 
     tokio::spawn(admin::serve(shared.clone(), admin));
     let s = shared.clone();
-    tokio::spawn(listen::accept_loop(shared.clone(), outbound, Direction::Outbound, shared.shutdown.clone(), move |stream, client| {
-        outbound::handle(s.clone(), stream, client, outbound::Listener::Main)
-    }));
+    tokio::spawn(listen::accept_loop(
+        shared.clone(),
+        outbound,
+        Direction::Outbound,
+        shared.shutdown.clone(),
+        move |stream, client| outbound::handle(s.clone(), stream, client, outbound::Listener::Main),
+    ));
     if let Some(inbound) = inbound {
         let s = shared.clone();
-        tokio::spawn(listen::accept_loop(shared.clone(), inbound, Direction::Inbound, shared.shutdown.clone(), move |stream, client| {
-            inbound::handle(s.clone(), stream, client)
-        }));
+        tokio::spawn(listen::accept_loop(
+            shared.clone(),
+            inbound,
+            Direction::Inbound,
+            shared.shutdown.clone(),
+            move |stream, client| inbound::handle(s.clone(), stream, client),
+        ));
     }
     local.apply(&shared, bound, &shared.snapshot.load());
-    tokio::spawn(reload::watch(shared.clone(), local, opts.config.clone(), opts.overrides.clone()));
+    tokio::spawn(reload::watch(
+        shared.clone(),
+        local,
+        opts.config.clone(),
+        opts.overrides.clone(),
+    ));
     shared.set_ready();
 
     tokio::select! {
@@ -119,7 +163,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     shared.shutdown.cancel();
     shared.tracker.close();
     let open = shared.tracker.len();
-    if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(drain, shared.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = shared.tracker.len(),
             "drain grace period of {drain:?} ran out; closing the remaining connections"

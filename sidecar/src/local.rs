@@ -35,7 +35,10 @@ impl LocalListeners {
             }
             let addr = SocketAddr::from(([127, 0, 0, 1], *port));
             let listener = transport::bind(addr).map_err(|e| {
-                io::Error::new(e.kind(), format!("localPort {port} of service {key}: cannot listen on {addr}: {e}"))
+                io::Error::new(
+                    e.kind(),
+                    format!("localPort {port} of service {key}: cannot listen on {addr}: {e}"),
+                )
             })?;
             bound.push((*port, listener));
         }
@@ -57,9 +60,15 @@ impl LocalListeners {
             let stop = shared.shutdown.child_token();
             running.insert(port, stop.clone());
             let conn_shared = shared.clone();
-            tokio::spawn(listen::accept_loop(shared.clone(), listener, Direction::Outbound, stop, move |stream, client| {
-                outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port))
-            }));
+            tokio::spawn(listen::accept_loop(
+                shared.clone(),
+                listener,
+                Direction::Outbound,
+                stop,
+                move |stream, client| {
+                    outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port))
+                },
+            ));
             tracing::info!(port, "local listener started");
         }
     }

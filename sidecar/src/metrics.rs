@@ -42,7 +42,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let requests = IntCounterVec::new(
-            Opts::new("pilotfish_requests_total", "HTTP requests completed, by response status"),
+            Opts::new(
+                "pilotfish_requests_total",
+                "HTTP requests completed, by response status",
+            ),
             &["direction", "service", "endpoint", "code"],
         )
         .expect("valid metric");
@@ -52,18 +55,25 @@ impl Metrics {
                 "Time from receiving a request to sending its response headers",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             &["direction", "service"],
         )
         .expect("valid metric");
         let open_connections = IntGaugeVec::new(
-            Opts::new("pilotfish_open_connections", "Connections accepted and not yet closed"),
+            Opts::new(
+                "pilotfish_open_connections",
+                "Connections accepted and not yet closed",
+            ),
             &["direction"],
         )
         .expect("valid metric");
         let tcp_bytes = IntCounterVec::new(
-            Opts::new("pilotfish_tcp_bytes_total", "Bytes forwarded on opaque TCP connections"),
+            Opts::new(
+                "pilotfish_tcp_bytes_total",
+                "Bytes forwarded on opaque TCP connections",
+            ),
             &["direction", "service", "flow"],
         )
         .expect("valid metric");
@@ -110,7 +120,8 @@ impl Metrics {
     }
 
     pub fn open_connections(&self, direction: Direction) -> IntGauge {
-        self.open_connections.with_label_values(&[direction.as_str()])
+        self.open_connections
+            .with_label_values(&[direction.as_str()])
     }
 
     /// Handles for traffic to one service (or to the local app, inbound).
@@ -118,8 +129,16 @@ impl Metrics {
         let d = direction.as_str();
         TargetMetrics {
             duration: self.request_duration.with_label_values(&[d, service]),
-            tcp_client_to_server: self.tcp_bytes.with_label_values(&[d, service, "client_to_server"]),
-            tcp_server_to_client: self.tcp_bytes.with_label_values(&[d, service, "server_to_client"]),
+            tcp_client_to_server: self.tcp_bytes.with_label_values(&[
+                d,
+                service,
+                "client_to_server",
+            ]),
+            tcp_server_to_client: self.tcp_bytes.with_label_values(&[
+                d,
+                service,
+                "server_to_client",
+            ]),
         }
     }
 
@@ -128,7 +147,11 @@ impl Metrics {
     pub fn endpoint(&self, direction: Direction, service: &str, endpoint: &str) -> EndpointMetrics {
         EndpointMetrics {
             family: self.requests.clone(),
-            labels: [direction.as_str().to_owned(), service.to_owned(), endpoint.to_owned()],
+            labels: [
+                direction.as_str().to_owned(),
+                service.to_owned(),
+                endpoint.to_owned(),
+            ],
             codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -152,11 +175,14 @@ pub struct EndpointMetrics {
 
 impl EndpointMetrics {
     pub fn record(&self, status: StatusCode) {
-        let slot = usize::from(status.as_u16()).saturating_sub(100).min(STATUS_SLOTS - 1);
+        let slot = usize::from(status.as_u16())
+            .saturating_sub(100)
+            .min(STATUS_SLOTS - 1);
         self.codes[slot]
             .get_or_init(|| {
                 let [d, s, e] = &self.labels;
-                self.family.with_label_values(&[d.as_str(), s, e, status.as_str()])
+                self.family
+                    .with_label_values(&[d.as_str(), s, e, status.as_str()])
             })
             .inc();
     }

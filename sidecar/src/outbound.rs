@@ -29,7 +29,12 @@ pub enum Listener {
     Local(u16),
 }
 
-pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, listener: Listener) {
+pub async fn handle(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    client: SocketAddr,
+    listener: Listener,
+) {
     let snap = shared.snapshot.load_full();
     let service = match listener {
         Listener::Local(port) => match snap.local_ports.iter().find(|(p, _)| *p == port) {
@@ -42,8 +47,15 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, 
                 None => {
                     // Not a service we know: pass through untouched to where the app dialled.
                     let target = TcpTarget::Addr(orig, &snap.passthrough, None);
-                    return forward::forward(&snap, Direction::Outbound, stream, client, Bytes::new(), target)
-                        .await;
+                    return forward::forward(
+                        &snap,
+                        Direction::Outbound,
+                        stream,
+                        client,
+                        Bytes::new(),
+                        target,
+                    )
+                    .await;
                 }
             },
             None => None,
@@ -60,25 +72,41 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, 
 
     if protocol == Some(Protocol::Tcp) {
         if let Some(svc) = &service {
-            return forward::forward(&snap, Direction::Outbound, stream, client, Bytes::new(), TcpTarget::Service(svc))
-                .await;
+            return forward::forward(
+                &snap,
+                Direction::Outbound,
+                stream,
+                client,
+                Bytes::new(),
+                TcpTarget::Service(svc),
+            )
+            .await;
         }
     }
     let mut stream = stream;
-    let (found, prefix) = match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
-        Ok(detected) => detected,
-        Err(e) => {
-            tracing::debug!(%client, error = %e, "connection failed during protocol detection");
-            return;
-        }
-    };
+    let (found, prefix) =
+        match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "connection failed during protocol detection");
+                return;
+            }
+        };
     let version = match found {
         Detected::Http1 => Version::Http1,
         Detected::Http2 => Version::Http2,
         Detected::Tls | Detected::Opaque => {
             match &service {
                 Some(svc) => {
-                    forward::forward(&snap, Direction::Outbound, stream, client, prefix, TcpTarget::Service(svc)).await
+                    forward::forward(
+                        &snap,
+                        Direction::Outbound,
+                        stream,
+                        client,
+                        prefix,
+                        TcpTarget::Service(svc),
+                    )
+                    .await
                 }
                 None => tracing::info!(
                     %client,
@@ -89,7 +117,10 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, 
         }
     };
     let target = match service {
-        Some(svc) => HttpTarget::Service { key: svc.key.clone(), protocol },
+        Some(svc) => HttpTarget::Service {
+            key: svc.key.clone(),
+            protocol,
+        },
         None => HttpTarget::ByAuthority,
     };
     serve_http(&shared, &snap, stream, prefix, client, target, version).await;

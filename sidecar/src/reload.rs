@@ -14,7 +14,12 @@ use crate::config::{Overrides, Snapshot};
 use crate::local::LocalListeners;
 use crate::state::Shared;
 
-pub async fn watch(shared: Arc<Shared>, local: Arc<LocalListeners>, path: PathBuf, overrides: Overrides) {
+pub async fn watch(
+    shared: Arc<Shared>,
+    local: Arc<LocalListeners>,
+    path: PathBuf,
+    overrides: Overrides,
+) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -48,9 +53,17 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn reload(shared: &Arc<Shared>, local: &LocalListeners, path: &Path, overrides: &Overrides, why: &str) {
+fn reload(
+    shared: &Arc<Shared>,
+    local: &LocalListeners,
+    path: &Path,
+    overrides: &Overrides,
+    why: &str,
+) {
     match try_reload(shared, local, path, overrides) {
-        Ok(Some(version)) => tracing::info!(version, file = %path.display(), trigger = why, "config reloaded"),
+        Ok(Some(version)) => {
+            tracing::info!(version, file = %path.display(), trigger = why, "config reloaded")
+        }
         Ok(None) => tracing::debug!(file = %path.display(), trigger = why, "config unchanged"),
         Err(e) => {
             shared.metrics.config_errors.inc();
@@ -71,15 +84,24 @@ fn try_reload(
     path: &Path,
     overrides: &Overrides,
 ) -> Result<Option<u64>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let old = shared.snapshot.load_full();
     if crate::config::hash_text(&text) == old.hash {
         return Ok(None);
     }
-    let snap = Snapshot::build(&path.display().to_string(), &text, overrides, Some(&old), &shared.metrics)
-        .map_err(|e| e.to_string())?;
+    let snap = Snapshot::build(
+        &path.display().to_string(),
+        &text,
+        overrides,
+        Some(&old),
+        &shared.metrics,
+    )
+    .map_err(|e| e.to_string())?;
     if snap.listeners_differ(&old) {
-        tracing::warn!("the Sidecar's listener addresses changed: they take effect at the next restart");
+        tracing::warn!(
+            "the Sidecar's listener addresses changed: they take effect at the next restart"
+        );
     }
     let bound = local.bind_new(&snap).map_err(|e| e.to_string())?;
     let snap = Arc::new(snap);

@@ -31,9 +31,22 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
-    let mut client = Counted { io: client, counter: counters.0.clone(), activity: activity.clone(), total: 0 };
-    let mut server = Counted { io: server, counter: counters.1.clone(), activity: activity.clone(), total: 0 };
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let mut client = Counted {
+        io: client,
+        counter: counters.0.clone(),
+        activity: activity.clone(),
+        total: 0,
+    };
+    let mut server = Counted {
+        io: server,
+        counter: counters.1.clone(),
+        activity: activity.clone(),
+        total: 0,
+    };
     let result = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
         tokio::pin!(copy);
@@ -49,7 +62,10 @@ where
             }
         }
     };
-    let moved = Transferred { client_to_server: client.total, server_to_client: server.total };
+    let moved = Transferred {
+        client_to_server: client.total,
+        server_to_client: server.total,
+    };
     (moved, result)
 }
 
@@ -60,7 +76,8 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -77,7 +94,11 @@ struct Counted<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
@@ -91,7 +112,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -110,7 +135,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn counters() -> (IntCounter, IntCounter) {
-        (IntCounter::new("a", "a").unwrap(), IntCounter::new("b", "b").unwrap())
+        (
+            IntCounter::new("a", "a").unwrap(),
+            IntCounter::new("b", "b").unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -134,7 +162,13 @@ mod tests {
         assert_eq!(back, b"response after EOF");
         let (moved, result) = proxy.await.unwrap();
         result.unwrap();
-        assert_eq!(moved, Transferred { client_to_server: 7, server_to_client: 18 });
+        assert_eq!(
+            moved,
+            Transferred {
+                client_to_server: 7,
+                server_to_client: 18
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,1 +1,12 @@
+//! End-to-end tests of the sidecar: the real `pilotfish` binary, real sockets on 127.0.0.1:0,
+//! and real clients (curl, h2load, Python grpcio and websockets).
 
+mod admin;
+mod grpc;
+mod http;
+mod lifecycle;
+mod load;
+mod support;
+mod tcp;
+mod transparent;
+mod websocket;

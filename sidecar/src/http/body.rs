@@ -34,7 +34,11 @@ pub struct Completion {
 
 impl Completion {
     pub fn new(conn: Option<Reusable>, log: Option<Box<(HttpRecord, Instant)>>) -> Self {
-        Self { conn, log, bytes: 0 }
+        Self {
+            conn,
+            log,
+            bytes: 0,
+        }
     }
 
     fn finished(&mut self) {
@@ -57,7 +61,9 @@ impl Drop for Completion {
 
 impl ProxyBody {
     pub fn local(bytes: Bytes) -> Self {
-        Self::Local { inner: Full::new(bytes) }
+        Self::Local {
+            inner: Full::new(bytes),
+        }
     }
 
     pub fn upstream(inner: Incoming, mut done: Completion) -> Self {
@@ -73,7 +79,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ProxyBodyProj::Upstream { mut inner, done } => {
                 let frame = ready!(inner.as_mut().poll_frame(cx));

@@ -76,11 +76,14 @@ impl ProxyError {
         } else {
             let mut res = Response::new(ProxyBody::local(Bytes::from(format!("{message}\n"))));
             *res.status_mut() = self.status();
-            res.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            res.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             res
         };
-        res.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        res.headers_mut()
+            .insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
         res
     }
 }

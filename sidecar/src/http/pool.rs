@@ -35,9 +35,15 @@ pub enum UpstreamError {
     #[error("{0}")]
     Connect(#[source] std::io::Error),
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("request to {addr} failed: {source}")]
-    Request { addr: SocketAddr, source: hyper::Error },
+    Request {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// Connections to one endpoint. Shared by every snapshot that lists the endpoint, so a config
@@ -105,11 +111,22 @@ impl EndpointConns {
         // never written comes back and goes out on the next connection.
         while let Some(mut sender) = self.checkout_idle() {
             match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, Some(Reusable { conns: self.clone(), sender }))),
+                Ok(res) => {
+                    return Ok((
+                        res,
+                        Some(Reusable {
+                            conns: self.clone(),
+                            sender,
+                        }),
+                    ))
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => {
-                        return Err(UpstreamError::Request { addr: self.addr, source: e.into_error() })
+                        return Err(UpstreamError::Request {
+                            addr: self.addr,
+                            source: e.into_error(),
+                        })
                     }
                 },
             }
@@ -118,8 +135,17 @@ impl EndpointConns {
         let res = sender
             .send_request(req)
             .await
-            .map_err(|source| UpstreamError::Request { addr: self.addr, source })?;
-        Ok((res, Some(Reusable { conns: self.clone(), sender })))
+            .map_err(|source| UpstreamError::Request {
+                addr: self.addr,
+                source,
+            })?;
+        Ok((
+            res,
+            Some(Reusable {
+                conns: self.clone(),
+                sender,
+            }),
+        ))
     }
 
     fn checkout_idle(&self) -> Option<http1::SendRequest<Incoming>> {
@@ -142,7 +168,10 @@ impl EndpointConns {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -163,7 +192,10 @@ impl EndpointConns {
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => {
-                        return Err(UpstreamError::Request { addr: self.addr, source: e.into_error() })
+                        return Err(UpstreamError::Request {
+                            addr: self.addr,
+                            source: e.into_error(),
+                        })
                     }
                 },
             }
@@ -172,7 +204,10 @@ impl EndpointConns {
         sender
             .send_request(req)
             .await
-            .map_err(|source| UpstreamError::Request { addr: self.addr, source })
+            .map_err(|source| UpstreamError::Request {
+                addr: self.addr,
+                source,
+            })
     }
 
     fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
@@ -199,7 +234,10 @@ impl EndpointConns {
             .keep_alive_timeout(Duration::from_secs(20))
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -30,7 +30,10 @@ pub enum HttpTarget {
     /// The explicit outbound listener: the service named by `Host` / `:authority`.
     ByAuthority,
     /// A known service (per-service local port, or transparent `ADDRESS:PORT`).
-    Service { key: Arc<str>, protocol: Option<Protocol> },
+    Service {
+        key: Arc<str>,
+        protocol: Option<Protocol>,
+    },
     /// The local app (inbound).
     App(Option<Arc<EndpointRt>>),
 }
@@ -66,7 +69,15 @@ impl Proxy {
         target: HttpTarget,
         downstream: Version,
     ) -> Self {
-        Self { conn: Arc::new(ConnContext { shared, direction, client, target, downstream }) }
+        Self {
+            conn: Arc::new(ConnContext {
+                shared,
+                direction,
+                client,
+                target,
+                downstream,
+            }),
+        }
     }
 }
 
@@ -97,16 +108,29 @@ impl ConnContext {
             Err((e, local)) => return self.fail(&snap, &req, e, grpc, local, started),
         };
         let record = snap.sidecar.access_log.then(|| {
-            Box::new((self.record(&req, authority.as_deref(), dispatch.service), started))
+            Box::new((
+                self.record(&req, authority.as_deref(), dispatch.service),
+                started,
+            ))
         });
         let upgrade = self.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let forwarded_for = (self.direction == Direction::Inbound).then(|| self.client.ip());
-        prepare(&mut req, dispatch, authority.as_deref(), upgrade, forwarded_for);
+        prepare(
+            &mut req,
+            dispatch,
+            authority.as_deref(),
+            upgrade,
+            forwarded_for,
+        );
 
         let connect_timeout = snap.sidecar.timeouts.connect.get();
         let endpoint = dispatch.endpoint;
-        let (mut res, conn) = match endpoint.conns.send(dispatch.version, req, connect_timeout).await {
+        let (mut res, conn) = match endpoint
+            .conns
+            .send(dispatch.version, req, connect_timeout)
+            .await
+        {
             Ok(sent) => sent,
             Err(e) => {
                 let e = ProxyError::from(e);
@@ -114,7 +138,10 @@ impl ConnContext {
                 return self.respond_local(e, grpc, &endpoint.metrics, record);
             }
         };
-        dispatch.metrics.duration.observe(started.elapsed().as_secs_f64());
+        dispatch
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
         endpoint.metrics.record(res.status());
 
         let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -169,14 +196,22 @@ impl ConnContext {
             },
         };
         let Some(endpoint) = service.pick() else {
-            return Err((ProxyError::NoEndpoints(service.key.to_string()), &service.local));
+            return Err((
+                ProxyError::NoEndpoints(service.key.to_string()),
+                &service.local,
+            ));
         };
         let version = match declared {
             Some(Protocol::Http) => Version::Http1,
             Some(Protocol::Http2 | Protocol::Grpc) => Version::Http2,
             Some(Protocol::Tcp) | None => self.downstream,
         };
-        Ok(Dispatch { endpoint, version, metrics: &service.metrics, service: &service.key })
+        Ok(Dispatch {
+            endpoint,
+            version,
+            metrics: &service.metrics,
+            service: &service.key,
+        })
     }
 
     fn fail(
@@ -215,13 +250,22 @@ impl ConnContext {
         res
     }
 
-    fn record(&self, req: &Request<Incoming>, authority: Option<&str>, service: &str) -> HttpRecord {
+    fn record(
+        &self,
+        req: &Request<Incoming>,
+        authority: Option<&str>,
+        service: &str,
+    ) -> HttpRecord {
         HttpRecord {
             direction: self.direction.as_str(),
             client: self.client,
             method: req.method().to_string(),
             authority: authority.unwrap_or_default().to_owned(),
-            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
             protocol: match self.downstream {
                 Version::Http1 => "HTTP/1.1",
                 Version::Http2 => "HTTP/2",
@@ -260,7 +304,9 @@ fn prepare(
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     match dispatch.version {
         Version::Http1 => {
-            let origin_form = path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+            let origin_form = path
+                .parse::<Uri>()
+                .unwrap_or_else(|_| Uri::from_static("/"));
             *req.uri_mut() = origin_form;
             *req.version_mut() = http::Version::HTTP_11;
             if !req.headers().contains_key(HOST) {
@@ -300,7 +346,10 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_owned());
     }
-    req.headers().get(HOST).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    req.headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn port_of(authority: &str) -> Option<u16> {

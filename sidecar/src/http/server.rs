@@ -30,8 +30,13 @@ macro_rules! drive {
     }};
 }
 
-pub async fn serve<I>(io: I, version: Version, proxy: Proxy, spec: &SidecarSpec, shutdown: CancellationToken)
-where
+pub async fn serve<I>(
+    io: I,
+    version: Version,
+    proxy: Proxy,
+    spec: &SidecarSpec,
+    shutdown: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(proxy);
@@ -41,7 +46,7 @@ where
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(spec.timeouts.header_read.get())
-                .max_buf_size(spec.limits.max_header_bytes)
+                .max_header_size(spec.limits.max_header_bytes)
                 .max_headers(spec.limits.max_headers)
                 .serve_connection(io, service)
                 .with_upgrades();
@@ -58,4 +63,3 @@ where
         }
     }
 }
-

@@ -1,0 +1,32 @@
+"""A gRPC client for the tests: python grpc_client.py TARGET AUTHORITY. Exits 0 only if unary
+calls (ok and failing), trailers and bidirectional streaming all behave."""
+import sys
+
+import grpc
+
+target, authority = sys.argv[1], sys.argv[2]
+channel = grpc.insecure_channel(target, options=[("grpc.default_authority", authority)])
+unary = channel.unary_unary("/echo.Echo/Unary")
+chat = channel.stream_stream("/echo.Echo/Chat")
+
+reply, call = unary.with_call(b"hello", timeout=10)
+assert reply == b"echo:hello", reply
+trailers = dict(call.trailing_metadata())
+assert trailers.get("x-trailer") == "kept", trailers
+
+try:
+    unary(b"fail", timeout=10)
+    raise SystemExit("expected UNAVAILABLE")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.UNAVAILABLE, e.code()
+    assert e.details() == "backend says no", e.details()
+
+messages = [b"m%d" % i for i in range(50)]
+replies = list(chat(iter(messages), timeout=10))
+assert replies == [b"re:" + m for m in messages], replies
+
+big = b"x" * (3 * 1024 * 1024)
+reply = unary(big, timeout=30)
+assert reply == b"echo:" + big
+
+print("ok", flush=True)

@@ -1,0 +1,37 @@
+"""A gRPC app for the tests: service echo.Echo, raw-bytes messages (no codegen needed).
+
+- Unary: answers b"echo:" + request, with trailing metadata x-trailer=kept; the request b"fail"
+  aborts with UNAVAILABLE.
+- Chat (bidirectional streaming): answers every message with b"re:" + message.
+Prints "PORT <n>" once listening on 127.0.0.1."""
+import sys
+from concurrent import futures
+
+import grpc
+
+
+def unary(request, context):
+    if request == b"fail":
+        context.abort(grpc.StatusCode.UNAVAILABLE, "backend says no")
+    context.set_trailing_metadata((("x-trailer", "kept"),))
+    return b"echo:" + request
+
+
+def chat(requests, context):
+    for message in requests:
+        yield b"re:" + message
+
+
+handler = grpc.method_handlers_generic_handler(
+    "echo.Echo",
+    {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+    },
+)
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print("PORT", port, flush=True)
+server.wait_for_termination()

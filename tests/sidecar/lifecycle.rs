@@ -1,0 +1,74 @@
+//! Start-up errors, drain on SIGTERM, and `POST /shutdown`.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let users = backend("users").await;
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, ""),
+        service_doc("users", &[users.addr], "")
+    );
+    let mut sc = Sidecar::start(&config);
+    let url = format!("http://{}/slow/1500", sc.outbound);
+    let in_flight = tokio::spawn(async move { curl(&["-H", "Host: users", &url]).await });
+    while users.requests.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sc.signal("TERM");
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request was cut");
+    let status = tokio::task::block_in_place(|| sc.wait_exit(Duration::from_secs(30)));
+    assert!(status.success(), "{status}: {}", sc.stderr());
+    assert!(sc.stderr().contains("drained"), "{}", sc.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_shutdown_drains_and_exits_zero() {
+    let mut sc = Sidecar::start(&sidecar_doc(None, ""));
+    let r = curl(&["-X", "POST", &format!("http://{}/shutdown", sc.admin)]).await;
+    assert_eq!(r.status, 200);
+    let status = tokio::task::block_in_place(|| sc.wait_exit(Duration::from_secs(30)));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn invalid_config_at_start_names_the_field_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, ""),
+        service_doc(
+            "users",
+            &["127.0.0.1:1".parse().unwrap()],
+            "  localPort: 0\n"
+        )
+    );
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("document 2 (Service default/users): spec.localPort: must be 1-65535"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["sidecar", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent.yaml")
+    );
+}

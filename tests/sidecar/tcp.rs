@@ -1,0 +1,143 @@
+//! Opaque TCP: byte-exact both ways with half-close, and server-speaks-first protocols.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const SIZE: usize = 100 * 1024 * 1024;
+
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Reads everything until the client half-closes, then answers with 100 MiB of its own and the
+/// sha256 of what it received, and closes.
+async fn half_close_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        s.write_all(&pseudo_random(2, SIZE)).await.unwrap();
+        s.write_all(&hasher.finalize()).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_mib_each_way_byte_exact_with_half_close() {
+    let server = half_close_server().await;
+    let port = free_port();
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, ""),
+        service_doc(
+            "blob",
+            &[server],
+            &format!("  ports: [{{port: 9000, protocol: tcp}}]\n  localPort: {port}\n")
+        )
+    );
+    let sc = Sidecar::start(&config);
+
+    let sent = pseudo_random(1, SIZE);
+    let expected_back = Sha256::digest(pseudo_random(2, SIZE));
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let upload = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            wr.write_all(&sent).await.unwrap();
+            wr.shutdown().await.unwrap(); // half-close: we still read below
+            wr
+        })
+    };
+    let mut back = Vec::with_capacity(SIZE + 32);
+    tokio::time::timeout(Duration::from_secs(120), rd.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    let _wr = upload.await.unwrap();
+    assert_eq!(back.len(), SIZE + 32);
+    assert_eq!(
+        Sha256::digest(&back[..SIZE]),
+        expected_back,
+        "server→client bytes differ"
+    );
+    assert_eq!(
+        &back[SIZE..],
+        Sha256::digest(&sent).as_slice(),
+        "client→server bytes differ"
+    );
+
+    let m = sc.metrics().await;
+    let flow = |f| {
+        sample(
+            &m,
+            "pilotfish_tcp_bytes_total",
+            &[("service", "blob.default"), ("flow", f)],
+        )
+    };
+    assert_eq!(flow("client_to_server"), SIZE as f64);
+    assert_eq!(flow("server_to_client"), (SIZE + 32) as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_speaks_first_on_a_declared_tcp_port_is_not_held_by_detection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"220 smtp.example ESMTP ready\r\n")
+            .await
+            .unwrap();
+        let mut line = [0u8; 6];
+        s.read_exact(&mut line).await.unwrap();
+        s.write_all(b"221 bye\r\n").await.unwrap();
+    });
+    let port = free_port();
+    // Detection would wait 5 minutes for a client that waits for the greeting.
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, "  timeouts: {detect: 5m}\n"),
+        service_doc(
+            "smtp",
+            &[server],
+            &format!("  ports: [{{port: 25, protocol: tcp}}]\n  localPort: {port}\n")
+        )
+    );
+    let _sc = Sidecar::start(&config);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut greeting = [0u8; 30];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut greeting))
+        .await
+        .expect("the greeting arrived without waiting for detection")
+        .unwrap();
+    assert_eq!(&greeting, b"220 smtp.example ESMTP ready\r\n");
+    s.write_all(b"QUIT\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"221 bye\r\n");
+}
