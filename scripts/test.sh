@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs the system packages and the Python
+# test clients it needs, then checks formatting and lints and runs every test.
+# Run as root (the transparent-mode test creates a network namespace and iptables rules).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real clients and tools the end-to-end tests drive: curl, nghttp/h2load, iptables, ip, setpriv.
+packages=()
+need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
+need curl curl
+need nghttp nghttp2-client
+need h2load nghttp2-client
+need iptables iptables
+need ip iproute2
+need setpriv util-linux
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
+if ((${#packages[@]})); then
+  echo "==> installing ${packages[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+# Python test clients (grpcio, websockets, prometheus-client), reinstalled when the list changes.
+venv=.venv-test
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+if [[ ! -x $venv/bin/python || $(cat "$stamp" 2>/dev/null) != "$want" ]]; then
+  echo "==> setting up $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+  echo "$want" >"$stamp"
+fi
+export PILOTFISH_TEST_PYTHON="$PWD/$venv/bin/python"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --workspace
