@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Load benchmark: the same nginx backend measured directly (the baseline), through a Pilotfish
+# sidecar, and through HAProxy (a peer plain proxy), side by side in one run, with wrk (HTTP/1.1
+# keep-alive) and h2load (HTTP/2, many streams on few connections). Prints requests/s and latency
+# per target and the ratio to the direct baseline, plus the proxies' resident memory.
+#
+#   benches/load.sh [DURATION_SECONDS] [CONNECTIONS]
+#
+# Every server gets one thread/process (the machine has 2 cores; the load generator gets the
+# other one). Numbers from a shared machine are noisy: compare ratios within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10}
+conns=${2:-50}
+
+packages=()
+for p in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client; do
+  command -v "${p%%:*}" >/dev/null || packages+=("${p#*:}")
+done
+if ((${#packages[@]})); then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+cargo build --release -q
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+backend=$(port); backend_h2=$(port); sidecar=$(port); sidecar_h2=$(port); admin=$(port); outbound=$(port); haproxy_port=$(port)
+
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$backend;
+    listen 127.0.0.1:$backend_h2 http2;
+    location / { return 200 "hello from the backend\n"; }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+cat >"$work/sidecar.yaml" <<CONF
+apiVersion: pilotfish.io/v1alpha1
+kind: Sidecar
+metadata: {name: bench}
+spec:
+  admin: 127.0.0.1:$admin
+  outbound: {listen: 127.0.0.1:$outbound}
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: Service
+metadata: {name: backend}
+spec:
+  ports: [{port: 80, protocol: http}]
+  endpoints: [{address: 127.0.0.1:$backend}]
+  localPort: $sidecar
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: Service
+metadata: {name: backend-h2}
+spec:
+  ports: [{port: 80, protocol: http2}]
+  endpoints: [{address: 127.0.0.1:$backend_h2}]
+  localPort: $sidecar_h2
+CONF
+TOKIO_WORKER_THREADS=1 RUST_LOG=warn target/release/pilotfish sidecar --config "$work/sidecar.yaml" &
+pids+=($!)
+sidecar_pid=$!
+
+cat >"$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$haproxy_port
+  default_backend be
+backend be
+  server b1 127.0.0.1:$backend
+CONF
+haproxy -f "$work/haproxy.cfg" -db &
+pids+=($!)
+haproxy_pid=$!
+
+for p in $backend $backend_h2 $sidecar $sidecar_h2 $haproxy_port; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+
+rss() { awk '/VmRSS/ {print $2 " KiB"}' "/proc/$1/status"; }
+echo "idle RSS: pilotfish $(rss $sidecar_pid), haproxy $(rss $haproxy_pid)"
+
+declare -A rps p50 p99
+wrk_run() { # name url
+  local out
+  out=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "$2")
+  rps[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50[$1]=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99[$1]=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local errors
+  errors=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
+  [[ -z $errors ]] || echo "$1: $errors"
+}
+wrk_run direct "http://127.0.0.1:$backend/"
+wrk_run pilotfish "http://127.0.0.1:$sidecar/"
+wrk_run haproxy "http://127.0.0.1:$haproxy_port/"
+
+echo
+echo "HTTP/1.1 keep-alive, wrk -c$conns -d${duration}s (ratio = requests/s vs direct)"
+printf "%-10s %12s %8s %10s %10s\n" target req/s ratio p50 p99
+for t in direct pilotfish haproxy; do
+  printf "%-10s %12s %8.3f %10s %10s\n" "$t" "${rps[$t]}" "$(echo "${rps[$t]} / ${rps[direct]}" | bc -l)" "${p50[$t]}" "${p99[$t]}"
+done
+
+h2_run() { # name url
+  local out
+  out=$(h2load -c4 -m100 -D"$duration" "$2" 2>&1)
+  rps[$1]=$(awk '/^finished in/ {print $4}' <<<"$out")
+  grep -E "^requests:" <<<"$out" | sed "s/^/$1 /"
+}
+echo
+h2_run h2-direct "http://127.0.0.1:$backend_h2/"
+h2_run h2-pilotfish "http://127.0.0.1:$sidecar_h2/"
+echo "HTTP/2, h2load -c4 -m100 -D$duration: direct ${rps[h2-direct]} req/s, pilotfish ${rps[h2-pilotfish]} req/s, ratio $(echo "${rps[h2-pilotfish]} / ${rps[h2-direct]}" | bc -l | cut -c1-5)"
+echo
+echo "RSS after load: pilotfish $(rss $sidecar_pid), haproxy $(rss $haproxy_pid)"

@@ -1,0 +1,109 @@
+//! Micro-benchmarks of the per-connection and per-request hot paths: protocol detection, service
+//! lookup by host among 1,000 services, hop-by-hop header handling, endpoint choice, and metric
+//! recording. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use pilotfish_sidecar::config::{Overrides, Snapshot};
+use pilotfish_sidecar::detect::classify;
+use pilotfish_sidecar::http::headers::strip_hop_by_hop;
+use pilotfish_sidecar::metrics::Metrics;
+
+fn config(services: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Sidecar\nmetadata: {name: bench}\nspec: {}\n",
+    );
+    for i in 0..services {
+        text.push_str(&format!(
+            "---\napiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  endpoints: [{{address: 10.0.{}.{}:8080}}, {{address: 10.1.{}.{}:8080}}]\n",
+            i / 250, i % 250, i / 250, i % 250
+        ));
+    }
+    text
+}
+
+fn detection(c: &mut Criterion) {
+    let h1 = b"GET /api/users/42?expand=true HTTP/1.1\r\nHost: users\r\nAccept: */*\r\n\r\n";
+    let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00";
+    let opaque = b"\x0a\x00\x00\x00\x0a8.0.36\x00mysql-greeting";
+    c.bench_function("detect/http1", |b| b.iter(|| classify(black_box(h1))));
+    c.bench_function("detect/http2", |b| b.iter(|| classify(black_box(h2))));
+    c.bench_function("detect/opaque", |b| b.iter(|| classify(black_box(opaque))));
+}
+
+fn routing(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let snap = Snapshot::build(
+        "bench",
+        &config(1000),
+        &Overrides::default(),
+        None,
+        &metrics,
+    )
+    .unwrap();
+    c.bench_function("route/by_authority_short_of_1000", |b| {
+        b.iter(|| snap.service_by_authority(black_box("svc-517")).unwrap())
+    });
+    c.bench_function("route/by_authority_fqdn_port_of_1000", |b| {
+        b.iter(|| {
+            snap.service_by_authority(black_box("svc-517.default.svc.cluster.local:80"))
+                .unwrap()
+        })
+    });
+    c.bench_function("route/miss_of_1000", |b| {
+        b.iter(|| snap.service_by_authority(black_box("nobody.default")))
+    });
+    let svc = snap.service("svc-517.default").unwrap().clone();
+    c.bench_function("endpoint/pick_round_robin", |b| {
+        b.iter(|| svc.pick().unwrap().addr)
+    });
+    let ep = svc.endpoints[0].clone();
+    c.bench_function("metrics/record_status", |b| {
+        b.iter(|| ep.metrics.record(black_box(http::StatusCode::OK)))
+    });
+    c.bench_function("config/build_1000_services", |b| {
+        let text = config(1000);
+        b.iter(|| {
+            Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap()
+        })
+    });
+}
+
+fn headers(c: &mut Criterion) {
+    let mut typical = HeaderMap::new();
+    for (k, v) in [
+        ("host", "users.default"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("content-type", "application/json"),
+        ("content-length", "128"),
+        ("x-request-id", "7f9c2ba4-e88f-4d2a-9c3b-0f1e2d3c4b5a"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+    ] {
+        typical.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    c.bench_function("headers/clone_baseline", |b| {
+        b.iter(|| black_box(typical.clone()))
+    });
+    c.bench_function("headers/clone_and_strip_hop_by_hop", |b| {
+        b.iter_batched(
+            || typical.clone(),
+            |mut h| {
+                strip_hop_by_hop(&mut h, false);
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, detection, routing, headers);
+criterion_main!(benches);
