@@ -14,6 +14,7 @@ need h2load nghttp2-client
 need iptables iptables
 need ip iproute2
 need setpriv util-linux
+need openssl openssl
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
 if ((${#packages[@]})); then
   echo "==> installing ${packages[*]}"

@@ -425,3 +425,21 @@ spec:
         assert_eq!(again[0], resources[1]);
     }
 }
+
+#[cfg(test)]
+mod examples {
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                super::parse_stream(&path.display().to_string(), &text).unwrap();
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no examples found in {dir}");
+    }
+}

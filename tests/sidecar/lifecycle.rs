@@ -72,3 +72,35 @@ fn invalid_config_at_start_names_the_field_and_exits_nonzero() {
         String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent.yaml")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_sends_http2_goaway_and_finishes_open_streams() {
+    let users = backend("users").await;
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, ""),
+        service_doc("users", &[users.addr], "")
+    );
+    let mut sc = Sidecar::start(&config);
+    let url = format!("http://{}/slow/1500", sc.outbound);
+    let client = tokio::spawn(async move {
+        tokio::process::Command::new("nghttp")
+            .args(["-v", "-H", ":authority: users", &url])
+            .output()
+            .await
+            .expect("nghttp is installed")
+    });
+    while users.requests.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sc.signal("TERM");
+    let out = client.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("recv GOAWAY frame"), "no GOAWAY: {text}");
+    assert!(
+        text.contains(":status: 200"),
+        "the open stream was cut: {text}"
+    );
+    let status = tokio::task::block_in_place(|| sc.wait_exit(Duration::from_secs(30)));
+    assert!(status.success());
+}

@@ -141,3 +141,79 @@ async fn server_speaks_first_on_a_declared_tcp_port_is_not_held_by_detection() {
     s.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"221 bye\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_detected_and_passed_through_opaque() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    let tls_port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &tls_port.to_string(),
+        ])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(tls_addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let port = free_port();
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, ""),
+        service_doc("secure", &[tls_addr], &format!("  localPort: {port}\n"))
+    );
+    let sc = Sidecar::start(&config);
+    // The sidecar detects a ClientHello and forwards the bytes untouched: the handshake is
+    // end to end with the server's own certificate.
+    let r = curl(&["-k", &format!("https://127.0.0.1:{port}/")]).await;
+    assert_eq!(r.status, 200);
+    let m = sc.metrics().await;
+    let to_client = sample(
+        &m,
+        "pilotfish_tcp_bytes_total",
+        &[("service", "secure.default"), ("flow", "server_to_client")],
+    );
+    assert!(
+        to_client > 1000.0,
+        "TLS bytes did not flow through the sidecar: {to_client}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
