@@ -279,6 +279,7 @@ fn validate_name(name: &str) -> Result<(), String> {
 fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
     let mut seen = HashSet::new();
     let mut local_ports = HashMap::new();
+    let mut addresses = HashMap::new();
     let mut sidecars = 0;
     for (i, r) in resources.iter().enumerate() {
         let m = r.metadata();
@@ -299,6 +300,20 @@ fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
                 }
             }
             Resource::Service(s) => {
+                for ip in &s.spec.addresses {
+                    for p in &s.spec.ports {
+                        let addr = std::net::SocketAddr::new(*ip, p.port);
+                        if let Some(other) = addresses.insert(addr, describe(r)) {
+                            return Err((
+                                i,
+                                FieldError::new(
+                                    "spec.addresses",
+                                    format!("{addr} already belongs to {other}"),
+                                ),
+                            ));
+                        }
+                    }
+                }
                 if let Some(port) = s.spec.local_port {
                     if let Some(other) = local_ports.insert(port, describe(r)) {
                         return Err((

@@ -80,6 +80,9 @@ pub struct Limits {
     /// Number of headers in one request; over it → 431.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Concurrent HTTP/2 streams one client connection may open.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 fn default_admin() -> SocketAddr {
@@ -114,6 +117,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_max_headers() -> usize {
     100
+}
+fn default_max_concurrent_streams() -> u32 {
+    1000
 }
 
 impl Default for SidecarSpec {
@@ -155,12 +161,14 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            max_concurrent_streams: default_max_concurrent_streams(),
         }
     }
 }
 
 impl SidecarSpec {
-    pub(crate) fn validate(&self) -> Result<(), FieldError> {
+    /// Checks the values serde cannot; run again after command-line overrides are applied.
+    pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(inbound) = &self.inbound {
             if inbound.app.port() == 0 {
                 return Err(FieldError::new(

@@ -1,10 +1,73 @@
 //! The access log: one JSON line per HTTP request or TCP connection on stdout, when enabled.
+//!
+//! Lines go through a bounded queue to a writer thread, so a slow reader of stdout never blocks
+//! the proxy: when the queue is full, lines are dropped and counted in
+//! `pilotfish_access_log_dropped_total`.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use prometheus::IntCounter;
 use serde::Serialize;
+
+const QUEUE_LINES: usize = 16 * 1024;
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(SyncSender<()>),
+}
+
+struct Writer {
+    queue: SyncSender<Message>,
+    dropped: IntCounter,
+}
+
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+/// Starts the writer thread (once per process); before this, records are discarded.
+pub fn init(dropped: IntCounter) {
+    WRITER.get_or_init(|| {
+        let (queue, lines) = sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("pilotfish-access-log".into())
+            .spawn(move || write_lines(lines))
+            .expect("spawn the access log writer");
+        Writer { queue, dropped }
+    });
+}
+
+/// Waits (briefly) until every line queued so far is written: called before the process exits.
+pub fn flush() {
+    let Some(writer) = WRITER.get() else { return };
+    let (done, written) = sync_channel(1);
+    if writer.queue.send(Message::Flush(done)).is_ok() {
+        let _ = written.recv_timeout(Duration::from_secs(2));
+    }
+}
+
+fn write_lines(messages: Receiver<Message>) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let handle = |message, out: &mut std::io::BufWriter<_>| match message {
+        Message::Line(line) => {
+            let _ = out.write_all(&line);
+        }
+        Message::Flush(done) => {
+            let _ = out.flush();
+            let _ = done.send(());
+        }
+    };
+    while let Ok(message) = messages.recv() {
+        handle(message, &mut out);
+        // Batch what is already queued, then flush so lines appear promptly.
+        while let Ok(message) = messages.try_recv() {
+            handle(message, &mut out);
+        }
+        let _ = out.flush();
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct HttpRecord {
@@ -65,6 +128,8 @@ fn write<T: Serialize>(kind: &'static str, record: &T) {
         return;
     };
     line.push(b'\n');
-    // One write per line so lines from concurrent connections never interleave.
-    let _ = std::io::stdout().lock().write_all(&line);
+    let Some(writer) = WRITER.get() else { return };
+    if let Err(TrySendError::Full(_)) = writer.queue.try_send(Message::Line(line)) {
+        writer.dropped.inc();
+    }
 }

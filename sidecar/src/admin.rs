@@ -2,10 +2,12 @@
 //! `GET /config` (the version and resources in force, JSON) and `POST /shutdown` (drain, exit).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -19,7 +21,7 @@ use crate::state::Shared;
 /// Serves until the process exits (it stays up while the sidecar drains, answering `/ready` 503).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -29,20 +31,32 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            // Drain starts once the reply to `POST /shutdown` is written and the connection
+            // closed, so the caller always hears back.
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let (conn_shared, requested) = (shared.clone(), shutdown.clone());
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req)) }
+                let reply = route(&conn_shared, peer, &requested, req);
+                async move { Ok::<_, Infallible>(reply) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            if shutdown.load(Ordering::Acquire) {
+                shared.shutdown.cancel();
+            }
         });
     }
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    shared: &Shared,
+    peer: SocketAddr,
+    shutdown: &AtomicBool,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let text = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/live") => reply(StatusCode::OK, text, "live\n"),
@@ -69,10 +83,17 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .expect("config serializes to JSON");
             reply(StatusCode::OK, "application/json", body)
         }
+        (&Method::POST, "/shutdown") if !peer.ip().is_loopback() => reply(
+            StatusCode::FORBIDDEN,
+            text,
+            "shutdown is only accepted from the local host (a preStop hook or the app itself)\n",
+        ),
         (&Method::POST, "/shutdown") => {
             tracing::info!("shutdown requested on the admin endpoint");
-            shared.shutdown.cancel();
-            reply(StatusCode::OK, text, "draining\n")
+            shutdown.store(true, Ordering::Release);
+            let mut res = reply(StatusCode::OK, text, "draining\n");
+            res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            res
         }
         (_, "/live" | "/ready" | "/metrics" | "/config") => {
             let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");

@@ -236,12 +236,23 @@ impl Snapshot {
         })
     }
 
-    /// Whether two snapshots want different listener addresses (a restart is needed for those).
-    pub fn listeners_differ(&self, other: &Snapshot) -> bool {
-        self.sidecar.admin != other.sidecar.admin
-            || self.sidecar.outbound.listen != other.sidecar.outbound.listen
-            || self.sidecar.inbound.as_ref().map(|i| i.listen)
-                != other.sidecar.inbound.as_ref().map(|i| i.listen)
+    /// Keeps the listener addresses and connection limit of the running snapshot (listeners
+    /// are bound once), so `/config` shows what is in force. Returns whether the file asked for
+    /// something different.
+    pub fn keep_listeners_of(&mut self, running: &Snapshot) -> bool {
+        let (new, old) = (&mut self.sidecar, &running.sidecar);
+        let inbound_listen = |s: &SidecarSpec| s.inbound.as_ref().map(|i| i.listen);
+        let differ = new.admin != old.admin
+            || new.outbound.listen != old.outbound.listen
+            || (new.inbound.is_some() && inbound_listen(new) != inbound_listen(old))
+            || new.limits.max_connections != old.limits.max_connections;
+        new.admin = old.admin;
+        new.outbound.listen = old.outbound.listen;
+        new.limits.max_connections = old.limits.max_connections;
+        if let (Some(new), Some(old)) = (&mut new.inbound, &old.inbound) {
+            new.listen = old.listen;
+        }
+        differ
     }
 }
 
@@ -276,7 +287,9 @@ fn apply_overrides(sidecar: &mut SidecarSpec, o: &Overrides) -> Result<(), Build
     if let Some(drain) = o.drain {
         sidecar.timeouts.drain = pilotfish_api::Duration::from_millis(drain.as_millis() as u64);
     }
-    Ok(())
+    sidecar.validate().map_err(|e| {
+        BuildError::Conflict(format!("with the command-line overrides applied, {}: {}", e.field, e.reason))
+    })
 }
 
 fn strip_port(authority: &str) -> &str {

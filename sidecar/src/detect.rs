@@ -49,6 +49,8 @@ pub async fn detect<I: AsyncRead + Unpin>(
 
 /// `None` while the bytes so far could still be either.
 pub fn classify(buf: &[u8]) -> Option<Detected> {
+    // RFC 9112 §2.2: a server ignores empty lines before a request line.
+    let buf = trim_leading_crlf(buf);
     if buf.is_empty() {
         return None;
     }
@@ -79,6 +81,13 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
         None if buf.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => None,
         None => Some(Detected::Opaque),
     }
+}
+
+fn trim_leading_crlf(mut buf: &[u8]) -> &[u8] {
+    while let Some(rest) = buf.strip_prefix(b"\r\n").or_else(|| buf.strip_prefix(b"\n")) {
+        buf = rest;
+    }
+    buf
 }
 
 /// `METHOD SP request-target SP HTTP/1.x` (RFC 9112 §3).
@@ -187,6 +196,7 @@ mod tests {
         assert_eq!(classify(b"PRI * HTTP/2"), None);
         assert_eq!(classify(b"GET /some/long/pa"), None);
         assert_eq!(classify(b"\x16"), None);
+        assert_eq!(classify(b"\r\n"), None);
     }
 
     #[tokio::test(start_paused = true)]

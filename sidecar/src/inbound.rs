@@ -12,12 +12,13 @@ use crate::detect::{self, Detected};
 use crate::forward::{self, TcpTarget};
 use crate::http::pool::{EndpointConns, Version};
 use crate::http::proxy::HttpTarget;
+use crate::listen::ConnSlot;
 use crate::metrics::Direction;
 use crate::outbound::serve_http;
 use crate::state::Shared;
 use crate::transport;
 
-pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr) {
+pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr, slot: Arc<ConnSlot>) {
     let snap = shared.snapshot.load_full();
     let Some(inbound) = &snap.inbound else { return };
     let app = inbound.spec.app;
@@ -65,6 +66,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         client,
         HttpTarget::App(endpoint),
         version,
+        slot,
     )
     .await;
 }

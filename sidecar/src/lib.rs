@@ -79,6 +79,7 @@ pub enum Error {
 /// grace period to finish.
 pub async fn run(opts: Options) -> Result<(), Error> {
     let metrics = Metrics::new();
+    access_log::init(metrics.access_log_dropped.clone());
     let path = &opts.config;
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.clone(),
@@ -134,7 +135,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         outbound,
         Direction::Outbound,
         shared.shutdown.clone(),
-        move |stream, client| outbound::handle(s.clone(), stream, client, outbound::Listener::Main),
+        move |stream, client, slot| outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot),
     ));
     if let Some(inbound) = inbound {
         let s = shared.clone();
@@ -143,7 +144,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             inbound,
             Direction::Inbound,
             shared.shutdown.clone(),
-            move |stream, client| inbound::handle(s.clone(), stream, client),
+            move |stream, client, slot| inbound::handle(s.clone(), stream, client, slot),
         ));
     }
     local.apply(&shared, bound, &shared.snapshot.load());
@@ -174,5 +175,6 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     } else {
         tracing::info!(connections = open, "drained");
     }
+    access_log::flush();
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Direction;
@@ -22,7 +22,7 @@ pub async fn accept_loop<F, Fut>(
     stop: CancellationToken,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<ConnSlot>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let limit = shared.snapshot.load().sidecar.limits.max_connections;
@@ -46,14 +46,17 @@ pub async fn accept_loop<F, Fut>(
             _ = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let open = OpenConnection::new(gauge.clone());
-        let conn = handle(stream, peer);
-        shared.tracker.spawn(async move {
-            conn.await;
-            drop(open);
-            drop(permit);
-        });
+        let slot = Arc::new(ConnSlot { _permit: permit, _open: OpenConnection::new(gauge.clone()) });
+        shared.tracker.spawn(handle(stream, peer, slot));
     }
+}
+
+/// A connection's claim on its listener: a connection-limit permit and its place in
+/// `pilotfish_open_connections`. Held for as long as anything serves the connection, including
+/// an upgraded (WebSocket) tunnel that outlives the HTTP exchange.
+pub struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
 }
 
 /// Counts a connection in `pilotfish_open_connections` for as long as it lives.

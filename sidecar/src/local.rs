@@ -65,8 +65,8 @@ impl LocalListeners {
                 listener,
                 Direction::Outbound,
                 stop,
-                move |stream, client| {
-                    outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port))
+                move |stream, client, slot| {
+                    outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port), slot)
                 },
             ));
             tracing::info!(port, "local listener started");

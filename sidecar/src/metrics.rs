@@ -37,6 +37,7 @@ pub struct Metrics {
     tcp_bytes: IntCounterVec,
     pub config_version: IntGauge,
     pub config_errors: IntCounter,
+    pub access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +89,12 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let access_log_dropped = IntCounter::new(
+            "pilotfish_access_log_dropped_total",
+            "Access log lines dropped because stdout was not read fast enough",
+        )
+        .expect("valid metric");
+
         let registry = Registry::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -96,6 +103,7 @@ impl Metrics {
             Box::new(tcp_bytes.clone()),
             Box::new(config_version.clone()),
             Box::new(config_errors.clone()),
+            Box::new(access_log_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -107,6 +115,7 @@ impl Metrics {
             tcp_bytes,
             config_version,
             config_errors,
+            access_log_dropped,
         })
     }
 
@@ -152,13 +161,15 @@ impl Metrics {
                 service.to_owned(),
                 endpoint.to_owned(),
             ],
-            codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            codes: Default::default(),
         }
     }
 }
 
-/// HTTP status codes 100..=599.
-const STATUS_SLOTS: usize = 500;
+/// Status codes whose counters are resolved once per endpoint; any other code is resolved when
+/// it occurs (rare codes pay a label lookup, common ones an atomic add).
+const COMMON_CODES: [u16; 20] =
+    [101, 200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504, 499];
 
 #[derive(Clone)]
 pub struct TargetMetrics {
@@ -170,20 +181,18 @@ pub struct TargetMetrics {
 pub struct EndpointMetrics {
     family: IntCounterVec,
     labels: [String; 3],
-    codes: Box<[OnceLock<IntCounter>]>,
+    codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
 }
 
 impl EndpointMetrics {
     pub fn record(&self, status: StatusCode) {
-        let slot = usize::from(status.as_u16())
-            .saturating_sub(100)
-            .min(STATUS_SLOTS - 1);
-        self.codes[slot]
-            .get_or_init(|| {
-                let [d, s, e] = &self.labels;
-                self.family
-                    .with_label_values(&[d.as_str(), s, e, status.as_str()])
-            })
-            .inc();
+        let resolve = || {
+            let [d, s, e] = &self.labels;
+            self.family.with_label_values(&[d.as_str(), s, e, status.as_str()])
+        };
+        match COMMON_CODES.iter().position(|c| *c == status.as_u16()) {
+            Some(slot) => self.codes[slot].get_or_init(resolve).inc(),
+            None => resolve().inc(),
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::forward::{self, TcpTarget};
 use crate::http::pool::Version;
 use crate::http::proxy::{HttpTarget, Proxy};
 use crate::http::server;
+use crate::listen::ConnSlot;
 use crate::metrics::Direction;
 use crate::state::Shared;
 use crate::transport;
@@ -34,6 +35,7 @@ pub async fn handle(
     stream: TcpStream,
     client: SocketAddr,
     listener: Listener,
+    slot: Arc<ConnSlot>,
 ) {
     let snap = shared.snapshot.load_full();
     let service = match listener {
@@ -92,29 +94,23 @@ pub async fn handle(
                 return;
             }
         };
-    let version = match found {
-        Detected::Http1 => Version::Http1,
-        Detected::Http2 => Version::Http2,
-        Detected::Tls | Detected::Opaque => {
-            match &service {
-                Some(svc) => {
-                    forward::forward(
-                        &snap,
-                        Direction::Outbound,
-                        stream,
-                        client,
-                        prefix,
-                        TcpTarget::Service(svc),
-                    )
-                    .await
-                }
-                None => tracing::info!(
-                    %client,
-                    "non-HTTP connection on the explicit outbound listener has no destination: use a service's localPort or transparent mode"
-                ),
-            }
+    let version = match (found, &service) {
+        (Detected::Http1, _) => Version::Http1,
+        (Detected::Http2, _) => Version::Http2,
+        (Detected::Tls | Detected::Opaque, Some(svc)) => {
+            let target = TcpTarget::Service(svc);
+            return forward::forward(&snap, Direction::Outbound, stream, client, prefix, target).await;
+        }
+        (Detected::Tls, None) => {
+            tracing::info!(
+                %client,
+                "TLS on the explicit outbound listener has no destination: use a service's localPort or transparent mode"
+            );
             return;
         }
+        // Nothing here but HTTP has a destination: let the HTTP server answer 400 to whatever
+        // this is (a malformed request line, a stray CRLF, a typo'd method).
+        (Detected::Opaque, None) => Version::Http1,
     };
     let target = match service {
         Some(svc) => HttpTarget::Service {
@@ -123,9 +119,10 @@ pub async fn handle(
         },
         None => HttpTarget::ByAuthority,
     };
-    serve_http(&shared, &snap, stream, prefix, client, target, version).await;
+    serve_http(&shared, &snap, stream, prefix, client, target, version, slot).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_http(
     shared: &Arc<Shared>,
     snap: &Snapshot,
@@ -134,12 +131,13 @@ pub(crate) async fn serve_http(
     client: SocketAddr,
     target: HttpTarget,
     version: Version,
+    slot: Arc<ConnSlot>,
 ) {
     let direction = match target {
         HttpTarget::App(_) => Direction::Inbound,
         _ => Direction::Outbound,
     };
-    let proxy = Proxy::new(shared.clone(), direction, client, target, version);
+    let proxy = Proxy::new(shared.clone(), direction, client, target, version, slot);
     let io = PrefixedIo::new(prefix, stream);
     server::serve(io, version, proxy, &snap.sidecar, shared.shutdown.clone()).await;
 }

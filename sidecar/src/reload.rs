@@ -90,7 +90,7 @@ fn try_reload(
     if crate::config::hash_text(&text) == old.hash {
         return Ok(None);
     }
-    let snap = Snapshot::build(
+    let mut snap = Snapshot::build(
         &path.display().to_string(),
         &text,
         overrides,
@@ -98,9 +98,9 @@ fn try_reload(
         &shared.metrics,
     )
     .map_err(|e| e.to_string())?;
-    if snap.listeners_differ(&old) {
+    if snap.keep_listeners_of(&old) {
         tracing::warn!(
-            "the Sidecar's listener addresses changed: they take effect at the next restart"
+            "the Sidecar's listener addresses or connection limit changed: they take effect at the next restart"
         );
     }
     let bound = local.bind_new(&snap).map_err(|e| e.to_string())?;

@@ -15,6 +15,10 @@ pub const ERROR_HEADER: &str = "pilotfish-error";
 pub enum ProxyError {
     #[error("the request has no Host header or :authority to route by")]
     MissingAuthority,
+    #[error("the Host header {0:?} is not a valid host[:port]")]
+    InvalidHost(String),
+    #[error("CONNECT is not proxied: send requests for the service directly")]
+    ConnectUnsupported,
     #[error("no service matches host {0:?}: check the name, or declare the Service")]
     NoRoute(String),
     #[error("service {0} has no endpoints")]
@@ -37,7 +41,8 @@ impl From<UpstreamError> for ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingAuthority => StatusCode::BAD_REQUEST,
+            Self::MissingAuthority | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            Self::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
@@ -47,7 +52,10 @@ impl ProxyError {
     /// The `pilotfish-error` value.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::MissingAuthority | Self::NoRoute(_) => "no-route",
+            Self::MissingAuthority
+            | Self::InvalidHost(_)
+            | Self::ConnectUnsupported
+            | Self::NoRoute(_) => "no-route",
             Self::NoEndpoints(_) => "no-endpoints",
             Self::UpstreamConnect(_) => "upstream-connect",
             Self::UpstreamReset(_) => "upstream-reset",
@@ -57,7 +65,10 @@ impl ProxyError {
     /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, else UNAVAILABLE).
     fn grpc_status(&self) -> &'static str {
         match self {
-            Self::MissingAuthority | Self::NoRoute(_) => "12",
+            Self::MissingAuthority
+            | Self::InvalidHost(_)
+            | Self::ConnectUnsupported
+            | Self::NoRoute(_) => "12",
             _ => "14",
         }
     }

@@ -6,13 +6,12 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
-/// non-standard ones still seen in the wild).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// non-standard ones still seen in the wild). `Trailer` is end-to-end and stays.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

@@ -22,6 +22,9 @@ use crate::transport;
 /// idle keep-alive connections after a minute or two, and a request sent on one would be lost.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// How long a released connection may take to become ready for its next request (hyper finishes
+/// the previous exchange on the connection's own task) before it is closed instead of pooled.
+const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// The HTTP version spoken to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,14 +66,21 @@ pub struct Reusable {
 }
 
 impl Reusable {
+    /// Returns the connection to the pool once hyper has finished the previous exchange on it.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        let Self { conns, mut sender } = self;
+        if sender.is_closed() {
             return;
         }
-        let mut idle = self.conns.idle.lock().expect("pool lock poisoned");
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((self.sender, Instant::now()));
+        if sender.is_ready() {
+            conns.push_idle(sender);
+            return;
         }
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                conns.push_idle(sender);
+            }
+        });
     }
 }
 
@@ -148,14 +158,25 @@ impl EndpointConns {
         ))
     }
 
+    /// The most recently used idle connection (LIFO keeps the set of warm connections small).
     fn checkout_idle(&self) -> Option<http1::SendRequest<Incoming>> {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         while let Some((sender, since)) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(sender);
             }
         }
         None
+    }
+
+    fn push_idle(&self, sender: http1::SendRequest<Incoming>) {
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        // The oldest entries sit at the bottom of the stack: reap the expired ones.
+        let expired = idle.iter().take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT).count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push((sender, Instant::now()));
+        }
     }
 
     async fn connect_h1(

@@ -2,6 +2,8 @@
 //! clients — header size and count (→ 431), a header read timeout, HTTP/2 stream limits — and a
 //! graceful end on drain (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY).
 
+use std::time::Duration;
+
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -56,7 +58,10 @@ pub async fn serve<I>(
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(spec.limits.max_header_bytes as u32)
-                .max_concurrent_streams(1000)
+                .max_concurrent_streams(spec.limits.max_concurrent_streams)
+                // Pings find clients that vanished without closing.
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
                 .adaptive_window(true)
                 .serve_connection(io, service);
             drive!(conn, shutdown)
