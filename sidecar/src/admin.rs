@@ -92,7 +92,8 @@ fn route(
             tracing::info!("shutdown requested on the admin endpoint");
             shutdown.store(true, Ordering::Release);
             let mut res = reply(StatusCode::OK, text, "draining\n");
-            res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            res.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
             res
         }
         (_, "/live" | "/ready" | "/metrics" | "/config") => {

@@ -288,7 +288,10 @@ fn apply_overrides(sidecar: &mut SidecarSpec, o: &Overrides) -> Result<(), Build
         sidecar.timeouts.drain = pilotfish_api::Duration::from_millis(drain.as_millis() as u64);
     }
     sidecar.validate().map_err(|e| {
-        BuildError::Conflict(format!("with the command-line overrides applied, {}: {}", e.field, e.reason))
+        BuildError::Conflict(format!(
+            "with the command-line overrides applied, {}: {}",
+            e.field, e.reason
+        ))
     })
 }
 

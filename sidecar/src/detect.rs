@@ -84,7 +84,10 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
 }
 
 fn trim_leading_crlf(mut buf: &[u8]) -> &[u8] {
-    while let Some(rest) = buf.strip_prefix(b"\r\n").or_else(|| buf.strip_prefix(b"\n")) {
+    while let Some(rest) = buf
+        .strip_prefix(b"\r\n")
+        .or_else(|| buf.strip_prefix(b"\n"))
+    {
         buf = rest;
     }
     buf

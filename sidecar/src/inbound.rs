@@ -18,7 +18,12 @@ use crate::outbound::serve_http;
 use crate::state::Shared;
 use crate::transport;
 
-pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr, slot: Arc<ConnSlot>) {
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    slot: Arc<ConnSlot>,
+) {
     let snap = shared.snapshot.load_full();
     let Some(inbound) = &snap.inbound else { return };
     let app = inbound.spec.app;

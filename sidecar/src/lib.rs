@@ -135,7 +135,9 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         outbound,
         Direction::Outbound,
         shared.shutdown.clone(),
-        move |stream, client, slot| outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot),
+        move |stream, client, slot| {
+            outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot)
+        },
     ));
     if let Some(inbound) = inbound {
         let s = shared.clone();

@@ -168,8 +168,10 @@ impl Metrics {
 
 /// Status codes whose counters are resolved once per endpoint; any other code is resolved when
 /// it occurs (rare codes pay a label lookup, common ones an atomic add).
-const COMMON_CODES: [u16; 20] =
-    [101, 200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504, 499];
+const COMMON_CODES: [u16; 20] = [
+    101, 200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504,
+    499,
+];
 
 #[derive(Clone)]
 pub struct TargetMetrics {
@@ -188,7 +190,8 @@ impl EndpointMetrics {
     pub fn record(&self, status: StatusCode) {
         let resolve = || {
             let [d, s, e] = &self.labels;
-            self.family.with_label_values(&[d.as_str(), s, e, status.as_str()])
+            self.family
+                .with_label_values(&[d.as_str(), s, e, status.as_str()])
         };
         match COMMON_CODES.iter().position(|c| *c == status.as_u16()) {
             Some(slot) => self.codes[slot].get_or_init(resolve).inc(),

@@ -99,7 +99,8 @@ pub async fn handle(
         (Detected::Http2, _) => Version::Http2,
         (Detected::Tls | Detected::Opaque, Some(svc)) => {
             let target = TcpTarget::Service(svc);
-            return forward::forward(&snap, Direction::Outbound, stream, client, prefix, target).await;
+            return forward::forward(&snap, Direction::Outbound, stream, client, prefix, target)
+                .await;
         }
         (Detected::Tls, None) => {
             tracing::info!(
@@ -119,7 +120,10 @@ pub async fn handle(
         },
         None => HttpTarget::ByAuthority,
     };
-    serve_http(&shared, &snap, stream, prefix, client, target, version, slot).await;
+    serve_http(
+        &shared, &snap, stream, prefix, client, target, version, slot,
+    )
+    .await;
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -102,7 +102,32 @@ async fn metrics_parse_and_count_the_traffic_sent() {
     );
     assert_eq!(sample(&m, "pilotfish_config_version", &[]), 1.0);
     assert_eq!(sample(&m, "pilotfish_config_errors_total", &[]), 0.0);
-    assert!(m.iter().any(|s| s.name == "pilotfish_open_connections"));
+
+    // One connection held open: the gauge shows exactly it (once the curl connections are gone).
+    let mut held = tokio::net::TcpStream::connect(sc.outbound).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    held.write_all(b"GET /ok HTTP/1.1\r\nHost: users\r\n\r\n")
+        .await
+        .unwrap();
+    let mut status = [0u8; 12];
+    held.read_exact(&mut status).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = sc.metrics().await;
+        let open = sample(
+            &m,
+            "pilotfish_open_connections",
+            &[("direction", "outbound")],
+        );
+        if open == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "open connections: {open}, expected 1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +143,7 @@ async fn reload_swaps_valid_config_and_keeps_the_old_on_error() {
     );
 
     // A request in flight across the reload completes.
-    let slow_url = format!("http://{}/slow/1500", sc.outbound);
+    let slow_url = format!("http://{}/slow/5000", sc.outbound);
     let in_flight = tokio::spawn(async move { curl(&["-H", "Host: users", &slow_url]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -15,12 +15,29 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         service_doc("users", &[users.addr], "")
     );
     let mut sc = Sidecar::start(&config);
-    let url = format!("http://{}/slow/1500", sc.outbound);
+    let url = format!("http://{}/slow/3000", sc.outbound);
     let in_flight = tokio::spawn(async move { curl(&["-H", "Host: users", &url]).await });
     while users.requests.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     sc.signal("TERM");
+    // While draining: not ready, and no new connections are accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sc.admin_get("/ready").await.status != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready stayed 200 while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request finished before drain could be observed"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(sc.outbound).await.is_err(),
+        "a new connection was accepted while draining"
+    );
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200, "the in-flight request was cut");
     let status = tokio::task::block_in_place(|| sc.wait_exit(Duration::from_secs(30)));

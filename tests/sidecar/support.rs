@@ -354,6 +354,7 @@ fn parse_reply(mut raw: &[u8]) -> Reply {
 /// - `/status/NNN` answers with that status;
 /// - `/slow/MS` waits that long first;
 /// - `/echo` streams the request body back;
+/// - `/drip` sends a first chunk at once and the rest 30 s later;
 /// - `/trailers` sends a body followed by a trailer.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -410,6 +411,16 @@ async fn answer(
         let body = Full::new(Bytes::from_static(b"body then trailers"))
             .map_err(|never| match never {})
             .with_trailers(async move { Some(Ok(trailers)) });
+        return Ok(Response::new(BodyExt::boxed(body)));
+    }
+    if path == "/drip" {
+        // The first chunk now, the rest 30 s later: only a streaming proxy shows the first early.
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, hyper::Error>::new(1);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"first chunk\n")).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let _ = tx.send_data(Bytes::from_static(b"last chunk\n")).await;
+        });
         return Ok(Response::new(BodyExt::boxed(body)));
     }
     if let Some(ms) = path.strip_prefix("/slow/") {

@@ -172,7 +172,10 @@ impl EndpointConns {
     fn push_idle(&self, sender: http1::SendRequest<Incoming>) {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         // The oldest entries sit at the bottom of the stack: reap the expired ones.
-        let expired = idle.iter().take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT).count();
+        let expired = idle
+            .iter()
+            .take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
+            .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push((sender, Instant::now()));

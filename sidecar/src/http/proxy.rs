@@ -33,7 +33,10 @@ pub enum HttpTarget {
     /// The explicit outbound listener: the service named by `Host` / `:authority`.
     ByAuthority,
     /// A known service (per-service local port, or transparent `ADDRESS:PORT`).
-    Service { key: Arc<str>, protocol: Option<Protocol> },
+    Service {
+        key: Arc<str>,
+        protocol: Option<Protocol>,
+    },
     /// The local app (inbound).
     App(Option<Arc<EndpointRt>>),
 }
@@ -74,8 +77,17 @@ impl Proxy {
         downstream: Version,
         slot: Arc<ConnSlot>,
     ) -> Self {
-        let conn = ConnContext { shared, direction, client, target, downstream, slot };
-        Self { conn: Arc::new(conn) }
+        let conn = ConnContext {
+            shared,
+            direction,
+            client,
+            target,
+            downstream,
+            slot,
+        };
+        Self {
+            conn: Arc::new(conn),
+        }
     }
 }
 
@@ -105,7 +117,15 @@ impl ConnContext {
         };
         if req.method() == Method::CONNECT {
             let e = ProxyError::ConnectUnsupported;
-            return self.fail(&snap, &req, authority.as_ref(), e, grpc, &snap.unrouted, started);
+            return self.fail(
+                &snap,
+                &req,
+                authority.as_ref(),
+                e,
+                grpc,
+                &snap.unrouted,
+                started,
+            );
         }
         let mut dispatch = match self.resolve(&snap, authority.as_ref()) {
             Ok(d) => d,
@@ -114,7 +134,10 @@ impl ConnContext {
             }
         };
         let record = snap.sidecar.access_log.then(|| {
-            Box::new((self.record(&req, authority.as_ref(), dispatch.service), started))
+            Box::new((
+                self.record(&req, authority.as_ref(), dispatch.service),
+                started,
+            ))
         });
         let upgrade = self.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -127,7 +150,11 @@ impl ConnContext {
 
         let connect_timeout = snap.sidecar.timeouts.connect.get();
         let endpoint = dispatch.endpoint;
-        let (mut res, conn) = match endpoint.conns.send(dispatch.version, req, connect_timeout).await {
+        let (mut res, conn) = match endpoint
+            .conns
+            .send(dispatch.version, req, connect_timeout)
+            .await
+        {
             Ok(sent) => sent,
             Err(e) => {
                 let e = ProxyError::from(e);
@@ -135,7 +162,10 @@ impl ConnContext {
                 return self.respond_local(e, grpc, &endpoint.metrics, record);
             }
         };
-        dispatch.metrics.duration.observe(started.elapsed().as_secs_f64());
+        dispatch
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
         endpoint.metrics.record(res.status());
 
         let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -195,14 +225,22 @@ impl ConnContext {
             },
         };
         let Some(endpoint) = service.pick() else {
-            return Err((ProxyError::NoEndpoints(service.key.to_string()), &service.local));
+            return Err((
+                ProxyError::NoEndpoints(service.key.to_string()),
+                &service.local,
+            ));
         };
         let version = match declared {
             Some(Protocol::Http) => Version::Http1,
             Some(Protocol::Http2 | Protocol::Grpc) => Version::Http2,
             Some(Protocol::Tcp) | None => self.downstream,
         };
-        Ok(Dispatch { endpoint, version, metrics: &service.metrics, service: &service.key })
+        Ok(Dispatch {
+            endpoint,
+            version,
+            metrics: &service.metrics,
+            service: &service.key,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -217,7 +255,10 @@ impl ConnContext {
         started: Instant,
     ) -> Response<ProxyBody> {
         tracing::debug!(error = %e, "request refused");
-        let record = snap.sidecar.access_log.then(|| Box::new((self.record(req, authority, ""), started)));
+        let record = snap
+            .sidecar
+            .access_log
+            .then(|| Box::new((self.record(req, authority, ""), started)));
         self.respond_local(e, grpc, local, record)
     }
 
@@ -241,13 +282,22 @@ impl ConnContext {
         res
     }
 
-    fn record(&self, req: &Request<Incoming>, authority: Option<&Authority>, service: &str) -> HttpRecord {
+    fn record(
+        &self,
+        req: &Request<Incoming>,
+        authority: Option<&Authority>,
+        service: &str,
+    ) -> HttpRecord {
         HttpRecord {
             direction: self.direction.as_str(),
             client: self.client,
             method: req.method().to_string(),
             authority: authority.map(|a| a.as_str().to_owned()).unwrap_or_default(),
-            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
             protocol: match self.downstream {
                 Version::Http1 => "HTTP/1.1",
                 Version::Http2 => "HTTP/2",
@@ -257,7 +307,11 @@ impl ConnContext {
             response_bytes: 0,
             upstream: None,
             service: (!service.is_empty()).then(|| service.to_owned()),
-            request_id: req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             error: None,
         }
     }
@@ -283,14 +337,16 @@ fn prepare(
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    let authority = authority
-        .unwrap_or_else(|| Authority::try_from(dispatch.endpoint.label.as_str()).expect("IP:PORT is an authority"));
+    let authority = authority.unwrap_or_else(|| {
+        Authority::try_from(dispatch.endpoint.label.as_str()).expect("IP:PORT is an authority")
+    });
     match dispatch.version {
         Version::Http1 => {
             parts.scheme = None;
             parts.authority = None;
             *req.version_mut() = http::Version::HTTP_11;
-            let host = HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value");
+            let host = HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value");
             req.headers_mut().insert(HOST, host);
         }
         Version::Http2 => {
@@ -315,8 +371,12 @@ impl Tunnel {
     async fn run(self, downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
         match tokio::try_join!(downstream, upstream) {
             Ok((down, up)) => {
-                let counters = (&self.metrics.tcp_client_to_server, &self.metrics.tcp_server_to_client);
-                let (_, result) = tcp::splice(TokioIo::new(down), TokioIo::new(up), self.idle, counters).await;
+                let counters = (
+                    &self.metrics.tcp_client_to_server,
+                    &self.metrics.tcp_server_to_client,
+                );
+                let (_, result) =
+                    tcp::splice(TokioIo::new(down), TokioIo::new(up), self.idle, counters).await;
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }
@@ -334,9 +394,9 @@ fn authority_of<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
     }
     match req.headers().get(HOST) {
         None => Ok(None),
-        Some(host) => Authority::try_from(host.as_bytes())
-            .map(Some)
-            .map_err(|_| ProxyError::InvalidHost(String::from_utf8_lossy(host.as_bytes()).into_owned())),
+        Some(host) => Authority::try_from(host.as_bytes()).map(Some).map_err(|_| {
+            ProxyError::InvalidHost(String::from_utf8_lossy(host.as_bytes()).into_owned())
+        }),
     }
 }
 
