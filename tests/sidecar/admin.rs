@@ -6,13 +6,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_answer() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (users, sc) = users_behind_a_sidecar("").await;
     assert_eq!(sc.admin_get("/live").await.status, 200);
     assert_eq!(sc.admin_get("/ready").await.status, 200);
     let config = sc.admin_get("/config").await;
@@ -40,13 +34,7 @@ async fn admin_endpoints_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_the_traffic_sent() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (users, sc) = users_behind_a_sidecar("").await;
     let base = format!("http://{}", sc.outbound);
     for _ in 0..3 {
         assert_eq!(
@@ -209,13 +197,7 @@ async fn reload_swaps_valid_config_and_keeps_the_old_on_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_writes_one_json_line_per_request() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, "  accessLog: true\n"),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (users, sc) = users_behind_a_sidecar("  accessLog: true\n").await;
     let r = curl(&[
         "-H",
         "Host: users",

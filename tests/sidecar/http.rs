@@ -115,13 +115,7 @@ async fn inbound_forwards_to_the_app_and_records_the_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_and_connections_are_reused() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (users, sc) = users_behind_a_sidecar("").await;
     let dir = tempfile::tempdir().unwrap();
     let upload = dir.path().join("upload.bin");
     let data: Vec<u8> = (0..8 * 1024 * 1024u32)
@@ -196,13 +190,7 @@ async fn bodies_stream_both_ways_and_connections_are_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stop_at_the_proxy() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (_users, sc) = users_behind_a_sidecar("").await;
     let r = curl(&[
         "-H",
         "Host: users",
@@ -231,13 +219,7 @@ async fn hop_by_hop_headers_stop_at_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_pass_through_http2() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (_users, sc) = users_behind_a_sidecar("").await;
     let out = tokio::process::Command::new("nghttp")
         .args([
             "-v",
@@ -269,13 +251,7 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_4xx_and_a_clean_close() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (users, sc) = users_behind_a_sidecar("").await;
 
     let malformed = raw_exchange(sc.outbound, b"GET / HTTP/1.1\r\nHost users\r\n\r\n").await;
     assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
@@ -394,13 +370,7 @@ async fn slow_clients_and_floods_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_stream_before_they_end() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let sc = Sidecar::start(&config);
+    let (_users, sc) = users_behind_a_sidecar("").await;
     for h2 in [false, true] {
         let mut args = vec!["-s", "-N", "--max-time", "25", "-H", "Host: users"];
         if h2 {

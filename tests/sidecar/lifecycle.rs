@@ -8,13 +8,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let mut sc = Sidecar::start(&config);
+    let (users, mut sc) = users_behind_a_sidecar("").await;
     let url = format!("http://{}/slow/3000", sc.outbound);
     let in_flight = tokio::spawn(async move { curl(&["-H", "Host: users", &url]).await });
     while users.requests.load(Ordering::SeqCst) == 0 {
@@ -92,13 +86,7 @@ fn invalid_config_at_start_names_the_field_and_exits_nonzero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_sends_http2_goaway_and_finishes_open_streams() {
-    let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, ""),
-        service_doc("users", &[users.addr], "")
-    );
-    let mut sc = Sidecar::start(&config);
+    let (users, mut sc) = users_behind_a_sidecar("").await;
     let url = format!("http://{}/slow/1500", sc.outbound);
     let client = tokio::spawn(async move {
         tokio::process::Command::new("nghttp")

@@ -79,6 +79,18 @@ pub fn service_doc(name: &str, endpoints: &[SocketAddr], extra: &str) -> String 
     )
 }
 
+/// The common set-up: a `users` service with one backend, called through a sidecar whose
+/// `Sidecar` spec gets `sidecar_extra` (YAML lines under `spec:`).
+pub async fn users_behind_a_sidecar(sidecar_extra: &str) -> (Backend, Sidecar) {
+    let users = backend("users").await;
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, sidecar_extra),
+        service_doc("users", &[users.addr], "")
+    );
+    (users, Sidecar::start(&config))
+}
+
 impl Sidecar {
     pub fn start(config: &str) -> Self {
         Self::start_in(config, &[], None)

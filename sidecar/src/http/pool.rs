@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
@@ -130,15 +130,7 @@ impl EndpointConns {
                         }),
                     ))
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => {
-                        return Err(UpstreamError::Request {
-                            addr: self.addr,
-                            source: e.into_error(),
-                        })
-                    }
-                },
+                Err(e) => req = self.unsent(e)?,
             }
         }
         let mut sender = self.connect_h1(connect_timeout).await?;
@@ -159,6 +151,18 @@ impl EndpointConns {
     }
 
     /// The most recently used idle connection (LIFO keeps the set of warm connections small).
+    /// The request back from a connection that could not take it (it never went out), or the
+    /// error if it did go out.
+    fn unsent(
+        &self,
+        mut e: TrySendError<Request<Incoming>>,
+    ) -> Result<Request<Incoming>, UpstreamError> {
+        e.take_message().ok_or_else(|| UpstreamError::Request {
+            addr: self.addr,
+            source: e.into_error(),
+        })
+    }
+
     fn checkout_idle(&self) -> Option<http1::SendRequest<Incoming>> {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         while let Some((sender, since)) = idle.pop() {
@@ -213,15 +217,7 @@ impl EndpointConns {
         if let Some(mut sender) = self.shared_h2() {
             match sender.try_send_request(req).await {
                 Ok(res) => return Ok(res),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => {
-                        return Err(UpstreamError::Request {
-                            addr: self.addr,
-                            source: e.into_error(),
-                        })
-                    }
-                },
+                Err(e) => req = self.unsent(e)?,
             }
         }
         let mut sender = self.connect_h2(connect_timeout).await?;
