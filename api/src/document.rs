@@ -10,6 +10,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
+use crate::route::{HttpRouteSpec, GATEWAY_V1};
 use crate::{ServiceSpec, SidecarSpec};
 
 /// The `apiVersion` of Pilotfish's own kinds.
@@ -43,24 +45,47 @@ pub struct Object<S> {
 pub enum Resource {
     Sidecar(Object<SidecarSpec>),
     Service(Object<ServiceSpec>),
+    HttpRoute(Object<HttpRouteSpec>),
+    BackendPolicy(Object<BackendPolicySpec>),
+    RateLimitPolicy(Object<RateLimitPolicySpec>),
 }
+
+/// Every kind, with its `apiVersion`.
+const KINDS: [(&str, &str); 5] = [
+    ("Sidecar", PILOTFISH_V1ALPHA1),
+    ("Service", PILOTFISH_V1ALPHA1),
+    ("HTTPRoute", GATEWAY_V1),
+    ("BackendPolicy", PILOTFISH_V1ALPHA1),
+    ("RateLimitPolicy", PILOTFISH_V1ALPHA1),
+];
 
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Sidecar(_) => "Sidecar",
             Self::Service(_) => "Service",
+            Self::HttpRoute(_) => "HTTPRoute",
+            Self::BackendPolicy(_) => "BackendPolicy",
+            Self::RateLimitPolicy(_) => "RateLimitPolicy",
         }
     }
 
     pub fn api_version(&self) -> &'static str {
-        PILOTFISH_V1ALPHA1
+        let kind = self.kind();
+        KINDS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| *v)
+            .expect("every kind is listed")
     }
 
     pub fn metadata(&self) -> &Metadata {
         match self {
             Self::Sidecar(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
+            Self::HttpRoute(o) => &o.metadata,
+            Self::BackendPolicy(o) => &o.metadata,
+            Self::RateLimitPolicy(o) => &o.metadata,
         }
     }
 
@@ -69,6 +94,9 @@ impl Resource {
         let spec = match self {
             Self::Sidecar(o) => serde_json::to_value(&o.spec),
             Self::Service(o) => serde_json::to_value(&o.spec),
+            Self::HttpRoute(o) => serde_json::to_value(&o.spec),
+            Self::BackendPolicy(o) => serde_json::to_value(&o.spec),
+            Self::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
         }
         .expect("specs serialize to JSON");
         serde_json::json!({
@@ -201,47 +229,38 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError
         meta("namespace").unwrap_or("default"),
     );
     let object = Some(format!("{kind} {namespace}/{name}"));
-    let expect_version = |expected: &str| {
-        if api_version == expected {
-            Ok(())
-        } else {
-            Err((
-                object.clone(),
-                FieldError::new(
-                    "apiVersion",
-                    format!("{kind} is served as {expected}, not {api_version}"),
-                ),
-            ))
-        }
+    let Some((_, expected)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+        let reason = format!(
+            "unknown kind {kind:?}: expected one of {}",
+            known.join(", ")
+        );
+        return Err((object, FieldError::new("kind", reason)));
     };
+    if api_version != *expected {
+        let reason = format!("{kind} is served as {expected}, not {api_version}");
+        return Err((object, FieldError::new("apiVersion", reason)));
+    }
+    fn object_of<S: DeserializeOwned>(
+        value: serde_yaml_ng::Value,
+        object: &Option<String>,
+        validate: impl Fn(&S) -> Result<(), FieldError>,
+    ) -> Result<Object<S>, DocumentError> {
+        let env: Envelope<S> = typed(value).map_err(|e| (object.clone(), e))?;
+        validate(&env.spec).map_err(|e| (object.clone(), e))?;
+        Ok(Object {
+            metadata: env.metadata,
+            spec: env.spec,
+        })
+    }
     let resource = match kind.as_str() {
-        "Sidecar" => {
-            expect_version(PILOTFISH_V1ALPHA1)?;
-            let env: Envelope<SidecarSpec> = typed(value).map_err(|e| (object.clone(), e))?;
-            env.spec.validate().map_err(|e| (object.clone(), e))?;
-            Resource::Sidecar(Object {
-                metadata: env.metadata,
-                spec: env.spec,
-            })
+        "Sidecar" => Resource::Sidecar(object_of(value, &object, SidecarSpec::validate)?),
+        "Service" => Resource::Service(object_of(value, &object, ServiceSpec::validate)?),
+        "HTTPRoute" => Resource::HttpRoute(object_of(value, &object, HttpRouteSpec::validate)?),
+        "BackendPolicy" => {
+            Resource::BackendPolicy(object_of(value, &object, BackendPolicySpec::validate)?)
         }
-        "Service" => {
-            expect_version(PILOTFISH_V1ALPHA1)?;
-            let env: Envelope<ServiceSpec> = typed(value).map_err(|e| (object.clone(), e))?;
-            env.spec.validate().map_err(|e| (object.clone(), e))?;
-            Resource::Service(Object {
-                metadata: env.metadata,
-                spec: env.spec,
-            })
-        }
-        other => {
-            return Err((
-                object,
-                FieldError::new(
-                    "kind",
-                    format!("unknown kind {other:?}: expected Sidecar or Service"),
-                ),
-            ))
-        }
+        _ => Resource::RateLimitPolicy(object_of(value, &object, RateLimitPolicySpec::validate)?),
     };
     let m = resource.metadata();
     let object = Some(describe(&resource));
@@ -290,6 +309,7 @@ fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
             ));
         }
         match r {
+            Resource::HttpRoute(_) | Resource::BackendPolicy(_) | Resource::RateLimitPolicy(_) => {}
             Resource::Sidecar(_) => {
                 sidecars += 1;
                 if sidecars > 1 {

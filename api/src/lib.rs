@@ -8,12 +8,17 @@
 //!   parser for a multi-document YAML stream, with errors that name the document, field and reason.
 //! - [`sidecar`]: the `Sidecar` kind — one sidecar's listeners, timeouts and limits.
 //! - [`service`]: the `Service` kind — a service's ports and (in static mode) its endpoints.
+//! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
+//!   backends, timeouts, retries.
+//! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 
 #![forbid(unsafe_code)]
 
 pub mod document;
 pub mod duration;
+pub mod policy;
+pub mod route;
 pub mod service;
 pub mod sidecar;
 

@@ -1,0 +1,442 @@
+//! The `HTTPRoute` kind, in the Gateway API shape (gateway.networking.k8s.io/v1) so users'
+//! manifests carry over: rules of matches (path, method, headers, query parameters), filters,
+//! weighted backends, timeouts and retries (GEP-1731), attached to a Service by `parentRefs`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::document::FieldError;
+use crate::Duration;
+
+pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    /// The Services whose traffic this route shapes (`kind: Service`; a mesh route).
+    pub parent_refs: Vec<ParentRef>,
+    /// Accepted for compatibility; a mesh route applies to its parent services' traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default = "service_kind")]
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+fn service_kind() -> String {
+    "Service".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any one matching selects the rule; none means every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// Weighted backends (traffic split); none means the parent service itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RouteRetry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default = "path_prefix", rename = "type")]
+    pub kind: PathMatchType,
+    #[serde(default = "root")]
+    pub value: String,
+}
+
+fn path_prefix() -> PathMatchType {
+    PathMatchType::PathPrefix
+}
+fn root() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathMatchType {
+    Exact,
+    PathPrefix,
+    RegularExpression,
+}
+
+/// A header or query parameter match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    #[serde(default = "exact", rename = "type")]
+    pub kind: ValueMatchType,
+    pub name: String,
+    pub value: String,
+}
+
+fn exact() -> ValueMatchType {
+    ValueMatchType::Exact
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueMatchType {
+    Exact,
+    RegularExpression,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default = "service_kind")]
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// The whole exchange as the caller sees it, all retries included (to response headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    /// Each attempt to a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<Duration>,
+}
+
+/// GEP-1731 retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRetry {
+    /// Retries after the first attempt.
+    #[serde(default = "two")]
+    pub attempts: u32,
+    /// Base of the exponential backoff with full jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Duration>,
+    /// Response statuses that are retried (default 502, 503, 504).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum Filter {
+    RequestHeaderModifier {
+        #[serde(rename = "requestHeaderModifier")]
+        modifier: HeaderModifier,
+    },
+    ResponseHeaderModifier {
+        #[serde(rename = "responseHeaderModifier")]
+        modifier: HeaderModifier,
+    },
+    RequestRedirect {
+        #[serde(rename = "requestRedirect")]
+        redirect: RequestRedirect,
+    },
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite {
+        #[serde(rename = "urlRewrite")]
+        rewrite: UrlRewrite,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "found")]
+    pub status_code: u16,
+}
+
+fn found() -> u16 {
+    302
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum PathModifier {
+    ReplaceFullPath { replace_full_path: String },
+    ReplacePrefixMatch { replace_prefix_match: String },
+}
+
+impl HttpRouteSpec {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
+        if self.parent_refs.is_empty() {
+            return Err(FieldError::new(
+                "spec.parentRefs",
+                "needs at least one Service to attach to",
+            ));
+        }
+        for (i, p) in self.parent_refs.iter().enumerate() {
+            if p.kind != "Service" {
+                return Err(FieldError::new(
+                    format!("spec.parentRefs[{i}].kind"),
+                    format!(
+                        "{:?} is not supported: a mesh route attaches to a Service",
+                        p.kind
+                    ),
+                ));
+            }
+        }
+        for (r, rule) in self.rules.iter().enumerate() {
+            let at = |rest: String| format!("spec.rules[{r}].{rest}");
+            for (m, mat) in rule.matches.iter().enumerate() {
+                if let Some(path) = &mat.path {
+                    let field = at(format!("matches[{m}].path.value"));
+                    match path.kind {
+                        PathMatchType::Exact | PathMatchType::PathPrefix
+                            if !path.value.starts_with('/') =>
+                        {
+                            return Err(FieldError::new(field, "must start with '/'"));
+                        }
+                        PathMatchType::RegularExpression => check_regex(&path.value, field)?,
+                        _ => {}
+                    }
+                }
+                if let Some(method) = &mat.method {
+                    if http_method(method).is_none() {
+                        return Err(FieldError::new(
+                            at(format!("matches[{m}].method")),
+                            format!(
+                                "{method:?} is not an HTTP method (GET, POST, PUT, DELETE, ...)"
+                            ),
+                        ));
+                    }
+                }
+                for (list, name) in [
+                    (&mat.headers, "headers"),
+                    (&mat.query_params, "queryParams"),
+                ] {
+                    for (h, v) in list.iter().enumerate() {
+                        if v.name.is_empty() {
+                            return Err(FieldError::new(
+                                at(format!("matches[{m}].{name}[{h}].name")),
+                                "must not be empty",
+                            ));
+                        }
+                        if v.kind == ValueMatchType::RegularExpression {
+                            check_regex(&v.value, at(format!("matches[{m}].{name}[{h}].value")))?;
+                        }
+                    }
+                }
+            }
+            for (b, backend) in rule.backend_refs.iter().enumerate() {
+                if backend.kind != "Service" {
+                    return Err(FieldError::new(
+                        at(format!("backendRefs[{b}].kind")),
+                        format!("{:?} is not supported: backends are Services", backend.kind),
+                    ));
+                }
+            }
+            if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| b.weight == 0) {
+                return Err(FieldError::new(
+                    at("backendRefs".into()),
+                    "at least one backend needs a weight above 0",
+                ));
+            }
+            if let Some(retry) = &rule.retry {
+                if retry.attempts > 10 {
+                    return Err(FieldError::new(
+                        at("retry.attempts".into()),
+                        "must be at most 10",
+                    ));
+                }
+                if let Some(i) = retry.codes.iter().position(|c| !(400..=599).contains(c)) {
+                    return Err(FieldError::new(
+                        at(format!("retry.codes[{i}]")),
+                        "must be an HTTP error status (400-599)",
+                    ));
+                }
+            }
+            for (f, filter) in rule.filters.iter().enumerate() {
+                if let Filter::RequestRedirect { redirect } = filter {
+                    if ![301, 302, 303, 307, 308].contains(&redirect.status_code) {
+                        return Err(FieldError::new(
+                            at(format!("filters[{f}].requestRedirect.statusCode")),
+                            "must be 301, 302, 303, 307 or 308",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Methods as the Gateway API lists them.
+pub fn http_method(method: &str) -> Option<&'static str> {
+    [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ]
+    .into_iter()
+    .find(|m| *m == method)
+}
+
+fn check_regex(pattern: &str, field: String) -> Result<(), FieldError> {
+    regex::Regex::new(pattern)
+        .map(drop)
+        .map_err(|e| FieldError::new(field, format!("not a valid regular expression: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse_stream, Resource};
+
+    fn route(rules: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: users}}]\n  rules:\n{rules}"
+        )
+    }
+
+    #[test]
+    fn parses_the_gateway_api_shape() {
+        let text = route(
+            "  - matches: [{path: {type: RegularExpression, value: '^/v[0-9]+/'}, headers: [{name: x-canary, value: 'yes'}]}]\n    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}], remove: [x-c]}}\n    - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}\n    backendRefs: [{name: users, weight: 90}, {name: users-v2, weight: 10}]\n    timeouts: {request: 2s, backendRequest: 500ms}\n    retry: {attempts: 3, backoff: 25ms, codes: [503]}\n",
+        );
+        let resources = parse_stream("r.yaml", &text).unwrap();
+        let Resource::HttpRoute(r) = &resources[0] else {
+            panic!("not a route")
+        };
+        let rule = &r.spec.rules[0];
+        assert_eq!(rule.backend_refs[1].weight, 10);
+        assert_eq!(rule.filters.len(), 2);
+        assert_eq!(r.spec.parent_refs[0].kind, "Service");
+        assert_eq!(resources[0].api_version(), super::GATEWAY_V1);
+    }
+
+    #[test]
+    fn bad_routes_name_the_field() {
+        let cases = [
+            (
+                "  - matches: [{path: {type: PathPrefix, value: api}}]\n",
+                "spec.rules[0].matches[0].path.value",
+            ),
+            (
+                "  - matches: [{path: {type: RegularExpression, value: '(unclosed'}}]\n",
+                "spec.rules[0].matches[0].path.value",
+            ),
+            (
+                "  - matches: [{method: FETCH}]\n",
+                "spec.rules[0].matches[0].method",
+            ),
+            (
+                "  - backendRefs: [{name: a, weight: 0}]\n",
+                "spec.rules[0].backendRefs",
+            ),
+            (
+                "  - retry: {codes: [200]}\n",
+                "spec.rules[0].retry.codes[0]",
+            ),
+            (
+                "  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]\n",
+                "spec.rules[0].filters[0].requestRedirect.statusCode",
+            ),
+            (
+                "  - filters: [{type: Mirror}]\n",
+                "spec.rules[0].filters[0]",
+            ),
+        ];
+        for (rules, field) in cases {
+            let err = parse_stream("r.yaml", &route(rules)).unwrap_err();
+            assert!(err.field.starts_with(field), "{rules}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_api_gateway_example_expresses_kong_style_limits() {
+        let text = include_str!("../../examples/api-gateway.yaml");
+        let resources = parse_stream("api-gateway.yaml", text).unwrap();
+        let limit = resources
+            .iter()
+            .find_map(|r| match r {
+                Resource::RateLimitPolicy(p) => Some(&p.spec),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            (limit.per_minute, limit.per_hour),
+            (Some(100), Some(10_000))
+        );
+        assert_eq!(limit.target_ref.kind, "HTTPRoute");
+    }
+}
