@@ -72,11 +72,7 @@ impl Resource {
 
     pub fn api_version(&self) -> &'static str {
         let kind = self.kind();
-        KINDS
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| *v)
-            .expect("every kind is listed")
+        KINDS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v).expect("every kind is listed")
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -117,10 +113,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -204,37 +197,17 @@ type DocumentError = (Option<String>, FieldError);
 fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError> {
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
     let api_version = text("apiVersion").ok_or_else(|| {
-        (
-            None,
-            FieldError::new(
-                "apiVersion",
-                "missing: every document needs apiVersion and kind",
-            ),
-        )
+        (None, FieldError::new("apiVersion", "missing: every document needs apiVersion and kind"))
     })?;
     let kind = text("kind").ok_or_else(|| {
-        (
-            None,
-            FieldError::new("kind", "missing: every document needs apiVersion and kind"),
-        )
+        (None, FieldError::new("kind", "missing: every document needs apiVersion and kind"))
     })?;
-    let meta = |field: &str| {
-        value
-            .get("metadata")
-            .and_then(|m| m.get(field))
-            .and_then(|v| v.as_str())
-    };
-    let (name, namespace) = (
-        meta("name").unwrap_or(""),
-        meta("namespace").unwrap_or("default"),
-    );
+    let meta = |field: &str| value.get("metadata").and_then(|m| m.get(field)).and_then(|v| v.as_str());
+    let (name, namespace) = (meta("name").unwrap_or(""), meta("namespace").unwrap_or("default"));
     let object = Some(format!("{kind} {namespace}/{name}"));
     let Some((_, expected)) = KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
-        let reason = format!(
-            "unknown kind {kind:?}: expected one of {}",
-            known.join(", ")
-        );
+        let reason = format!("unknown kind {kind:?}: expected one of {}", known.join(", "));
         return Err((object, FieldError::new("kind", reason)));
     };
     if api_version != *expected {
@@ -248,18 +221,13 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError
     ) -> Result<Object<S>, DocumentError> {
         let env: Envelope<S> = typed(value).map_err(|e| (object.clone(), e))?;
         validate(&env.spec).map_err(|e| (object.clone(), e))?;
-        Ok(Object {
-            metadata: env.metadata,
-            spec: env.spec,
-        })
+        Ok(Object { metadata: env.metadata, spec: env.spec })
     }
     let resource = match kind.as_str() {
         "Sidecar" => Resource::Sidecar(object_of(value, &object, SidecarSpec::validate)?),
         "Service" => Resource::Service(object_of(value, &object, ServiceSpec::validate)?),
         "HTTPRoute" => Resource::HttpRoute(object_of(value, &object, HttpRouteSpec::validate)?),
-        "BackendPolicy" => {
-            Resource::BackendPolicy(object_of(value, &object, BackendPolicySpec::validate)?)
-        }
+        "BackendPolicy" => Resource::BackendPolicy(object_of(value, &object, BackendPolicySpec::validate)?),
         _ => Resource::RateLimitPolicy(object_of(value, &object, RateLimitPolicySpec::validate)?),
     };
     let m = resource.metadata();
@@ -281,9 +249,7 @@ fn typed<S: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<S, FieldErr
 fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -303,20 +269,14 @@ fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
     for (i, r) in resources.iter().enumerate() {
         let m = r.metadata();
         if !seen.insert((r.kind(), m.namespace.as_str(), m.name.as_str())) {
-            return Err((
-                i,
-                FieldError::new("metadata.name", "defined twice in this stream"),
-            ));
+            return Err((i, FieldError::new("metadata.name", "defined twice in this stream")));
         }
         match r {
             Resource::HttpRoute(_) | Resource::BackendPolicy(_) | Resource::RateLimitPolicy(_) => {}
             Resource::Sidecar(_) => {
                 sidecars += 1;
                 if sidecars > 1 {
-                    return Err((
-                        i,
-                        FieldError::new("kind", "only one Sidecar document is allowed"),
-                    ));
+                    return Err((i, FieldError::new("kind", "only one Sidecar document is allowed")));
                 }
             }
             Resource::Service(s) => {
@@ -377,16 +337,12 @@ spec:
     fn parses_the_contract_example() {
         let resources = parse_stream("web.yaml", GOOD).unwrap();
         assert_eq!(resources.len(), 2);
-        let Resource::Service(users) = &resources[1] else {
-            panic!("not a service")
-        };
+        let Resource::Service(users) = &resources[1] else { panic!("not a service") };
         assert_eq!(users.metadata.name, "users");
         assert_eq!(users.spec.endpoints.len(), 2);
         assert_eq!(users.spec.local_port, Some(18081));
         assert_eq!(users.spec.protocol(None), Some(crate::Protocol::Http));
-        let Resource::Sidecar(web) = &resources[0] else {
-            panic!("not a sidecar")
-        };
+        let Resource::Sidecar(web) = &resources[0] else { panic!("not a sidecar") };
         assert_eq!(web.spec.inbound.as_ref().unwrap().app.port(), 8080);
         assert_eq!(web.spec.timeouts.drain, crate::Duration::from_secs(30));
     }
@@ -399,9 +355,7 @@ spec:
         assert_eq!(err.field, "spec.endpoints[1].address");
         let text = err.to_string();
         assert!(
-            text.starts_with(
-                "web.yaml: document 2 (Service default/users): spec.endpoints[1].address: "
-            ),
+            text.starts_with("web.yaml: document 2 (Service default/users): spec.endpoints[1].address: "),
             "{text}"
         );
     }
@@ -410,20 +364,13 @@ spec:
     fn unknown_fields_and_kinds_are_refused() {
         let err = parse_stream("f", &GOOD.replace("localPort", "localport")).unwrap_err();
         assert_eq!(err.field, "spec.localport");
-        assert!(
-            err.reason.contains("unknown field `localport`"),
-            "{}",
-            err.reason
-        );
+        assert!(err.reason.contains("unknown field `localport`"), "{}", err.reason);
 
         let err = parse_stream("f", &GOOD.replace("kind: Service", "kind: Servise")).unwrap_err();
         assert_eq!((err.document, err.field.as_str()), (2, "kind"));
 
-        let err = parse_stream(
-            "f",
-            &GOOD.replace("v1alpha1\nkind: Service", "v1\nkind: Service"),
-        )
-        .unwrap_err();
+        let err =
+            parse_stream("f", &GOOD.replace("v1alpha1\nkind: Service", "v1\nkind: Service")).unwrap_err();
         assert_eq!(err.field, "apiVersion");
     }
 

@@ -41,9 +41,7 @@ impl FromStr for Duration {
     type Err = ParseDurationError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = || ParseDurationError {
-            text: text.to_owned(),
-        };
+        let err = || ParseDurationError { text: text.to_owned() };
         let mut rest = text;
         let mut total_ms: u64 = 0;
         let mut parts = 0;
@@ -123,21 +121,8 @@ mod tests {
 
     #[test]
     fn refuses_malformed_text() {
-        for bad in [
-            "",
-            "2",
-            "s",
-            "1.5s",
-            "-1s",
-            "2 s",
-            "100000s",
-            "1h1m1s1ms1h",
-            "2d",
-        ] {
-            assert!(
-                bad.parse::<Duration>().is_err(),
-                "{bad:?} should be refused"
-            );
+        for bad in ["", "2", "s", "1.5s", "-1s", "2 s", "100000s", "1h1m1s1ms1h", "2d"] {
+            assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be refused");
         }
     }
 

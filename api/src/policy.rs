@@ -77,12 +77,7 @@ pub enum FailureKind {
 }
 
 fn default_failure_on() -> Vec<FailureKind> {
-    vec![
-        FailureKind::ServerError,
-        FailureKind::ConnectFailure,
-        FailureKind::Reset,
-        FailureKind::Timeout,
-    ]
+    vec![FailureKind::ServerError, FailureKind::ConnectFailure, FailureKind::Reset, FailureKind::Timeout]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,11 +133,7 @@ pub enum RetryOn {
 }
 
 fn default_retry_on() -> Vec<RetryOn> {
-    vec![
-        RetryOn::ConnectFailure,
-        RetryOn::Reset,
-        RetryOn::RetriableStatusCodes,
-    ]
+    vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::RetriableStatusCodes]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,20 +241,13 @@ impl Default for CircuitBreaker {
 
 impl Default for ServiceLimits {
     fn default() -> Self {
-        Self {
-            max_connections: many(),
-            max_pending_requests: many(),
-            max_requests: many(),
-        }
+        Self { max_connections: many(), max_pending_requests: many(), max_requests: many() }
     }
 }
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        Self {
-            ratio: twenty_percent(),
-            min_per_second: ten(),
-        }
+        Self { ratio: twenty_percent(), min_per_second: ten() }
     }
 }
 
@@ -302,23 +286,14 @@ pub const GRPC_CODES: [(&str, u8); 16] = [
 impl BackendPolicySpec {
     pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if self.target_ref.kind != "Service" {
-            return Err(FieldError::new(
-                "spec.targetRef.kind",
-                "a BackendPolicy attaches to a Service",
-            ));
+            return Err(FieldError::new("spec.targetRef.kind", "a BackendPolicy attaches to a Service"));
         }
         let cb = &self.circuit_breaker;
         if cb.consecutive_failures == 0 {
-            return Err(FieldError::new(
-                "spec.circuitBreaker.consecutiveFailures",
-                "must be at least 1",
-            ));
+            return Err(FieldError::new("spec.circuitBreaker.consecutiveFailures", "must be at least 1"));
         }
         if cb.max_ejection_percent > 100 {
-            return Err(FieldError::new(
-                "spec.circuitBreaker.maxEjectionPercent",
-                "must be 0-100",
-            ));
+            return Err(FieldError::new("spec.circuitBreaker.maxEjectionPercent", "must be 0-100"));
         }
         if cb.base_ejection_time.get().is_zero() || cb.max_ejection_time < cb.base_ejection_time {
             return Err(FieldError::new(
@@ -328,10 +303,7 @@ impl BackendPolicySpec {
         }
         for (field, v) in [
             ("spec.limits.maxConnections", self.limits.max_connections),
-            (
-                "spec.limits.maxPendingRequests",
-                self.limits.max_pending_requests,
-            ),
+            ("spec.limits.maxPendingRequests", self.limits.max_pending_requests),
             ("spec.limits.maxRequests", self.limits.max_requests),
         ] {
             if v == 0 {
@@ -339,25 +311,15 @@ impl BackendPolicySpec {
             }
         }
         if !(0.0..=10.0).contains(&self.retry_budget.ratio) {
-            return Err(FieldError::new(
-                "spec.retryBudget.ratio",
-                "must be between 0 and 10 (0.2 = 20%)",
-            ));
+            return Err(FieldError::new("spec.retryBudget.ratio", "must be between 0 and 10 (0.2 = 20%)"));
         }
-        if self.retry.max_backoff < self.retry.base_backoff
-            || self.retry.base_backoff.get().is_zero()
-        {
+        if self.retry.max_backoff < self.retry.base_backoff || self.retry.base_backoff.get().is_zero() {
             return Err(FieldError::new(
                 "spec.retry.maxBackoff",
                 "must be at least baseBackoff, which must be above 0s",
             ));
         }
-        if let Some(i) = self
-            .retry
-            .grpc_codes
-            .iter()
-            .position(|c| grpc_code(c).is_none())
-        {
+        if let Some(i) = self.retry.grpc_codes.iter().position(|c| grpc_code(c).is_none()) {
             return Err(FieldError::new(
                 format!("spec.retry.grpcCodes[{i}]"),
                 "not a gRPC status name (e.g. unavailable, resource-exhausted, deadline-exceeded)",
@@ -365,10 +327,7 @@ impl BackendPolicySpec {
         }
         if let Some(hc) = &self.health_check {
             if !hc.path.starts_with('/') {
-                return Err(FieldError::new(
-                    "spec.healthCheck.path",
-                    "must start with '/'",
-                ));
+                return Err(FieldError::new("spec.healthCheck.path", "must start with '/'"));
             }
             if hc.interval.get().is_zero() || hc.timeout.get().is_zero() {
                 return Err(FieldError::new(
@@ -401,10 +360,7 @@ impl RateLimitPolicySpec {
         }
         let limits = [self.per_second, self.per_minute, self.per_hour];
         if limits.iter().all(Option::is_none) {
-            return Err(FieldError::new(
-                "spec",
-                "set at least one of perSecond, perMinute, perHour",
-            ));
+            return Err(FieldError::new("spec", "set at least one of perSecond, perMinute, perHour"));
         }
         for (field, v) in [
             ("spec.perSecond", self.per_second),
@@ -418,10 +374,7 @@ impl RateLimitPolicySpec {
         }
         if let Some(key) = &self.key {
             if key.header.is_some() == key.peer {
-                return Err(FieldError::new(
-                    "spec.key",
-                    "set exactly one of header or peer",
-                ));
+                return Err(FieldError::new("spec.key", "set exactly one of header or peer"));
             }
         }
         Ok(())
@@ -433,36 +386,20 @@ mod tests {
     use crate::{parse_stream, Resource};
 
     fn doc(kind: &str, spec: &str) -> String {
-        format!(
-            "apiVersion: pilotfish.io/v1alpha1\nkind: {kind}\nmetadata: {{name: p}}\nspec:\n{spec}"
-        )
+        format!("apiVersion: pilotfish.io/v1alpha1\nkind: {kind}\nmetadata: {{name: p}}\nspec:\n{spec}")
     }
 
     #[test]
     fn backend_policy_defaults_match_the_design() {
-        let resources = parse_stream(
-            "p",
-            &doc(
-                "BackendPolicy",
-                "  targetRef: {kind: Service, name: users}\n",
-            ),
-        )
-        .unwrap();
-        let Resource::BackendPolicy(p) = &resources[0] else {
-            panic!()
-        };
+        let resources =
+            parse_stream("p", &doc("BackendPolicy", "  targetRef: {kind: Service, name: users}\n")).unwrap();
+        let Resource::BackendPolicy(p) = &resources[0] else { panic!() };
         let cb = &p.spec.circuit_breaker;
         assert_eq!(cb.consecutive_failures, 5);
         assert_eq!(cb.base_ejection_time, crate::Duration::from_secs(30));
         assert_eq!(cb.max_ejection_time, crate::Duration::from_secs(300));
         assert_eq!(cb.max_ejection_percent, 50);
-        assert_eq!(
-            (
-                p.spec.retry_budget.ratio,
-                p.spec.retry_budget.min_per_second
-            ),
-            (0.2, 10)
-        );
+        assert_eq!((p.spec.retry_budget.ratio, p.spec.retry_budget.min_per_second), (0.2, 10));
         assert_eq!(p.spec.retry.base_backoff, crate::Duration::from_millis(25));
         assert_eq!(p.spec.retry.max_backoff, crate::Duration::from_millis(250));
         assert_eq!(p.spec.retry.max_body_bytes, 64 * 1024);
@@ -473,12 +410,28 @@ mod tests {
     fn bad_policies_name_the_field() {
         let cases = [
             ("BackendPolicy", "  targetRef: {kind: HTTPRoute, name: x}\n", "spec.targetRef.kind"),
-            ("BackendPolicy", "  targetRef: {kind: Service, name: x}\n  circuitBreaker: {maxEjectionPercent: 101}\n", "spec.circuitBreaker.maxEjectionPercent"),
-            ("BackendPolicy", "  targetRef: {kind: Service, name: x}\n  loadBalancer: random\n", "spec.loadBalancer"),
-            ("BackendPolicy", "  targetRef: {kind: Service, name: x}\n  retry: {grpcCodes: [unavialable]}\n", "spec.retry.grpcCodes[0]"),
+            (
+                "BackendPolicy",
+                "  targetRef: {kind: Service, name: x}\n  circuitBreaker: {maxEjectionPercent: 101}\n",
+                "spec.circuitBreaker.maxEjectionPercent",
+            ),
+            (
+                "BackendPolicy",
+                "  targetRef: {kind: Service, name: x}\n  loadBalancer: random\n",
+                "spec.loadBalancer",
+            ),
+            (
+                "BackendPolicy",
+                "  targetRef: {kind: Service, name: x}\n  retry: {grpcCodes: [unavialable]}\n",
+                "spec.retry.grpcCodes[0]",
+            ),
             ("RateLimitPolicy", "  targetRef: {kind: Service, name: x}\n", "spec"),
             ("RateLimitPolicy", "  targetRef: {kind: Service, name: x}\n  perMinute: 0\n", "spec.perMinute"),
-            ("RateLimitPolicy", "  targetRef: {kind: Service, name: x}\n  perMinute: 5\n  key: {}\n", "spec.key"),
+            (
+                "RateLimitPolicy",
+                "  targetRef: {kind: Service, name: x}\n  perMinute: 5\n  key: {}\n",
+                "spec.key",
+            ),
         ];
         for (kind, spec, field) in cases {
             let err = parse_stream("p", &doc(kind, spec)).unwrap_err();

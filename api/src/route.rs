@@ -242,19 +242,13 @@ pub enum PathModifier {
 impl HttpRouteSpec {
     pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if self.parent_refs.is_empty() {
-            return Err(FieldError::new(
-                "spec.parentRefs",
-                "needs at least one Service to attach to",
-            ));
+            return Err(FieldError::new("spec.parentRefs", "needs at least one Service to attach to"));
         }
         for (i, p) in self.parent_refs.iter().enumerate() {
             if p.kind != "Service" {
                 return Err(FieldError::new(
                     format!("spec.parentRefs[{i}].kind"),
-                    format!(
-                        "{:?} is not supported: a mesh route attaches to a Service",
-                        p.kind
-                    ),
+                    format!("{:?} is not supported: a mesh route attaches to a Service", p.kind),
                 ));
             }
         }
@@ -264,9 +258,7 @@ impl HttpRouteSpec {
                 if let Some(path) = &mat.path {
                     let field = at(format!("matches[{m}].path.value"));
                     match path.kind {
-                        PathMatchType::Exact | PathMatchType::PathPrefix
-                            if !path.value.starts_with('/') =>
-                        {
+                        PathMatchType::Exact | PathMatchType::PathPrefix if !path.value.starts_with('/') => {
                             return Err(FieldError::new(field, "must start with '/'"));
                         }
                         PathMatchType::RegularExpression => check_regex(&path.value, field)?,
@@ -277,16 +269,11 @@ impl HttpRouteSpec {
                     if http_method(method).is_none() {
                         return Err(FieldError::new(
                             at(format!("matches[{m}].method")),
-                            format!(
-                                "{method:?} is not an HTTP method (GET, POST, PUT, DELETE, ...)"
-                            ),
+                            format!("{method:?} is not an HTTP method (GET, POST, PUT, DELETE, ...)"),
                         ));
                     }
                 }
-                for (list, name) in [
-                    (&mat.headers, "headers"),
-                    (&mat.query_params, "queryParams"),
-                ] {
+                for (list, name) in [(&mat.headers, "headers"), (&mat.query_params, "queryParams")] {
                     for (h, v) in list.iter().enumerate() {
                         if v.name.is_empty() {
                             return Err(FieldError::new(
@@ -316,10 +303,7 @@ impl HttpRouteSpec {
             }
             if let Some(retry) = &rule.retry {
                 if retry.attempts > 10 {
-                    return Err(FieldError::new(
-                        at("retry.attempts".into()),
-                        "must be at most 10",
-                    ));
+                    return Err(FieldError::new(at("retry.attempts".into()), "must be at most 10"));
                 }
                 if let Some(i) = retry.codes.iter().position(|c| !(400..=599).contains(c)) {
                     return Err(FieldError::new(
@@ -345,11 +329,9 @@ impl HttpRouteSpec {
 
 /// Methods as the Gateway API lists them.
 pub fn http_method(method: &str) -> Option<&'static str> {
-    [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ]
-    .into_iter()
-    .find(|m| *m == method)
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+        .into_iter()
+        .find(|m| *m == method)
 }
 
 fn check_regex(pattern: &str, field: String) -> Result<(), FieldError> {
@@ -374,9 +356,7 @@ mod tests {
             "  - matches: [{path: {type: RegularExpression, value: '^/v[0-9]+/'}, headers: [{name: x-canary, value: 'yes'}]}]\n    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}], remove: [x-c]}}\n    - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}\n    backendRefs: [{name: users, weight: 90}, {name: users-v2, weight: 10}]\n    timeouts: {request: 2s, backendRequest: 500ms}\n    retry: {attempts: 3, backoff: 25ms, codes: [503]}\n",
         );
         let resources = parse_stream("r.yaml", &text).unwrap();
-        let Resource::HttpRoute(r) = &resources[0] else {
-            panic!("not a route")
-        };
+        let Resource::HttpRoute(r) = &resources[0] else { panic!("not a route") };
         let rule = &r.spec.rules[0];
         assert_eq!(rule.backend_refs[1].weight, 10);
         assert_eq!(rule.filters.len(), 2);
@@ -395,26 +375,14 @@ mod tests {
                 "  - matches: [{path: {type: RegularExpression, value: '(unclosed'}}]\n",
                 "spec.rules[0].matches[0].path.value",
             ),
-            (
-                "  - matches: [{method: FETCH}]\n",
-                "spec.rules[0].matches[0].method",
-            ),
-            (
-                "  - backendRefs: [{name: a, weight: 0}]\n",
-                "spec.rules[0].backendRefs",
-            ),
-            (
-                "  - retry: {codes: [200]}\n",
-                "spec.rules[0].retry.codes[0]",
-            ),
+            ("  - matches: [{method: FETCH}]\n", "spec.rules[0].matches[0].method"),
+            ("  - backendRefs: [{name: a, weight: 0}]\n", "spec.rules[0].backendRefs"),
+            ("  - retry: {codes: [200]}\n", "spec.rules[0].retry.codes[0]"),
             (
                 "  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]\n",
                 "spec.rules[0].filters[0].requestRedirect.statusCode",
             ),
-            (
-                "  - filters: [{type: Mirror}]\n",
-                "spec.rules[0].filters[0]",
-            ),
+            ("  - filters: [{type: Mirror}]\n", "spec.rules[0].filters[0]"),
         ];
         for (rules, field) in cases {
             let err = parse_stream("r.yaml", &route(rules)).unwrap_err();
@@ -433,10 +401,7 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(
-            (limit.per_minute, limit.per_hour),
-            (Some(100), Some(10_000))
-        );
+        assert_eq!((limit.per_minute, limit.per_hour), (Some(100), Some(10_000)));
         assert_eq!(limit.target_ref.kind, "HTTPRoute");
     }
 }

@@ -72,10 +72,7 @@ impl ServiceSpec {
         let mut seen = HashSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.port == 0 {
-                return Err(FieldError::new(
-                    format!("spec.ports[{i}].port"),
-                    "must be 1-65535",
-                ));
+                return Err(FieldError::new(format!("spec.ports[{i}].port"), "must be 1-65535"));
             }
             if !seen.insert(p.port) {
                 return Err(FieldError::new(

@@ -137,9 +137,7 @@ impl Default for SidecarSpec {
 
 impl Default for OutboundSpec {
     fn default() -> Self {
-        Self {
-            listen: default_outbound(),
-        }
+        Self { listen: default_outbound() }
     }
 }
 
@@ -171,16 +169,10 @@ impl SidecarSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(inbound) = &self.inbound {
             if inbound.app.port() == 0 {
-                return Err(FieldError::new(
-                    "spec.inbound.app",
-                    "needs a port (IP:PORT)",
-                ));
+                return Err(FieldError::new("spec.inbound.app", "needs a port (IP:PORT)"));
             }
             if let Some(i) = inbound.opaque_ports.iter().position(|p| *p == 0) {
-                return Err(FieldError::new(
-                    format!("spec.inbound.opaquePorts[{i}]"),
-                    "must be 1-65535",
-                ));
+                return Err(FieldError::new(format!("spec.inbound.opaquePorts[{i}]"), "must be 1-65535"));
             }
         }
         for (field, d) in [
@@ -194,22 +186,13 @@ impl SidecarSpec {
             }
         }
         if self.limits.max_connections == 0 {
-            return Err(FieldError::new(
-                "spec.limits.maxConnections",
-                "must be at least 1",
-            ));
+            return Err(FieldError::new("spec.limits.maxConnections", "must be at least 1"));
         }
         if self.limits.max_header_bytes < 1024 {
-            return Err(FieldError::new(
-                "spec.limits.maxHeaderBytes",
-                "must be at least 1024",
-            ));
+            return Err(FieldError::new("spec.limits.maxHeaderBytes", "must be at least 1024"));
         }
         if self.limits.max_headers == 0 {
-            return Err(FieldError::new(
-                "spec.limits.maxHeaders",
-                "must be at least 1",
-            ));
+            return Err(FieldError::new("spec.limits.maxHeaders", "must be at least 1"));
         }
         Ok(())
     }

@@ -12,9 +12,8 @@ use pilotfish_sidecar::http::headers::strip_hop_by_hop;
 use pilotfish_sidecar::metrics::Metrics;
 
 fn config(services: usize) -> String {
-    let mut text = String::from(
-        "apiVersion: pilotfish.io/v1alpha1\nkind: Sidecar\nmetadata: {name: bench}\nspec: {}\n",
-    );
+    let mut text =
+        String::from("apiVersion: pilotfish.io/v1alpha1\nkind: Sidecar\nmetadata: {name: bench}\nspec: {}\n");
     for i in 0..services {
         text.push_str(&format!(
             "---\napiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  endpoints: [{{address: 10.0.{}.{}:8080}}, {{address: 10.1.{}.{}:8080}}]\n",
@@ -35,39 +34,25 @@ fn detection(c: &mut Criterion) {
 
 fn routing(c: &mut Criterion) {
     let metrics = Metrics::new();
-    let snap = Snapshot::build(
-        "bench",
-        &config(1000),
-        &Overrides::default(),
-        None,
-        &metrics,
-    )
-    .unwrap();
+    let snap = Snapshot::build("bench", &config(1000), &Overrides::default(), None, &metrics).unwrap();
     c.bench_function("route/by_authority_short_of_1000", |b| {
         b.iter(|| snap.service_by_authority(black_box("svc-517")).unwrap())
     });
     c.bench_function("route/by_authority_fqdn_port_of_1000", |b| {
-        b.iter(|| {
-            snap.service_by_authority(black_box("svc-517.default.svc.cluster.local:80"))
-                .unwrap()
-        })
+        b.iter(|| snap.service_by_authority(black_box("svc-517.default.svc.cluster.local:80")).unwrap())
     });
     c.bench_function("route/miss_of_1000", |b| {
         b.iter(|| snap.service_by_authority(black_box("nobody.default")))
     });
     let svc = snap.service("svc-517.default").unwrap().clone();
-    c.bench_function("endpoint/pick_round_robin", |b| {
-        b.iter(|| svc.pick().unwrap().addr)
-    });
+    c.bench_function("endpoint/pick_round_robin", |b| b.iter(|| svc.pick().unwrap().addr));
     let ep = svc.endpoints[0].clone();
     c.bench_function("metrics/record_status", |b| {
         b.iter(|| ep.metrics.record(black_box(http::StatusCode::OK)))
     });
     c.bench_function("config/build_1000_services", |b| {
         let text = config(1000);
-        b.iter(|| {
-            Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap()
-        })
+        b.iter(|| Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap())
     });
 }
 
@@ -81,18 +66,13 @@ fn headers(c: &mut Criterion) {
         ("content-type", "application/json"),
         ("content-length", "128"),
         ("x-request-id", "7f9c2ba4-e88f-4d2a-9c3b-0f1e2d3c4b5a"),
-        (
-            "traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        ),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         ("connection", "keep-alive"),
         ("keep-alive", "timeout=5"),
     ] {
         typical.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
-    c.bench_function("headers/clone_baseline", |b| {
-        b.iter(|| black_box(typical.clone()))
-    });
+    c.bench_function("headers/clone_baseline", |b| b.iter(|| black_box(typical.clone())));
     c.bench_function("headers/clone_and_strip_hop_by_hop", |b| {
         b.iter_batched(
             || typical.clone(),

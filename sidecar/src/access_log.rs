@@ -83,6 +83,7 @@ pub struct HttpRecord {
     pub upstream: Option<SocketAddr>,
     pub service: Option<String>,
     pub request_id: Option<String>,
+    pub traceparent: Option<String>,
     pub error: Option<&'static str>,
 }
 
@@ -120,11 +121,7 @@ pub fn millis(d: Duration) -> f64 {
 
 fn write<T: Serialize>(kind: &'static str, record: &T) {
     let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let Ok(mut line) = serde_json::to_vec(&Line {
-        timestamp,
-        kind,
-        record,
-    }) else {
+    let Ok(mut line) = serde_json::to_vec(&Line { timestamp, kind, record }) else {
         return;
     };
     line.push(b'\n');

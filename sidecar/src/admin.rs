@@ -66,18 +66,12 @@ fn route(
             } else if shared.shutdown.is_cancelled() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "draining\n")
             } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    text,
-                    "not ready: starting\n",
-                )
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready: starting\n")
             }
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.encode(),
-        ),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode())
+        }
         (&Method::GET | &Method::HEAD, "/config") => {
             let body = serde_json::to_vec_pretty(&shared.snapshot.load().to_json())
                 .expect("config serializes to JSON");
@@ -92,20 +86,17 @@ fn route(
             tracing::info!("shutdown requested on the admin endpoint");
             shutdown.store(true, Ordering::Release);
             let mut res = reply(StatusCode::OK, text, "draining\n");
-            res.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+            res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             res
         }
         (_, "/live" | "/ready" | "/metrics" | "/config") => {
             let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");
-            res.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            res.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             res
         }
         (_, "/shutdown") => {
             let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use POST\n");
-            res.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
+            res.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
             res
         }
         _ => reply(
@@ -116,14 +107,9 @@ fn route(
     }
 }
 
-fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }

@@ -6,14 +6,29 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::HeaderName;
+use pilotfish_api::policy::{
+    grpc_code, BackendPolicySpec, FailureKind, HealthCheck, LoadBalancer, RateLimitPolicySpec, ServiceLimits,
+    TargetRef,
+};
 use pilotfish_api::sidecar::InboundSpec;
 use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec};
+use prometheus::IntCounter;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::retry::budget::TpsBudget;
 
 use crate::http::pool::EndpointConns;
-use crate::metrics::{Direction, EndpointMetrics, Metrics, TargetMetrics};
+use crate::metrics::{BreakerMetrics, Direction, EndpointMetrics, Metrics, ResilienceMetrics, TargetMetrics};
+use crate::resilience::balance::{p2c, PeakEwma};
+use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
+use crate::resilience::ratelimit::{RateLimiter, Window};
+use crate::resilience::retry::Conditions;
+use crate::route::{RouteSource, RouteTable};
 
 /// Command-line settings that take precedence over the file's `Sidecar` document.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +67,8 @@ pub struct Snapshot {
     pub passthrough: TargetMetrics,
     /// Labels requests refused before a service was chosen (no route).
     pub unrouted: EndpointMetrics,
+    /// Cancelled when this snapshot is replaced: stops its active health checks.
+    pub retired: CancellationToken,
 }
 
 /// A service as the request path sees it.
@@ -64,6 +81,43 @@ pub struct ServiceRt {
     pub metrics: TargetMetrics,
     /// Labels requests the sidecar answers itself for this service.
     pub local: EndpointMetrics,
+    /// Its HTTPRoutes, or the default route to itself.
+    pub routes: RouteTable,
+    pub policy: ServicePolicy,
+    /// Retries stay within a fraction of requests (shared by every route to this service).
+    pub budget: TpsBudget,
+    pub resilience: ResilienceMetrics,
+    /// A `RateLimitPolicy` attached to the service.
+    pub rate_limit: Option<RateLimit>,
+    /// Requests to this service now in flight (for `maxRequests`).
+    pub in_flight: AtomicUsize,
+    /// Requests now waiting for a new connection (for `maxPendingRequests`).
+    pub pending: AtomicUsize,
+}
+
+/// A service's `BackendPolicy`, or the defaults, in the form the request path uses.
+pub struct ServicePolicy {
+    pub load_balancer: LoadBalancer,
+    pub failure_on: Vec<FailureKind>,
+    pub limits: ServiceLimits,
+    pub conditions: Conditions,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_body_bytes: u64,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A rate limit and how its budgets are keyed.
+pub struct RateLimit {
+    pub limiter: RateLimiter,
+    pub key: LimitKey,
+    pub refused: IntCounter,
+}
+
+pub enum LimitKey {
+    Global,
+    Header(HeaderName),
+    Peer,
 }
 
 pub struct EndpointRt {
@@ -71,6 +125,16 @@ pub struct EndpointRt {
     pub label: String,
     pub conns: Arc<EndpointConns>,
     pub metrics: EndpointMetrics,
+    /// Outbound endpoints only: breaker, load and health.
+    pub guard: Option<EndpointGuard>,
+}
+
+pub struct EndpointGuard {
+    pub breaker: Breaker,
+    pub load: PeakEwma,
+    /// Set by active health checks; an unhealthy endpoint takes no traffic.
+    pub healthy: AtomicBool,
+    pub breaker_metrics: BreakerMetrics,
 }
 
 pub struct InboundRt {
@@ -81,13 +145,45 @@ pub struct InboundRt {
 }
 
 impl ServiceRt {
-    /// Round-robin over the endpoints.
+    /// Round-robin over the endpoints (opaque TCP, and the `round-robin` balancer).
     pub fn pick(&self) -> Option<&Arc<EndpointRt>> {
         if self.endpoints.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         Some(&self.endpoints[i])
+    }
+
+    /// The load balancer: an endpoint that is healthy, whose breaker lets traffic through, and
+    /// (when another qualifies) that is not `avoid` — the endpoint a failed attempt just used.
+    pub fn choose(&self, now: Instant, avoid: Option<SocketAddr>) -> Option<&Arc<EndpointRt>> {
+        let eps = &self.endpoints;
+        let usable = |i: usize| eps[i].guard.as_ref().is_none_or(|g| g.is_usable(now));
+        let preferred = |i: usize| usable(i) && Some(eps[i].addr) != avoid;
+        let chosen = match self.policy.load_balancer {
+            LoadBalancer::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let scan = |ok: &dyn Fn(usize) -> bool| {
+                    (0..eps.len()).map(|k| (start + k) % eps.len()).find(|i| ok(*i))
+                };
+                scan(&preferred).or_else(|| scan(&usable))
+            }
+            lb => {
+                let cost = |i: usize| match (&eps[i].guard, lb) {
+                    (Some(g), LoadBalancer::LeastRequests) => g.load.in_flight() as f64,
+                    (Some(g), _) => g.load.cost(now),
+                    (None, _) => 0.0,
+                };
+                p2c(eps.len(), preferred, cost).or_else(|| p2c(eps.len(), usable, cost))
+            }
+        };
+        chosen.map(|i| &eps[i])
+    }
+}
+
+impl EndpointGuard {
+    fn is_usable(&self, now: Instant) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.breaker.is_available(now)
     }
 }
 
@@ -103,11 +199,9 @@ impl Snapshot {
         let (name, namespace, mut sidecar) = resources
             .iter()
             .find_map(|r| match r {
-                Resource::Sidecar(s) => Some((
-                    s.metadata.name.clone(),
-                    s.metadata.namespace.clone(),
-                    s.spec.clone(),
-                )),
+                Resource::Sidecar(s) => {
+                    Some((s.metadata.name.clone(), s.metadata.namespace.clone(), s.spec.clone()))
+                }
                 _ => None,
             })
             .unwrap_or_else(|| ("sidecar".into(), "default".into(), SidecarSpec::default()));
@@ -124,18 +218,20 @@ impl Snapshot {
                 pools.insert(inbound.app.addr, inbound.app.conns.clone());
             }
         }
-        let mut endpoint = |direction: Direction, service: &str, addr: SocketAddr| {
+        let mut endpoint = |direction: Direction,
+                            service: &str,
+                            addr: SocketAddr,
+                            guard: Option<&dyn Fn(&str) -> EndpointGuard>| {
             let label = addr.to_string();
             Arc::new(EndpointRt {
                 addr,
-                conns: pools
-                    .entry(addr)
-                    .or_insert_with(|| EndpointConns::new(addr))
-                    .clone(),
+                conns: pools.entry(addr).or_insert_with(|| EndpointConns::new(addr)).clone(),
                 metrics: metrics.endpoint(direction, service, &label),
+                guard: guard.map(|g| g(&label)),
                 label,
             })
         };
+        let attached = Attachments::collect(&resources);
 
         let mut services = HashMap::new();
         let mut by_host = HashMap::new();
@@ -145,16 +241,70 @@ impl Snapshot {
             let Resource::Service(s) = r else { continue };
             let (svc_name, svc_ns) = (&s.metadata.name, &s.metadata.namespace);
             let key: Arc<str> = format!("{svc_name}.{svc_ns}").into();
+            let backend_policy = attached.backend.get(&*key).copied();
+            let policy = ServicePolicy::new(backend_policy);
+            let cb = backend_policy.map(|p| p.circuit_breaker.clone()).unwrap_or_default();
+            let budget = EjectionBudget::new(s.spec.endpoints.len(), cb.max_ejection_percent);
+            let guard = |label: &str| EndpointGuard {
+                breaker: Breaker::new(
+                    BreakerConfig {
+                        consecutive_failures: cb.consecutive_failures,
+                        base_ejection: cb.base_ejection_time.get(),
+                        max_ejection: cb.max_ejection_time.get(),
+                    },
+                    budget.clone(),
+                ),
+                load: PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10)),
+                healthy: AtomicBool::new(true),
+                breaker_metrics: metrics.breaker(&key, label),
+            };
+            let sources: Vec<RouteSource<'_>> = attached
+                .routes
+                .get(&*key)
+                .map(|routes| {
+                    routes
+                        .iter()
+                        .map(|(route_name, spec)| RouteSource {
+                            name: route_name.clone(),
+                            spec,
+                            rate_limit: attached
+                                .route_limits
+                                .get(&**route_name)
+                                .map(|p| Arc::new(RateLimit::new(p, metrics.ratelimited(&key, route_name)))),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let routes = if sources.is_empty() {
+                RouteTable::default_for(key.clone())
+            } else {
+                RouteTable::compile(&key, svc_ns, &sources)
+            };
+            let retry_budget = backend_policy.map(|p| p.retry_budget.clone()).unwrap_or_default();
             let svc = Arc::new(ServiceRt {
                 endpoints: s
                     .spec
                     .endpoints
                     .iter()
-                    .map(|e| endpoint(Direction::Outbound, &key, e.address))
+                    .map(|e| endpoint(Direction::Outbound, &key, e.address, Some(&guard)))
                     .collect(),
                 next: AtomicUsize::new(0),
                 metrics: metrics.target(Direction::Outbound, &key),
                 local: metrics.endpoint(Direction::Outbound, &key, ""),
+                routes,
+                policy,
+                budget: TpsBudget::new(
+                    Duration::from_secs(10),
+                    retry_budget.min_per_second,
+                    retry_budget.ratio as f32,
+                ),
+                resilience: metrics.resilience(&key),
+                rate_limit: attached
+                    .service_limits
+                    .get(&*key)
+                    .map(|p| RateLimit::new(p, metrics.ratelimited(&key, ""))),
+                in_flight: AtomicUsize::new(0),
+                pending: AtomicUsize::new(0),
                 spec: s.spec.clone(),
                 key: key.clone(),
             });
@@ -182,7 +332,7 @@ impl Snapshot {
         }
 
         let inbound = sidecar.inbound.clone().map(|spec| InboundRt {
-            app: endpoint(Direction::Inbound, &name, spec.app),
+            app: endpoint(Direction::Inbound, &name, spec.app, None),
             metrics: metrics.target(Direction::Inbound, &name),
             local: metrics.endpoint(Direction::Inbound, &name, ""),
             spec,
@@ -196,6 +346,7 @@ impl Snapshot {
             sidecar,
             passthrough: metrics.target(Direction::Outbound, ""),
             unrouted: metrics.endpoint(Direction::Outbound, "", ""),
+            retired: CancellationToken::new(),
             name,
             namespace,
             services,
@@ -208,6 +359,10 @@ impl Snapshot {
 
     pub fn service(&self, key: &str) -> Option<&Arc<ServiceRt>> {
         self.services.get(key)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRt>> {
+        self.services.values()
     }
 
     /// The service an HTTP authority (`users`, `users.default:80`, ...) names.
@@ -256,6 +411,108 @@ impl Snapshot {
     }
 }
 
+/// Routes and policies by what they attach to.
+struct Attachments<'a> {
+    /// Service key → its HTTPRoutes (`namespace/name`, spec), in name order.
+    routes: HashMap<String, Vec<(Arc<str>, &'a pilotfish_api::route::HttpRouteSpec)>>,
+    backend: HashMap<String, &'a BackendPolicySpec>,
+    service_limits: HashMap<String, &'a RateLimitPolicySpec>,
+    /// Route `namespace/name` → its rate limit.
+    route_limits: HashMap<String, &'a RateLimitPolicySpec>,
+}
+
+impl<'a> Attachments<'a> {
+    fn collect(resources: &'a [Resource]) -> Self {
+        let mut a = Attachments {
+            routes: HashMap::new(),
+            backend: HashMap::new(),
+            service_limits: HashMap::new(),
+            route_limits: HashMap::new(),
+        };
+        let target =
+            |t: &TargetRef, ns: &str| (t.name.clone(), t.namespace.clone().unwrap_or_else(|| ns.to_owned()));
+        for r in resources {
+            let ns = &r.metadata().namespace;
+            match r {
+                Resource::HttpRoute(route) => {
+                    let name: Arc<str> = format!("{ns}/{}", route.metadata.name).into();
+                    for parent in &route.spec.parent_refs {
+                        let key = format!("{}.{}", parent.name, parent.namespace.as_deref().unwrap_or(ns));
+                        a.routes.entry(key).or_default().push((name.clone(), &route.spec));
+                    }
+                }
+                Resource::BackendPolicy(p) => {
+                    let (name, tns) = target(&p.spec.target_ref, ns);
+                    a.backend.insert(format!("{name}.{tns}"), &p.spec);
+                }
+                Resource::RateLimitPolicy(p) => {
+                    let (name, tns) = target(&p.spec.target_ref, ns);
+                    if p.spec.target_ref.kind == "HTTPRoute" {
+                        a.route_limits.insert(format!("{tns}/{name}"), &p.spec);
+                    } else {
+                        a.service_limits.insert(format!("{name}.{tns}"), &p.spec);
+                    }
+                }
+                Resource::Sidecar(_) | Resource::Service(_) => {}
+            }
+        }
+        for routes in a.routes.values_mut() {
+            routes.sort_by(|x, y| x.0.cmp(&y.0));
+        }
+        a
+    }
+}
+
+impl ServicePolicy {
+    fn new(policy: Option<&BackendPolicySpec>) -> Self {
+        let p = policy.cloned().unwrap_or_else(|| BackendPolicySpec {
+            target_ref: TargetRef {
+                group: None,
+                kind: "Service".into(),
+                name: String::new(),
+                namespace: None,
+            },
+            load_balancer: LoadBalancer::default(),
+            circuit_breaker: Default::default(),
+            limits: Default::default(),
+            retry_budget: Default::default(),
+            retry: Default::default(),
+            health_check: None,
+        });
+        Self {
+            load_balancer: p.load_balancer,
+            failure_on: p.circuit_breaker.failure_on,
+            limits: p.limits,
+            conditions: Conditions {
+                retry_on: p.retry.retry_on,
+                grpc_codes: p.retry.grpc_codes.iter().filter_map(|c| grpc_code(c)).collect(),
+            },
+            base_backoff: p.retry.base_backoff.get(),
+            max_backoff: p.retry.max_backoff.get(),
+            max_body_bytes: u64::from(p.retry.max_body_bytes),
+            health_check: p.health_check,
+        }
+    }
+}
+
+impl RateLimit {
+    fn new(p: &RateLimitPolicySpec, refused: IntCounter) -> Self {
+        let windows = [(p.per_second, 1), (p.per_minute, 60), (p.per_hour, 3600)]
+            .into_iter()
+            .filter_map(|(limit, secs)| Some(Window { period: Duration::from_secs(secs), limit: limit? }))
+            .collect();
+        let key = match &p.key {
+            Some(k) if k.peer => LimitKey::Peer,
+            Some(k) => match k.header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()) {
+                Some(h) => LimitKey::Header(h),
+                None => LimitKey::Global,
+            },
+            None => LimitKey::Global,
+        };
+        Self { limiter: RateLimiter::new(windows, p.burst, 100_000), key, refused }
+    }
+}
+
 fn apply_overrides(sidecar: &mut SidecarSpec, o: &Overrides) -> Result<(), BuildError> {
     if let Some(admin) = o.admin {
         sidecar.admin = admin;
@@ -288,10 +545,7 @@ fn apply_overrides(sidecar: &mut SidecarSpec, o: &Overrides) -> Result<(), Build
         sidecar.timeouts.drain = pilotfish_api::Duration::from_millis(drain.as_millis() as u64);
     }
     sidecar.validate().map_err(|e| {
-        BuildError::Conflict(format!(
-            "with the command-line overrides applied, {}: {}",
-            e.field, e.reason
-        ))
+        BuildError::Conflict(format!("with the command-line overrides applied, {}: {}", e.field, e.reason))
     })
 }
 
@@ -335,14 +589,7 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
 "#;
 
     fn build() -> Snapshot {
-        Snapshot::build(
-            "test.yaml",
-            CONFIG,
-            &Overrides::default(),
-            None,
-            &Metrics::new(),
-        )
-        .unwrap()
+        Snapshot::build("test.yaml", CONFIG, &Overrides::default(), None, &Metrics::new()).unwrap()
     }
 
     #[test]
@@ -356,9 +603,7 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
             "users.shop.svc.cluster.local",
             "users.shop.svc.cluster.local.:80",
         ] {
-            let svc = snap
-                .service_by_authority(host)
-                .unwrap_or_else(|| panic!("{host}"));
+            let svc = snap.service_by_authority(host).unwrap_or_else(|| panic!("{host}"));
             assert_eq!(&*svc.key, "users.shop");
         }
         // Short names only resolve in the sidecar's own namespace.
@@ -370,13 +615,9 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
     #[test]
     fn maps_virtual_addresses_and_local_ports() {
         let snap = build();
-        let (svc, proto) = snap
-            .service_by_addr("10.96.0.10:80".parse().unwrap())
-            .unwrap();
+        let (svc, proto) = snap.service_by_addr("10.96.0.10:80".parse().unwrap()).unwrap();
         assert_eq!((&*svc.key, *proto), ("users.shop", Some(Protocol::Http)));
-        assert!(snap
-            .service_by_addr("10.96.0.10:81".parse().unwrap())
-            .is_none());
+        assert!(snap.service_by_addr("10.96.0.10:81".parse().unwrap()).is_none());
         assert_eq!(snap.local_ports, vec![(18081, Arc::from("users.shop"))]);
     }
 
@@ -392,8 +633,7 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
     fn reload_keeps_endpoint_pools_and_bumps_version() {
         let metrics = Metrics::new();
         let first = Snapshot::build("t", CONFIG, &Overrides::default(), None, &metrics).unwrap();
-        let second =
-            Snapshot::build("t", CONFIG, &Overrides::default(), Some(&first), &metrics).unwrap();
+        let second = Snapshot::build("t", CONFIG, &Overrides::default(), Some(&first), &metrics).unwrap();
         assert_eq!(second.version, 2);
         let a = &first.service("users.shop").unwrap().endpoints[0].conns;
         let b = &second.service("users.shop").unwrap().endpoints[0].conns;
@@ -411,10 +651,7 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
         let inbound = snap.sidecar.inbound.as_ref().unwrap();
         assert_eq!((inbound.listen.port(), inbound.app.port()), (7000, 8080));
 
-        let o = Overrides {
-            inbound: o.inbound,
-            ..Overrides::default()
-        };
+        let o = Overrides { inbound: o.inbound, ..Overrides::default() };
         assert!(matches!(
             Snapshot::build("t", CONFIG, &o, None, &Metrics::new()),
             Err(BuildError::Conflict(_))

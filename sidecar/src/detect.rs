@@ -24,10 +24,7 @@ pub enum Detected {
 
 /// Reads until the protocol is known, the peer stops sending for `timeout` (→ opaque: a
 /// server-speaks-first protocol, or a client that waits), or the peer closes.
-pub async fn detect<I: AsyncRead + Unpin>(
-    io: &mut I,
-    timeout: Duration,
-) -> io::Result<(Detected, Bytes)> {
+pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -71,11 +68,7 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     match buf.iter().position(|b| *b == b'\n') {
         Some(end) => {
             let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-            Some(if is_http1_request_line(line) {
-                Detected::Http1
-            } else {
-                Detected::Opaque
-            })
+            Some(if is_http1_request_line(line) { Detected::Http1 } else { Detected::Opaque })
         }
         // Keep reading while this can still become a request line.
         None if buf.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => None,
@@ -84,10 +77,7 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
 }
 
 fn trim_leading_crlf(mut buf: &[u8]) -> &[u8] {
-    while let Some(rest) = buf
-        .strip_prefix(b"\r\n")
-        .or_else(|| buf.strip_prefix(b"\n"))
-    {
+    while let Some(rest) = buf.strip_prefix(b"\r\n").or_else(|| buf.strip_prefix(b"\n")) {
         buf = rest;
     }
     buf
@@ -126,11 +116,7 @@ impl<I> PrefixedIo<I> {
 }
 
 impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         if this.prefix.has_remaining() {
             let n = this.prefix.len().min(out.remaining());
@@ -143,11 +129,7 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
 
@@ -178,14 +160,8 @@ mod tests {
 
     #[test]
     fn classifies_first_bytes() {
-        assert_eq!(
-            classify(b"GET / HTTP/1.1\r\nHost: x\r\n"),
-            Some(Detected::Http1)
-        );
-        assert_eq!(
-            classify(b"PURGE /cache HTTP/1.0\r\n"),
-            Some(Detected::Http1)
-        );
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Detected::Http1));
+        assert_eq!(classify(b"PURGE /cache HTTP/1.0\r\n"), Some(Detected::Http1));
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
         assert_eq!(classify(b"\x16\x03\x01\x02\x00\x01"), Some(Detected::Tls));
         assert_eq!(classify(b"PING\r\n"), Some(Detected::Opaque));

@@ -35,10 +35,7 @@ pub async fn forward(
     let (server, metrics, service) = match target {
         TcpTarget::Service(svc) => {
             let attempts = svc.endpoints.len().min(3);
-            let mut connected = Err(std::io::Error::other(format!(
-                "service {} has no endpoints",
-                svc.key
-            )));
+            let mut connected = Err(std::io::Error::other(format!("service {} has no endpoints", svc.key)));
             for _ in 0..attempts {
                 let Some(ep) = svc.pick() else { break };
                 connected = transport::connect(ep.addr, connect_timeout).await;
@@ -48,11 +45,9 @@ pub async fn forward(
             }
             (connected, &svc.metrics, Some(&*svc.key))
         }
-        TcpTarget::Addr(addr, metrics, service) => (
-            transport::connect(addr, connect_timeout).await,
-            metrics,
-            service,
-        ),
+        TcpTarget::Addr(addr, metrics, service) => {
+            (transport::connect(addr, connect_timeout).await, metrics, service)
+        }
     };
     let mut server = match server {
         Ok(server) => server,

@@ -18,12 +18,7 @@ use crate::outbound::serve_http;
 use crate::state::Shared;
 use crate::transport;
 
-pub async fn handle(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    client: SocketAddr,
-    slot: Arc<ConnSlot>,
-) {
+pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr, slot: Arc<ConnSlot>) {
     let snap = shared.snapshot.load_full();
     let Some(inbound) = &snap.inbound else { return };
     let app = inbound.spec.app;
@@ -57,21 +52,10 @@ pub async fn handle(
         Arc::new(EndpointRt {
             addr: target,
             conns: EndpointConns::new(target),
-            metrics: shared
-                .metrics
-                .endpoint(Direction::Inbound, &snap.name, &label),
+            metrics: shared.metrics.endpoint(Direction::Inbound, &snap.name, &label),
+            guard: None,
             label,
         })
     });
-    serve_http(
-        &shared,
-        &snap,
-        stream,
-        prefix,
-        client,
-        HttpTarget::App(endpoint),
-        version,
-        slot,
-    )
-    .await;
+    serve_http(&shared, &snap, stream, prefix, client, HttpTarget::App(endpoint), version, slot).await;
 }

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod config;
 pub mod detect;
 pub mod forward;
+pub mod health;
 pub mod http;
 pub mod inbound;
 pub mod listen;
@@ -28,6 +29,8 @@ pub mod local;
 pub mod metrics;
 pub mod outbound;
 pub mod reload;
+pub mod resilience;
+pub mod route;
 pub mod state;
 pub mod tcp;
 pub mod transport;
@@ -54,20 +57,11 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {0}")]
     Config(config::BuildError),
-    #[error(
-        "cannot listen on {addr} ({listener} listener): {source}; is another process using it?"
-    )]
-    Bind {
-        listener: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr} ({listener} listener): {source}; is another process using it?")]
+    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Local(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -81,41 +75,21 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let metrics = Metrics::new();
     access_log::init(metrics.access_log_dropped.clone());
     let path = &opts.config;
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let snap = Snapshot::build(
-        &path.display().to_string(),
-        &text,
-        &opts.overrides,
-        None,
-        &metrics,
-    )
-    .map_err(Error::Config)?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+    let snap = Snapshot::build(&path.display().to_string(), &text, &opts.overrides, None, &metrics)
+        .map_err(Error::Config)?;
 
-    let bind = |listener, addr| {
-        transport::bind(addr).map_err(|source| Error::Bind {
-            listener,
-            addr,
-            source,
-        })
-    };
+    let bind =
+        |listener, addr| transport::bind(addr).map_err(|source| Error::Bind { listener, addr, source });
     let admin = bind("admin", snap.sidecar.admin)?;
     let outbound = bind("outbound", snap.sidecar.outbound.listen)?;
-    let inbound = snap
-        .sidecar
-        .inbound
-        .as_ref()
-        .map(|i| bind("inbound", i.listen))
-        .transpose()?;
+    let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
     let local = Arc::new(local::LocalListeners::default());
     let bound = local.bind_new(&snap).map_err(Error::Local)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
 
-    let addr =
-        |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         name = %snap.name,
         version = snap.version,
@@ -150,12 +124,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         ));
     }
     local.apply(&shared, bound, &shared.snapshot.load());
-    tokio::spawn(reload::watch(
-        shared.clone(),
-        local,
-        opts.config.clone(),
-        opts.overrides.clone(),
-    ));
+    health::spawn(&shared.snapshot.load());
+    tokio::spawn(reload::watch(shared.clone(), local, opts.config.clone(), opts.overrides.clone()));
     shared.set_ready();
 
     tokio::select! {
@@ -166,10 +136,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     shared.shutdown.cancel();
     shared.tracker.close();
     let open = shared.tracker.len();
-    if tokio::time::timeout(drain, shared.tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
         tracing::warn!(
             connections = shared.tracker.len(),
             "drain grace period of {drain:?} ran out; closing the remaining connections"

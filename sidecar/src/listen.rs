@@ -46,10 +46,7 @@ pub async fn accept_loop<F, Fut>(
             _ = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let slot = Arc::new(ConnSlot {
-            _permit: permit,
-            _open: OpenConnection::new(gauge.clone()),
-        });
+        let slot = Arc::new(ConnSlot { _permit: permit, _open: OpenConnection::new(gauge.clone()) });
         shared.tracker.spawn(handle(stream, peer, slot));
     }
 }

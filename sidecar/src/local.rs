@@ -66,13 +66,7 @@ impl LocalListeners {
                 Direction::Outbound,
                 stop,
                 move |stream, client, slot| {
-                    outbound::handle(
-                        conn_shared.clone(),
-                        stream,
-                        client,
-                        Listener::Local(port),
-                        slot,
-                    )
+                    outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port), slot)
                 },
             ));
             tracing::info!(port, "local listener started");

@@ -4,10 +4,12 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::resilience::breaker::{BreakerState, Transition};
+use crate::resilience::retry::Reason;
 use http::StatusCode;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Which way traffic flows through this sidecar.
@@ -38,15 +40,18 @@ pub struct Metrics {
     pub config_version: IntGauge,
     pub config_errors: IntCounter,
     pub access_log_dropped: IntCounter,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
+    overflow: IntCounterVec,
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    ratelimited: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let requests = IntCounterVec::new(
-            Opts::new(
-                "pilotfish_requests_total",
-                "HTTP requests completed, by response status",
-            ),
+            Opts::new("pilotfish_requests_total", "HTTP requests completed, by response status"),
             &["direction", "service", "endpoint", "code"],
         )
         .expect("valid metric");
@@ -56,25 +61,18 @@ impl Metrics {
                 "Time from receiving a request to sending its response headers",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             &["direction", "service"],
         )
         .expect("valid metric");
         let open_connections = IntGaugeVec::new(
-            Opts::new(
-                "pilotfish_open_connections",
-                "Connections accepted and not yet closed",
-            ),
+            Opts::new("pilotfish_open_connections", "Connections accepted and not yet closed"),
             &["direction"],
         )
         .expect("valid metric");
         let tcp_bytes = IntCounterVec::new(
-            Opts::new(
-                "pilotfish_tcp_bytes_total",
-                "Bytes forwarded on opaque TCP connections",
-            ),
+            Opts::new("pilotfish_tcp_bytes_total", "Bytes forwarded on opaque TCP connections"),
             &["direction", "service", "flow"],
         )
         .expect("valid metric");
@@ -95,6 +93,40 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let circuit_state = IntGaugeVec::new(
+            Opts::new("pilotfish_circuit_state", "Endpoint circuit breaker: 0 closed, 1 open, 2 half-open"),
+            &["service", "endpoint"],
+        )
+        .expect("valid metric");
+        let circuit_transitions = IntCounterVec::new(
+            Opts::new("pilotfish_circuit_transitions_total", "Circuit breaker state changes, by new state"),
+            &["service", "endpoint", "to"],
+        )
+        .expect("valid metric");
+        let overflow = IntCounterVec::new(
+            Opts::new("pilotfish_overflow_total", "Requests failed fast because a service limit was reached"),
+            &["service", "limit"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new("pilotfish_retries_total", "Retried attempts, by what made the previous one fail"),
+            &["service", "reason"],
+        )
+        .expect("valid metric");
+        let retry_budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "pilotfish_retry_budget_exhausted_total",
+                "Retries not made because the retry budget was spent",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
+        let ratelimited = IntCounterVec::new(
+            Opts::new("pilotfish_ratelimited_total", "Requests refused with 429 by a RateLimitPolicy"),
+            &["service", "route"],
+        )
+        .expect("valid metric");
+
         let registry = Registry::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -104,6 +136,12 @@ impl Metrics {
             Box::new(config_version.clone()),
             Box::new(config_errors.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(circuit_transitions.clone()),
+            Box::new(overflow.clone()),
+            Box::new(retries.clone()),
+            Box::new(retry_budget_exhausted.clone()),
+            Box::new(ratelimited.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -116,21 +154,24 @@ impl Metrics {
             config_version,
             config_errors,
             access_log_dropped,
+            circuit_state,
+            circuit_transitions,
+            overflow,
+            retries,
+            retry_budget_exhausted,
+            ratelimited,
         })
     }
 
     /// The Prometheus text exposition format (0.0.4).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("writing to a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("writing to a Vec cannot fail");
         out
     }
 
     pub fn open_connections(&self, direction: Direction) -> IntGauge {
-        self.open_connections
-            .with_label_values(&[direction.as_str()])
+        self.open_connections.with_label_values(&[direction.as_str()])
     }
 
     /// Handles for traffic to one service (or to the local app, inbound).
@@ -138,16 +179,8 @@ impl Metrics {
         let d = direction.as_str();
         TargetMetrics {
             duration: self.request_duration.with_label_values(&[d, service]),
-            tcp_client_to_server: self.tcp_bytes.with_label_values(&[
-                d,
-                service,
-                "client_to_server",
-            ]),
-            tcp_server_to_client: self.tcp_bytes.with_label_values(&[
-                d,
-                service,
-                "server_to_client",
-            ]),
+            tcp_client_to_server: self.tcp_bytes.with_label_values(&[d, service, "client_to_server"]),
+            tcp_server_to_client: self.tcp_bytes.with_label_values(&[d, service, "server_to_client"]),
         }
     }
 
@@ -156,22 +189,80 @@ impl Metrics {
     pub fn endpoint(&self, direction: Direction, service: &str, endpoint: &str) -> EndpointMetrics {
         EndpointMetrics {
             family: self.requests.clone(),
-            labels: [
-                direction.as_str().to_owned(),
-                service.to_owned(),
-                endpoint.to_owned(),
-            ],
+            labels: [direction.as_str().to_owned(), service.to_owned(), endpoint.to_owned()],
             codes: Default::default(),
         }
     }
 }
 
+impl Metrics {
+    pub fn breaker(&self, service: &str, endpoint: &str) -> BreakerMetrics {
+        let to = |state: BreakerState| {
+            self.circuit_transitions.with_label_values(&[service, endpoint, state.as_str()])
+        };
+        let state = self.circuit_state.with_label_values(&[service, endpoint]);
+        state.set(BreakerState::Closed.as_gauge());
+        BreakerMetrics {
+            state,
+            transitions: [to(BreakerState::Closed), to(BreakerState::Open), to(BreakerState::HalfOpen)],
+        }
+    }
+
+    pub fn resilience(&self, service: &str) -> ResilienceMetrics {
+        let overflow = |limit| self.overflow.with_label_values(&[service, limit]);
+        ResilienceMetrics {
+            overflow_requests: overflow("maxRequests"),
+            overflow_pending: overflow("maxPendingRequests"),
+            overflow_connections: overflow("maxConnections"),
+            retries: Reason::ALL.map(|r| self.retries.with_label_values(&[service, r.as_str()])),
+            budget_exhausted: self.retry_budget_exhausted.with_label_values(&[service]),
+        }
+    }
+
+    pub fn ratelimited(&self, service: &str, route: &str) -> IntCounter {
+        self.ratelimited.with_label_values(&[service, route])
+    }
+}
+
+/// An endpoint's circuit breaker, as exported.
+pub struct BreakerMetrics {
+    state: IntGauge,
+    transitions: [IntCounter; 3],
+}
+
+impl BreakerMetrics {
+    pub fn record(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        self.state.set(t.to.as_gauge());
+        let i = match t.to {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.transitions[i].inc();
+    }
+}
+
+/// A service's limits and retries, as exported.
+pub struct ResilienceMetrics {
+    pub overflow_requests: IntCounter,
+    pub overflow_pending: IntCounter,
+    pub overflow_connections: IntCounter,
+    retries: [IntCounter; 5],
+    pub budget_exhausted: IntCounter,
+}
+
+impl ResilienceMetrics {
+    pub fn retried(&self, reason: Reason) {
+        let i = Reason::ALL.iter().position(|r| *r == reason).expect("every reason is listed");
+        self.retries[i].inc();
+    }
+}
+
 /// Status codes whose counters are resolved once per endpoint; any other code is resolved when
 /// it occurs (rare codes pay a label lookup, common ones an atomic add).
-const COMMON_CODES: [u16; 20] = [
-    101, 200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504,
-    499,
-];
+const COMMON_CODES: [u16; 20] =
+    [101, 200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504, 499];
 
 #[derive(Clone)]
 pub struct TargetMetrics {
@@ -190,8 +281,7 @@ impl EndpointMetrics {
     pub fn record(&self, status: StatusCode) {
         let resolve = || {
             let [d, s, e] = &self.labels;
-            self.family
-                .with_label_values(&[d.as_str(), s, e, status.as_str()])
+            self.family.with_label_values(&[d.as_str(), s, e, status.as_str()])
         };
         match COMMON_CODES.iter().position(|c| *c == status.as_u16()) {
             Some(slot) => self.codes[slot].get_or_init(resolve).inc(),

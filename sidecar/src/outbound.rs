@@ -86,21 +86,19 @@ pub async fn handle(
         }
     }
     let mut stream = stream;
-    let (found, prefix) =
-        match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
-            Ok(detected) => detected,
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "connection failed during protocol detection");
-                return;
-            }
-        };
+    let (found, prefix) = match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
+        Ok(detected) => detected,
+        Err(e) => {
+            tracing::debug!(%client, error = %e, "connection failed during protocol detection");
+            return;
+        }
+    };
     let version = match (found, &service) {
         (Detected::Http1, _) => Version::Http1,
         (Detected::Http2, _) => Version::Http2,
         (Detected::Tls | Detected::Opaque, Some(svc)) => {
             let target = TcpTarget::Service(svc);
-            return forward::forward(&snap, Direction::Outbound, stream, client, prefix, target)
-                .await;
+            return forward::forward(&snap, Direction::Outbound, stream, client, prefix, target).await;
         }
         (Detected::Tls, None) => {
             tracing::info!(
@@ -114,16 +112,10 @@ pub async fn handle(
         (Detected::Opaque, None) => Version::Http1,
     };
     let target = match service {
-        Some(svc) => HttpTarget::Service {
-            key: svc.key.clone(),
-            protocol,
-        },
+        Some(svc) => HttpTarget::Service { key: svc.key.clone(), protocol },
         None => HttpTarget::ByAuthority,
     };
-    serve_http(
-        &shared, &snap, stream, prefix, client, target, version, slot,
-    )
-    .await;
+    serve_http(&shared, &snap, stream, prefix, client, target, version, slot).await;
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,12 +14,7 @@ use crate::config::{Overrides, Snapshot};
 use crate::local::LocalListeners;
 use crate::state::Shared;
 
-pub async fn watch(
-    shared: Arc<Shared>,
-    local: Arc<LocalListeners>,
-    path: PathBuf,
-    overrides: Overrides,
-) {
+pub async fn watch(shared: Arc<Shared>, local: Arc<LocalListeners>, path: PathBuf, overrides: Overrides) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -53,13 +48,7 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn reload(
-    shared: &Arc<Shared>,
-    local: &LocalListeners,
-    path: &Path,
-    overrides: &Overrides,
-    why: &str,
-) {
+fn reload(shared: &Arc<Shared>, local: &LocalListeners, path: &Path, overrides: &Overrides, why: &str) {
     match try_reload(shared, local, path, overrides) {
         Ok(Some(version)) => {
             tracing::info!(version, file = %path.display(), trigger = why, "config reloaded")
@@ -84,20 +73,14 @@ fn try_reload(
     path: &Path,
     overrides: &Overrides,
 ) -> Result<Option<u64>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let old = shared.snapshot.load_full();
     if crate::config::hash_text(&text) == old.hash {
         return Ok(None);
     }
-    let mut snap = Snapshot::build(
-        &path.display().to_string(),
-        &text,
-        overrides,
-        Some(&old),
-        &shared.metrics,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut snap =
+        Snapshot::build(&path.display().to_string(), &text, overrides, Some(&old), &shared.metrics)
+            .map_err(|e| e.to_string())?;
     if snap.keep_listeners_of(&old) {
         tracing::warn!(
             "the Sidecar's listener addresses or connection limit changed: they take effect at the next restart"
@@ -106,6 +89,8 @@ fn try_reload(
     let bound = local.bind_new(&snap).map_err(|e| e.to_string())?;
     let snap = Arc::new(snap);
     shared.snapshot.store(snap.clone());
+    old.retired.cancel();
+    crate::health::spawn(&snap);
     shared.metrics.config_version.set(snap.version as i64);
     local.apply(shared, bound, &snap);
     Ok(Some(snap.version))

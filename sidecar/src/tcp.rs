@@ -31,22 +31,11 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Arc::new(Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    });
-    let mut client = Counted {
-        io: client,
-        counter: counters.0.clone(),
-        activity: activity.clone(),
-        total: 0,
-    };
-    let mut server = Counted {
-        io: server,
-        counter: counters.1.clone(),
-        activity: activity.clone(),
-        total: 0,
-    };
+    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
+    let mut client =
+        Counted { io: client, counter: counters.0.clone(), activity: activity.clone(), total: 0 };
+    let mut server =
+        Counted { io: server, counter: counters.1.clone(), activity: activity.clone(), total: 0 };
     let result = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
         tokio::pin!(copy);
@@ -62,10 +51,7 @@ where
             }
         }
     };
-    let moved = Transferred {
-        client_to_server: client.total,
-        server_to_client: server.total,
-    };
+    let moved = Transferred { client_to_server: client.total, server_to_client: server.total };
     (moved, result)
 }
 
@@ -76,8 +62,7 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
@@ -112,11 +97,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -135,10 +116,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn counters() -> (IntCounter, IntCounter) {
-        (
-            IntCounter::new("a", "a").unwrap(),
-            IntCounter::new("b", "b").unwrap(),
-        )
+        (IntCounter::new("a", "a").unwrap(), IntCounter::new("b", "b").unwrap())
     }
 
     #[tokio::test]
@@ -146,9 +124,8 @@ mod tests {
         let (client, mut app) = tokio::io::duplex(1024);
         let (server, mut upstream) = tokio::io::duplex(1024);
         let (up, down) = counters();
-        let proxy = tokio::spawn(async move {
-            splice(client, server, Duration::from_secs(60), (&up, &down)).await
-        });
+        let proxy =
+            tokio::spawn(async move { splice(client, server, Duration::from_secs(60), (&up, &down)).await });
         app.write_all(b"request").await.unwrap();
         app.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -162,13 +139,7 @@ mod tests {
         assert_eq!(back, b"response after EOF");
         let (moved, result) = proxy.await.unwrap();
         result.unwrap();
-        assert_eq!(
-            moved,
-            Transferred {
-                client_to_server: 7,
-                server_to_client: 18
-            }
-        );
+        assert_eq!(moved, Transferred { client_to_server: 7, server_to_client: 18 });
     }
 
     #[tokio::test(start_paused = true)]
@@ -177,9 +148,8 @@ mod tests {
         let (server, _upstream) = tokio::io::duplex(1024);
         let (up, down) = counters();
         let started = Instant::now();
-        let proxy = tokio::spawn(async move {
-            splice(client, server, Duration::from_secs(30), (&up, &down)).await
-        });
+        let proxy =
+            tokio::spawn(async move { splice(client, server, Duration::from_secs(30), (&up, &down)).await });
         tokio::time::sleep(Duration::from_secs(20)).await;
         app.write_all(b"x").await.unwrap();
         let (_, result) = proxy.await.unwrap();

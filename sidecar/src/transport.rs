@@ -46,11 +46,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let sock = SockRef::from(stream);
-    let orig = if local.is_ipv4() {
-        sock.original_dst_v4()
-    } else {
-        sock.original_dst_v6()
-    };
+    let orig = if local.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
     let orig = orig.ok()?.as_socket()?;
     (orig != local).then_some(orig)
 }

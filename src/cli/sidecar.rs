@@ -32,23 +32,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args {
-        config,
-        admin,
-        inbound,
-        outbound,
-        app,
-        drain_timeout,
-    } = args;
+    let Args { config, admin, inbound, outbound, app, drain_timeout } = args;
     let options = Options {
         config,
-        overrides: Overrides {
-            admin,
-            inbound,
-            outbound,
-            app,
-            drain: drain_timeout.map(Into::into),
-        },
+        overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

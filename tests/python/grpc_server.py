@@ -3,6 +3,7 @@
 - Unary: answers b"echo:" + request, with trailing metadata x-trailer=kept; the request b"fail"
   aborts with UNAVAILABLE.
 - Chat (bidirectional streaming): answers every message with b"re:" + message.
+With --unavailable, every call fails with UNAVAILABLE (an instance that is down).
 Prints "PORT <n>" once listening on 127.0.0.1."""
 import sys
 from concurrent import futures
@@ -10,7 +11,12 @@ from concurrent import futures
 import grpc
 
 
+UNAVAILABLE_ALWAYS = "--unavailable" in sys.argv[1:]
+
+
 def unary(request, context):
+    if UNAVAILABLE_ALWAYS:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "this instance is down")
     if request == b"fail":
         context.abort(grpc.StatusCode.UNAVAILABLE, "backend says no")
     context.set_trailing_metadata((("x-trailer", "kept"),))

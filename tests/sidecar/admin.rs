@@ -13,17 +13,9 @@ async fn admin_endpoints_answer() {
     assert_eq!(config.header("content-type"), Some("application/json"));
     let j = config.json();
     assert_eq!(j["version"], 1);
-    let kinds: Vec<_> = j["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["kind"].clone())
-        .collect();
+    let kinds: Vec<_> = j["resources"].as_array().unwrap().iter().map(|r| r["kind"].clone()).collect();
     assert_eq!(kinds, ["Sidecar", "Service"]);
-    assert_eq!(
-        j["resources"][1]["spec"]["endpoints"][0]["address"],
-        users.addr.to_string()
-    );
+    assert_eq!(j["resources"][1]["spec"]["endpoints"][0]["address"], users.addr.to_string());
     assert_eq!(sc.admin_get("/nope").await.status, 404);
     let r = curl(&["-X", "POST", &format!("http://{}/live", sc.admin)]).await;
     assert_eq!(r.status, 405);
@@ -37,49 +29,21 @@ async fn metrics_parse_and_count_the_traffic_sent() {
     let (users, sc) = users_behind_a_sidecar("").await;
     let base = format!("http://{}", sc.outbound);
     for _ in 0..3 {
-        assert_eq!(
-            curl(&["-H", "Host: users", &format!("{base}/ok")])
-                .await
-                .status,
-            200
-        );
+        assert_eq!(curl(&["-H", "Host: users", &format!("{base}/ok")]).await.status, 200);
     }
     for _ in 0..2 {
-        assert_eq!(
-            curl(&["-H", "Host: users", &format!("{base}/status/503")])
-                .await
-                .status,
-            503
-        );
+        assert_eq!(curl(&["-H", "Host: users", &format!("{base}/status/503")]).await.status, 503);
     }
     assert_eq!(curl(&["-H", "Host: nobody", &base]).await.status, 404);
 
     let m = sc.metrics().await;
     let ep = users.addr.to_string();
     let users_labels = |code| {
-        [
-            ("direction", "outbound"),
-            ("service", "users.default"),
-            ("endpoint", ep.as_str()),
-            ("code", code),
-        ]
+        [("direction", "outbound"), ("service", "users.default"), ("endpoint", ep.as_str()), ("code", code)]
     };
-    assert_eq!(
-        sample(&m, "pilotfish_requests_total", &users_labels("200")),
-        3.0
-    );
-    assert_eq!(
-        sample(&m, "pilotfish_requests_total", &users_labels("503")),
-        2.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            "pilotfish_requests_total",
-            &[("service", ""), ("code", "404")]
-        ),
-        1.0
-    );
+    assert_eq!(sample(&m, "pilotfish_requests_total", &users_labels("200")), 3.0);
+    assert_eq!(sample(&m, "pilotfish_requests_total", &users_labels("503")), 2.0);
+    assert_eq!(sample(&m, "pilotfish_requests_total", &[("service", ""), ("code", "404")]), 1.0);
     assert_eq!(
         sample(
             &m,
@@ -94,26 +58,17 @@ async fn metrics_parse_and_count_the_traffic_sent() {
     // One connection held open: the gauge shows exactly it (once the curl connections are gone).
     let mut held = tokio::net::TcpStream::connect(sc.outbound).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    held.write_all(b"GET /ok HTTP/1.1\r\nHost: users\r\n\r\n")
-        .await
-        .unwrap();
+    held.write_all(b"GET /ok HTTP/1.1\r\nHost: users\r\n\r\n").await.unwrap();
     let mut status = [0u8; 12];
     held.read_exact(&mut status).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let m = sc.metrics().await;
-        let open = sample(
-            &m,
-            "pilotfish_open_connections",
-            &[("direction", "outbound")],
-        );
+        let open = sample(&m, "pilotfish_open_connections", &[("direction", "outbound")]);
         if open == 1.0 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "open connections: {open}, expected 1"
-        );
+        assert!(std::time::Instant::now() < deadline, "open connections: {open}, expected 1");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -125,31 +80,18 @@ async fn reload_swaps_valid_config_and_keeps_the_old_on_error() {
     let head = sidecar_doc(None, "");
     let sc = Sidecar::start(&format!("{head}{}", service_doc("users", &[a.addr], "")));
     let url = format!("http://{}/", sc.outbound);
-    assert_eq!(
-        curl(&["-H", "Host: users", &url]).await.json()["backend"],
-        "a"
-    );
+    assert_eq!(curl(&["-H", "Host: users", &url]).await.json()["backend"], "a");
 
     // A request in flight across the reload completes.
     let slow_url = format!("http://{}/slow/5000", sc.outbound);
     let in_flight = tokio::spawn(async move { curl(&["-H", "Host: users", &slow_url]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    std::fs::write(
-        &sc.config,
-        format!("{head}{}", service_doc("users", &[b.addr], "")),
-    )
-    .unwrap();
+    std::fs::write(&sc.config, format!("{head}{}", service_doc("users", &[b.addr], ""))).unwrap();
     sc.wait_for_log("config reloaded").await;
-    assert_eq!(
-        curl(&["-H", "Host: users", &url]).await.json()["backend"],
-        "b"
-    );
+    assert_eq!(curl(&["-H", "Host: users", &url]).await.json()["backend"], "b");
     let slow = in_flight.await.unwrap();
-    assert_eq!(
-        (slow.status, slow.json()["backend"].as_str()),
-        (200, Some("a"))
-    );
+    assert_eq!((slow.status, slow.json()["backend"].as_str()), (200, Some("a")));
 
     // An invalid file is rejected with file, document, field and reason; b stays in force.
     let invalid = format!("{head}{}", service_doc("users", &[a.addr], ""))
@@ -157,26 +99,17 @@ async fn reload_swaps_valid_config_and_keeps_the_old_on_error() {
     std::fs::write(&sc.config, invalid).unwrap();
     sc.wait_for_log("config rejected").await;
     let log = sc.stderr();
-    let expected = format!(
-        "{}: document 2 (Service default/users): spec.endpoints[0].address:",
-        sc.config.display()
-    );
+    let expected =
+        format!("{}: document 2 (Service default/users): spec.endpoints[0].address:", sc.config.display());
     assert!(log.contains(&expected), "{log}");
-    assert_eq!(
-        curl(&["-H", "Host: users", &url]).await.json()["backend"],
-        "b"
-    );
+    assert_eq!(curl(&["-H", "Host: users", &url]).await.json()["backend"], "b");
     let m = sc.metrics().await;
     assert_eq!(sample(&m, "pilotfish_config_errors_total", &[]), 1.0);
     assert_eq!(sample(&m, "pilotfish_config_version", &[]), 2.0);
     assert_eq!(sc.admin_get("/config").await.json()["version"], 2);
 
     // SIGHUP reloads too: fix the file, then signal.
-    std::fs::write(
-        &sc.config,
-        format!("{head}{}", service_doc("users", &[a.addr, b.addr], "")),
-    )
-    .unwrap();
+    std::fs::write(&sc.config, format!("{head}{}", service_doc("users", &[a.addr, b.addr], ""))).unwrap();
     sc.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while sc.admin_get("/config").await.json()["version"] != 3 {
@@ -185,12 +118,7 @@ async fn reload_swaps_valid_config_and_keeps_the_old_on_error() {
     }
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4 {
-        seen.insert(
-            curl(&["-H", "Host: users", &url]).await.json()["backend"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        seen.insert(curl(&["-H", "Host: users", &url]).await.json()["backend"].as_str().unwrap().to_owned());
     }
     assert_eq!(seen.len(), 2, "round-robin over both endpoints: {seen:?}");
 }
@@ -212,11 +140,7 @@ async fn access_log_writes_one_json_line_per_request() {
         if let Some(line) = sc.stdout().lines().find(|l| l.contains("req-42")) {
             break line.to_owned();
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access log line: {}",
-            sc.stdout()
-        );
+        assert!(std::time::Instant::now() < deadline, "no access log line: {}", sc.stdout());
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let j: serde_json::Value = serde_json::from_str(&line).unwrap();

@@ -10,11 +10,7 @@ async fn grpc_unary_and_bidi_streaming_through_a_sidecar_pair() {
     let config = format!(
         "{}{}",
         sidecar_doc(None, ""),
-        service_doc(
-            "echo",
-            &[b_inbound],
-            "  ports: [{port: 50051, protocol: grpc}]\n"
-        ),
+        service_doc("echo", &[b_inbound], "  ports: [{port: 50051, protocol: grpc}]\n"),
     );
     let a = Sidecar::start(&config);
     let out = run_python("grpc_client.py", &[&a.outbound.to_string(), "echo:50051"]).await;
@@ -22,19 +18,7 @@ async fn grpc_unary_and_bidi_streaming_through_a_sidecar_pair() {
 
     // Both hops saw the calls; the failing call is a gRPC error, not an HTTP one.
     let m = a.metrics().await;
-    assert!(
-        sample(
-            &m,
-            "pilotfish_requests_total",
-            &[("service", "echo.default"), ("code", "200")]
-        ) >= 4.0
-    );
+    assert!(sample(&m, "pilotfish_requests_total", &[("service", "echo.default"), ("code", "200")]) >= 4.0);
     let m = b.metrics().await;
-    assert!(
-        sample(
-            &m,
-            "pilotfish_requests_total",
-            &[("direction", "inbound"), ("code", "200")]
-        ) >= 4.0
-    );
+    assert!(sample(&m, "pilotfish_requests_total", &[("direction", "inbound"), ("code", "200")]) >= 4.0);
 }

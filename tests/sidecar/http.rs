@@ -16,21 +16,12 @@ async fn explicit_outbound_routes_by_host_over_http1_and_http2() {
         "{}{}{}",
         sidecar_doc(None, ""),
         service_doc("users", &[users.addr], ""),
-        service_doc(
-            "billing",
-            &[billing.addr],
-            "  ports: [{port: 80, protocol: http}]\n"
-        ),
+        service_doc("billing", &[billing.addr], "  ports: [{port: 80, protocol: http}]\n"),
     );
     let sc = Sidecar::start(&config);
     let url = format!("http://{}/api/users?x=1", sc.outbound);
 
-    for host in [
-        "users",
-        "users:80",
-        "users.default",
-        "users.default.svc.cluster.local:80",
-    ] {
+    for host in ["users", "users:80", "users.default", "users.default.svc.cluster.local:80"] {
         let r = curl(&["-H", &format!("Host: {host}"), &url]).await;
         assert_eq!(r.status, 200, "{host}");
         let j = r.json();
@@ -44,33 +35,21 @@ async fn explicit_outbound_routes_by_host_over_http1_and_http2() {
     let r = curl(&["--http2-prior-knowledge", "-H", "Host: users", &url]).await;
     assert_eq!((r.status, r.version.as_str()), (200, "HTTP/2"));
     let j = r.json();
-    assert_eq!(
-        (j["backend"].as_str(), j["version"].as_str()),
-        (Some("users"), Some("HTTP/2.0"))
-    );
-    assert_eq!(
-        j["uri"], "http://users/api/users?x=1",
-        "the caller's authority is kept"
-    );
+    assert_eq!((j["backend"].as_str(), j["version"].as_str()), (Some("users"), Some("HTTP/2.0")));
+    assert_eq!(j["uri"], "http://users/api/users?x=1", "the caller's authority is kept");
 
     // A port declared `http` is spoken to in HTTP/1.1 whatever the caller used.
     let r = curl(&["--http2-prior-knowledge", "-H", "Host: billing", &url]).await;
     assert_eq!(r.status, 200);
     let j = r.json();
-    assert_eq!(
-        (j["backend"].as_str(), j["version"].as_str()),
-        (Some("billing"), Some("HTTP/1.1"))
-    );
+    assert_eq!((j["backend"].as_str(), j["version"].as_str()), (Some("billing"), Some("HTTP/1.1")));
     assert_eq!(j["headers"]["host"], "billing");
 
     let r = curl(&["-H", "Host: nobody.default", &url]).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.header("pilotfish-error"), Some("no-route"));
     let r = curl(&["--http2-prior-knowledge", "-H", "Host: nobody", &url]).await;
-    assert_eq!(
-        (r.status, r.header("pilotfish-error")),
-        (404, Some("no-route"))
-    );
+    assert_eq!((r.status, r.header("pilotfish-error")), (404, Some("no-route")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,55 +97,24 @@ async fn bodies_stream_both_ways_and_connections_are_reused() {
     let (users, sc) = users_behind_a_sidecar("").await;
     let dir = tempfile::tempdir().unwrap();
     let upload = dir.path().join("upload.bin");
-    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(&upload, &data).unwrap();
     let file = format!("@{}", upload.display());
     let echo = format!("http://{}/echo", sc.outbound);
 
     // Chunked request body, streamed back.
-    let r = curl(&[
-        "-H",
-        "Host: users",
-        "-H",
-        "Transfer-Encoding: chunked",
-        "--data-binary",
-        &file,
-        &echo,
-    ])
-    .await;
+    let r =
+        curl(&["-H", "Host: users", "-H", "Transfer-Encoding: chunked", "--data-binary", &file, &echo]).await;
     assert_eq!(r.status, 200);
-    assert!(
-        r.body == data,
-        "chunked echo differs ({} bytes back)",
-        r.body.len()
-    );
+    assert!(r.body == data, "chunked echo differs ({} bytes back)", r.body.len());
 
     // Expect: 100-continue is honoured (curl waits for the 100 before sending the body).
-    let r = curl(&[
-        "-H",
-        "Host: users",
-        "-H",
-        "Expect: 100-continue",
-        "--data-binary",
-        &file,
-        &echo,
-    ])
-    .await;
+    let r = curl(&["-H", "Host: users", "-H", "Expect: 100-continue", "--data-binary", &file, &echo]).await;
     assert_eq!(r.status, 200);
     assert!(r.body == data);
 
     // HTTP/2 upload and download with flow control.
-    let r = curl(&[
-        "--http2-prior-knowledge",
-        "-H",
-        "Host: users",
-        "--data-binary",
-        &file,
-        &echo,
-    ])
-    .await;
+    let r = curl(&["--http2-prior-knowledge", "-H", "Host: users", "--data-binary", &file, &echo]).await;
     assert_eq!(r.status, 200);
     assert!(r.body == data);
 
@@ -181,11 +129,7 @@ async fn bodies_stream_both_ways_and_connections_are_reused() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n".repeat(5));
     let after = users.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        after - before <= 1,
-        "{} new endpoint connections for 5 keep-alive requests",
-        after - before
-    );
+    assert!(after - before <= 1, "{} new endpoint connections for 5 keep-alive requests", after - before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,10 +153,7 @@ async fn hop_by_hop_headers_stop_at_the_proxy() {
     .await;
     let headers = &r.json()["headers"];
     for gone in ["x-secret", "keep-alive", "proxy-connection"] {
-        assert!(
-            headers.get(gone).is_none(),
-            "{gone} was forwarded: {headers}"
-        );
+        assert!(headers.get(gone).is_none(), "{gone} was forwarded: {headers}");
     }
     assert_eq!(headers["x-end-to-end"], "kept");
 }
@@ -221,12 +162,7 @@ async fn hop_by_hop_headers_stop_at_the_proxy() {
 async fn trailers_pass_through_http2() {
     let (_users, sc) = users_behind_a_sidecar("").await;
     let out = tokio::process::Command::new("nghttp")
-        .args([
-            "-v",
-            "-H",
-            ":authority: users",
-            &format!("http://{}/trailers", sc.outbound),
-        ])
+        .args(["-v", "-H", ":authority: users", &format!("http://{}/trailers", sc.outbound)])
         .output()
         .await
         .expect("nghttp is installed");
@@ -255,39 +191,23 @@ async fn bad_input_gets_the_right_4xx_and_a_clean_close() {
 
     let malformed = raw_exchange(sc.outbound, b"GET / HTTP/1.1\r\nHost users\r\n\r\n").await;
     assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
-    for bad_line in [
-        &b"GET / HTTP/9.9\r\nHost: users\r\n\r\n"[..],
-        b"GARBAGE\r\n\r\n",
-        b"GET /\x01 HTTP/1.1\r\n\r\n",
-    ] {
+    for bad_line in
+        [&b"GET / HTTP/9.9\r\nHost: users\r\n\r\n"[..], b"GARBAGE\r\n\r\n", b"GET /\x01 HTTP/1.1\r\n\r\n"]
+    {
         let r = raw_exchange(sc.outbound, bad_line).await;
-        assert!(
-            r.starts_with("HTTP/1.1 400"),
-            "{:?} → {r}",
-            String::from_utf8_lossy(bad_line)
-        );
+        assert!(r.starts_with("HTTP/1.1 400"), "{:?} → {r}", String::from_utf8_lossy(bad_line));
     }
 
-    let huge = format!(
-        "GET / HTTP/1.1\r\nHost: users\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(100 * 1024)
-    );
+    let huge = format!("GET / HTTP/1.1\r\nHost: users\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
     let r = raw_exchange(sc.outbound, huge.as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
 
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let r = raw_exchange(
-        sc.outbound,
-        format!("GET / HTTP/1.1\r\nHost: users\r\n{many}\r\n").as_bytes(),
-    )
-    .await;
+    let r =
+        raw_exchange(sc.outbound, format!("GET / HTTP/1.1\r\nHost: users\r\n{many}\r\n").as_bytes()).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
 
-    assert_eq!(
-        users.requests.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "nothing bad reached the app"
-    );
+    assert_eq!(users.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing bad reached the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,15 +222,9 @@ async fn unreachable_or_missing_endpoints_fail_fast() {
     let sc = Sidecar::start(&config);
     let url = format!("http://{}/", sc.outbound);
     let r = curl(&["-H", "Host: dead", &url]).await;
-    assert_eq!(
-        (r.status, r.header("pilotfish-error")),
-        (502, Some("upstream-connect"))
-    );
+    assert_eq!((r.status, r.header("pilotfish-error")), (502, Some("upstream-connect")));
     let r = curl(&["-H", "Host: empty", &url]).await;
-    assert_eq!(
-        (r.status, r.header("pilotfish-error")),
-        (503, Some("no-endpoints"))
-    );
+    assert_eq!((r.status, r.header("pilotfish-error")), (503, Some("no-endpoints")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,19 +232,14 @@ async fn slow_clients_and_floods_are_bounded() {
     let users = backend("users").await;
     let config = format!(
         "{}{}",
-        sidecar_doc(
-            None,
-            "  timeouts: {headerRead: 1s}\n  limits: {maxConnections: 2}\n"
-        ),
+        sidecar_doc(None, "  timeouts: {headerRead: 1s}\n  limits: {maxConnections: 2}\n"),
         service_doc("users", &[users.addr], "")
     );
     let sc = Sidecar::start(&config);
 
     // A client that never finishes its headers is cut off by the header read timeout.
     let mut slow = TcpStream::connect(sc.outbound).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: users\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: users\r\n").await.unwrap();
     let mut sink = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut sink))
         .await
@@ -341,30 +250,19 @@ async fn slow_clients_and_floods_are_bounded() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(sc.outbound).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: users\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: users\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"HTTP/1.1 200");
         held.push(s);
     }
     let mut third = TcpStream::connect(sc.outbound).await.unwrap();
-    third
-        .write_all(b"GET / HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    third.write_all(b"GET / HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 12];
     let early = tokio::time::timeout(Duration::from_millis(500), third.read_exact(&mut buf)).await;
-    assert!(
-        early.is_err(),
-        "a third connection was served past maxConnections: 2"
-    );
+    assert!(early.is_err(), "a third connection was served past maxConnections: 2");
     held.clear();
-    tokio::time::timeout(Duration::from_secs(20), third.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), third.read_exact(&mut buf)).await.unwrap().unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
 

@@ -18,16 +18,10 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     // While draining: not ready, and no new connections are accepted.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while sc.admin_get("/ready").await.status != 503 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/ready stayed 200 while draining"
-        );
+        assert!(std::time::Instant::now() < deadline, "/ready stayed 200 while draining");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        !in_flight.is_finished(),
-        "the slow request finished before drain could be observed"
-    );
+    assert!(!in_flight.is_finished(), "the slow request finished before drain could be observed");
     assert!(
         tokio::net::TcpStream::connect(sc.outbound).await.is_err(),
         "a new connection was accepted while draining"
@@ -55,33 +49,17 @@ fn invalid_config_at_start_names_the_field_and_exits_nonzero() {
     let config = format!(
         "{}{}",
         sidecar_doc(None, ""),
-        service_doc(
-            "users",
-            &["127.0.0.1:1".parse().unwrap()],
-            "  localPort: 0\n"
-        )
+        service_doc("users", &["127.0.0.1:1".parse().unwrap()], "  localPort: 0\n")
     );
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .args(["sidecar", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["sidecar", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("document 2 (Service default/users): spec.localPort: must be 1-65535"),
-        "{err}"
-    );
+    assert!(err.contains("document 2 (Service default/users): spec.localPort: must be 1-65535"), "{err}");
 
-    let out = Command::new(BIN)
-        .args(["sidecar", "--config", "/nonexistent.yaml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["sidecar", "--config", "/nonexistent.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent.yaml")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent.yaml"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,10 +80,7 @@ async fn drain_sends_http2_goaway_and_finishes_open_streams() {
     let out = client.await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("recv GOAWAY frame"), "no GOAWAY: {text}");
-    assert!(
-        text.contains(":status: 200"),
-        "the open stream was cut: {text}"
-    );
+    assert!(text.contains(":status: 200"), "the open stream was cut: {text}");
     let status = tokio::task::block_in_place(|| sc.wait_exit(Duration::from_secs(30)));
     assert!(status.success());
 }

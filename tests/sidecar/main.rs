@@ -6,6 +6,7 @@ mod grpc;
 mod http;
 mod lifecycle;
 mod load;
+mod resilience;
 mod support;
 mod tcp;
 mod transparent;

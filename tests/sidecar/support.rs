@@ -31,18 +31,12 @@ pub fn python() -> PathBuf {
 }
 
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
 }
 
 /// A port that was free a moment ago (for `localPort`, which must be known up front).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `pilotfish sidecar`, killed on drop.
@@ -69,10 +63,7 @@ pub fn sidecar_doc(app: Option<SocketAddr>, extra: &str) -> String {
 }
 
 pub fn service_doc(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
-    let eps: Vec<String> = endpoints
-        .iter()
-        .map(|e| format!("{{address: {e}}}"))
-        .collect();
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("{{address: {e}}}")).collect();
     format!(
         "---\napiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{}]\n{extra}",
         eps.join(", ")
@@ -83,11 +74,7 @@ pub fn service_doc(name: &str, endpoints: &[SocketAddr], extra: &str) -> String 
 /// `Sidecar` spec gets `sidecar_extra` (YAML lines under `spec:`).
 pub async fn users_behind_a_sidecar(sidecar_extra: &str) -> (Backend, Sidecar) {
     let users = backend("users").await;
-    let config = format!(
-        "{}{}",
-        sidecar_doc(None, sidecar_extra),
-        service_doc("users", &[users.addr], "")
-    );
+    let config = format!("{}{}", sidecar_doc(None, sidecar_extra), service_doc("users", &[users.addr], ""));
     (users, Sidecar::start(&config))
 }
 
@@ -111,9 +98,7 @@ impl Sidecar {
         };
         cmd.arg("sidecar").arg("--config").arg(&path).args(args);
         cmd.env("RUST_LOG", "info,pilotfish_sidecar=debug");
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start pilotfish");
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -121,30 +106,19 @@ impl Sidecar {
         collect(child.stdout.take().unwrap(), stdout.clone());
         let deadline = Instant::now() + Duration::from_secs(20);
         let line = loop {
-            if let Some(line) = stderr
-                .lock()
-                .unwrap()
-                .lines()
-                .find(|l| l.contains("sidecar listening"))
-            {
+            if let Some(line) = stderr.lock().unwrap().lines().find(|l| l.contains("sidecar listening")) {
                 break line.to_owned();
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("sidecar exited with {status}: {}", stderr.lock().unwrap());
             }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar did not start: {}",
-                stderr.lock().unwrap()
-            );
+            assert!(Instant::now() < deadline, "sidecar did not start: {}", stderr.lock().unwrap());
             std::thread::sleep(Duration::from_millis(20));
         };
         let field = |name: &str| -> Option<SocketAddr> {
             let prefix = format!("{name}=");
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&prefix))
-                .and_then(|v| v.parse().ok())
+            line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).and_then(|v| v.parse().ok())
         };
         Self {
             admin: field("admin").expect("admin address in the log"),
@@ -171,10 +145,7 @@ impl Sidecar {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -185,11 +156,7 @@ impl Sidecar {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar did not exit: {}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "sidecar did not exit: {}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -198,11 +165,7 @@ impl Sidecar {
     pub async fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.stderr().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "log never said {needle:?}: {}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "log never said {needle:?}: {}", self.stderr());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -245,12 +208,8 @@ pub struct Sample {
 }
 
 pub async fn parse_metrics(text: &[u8]) -> Vec<Sample> {
-    let out = run_with_input(
-        python().to_str().unwrap(),
-        &[script("promparse.py").to_str().unwrap()],
-        text,
-    )
-    .await;
+    let out =
+        run_with_input(python().to_str().unwrap(), &[script("promparse.py").to_str().unwrap()], text).await;
     let samples: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("promparse output");
     samples
         .into_iter()
@@ -267,10 +226,7 @@ pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|s| s.value)
         .sum()
@@ -304,10 +260,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -324,20 +277,13 @@ pub async fn curl(args: &[&str]) -> Reply {
         .output()
         .await
         .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     parse_reply(&out.stdout)
 }
 
 fn parse_reply(mut raw: &[u8]) -> Reply {
     loop {
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a header block");
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
         let head = std::str::from_utf8(&raw[..end]).unwrap();
         raw = &raw[end + 4..];
         let mut lines = head.lines();
@@ -352,12 +298,7 @@ fn parse_reply(mut raw: &[u8]) -> Reply {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        return Reply {
-            status,
-            version,
-            headers,
-            body: raw.to_vec(),
-        };
+        return Reply { status, version, headers, body: raw.to_vec() };
     }
 }
 
@@ -372,6 +313,35 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
     pub connections: Arc<AtomicUsize>,
+    /// Misbehaviour switched on and off while a test runs.
+    pub faults: Arc<Faults>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Every request gets this status (0: behave), after this delay.
+#[derive(Default)]
+pub struct Faults {
+    pub status: std::sync::atomic::AtomicU16,
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Backend {
+    pub fn fail_with(&self, status: u16) {
+        self.faults.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn delay(&self, ms: u64) {
+        self.faults.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    pub fn served(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Dies like a killed process: the listener and every open connection close at once.
+    pub fn kill(&self) {
+        self.server.abort();
+    }
 }
 
 pub async fn backend(name: &'static str) -> Backend {
@@ -379,18 +349,25 @@ pub async fn backend(name: &'static str) -> Backend {
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
-    let (reqs, conns) = (requests.clone(), connections.clone());
-    tokio::spawn(async move {
+    let faults = Arc::new(Faults::default());
+    let (reqs, conns, f) = (requests.clone(), connections.clone(), faults.clone());
+    let server = tokio::spawn(async move {
+        // Connections live in the set, so aborting this task closes them all.
+        let mut open = tokio::task::JoinSet::new();
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+                Some(_) = open.join_next() => continue,
             };
             conns.fetch_add(1, Ordering::SeqCst);
-            let reqs = reqs.clone();
-            tokio::spawn(async move {
+            let (reqs, f) = (reqs.clone(), f.clone());
+            open.spawn(async move {
                 let service = service_fn(move |req| {
                     reqs.fetch_add(1, Ordering::SeqCst);
-                    answer(name, peer, req)
+                    faulty(name, peer, req, f.clone())
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -398,10 +375,27 @@ pub async fn backend(name: &'static str) -> Backend {
             });
         }
     });
-    Backend {
-        addr,
-        requests,
-        connections,
+    Backend { addr, requests, connections, faults, server }
+}
+
+async fn faulty(
+    name: &'static str,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    faults: Arc<Faults>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let delay = faults.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    match faults.status.load(Ordering::SeqCst) {
+        0 => answer(name, peer, req).await,
+        status => {
+            let body = Full::new(Bytes::from(format!("{name} fails with {status}\n")));
+            let mut res = Response::new(body.map_err(|never| match never {}).boxed());
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok(res)
+        }
     }
 }
 
@@ -446,17 +440,9 @@ async fn answer(
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
     let uri = req.uri().to_string();
-    let headers: BTreeMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let headers: BTreeMap<String, String> =
+        req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let json = serde_json::json!({
         "backend": name,
         "method": method,
@@ -468,8 +454,7 @@ async fn answer(
     });
     let mut res = Response::new(full(Bytes::from(json.to_string())));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+    res.headers_mut().insert("content-type", "application/json".parse().unwrap());
     Ok(res)
 }
 
@@ -481,21 +466,21 @@ pub struct App {
 
 impl App {
     pub fn python(script_name: &str) -> Self {
+        Self::python_with(script_name, &[])
+    }
+
+    pub fn python_with(script_name: &str, args: &[&str]) -> Self {
         let mut child = Command::new(python())
             .arg(script(script_name))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e} (run the test command to set up .venv-test)",
-                    python().display()
-                )
+                panic!("{}: {e} (run the test command to set up .venv-test)", python().display())
             });
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let port = line
             .strip_prefix("PORT ")
             .and_then(|p| p.trim().parse().ok())
@@ -517,17 +502,24 @@ impl Drop for App {
 
 /// Runs a Python test client to completion; panics with its output unless it exits 0.
 pub async fn run_python(script_name: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(python())
-        .arg(script(script_name))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
+    let out =
+        tokio::process::Command::new(python()).arg(script(script_name)).args(args).output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script_name} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{script_name} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     text
+}
+
+/// Sends `n` requests to `url` with curl (`parallel` at a time, `args` applied to each) and
+/// returns their status codes.
+pub async fn curl_many(n: usize, parallel: usize, args: &[&str], url: &str) -> Vec<u16> {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-s", "--max-time", "60", "-w", "%{http_code}\n"]).args(args);
+    if parallel > 1 {
+        cmd.args(["-Z", "--parallel-max", &parallel.to_string()]);
+    }
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().await.expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().unwrap_or(0)).collect()
 }

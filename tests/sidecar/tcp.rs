@@ -75,31 +75,14 @@ async fn hundred_mib_each_way_byte_exact_with_half_close() {
         })
     };
     let mut back = Vec::with_capacity(SIZE + 32);
-    tokio::time::timeout(Duration::from_secs(120), rd.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), rd.read_to_end(&mut back)).await.unwrap().unwrap();
     let _wr = upload.await.unwrap();
     assert_eq!(back.len(), SIZE + 32);
-    assert_eq!(
-        Sha256::digest(&back[..SIZE]),
-        expected_back,
-        "server→client bytes differ"
-    );
-    assert_eq!(
-        &back[SIZE..],
-        Sha256::digest(&sent).as_slice(),
-        "client→server bytes differ"
-    );
+    assert_eq!(Sha256::digest(&back[..SIZE]), expected_back, "server→client bytes differ");
+    assert_eq!(&back[SIZE..], Sha256::digest(&sent).as_slice(), "client→server bytes differ");
 
     let m = sc.metrics().await;
-    let flow = |f| {
-        sample(
-            &m,
-            "pilotfish_tcp_bytes_total",
-            &[("service", "blob.default"), ("flow", f)],
-        )
-    };
+    let flow = |f| sample(&m, "pilotfish_tcp_bytes_total", &[("service", "blob.default"), ("flow", f)]);
     assert_eq!(flow("client_to_server"), SIZE as f64);
     assert_eq!(flow("server_to_client"), (SIZE + 32) as f64);
 }
@@ -110,9 +93,7 @@ async fn server_speaks_first_on_a_declared_tcp_port_is_not_held_by_detection() {
     let server = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        s.write_all(b"220 smtp.example ESMTP ready\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"220 smtp.example ESMTP ready\r\n").await.unwrap();
         let mut line = [0u8; 6];
         s.read_exact(&mut line).await.unwrap();
         s.write_all(b"221 bye\r\n").await.unwrap();
@@ -147,17 +128,7 @@ async fn tls_is_detected_and_passed_through_opaque() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -168,13 +139,7 @@ async fn tls_is_detected_and_passed_through_opaque() {
     assert!(status.success());
     let tls_port = free_port();
     let mut server = std::process::Command::new("openssl")
-        .args([
-            "s_server",
-            "-quiet",
-            "-www",
-            "-accept",
-            &tls_port.to_string(),
-        ])
+        .args(["s_server", "-quiet", "-www", "-accept", &tls_port.to_string()])
         .arg("-cert")
         .arg(&cert)
         .arg("-key")
@@ -186,10 +151,7 @@ async fn tls_is_detected_and_passed_through_opaque() {
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(tls_addr).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "openssl s_server did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "openssl s_server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -210,10 +172,7 @@ async fn tls_is_detected_and_passed_through_opaque() {
         "pilotfish_tcp_bytes_total",
         &[("service", "secure.default"), ("flow", "server_to_client")],
     );
-    assert!(
-        to_client > 1000.0,
-        "TLS bytes did not flow through the sidecar: {to_client}"
-    );
+    assert!(to_client > 1000.0, "TLS bytes did not flow through the sidecar: {to_client}");
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -39,23 +39,11 @@ impl Netns {
     /// curl run as an unprivileged app user (uid 65534) inside the namespace.
     fn curl_as_app(&self, url: &str) -> String {
         let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ])
+            .args(["netns", "exec", &self.0, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
             .args(["curl", "-s", "-S", "--max-time", "20", url])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "curl {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -85,14 +73,7 @@ fn wait_for_port(ns: &Netns, addr: &str) {
     let (host, port) = addr.split_once(':').unwrap();
     loop {
         let ok = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                "bash",
-                "-c",
-                &format!("exec 3<>/dev/tcp/{host}/{port}"),
-            ])
+            .args(["netns", "exec", &ns.0, "bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
             .stderr(Stdio::null())
             .status()
             .unwrap()
@@ -109,10 +90,9 @@ fn wait_for_port(ns: &Netns, addr: &str) {
 async fn iptables_redirect_reaches_service_endpoints_and_passes_unknown_destinations_through() {
     let ns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
-    for (sub, text) in [
-        ("endpoint", "served by the users endpoint\n"),
-        ("elsewhere", "served by an unknown host\n"),
-    ] {
+    for (sub, text) in
+        [("endpoint", "served by the users endpoint\n"), ("elsewhere", "served by an unknown host\n")]
+    {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
         std::fs::write(dir.path().join(sub).join("who"), text).unwrap();
     }
@@ -163,31 +143,13 @@ async fn iptables_redirect_reaches_service_endpoints_and_passes_unknown_destinat
     assert_eq!(body, "served by an unknown host\n");
 
     let metrics = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "curl",
-            "-s",
-            "http://127.0.0.1:15000/metrics",
-        ])
+        .args(["netns", "exec", &ns.0, "curl", "-s", "http://127.0.0.1:15000/metrics"])
         .output()
         .unwrap();
     let m = parse_metrics(&metrics.stdout).await;
-    assert_eq!(
-        sample(
-            &m,
-            "pilotfish_requests_total",
-            &[("service", "users.default"), ("code", "200")]
-        ),
-        1.0
-    );
+    assert_eq!(sample(&m, "pilotfish_requests_total", &[("service", "users.default"), ("code", "200")]), 1.0);
     assert!(
-        sample(
-            &m,
-            "pilotfish_tcp_bytes_total",
-            &[("service", ""), ("flow", "server_to_client")]
-        ) > 0.0,
+        sample(&m, "pilotfish_tcp_bytes_total", &[("service", ""), ("flow", "server_to_client")]) > 0.0,
         "the unknown destination did not pass through the sidecar"
     );
     drop(sc);

@@ -34,11 +34,7 @@ pub struct Completion {
 
 impl Completion {
     pub fn new(conn: Option<Reusable>, log: Option<Box<(HttpRecord, Instant)>>) -> Self {
-        Self {
-            conn,
-            log,
-            bytes: 0,
-        }
+        Self { conn, log, bytes: 0 }
     }
 
     fn finished(&mut self) {
@@ -61,9 +57,7 @@ impl Drop for Completion {
 
 impl ProxyBody {
     pub fn local(bytes: Bytes) -> Self {
-        Self::Local {
-            inner: Full::new(bytes),
-        }
+        Self::Local { inner: Full::new(bytes) }
     }
 
     pub fn upstream(inner: Incoming, mut done: Completion) -> Self {
@@ -115,6 +109,109 @@ impl Body for ProxyBody {
         match self {
             Self::Upstream { inner, .. } => inner.size_hint(),
             Self::Local { inner } => inner.size_hint(),
+        }
+    }
+}
+
+/// A request body on its way upstream: streamed from the client (after any bytes already read
+/// while trying to keep it for retries), or replayed from what was kept.
+pub enum RequestBody {
+    Streaming { prefix: Option<Bytes>, inner: Incoming },
+    Replay { data: Option<Bytes>, trailers: Option<http::HeaderMap> },
+}
+
+impl RequestBody {
+    pub fn streaming(inner: Incoming) -> Self {
+        Self::Streaming { prefix: None, inner }
+    }
+
+    pub fn replay(kept: &Kept) -> Self {
+        Self::Replay { data: Some(kept.data.clone()), trailers: kept.trailers.clone() }
+    }
+}
+
+/// A whole request body kept for replay.
+pub struct Kept {
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+/// What [`keep_for_replay`] ended with.
+pub enum Keeping {
+    /// The whole body fit within the limit.
+    Kept(Kept),
+    /// It did not: what was read so far, and the rest, to be streamed once.
+    TooLarge(RequestBody),
+}
+
+/// Reads a request body into memory while it stays within `limit` bytes (the retry replay
+/// buffer); a larger body is handed back to be streamed, with the bytes already read in front.
+pub async fn keep_for_replay(mut body: Incoming, limit: u64) -> Result<Keeping, hyper::Error> {
+    use http_body_util::BodyExt;
+    let mut data = bytes::BytesMut::new();
+    loop {
+        let Some(frame) = body.frame().await.transpose()? else {
+            return Ok(Keeping::Kept(Kept { data: data.freeze(), trailers: None }));
+        };
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() as u64 > limit {
+                    return Ok(Keeping::TooLarge(RequestBody::Streaming {
+                        prefix: Some(data.freeze()),
+                        inner: body,
+                    }));
+                }
+            }
+            Err(frame) => {
+                let trailers = frame.into_trailers().ok();
+                return Ok(Keeping::Kept(Kept { data: data.freeze(), trailers }));
+            }
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Streaming { prefix, inner } => {
+                if let Some(bytes) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Pin::new(inner).poll_frame(cx).map_err(Into::into)
+            }
+            Self::Replay { data, trailers } => {
+                if let Some(bytes) = data.take().filter(|b| !b.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming { prefix, inner } => prefix.is_none() && inner.is_end_stream(),
+            Self::Replay { data, trailers } => {
+                data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none()
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streaming { prefix: None, inner } => inner.size_hint(),
+            Self::Streaming { .. } => SizeHint::default(),
+            Self::Replay { data, trailers: None } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Self::Replay { .. } => SizeHint::default(),
         }
     }
 }

@@ -23,6 +23,16 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("service {0} has no endpoints")]
     NoEndpoints(String),
+    #[error("every endpoint of service {0} is ejected by its circuit breaker")]
+    CircuitOpen(String),
+    #[error("service {service} is at its {limit} limit")]
+    Overloaded { service: String, limit: &'static str },
+    #[error("rate limited: retry after {retry_after_secs}s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("no response within the route timeout of {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the request body could not be read: {0}")]
+    RequestBody(String),
     #[error("could not connect to an endpoint: {0}")]
     UpstreamConnect(#[source] UpstreamError),
     #[error("the endpoint failed the request: {0}")]
@@ -44,7 +54,12 @@ impl ProxyError {
             Self::MissingAuthority | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
             Self::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
-            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoints(_) | Self::CircuitOpen(_) | Self::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -52,11 +67,15 @@ impl ProxyError {
     /// The `pilotfish-error` value.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::MissingAuthority
-            | Self::InvalidHost(_)
-            | Self::ConnectUnsupported
-            | Self::NoRoute(_) => "no-route",
+            Self::MissingAuthority | Self::InvalidHost(_) | Self::ConnectUnsupported | Self::NoRoute(_) => {
+                "no-route"
+            }
             Self::NoEndpoints(_) => "no-endpoints",
+            Self::CircuitOpen(_) => "circuit-open",
+            Self::Overloaded { .. } => "overloaded",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::Timeout(_) => "timeout",
+            Self::RequestBody(_) => "bad-request",
             Self::UpstreamConnect(_) => "upstream-connect",
             Self::UpstreamReset(_) => "upstream-reset",
         }
@@ -65,10 +84,11 @@ impl ProxyError {
     /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, else UNAVAILABLE).
     fn grpc_status(&self) -> &'static str {
         match self {
-            Self::MissingAuthority
-            | Self::InvalidHost(_)
-            | Self::ConnectUnsupported
-            | Self::NoRoute(_) => "12",
+            Self::MissingAuthority | Self::InvalidHost(_) | Self::ConnectUnsupported | Self::NoRoute(_) => {
+                "12"
+            }
+            Self::RateLimited { .. } | Self::Overloaded { .. } => "8",
+            Self::Timeout(_) => "4",
             _ => "14",
         }
     }
@@ -87,14 +107,20 @@ impl ProxyError {
         } else {
             let mut res = Response::new(ProxyBody::local(Bytes::from(format!("{message}\n"))));
             *res.status_mut() = self.status();
-            res.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
+            res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             res
         };
-        res.headers_mut()
-            .insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        let h = res.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        match self {
+            Self::Overloaded { limit, .. } => {
+                h.insert("pilotfish-limit", HeaderValue::from_static(limit));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
         res
     }
 }

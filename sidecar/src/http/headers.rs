@@ -49,13 +49,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let upgrade = keep_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let upgrade = keep_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -96,10 +91,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -127,10 +119,7 @@ mod tests {
         let mut kept = req.clone();
         strip_hop_by_hop(&mut kept, true);
         assert_eq!(
-            (
-                kept["connection"].to_str().unwrap(),
-                kept["upgrade"].to_str().unwrap()
-            ),
+            (kept["connection"].to_str().unwrap(), kept["upgrade"].to_str().unwrap()),
             ("upgrade", "websocket")
         );
         let mut dropped = req;

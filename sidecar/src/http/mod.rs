@@ -1,6 +1,7 @@
 //! The L7 path: serving HTTP/1.1 and HTTP/2 connections and proxying their requests.
 
 pub mod body;
+pub mod correlation;
 pub mod errors;
 pub mod headers;
 pub mod pool;

@@ -16,6 +16,7 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use super::body::RequestBody;
 use crate::transport;
 
 /// Idle HTTP/1.1 connections older than this are closed rather than reused: servers commonly drop
@@ -38,23 +39,17 @@ pub enum UpstreamError {
     #[error("{0}")]
     Connect(#[source] std::io::Error),
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("request to {addr} failed: {source}")]
-    Request {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Request { addr: SocketAddr, source: hyper::Error },
 }
 
 /// Connections to one endpoint. Shared by every snapshot that lists the endpoint, so a config
 /// reload keeps warm connections.
 pub struct EndpointConns {
     addr: SocketAddr,
-    idle: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
@@ -62,7 +57,7 @@ pub struct EndpointConns {
 /// body has been read to the end.
 pub struct Reusable {
     conns: Arc<EndpointConns>,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
 }
 
 impl Reusable {
@@ -103,7 +98,7 @@ impl EndpointConns {
     pub async fn send(
         self: &Arc<Self>,
         version: Version,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         match version {
@@ -114,22 +109,14 @@ impl EndpointConns {
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         // A pooled connection may have been closed by the server just now; a request that was
         // never written comes back and goes out on the next connection.
         while let Some(mut sender) = self.checkout_idle() {
             match sender.try_send_request(req).await {
-                Ok(res) => {
-                    return Ok((
-                        res,
-                        Some(Reusable {
-                            conns: self.clone(),
-                            sender,
-                        }),
-                    ))
-                }
+                Ok(res) => return Ok((res, Some(Reusable { conns: self.clone(), sender }))),
                 Err(e) => req = self.unsent(e)?,
             }
         }
@@ -137,17 +124,8 @@ impl EndpointConns {
         let res = sender
             .send_request(req)
             .await
-            .map_err(|source| UpstreamError::Request {
-                addr: self.addr,
-                source,
-            })?;
-        Ok((
-            res,
-            Some(Reusable {
-                conns: self.clone(),
-                sender,
-            }),
-        ))
+            .map_err(|source| UpstreamError::Request { addr: self.addr, source })?;
+        Ok((res, Some(Reusable { conns: self.clone(), sender })))
     }
 
     /// The most recently used idle connection (LIFO keeps the set of warm connections small).
@@ -155,15 +133,12 @@ impl EndpointConns {
     /// error if it did go out.
     fn unsent(
         &self,
-        mut e: TrySendError<Request<Incoming>>,
-    ) -> Result<Request<Incoming>, UpstreamError> {
-        e.take_message().ok_or_else(|| UpstreamError::Request {
-            addr: self.addr,
-            source: e.into_error(),
-        })
+        mut e: TrySendError<Request<RequestBody>>,
+    ) -> Result<Request<RequestBody>, UpstreamError> {
+        e.take_message().ok_or_else(|| UpstreamError::Request { addr: self.addr, source: e.into_error() })
     }
 
-    fn checkout_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
@@ -173,13 +148,10 @@ impl EndpointConns {
         None
     }
 
-    fn push_idle(&self, sender: http1::SendRequest<Incoming>) {
+    fn push_idle(&self, sender: http1::SendRequest<RequestBody>) {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         // The oldest entries sit at the bottom of the stack: reap the expired ones.
-        let expired = idle
-            .iter()
-            .take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
-            .count();
+        let expired = idle.iter().take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT).count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push((sender, Instant::now()));
@@ -189,17 +161,12 @@ impl EndpointConns {
     async fn connect_h1(
         &self,
         connect_timeout: Duration,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        let stream = transport::connect(self.addr, connect_timeout)
-            .await
-            .map_err(UpstreamError::Connect)?;
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = transport::connect(self.addr, connect_timeout).await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.addr,
-                source,
-            })?;
+            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -211,7 +178,7 @@ impl EndpointConns {
 
     async fn send_h2(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(mut sender) = self.shared_h2() {
@@ -221,16 +188,10 @@ impl EndpointConns {
             }
         }
         let mut sender = self.connect_h2(connect_timeout).await?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|source| UpstreamError::Request {
-                addr: self.addr,
-                source,
-            })
+        sender.send_request(req).await.map_err(|source| UpstreamError::Request { addr: self.addr, source })
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let h2 = self.h2.lock().expect("pool lock poisoned");
         h2.as_ref().filter(|s| !s.is_closed()).cloned()
     }
@@ -238,15 +199,13 @@ impl EndpointConns {
     async fn connect_h2(
         &self,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         // One connection attempt at a time: concurrent requests wait for it and share it.
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.shared_h2() {
             return Ok(sender);
         }
-        let stream = transport::connect(self.addr, connect_timeout)
-            .await
-            .map_err(UpstreamError::Connect)?;
+        let stream = transport::connect(self.addr, connect_timeout).await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -254,10 +213,7 @@ impl EndpointConns {
             .keep_alive_timeout(Duration::from_secs(20))
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.addr,
-                source,
-            })?;
+            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -9,23 +9,31 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use http::header::{HeaderValue, CONTENT_TYPE, EXPECT, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pilotfish_api::Protocol;
+use tokio::time::Instant as TokioInstant;
 
-use super::body::{Completion, ProxyBody};
+use super::body::{keep_for_replay, Completion, Keeping, ProxyBody, RequestBody};
+use super::correlation;
 use super::errors::ProxyError;
 use super::headers;
-use super::pool::Version;
+use super::pool::{Reusable, UpstreamError, Version};
 use crate::access_log::{self, HttpRecord};
-use crate::config::{EndpointRt, Snapshot};
+use crate::config::{EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
 use crate::listen::ConnSlot;
 use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
+use crate::resilience::ratelimit::Decision;
+use crate::resilience::retry::{self, Outcome};
+use crate::route::{self, Redirect, Rewrite};
 use crate::state::Shared;
 use crate::tcp;
+use tower::retry::budget::Budget;
 
 /// Where the requests of one connection go.
 #[derive(Clone)]
@@ -33,10 +41,7 @@ pub enum HttpTarget {
     /// The explicit outbound listener: the service named by `Host` / `:authority`.
     ByAuthority,
     /// A known service (per-service local port, or transparent `ADDRESS:PORT`).
-    Service {
-        key: Arc<str>,
-        protocol: Option<Protocol>,
-    },
+    Service { key: Arc<str>, protocol: Option<Protocol> },
     /// The local app (inbound).
     App(Option<Arc<EndpointRt>>),
 }
@@ -57,17 +62,6 @@ struct ConnContext {
     slot: Arc<ConnSlot>,
 }
 
-/// The endpoint chosen for one request, and the handles for accounting it.
-#[derive(Clone, Copy)]
-struct Dispatch<'a> {
-    endpoint: &'a Arc<EndpointRt>,
-    version: Version,
-    metrics: &'a TargetMetrics,
-    service: &'a str,
-}
-
-type Refusal<'a> = (ProxyError, &'a EndpointMetrics);
-
 impl Proxy {
     pub fn new(
         shared: Arc<Shared>,
@@ -77,17 +71,8 @@ impl Proxy {
         downstream: Version,
         slot: Arc<ConnSlot>,
     ) -> Self {
-        let conn = ConnContext {
-            shared,
-            direction,
-            client,
-            target,
-            downstream,
-            slot,
-        };
-        Self {
-            conn: Arc::new(conn),
-        }
+        let conn = ConnContext { shared, direction, client, target, downstream, slot };
+        Self { conn: Arc::new(conn) }
     }
 }
 
@@ -110,73 +95,345 @@ impl ConnContext {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.shared.snapshot.load_full();
-        let grpc = is_grpc(&req);
-        let authority = match authority_of(&req) {
-            Ok(authority) => authority,
-            Err(e) => return self.fail(&snap, &req, None, e, grpc, &snap.unrouted, started),
+        let request_id = correlation::request_id(req.headers_mut());
+        correlation::next_hop(req.headers_mut());
+        let mut res = match &self.target {
+            HttpTarget::App(adhoc) => self.to_app(&snap, adhoc.as_ref(), req, started).await,
+            _ => self.to_service(&snap, req, started).await,
         };
-        if req.method() == Method::CONNECT {
-            let e = ProxyError::ConnectUnsupported;
+        res.headers_mut().entry(&correlation::REQUEST_ID).or_insert(request_id);
+        res
+    }
+
+    /// Inbound: straight to the local app.
+    async fn to_app(
+        &self,
+        snap: &Snapshot,
+        adhoc: Option<&Arc<EndpointRt>>,
+        mut req: Request<Incoming>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let grpc = is_grpc(&req);
+        let Some(inbound) = &snap.inbound else {
             return self.fail(
-                &snap,
+                snap,
                 &req,
-                authority.as_ref(),
-                e,
+                None,
+                ProxyError::NoRoute("inbound".into()),
                 grpc,
                 &snap.unrouted,
                 started,
             );
-        }
-        let mut dispatch = match self.resolve(&snap, authority.as_ref()) {
-            Ok(d) => d,
-            Err((e, local)) => {
-                return self.fail(&snap, &req, authority.as_ref(), e, grpc, local, started)
-            }
         };
-        let record = snap.sidecar.access_log.then(|| {
-            Box::new((
-                self.record(&req, authority.as_ref(), dispatch.service),
-                started,
-            ))
-        });
+        let authority = match authority_of(&req) {
+            Ok(a) => a,
+            Err(e) => return self.fail(snap, &req, None, e, grpc, &inbound.local, started),
+        };
+        let endpoint = adhoc.unwrap_or(&inbound.app);
+        let record = self.record_for(snap, &req, authority.as_ref(), &snap.name, started);
         let upgrade = self.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        if upgrade {
-            // Protocol switches (WebSocket) exist only in HTTP/1.1.
-            dispatch.version = Version::Http1;
-        }
-        let forwarded_for = (self.direction == Direction::Inbound).then(|| self.client.ip());
-        prepare(&mut req, dispatch, authority, upgrade, forwarded_for);
-
+        let (parts, body) = req.into_parts();
+        let mut out = Request::from_parts(parts, RequestBody::streaming(body));
+        prepare(&mut out, self.downstream, endpoint, authority, upgrade, Some(self.client.ip()));
         let connect_timeout = snap.sidecar.timeouts.connect.get();
-        let endpoint = dispatch.endpoint;
-        let (mut res, conn) = match endpoint
-            .conns
-            .send(dispatch.version, req, connect_timeout)
-            .await
-        {
-            Ok(sent) => sent,
-            Err(e) => {
-                let e = ProxyError::from(e);
-                tracing::debug!(endpoint = %endpoint.addr, error = %e, "request failed");
-                return self.respond_local(e, grpc, &endpoint.metrics, record);
+        match endpoint.conns.send(self.downstream, out, connect_timeout).await {
+            Ok((res, conn)) => {
+                let exchange = Exchange { metrics: &inbound.metrics, idle: snap.sidecar.timeouts.idle.get() };
+                self.respond(res, conn, endpoint, exchange, on_upgrade, record, started)
+            }
+            Err(e) => self.respond_local(ProxyError::from(e), grpc, &endpoint.metrics, record),
+        }
+    }
+
+    /// Outbound: the service, its route, its policies, retries and the balancer — the request
+    /// path in the order the design lays it out, top to bottom.
+    async fn to_service(
+        &self,
+        snap: &Snapshot,
+        mut req: Request<Incoming>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let grpc = is_grpc(&req);
+        let fail = |req: &Request<Incoming>, authority: Option<&Authority>, e, local| {
+            self.fail(snap, req, authority, e, grpc, local, started)
+        };
+        let mut authority = match authority_of(&req) {
+            Ok(authority) => authority,
+            Err(e) => return fail(&req, None, e, &snap.unrouted),
+        };
+        if req.method() == Method::CONNECT {
+            return fail(&req, authority.as_ref(), ProxyError::ConnectUnsupported, &snap.unrouted);
+        }
+        let (service, declared_port) = match self.service(snap, authority.as_ref()) {
+            Ok(found) => found,
+            Err(e) => return fail(&req, authority.as_ref(), e, &snap.unrouted),
+        };
+        let local = &service.local;
+
+        // Rate limit on the service, then route, then rate limit on the route.
+        let mut limited = Vec::new();
+        if let Some(limit) = &service.rate_limit {
+            match self.check_rate(limit, &req) {
+                Ok(d) => limited.push(d),
+                Err(e) => return fail(&req, authority.as_ref(), e, local),
+            }
+        }
+        let uri = req.uri().clone();
+        let Some(selected) = service.routes.select(req.method(), uri.path(), uri.query(), req.headers())
+        else {
+            let e = ProxyError::NoRoute(format!("{} {}", service.key, uri.path()));
+            return fail(&req, authority.as_ref(), e, local);
+        };
+        let rule = selected.rule;
+        if let Some(limit) = &rule.rate_limit {
+            match self.check_rate(limit, &req) {
+                Ok(d) => limited.push(d),
+                Err(e) => return fail(&req, authority.as_ref(), e, local),
+            }
+        }
+        if let Some(redirect) = &rule.redirect {
+            return redirect_response(redirect, &req, authority.as_ref(), selected.prefix);
+        }
+        if let Some(mods) = &rule.request_headers {
+            mods.apply(req.headers_mut());
+        }
+        if let Some(rewrite) = &rule.rewrite {
+            apply_rewrite(rewrite, &mut req, &mut authority, selected.prefix);
+        }
+
+        // Limits: fail fast rather than queue without bound.
+        let limits = &service.policy.limits;
+        let _in_flight = match Counted::claim(&service.in_flight, limits.max_requests) {
+            Some(claim) => claim,
+            None => {
+                service.resilience.overflow_requests.inc();
+                let e = ProxyError::Overloaded { service: service.key.to_string(), limit: "maxRequests" };
+                return fail(&req, authority.as_ref(), e, local);
             }
         };
-        dispatch
-            .metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        endpoint.metrics.record(res.status());
 
+        let record = self.record_for(snap, &req, authority.as_ref(), &service.key, started);
+        let upgrade = self.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        // Retries need the body again: requests that may be retried (idempotent, keyed, or gRPC
+        // under a gRPC retry policy) keep a body that fits the replay buffer.
+        let grpc_retries = grpc && !service.policy.conditions.grpc_codes.is_empty();
+        let retry =
+            rule.retry.as_ref().filter(|_| grpc_retries || retry::is_idempotent(req.method(), req.headers()));
+        let (parts, incoming) = req.into_parts();
+        let mut body = None;
+        let replay = match retry {
+            Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes).await {
+                Ok(Keeping::Kept(kept)) => Some(kept),
+                Ok(Keeping::TooLarge(streaming)) => {
+                    body = Some(streaming);
+                    None
+                }
+                Err(e) => {
+                    let req = Request::from_parts(parts, ());
+                    let e = ProxyError::RequestBody(e.to_string());
+                    return self.fail_parts(snap, &req, authority.as_ref(), e, grpc, local, started);
+                }
+            },
+            None => {
+                body = Some(RequestBody::streaming(incoming));
+                None
+            }
+        };
+        let max_retries = match (&replay, retry) {
+            (Some(_), Some(r)) => r.attempts,
+            _ => 0,
+        };
+
+        let connect_timeout = snap.sidecar.timeouts.connect.get();
+        let deadline = rule.request_timeout.map(|t| TokioInstant::from_std(started) + t);
+        service.budget.deposit();
+        let mut retries = 0;
+        let mut avoid = None;
+        loop {
+            let backend_key = rule.pick_backend();
+            let Some(backend) = snap.service(backend_key) else {
+                let e = ProxyError::NoRoute(format!("backend {backend_key} is not a known Service"));
+                return self.respond_local(e, grpc, local, record);
+            };
+            let now = TokioInstant::now();
+            let Some(endpoint) = backend.choose(now, avoid) else {
+                let e = if backend.endpoints.is_empty() {
+                    ProxyError::NoEndpoints(backend.key.to_string())
+                } else {
+                    ProxyError::CircuitOpen(backend.key.to_string())
+                };
+                return self.respond_local(e, grpc, &backend.local, record);
+            };
+            let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
+            match guard.breaker.admit(now) {
+                Some(admission) => guard.breaker_metrics.record(admission.transition),
+                None => {
+                    let e = ProxyError::CircuitOpen(backend.key.to_string());
+                    return self.respond_local(e, grpc, &backend.local, record);
+                }
+            }
+            let version = match (upgrade, declared(backend, declared_port)) {
+                (true, _) => Version::Http1,
+                (false, Some(Protocol::Http)) => Version::Http1,
+                (false, Some(Protocol::Http2 | Protocol::Grpc)) => Version::Http2,
+                (false, _) => self.downstream,
+            };
+            let attempt_body = match (&replay, body.take()) {
+                (Some(kept), _) => RequestBody::replay(kept),
+                (None, Some(streaming)) => streaming,
+                (None, None) => unreachable!("a streamed body is sent once: no retries without replay"),
+            };
+            let mut attempt = rebuild(&parts, attempt_body);
+            prepare(&mut attempt, version, endpoint, authority.clone(), upgrade, None);
+
+            guard.load.start();
+            let sent_at = TokioInstant::now();
+            let try_deadline = match (rule.try_timeout.map(|t| sent_at + t), deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let send = endpoint.conns.send(version, attempt, connect_timeout);
+            let result = match try_deadline {
+                Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| at),
+                None => Ok(send.await),
+            };
+            let finished = TokioInstant::now();
+            let (outcome, result) = match result {
+                Ok(Ok((res, conn))) => {
+                    let grpc_status = res
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    (Outcome::Response { status: res.status().as_u16(), grpc: grpc_status }, Ok((res, conn)))
+                }
+                Ok(Err(e)) => {
+                    let outcome = match &e {
+                        UpstreamError::Connect(_) | UpstreamError::Handshake { .. } => {
+                            Outcome::ConnectFailure
+                        }
+                        UpstreamError::Request { .. } => Outcome::Reset,
+                    };
+                    (outcome, Err(ProxyError::from(e)))
+                }
+                Err(at) => {
+                    let limit = rule.request_timeout.filter(|_| Some(at) == deadline).or(rule.try_timeout);
+                    (Outcome::Timeout, Err(ProxyError::Timeout(limit.unwrap_or_default())))
+                }
+            };
+            let rtt = matches!(outcome, Outcome::Response { .. }).then(|| finished - sent_at);
+            guard.load.finish(rtt, finished);
+            let transition = if retry::is_failure(outcome, &service.policy.failure_on) {
+                guard.breaker.on_failure(finished)
+            } else {
+                guard.breaker.on_success()
+            };
+            guard.breaker_metrics.record(transition);
+
+            let out_of_time = deadline.is_some_and(|d| finished >= d);
+            let reason = (retries < max_retries && !out_of_time)
+                .then(|| service.policy.conditions.reason(outcome, retry.map_or(&[][..], |r| &r.codes)))
+                .flatten();
+            if let Some(reason) = reason {
+                if service.budget.withdraw() {
+                    service.resilience.retried(reason);
+                    let base = retry.and_then(|r| r.backoff).unwrap_or(service.policy.base_backoff);
+                    let pause = retry::backoff(retries, base, service.policy.max_backoff);
+                    let wake = deadline.map_or(finished + pause, |d| d.min(finished + pause));
+                    tokio::time::sleep_until(wake).await;
+                    retries += 1;
+                    avoid = Some(endpoint.addr);
+                    continue;
+                }
+                service.resilience.budget_exhausted.inc();
+            }
+            return match result {
+                Ok((mut res, conn)) => {
+                    if let Some(mods) = &rule.response_headers {
+                        mods.apply(res.headers_mut());
+                    }
+                    add_rate_limit_headers(res.headers_mut(), &limited);
+                    let exchange =
+                        Exchange { metrics: &backend.metrics, idle: snap.sidecar.timeouts.idle.get() };
+                    self.respond(res, conn, endpoint, exchange, on_upgrade, record, started)
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint.addr, error = %e, "request failed");
+                    self.respond_local(e, grpc, &endpoint.metrics, record)
+                }
+            };
+        }
+    }
+
+    /// The service a request is for: named by its authority (explicit listener) or fixed by
+    /// the connection (local port, transparent address); with the port for its protocol.
+    fn service<'s>(
+        &self,
+        snap: &'s Snapshot,
+        authority: Option<&Authority>,
+    ) -> Result<(&'s Arc<ServiceRt>, PortHint), ProxyError> {
+        match &self.target {
+            HttpTarget::ByAuthority => {
+                let authority = authority.ok_or(ProxyError::MissingAuthority)?;
+                let service = snap
+                    .service_by_authority(authority.as_str())
+                    .ok_or_else(|| ProxyError::NoRoute(authority.as_str().to_owned()))?;
+                Ok((service, PortHint::Port(authority.port_u16())))
+            }
+            HttpTarget::Service { key, protocol } => {
+                let service = snap.service(key).ok_or_else(|| ProxyError::NoRoute(key.to_string()))?;
+                Ok((service, protocol.map_or(PortHint::Port(None), PortHint::Declared)))
+            }
+            HttpTarget::App(_) => unreachable!("inbound requests go to the app"),
+        }
+    }
+
+    fn check_rate(&self, limit: &RateLimit, req: &Request<Incoming>) -> Result<Decision, ProxyError> {
+        let peer;
+        let key = match &limit.key {
+            LimitKey::Global => None,
+            LimitKey::Header(name) => req.headers().get(name).and_then(|v| v.to_str().ok()),
+            LimitKey::Peer => {
+                peer = self.client.ip().to_string();
+                Some(peer.as_str())
+            }
+        };
+        let decision = limit.limiter.check(key, TokioInstant::now());
+        if decision.allowed {
+            return Ok(decision);
+        }
+        limit.refused.inc();
+        let wait = decision.retry_after.unwrap_or_default();
+        Err(ProxyError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) })
+    }
+
+    /// Hands an endpoint's response back downstream: accounting, hop-by-hop headers, a tunnel
+    /// for a protocol switch, and the body wrapped so its end releases the connection.
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        mut res: Response<Incoming>,
+        conn: Option<Reusable>,
+        endpoint: &EndpointRt,
+        exchange: Exchange<'_>,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        record: Option<Box<(HttpRecord, Instant)>>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        exchange.metrics.duration.observe(started.elapsed().as_secs_f64());
+        endpoint.metrics.record(res.status());
         let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(res.headers_mut(), switching && upgrade);
+        headers::strip_hop_by_hop(res.headers_mut(), switching && on_upgrade.is_some());
         let conn = if switching {
             if let Some(downstream) = on_upgrade {
                 let upstream = hyper::upgrade::on(&mut res);
                 let tunnel = Tunnel {
                     slot: self.slot.clone(),
-                    metrics: dispatch.metrics.clone(),
-                    idle: snap.sidecar.timeouts.idle.get(),
+                    metrics: exchange.metrics.clone(),
+                    idle: exchange.idle,
                 };
                 self.shared.tracker.spawn(tunnel.run(downstream, upstream));
             }
@@ -192,55 +449,15 @@ impl ConnContext {
         res.map(|body| ProxyBody::upstream(body, Completion::new(conn, record)))
     }
 
-    fn resolve<'a>(
-        &'a self,
-        snap: &'a Snapshot,
+    fn record_for(
+        &self,
+        snap: &Snapshot,
+        req: &Request<Incoming>,
         authority: Option<&Authority>,
-    ) -> Result<Dispatch<'a>, Refusal<'a>> {
-        let (service, declared) = match &self.target {
-            HttpTarget::App(adhoc) => {
-                let Some(inbound) = &snap.inbound else {
-                    return Err((ProxyError::NoRoute("inbound".into()), &snap.unrouted));
-                };
-                return Ok(Dispatch {
-                    endpoint: adhoc.as_ref().unwrap_or(&inbound.app),
-                    version: self.downstream,
-                    metrics: &inbound.metrics,
-                    service: &snap.name,
-                });
-            }
-            HttpTarget::ByAuthority => {
-                let Some(authority) = authority else {
-                    return Err((ProxyError::MissingAuthority, &snap.unrouted));
-                };
-                let Some(service) = snap.service_by_authority(authority.as_str()) else {
-                    let e = ProxyError::NoRoute(authority.as_str().to_owned());
-                    return Err((e, &snap.unrouted));
-                };
-                (service, service.spec.protocol(authority.port_u16()))
-            }
-            HttpTarget::Service { key, protocol } => match snap.service(key) {
-                Some(service) => (service, protocol.or_else(|| service.spec.protocol(None))),
-                None => return Err((ProxyError::NoRoute(key.to_string()), &snap.unrouted)),
-            },
-        };
-        let Some(endpoint) = service.pick() else {
-            return Err((
-                ProxyError::NoEndpoints(service.key.to_string()),
-                &service.local,
-            ));
-        };
-        let version = match declared {
-            Some(Protocol::Http) => Version::Http1,
-            Some(Protocol::Http2 | Protocol::Grpc) => Version::Http2,
-            Some(Protocol::Tcp) | None => self.downstream,
-        };
-        Ok(Dispatch {
-            endpoint,
-            version,
-            metrics: &service.metrics,
-            service: &service.key,
-        })
+        service: &str,
+        started: Instant,
+    ) -> Option<Box<(HttpRecord, Instant)>> {
+        snap.sidecar.access_log.then(|| Box::new((self.record(req, authority, service), started)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -255,10 +472,22 @@ impl ConnContext {
         started: Instant,
     ) -> Response<ProxyBody> {
         tracing::debug!(error = %e, "request refused");
-        let record = snap
-            .sidecar
-            .access_log
-            .then(|| Box::new((self.record(req, authority, ""), started)));
+        let record = self.record_for(snap, req, authority, "", started);
+        self.respond_local(e, grpc, local, record)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail_parts(
+        &self,
+        snap: &Snapshot,
+        req: &Request<()>,
+        authority: Option<&Authority>,
+        e: ProxyError,
+        grpc: bool,
+        local: &EndpointMetrics,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let record = snap.sidecar.access_log.then(|| Box::new((self.record(req, authority, ""), started)));
         self.respond_local(e, grpc, local, record)
     }
 
@@ -282,22 +511,13 @@ impl ConnContext {
         res
     }
 
-    fn record(
-        &self,
-        req: &Request<Incoming>,
-        authority: Option<&Authority>,
-        service: &str,
-    ) -> HttpRecord {
+    fn record<B>(&self, req: &Request<B>, authority: Option<&Authority>, service: &str) -> HttpRecord {
         HttpRecord {
             direction: self.direction.as_str(),
             client: self.client,
             method: req.method().to_string(),
             authority: authority.map(|a| a.as_str().to_owned()).unwrap_or_default(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
             protocol: match self.downstream {
                 Version::Http1 => "HTTP/1.1",
                 Version::Http2 => "HTTP/2",
@@ -309,10 +529,118 @@ impl ConnContext {
             service: (!service.is_empty()).then(|| service.to_owned()),
             request_id: req
                 .headers()
-                .get("x-request-id")
+                .get(&correlation::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            traceparent: req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
             error: None,
+        }
+    }
+}
+
+/// Where a service's port protocol comes from: the port in the authority (explicit listener),
+/// or the protocol already known for the connection (transparent `ADDRESS:PORT`).
+#[derive(Clone, Copy)]
+enum PortHint {
+    Port(Option<u16>),
+    Declared(Protocol),
+}
+
+fn declared(service: &ServiceRt, hint: PortHint) -> Option<Protocol> {
+    match hint {
+        PortHint::Declared(p) => Some(p),
+        PortHint::Port(port) => service.spec.protocol(port).or_else(|| service.spec.protocol(None)),
+    }
+}
+
+/// Where an exchange is accounted, and the idle timeout for a tunnel it may turn into.
+struct Exchange<'a> {
+    metrics: &'a TargetMetrics,
+    idle: std::time::Duration,
+}
+
+/// A claim on a bounded counter, released on drop.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn claim(counter: &'a AtomicUsize, max: u32) -> Option<Self> {
+        if counter.fetch_add(1, Ordering::AcqRel) >= max as usize {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(counter))
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn rebuild(template: &http::request::Parts, body: RequestBody) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = template.method.clone();
+    *req.uri_mut() = template.uri.clone();
+    *req.version_mut() = template.version;
+    *req.headers_mut() = template.headers.clone();
+    req
+}
+
+fn add_rate_limit_headers(headers: &mut http::HeaderMap, decisions: &[Decision]) {
+    // The most restrictive budget is the one a client needs to know about.
+    let Some(d) = decisions.iter().min_by_key(|d| d.remaining) else { return };
+    headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+}
+
+fn redirect_response(
+    redirect: &Redirect,
+    req: &Request<Incoming>,
+    authority: Option<&Authority>,
+    prefix: Option<&str>,
+) -> Response<ProxyBody> {
+    let scheme = redirect.scheme.as_deref().unwrap_or("http");
+    let host = redirect.hostname.as_deref().or_else(|| authority.map(|a| a.host())).unwrap_or("localhost");
+    let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = match &redirect.path {
+        Some(m) => route::modify_path(req.uri().path(), m, prefix),
+        None => req.uri().path().to_owned(),
+    };
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut res = Response::new(ProxyBody::local(bytes::Bytes::new()));
+    *res.status_mut() = redirect.status;
+    if let Ok(location) = HeaderValue::from_str(&format!("{scheme}://{host}{port}{path}{query}")) {
+        res.headers_mut().insert(http::header::LOCATION, location);
+    }
+    res
+}
+
+fn apply_rewrite(
+    rewrite: &Rewrite,
+    req: &mut Request<Incoming>,
+    authority: &mut Option<Authority>,
+    prefix: Option<&str>,
+) {
+    if let Some(host) = &rewrite.hostname {
+        if let Ok(a) = Authority::try_from(host.as_bytes()) {
+            *authority = Some(a);
+        }
+    }
+    if let Some(modifier) = &rewrite.path {
+        let path = route::modify_path(req.uri().path(), modifier, prefix);
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = PathAndQuery::try_from(pq) {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
         }
     }
 }
@@ -321,8 +649,9 @@ impl ConnContext {
 /// and the URI, version and `Host` in the form the upstream protocol wants, carrying the
 /// authority the request was routed by.
 fn prepare(
-    req: &mut Request<Incoming>,
-    dispatch: Dispatch<'_>,
+    req: &mut Request<RequestBody>,
+    version: Version,
+    endpoint: &EndpointRt,
     authority: Option<Authority>,
     upgrade: bool,
     forwarded_for: Option<std::net::IpAddr>,
@@ -337,16 +666,15 @@ fn prepare(
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    let authority = authority.unwrap_or_else(|| {
-        Authority::try_from(dispatch.endpoint.label.as_str()).expect("IP:PORT is an authority")
-    });
-    match dispatch.version {
+    let authority = authority
+        .unwrap_or_else(|| Authority::try_from(endpoint.label.as_str()).expect("IP:PORT is an authority"));
+    match version {
         Version::Http1 => {
             parts.scheme = None;
             parts.authority = None;
             *req.version_mut() = http::Version::HTTP_11;
-            let host = HeaderValue::from_str(authority.as_str())
-                .expect("an authority is a valid header value");
+            let host =
+                HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value");
             req.headers_mut().insert(HOST, host);
         }
         Version::Http2 => {
@@ -371,10 +699,7 @@ impl Tunnel {
     async fn run(self, downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
         match tokio::try_join!(downstream, upstream) {
             Ok((down, up)) => {
-                let counters = (
-                    &self.metrics.tcp_client_to_server,
-                    &self.metrics.tcp_server_to_client,
-                );
+                let counters = (&self.metrics.tcp_client_to_server, &self.metrics.tcp_server_to_client);
                 let (_, result) =
                     tcp::splice(TokioIo::new(down), TokioIo::new(up), self.idle, counters).await;
                 if let Err(e) = result {
@@ -394,14 +719,12 @@ fn authority_of<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
     }
     match req.headers().get(HOST) {
         None => Ok(None),
-        Some(host) => Authority::try_from(host.as_bytes()).map(Some).map_err(|_| {
-            ProxyError::InvalidHost(String::from_utf8_lossy(host.as_bytes()).into_owned())
-        }),
+        Some(host) => Authority::try_from(host.as_bytes())
+            .map(Some)
+            .map_err(|_| ProxyError::InvalidHost(String::from_utf8_lossy(host.as_bytes()).into_owned())),
     }
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }

@@ -32,13 +32,8 @@ macro_rules! drive {
     }};
 }
 
-pub async fn serve<I>(
-    io: I,
-    version: Version,
-    proxy: Proxy,
-    spec: &SidecarSpec,
-    shutdown: CancellationToken,
-) where
+pub async fn serve<I>(io: I, version: Version, proxy: Proxy, spec: &SidecarSpec, shutdown: CancellationToken)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(proxy);

@@ -1,0 +1,105 @@
+//! Correlation headers: `x-request-id` is generated when missing (UUID v4) and propagated; W3C
+//! `traceparent` is continued with a new span id per hop (an invalid or missing one is replaced
+//! by a new trace), and `tracestate` passes through untouched.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Ensures the request carries an `x-request-id` and returns it (to echo on the response).
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID) {
+        return id.clone();
+    }
+    let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a header value");
+    headers.insert(&REQUEST_ID, id.clone());
+    id
+}
+
+/// Rewrites `traceparent` for the next hop: same trace and flags, this hop's new span id.
+pub fn next_hop(headers: &mut HeaderMap) {
+    let continued = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| parse(v.as_bytes()))
+        .map(|(trace, flags)| format!("00-{trace}-{:016x}-{flags}", span_id()));
+    let value = continued.unwrap_or_else(|| format!("00-{:032x}-{:016x}-01", trace_id(), span_id()));
+    headers.insert(&TRACEPARENT, HeaderValue::from_str(&value).expect("hex is a header value"));
+}
+
+/// `version-traceid-parentid-flags` (W3C Trace Context §3.2): the trace id and flags of a valid
+/// value.
+fn parse(value: &[u8]) -> Option<(&str, &str)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    // Version 00 has exactly four fields; later versions may append more. ff is invalid.
+    let fields_ok = version != "00" || parts.next().is_none();
+    (hex(version, 2)
+        && version != "ff"
+        && fields_ok
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2))
+    .then_some((trace, flags))
+}
+
+fn span_id() -> u64 {
+    fastrand::u64(1..)
+}
+
+fn trace_id() -> u128 {
+    fastrand::u128(1..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_generated_once_and_kept() {
+        let mut h = HeaderMap::new();
+        let id = request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(request_id(&mut h), id);
+        let mut given = HeaderMap::new();
+        given.insert(&REQUEST_ID, HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&mut given), "abc");
+    }
+
+    #[test]
+    fn valid_traceparent_continues_with_a_new_span() {
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut h = HeaderMap::new();
+        h.insert(&TRACEPARENT, HeaderValue::from_static(incoming));
+        h.insert("tracestate", HeaderValue::from_static("vendor=1"));
+        next_hop(&mut h);
+        let out = h[&TRACEPARENT].to_str().unwrap();
+        assert!(out.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{out}");
+        assert!(out.ends_with("-01"));
+        assert_ne!(out, incoming);
+        assert_eq!(h["tracestate"], "vendor=1");
+    }
+
+    #[test]
+    fn invalid_traceparent_is_replaced() {
+        for bad in [
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(&TRACEPARENT, HeaderValue::from_str(bad).unwrap());
+            next_hop(&mut h);
+            let out = h[&TRACEPARENT].to_str().unwrap().to_owned();
+            assert!(parse(out.as_bytes()).is_some(), "{out}");
+            assert_ne!(&out[3..35], bad.get(3..35).unwrap_or(""), "{bad} was continued");
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The per-endpoint circuit breaker: ejects an endpoint after consecutive failures and lets it
+//! back in through one probe request at a time.
+//!
+//! It is a readiness gate, as in linkerd: the balancer asks [`Breaker::is_available`] and skips
+//! endpoints that are not, so an open breaker costs nothing on the request path. Ejection follows
+//! Envoy's outlier detection: each consecutive trip doubles the ejection time up to a cap, and a
+//! service-wide [`EjectionBudget`] stops a bad deploy or a flaky network from ejecting every
+//! endpoint at once.
+//!
+//! Outcomes are not tied to the admission that produced them: a success reported while half-open
+//! closes the breaker and a failure re-opens it, even if it came from a request admitted before
+//! the breaker opened. Outcomes reported while open are ignored, since the ejection already
+//! stands. This keeps the caller's bookkeeping to one call per response.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How eagerly a breaker opens and how long it keeps an endpoint ejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker.
+    pub consecutive_failures: u32,
+    /// Ejection time of the first trip; also how long an unreported probe holds the probe slot.
+    pub base_ejection: Duration,
+    /// Cap on the doubled ejection time (before jitter).
+    pub max_ejection: Duration,
+}
+
+/// Bounds how many endpoints of one service may be ejected (open or half-open) at once.
+///
+/// Shared by every [`Breaker`] of the service.
+#[derive(Debug)]
+pub struct EjectionBudget {
+    max: usize,
+    ejected: AtomicUsize,
+}
+
+/// A breaker's state as reported to metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// A state change, returned so the caller can record it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: BreakerState,
+    pub to: BreakerState,
+}
+
+/// The right to send one request to the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// The request is the half-open probe: its outcome decides whether the breaker closes.
+    pub probe: bool,
+    /// Set when admitting moved the breaker from open to half-open.
+    pub transition: Option<Transition>,
+}
+
+/// One endpoint's circuit breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    budget: Arc<EjectionBudget>,
+    // Every method holds this for a few instructions and never across an await.
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    phase: Phase,
+    /// Failures in a row while closed.
+    failures: u32,
+    /// Times opened since the breaker last closed; sets the ejection time.
+    trips: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    /// A probe was admitted at `probe_since` and has not reported yet.
+    HalfOpen {
+        probe_since: Instant,
+    },
+}
+
+// === impl EjectionBudget ===
+
+impl EjectionBudget {
+    /// A budget allowing `max_percent` of `endpoints` to be ejected, rounded down but at least
+    /// one when the percentage is not zero. A lone endpoint is never ejected: with nowhere else
+    /// to send its traffic, ejecting it can only turn some failures into all failures.
+    pub fn new(endpoints: usize, max_percent: u32) -> Arc<Self> {
+        let max = if endpoints < 2 || max_percent == 0 {
+            0
+        } else {
+            (endpoints.saturating_mul(max_percent as usize) / 100).clamp(1, endpoints)
+        };
+        Arc::new(Self { max, ejected: AtomicUsize::new(0) })
+    }
+
+    /// How many endpoints are ejected now.
+    pub fn ejected(&self) -> usize {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    fn try_acquire(&self) -> bool {
+        // A plain counter: nothing else is published through it, so `Relaxed` is enough.
+        self.ejected
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.ejected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl BreakerState ===
+
+impl BreakerState {
+    /// The value of the breaker-state gauge: 0 closed, 1 open, 2 half-open.
+    pub fn as_gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    pub fn new(config: BreakerConfig, budget: Arc<EjectionBudget>) -> Self {
+        Self { config, budget, inner: Mutex::new(Inner { phase: Phase::Closed, failures: 0, trips: 0 }) }
+    }
+
+    /// Cheap check for the balancer: could a request go here now (closed, open with its time
+    /// elapsed, or half-open with its probe abandoned)? Claims nothing; [`Breaker::admit`] may
+    /// still refuse if another request claims the probe first.
+    pub fn is_available(&self, now: Instant) -> bool {
+        match self.lock().phase {
+            Phase::Closed => true,
+            Phase::Open { until } => now >= until,
+            Phase::HalfOpen { probe_since } => self.probe_abandoned(probe_since, now),
+        }
+    }
+
+    /// Claims the right to send one request now; `None` means skip this endpoint.
+    ///
+    /// An open breaker whose time has elapsed moves to half-open here, and the request becomes
+    /// its single probe. A probe that never reports frees the slot after `base_ejection`.
+    pub fn admit(&self, now: Instant) -> Option<Admission> {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Closed => Some(Admission { probe: false, transition: None }),
+            Phase::Open { until } if now >= until => {
+                inner.phase = Phase::HalfOpen { probe_since: now };
+                Some(Admission {
+                    probe: true,
+                    transition: Some(Transition { from: BreakerState::Open, to: BreakerState::HalfOpen }),
+                })
+            }
+            Phase::HalfOpen { probe_since } if self.probe_abandoned(probe_since, now) => {
+                inner.phase = Phase::HalfOpen { probe_since: now };
+                Some(Admission { probe: true, transition: None })
+            }
+            Phase::Open { .. } | Phase::HalfOpen { .. } => None,
+        }
+    }
+
+    /// Records a successful response. Closes a half-open breaker.
+    pub fn on_success(&self) -> Option<Transition> {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Closed => {
+                inner.failures = 0;
+                None
+            }
+            Phase::HalfOpen { .. } => {
+                inner.phase = Phase::Closed;
+                inner.failures = 0;
+                inner.trips = 0;
+                self.budget.release();
+                Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Closed })
+            }
+            Phase::Open { .. } => None,
+        }
+    }
+
+    /// Records a failed response. Opens a closed breaker after enough failures in a row if the
+    /// budget allows, and re-opens a half-open one for twice as long as last time.
+    pub fn on_failure(&self, now: Instant) -> Option<Transition> {
+        let mut inner = self.lock();
+        let from = match inner.phase {
+            Phase::Closed => {
+                // While the budget refuses, the count stays at or past the threshold, so every
+                // further failure asks again rather than starting a new count.
+                inner.failures = inner.failures.saturating_add(1);
+                if inner.failures < self.config.consecutive_failures || !self.budget.try_acquire() {
+                    return None;
+                }
+                inner.failures = 0;
+                BreakerState::Closed
+            }
+            // The budget slot taken when it first opened is still held.
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+            Phase::Open { .. } => return None,
+        };
+        inner.trips = inner.trips.saturating_add(1);
+        inner.phase = Phase::Open { until: now + ejection(&self.config, inner.trips) };
+        Some(Transition { from, to: BreakerState::Open })
+    }
+
+    /// The current state. An open breaker whose time has elapsed still reports `Open` until
+    /// [`Breaker::admit`] moves it to half-open.
+    pub fn state(&self) -> BreakerState {
+        match self.lock().phase {
+            Phase::Closed => BreakerState::Closed,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    fn probe_abandoned(&self, probe_since: Instant, now: Instant) -> bool {
+        now >= probe_since + self.config.base_ejection
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while the lock is held, and `Inner` is plain data, so a poisoned lock
+        // still guards a consistent state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Breaker {
+    /// An endpoint removed from discovery while ejected must give its budget slot back.
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(inner.phase, Phase::Closed) {
+            self.budget.release();
+        }
+    }
+}
+
+/// The ejection time of the `trips`-th consecutive trip: `base * 2^(trips-1)`, capped, plus up to
+/// 10% jitter so endpoints ejected together do not all return together.
+fn ejection(config: &BreakerConfig, trips: u32) -> Duration {
+    let factor = 1u32.checked_shl(trips.saturating_sub(1)).unwrap_or(u32::MAX);
+    let nominal = config.base_ejection.saturating_mul(factor).min(config.max_ejection);
+    nominal.saturating_add(nominal.mul_f64(fastrand::f64() * 0.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const BASE: Duration = Duration::from_secs(10);
+    // The longest a first ejection can last, jitter included.
+    const BASE_MAX: Duration = Duration::from_secs(11);
+
+    fn config() -> BreakerConfig {
+        BreakerConfig { consecutive_failures: 5, base_ejection: BASE, max_ejection: Duration::from_secs(300) }
+    }
+
+    fn breaker() -> Breaker {
+        Breaker::new(config(), EjectionBudget::new(10, 100))
+    }
+
+    fn fail_times(breaker: &Breaker, n: u32) -> Option<Transition> {
+        let now = Instant::now();
+        (0..n).fold(None, |_, _| breaker.on_failure(now))
+    }
+
+    fn open(breaker: &Breaker) {
+        assert_eq!(
+            fail_times(breaker, 5),
+            Some(Transition { from: BreakerState::Closed, to: BreakerState::Open })
+        );
+    }
+
+    /// Waits out an ejection of at most `max` and claims the probe.
+    async fn probe_after(breaker: &Breaker, max: Duration) -> Admission {
+        advance(max).await;
+        breaker.admit(Instant::now()).expect("probe is admitted")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures() {
+        let breaker = breaker();
+        assert_eq!(fail_times(&breaker, 4), None);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.is_available(Instant::now()));
+
+        assert!(breaker.on_failure(Instant::now()).is_some());
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.is_available(Instant::now()));
+        assert_eq!(breaker.admit(Instant::now()), None);
+        // Outcomes of requests sent before it opened change nothing.
+        assert_eq!(breaker.on_failure(Instant::now()), None);
+        assert_eq!(breaker.on_success(), None);
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_resets_the_count() {
+        let breaker = breaker();
+        fail_times(&breaker, 4);
+        assert_eq!(breaker.on_success(), None);
+        assert_eq!(fail_times(&breaker, 4), None);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.on_failure(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn ejection_doubles_and_caps_with_jitter() {
+        fastrand::seed(7);
+        let config = BreakerConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(10),
+        };
+        for (trips, nominal_secs) in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 10), (6, 10), (64, 10)] {
+            let nominal = Duration::from_secs(nominal_secs);
+            let samples: Vec<_> = (0..200).map(|_| ejection(&config, trips)).collect();
+            let (min, max) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+            assert!(*min >= nominal, "trip {trips}: {min:?} below {nominal:?}");
+            assert!(*max <= nominal.mul_f64(1.1), "trip {trips}: {max:?} over 10% jitter");
+            assert!(*max - *min > nominal / 20, "trip {trips}: jitter barely spreads");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_one_probe() {
+        let breaker = breaker();
+        open(&breaker);
+        advance(BASE - Duration::from_millis(1)).await;
+        assert!(!breaker.is_available(Instant::now()));
+        assert_eq!(breaker.admit(Instant::now()), None);
+
+        advance(BASE_MAX - BASE + Duration::from_millis(1)).await;
+        assert!(breaker.is_available(Instant::now()));
+        assert_eq!(breaker.state(), BreakerState::Open, "admit moves it, not time");
+        let probe = breaker.admit(Instant::now()).expect("probe is admitted");
+        assert_eq!(
+            probe,
+            Admission {
+                probe: true,
+                transition: Some(Transition { from: BreakerState::Open, to: BreakerState::HalfOpen })
+            }
+        );
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(!breaker.is_available(Instant::now()));
+        assert_eq!(breaker.admit(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_success_closes_and_resets_trips() {
+        let breaker = breaker();
+        open(&breaker);
+        probe_after(&breaker, BASE_MAX).await;
+        breaker.on_failure(Instant::now());
+        probe_after(&breaker, 2 * BASE_MAX).await;
+
+        assert_eq!(
+            breaker.on_success(),
+            Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Closed })
+        );
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(breaker.admit(Instant::now()), Some(Admission { probe: false, transition: None }));
+
+        // Back to the base ejection time, not four times it.
+        open(&breaker);
+        advance(BASE_MAX).await;
+        assert!(breaker.is_available(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_failure_reopens_for_twice_as_long() {
+        let breaker = breaker();
+        open(&breaker);
+        probe_after(&breaker, BASE_MAX).await;
+        assert_eq!(
+            breaker.on_failure(Instant::now()),
+            Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Open })
+        );
+        assert_eq!(breaker.state(), BreakerState::Open);
+
+        advance(2 * BASE - Duration::from_millis(1)).await;
+        assert!(!breaker.is_available(Instant::now()));
+        advance(2 * (BASE_MAX - BASE) + Duration::from_millis(1)).await;
+        assert!(breaker.is_available(Instant::now()));
+
+        // And twice again after the next failed probe.
+        probe_after(&breaker, Duration::ZERO).await;
+        breaker.on_failure(Instant::now());
+        advance(4 * BASE - Duration::from_millis(1)).await;
+        assert!(!breaker.is_available(Instant::now()));
+        advance(4 * (BASE_MAX - BASE) + Duration::from_millis(1)).await;
+        assert!(breaker.is_available(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_probe_is_readmitted_after_base_ejection() {
+        let breaker = breaker();
+        open(&breaker);
+        probe_after(&breaker, BASE_MAX).await;
+
+        advance(BASE - Duration::from_millis(1)).await;
+        assert!(!breaker.is_available(Instant::now()));
+        assert_eq!(breaker.admit(Instant::now()), None);
+
+        advance(Duration::from_millis(1)).await;
+        assert!(breaker.is_available(Instant::now()));
+        assert_eq!(breaker.admit(Instant::now()), Some(Admission { probe: true, transition: None }));
+        assert_eq!(breaker.admit(Instant::now()), None, "the new probe holds the slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_bounds_ejected_endpoints() {
+        // floor(3 * 50%) = 1 endpoint may be ejected.
+        let budget = EjectionBudget::new(3, 50);
+        let first = Breaker::new(config(), budget.clone());
+        let second = Breaker::new(config(), budget.clone());
+
+        open(&first);
+        assert_eq!(budget.ejected(), 1);
+        assert_eq!(fail_times(&second, 5), None);
+        assert_eq!(fail_times(&second, 3), None, "retries while the budget refuses");
+        assert_eq!(second.state(), BreakerState::Closed);
+        assert_eq!(budget.ejected(), 1);
+
+        probe_after(&first, BASE_MAX).await;
+        assert_eq!(budget.ejected(), 1, "half-open still counts as ejected");
+        first.on_success();
+        assert_eq!(budget.ejected(), 0);
+
+        // The count was never reset, so one more failure opens it.
+        assert!(second.on_failure(Instant::now()).is_some());
+        assert_eq!(second.state(), BreakerState::Open);
+        assert_eq!(budget.ejected(), 1);
+
+        drop(second);
+        assert_eq!(budget.ejected(), 0, "a dropped breaker gives its slot back");
+    }
+
+    #[test]
+    fn budget_rounds_down_but_allows_one() {
+        assert_eq!(EjectionBudget::new(10, 25).max, 2);
+        assert_eq!(EjectionBudget::new(2, 10).max, 1);
+        assert_eq!(EjectionBudget::new(5, 0).max, 0);
+        assert_eq!(EjectionBudget::new(4, 250).max, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lone_endpoint_never_opens() {
+        let breaker = Breaker::new(config(), EjectionBudget::new(1, 100));
+        assert_eq!(fail_times(&breaker, 100), None);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.is_available(Instant::now()));
+    }
+
+    #[test]
+    fn state_labels() {
+        let states = [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen];
+        assert_eq!(states.map(BreakerState::as_gauge), [0, 1, 2]);
+        assert_eq!(states.map(BreakerState::as_str), ["closed", "open", "half-open"]);
+    }
+}

@@ -1,0 +1,10 @@
+//! Resilience building blocks, each independent of HTTP and of configuration parsing:
+//! - [`breaker`]: the per-endpoint circuit breaker and the per-service ejection budget;
+//! - [`balance`]: peak-EWMA load and power-of-two-choices;
+//! - [`ratelimit`]: multi-window GCRA rate limiting, optionally keyed;
+//! - [`retry`]: outcome classification, retry conditions and backoff.
+
+pub mod balance;
+pub mod breaker;
+pub mod ratelimit;
+pub mod retry;
