@@ -93,6 +93,9 @@ pub struct ServiceRt {
     pub in_flight: AtomicUsize,
     /// Requests now waiting for a new connection (for `maxPendingRequests`).
     pub pending: AtomicUsize,
+    /// Connections to its endpoints now open (for `maxConnections`); carried across reloads,
+    /// since the connections are.
+    pub connections: Arc<AtomicUsize>,
 }
 
 /// A service's `BackendPolicy`, or the defaults, in the form the request path uses.
@@ -142,6 +145,9 @@ pub struct InboundRt {
     pub app: Arc<EndpointRt>,
     pub metrics: TargetMetrics,
     pub local: EndpointMetrics,
+    /// Connections to the app (unbounded: the app's own limits apply).
+    pub connections: Arc<AtomicUsize>,
+    pub pending: AtomicUsize,
 }
 
 impl ServiceRt {
@@ -305,6 +311,9 @@ impl Snapshot {
                     .map(|p| RateLimit::new(p, metrics.ratelimited(&key, ""))),
                 in_flight: AtomicUsize::new(0),
                 pending: AtomicUsize::new(0),
+                connections: previous
+                    .and_then(|p| p.service(&key))
+                    .map_or_else(|| Arc::new(AtomicUsize::new(0)), |old| old.connections.clone()),
                 spec: s.spec.clone(),
                 key: key.clone(),
             });
@@ -335,6 +344,8 @@ impl Snapshot {
             app: endpoint(Direction::Inbound, &name, spec.app, None),
             metrics: metrics.target(Direction::Inbound, &name),
             local: metrics.endpoint(Direction::Inbound, &name, ""),
+            connections: Arc::new(AtomicUsize::new(0)),
+            pending: AtomicUsize::new(0),
             spec,
         });
 

@@ -372,3 +372,31 @@ async fn active_health_checks_take_an_endpoint_out_and_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_limits_fail_fast_with_503_overloaded() {
+    let slow = backend("slow").await;
+    slow.delay(1000);
+    let (sc, url) = users_mesh(&[slow.addr], &backend_policy("users", "  limits: {maxRequests: 2}\n"));
+    let codes = curl_many(6, 6, &[], &format!("{url}/get")).await;
+    let counts = count(&codes);
+    assert_eq!(counts.get(&200), Some(&2), "{counts:?}");
+    assert_eq!(counts.get(&503), Some(&4), "{counts:?}");
+    let m = sc.metrics().await;
+    assert_eq!(sample(&m, "pilotfish_overflow_total", &[("limit", "maxRequests")]), 4.0);
+    drop(sc);
+
+    // One connection allowed: parallel HTTP/1.1 requests need more and are refused, not queued.
+    let (sc, url) = users_mesh(&[slow.addr], &backend_policy("users", "  limits: {maxConnections: 1}\n"));
+    let slow_url = format!("{url}/get");
+    let first = tokio::spawn(async move { curl(&[&slow_url]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = curl(&[&format!("{url}/get")]).await;
+    assert_eq!(
+        (r.status, r.header("pilotfish-error"), r.header("pilotfish-limit")),
+        (503, Some("overloaded"), Some("maxConnections"))
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+    let m = sc.metrics().await;
+    assert_eq!(sample(&m, "pilotfish_overflow_total", &[("limit", "maxConnections")]), 1.0);
+}

@@ -515,7 +515,7 @@ pub async fn curl_many(n: usize, parallel: usize, args: &[&str], url: &str) -> V
     let mut cmd = tokio::process::Command::new("curl");
     cmd.args(["-s", "--max-time", "60", "-w", "%{http_code}\n"]).args(args);
     if parallel > 1 {
-        cmd.args(["-Z", "--parallel-max", &parallel.to_string()]);
+        cmd.args(["-Z", "--parallel-immediate", "--parallel-max", &parallel.to_string()]);
     }
     for _ in 0..n {
         cmd.args(["-o", "/dev/null", url]);

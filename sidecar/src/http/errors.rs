@@ -42,6 +42,7 @@ pub enum ProxyError {
 impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {
         match e {
+            UpstreamError::Overflow(limit) => Self::Overloaded { service: String::new(), limit },
             UpstreamError::Connect(_) | UpstreamError::Handshake { .. } => Self::UpstreamConnect(e),
             UpstreamError::Request { .. } => Self::UpstreamReset(e),
         }

@@ -7,6 +7,7 @@
 //! endpoint and the request keeps its authority.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::RequestBody;
+use crate::resilience::limit::{Claim, OwnedClaim};
 use crate::transport;
 
 /// Idle HTTP/1.1 connections older than this are closed rather than reused: servers commonly drop
@@ -34,8 +36,22 @@ pub enum Version {
     Http2,
 }
 
+/// How to open a connection: its timeout, and the service limits a new connection counts against.
+pub struct Connect<'a> {
+    pub timeout: Duration,
+    /// Connections the service has open, bounded by `maxConnections`.
+    pub open: &'a Arc<AtomicUsize>,
+    pub max_open: usize,
+    /// Requests waiting for a new connection, bounded by `maxPendingRequests`.
+    pub pending: &'a AtomicUsize,
+    pub max_pending: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// A service limit refused a new connection (the limit's name).
+    #[error("the service is at its {0} limit")]
+    Overflow(&'static str),
     #[error("{0}")]
     Connect(#[source] std::io::Error),
     #[error("HTTP handshake with {addr} failed: {source}")]
@@ -99,18 +115,18 @@ impl EndpointConns {
         self: &Arc<Self>,
         version: Version,
         req: Request<RequestBody>,
-        connect_timeout: Duration,
+        connect: &Connect<'_>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         match version {
-            Version::Http1 => self.send_h1(req, connect_timeout).await,
-            Version::Http2 => Ok((self.send_h2(req, connect_timeout).await?, None)),
+            Version::Http1 => self.send_h1(req, connect).await,
+            Version::Http2 => Ok((self.send_h2(req, connect).await?, None)),
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-        connect_timeout: Duration,
+        connect: &Connect<'_>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         // A pooled connection may have been closed by the server just now; a request that was
         // never written comes back and goes out on the next connection.
@@ -120,7 +136,7 @@ impl EndpointConns {
                 Err(e) => req = self.unsent(e)?,
             }
         }
-        let mut sender = self.connect_h1(connect_timeout).await?;
+        let mut sender = self.connect_h1(connect).await?;
         let res = sender
             .send_request(req)
             .await
@@ -160,9 +176,13 @@ impl EndpointConns {
 
     async fn connect_h1(
         &self,
-        connect_timeout: Duration,
+        connect: &Connect<'_>,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let stream = transport::connect(self.addr, connect_timeout).await.map_err(UpstreamError::Connect)?;
+        let _pending = Claim::take(connect.pending, connect.max_pending)
+            .ok_or(UpstreamError::Overflow("maxPendingRequests"))?;
+        let open = OwnedClaim::take(connect.open, connect.max_open)
+            .ok_or(UpstreamError::Overflow("maxConnections"))?;
+        let stream = transport::connect(self.addr, connect.timeout).await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -172,6 +192,7 @@ impl EndpointConns {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "HTTP/1.1 connection to endpoint ended");
             }
+            drop(open);
         });
         Ok(sender)
     }
@@ -179,7 +200,7 @@ impl EndpointConns {
     async fn send_h2(
         &self,
         mut req: Request<RequestBody>,
-        connect_timeout: Duration,
+        connect: &Connect<'_>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(mut sender) = self.shared_h2() {
             match sender.try_send_request(req).await {
@@ -187,7 +208,7 @@ impl EndpointConns {
                 Err(e) => req = self.unsent(e)?,
             }
         }
-        let mut sender = self.connect_h2(connect_timeout).await?;
+        let mut sender = self.connect_h2(connect).await?;
         sender.send_request(req).await.map_err(|source| UpstreamError::Request { addr: self.addr, source })
     }
 
@@ -198,14 +219,18 @@ impl EndpointConns {
 
     async fn connect_h2(
         &self,
-        connect_timeout: Duration,
+        connect: &Connect<'_>,
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         // One connection attempt at a time: concurrent requests wait for it and share it.
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.shared_h2() {
             return Ok(sender);
         }
-        let stream = transport::connect(self.addr, connect_timeout).await.map_err(UpstreamError::Connect)?;
+        let _pending = Claim::take(connect.pending, connect.max_pending)
+            .ok_or(UpstreamError::Overflow("maxPendingRequests"))?;
+        let open = OwnedClaim::take(connect.open, connect.max_open)
+            .ok_or(UpstreamError::Overflow("maxConnections"))?;
+        let stream = transport::connect(self.addr, connect.timeout).await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -219,6 +244,7 @@ impl EndpointConns {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "HTTP/2 connection to endpoint ended");
             }
+            drop(open);
         });
         *self.h2.lock().expect("pool lock poisoned") = Some(sender.clone());
         Ok(sender)

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use http::header::{HeaderValue, CONTENT_TYPE, EXPECT, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -23,11 +21,12 @@ use super::body::{keep_for_replay, Completion, Keeping, ProxyBody, RequestBody};
 use super::correlation;
 use super::errors::ProxyError;
 use super::headers;
-use super::pool::{Reusable, UpstreamError, Version};
+use super::pool::{Connect, Reusable, UpstreamError, Version};
 use crate::access_log::{self, HttpRecord};
 use crate::config::{EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
 use crate::listen::ConnSlot;
 use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
+use crate::resilience::limit::Claim;
 use crate::resilience::ratelimit::Decision;
 use crate::resilience::retry::{self, Outcome};
 use crate::route::{self, Redirect, Rewrite};
@@ -136,8 +135,14 @@ impl ConnContext {
         let (parts, body) = req.into_parts();
         let mut out = Request::from_parts(parts, RequestBody::streaming(body));
         prepare(&mut out, self.downstream, endpoint, authority, upgrade, Some(self.client.ip()));
-        let connect_timeout = snap.sidecar.timeouts.connect.get();
-        match endpoint.conns.send(self.downstream, out, connect_timeout).await {
+        let connect = Connect {
+            timeout: snap.sidecar.timeouts.connect.get(),
+            open: &inbound.connections,
+            max_open: usize::MAX,
+            pending: &inbound.pending,
+            max_pending: usize::MAX,
+        };
+        match endpoint.conns.send(self.downstream, out, &connect).await {
             Ok((res, conn)) => {
                 let exchange = Exchange { metrics: &inbound.metrics, idle: snap.sidecar.timeouts.idle.get() };
                 self.respond(res, conn, endpoint, exchange, on_upgrade, record, started)
@@ -204,7 +209,7 @@ impl ConnContext {
 
         // Limits: fail fast rather than queue without bound.
         let limits = &service.policy.limits;
-        let _in_flight = match Counted::claim(&service.in_flight, limits.max_requests) {
+        let _in_flight = match Claim::take(&service.in_flight, limits.max_requests as usize) {
             Some(claim) => claim,
             None => {
                 service.resilience.overflow_requests.inc();
@@ -295,7 +300,14 @@ impl ConnContext {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let send = endpoint.conns.send(version, attempt, connect_timeout);
+            let connect = Connect {
+                timeout: connect_timeout,
+                open: &backend.connections,
+                max_open: backend.policy.limits.max_connections as usize,
+                pending: &backend.pending,
+                max_pending: backend.policy.limits.max_pending_requests as usize,
+            };
+            let send = endpoint.conns.send(version, attempt, &connect);
             let result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| at),
                 None => Ok(send.await),
@@ -310,12 +322,20 @@ impl ConnContext {
                         .and_then(|v| v.parse().ok());
                     (Outcome::Response { status: res.status().as_u16(), grpc: grpc_status }, Ok((res, conn)))
                 }
+                Ok(Err(UpstreamError::Overflow(limit))) => {
+                    // A limit of ours, not the endpoint's failure: no breaker, no retry.
+                    guard.load.finish(None, finished);
+                    let r = &backend.resilience;
+                    let counter =
+                        if limit == "maxConnections" { &r.overflow_connections } else { &r.overflow_pending };
+                    counter.inc();
+                    let e = ProxyError::Overloaded { service: backend.key.to_string(), limit };
+                    return self.respond_local(e, grpc, &backend.local, record);
+                }
                 Ok(Err(e)) => {
                     let outcome = match &e {
-                        UpstreamError::Connect(_) | UpstreamError::Handshake { .. } => {
-                            Outcome::ConnectFailure
-                        }
                         UpstreamError::Request { .. } => Outcome::Reset,
+                        _ => Outcome::ConnectFailure,
                     };
                     (outcome, Err(ProxyError::from(e)))
                 }
@@ -557,25 +577,6 @@ fn declared(service: &ServiceRt, hint: PortHint) -> Option<Protocol> {
 struct Exchange<'a> {
     metrics: &'a TargetMetrics,
     idle: std::time::Duration,
-}
-
-/// A claim on a bounded counter, released on drop.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn claim(counter: &'a AtomicUsize, max: u32) -> Option<Self> {
-        if counter.fetch_add(1, Ordering::AcqRel) >= max as usize {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Self(counter))
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn rebuild(template: &http::request::Parts, body: RequestBody) -> Request<RequestBody> {

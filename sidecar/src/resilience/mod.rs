@@ -2,9 +2,11 @@
 //! - [`breaker`]: the per-endpoint circuit breaker and the per-service ejection budget;
 //! - [`balance`]: peak-EWMA load and power-of-two-choices;
 //! - [`ratelimit`]: multi-window GCRA rate limiting, optionally keyed;
-//! - [`retry`]: outcome classification, retry conditions and backoff.
+//! - [`retry`]: outcome classification, retry conditions and backoff;
+//! - [`limit`]: bounded counters for service limits.
 
 pub mod balance;
 pub mod breaker;
+pub mod limit;
 pub mod ratelimit;
 pub mod retry;
