@@ -28,7 +28,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-backend=$(port); backend_h2=$(port); sidecar=$(port); sidecar_h2=$(port); admin=$(port); outbound=$(port); haproxy_port=$(port)
+backend=$(port); backend_h2=$(port); sidecar=$(port); sidecar_h2=$(port); sidecar_full=$(port); admin=$(port); outbound=$(port); haproxy_port=$(port)
 
 cat >"$work/nginx.conf" <<CONF
 worker_processes 1;
@@ -71,6 +71,41 @@ spec:
   ports: [{port: 80, protocol: http2}]
   endpoints: [{address: 127.0.0.1:$backend_h2}]
   localPort: $sidecar_h2
+---
+# The same backend with every per-request policy on: route match with a header filter, route and
+# per-try timeouts, retries (with body replay and budget), a rate limit, breaker and P2C-EWMA.
+apiVersion: pilotfish.io/v1alpha1
+kind: Service
+metadata: {name: backend-full}
+spec:
+  ports: [{port: 80, protocol: http}]
+  endpoints: [{address: 127.0.0.1:$backend}]
+  localPort: $sidecar_full
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: backend-full}
+spec:
+  parentRefs: [{name: backend-full}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}, method: GET}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-bench, value: "on"}]}}]
+    timeouts: {request: 5s, backendRequest: 2s}
+    retry: {attempts: 2, backoff: 25ms, codes: [502, 503]}
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: backend-full}
+spec:
+  targetRef: {kind: HTTPRoute, name: backend-full}
+  perSecond: 10000000
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: BackendPolicy
+metadata: {name: backend-full}
+spec:
+  targetRef: {kind: Service, name: backend-full}
+  loadBalancer: p2c-ewma
 CONF
 TOKIO_WORKER_THREADS=1 RUST_LOG=warn target/release/pilotfish sidecar --config "$work/sidecar.yaml" &
 pids+=($!)
@@ -96,7 +131,7 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 haproxy_pid=$!
 
-for p in $backend $backend_h2 $sidecar $sidecar_h2 $haproxy_port; do
+for p in $backend $backend_h2 $sidecar $sidecar_h2 $sidecar_full $haproxy_port; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -116,13 +151,15 @@ wrk_run() { # name url
 }
 wrk_run direct "http://127.0.0.1:$backend/"
 wrk_run pilotfish "http://127.0.0.1:$sidecar/"
+wrk_run pf-policies "http://127.0.0.1:$sidecar_full/"
 wrk_run haproxy "http://127.0.0.1:$haproxy_port/"
 
 echo
 echo "HTTP/1.1 keep-alive, wrk -c$conns -d${duration}s (ratio = requests/s vs direct)"
-printf "%-10s %12s %8s %10s %10s\n" target req/s ratio p50 p99
-for t in direct pilotfish haproxy; do
-  printf "%-10s %12s %8.3f %10s %10s\n" "$t" "${rps[$t]}" "$(echo "${rps[$t]} / ${rps[direct]}" | bc -l)" "${p50[$t]}" "${p99[$t]}"
+echo "(pilotfish: default route; pf-policies: route + filter + timeouts + retries + rate limit)"
+printf "%-12s %12s %8s %10s %10s\n" target req/s ratio p50 p99
+for t in direct pilotfish pf-policies haproxy; do
+  printf "%-12s %12s %8.3f %10s %10s\n" "$t" "${rps[$t]}" "$(echo "${rps[$t]} / ${rps[direct]}" | bc -l)" "${p50[$t]}" "${p99[$t]}"
 done
 
 h2_run() { # name url

@@ -376,6 +376,9 @@ impl RateLimitPolicySpec {
             if key.header.is_some() == key.peer {
                 return Err(FieldError::new("spec.key", "set exactly one of header or peer"));
             }
+            if key.header.as_deref().is_some_and(|h| !crate::route::valid_header_name(h)) {
+                return Err(FieldError::new("spec.key.header", "not a valid header name"));
+            }
         }
         Ok(())
     }

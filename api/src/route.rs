@@ -155,9 +155,9 @@ pub struct RouteRetry {
     /// Base of the exponential backoff with full jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
-    /// Response statuses that are retried (default 502, 503, 504).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub codes: Vec<u16>,
+    /// Response statuses that are retried (omitted: 502, 503, 504; `[]`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<u16>>,
 }
 
 fn two() -> u32 {
@@ -275,10 +275,12 @@ impl HttpRouteSpec {
                 }
                 for (list, name) in [(&mat.headers, "headers"), (&mat.query_params, "queryParams")] {
                     for (h, v) in list.iter().enumerate() {
-                        if v.name.is_empty() {
+                        let bad_name =
+                            if name == "headers" { !valid_header_name(&v.name) } else { v.name.is_empty() };
+                        if bad_name {
                             return Err(FieldError::new(
                                 at(format!("matches[{m}].{name}[{h}].name")),
-                                "must not be empty",
+                                "must be a valid, non-empty header name",
                             ));
                         }
                         if v.kind == ValueMatchType::RegularExpression {
@@ -295,6 +297,12 @@ impl HttpRouteSpec {
                     ));
                 }
             }
+            if let Some(b) = rule.backend_refs.iter().position(|b| b.weight > 1_000_000) {
+                return Err(FieldError::new(
+                    at(format!("backendRefs[{b}].weight")),
+                    "must be at most 1000000",
+                ));
+            }
             if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| b.weight == 0) {
                 return Err(FieldError::new(
                     at("backendRefs".into()),
@@ -305,26 +313,89 @@ impl HttpRouteSpec {
                 if retry.attempts > 10 {
                     return Err(FieldError::new(at("retry.attempts".into()), "must be at most 10"));
                 }
-                if let Some(i) = retry.codes.iter().position(|c| !(400..=599).contains(c)) {
+                let codes = retry.codes.as_deref().unwrap_or_default();
+                if let Some(i) = codes.iter().position(|c| !(400..=599).contains(c)) {
                     return Err(FieldError::new(
                         at(format!("retry.codes[{i}]")),
                         "must be an HTTP error status (400-599)",
                     ));
                 }
             }
-            for (f, filter) in rule.filters.iter().enumerate() {
-                if let Filter::RequestRedirect { redirect } = filter {
-                    if ![301, 302, 303, 307, 308].contains(&redirect.status_code) {
+            if let Some(t) = &rule.timeouts {
+                if let (Some(request), Some(backend)) = (t.request, t.backend_request) {
+                    if backend > request && !request.get().is_zero() {
                         return Err(FieldError::new(
-                            at(format!("filters[{f}].requestRedirect.statusCode")),
-                            "must be 301, 302, 303, 307 or 308",
+                            at("timeouts.backendRequest".into()),
+                            "must not be longer than timeouts.request",
                         ));
                     }
                 }
             }
+            let only_prefix_matches = rule
+                .matches
+                .iter()
+                .all(|m| m.path.as_ref().is_none_or(|p| p.kind == PathMatchType::PathPrefix));
+            let mut kinds = std::collections::HashSet::new();
+            for (f, filter) in rule.filters.iter().enumerate() {
+                let (kind, path) = match filter {
+                    Filter::RequestHeaderModifier { modifier }
+                    | Filter::ResponseHeaderModifier { modifier } => {
+                        for (h, header) in modifier.set.iter().chain(&modifier.add).enumerate() {
+                            if !valid_header_name(&header.name) {
+                                return Err(FieldError::new(
+                                    at(format!("filters[{f}]")),
+                                    format!("header #{h} {:?} is not a valid header name", header.name),
+                                ));
+                            }
+                        }
+                        (std::mem::discriminant(filter), None)
+                    }
+                    Filter::RequestRedirect { redirect } => {
+                        if ![301, 302, 303, 307, 308].contains(&redirect.status_code) {
+                            return Err(FieldError::new(
+                                at(format!("filters[{f}].requestRedirect.statusCode")),
+                                "must be 301, 302, 303, 307 or 308",
+                            ));
+                        }
+                        if redirect.scheme.as_deref().is_some_and(|s| s != "http" && s != "https") {
+                            return Err(FieldError::new(
+                                at(format!("filters[{f}].requestRedirect.scheme")),
+                                "must be http or https",
+                            ));
+                        }
+                        (std::mem::discriminant(filter), redirect.path.as_ref())
+                    }
+                    Filter::UrlRewrite { rewrite } => (std::mem::discriminant(filter), rewrite.path.as_ref()),
+                };
+                if !kinds.insert(kind) {
+                    return Err(FieldError::new(
+                        at(format!("filters[{f}]")),
+                        "this filter type is already set on the rule",
+                    ));
+                }
+                if matches!(path, Some(PathModifier::ReplacePrefixMatch { .. })) && !only_prefix_matches {
+                    return Err(FieldError::new(
+                        at(format!("filters[{f}]")),
+                        "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                    ));
+                }
+            }
+            let redirects = rule.filters.iter().any(|f| matches!(f, Filter::RequestRedirect { .. }));
+            let rewrites = rule.filters.iter().any(|f| matches!(f, Filter::UrlRewrite { .. }));
+            if redirects && rewrites {
+                return Err(FieldError::new(
+                    at("filters".into()),
+                    "RequestRedirect and URLRewrite cannot be combined",
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// RFC 9110 field-name: one or more tchars.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Methods as the Gateway API lists them.
@@ -353,7 +424,7 @@ mod tests {
     #[test]
     fn parses_the_gateway_api_shape() {
         let text = route(
-            "  - matches: [{path: {type: RegularExpression, value: '^/v[0-9]+/'}, headers: [{name: x-canary, value: 'yes'}]}]\n    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}], remove: [x-c]}}\n    - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}\n    backendRefs: [{name: users, weight: 90}, {name: users-v2, weight: 10}]\n    timeouts: {request: 2s, backendRequest: 500ms}\n    retry: {attempts: 3, backoff: 25ms, codes: [503]}\n",
+            "  - matches: [{path: {type: RegularExpression, value: '^/v[0-9]+/'}, headers: [{name: x-canary, value: 'yes'}]}]\n    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}], remove: [x-c]}}\n    - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /}}}\n    backendRefs: [{name: users, weight: 90}, {name: users-v2, weight: 10}]\n    timeouts: {request: 2s, backendRequest: 500ms}\n    retry: {attempts: 3, backoff: 25ms, codes: [503]}\n",
         );
         let resources = parse_stream("r.yaml", &text).unwrap();
         let Resource::HttpRoute(r) = &resources[0] else { panic!("not a route") };
@@ -383,6 +454,17 @@ mod tests {
                 "spec.rules[0].filters[0].requestRedirect.statusCode",
             ),
             ("  - filters: [{type: Mirror}]\n", "spec.rules[0].filters[0]"),
+            ("  - matches: [{headers: [{name: 'bad name', value: x}]}]\n", "spec.rules[0].matches[0].headers[0].name"),
+            ("  - timeouts: {request: 1s, backendRequest: 2s}\n", "spec.rules[0].timeouts.backendRequest"),
+            ("  - backendRefs: [{name: a, weight: 2000000}]\n", "spec.rules[0].backendRefs[0].weight"),
+            (
+                "  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n",
+                "spec.rules[0].filters[0]",
+            ),
+            (
+                "  - filters: [{type: URLRewrite, urlRewrite: {hostname: x}}, {type: RequestRedirect, requestRedirect: {hostname: y}}]\n",
+                "spec.rules[0].filters",
+            ),
         ];
         for (rules, field) in cases {
             let err = parse_stream("r.yaml", &route(rules)).unwrap_err();

@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-connection and per-request hot paths: protocol detection, service
-//! lookup by host among 1,000 services, hop-by-hop header handling, endpoint choice, and metric
-//! recording. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
+//! lookup by host among 1,000 services, route matching among 1,000 rules, hop-by-hop header
+//! handling, endpoint choice, and metric recording. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -10,6 +10,8 @@ use pilotfish_sidecar::config::{Overrides, Snapshot};
 use pilotfish_sidecar::detect::classify;
 use pilotfish_sidecar::http::headers::strip_hop_by_hop;
 use pilotfish_sidecar::metrics::Metrics;
+use pilotfish_sidecar::route::{RouteSource, RouteTable};
+use std::sync::Arc;
 
 fn config(services: usize) -> String {
     let mut text =
@@ -85,5 +87,58 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, detection, routing, headers);
+fn route_matching(c: &mut Criterion) {
+    // 1,000 rules on one service: path prefixes, a tenth of them also matching a header.
+    let mut text = String::from(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: big}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n",
+    );
+    for i in 0..1000 {
+        if i % 10 == 0 {
+            text.push_str(&format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /svc-{i}/api}}, headers: [{{name: x-tenant, value: t{i}}}]}}]\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /svc-{i}/api}}, method: GET}}]\n"
+            ));
+        }
+    }
+    let resources = pilotfish_api::parse_stream("bench", &text).unwrap();
+    let pilotfish_api::Resource::HttpRoute(route) = &resources[0] else { unreachable!() };
+    let source = RouteSource { name: "default/big".into(), spec: &route.spec, rate_limit: None };
+    let table = RouteTable::compile(&Arc::from("users.default"), "default", &[source]);
+    let headers = HeaderMap::new();
+    let get = http::Method::GET;
+    c.bench_function("route/1000_rules_first", |b| {
+        b.iter(|| {
+            table
+                .select(&get, black_box("/svc-999/api/users/42"), None, &headers)
+                .unwrap()
+                .rule
+                .backends
+                .len()
+        })
+    });
+    c.bench_function("route/1000_rules_middle", |b| {
+        b.iter(|| {
+            table
+                .select(&get, black_box("/svc-501/api/users/42"), None, &headers)
+                .unwrap()
+                .rule
+                .backends
+                .len()
+        })
+    });
+    c.bench_function("route/1000_rules_miss", |b| {
+        b.iter(|| table.select(&get, black_box("/nowhere/at/all"), None, &headers).is_none())
+    });
+    c.bench_function("route/default_route", |b| {
+        let default = RouteTable::default_for(Arc::from("users.default"));
+        b.iter(|| {
+            default.select(&get, black_box("/api/users/42"), None, &headers).unwrap().rule.backends.len()
+        })
+    });
+}
+
+criterion_group!(benches, detection, routing, headers, route_matching);
 criterion_main!(benches);

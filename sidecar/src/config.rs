@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 use pilotfish_api::policy::{
-    grpc_code, BackendPolicySpec, FailureKind, HealthCheck, LoadBalancer, RateLimitPolicySpec, ServiceLimits,
-    TargetRef,
+    grpc_code, BackendPolicySpec, CircuitBreaker, FailureKind, HealthCheck, LoadBalancer,
+    RateLimitPolicySpec, RetryBudget, ServiceLimits, TargetRef,
 };
 use pilotfish_api::sidecar::InboundSpec;
 use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec};
@@ -85,14 +85,16 @@ pub struct ServiceRt {
     pub routes: RouteTable,
     pub policy: ServicePolicy,
     /// Retries stay within a fraction of requests (shared by every route to this service).
-    pub budget: TpsBudget,
+    pub budget: Arc<TpsBudget>,
+    retry_budget: RetryBudget,
+    breaker_config: CircuitBreaker,
     pub resilience: ResilienceMetrics,
     /// A `RateLimitPolicy` attached to the service.
-    pub rate_limit: Option<RateLimit>,
-    /// Requests to this service now in flight (for `maxRequests`).
-    pub in_flight: AtomicUsize,
+    pub rate_limit: Option<Arc<RateLimit>>,
+    /// Requests to this service now in flight, until their response ends (for `maxRequests`).
+    pub in_flight: Arc<AtomicUsize>,
     /// Requests now waiting for a new connection (for `maxPendingRequests`).
-    pub pending: AtomicUsize,
+    pub pending: Arc<AtomicUsize>,
     /// Connections to its endpoints now open (for `maxConnections`); carried across reloads,
     /// since the connections are.
     pub connections: Arc<AtomicUsize>,
@@ -112,6 +114,7 @@ pub struct ServicePolicy {
 
 /// A rate limit and how its budgets are keyed.
 pub struct RateLimit {
+    pub spec: RateLimitPolicySpec,
     pub limiter: RateLimiter,
     pub key: LimitKey,
     pub refused: IntCounter,
@@ -128,8 +131,8 @@ pub struct EndpointRt {
     pub label: String,
     pub conns: Arc<EndpointConns>,
     pub metrics: EndpointMetrics,
-    /// Outbound endpoints only: breaker, load and health.
-    pub guard: Option<EndpointGuard>,
+    /// Outbound endpoints only: breaker, load and health (carried across reloads).
+    pub guard: Option<Arc<EndpointGuard>>,
 }
 
 pub struct EndpointGuard {
@@ -160,11 +163,19 @@ impl ServiceRt {
         Some(&self.endpoints[i])
     }
 
-    /// The load balancer: an endpoint that is healthy, whose breaker lets traffic through, and
-    /// (when another qualifies) that is not `avoid` — the endpoint a failed attempt just used.
-    pub fn choose(&self, now: Instant, avoid: Option<SocketAddr>) -> Option<&Arc<EndpointRt>> {
+    /// The load balancer: an endpoint that is healthy, whose breaker lets traffic through, that
+    /// is not in `refused`, and (when another qualifies) that is not `avoid` — the endpoint a
+    /// failed attempt just used.
+    pub fn choose(
+        &self,
+        now: Instant,
+        avoid: Option<SocketAddr>,
+        refused: &[SocketAddr],
+    ) -> Option<&Arc<EndpointRt>> {
         let eps = &self.endpoints;
-        let usable = |i: usize| eps[i].guard.as_ref().is_none_or(|g| g.is_usable(now));
+        let usable = |i: usize| {
+            eps[i].guard.as_ref().is_none_or(|g| g.is_usable(now)) && !refused.contains(&eps[i].addr)
+        };
         let preferred = |i: usize| usable(i) && Some(eps[i].addr) != avoid;
         let chosen = match self.policy.load_balancer {
             LoadBalancer::RoundRobin => {
@@ -188,6 +199,10 @@ impl ServiceRt {
 }
 
 impl EndpointGuard {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     fn is_usable(&self, now: Instant) -> bool {
         self.healthy.load(Ordering::Relaxed) && self.breaker.is_available(now)
     }
@@ -224,19 +239,20 @@ impl Snapshot {
                 pools.insert(inbound.app.addr, inbound.app.conns.clone());
             }
         }
-        let mut endpoint = |direction: Direction,
-                            service: &str,
-                            addr: SocketAddr,
-                            guard: Option<&dyn Fn(&str) -> EndpointGuard>| {
-            let label = addr.to_string();
-            Arc::new(EndpointRt {
-                addr,
-                conns: pools.entry(addr).or_insert_with(|| EndpointConns::new(addr)).clone(),
-                metrics: metrics.endpoint(direction, service, &label),
-                guard: guard.map(|g| g(&label)),
-                label,
-            })
-        };
+        let mut endpoint =
+            |direction: Direction,
+             service: &str,
+             addr: SocketAddr,
+             guard: Option<&GuardFor>| {
+                let label = addr.to_string();
+                Arc::new(EndpointRt {
+                    addr,
+                    conns: pools.entry(addr).or_insert_with(|| EndpointConns::new(addr)).clone(),
+                    metrics: metrics.endpoint(direction, service, &label),
+                    guard: guard.map(|g| g(&label, addr)),
+                    label,
+                })
+            };
         let attached = Attachments::collect(&resources);
 
         let mut services = HashMap::new();
@@ -251,18 +267,33 @@ impl Snapshot {
             let policy = ServicePolicy::new(backend_policy);
             let cb = backend_policy.map(|p| p.circuit_breaker.clone()).unwrap_or_default();
             let budget = EjectionBudget::new(s.spec.endpoints.len(), cb.max_ejection_percent);
-            let guard = |label: &str| EndpointGuard {
-                breaker: Breaker::new(
-                    BreakerConfig {
-                        consecutive_failures: cb.consecutive_failures,
-                        base_ejection: cb.base_ejection_time.get(),
-                        max_ejection: cb.max_ejection_time.get(),
-                    },
-                    budget.clone(),
-                ),
-                load: PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10)),
-                healthy: AtomicBool::new(true),
-                breaker_metrics: metrics.breaker(&key, label),
+            // Endpoint state (breaker, load, health) survives a reload that leaves the breaker
+            // settings and the number of endpoints alone; otherwise a reload would readmit
+            // ejected endpoints.
+            let prev = previous.and_then(|p| p.service(&key));
+            let kept =
+                prev.filter(|old| old.breaker_config == cb && old.endpoints.len() == s.spec.endpoints.len());
+            let guard = |label: &str, addr: SocketAddr| {
+                let old = kept.and_then(|old| old.endpoints.iter().find(|e| e.addr == addr));
+                old.and_then(|e| e.guard.clone()).unwrap_or_else(|| {
+                    Arc::new(EndpointGuard {
+                        breaker: Breaker::new(
+                            BreakerConfig {
+                                consecutive_failures: cb.consecutive_failures,
+                                base_ejection: cb.base_ejection_time.get(),
+                                max_ejection: cb.max_ejection_time.get(),
+                            },
+                            budget.clone(),
+                        ),
+                        load: PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10)),
+                        healthy: AtomicBool::new(true),
+                        breaker_metrics: metrics.breaker(&key, label),
+                    })
+                })
+            };
+            let carried = |route: &str, spec: &RateLimitPolicySpec| {
+                prev.and_then(|old| old.routes.limiters().find(|(r, l)| &***r == route && l.spec == *spec))
+                    .map(|(_, l)| l.clone())
             };
             let sources: Vec<RouteSource<'_>> = attached
                 .routes
@@ -273,10 +304,11 @@ impl Snapshot {
                         .map(|(route_name, spec)| RouteSource {
                             name: route_name.clone(),
                             spec,
-                            rate_limit: attached
-                                .route_limits
-                                .get(&**route_name)
-                                .map(|p| Arc::new(RateLimit::new(p, metrics.ratelimited(&key, route_name)))),
+                            rate_limit: attached.route_limits.get(&**route_name).map(|p| {
+                                carried(route_name, p).unwrap_or_else(|| {
+                                    Arc::new(RateLimit::new(p, metrics.ratelimited(&key, route_name)))
+                                })
+                            }),
                         })
                         .collect()
                 })
@@ -299,21 +331,28 @@ impl Snapshot {
                 local: metrics.endpoint(Direction::Outbound, &key, ""),
                 routes,
                 policy,
-                budget: TpsBudget::new(
-                    Duration::from_secs(10),
-                    retry_budget.min_per_second,
-                    retry_budget.ratio as f32,
+                budget: prev.filter(|old| old.retry_budget == retry_budget).map_or_else(
+                    || {
+                        Arc::new(TpsBudget::new(
+                            Duration::from_secs(10),
+                            retry_budget.min_per_second,
+                            retry_budget.ratio as f32,
+                        ))
+                    },
+                    |old| old.budget.clone(),
                 ),
                 resilience: metrics.resilience(&key),
-                rate_limit: attached
-                    .service_limits
-                    .get(&*key)
-                    .map(|p| RateLimit::new(p, metrics.ratelimited(&key, ""))),
-                in_flight: AtomicUsize::new(0),
-                pending: AtomicUsize::new(0),
-                connections: previous
-                    .and_then(|p| p.service(&key))
-                    .map_or_else(|| Arc::new(AtomicUsize::new(0)), |old| old.connections.clone()),
+                rate_limit: attached.service_limits.get(&*key).map(|p| {
+                    prev.and_then(|old| old.rate_limit.clone().filter(|l| l.spec == **p))
+                        .unwrap_or_else(|| Arc::new(RateLimit::new(p, metrics.ratelimited(&key, ""))))
+                }),
+                // Counters of requests and connections in flight span snapshots, like the
+                // requests and connections themselves.
+                in_flight: prev.map_or_else(Default::default, |old| old.in_flight.clone()),
+                pending: prev.map_or_else(Default::default, |old| old.pending.clone()),
+                connections: prev.map_or_else(Default::default, |old| old.connections.clone()),
+                breaker_config: cb.clone(),
+                retry_budget,
                 spec: s.spec.clone(),
                 key: key.clone(),
             });
@@ -422,6 +461,9 @@ impl Snapshot {
     }
 }
 
+/// Makes (or carries over) the guard of an outbound endpoint, given its label and address.
+type GuardFor<'a> = dyn Fn(&str, SocketAddr) -> Arc<EndpointGuard> + 'a;
+
 /// Routes and policies by what they attach to.
 struct Attachments<'a> {
     /// Service key → its HTTPRoutes (`namespace/name`, spec), in name order.
@@ -520,7 +562,7 @@ impl RateLimit {
             },
             None => LimitKey::Global,
         };
-        Self { limiter: RateLimiter::new(windows, p.burst, 100_000), key, refused }
+        Self { spec: p.clone(), limiter: RateLimiter::new(windows, p.burst, 100_000), key, refused }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `namespace/name`, the rule's position and the match's position. Regular expressions must
 //! match the whole path (as in Envoy).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +68,15 @@ pub struct Rewrite {
 
 /// A service's rules, and the matchers that select them in precedence order.
 pub struct RouteTable {
+    /// In precedence order.
     matchers: Vec<Matcher>,
     rules: Vec<Arc<Rule>>,
     needs_query: bool,
+    /// Positions in `matchers` of the exact and prefix matchers whose path starts with a given
+    /// first segment (`/api/users` → `api`): only those can match a path with that segment.
+    by_segment: HashMap<String, Vec<u32>>,
+    /// Positions of the matchers any path may match (regexes, the `/` prefix).
+    anywhere: Vec<u32>,
 }
 
 struct Matcher {
@@ -115,7 +122,7 @@ impl RouteTable {
             query: Vec::new(),
             rule: 0,
         };
-        Self { matchers: vec![matcher], rules: vec![Arc::new(rule)], needs_query: false }
+        Self::index(vec![matcher], vec![Arc::new(rule)])
     }
 
     /// Compiles the routes attached to `service` (key `name.namespace`; `namespace` resolves
@@ -138,8 +145,30 @@ impl RouteTable {
         }
         ranked.sort_by(|a, b| a.0.cmp(&b.0));
         let matchers: Vec<Matcher> = ranked.into_iter().map(|(_, m)| m).collect();
+        Self::index(matchers, rules)
+    }
+
+    fn index(matchers: Vec<Matcher>, rules: Vec<Arc<Rule>>) -> Self {
         let needs_query = matchers.iter().any(|m| !m.query.is_empty());
-        Self { matchers, rules, needs_query }
+        let mut by_segment: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut anywhere = Vec::new();
+        for (i, m) in matchers.iter().enumerate() {
+            let segment = match &m.path {
+                PathMatcher::Exact(p) => Some(first_segment(p)),
+                PathMatcher::Prefix(p) if !p.trim_end_matches('/').is_empty() => Some(first_segment(p)),
+                _ => None,
+            };
+            match segment {
+                Some(seg) => by_segment.entry(seg.to_owned()).or_default().push(i as u32),
+                None => anywhere.push(i as u32),
+            }
+        }
+        Self { matchers, rules, needs_query, by_segment, anywhere }
+    }
+
+    /// The rate limits attached to this table's rules, with their route names.
+    pub fn limiters(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<RateLimit>)> {
+        self.rules.iter().filter_map(|r| Some((&r.route, r.rate_limit.as_ref()?)))
     }
 
     /// The first rule, in precedence order, whose match accepts the request.
@@ -154,7 +183,18 @@ impl RouteTable {
             (true, Some(q)) => q.split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect(),
             _ => Vec::new(),
         };
-        self.matchers.iter().find(|m| m.accepts(method, path, &params, headers)).map(|m| Selected {
+        // Walk the two candidate lists merged in precedence order.
+        let specific = self.by_segment.get(first_segment(path)).map_or(&[][..], Vec::as_slice);
+        let (mut a, mut b) = (specific.iter().peekable(), self.anywhere.iter().peekable());
+        let m = std::iter::from_fn(|| match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x < y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => None,
+        })
+        .map(|i| &self.matchers[*i as usize])
+        .find(|m| m.accepts(method, path, &params, headers))?;
+        Some(Selected {
             rule: &self.rules[m.rule],
             prefix: match &m.path {
                 PathMatcher::Prefix(p) => Some(p.as_str()),
@@ -178,6 +218,12 @@ impl Matcher {
             })
             && self.query.iter().all(|(name, want)| params.iter().any(|(k, v)| k == name && want.accepts(v)))
     }
+}
+
+/// `api` for `/api/users`, `` for `/`.
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
 }
 
 /// Gateway API `PathPrefix`: matches whole path elements (`/api` matches `/api` and `/api/x`,
@@ -280,7 +326,7 @@ fn compile_rule(service: &Arc<str>, namespace: &str, source: &RouteSource<'_>, r
     compiled.retry = rule.retry.as_ref().map(|r| RetryRule {
         attempts: r.attempts,
         backoff: r.backoff.map(|d| d.get()),
-        codes: if r.codes.is_empty() { vec![502, 503, 504] } else { r.codes.clone() },
+        codes: r.codes.clone().unwrap_or_else(|| vec![502, 503, 504]),
     });
     for filter in &rule.filters {
         match filter {

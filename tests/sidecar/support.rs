@@ -323,6 +323,8 @@ pub struct Backend {
 pub struct Faults {
     pub status: std::sync::atomic::AtomicU16,
     pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Health-check requests (`/healthz`), which `requests` does not count.
+    pub probes: AtomicUsize,
 }
 
 impl Backend {
@@ -365,8 +367,12 @@ pub async fn backend(name: &'static str) -> Backend {
             conns.fetch_add(1, Ordering::SeqCst);
             let (reqs, f) = (reqs.clone(), f.clone());
             open.spawn(async move {
-                let service = service_fn(move |req| {
-                    reqs.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    if req.uri().path() == "/healthz" {
+                        f.probes.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                    }
                     faulty(name, peer, req, f.clone())
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use super::pool::Reusable;
 use crate::access_log::{self, HttpRecord};
+use crate::resilience::limit::OwnedClaim;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,17 +31,24 @@ pub struct Completion {
     pub conn: Option<Reusable>,
     pub log: Option<Box<(HttpRecord, Instant)>>,
     bytes: u64,
+    /// The request's place under its service's `maxRequests`, held until the response ends.
+    claim: Option<OwnedClaim>,
 }
 
 impl Completion {
     pub fn new(conn: Option<Reusable>, log: Option<Box<(HttpRecord, Instant)>>) -> Self {
-        Self { conn, log, bytes: 0 }
+        Self { conn, log, bytes: 0, claim: None }
+    }
+
+    pub fn hold(&mut self, claim: OwnedClaim) {
+        self.claim = Some(claim);
     }
 
     fn finished(&mut self) {
         if let Some(conn) = self.conn.take() {
             conn.release();
         }
+        self.claim = None;
     }
 }
 
@@ -144,13 +152,34 @@ pub enum Keeping {
     TooLarge(RequestBody),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    #[error("{0}")]
+    Body(#[from] hyper::Error),
+    #[error("the request body did not arrive within the route timeout")]
+    Timeout,
+}
+
 /// Reads a request body into memory while it stays within `limit` bytes (the retry replay
 /// buffer); a larger body is handed back to be streamed, with the bytes already read in front.
-pub async fn keep_for_replay(mut body: Incoming, limit: u64) -> Result<Keeping, hyper::Error> {
+/// A body declared larger than the limit is not read at all; reading stops at `deadline`.
+pub async fn keep_for_replay(
+    mut body: Incoming,
+    limit: u64,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Keeping, KeepError> {
     use http_body_util::BodyExt;
+    if body.size_hint().lower() > limit {
+        return Ok(Keeping::TooLarge(RequestBody::streaming(body)));
+    }
     let mut data = bytes::BytesMut::new();
     loop {
-        let Some(frame) = body.frame().await.transpose()? else {
+        let next = body.frame();
+        let frame = match deadline {
+            Some(at) => tokio::time::timeout_at(at, next).await.map_err(|_| KeepError::Timeout)?,
+            None => next.await,
+        };
+        let Some(frame) = frame.transpose()? else {
             return Ok(Keeping::Kept(Kept { data: data.freeze(), trailers: None }));
         };
         match frame.into_data() {

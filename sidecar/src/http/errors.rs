@@ -8,6 +8,13 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::pool::UpstreamError;
+use crate::resilience::ratelimit::Decision;
+
+/// Whole seconds to wait, rounded up (`Retry-After` has no fractions).
+fn retry_after_secs(d: &Decision) -> u64 {
+    let wait = d.retry_after.unwrap_or_default();
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
 
 pub const ERROR_HEADER: &str = "pilotfish-error";
 
@@ -27,8 +34,10 @@ pub enum ProxyError {
     CircuitOpen(String),
     #[error("service {service} is at its {limit} limit")]
     Overloaded { service: String, limit: &'static str },
-    #[error("rate limited: retry after {retry_after_secs}s")]
-    RateLimited { retry_after_secs: u64 },
+    #[error("rate limited: retry after {}s", retry_after_secs(.0))]
+    RateLimited(Decision),
+    #[error("the route's backend {0} is not a known Service")]
+    UnknownBackend(String),
     #[error("no response within the route timeout of {0:?}")]
     Timeout(std::time::Duration),
     #[error("the request body could not be read: {0}")]
@@ -58,7 +67,8 @@ impl ProxyError {
             Self::NoEndpoints(_) | Self::CircuitOpen(_) | Self::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnknownBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
@@ -74,7 +84,8 @@ impl ProxyError {
             Self::NoEndpoints(_) => "no-endpoints",
             Self::CircuitOpen(_) => "circuit-open",
             Self::Overloaded { .. } => "overloaded",
-            Self::RateLimited { .. } => "rate-limited",
+            Self::RateLimited(_) => "rate-limited",
+            Self::UnknownBackend(_) => "no-route",
             Self::Timeout(_) => "timeout",
             Self::RequestBody(_) => "bad-request",
             Self::UpstreamConnect(_) => "upstream-connect",
@@ -88,7 +99,7 @@ impl ProxyError {
             Self::MissingAuthority | Self::InvalidHost(_) | Self::ConnectUnsupported | Self::NoRoute(_) => {
                 "12"
             }
-            Self::RateLimited { .. } | Self::Overloaded { .. } => "8",
+            Self::RateLimited(_) | Self::Overloaded { .. } => "8",
             Self::Timeout(_) => "4",
             _ => "14",
         }
@@ -117,8 +128,9 @@ impl ProxyError {
             Self::Overloaded { limit, .. } => {
                 h.insert("pilotfish-limit", HeaderValue::from_static(limit));
             }
-            Self::RateLimited { retry_after_secs } => {
-                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            Self::RateLimited(decision) => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs(decision)));
+                super::proxy::add_rate_limit_headers(h, std::slice::from_ref(decision));
             }
             _ => {}
         }

@@ -221,13 +221,14 @@ impl EndpointConns {
         &self,
         connect: &Connect<'_>,
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        // Waiting for the connection counts as pending, so the queue behind it is bounded too.
+        let _pending = Claim::take(connect.pending, connect.max_pending)
+            .ok_or(UpstreamError::Overflow("maxPendingRequests"))?;
         // One connection attempt at a time: concurrent requests wait for it and share it.
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.shared_h2() {
             return Ok(sender);
         }
-        let _pending = Claim::take(connect.pending, connect.max_pending)
-            .ok_or(UpstreamError::Overflow("maxPendingRequests"))?;
         let open = OwnedClaim::take(connect.open, connect.max_open)
             .ok_or(UpstreamError::Overflow("maxConnections"))?;
         let stream = transport::connect(self.addr, connect.timeout).await.map_err(UpstreamError::Connect)?;

@@ -17,21 +17,23 @@ use hyper_util::rt::TokioIo;
 use pilotfish_api::Protocol;
 use tokio::time::Instant as TokioInstant;
 
-use super::body::{keep_for_replay, Completion, Keeping, ProxyBody, RequestBody};
+use super::body::{keep_for_replay, Completion, KeepError, Keeping, ProxyBody, RequestBody};
 use super::correlation;
 use super::errors::ProxyError;
 use super::headers;
 use super::pool::{Connect, Reusable, UpstreamError, Version};
 use crate::access_log::{self, HttpRecord};
-use crate::config::{EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
+use crate::config::{EndpointGuard, EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
 use crate::listen::ConnSlot;
 use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
-use crate::resilience::limit::Claim;
+use crate::resilience::breaker::Transition;
+use crate::resilience::limit::OwnedClaim;
 use crate::resilience::ratelimit::Decision;
-use crate::resilience::retry::{self, Outcome};
+use crate::resilience::retry::{self, Outcome, Verdict};
 use crate::route::{self, Redirect, Rewrite};
 use crate::state::Shared;
 use crate::tcp;
+use pilotfish_api::policy::FailureKind;
 use tower::retry::budget::Budget;
 
 /// Where the requests of one connection go.
@@ -209,7 +211,7 @@ impl ConnContext {
 
         // Limits: fail fast rather than queue without bound.
         let limits = &service.policy.limits;
-        let _in_flight = match Claim::take(&service.in_flight, limits.max_requests as usize) {
+        let in_flight = match OwnedClaim::take(&service.in_flight, limits.max_requests as usize) {
             Some(claim) => claim,
             None => {
                 service.resilience.overflow_requests.inc();
@@ -223,21 +225,29 @@ impl ConnContext {
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         // Retries need the body again: requests that may be retried (idempotent, keyed, or gRPC
-        // under a gRPC retry policy) keep a body that fits the replay buffer.
+        // under a gRPC retry policy) keep a body that fits the replay buffer. A non-idempotent
+        // gRPC call is retried only when the server said it did nothing (a listed gRPC status)
+        // or no connection was made.
+        let deadline = rule.request_timeout.map(|t| TokioInstant::from_std(started) + t);
+        let idempotent = retry::is_idempotent(req.method(), req.headers());
         let grpc_retries = grpc && !service.policy.conditions.grpc_codes.is_empty();
-        let retry =
-            rule.retry.as_ref().filter(|_| grpc_retries || retry::is_idempotent(req.method(), req.headers()));
-        let (parts, incoming) = req.into_parts();
+        let retry = rule.retry.as_ref().filter(|_| idempotent || grpc_retries);
+        let (mut parts, incoming) = req.into_parts();
         let mut body = None;
         let replay = match retry {
-            Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes).await {
+            Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes, deadline).await {
+                Err(KeepError::Timeout) => {
+                    let req = Request::from_parts(take_parts(&mut parts), ());
+                    let e = ProxyError::Timeout(rule.request_timeout.unwrap_or_default());
+                    return self.fail_parts(snap, &req, authority.as_ref(), e, grpc, local, started);
+                }
                 Ok(Keeping::Kept(kept)) => Some(kept),
                 Ok(Keeping::TooLarge(streaming)) => {
                     body = Some(streaming);
                     None
                 }
-                Err(e) => {
-                    let req = Request::from_parts(parts, ());
+                Err(KeepError::Body(e)) => {
+                    let req = Request::from_parts(take_parts(&mut parts), ());
                     let e = ProxyError::RequestBody(e.to_string());
                     return self.fail_parts(snap, &req, authority.as_ref(), e, grpc, local, started);
                 }
@@ -253,33 +263,33 @@ impl ConnContext {
         };
 
         let connect_timeout = snap.sidecar.timeouts.connect.get();
-        let deadline = rule.request_timeout.map(|t| TokioInstant::from_std(started) + t);
         service.budget.deposit();
         let mut retries = 0;
         let mut avoid = None;
         loop {
             let backend_key = rule.pick_backend();
             let Some(backend) = snap.service(backend_key) else {
-                let e = ProxyError::NoRoute(format!("backend {backend_key} is not a known Service"));
+                let e = ProxyError::UnknownBackend(backend_key.to_string());
                 return self.respond_local(e, grpc, local, record);
             };
-            let now = TokioInstant::now();
-            let Some(endpoint) = backend.choose(now, avoid) else {
-                let e = if backend.endpoints.is_empty() {
-                    ProxyError::NoEndpoints(backend.key.to_string())
-                } else {
-                    ProxyError::CircuitOpen(backend.key.to_string())
-                };
-                return self.respond_local(e, grpc, &backend.local, record);
-            };
-            let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
-            match guard.breaker.admit(now) {
-                Some(admission) => guard.breaker_metrics.record(admission.transition),
-                None => {
-                    let e = ProxyError::CircuitOpen(backend.key.to_string());
+            // The balancer's choice, or the next one if its breaker admits no request just now
+            // (another request took the single half-open probe).
+            let mut refused = Vec::new();
+            let (endpoint, attempt) = loop {
+                let now = TokioInstant::now();
+                let Some(endpoint) = backend.choose(now, avoid, &refused) else {
+                    let e = unavailable(backend);
                     return self.respond_local(e, grpc, &backend.local, record);
+                };
+                let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
+                match guard.breaker.admit(now) {
+                    Some(admission) => {
+                        guard.breaker_metrics.record(admission.transition);
+                        break (endpoint, Attempt::start(guard, admission.probe));
+                    }
+                    None => refused.push(endpoint.addr),
                 }
-            }
+            };
             let version = match (upgrade, declared(backend, declared_port)) {
                 (true, _) => Version::Http1,
                 (false, Some(Protocol::Http)) => Version::Http1,
@@ -291,10 +301,12 @@ impl ConnContext {
                 (None, Some(streaming)) => streaming,
                 (None, None) => unreachable!("a streamed body is sent once: no retries without replay"),
             };
-            let mut attempt = rebuild(&parts, attempt_body);
-            prepare(&mut attempt, version, endpoint, authority.clone(), upgrade, None);
+            let mut out = match &replay {
+                Some(_) => rebuild(&parts, attempt_body),
+                None => Request::from_parts(take_parts(&mut parts), attempt_body),
+            };
+            prepare(&mut out, version, endpoint, authority.clone(), upgrade, None);
 
-            guard.load.start();
             let sent_at = TokioInstant::now();
             let try_deadline = match (rule.try_timeout.map(|t| sent_at + t), deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -307,7 +319,7 @@ impl ConnContext {
                 pending: &backend.pending,
                 max_pending: backend.policy.limits.max_pending_requests as usize,
             };
-            let send = endpoint.conns.send(version, attempt, &connect);
+            let send = endpoint.conns.send(version, out, &connect);
             let result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| at),
                 None => Ok(send.await),
@@ -324,7 +336,7 @@ impl ConnContext {
                 }
                 Ok(Err(UpstreamError::Overflow(limit))) => {
                     // A limit of ours, not the endpoint's failure: no breaker, no retry.
-                    guard.load.finish(None, finished);
+                    drop(attempt);
                     let r = &backend.resilience;
                     let counter =
                         if limit == "maxConnections" { &r.overflow_connections } else { &r.overflow_pending };
@@ -344,31 +356,34 @@ impl ConnContext {
                     (Outcome::Timeout, Err(ProxyError::Timeout(limit.unwrap_or_default())))
                 }
             };
-            let rtt = matches!(outcome, Outcome::Response { .. }).then(|| finished - sent_at);
-            guard.load.finish(rtt, finished);
-            let transition = if retry::is_failure(outcome, &service.policy.failure_on) {
-                guard.breaker.on_failure(finished)
-            } else {
-                guard.breaker.on_success()
-            };
-            guard.breaker_metrics.record(transition);
+            let transition =
+                attempt.finish(outcome, finished - sent_at, &backend.policy.failure_on, finished);
+            endpoint
+                .guard
+                .as_ref()
+                .expect("outbound endpoints have guards")
+                .breaker_metrics
+                .record(transition);
 
-            let out_of_time = deadline.is_some_and(|d| finished >= d);
-            let reason = (retries < max_retries && !out_of_time)
+            let reason = (retries < max_retries)
                 .then(|| service.policy.conditions.reason(outcome, retry.map_or(&[][..], |r| &r.codes)))
-                .flatten();
+                .flatten()
+                .filter(|r| idempotent || matches!(r, retry::Reason::Grpc | retry::Reason::ConnectFailure));
             if let Some(reason) = reason {
-                if service.budget.withdraw() {
+                let base = retry.and_then(|r| r.backoff).unwrap_or(service.policy.base_backoff);
+                let pause = retry::backoff(retries, base, service.policy.max_backoff);
+                // No time left for another attempt: answer with what this one got.
+                let in_time = deadline.is_none_or(|d| finished + pause < d);
+                if in_time && service.budget.withdraw() {
                     service.resilience.retried(reason);
-                    let base = retry.and_then(|r| r.backoff).unwrap_or(service.policy.base_backoff);
-                    let pause = retry::backoff(retries, base, service.policy.max_backoff);
-                    let wake = deadline.map_or(finished + pause, |d| d.min(finished + pause));
-                    tokio::time::sleep_until(wake).await;
+                    tokio::time::sleep_until(finished + pause).await;
                     retries += 1;
                     avoid = Some(endpoint.addr);
                     continue;
                 }
-                service.resilience.budget_exhausted.inc();
+                if in_time {
+                    service.resilience.budget_exhausted.inc();
+                }
             }
             return match result {
                 Ok((mut res, conn)) => {
@@ -378,7 +393,11 @@ impl ConnContext {
                     add_rate_limit_headers(res.headers_mut(), &limited);
                     let exchange =
                         Exchange { metrics: &backend.metrics, idle: snap.sidecar.timeouts.idle.get() };
-                    self.respond(res, conn, endpoint, exchange, on_upgrade, record, started)
+                    let mut res = self.respond(res, conn, endpoint, exchange, on_upgrade, record, started);
+                    if let ProxyBody::Upstream { done, .. } = res.body_mut() {
+                        done.hold(in_flight);
+                    }
+                    res
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint.addr, error = %e, "request failed");
@@ -426,8 +445,7 @@ impl ConnContext {
             return Ok(decision);
         }
         limit.refused.inc();
-        let wait = decision.retry_after.unwrap_or_default();
-        Err(ProxyError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) })
+        Err(ProxyError::RateLimited(decision))
     }
 
     /// Hands an endpoint's response back downstream: accounting, hop-by-hop headers, a tunnel
@@ -579,6 +597,81 @@ struct Exchange<'a> {
     idle: std::time::Duration,
 }
 
+/// Why a service has no endpoint to offer: none at all, none healthy, or all ejected.
+fn unavailable(service: &ServiceRt) -> ProxyError {
+    let healthy = service.endpoints.iter().any(|e| e.guard.as_ref().is_none_or(|g| g.is_healthy()));
+    if healthy {
+        ProxyError::CircuitOpen(service.key.to_string())
+    } else {
+        ProxyError::NoEndpoints(service.key.to_string())
+    }
+}
+
+/// One attempt's claim on an endpoint: its place in the endpoint's load and, when half-open,
+/// the breaker's probe. Whatever ends the attempt — an outcome, a limit of ours, the caller
+/// going away — gives both back.
+struct Attempt<'a> {
+    guard: &'a EndpointGuard,
+    probe: bool,
+    open: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(guard: &'a EndpointGuard, probe: bool) -> Self {
+        guard.load.start();
+        Self { guard, probe, open: true }
+    }
+
+    /// Records the outcome: latency (an attempt that got no response counts as slow, so the
+    /// balancer backs off an endpoint that refuses, resets or hangs; error responses are the
+    /// breaker's business), and the breaker's verdict.
+    fn finish(
+        mut self,
+        outcome: Outcome,
+        elapsed: std::time::Duration,
+        failure_on: &[FailureKind],
+        now: TokioInstant,
+    ) -> Option<Transition> {
+        self.open = false;
+        let verdict = retry::verdict(outcome, failure_on);
+        let rtt = match outcome {
+            Outcome::Response { .. } => elapsed,
+            Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => elapsed.max(FAILURE_PENALTY),
+        };
+        self.guard.load.finish(Some(rtt), now);
+        match verdict {
+            Verdict::Success => self.guard.breaker.on_success(),
+            Verdict::Failure => self.guard.breaker.on_failure(now),
+            Verdict::Neutral => {
+                if self.probe {
+                    self.guard.breaker.abandon_probe();
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.guard.load.finish(None, TokioInstant::now());
+            if self.probe {
+                self.guard.breaker.abandon_probe();
+            }
+        }
+    }
+}
+
+/// The latency a failed attempt counts as in the endpoint's load estimate.
+const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn take_parts(slot: &mut http::request::Parts) -> http::request::Parts {
+    let mut taken = Request::new(()).into_parts().0;
+    std::mem::swap(slot, &mut taken);
+    taken
+}
+
 fn rebuild(template: &http::request::Parts, body: RequestBody) -> Request<RequestBody> {
     let mut req = Request::new(body);
     *req.method_mut() = template.method.clone();
@@ -588,7 +681,7 @@ fn rebuild(template: &http::request::Parts, body: RequestBody) -> Request<Reques
     req
 }
 
-fn add_rate_limit_headers(headers: &mut http::HeaderMap, decisions: &[Decision]) {
+pub(super) fn add_rate_limit_headers(headers: &mut http::HeaderMap, decisions: &[Decision]) {
     // The most restrictive budget is the one a client needs to know about.
     let Some(d) = decisions.iter().min_by_key(|d| d.remaining) else { return };
     headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
@@ -603,9 +696,18 @@ fn redirect_response(
     authority: Option<&Authority>,
     prefix: Option<&str>,
 ) -> Response<ProxyBody> {
+    // The sidecar only sees plaintext HTTP, so the request's scheme is http.
     let scheme = redirect.scheme.as_deref().unwrap_or("http");
     let host = redirect.hostname.as_deref().or_else(|| authority.map(|a| a.host())).unwrap_or("localhost");
-    let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
+    // Gateway API: with neither port nor scheme set, keep the request's port; a port that is the
+    // scheme's default is left out.
+    let port = redirect
+        .port
+        .or_else(|| redirect.scheme.is_none().then(|| authority.and_then(|a| a.port_u16())).flatten());
+    let port = match (scheme, port) {
+        ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
+        (_, Some(p)) => format!(":{p}"),
+    };
     let path = match &redirect.path {
         Some(m) => route::modify_path(req.uri().path(), m, prefix),
         None => req.uri().path().to_owned(),

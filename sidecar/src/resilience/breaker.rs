@@ -86,9 +86,10 @@ enum Phase {
     Open {
         until: Instant,
     },
-    /// A probe was admitted at `probe_since` and has not reported yet.
+    /// A probe was admitted at `probe_since` and has not reported yet (`None`: the slot is free
+    /// again because its request ended without an outcome).
     HalfOpen {
-        probe_since: Instant,
+        probe_since: Option<Instant>,
     },
 }
 
@@ -160,7 +161,8 @@ impl Breaker {
         match self.lock().phase {
             Phase::Closed => true,
             Phase::Open { until } => now >= until,
-            Phase::HalfOpen { probe_since } => self.probe_abandoned(probe_since, now),
+            Phase::HalfOpen { probe_since: None } => true,
+            Phase::HalfOpen { probe_since: Some(since) } => self.probe_abandoned(since, now),
         }
     }
 
@@ -173,14 +175,14 @@ impl Breaker {
         match inner.phase {
             Phase::Closed => Some(Admission { probe: false, transition: None }),
             Phase::Open { until } if now >= until => {
-                inner.phase = Phase::HalfOpen { probe_since: now };
+                inner.phase = Phase::HalfOpen { probe_since: Some(now) };
                 Some(Admission {
                     probe: true,
                     transition: Some(Transition { from: BreakerState::Open, to: BreakerState::HalfOpen }),
                 })
             }
-            Phase::HalfOpen { probe_since } if self.probe_abandoned(probe_since, now) => {
-                inner.phase = Phase::HalfOpen { probe_since: now };
+            Phase::HalfOpen { probe_since } if probe_since.is_none_or(|t| self.probe_abandoned(t, now)) => {
+                inner.phase = Phase::HalfOpen { probe_since: Some(now) };
                 Some(Admission { probe: true, transition: None })
             }
             Phase::Open { .. } | Phase::HalfOpen { .. } => None,
@@ -228,6 +230,15 @@ impl Breaker {
         inner.trips = inner.trips.saturating_add(1);
         inner.phase = Phase::Open { until: now + ejection(&self.config, inner.trips) };
         Some(Transition { from, to: BreakerState::Open })
+    }
+
+    /// Frees the probe slot of a probe whose request ended without an outcome (cancelled, or
+    /// refused by a limit of ours), so the next request can probe at once.
+    pub fn abandon_probe(&self) {
+        let mut inner = self.lock();
+        if let Phase::HalfOpen { probe_since: Some(_) } = inner.phase {
+            inner.phase = Phase::HalfOpen { probe_since: None };
+        }
     }
 
     /// The current state. An open breaker whose time has elapsed still reports `Open` until

@@ -76,17 +76,35 @@ impl Conditions {
     }
 }
 
-/// Whether the outcome counts against the endpoint's circuit breaker.
-pub fn is_failure(outcome: Outcome, failure_on: &[FailureKind]) -> bool {
+/// What an outcome means to the endpoint's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The endpoint answered: a probe closes the breaker, the failure count resets.
+    Success,
+    /// One of the configured failures.
+    Failure,
+    /// Neither (a kind of error the policy does not count): nothing changes.
+    Neutral,
+}
+
+/// The breaker's verdict on an outcome. gRPC UNAVAILABLE (14) counts as a 503.
+pub fn verdict(outcome: Outcome, failure_on: &[FailureKind]) -> Verdict {
     let on = |k: FailureKind| failure_on.contains(&k);
-    match outcome {
-        Outcome::Response { status, .. } => {
-            (on(FailureKind::ServerError) && (500..600).contains(&status))
-                || (on(FailureKind::GatewayError) && matches!(status, 502..=504))
+    let failed = match outcome {
+        Outcome::Response { status, grpc } => {
+            let status = if grpc == Some(14) { 503 } else { status };
+            let failed = (on(FailureKind::ServerError) && (500..600).contains(&status))
+                || (on(FailureKind::GatewayError) && matches!(status, 502..=504));
+            return if failed { Verdict::Failure } else { Verdict::Success };
         }
         Outcome::ConnectFailure => on(FailureKind::ConnectFailure),
         Outcome::Reset => on(FailureKind::Reset),
         Outcome::Timeout => on(FailureKind::Timeout),
+    };
+    if failed {
+        Verdict::Failure
+    } else {
+        Verdict::Neutral
     }
 }
 
@@ -130,12 +148,14 @@ mod tests {
     }
 
     #[test]
-    fn failures_for_the_breaker() {
+    fn verdicts_for_the_breaker() {
         let only_gateway = [FailureKind::GatewayError];
-        assert!(is_failure(Outcome::Response { status: 503, grpc: None }, &only_gateway));
-        assert!(!is_failure(Outcome::Response { status: 500, grpc: None }, &only_gateway));
-        assert!(!is_failure(Outcome::ConnectFailure, &only_gateway));
-        assert!(is_failure(Outcome::Timeout, &[FailureKind::Timeout]));
+        let resp = |status, grpc| Outcome::Response { status, grpc };
+        assert_eq!(verdict(resp(503, None), &only_gateway), Verdict::Failure);
+        assert_eq!(verdict(resp(500, None), &only_gateway), Verdict::Success);
+        assert_eq!(verdict(resp(200, Some(14)), &only_gateway), Verdict::Failure, "gRPC UNAVAILABLE");
+        assert_eq!(verdict(Outcome::ConnectFailure, &only_gateway), Verdict::Neutral);
+        assert_eq!(verdict(Outcome::Timeout, &[FailureKind::Timeout]), Verdict::Failure);
     }
 
     #[test]
