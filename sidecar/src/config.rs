@@ -240,10 +240,7 @@ impl Snapshot {
             }
         }
         let mut endpoint =
-            |direction: Direction,
-             service: &str,
-             addr: SocketAddr,
-             guard: Option<&GuardFor>| {
+            |direction: Direction, service: &str, addr: SocketAddr, guard: Option<&GuardFor>| {
                 let label = addr.to_string();
                 Arc::new(EndpointRt {
                     addr,
