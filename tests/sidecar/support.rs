@@ -397,6 +397,9 @@ async fn faulty(
     match faults.status.load(Ordering::SeqCst) {
         0 => answer(name, peer, req).await,
         status => {
+            // Read the request first, as a well-behaved server does: answering early and closing
+            // with unread bytes makes the kernel reset the connection, racing the response.
+            let _ = req.into_body().collect().await;
             let body = Full::new(Bytes::from(format!("{name} fails with {status}\n")));
             let mut res = Response::new(body.map_err(|never| match never {}).boxed());
             *res.status_mut() = StatusCode::from_u16(status).unwrap();
