@@ -6,7 +6,12 @@
 //! - [`store`]: the event log every change is appended to (optimistic concurrency, idempotency
 //!   keys, snapshots, head watch), behind the `EventStore` trait; `store::Embedded` is the
 //!   redb-backed default.
+//! - [`model`]: the read model (CQRS projection) folded from the log: resources and registered
+//!   endpoints; diff and rollback between points of the log.
+//! - [`server`]: the `/v1` HTTP API — resources, history, rollback, the registry with leases.
 
 #![forbid(unsafe_code)]
 
+pub mod model;
+pub mod server;
 pub mod store;

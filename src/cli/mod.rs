@@ -1,5 +1,7 @@
 //! The command line: one `clap` definition for every subcommand, and the dispatch to each.
 
+mod client;
+mod control_plane;
 mod sidecar;
 
 use std::io::IsTerminal;
@@ -13,12 +15,19 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the operator commands reach the control plane.
+    #[command(flatten)]
+    server: client::Server,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a sidecar proxy beside one service instance.
     Sidecar(sidecar::Args),
+    /// Run the control plane: event-sourced store, registry, HTTP API.
+    ControlPlane(control_plane::Args),
+    #[command(flatten)]
+    Client(client::Command),
 }
 
 pub fn main() -> ExitCode {
@@ -26,6 +35,8 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Sidecar(args) => sidecar::run(args),
+        Command::ControlPlane(args) => control_plane::run(args),
+        Command::Client(command) => client::run(cli.server, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

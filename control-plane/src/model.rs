@@ -1,0 +1,182 @@
+//! The read model (the CQRS projection): the resources and registered endpoints in force, folded
+//! from the event log. It is rebuilt at start-up from the latest snapshot plus the events after
+//! it, then follows the log; history, diff and rollback replay the log to any earlier point.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{AppendRequest, Event};
+
+/// Event kinds written to the log.
+pub mod kind {
+    pub const RESOURCE_APPLIED: &str = "ResourceApplied";
+    pub const RESOURCE_DELETED: &str = "ResourceDeleted";
+    pub const ENDPOINT_REGISTERED: &str = "EndpointRegistered";
+    pub const ENDPOINT_DEREGISTERED: &str = "EndpointDeregistered";
+    pub const ENDPOINT_EXPIRED: &str = "EndpointExpired";
+}
+
+/// The aggregate a resource's events belong to: `Kind/namespace/name`.
+pub fn resource_aggregate(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
+}
+
+/// The aggregate of a registered instance's events: `Endpoint/<id>`.
+pub fn endpoint_aggregate(id: &str) -> String {
+    format!("Endpoint/{id}")
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// The last event folded in.
+    pub seq: u64,
+    /// By aggregate (`Kind/namespace/name`).
+    pub resources: BTreeMap<String, StoredResource>,
+    /// By instance id.
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredResource {
+    /// The aggregate's version after the event that wrote this document.
+    pub version: u64,
+    pub seq: u64,
+    /// The document as applied (`apiVersion`, `kind`, `metadata`, `spec`).
+    pub document: serde_json::Value,
+}
+
+/// A registered service instance (client-side discovery).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointRecord {
+    pub id: String,
+    pub service: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub address: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Lease length; the lease is renewed by heartbeats and lapses without them.
+    pub ttl_seconds: u64,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// Why an event could not be folded: the log holds something this version cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("event {seq} ({kind}) cannot be applied: {reason}")]
+pub struct CorruptEvent {
+    pub seq: u64,
+    pub kind: String,
+    pub reason: String,
+}
+
+impl State {
+    /// Folds one event in. Events must come in `seq` order.
+    pub fn apply(&mut self, event: &Event) -> Result<(), CorruptEvent> {
+        let corrupt = |reason: String| CorruptEvent { seq: event.seq, kind: event.kind.clone(), reason };
+        match event.kind.as_str() {
+            kind::RESOURCE_APPLIED => {
+                let resource =
+                    StoredResource { version: event.version, seq: event.seq, document: event.data.clone() };
+                self.resources.insert(event.aggregate.clone(), resource);
+            }
+            kind::RESOURCE_DELETED => {
+                self.resources.remove(&event.aggregate);
+            }
+            kind::ENDPOINT_REGISTERED => {
+                let record: EndpointRecord =
+                    serde_json::from_value(event.data.clone()).map_err(|e| corrupt(e.to_string()))?;
+                self.endpoints.insert(record.id.clone(), record);
+            }
+            kind::ENDPOINT_DEREGISTERED | kind::ENDPOINT_EXPIRED => {
+                let id = event.aggregate.strip_prefix("Endpoint/").unwrap_or(&event.aggregate);
+                self.endpoints.remove(id);
+            }
+            other => return Err(corrupt(format!("unknown event kind {other:?}"))),
+        }
+        self.seq = event.seq;
+        Ok(())
+    }
+
+    /// The events that turn `self` back into `target`'s resources (a rollback): every resource
+    /// that differs is re-applied as it was, every resource added since is deleted. Registered
+    /// endpoints are live state, not configuration, and are left alone.
+    pub fn restore(&self, target: &State, actor: &str) -> Vec<AppendRequest> {
+        let mut out = Vec::new();
+        for (aggregate, old) in &target.resources {
+            let current = self.resources.get(aggregate);
+            if current.map(|r| &r.document) != Some(&old.document) {
+                out.push(AppendRequest {
+                    aggregate: aggregate.clone(),
+                    expected_version: Some(current.map_or(0, |r| r.version)),
+                    kind: kind::RESOURCE_APPLIED.to_owned(),
+                    data: old.document.clone(),
+                    actor: actor.to_owned(),
+                    idempotency_key: None,
+                });
+            }
+        }
+        for (aggregate, current) in &self.resources {
+            if !target.resources.contains_key(aggregate) {
+                out.push(AppendRequest {
+                    aggregate: aggregate.clone(),
+                    expected_version: Some(current.version),
+                    kind: kind::RESOURCE_DELETED.to_owned(),
+                    data: serde_json::Value::Null,
+                    actor: actor.to_owned(),
+                    idempotency_key: None,
+                });
+            }
+        }
+        out
+    }
+
+    /// What changed in the resources between `self` (earlier) and `later`.
+    pub fn diff(&self, later: &State) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (aggregate, new) in &later.resources {
+            match self.resources.get(aggregate) {
+                None => changes.push(Change {
+                    aggregate: aggregate.clone(),
+                    before: None,
+                    after: Some(new.document.clone()),
+                }),
+                Some(old) if old.document != new.document => changes.push(Change {
+                    aggregate: aggregate.clone(),
+                    before: Some(old.document.clone()),
+                    after: Some(new.document.clone()),
+                }),
+                Some(_) => {}
+            }
+        }
+        for (aggregate, old) in &self.resources {
+            if !later.resources.contains_key(aggregate) {
+                changes.push(Change {
+                    aggregate: aggregate.clone(),
+                    before: Some(old.document.clone()),
+                    after: None,
+                });
+            }
+        }
+        changes.sort_by(|a, b| a.aggregate.cmp(&b.aggregate));
+        changes
+    }
+}
+
+/// One resource's change between two points of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub aggregate: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}

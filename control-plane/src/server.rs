@@ -1,0 +1,542 @@
+//! The control plane's HTTP API (`/v1`, JSON) over the event store and its projection:
+//! resources (apply, get, list, delete), history (events, diff, rollback) and the registry
+//! (register, heartbeat, deregister, leases). Admin writes need the bearer token; every error is
+//! a JSON body `{"error": ...}` with the right status, and nothing is half-applied.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State as AxumState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Mutex, RwLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{endpoint_aggregate, kind, resource_aggregate, EndpointRecord, State};
+use crate::store::{AppendRequest, EventStore, StoreError};
+
+/// Events folded between two snapshots of the read model.
+const SNAPSHOT_EVERY: u64 = 1000;
+const DEFAULT_TTL: u64 = 30;
+
+pub struct ControlPlane {
+    store: Arc<dyn EventStore>,
+    state: RwLock<State>,
+    /// Lease deadlines of registered instances: live state, renewed by heartbeats (which are not
+    /// events: they would flood the log).
+    leases: Mutex<HashMap<String, Instant>>,
+    admin_token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] pilotfish_api::ConfigError),
+    #[error("missing or wrong bearer token: send `Authorization: Bearer <admin token>`")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut body = json!({ "error": self.to_string() });
+        if let Self::Invalid(e) = &self {
+            body["document"] = json!(e.document);
+            body["field"] = json!(e.field);
+            body["reason"] = json!(e.reason);
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+type Shared = Arc<ControlPlane>;
+type ApiResult<T> = Result<T, ApiError>;
+
+impl ControlPlane {
+    /// Loads the read model (latest snapshot plus later events) and the leases of registered
+    /// instances, which restart their TTL: the control plane cannot know of heartbeats it missed.
+    pub async fn open(store: Arc<dyn EventStore>, admin_token: String) -> Result<Shared, StoreError> {
+        let mut state = match store.latest_snapshot().await? {
+            Some((_, snapshot)) => serde_json::from_value(snapshot).unwrap_or_default(),
+            None => State::default(),
+        };
+        catch_up(&*store, &mut state).await?;
+        let now = Instant::now();
+        let leases = state
+            .endpoints
+            .values()
+            .map(|e| (e.id.clone(), now + Duration::from_secs(e.ttl_seconds)))
+            .collect();
+        Ok(Arc::new(Self { store, state: RwLock::new(state), leases: Mutex::new(leases), admin_token }))
+    }
+
+    pub fn router(self: &Shared) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(|| async { "ready\n" }))
+            .route("/metrics", get(metrics))
+            .route("/v1/resources", post(apply).get(list))
+            .route("/v1/resources/{kind}/{namespace}/{name}", get(get_one).delete(delete_one))
+            .route("/v1/events", get(events))
+            .route("/v1/diff", get(diff))
+            .route("/v1/rollback", post(rollback))
+            .route("/v1/endpoints", post(register).get(list_endpoints))
+            .route("/v1/endpoints/{id}", axum::routing::delete(deregister))
+            .route("/v1/endpoints/{id}/heartbeat", put(heartbeat))
+            .with_state(self.clone())
+    }
+
+    /// Folds in whatever the log has beyond the read model; returns the head.
+    async fn refresh(&self) -> Result<u64, StoreError> {
+        let mut state = self.state.write().await;
+        let before = state.seq;
+        catch_up(&*self.store, &mut state).await?;
+        if state.seq / SNAPSHOT_EVERY > before / SNAPSHOT_EVERY {
+            let snapshot = serde_json::to_value(&*state).expect("the read model serializes");
+            self.store.save_snapshot(state.seq, snapshot).await?;
+        }
+        Ok(state.seq)
+    }
+
+    /// Follows the log (other writers, e.g. another replica) and expires lapsed leases, until
+    /// `stop`.
+    pub async fn run_background(self: Shared, stop: CancellationToken) {
+        let mut heads = self.store.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = heads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if let Err(e) = self.refresh().await {
+                        tracing::error!(error = %e, "cannot follow the event log");
+                    }
+                }
+                _ = tick.tick() => self.expire_leases().await,
+            }
+        }
+    }
+
+    async fn expire_leases(&self) {
+        let now = Instant::now();
+        let expired: Vec<String> = {
+            let mut leases = self.leases.lock().await;
+            let gone: Vec<String> =
+                leases.iter().filter(|(_, d)| **d <= now).map(|(id, _)| id.clone()).collect();
+            for id in &gone {
+                leases.remove(id);
+            }
+            gone
+        };
+        for id in expired {
+            let req = AppendRequest {
+                aggregate: endpoint_aggregate(&id),
+                expected_version: None,
+                kind: kind::ENDPOINT_EXPIRED.to_owned(),
+                data: json!({ "id": id }),
+                actor: "lease-expiry".to_owned(),
+                idempotency_key: None,
+            };
+            match self.store.append(req).await {
+                Ok(_) => tracing::info!(endpoint = %id, "lease expired; endpoint removed"),
+                Err(e) => tracing::error!(endpoint = %id, error = %e, "cannot record a lease expiry"),
+            }
+        }
+        let _ = self.refresh().await;
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(t) if constant_time_eq(t.as_bytes(), self.admin_token.as_bytes()) => Ok("admin".to_owned()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+async fn catch_up(store: &dyn EventStore, state: &mut State) -> Result<(), StoreError> {
+    loop {
+        let page = store.events_since(state.seq, 1000).await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for event in &page {
+            state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
+        }
+    }
+}
+
+/// The read model as it was after event `seq`.
+async fn state_at(store: &dyn EventStore, seq: u64) -> Result<State, StoreError> {
+    let mut state = State::default();
+    while state.seq < seq {
+        let page = store.events_since(state.seq, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for event in page.iter().take_while(|e| e.seq <= seq) {
+            state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
+        }
+        if page.last().is_some_and(|e| e.seq >= seq) {
+            break;
+        }
+    }
+    Ok(state)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn expected_version(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    match headers.get(axum::http::header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|s| s.trim_matches('"'))
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest("If-Match must be a resource version number".into())),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// `POST /v1/resources`: a YAML or JSON stream of documents, validated as a whole, appended as
+/// one atomic batch (documents identical to what is stored are skipped).
+async fn apply(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<impl IntoResponse> {
+    let actor = cp.authorize(&headers)?;
+    let resources = pilotfish_api::parse_stream("request", &body)?;
+    if resources.is_empty() {
+        return Err(ApiError::BadRequest("the request has no documents".into()));
+    }
+    let expected = expected_version(&headers)?;
+    if expected.is_some() && resources.len() > 1 {
+        return Err(ApiError::BadRequest("If-Match applies to a single document".into()));
+    }
+    let key = idempotency_key(&headers);
+    cp.refresh().await?;
+    let mut batch = Vec::new();
+    let mut unchanged = Vec::new();
+    {
+        let state = cp.state.read().await;
+        for (i, r) in resources.iter().enumerate() {
+            if matches!(r, pilotfish_api::Resource::Sidecar(_)) {
+                return Err(ApiError::BadRequest(format!(
+                    "document {}: a Sidecar is one sidecar's local settings, not mesh configuration",
+                    i + 1
+                )));
+            }
+            let m = r.metadata();
+            let aggregate = resource_aggregate(r.kind(), &m.namespace, &m.name);
+            let document = r.to_json();
+            let current = state.resources.get(&aggregate);
+            if expected.is_none() && key.is_none() && current.is_some_and(|c| c.document == document) {
+                unchanged.push(json!({ "aggregate": aggregate, "version": current.map(|c| c.version), "unchanged": true }));
+                continue;
+            }
+            batch.push(AppendRequest {
+                aggregate,
+                expected_version: expected,
+                kind: kind::RESOURCE_APPLIED.to_owned(),
+                data: document,
+                actor: actor.clone(),
+                idempotency_key: key.as_ref().map(|k| format!("{k}#{i}")),
+            });
+        }
+    }
+    let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
+    cp.refresh().await?;
+    let mut applied: Vec<_> = events
+        .iter()
+        .map(|e| json!({ "aggregate": e.aggregate, "version": e.version, "seq": e.seq }))
+        .collect();
+    applied.extend(unchanged);
+    Ok((StatusCode::OK, Json(json!({ "applied": applied }))))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    kind: Option<String>,
+    namespace: Option<String>,
+}
+
+async fn list(AxumState(cp): AxumState<Shared>, Query(q): Query<ListQuery>) -> ApiResult<impl IntoResponse> {
+    cp.refresh().await?;
+    let state = cp.state.read().await;
+    let items: Vec<_> = state
+        .resources
+        .iter()
+        .filter(|(aggregate, _)| {
+            let mut parts = aggregate.splitn(3, '/');
+            let (k, ns) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            q.kind.as_deref().is_none_or(|want| want.eq_ignore_ascii_case(k))
+                && q.namespace.as_deref().is_none_or(|want| want == ns)
+        })
+        .map(|(_, r)| json!({ "version": r.version, "seq": r.seq, "document": r.document }))
+        .collect();
+    Ok(Json(json!({ "seq": state.seq, "items": items })))
+}
+
+async fn get_one(
+    AxumState(cp): AxumState<Shared>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    cp.refresh().await?;
+    let state = cp.state.read().await;
+    let aggregate = resource_aggregate(&canonical_kind(&kind), &namespace, &name);
+    let r = state.resources.get(&aggregate).ok_or(ApiError::NotFound(aggregate.clone()))?;
+    Ok(Json(json!({ "version": r.version, "seq": r.seq, "document": r.document })))
+}
+
+async fn delete_one(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = cp.authorize(&headers)?;
+    cp.refresh().await?;
+    let aggregate = resource_aggregate(&canonical_kind(&kind), &namespace, &name);
+    let current = cp.state.read().await.resources.get(&aggregate).map(|r| r.version);
+    let Some(version) = current else { return Err(ApiError::NotFound(aggregate)) };
+    let event = cp
+        .store
+        .append(AppendRequest {
+            aggregate,
+            expected_version: Some(expected_version(&headers)?.unwrap_or(version)),
+            kind: kind::RESOURCE_DELETED.to_owned(),
+            data: serde_json::Value::Null,
+            actor,
+            idempotency_key: idempotency_key(&headers),
+        })
+        .await?;
+    cp.refresh().await?;
+    Ok(Json(json!({ "deleted": event.aggregate, "seq": event.seq })))
+}
+
+/// `httproute` → `HTTPRoute`: URL paths are case-insensitive about kinds.
+fn canonical_kind(kind: &str) -> String {
+    ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"]
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(kind) || format!("{k}s").eq_ignore_ascii_case(kind))
+        .map_or_else(|| kind.to_owned(), str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
+}
+
+async fn events(
+    AxumState(cp): AxumState<Shared>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let events = cp.store.events_since(q.since, q.limit.unwrap_or(1000).min(10_000)).await?;
+    Ok(Json(json!({ "head": cp.store.head().await?, "events": events })))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+async fn diff(AxumState(cp): AxumState<Shared>, Query(q): Query<DiffQuery>) -> ApiResult<impl IntoResponse> {
+    let head = cp.store.head().await?;
+    let to = q.to.unwrap_or(head);
+    if q.from > head || to > head {
+        return Err(ApiError::BadRequest(format!("the log ends at seq {head}")));
+    }
+    let (a, b) = (state_at(&*cp.store, q.from).await?, state_at(&*cp.store, to).await?);
+    Ok(Json(json!({ "from": q.from, "to": to, "changes": a.diff(&b) })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RollbackRequest {
+    to_seq: u64,
+}
+
+/// `POST /v1/rollback`: new events that restore the resources as they were after `toSeq`.
+async fn rollback(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Json(req): Json<RollbackRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = cp.authorize(&headers)?;
+    let head = cp.store.head().await?;
+    if req.to_seq > head {
+        return Err(ApiError::BadRequest(format!(
+            "cannot roll back to seq {}: the log ends at {head}",
+            req.to_seq
+        )));
+    }
+    cp.refresh().await?;
+    let target = state_at(&*cp.store, req.to_seq).await?;
+    let batch = cp.state.read().await.restore(&target, &format!("{actor} (rollback to {})", req.to_seq));
+    let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
+    cp.refresh().await?;
+    Ok(Json(json!({ "rolledBackTo": req.to_seq, "events": events })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Registration {
+    service: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    address: SocketAddr,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+async fn register(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Json(reg): Json<Registration>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = cp.authorize(&headers)?;
+    let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
+    if !(1..=3600).contains(&ttl) {
+        return Err(ApiError::BadRequest("ttlSeconds must be between 1 and 3600".into()));
+    }
+    let namespace = reg.namespace.unwrap_or_else(|| "default".into());
+    let id = format!("{}.{namespace}-{}", reg.service, reg.address).replace([':', '[', ']'], "-");
+    let record = EndpointRecord {
+        id: id.clone(),
+        service: reg.service,
+        namespace,
+        address: reg.address,
+        identity: reg.identity,
+        labels: reg.labels,
+        ttl_seconds: ttl,
+    };
+    let event = cp
+        .store
+        .append(AppendRequest {
+            aggregate: endpoint_aggregate(&id),
+            expected_version: None,
+            kind: kind::ENDPOINT_REGISTERED.to_owned(),
+            data: serde_json::to_value(&record).expect("records serialize"),
+            actor,
+            idempotency_key: idempotency_key(&headers),
+        })
+        .await?;
+    cp.leases.lock().await.insert(id.clone(), Instant::now() + Duration::from_secs(ttl));
+    cp.refresh().await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "ttlSeconds": ttl, "seq": event.seq }))))
+}
+
+async fn heartbeat(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    cp.authorize(&headers)?;
+    let ttl = cp.state.read().await.endpoints.get(&id).map(|e| e.ttl_seconds);
+    let Some(ttl) = ttl else { return Err(ApiError::NotFound(format!("endpoint {id}"))) };
+    cp.leases.lock().await.insert(id.clone(), Instant::now() + Duration::from_secs(ttl));
+    Ok(Json(json!({ "id": id, "ttlSeconds": ttl })))
+}
+
+async fn deregister(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = cp.authorize(&headers)?;
+    if !cp.state.read().await.endpoints.contains_key(&id) {
+        return Err(ApiError::NotFound(format!("endpoint {id}")));
+    }
+    cp.leases.lock().await.remove(&id);
+    let event = cp
+        .store
+        .append(AppendRequest {
+            aggregate: endpoint_aggregate(&id),
+            expected_version: None,
+            kind: kind::ENDPOINT_DEREGISTERED.to_owned(),
+            data: json!({ "id": id }),
+            actor,
+            idempotency_key: None,
+        })
+        .await?;
+    cp.refresh().await?;
+    Ok(Json(json!({ "deregistered": id, "seq": event.seq })))
+}
+
+#[derive(Deserialize)]
+struct EndpointQuery {
+    service: Option<String>,
+}
+
+async fn list_endpoints(
+    AxumState(cp): AxumState<Shared>,
+    Query(q): Query<EndpointQuery>,
+) -> ApiResult<impl IntoResponse> {
+    cp.refresh().await?;
+    let state = cp.state.read().await;
+    let leases = cp.leases.lock().await;
+    let now = Instant::now();
+    let items: Vec<_> = state
+        .endpoints
+        .values()
+        .filter(|e| {
+            q.service
+                .as_deref()
+                .is_none_or(|s| s == e.service || s == format!("{}.{}", e.service, e.namespace))
+        })
+        .map(|e| {
+            let remaining = leases.get(&e.id).map(|d| d.saturating_duration_since(now).as_secs_f64());
+            json!({ "endpoint": e, "leaseRemainingSeconds": remaining })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn metrics(AxumState(cp): AxumState<Shared>) -> ApiResult<impl IntoResponse> {
+    let state = cp.state.read().await;
+    let text = format!(
+        "# HELP pilotfish_cp_event_log_seq Last sequence number in the event log\n# TYPE pilotfish_cp_event_log_seq gauge\npilotfish_cp_event_log_seq {}\n# HELP pilotfish_cp_resources Resources in force\n# TYPE pilotfish_cp_resources gauge\npilotfish_cp_resources {}\n# HELP pilotfish_cp_endpoints Registered endpoints with a live lease\n# TYPE pilotfish_cp_endpoints gauge\npilotfish_cp_endpoints {}\n",
+        state.seq,
+        state.resources.len(),
+        state.endpoints.len()
+    );
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}

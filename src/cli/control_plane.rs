@@ -1,0 +1,91 @@
+//! `pilotfish control-plane`: the mesh's source of truth — the event-sourced store, the
+//! registry and the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pilotfish_control_plane::server::ControlPlane;
+use pilotfish_control_plane::store::Embedded;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Serves the API on `--listen`, keeping state in `--data-dir` (crash-safe: every acknowledged
+/// write is on disk). Admin writes need `--admin-token` (env `PILOTFISH_ADMIN_TOKEN`); without
+/// one, a token is generated at first start, stored in the data directory and printed.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the embedded store keeps its data.
+    #[arg(long, value_name = "DIR", default_value = "pilotfish-data")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15100")]
+    listen: SocketAddr,
+    /// Bearer token for admin writes.
+    #[arg(long, env = "PILOTFISH_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Args { data_dir, listen, admin_token } = args;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pilotfish-control-plane")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(data_dir, listen, admin_token))
+}
+
+async fn serve(data_dir: PathBuf, listen: SocketAddr, admin_token: Option<String>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let token = match admin_token {
+        Some(token) => token,
+        None => stored_or_new_token(&data_dir)?,
+    };
+    let store = Embedded::open(&data_dir)
+        .await
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let cp = ControlPlane::open(Arc::new(store), token).await.context("loading the read model")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}: is another control plane running?"))?;
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %data_dir.display(), "control plane listening");
+
+    let stop = CancellationToken::new();
+    tokio::spawn(cp.clone().run_background(stop.clone()));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        shutdown.cancel();
+    });
+    axum::serve(listener, cp.router()).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// The token kept in `DIR/admin-token`, created (owner-only) on first start.
+fn stored_or_new_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token = format!("{:032x}", fastrand::u128(..));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    eprintln!("admin token (stored in {}): {token}", path.display());
+    Ok(token)
+}

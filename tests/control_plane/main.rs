@@ -1,0 +1,329 @@
+//! End-to-end tests of the control plane: the real `pilotfish control-plane` process on a real
+//! data directory, driven by the `pilotfish` CLI and curl.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
+const TOKEN: &str = "test-admin-token";
+
+/// A running control plane, killed on drop.
+struct ControlPlane {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ControlPlane {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["control-plane", "--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let found =
+                log.lock().unwrap().lines().find(|l| l.contains("control plane listening")).and_then(|l| {
+                    l.split_whitespace().find_map(|w| w.strip_prefix("listen=")).and_then(|a| a.parse().ok())
+                });
+            if let Some(addr) = found {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("control plane exited with {status}: {}", log.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "control plane did not start: {}", log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self { child, addr, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The CLI against this control plane.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("PILOTFISH_SERVER", self.url(""))
+            .env("PILOTFISH_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "pilotfish {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// curl: (status, JSON body).
+fn curl(args: &[&str]) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn service(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  endpoints: [{{address: 127.0.0.1:{port}}}]\n"
+    )
+}
+
+const ROUTE: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - timeouts: {request: 2s}\n";
+
+#[test]
+fn apply_get_history_diff_and_rollback_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, format!("{}{ROUTE}", service("users", 9001))).unwrap();
+    let out = cp.cli_ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.contains("Service/default/users configured (version 1, seq 1)"), "{out}");
+    assert!(out.contains("HTTPRoute/default/users configured (version 1, seq 2)"), "{out}");
+    // The same file again changes nothing.
+    assert!(cp.cli_ok(&["apply", "-f", file.to_str().unwrap()]).contains("unchanged"));
+
+    let json: Value = serde_json::from_str(&cp.cli_ok(&["get", "service", "users", "-o", "json"])).unwrap();
+    assert_eq!(json["spec"]["endpoints"][0]["address"], "127.0.0.1:9001");
+    let table = cp.cli_ok(&["get", "httproute"]);
+    assert!(table.contains("HTTPRoute") && table.contains("users"), "{table}");
+
+    std::fs::write(&file, service("users", 9002)).unwrap();
+    assert!(cp.cli_ok(&["apply", "-f", file.to_str().unwrap()]).contains("version 2, seq 3"));
+    let diff = cp.cli_ok(&["diff", "2", "3"]);
+    assert!(diff.contains("~ changed Service/default/users") && diff.contains("127.0.0.1:9002"), "{diff}");
+
+    let history = cp.cli_ok(&["history"]);
+    assert_eq!(history.lines().count(), 4, "{history}");
+
+    // Roll back to after seq 1: the route goes, the endpoint goes back to 9001.
+    let out = cp.cli_ok(&["rollback", "--to", "1"]);
+    assert!(out.contains("2 change(s)"), "{out}");
+    let json: Value = serde_json::from_str(&cp.cli_ok(&["get", "service", "users", "-o", "json"])).unwrap();
+    assert_eq!(json["spec"]["endpoints"][0]["address"], "127.0.0.1:9001");
+    let missing = cp.cli(&["get", "httproute", "users"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let history = cp.cli_ok(&["history", "--since", "3"]);
+    assert!(history.contains("rollback to 1"), "{history}");
+
+    assert!(cp.cli_ok(&["delete", "service", "users"]).contains("deleted"));
+    assert!(cp.cli_ok(&["get", "service"]).lines().count() == 1, "only the header is left");
+}
+
+#[test]
+fn writes_need_the_token_and_bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let url = cp.url("/v1/resources");
+    let doc = service("users", 9001);
+    let (status, body) = curl(&["-X", "POST", "--data-binary", &doc, &url]);
+    assert_eq!(status, 401);
+    assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let wrong = "Authorization: Bearer nope";
+    assert_eq!(curl(&["-X", "POST", "-H", wrong, "--data-binary", &doc, &url]).0, 401);
+
+    // Two documents, the second invalid: rejected whole, with the field path.
+    let bad = format!("{doc}---\n{}", service("billing", 0).replace("127.0.0.1:0", "127.0.0.1:http"));
+    let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", &bad, &url]);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["document"], 2);
+    assert_eq!(body["field"], "spec.endpoints[0].address");
+    let (_, events) = curl(&[&cp.url("/v1/events")]);
+    assert_eq!(events["events"].as_array().unwrap().len(), 0, "nothing was half-applied");
+
+    let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", "{not yaml: [", &url]);
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-H",
+        "content-type: application/json",
+        "--data",
+        "{}",
+        &cp.url("/v1/rollback"),
+    ]);
+    assert_eq!(status, 422, "a malformed rollback request is refused");
+}
+
+#[test]
+fn optimistic_concurrency_and_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let url = cp.url("/v1/resources");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(curl(&["-X", "POST", "-H", &auth, "--data-binary", &service("users", 9001), &url]).0, 200);
+
+    // Two writers both expecting version 1: exactly one wins.
+    let writers: Vec<_> = [9002, 9003]
+        .into_iter()
+        .map(|port| {
+            let (url, auth) = (url.clone(), auth.clone());
+            std::thread::spawn(move || {
+                curl(&[
+                    "-X",
+                    "POST",
+                    "-H",
+                    &auth,
+                    "-H",
+                    "If-Match: 1",
+                    "--data-binary",
+                    &service("users", port),
+                    &url,
+                ])
+                .0
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+
+    // The same Idempotency-Key twice: one event, the same answer.
+    let key = "Idempotency-Key: deploy-42";
+    let first =
+        curl(&["-X", "POST", "-H", &auth, "-H", key, "--data-binary", &service("billing", 9100), &url]);
+    let again =
+        curl(&["-X", "POST", "-H", &auth, "-H", key, "--data-binary", &service("billing", 9100), &url]);
+    assert_eq!((first.0, again.0), (200, 200));
+    assert_eq!(first.1["applied"][0]["seq"], again.1["applied"][0]["seq"]);
+    let (_, events) = curl(&[&cp.url("/v1/events")]);
+    assert_eq!(events["events"].as_array().unwrap().len(), 3, "{events}");
+}
+
+#[test]
+fn registered_endpoints_expire_without_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let register = |addr: &str| {
+        let body = format!(r#"{{"service": "users", "address": "{addr}", "ttlSeconds": 1}}"#);
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &body,
+            &cp.url("/v1/endpoints"),
+        ])
+    };
+    let (status, kept) = register("127.0.0.1:9001");
+    assert_eq!(status, 201, "{kept}");
+    let (_, lapsing) = register("127.0.0.1:9002");
+    let kept_id = kept["id"].as_str().unwrap().to_owned();
+    // Heartbeat one for 3 s; the other lapses after its 1 s TTL.
+    let started = Instant::now();
+    let count = || curl(&[&cp.url("/v1/endpoints?service=users")]).1["items"].as_array().unwrap().len();
+    assert_eq!(count(), 2);
+    while started.elapsed() < Duration::from_secs(3) {
+        let (status, _) =
+            curl(&["-X", "PUT", "-H", &auth, &cp.url(&format!("/v1/endpoints/{kept_id}/heartbeat"))]);
+        assert_eq!(status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(count(), 1, "the endpoint without heartbeats is still registered");
+    let (_, events) = curl(&[&cp.url("/v1/events")]);
+    let expired: Vec<_> =
+        events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "EndpointExpired").collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["aggregate"], format!("Endpoint/{}", lapsing["id"].as_str().unwrap()));
+    let (status, _) = curl(&["-X", "DELETE", "-H", &auth, &cp.url(&format!("/v1/endpoints/{kept_id}"))]);
+    assert_eq!(status, 200);
+    assert_eq!(count(), 0);
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(dir.path());
+    let (url, auth) = (cp.url("/v1/resources"), format!("Authorization: Bearer {TOKEN}"));
+    let writer = std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        for i in 0..400 {
+            let (status, body) = curl(&[
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "--data-binary",
+                &service(&format!("svc-{i}"), 9000),
+                &url,
+            ]);
+            if status != 200 {
+                break;
+            }
+            acknowledged
+                .push((body["applied"][0]["seq"].as_u64().unwrap(), format!("Service/default/svc-{i}")));
+        }
+        acknowledged
+    });
+    // Kill it at an arbitrary moment while writes are in flight.
+    std::thread::sleep(Duration::from_millis(300 + u64::from(std::process::id() % 700)));
+    cp.kill();
+    let acknowledged = writer.join().unwrap();
+    assert!(!acknowledged.is_empty(), "no write finished before the kill: {}", cp.log.lock().unwrap());
+
+    let cp = ControlPlane::start(dir.path());
+    let (_, events) = curl(&[&cp.url("/v1/events")]);
+    let events = events["events"].as_array().unwrap();
+    // Every acknowledged write is there, in order, exactly once; at most one unacknowledged
+    // write (in flight at the kill) may follow.
+    for (i, (seq, aggregate)) in acknowledged.iter().enumerate() {
+        assert_eq!(events[i]["seq"].as_u64(), Some(*seq));
+        assert_eq!(events[i]["aggregate"].as_str(), Some(aggregate.as_str()));
+    }
+    assert!(
+        events.len() <= acknowledged.len() + 1,
+        "{} events for {} writes",
+        events.len(),
+        acknowledged.len()
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seq has gaps: {seqs:?}");
+}
