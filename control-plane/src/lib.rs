@@ -8,10 +8,12 @@
 //!   redb-backed default.
 //! - [`model`]: the read model (CQRS projection) folded from the log: resources and registered
 //!   endpoints; diff and rollback between points of the log.
+//! - [`push`]: snapshot streams to sidecars, ACK/NACK, and the proxies' sync status.
 //! - [`server`]: the `/v1` HTTP API — resources, history, rollback, the registry with leases.
 
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod push;
 pub mod server;
 pub mod store;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{endpoint_aggregate, kind, resource_aggregate, EndpointRecord, State};
+use crate::push::{self, Proxies};
 use crate::store::{AppendRequest, EventStore, StoreError};
 
 /// Events folded between two snapshots of the read model.
@@ -33,6 +34,7 @@ pub struct ControlPlane {
     /// events: they would flood the log).
     leases: Mutex<HashMap<String, Instant>>,
     admin_token: String,
+    proxies: Proxies,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +88,25 @@ impl ControlPlane {
             .values()
             .map(|e| (e.id.clone(), now + Duration::from_secs(e.ttl_seconds)))
             .collect();
-        Ok(Arc::new(Self { store, state: RwLock::new(state), leases: Mutex::new(leases), admin_token }))
+        Ok(Arc::new(Self {
+            store,
+            state: RwLock::new(state),
+            leases: Mutex::new(leases),
+            admin_token,
+            proxies: Proxies::default(),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub fn state(&self) -> &RwLock<State> {
+        &self.state
+    }
+
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
     }
 
     pub fn router(self: &Shared) -> Router {
@@ -102,11 +122,14 @@ impl ControlPlane {
             .route("/v1/endpoints", post(register).get(list_endpoints))
             .route("/v1/endpoints/{id}", axum::routing::delete(deregister))
             .route("/v1/endpoints/{id}/heartbeat", put(heartbeat))
+            .route("/v1/push", get(push))
+            .route("/v1/proxies", get(proxies))
+            .route("/v1/proxies/{id}/ack", post(ack))
             .with_state(self.clone())
     }
 
     /// Folds in whatever the log has beyond the read model; returns the head.
-    async fn refresh(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn refresh(&self) -> Result<u64, StoreError> {
         let mut state = self.state.write().await;
         let before = state.seq;
         catch_up(&*self.store, &mut state).await?;
@@ -539,4 +562,72 @@ async fn metrics(AxumState(cp): AxumState<Shared>) -> ApiResult<impl IntoRespons
         state.endpoints.len()
     );
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}
+
+#[derive(Deserialize)]
+struct PushQuery {
+    id: String,
+    service: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    /// The version the sidecar already has (0: none).
+    #[serde(default)]
+    version: u64,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// `GET /v1/push`: the sidecar's snapshot stream (newline-delimited JSON).
+async fn push(AxumState(cp): AxumState<Shared>, headers: HeaderMap, Query(q): Query<PushQuery>) -> ApiResult<Response> {
+    cp.authorize(&headers)?;
+    cp.proxies.connected(&q.id, &q.service, &q.namespace).await;
+    let (tx, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
+    tokio::spawn(push::stream(cp.clone(), q.id, q.version, tx));
+    let mut res = Response::new(axum::body::Body::new(body));
+    res.headers_mut().insert(axum::http::header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static"));
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+struct Ack {
+    version: u64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// `POST /v1/proxies/{id}/ack`: the sidecar's verdict on a version (`error` set: a NACK).
+async fn ack(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(ack): Json<Ack>,
+) -> ApiResult<impl IntoResponse> {
+    cp.authorize(&headers)?;
+    if let Some(error) = &ack.error {
+        tracing::warn!(proxy = %id, version = ack.version, error = %error, "sidecar rejected a configuration");
+    }
+    if !cp.proxies.acknowledged(&id, ack.version, ack.error).await {
+        return Err(ApiError::NotFound(format!("proxy {id}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/proxies`: every sidecar, the version it acknowledged, and whether that is current.
+async fn proxies(AxumState(cp): AxumState<Shared>) -> ApiResult<impl IntoResponse> {
+    let head = cp.refresh().await?;
+    let items: Vec<_> = cp
+        .proxies
+        .list()
+        .await
+        .into_iter()
+        .map(|p| {
+            let current = p.acked_version == head;
+            let mut v = serde_json::to_value(&p).expect("statuses serialize");
+            v["current"] = json!(current);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "version": head, "items": items })))
 }

@@ -13,6 +13,7 @@
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
 //! - [`metrics`], [`access_log`]: what every decision leaves behind.
 //! - [`reload`]: config reload on SIGHUP or file change.
+//! - [`managed`]: managed mode — config pushed by the control plane, ACK/NACK, registration.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod http;
 pub mod inbound;
 pub mod listen;
 pub mod local;
+pub mod managed;
 pub mod metrics;
 pub mod outbound;
 pub mod reload;
@@ -40,18 +42,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 pub use config::Overrides;
 use config::Snapshot;
 use metrics::{Direction, Metrics};
 use state::Shared;
 
-/// How to run a sidecar in static mode.
+/// How to run a sidecar.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The multi-document YAML file with the `Sidecar` and `Service` resources.
-    pub config: PathBuf,
+    pub source: Source,
     pub overrides: Overrides,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP.
+    File(PathBuf),
+    /// Managed mode: the control plane's push stream.
+    ControlPlane(managed::Managed),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +85,45 @@ pub enum Error {
 pub async fn run(opts: Options) -> Result<(), Error> {
     let metrics = Metrics::new();
     access_log::init(metrics.access_log_dropped.clone());
-    let path = &opts.config;
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
-    let snap = Snapshot::build(&path.display().to_string(), &text, &opts.overrides, None, &metrics)
-        .map_err(Error::Config)?;
+    let (snap, mut push) = match &opts.source {
+        Source::File(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+            let source = path.display().to_string();
+            (Snapshot::build(&source, &text, &opts.overrides, None, &metrics).map_err(Error::Config)?, None)
+        }
+        Source::ControlPlane(m) => {
+            let mut push = managed::PushClient::new(m.clone());
+            tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
+            let snap = loop {
+                let (version, text) = push.next().await;
+                match Snapshot::build("control-plane", &text, &opts.overrides, None, &metrics) {
+                    Ok(snap) => {
+                        push.ack(version, None).await;
+                        break snap;
+                    }
+                    Err(e) => {
+                        metrics.config_errors.inc();
+                        tracing::error!(version, "configuration from the control plane rejected: {e}");
+                        push.ack(version, Some(e.to_string())).await;
+                    }
+                }
+            };
+            (snap, Some(push))
+        }
+    };
 
     let bind =
         |listener, addr| transport::bind(addr).map_err(|source| Error::Bind { listener, addr, source });
     let admin = bind("admin", snap.sidecar.admin)?;
     let outbound = bind("outbound", snap.sidecar.outbound.listen)?;
     let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
+    // Where other sidecars reach this one: its inbound listener (loopback when it listens on
+    // every address, as in a local mesh).
+    let advertised = inbound.as_ref().and_then(|l| l.local_addr().ok()).map(|a| match a.ip().is_unspecified() {
+        true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port()),
+        false => a,
+    });
     let local = Arc::new(local::LocalListeners::default());
     let bound = local.bind_new(&snap).map_err(Error::Local)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
@@ -125,7 +165,20 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     }
     local.apply(&shared, bound, &shared.snapshot.load());
     health::spawn(&shared.snapshot.load());
-    tokio::spawn(reload::watch(shared.clone(), local, opts.config.clone(), opts.overrides.clone()));
+    let registration = CancellationToken::new();
+    let mut registered = None;
+    match (&opts.source, push.take()) {
+        (Source::ControlPlane(m), Some(push)) => {
+            tokio::spawn(managed::follow(shared.clone(), local, push, opts.overrides.clone()));
+            if let Some(address) = advertised {
+                registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
+            }
+        }
+        (Source::File(path), _) => {
+            tokio::spawn(reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone()));
+        }
+        (Source::ControlPlane(_), None) => unreachable!("managed mode starts with a push client"),
+    }
     shared.set_ready();
 
     tokio::select! {
@@ -134,6 +187,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         _ = shared.shutdown.cancelled() => {}
     }
     shared.shutdown.cancel();
+    registration.cancel();
+    if let Some(registered) = registered {
+        let _ = registered.await;
+    }
     shared.tracker.close();
     let open = shared.tracker.len();
     if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {

@@ -74,13 +74,23 @@ fn try_reload(
     overrides: &Overrides,
 ) -> Result<Option<u64>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    swap_in(shared, local, &path.display().to_string(), &text, overrides)
+}
+
+/// Validates and builds `text` into a snapshot and swaps it in; `Ok(None)` when it is the
+/// configuration already in force. On error nothing changes.
+pub fn swap_in(
+    shared: &Arc<Shared>,
+    local: &LocalListeners,
+    source: &str,
+    text: &str,
+    overrides: &Overrides,
+) -> Result<Option<u64>, String> {
     let old = shared.snapshot.load_full();
-    if crate::config::hash_text(&text) == old.hash {
+    if crate::config::hash_text(text) == old.hash {
         return Ok(None);
     }
-    let mut snap =
-        Snapshot::build(&path.display().to_string(), &text, overrides, Some(&old), &shared.metrics)
-            .map_err(|e| e.to_string())?;
+    let mut snap = Snapshot::build(source, text, overrides, Some(&old), &shared.metrics).map_err(|e| e.to_string())?;
     if snap.keep_listeners_of(&old) {
         tracing::warn!(
             "the Sidecar's listener addresses or connection limit changed: they take effect at the next restart"

@@ -1,19 +1,35 @@
-//! `pilotfish sidecar`: run the data plane from a static config file.
+//! `pilotfish sidecar`: run the data plane, from a static config file or managed by the
+//! control plane.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pilotfish_sidecar::{Options, Overrides};
+use pilotfish_sidecar::managed::Managed;
+use pilotfish_sidecar::{Options, Overrides, Source};
 
 /// Defaults: admin 127.0.0.1:15000, outbound 127.0.0.1:15001, inbound 0.0.0.0:15006 (only with
 /// an app). Flags override the file's `Sidecar` document. SIGHUP or a change to the file reloads
 /// it; SIGTERM or `POST /shutdown` on the admin listener drains and exits.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Multi-document YAML with a `Sidecar` and the `Service`s this app calls.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: PathBuf,
+    /// Static mode: multi-document YAML with a `Sidecar` and the `Service`s this app calls.
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "control_plane", conflicts_with = "control_plane")]
+    config: Option<PathBuf>,
+    /// Managed mode: control-plane URL(s), comma-separated; tried in turn.
+    #[arg(long, value_name = "URL[,URL]", value_delimiter = ',', requires = "service")]
+    control_plane: Vec<String>,
+    /// Managed mode: the service this sidecar's app is an instance of.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    #[arg(long, value_name = "NS", default_value = "default")]
+    namespace: String,
+    /// Managed mode: the token for the control plane.
+    #[arg(long, env = "PILOTFISH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Managed mode: the registration lease; renewed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    lease_ttl: pilotfish_api::Duration,
     /// Admin listener (/live, /ready, /metrics, /config, /shutdown).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -32,11 +48,22 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { config, admin, inbound, outbound, app, drain_timeout } = args;
-    let options = Options {
-        config,
-        overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) },
+    let Args { config, control_plane, service, namespace, token, lease_ttl, admin, inbound, outbound, app, drain_timeout } =
+        args;
+    let source = match (config, service) {
+        (Some(path), _) => Source::File(path),
+        (None, Some(service)) => Source::ControlPlane(Managed {
+            servers: control_plane.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect(),
+            id: format!("{service}.{namespace}-{}", std::process::id()),
+            service,
+            namespace,
+            token: token.context("managed mode needs --token (or PILOTFISH_TOKEN)")?,
+            lease_ttl: lease_ttl.get(),
+        }),
+        (None, None) => anyhow::bail!("give --config FILE, or --control-plane URL with --service NAME"),
     };
+    let options =
+        Options { source, overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) } };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pilotfish-sidecar")

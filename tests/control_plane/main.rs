@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod managed;
+#[path = "../sidecar/support.rs"]
+#[allow(dead_code)]
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
 const TOKEN: &str = "test-admin-token";
 
@@ -22,8 +27,12 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(data_dir: &Path) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    fn start_on(data_dir: &Path, listen: &str) -> Self {
         let mut child = Command::new(BIN)
-            .args(["control-plane", "--listen", "127.0.0.1:0", "--admin-token", TOKEN, "--data-dir"])
+            .args(["control-plane", "--listen", listen, "--admin-token", TOKEN, "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -85,9 +85,17 @@ impl Sidecar {
 
     /// Starts a sidecar, optionally inside a network namespace, and waits until it listens.
     pub fn start_in(config: &str, args: &[&str], netns: Option<&str>) -> Self {
+        Self::launch(Some(config), args, netns)
+    }
+
+    /// Starts a sidecar configured by its command line alone (managed mode).
+    pub fn start_managed(args: &[&str]) -> Self {
+        Self::launch(None, args, None)
+    }
+
+    fn launch(config: Option<&str>, args: &[&str], netns: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.yaml");
-        std::fs::write(&path, config).unwrap();
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -96,7 +104,12 @@ impl Sidecar {
             }
             None => Command::new(BIN),
         };
-        cmd.arg("sidecar").arg("--config").arg(&path).args(args);
+        cmd.arg("sidecar");
+        if let Some(config) = config {
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(&path);
+        }
+        cmd.args(args);
         cmd.env("RUST_LOG", "info,pilotfish_sidecar=debug");
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start pilotfish");

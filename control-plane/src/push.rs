@@ -1,0 +1,195 @@
+//! Push: every sidecar holds one long-lived streaming response (`GET /v1/push`, newline-delimited
+//! JSON) on which it receives a full snapshot of its configuration, then a new one after every
+//! change. Bursts of writes are coalesced (a sidecar is sent the newest state once the log has
+//! been quiet for a moment, never a queue of stale ones), and a slow sidecar holds up no one:
+//! each has its own task and a newer snapshot simply replaces an unsent older one. Sidecars ACK
+//! or NACK every version; the proxies API shows who is current and why anyone is not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::model::State;
+
+/// How long the log must be quiet before a change is pushed (coalescing bursts).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// An empty line this often lets both ends notice a dead connection.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// What the control plane knows of each sidecar.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub id: String,
+    pub service: String,
+    pub namespace: String,
+    pub connected: bool,
+    pub connected_at: String,
+    pub sent_version: u64,
+    pub acked_version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nack {
+    pub version: u64,
+    pub error: String,
+}
+
+#[derive(Default)]
+pub struct Proxies {
+    by_id: Mutex<HashMap<String, ProxyStatus>>,
+}
+
+impl Proxies {
+    pub async fn connected(&self, id: &str, service: &str, namespace: &str) {
+        let status = ProxyStatus {
+            id: id.to_owned(),
+            service: service.to_owned(),
+            namespace: namespace.to_owned(),
+            connected: true,
+            connected_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            sent_version: 0,
+            acked_version: 0,
+            last_nack: None,
+        };
+        let mut by_id = self.by_id.lock().await;
+        let previous = by_id.insert(id.to_owned(), status);
+        // A reconnecting sidecar keeps what it had acknowledged.
+        if let (Some(old), Some(new)) = (previous, by_id.get_mut(id)) {
+            new.acked_version = old.acked_version;
+            new.last_nack = old.last_nack;
+        }
+    }
+
+    pub async fn sent(&self, id: &str, version: u64) {
+        if let Some(p) = self.by_id.lock().await.get_mut(id) {
+            p.sent_version = version;
+        }
+    }
+
+    pub async fn disconnected(&self, id: &str) {
+        if let Some(p) = self.by_id.lock().await.get_mut(id) {
+            p.connected = false;
+        }
+    }
+
+    /// Records an ACK (`error: None`) or a NACK; false if the proxy is unknown.
+    pub async fn acknowledged(&self, id: &str, version: u64, error: Option<String>) -> bool {
+        let mut by_id = self.by_id.lock().await;
+        let Some(p) = by_id.get_mut(id) else { return false };
+        match error {
+            None => p.acked_version = p.acked_version.max(version),
+            Some(error) => p.last_nack = Some(Nack { version, error }),
+        }
+        true
+    }
+
+    pub async fn list(&self) -> Vec<ProxyStatus> {
+        let mut all: Vec<_> = self.by_id.lock().await.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+}
+
+/// One snapshot line: `{"version": SEQ, "config": "<YAML/JSON document stream>"}`.
+pub fn snapshot_line(state: &State) -> Bytes {
+    let line = json!({ "version": state.seq, "config": config_for(state) });
+    let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// The configuration a sidecar needs, as a document stream the sidecar parses exactly like a
+/// static file: the mesh's routes and policies, and every Service with its registered
+/// endpoints merged into `spec.endpoints` (a service known only from registrations gets a
+/// Service document of its own).
+pub fn config_for(state: &State) -> String {
+    let mut registered: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    for e in state.endpoints.values() {
+        let mut endpoint = json!({ "address": e.address.to_string() });
+        if let Some(identity) = &e.identity {
+            endpoint["identity"] = json!(identity);
+        }
+        if !e.labels.is_empty() {
+            endpoint["labels"] = json!(e.labels);
+        }
+        registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(endpoint);
+    }
+    let mut docs = Vec::new();
+    for resource in state.resources.values() {
+        let mut doc = resource.document.clone();
+        if doc["kind"] == "Service" {
+            let key = (
+                doc["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                doc["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
+            );
+            if let Some(extra) = registered.remove(&key) {
+                let endpoints = doc["spec"]["endpoints"].as_array().cloned().unwrap_or_default();
+                let known: Vec<Value> = endpoints.iter().map(|e| e["address"].clone()).collect();
+                let merged: Vec<Value> =
+                    endpoints.into_iter().chain(extra.into_iter().filter(|e| !known.contains(&e["address"]))).collect();
+                doc["spec"]["endpoints"] = Value::from(merged);
+            }
+        }
+        docs.push(doc);
+    }
+    for ((name, namespace), endpoints) in registered {
+        docs.push(json!({
+            "apiVersion": "pilotfish.io/v1alpha1",
+            "kind": "Service",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": { "endpoints": endpoints },
+        }));
+    }
+    docs.iter().map(|d| serde_json::to_string(d).expect("JSON serializes")).collect::<Vec<_>>().join("\n---\n")
+}
+
+/// Streams snapshots to one sidecar until it goes away.
+pub async fn stream(
+    cp: Arc<crate::server::ControlPlane>,
+    id: String,
+    resume: u64,
+    mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
+) {
+    let mut heads = cp.store().subscribe();
+    // A reconnecting sidecar that already has the current version gets nothing until a change.
+    let mut last_sent = (resume != 0).then_some(resume);
+    loop {
+        if cp.refresh().await.is_ok() {
+            let state = cp.state().read().await;
+            if last_sent != Some(state.seq) {
+                let line = snapshot_line(&state);
+                let version = state.seq;
+                drop(state);
+                if tx.send_data(line).await.is_err() {
+                    break;
+                }
+                cp.proxies().sent(&id, version).await;
+                last_sent = Some(version);
+            }
+        }
+        tokio::select! {
+            changed = heads.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            _ = tokio::time::sleep(KEEPALIVE) => {
+                if tx.send_data(Bytes::from_static(b"\n")).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    cp.proxies().disconnected(&id).await;
+}

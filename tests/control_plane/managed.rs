@@ -1,0 +1,198 @@
+//! Managed sidecars: configuration pushed by a real control plane, ACK/NACK visible in the
+//! proxies API, registration with leases, and sidecars riding out a control-plane outage.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{self, backend, Reply, Sidecar};
+use crate::{service, ControlPlane, TOKEN};
+
+fn auth() -> String {
+    format!("Authorization: Bearer {TOKEN}")
+}
+
+async fn apply(cp: &ControlPlane, doc: &str) -> Reply {
+    let r = support::curl(&["-X", "POST", "-H", &auth(), "--data-binary", doc, &cp.url("/v1/resources")]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r
+}
+
+fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
+    let url = cp.url("");
+    let mut args = vec![
+        "--control-plane", &url, "--service", service, "--token", TOKEN,
+        "--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    tokio::task::block_in_place(|| Sidecar::start_managed(&args))
+}
+
+/// Polls until `check` holds (generous bound), returning its last good value.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn proxy_status(cp: &ControlPlane, service: &str) -> serde_json::Value {
+    let r = support::curl(&[&cp.url("/v1/proxies")]).await;
+    let j = r.json();
+    let item = j["items"].as_array().unwrap().iter().find(|p| p["service"] == service).cloned();
+    serde_json::json!({ "version": j["version"], "proxy": item })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let users = backend("users").await;
+    apply(&cp, &service("users", users.addr.port())).await;
+    let sc = managed(&cp, "web", &[]);
+    let url = format!("http://{}/hello", sc.outbound);
+    let r = support::curl(&["-H", "Host: users", &url]).await;
+    assert_eq!((r.status, r.json()["backend"].as_str()), (200, Some("users")));
+
+    // A route written through the API reaches the sidecar and is served.
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-pushed, value: 'yes'}]}}]\n";
+    apply(&cp, route).await;
+    eventually("the pushed route is served", async || {
+        let r = support::curl(&["-H", "Host: users", &url]).await;
+        (r.json()["headers"]["x-pushed"] == "yes").then_some(())
+    })
+    .await;
+    let status = eventually("the sidecar acked the current version", async || {
+        let s = proxy_status(&cp, "web").await;
+        (s["proxy"]["current"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(status["proxy"]["ackedVersion"], status["version"]);
+    assert_eq!(status["proxy"]["connected"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let users = backend("users").await;
+    apply(&cp, &service("users", users.addr.port())).await;
+    let sc = managed(&cp, "web", &[]);
+    let url = format!("http://{}/", sc.outbound);
+    assert_eq!(support::curl(&["-H", "Host: users", &url]).await.status, 200);
+
+    // Each document is valid alone, so the control plane takes both; together they claim the
+    // same virtual address, which the sidecar refuses.
+    let vip = |ns: &str| {
+        format!("apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: vip, namespace: {ns}}}\nspec:\n  ports: [{{port: 80}}]\n  addresses: [10.96.0.1]\n  endpoints: [{{address: 127.0.0.1:1}}]\n")
+    };
+    apply(&cp, &vip("a")).await;
+    apply(&cp, &vip("b")).await;
+    let status = eventually("the sidecar nacked", async || {
+        let s = proxy_status(&cp, "web").await;
+        s["proxy"]["lastNack"].is_object().then_some(s)
+    })
+    .await;
+    let error = status["proxy"]["lastNack"]["error"].as_str().unwrap();
+    assert!(error.contains("spec.addresses") && error.contains("10.96.0.1:80"), "{error}");
+    assert_eq!(status["proxy"]["current"], false);
+    assert_eq!(support::curl(&["-H", "Host: users", &url]).await.status, 200, "the last good config stopped serving");
+    let m = sc.metrics().await;
+    assert!(support::sample(&m, "pilotfish_config_errors_total", &[]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_ride_out_a_control_plane_outage_and_converge_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let mut cp = tokio::task::block_in_place(|| ControlPlane::start_on(dir.path(), &listen));
+    let users = backend("users").await;
+    users.delay(20);
+    apply(&cp, &service("users", users.addr.port())).await;
+    let sc = managed(&cp, "web", &[]);
+    let url = format!("http://{}/", sc.outbound);
+    assert_eq!(support::curl(&["-H", "Host: users", &url]).await.status, 200);
+
+    // Load through the sidecar while the control plane is down for a few seconds.
+    let load = tokio::spawn({
+        let url = url.clone();
+        async move { support::curl_many(200, 4, &["-H", "Host: users"], &url).await }
+    });
+    cp.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let codes = load.await.unwrap();
+    assert!(codes.iter().all(|c| *c == 200), "requests failed during the outage: {codes:?}");
+
+    let cp = tokio::task::block_in_place(|| ControlPlane::start_on(dir.path(), &listen));
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-after, value: outage}]}}]\n";
+    apply(&cp, route).await;
+    eventually("the sidecar reconnected and took the new route", async || {
+        let r = support::curl(&["-H", "Host: users", &url]).await;
+        (r.json()["headers"]["x-after"] == "outage").then_some(())
+    })
+    .await;
+    eventually("the proxies API shows it current", async || {
+        (proxy_status(&cp, "web").await["proxy"]["current"] == true).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_removes_the_endpoint_from_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let api = backend("api").await;
+    apply(&cp, "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: api}\nspec: {}\n").await;
+    let body = format!(r#"{{"service": "api", "address": "{}", "ttlSeconds": 1}}"#, api.addr);
+    let r = support::curl(&["-X", "POST", "-H", &auth(), "-H", "content-type: application/json", "--data", &body, &cp.url("/v1/endpoints")]).await;
+    assert_eq!(r.status, 201);
+    let sc = managed(&cp, "web", &[]);
+    let url = format!("http://{}/", sc.outbound);
+    let r = support::curl(&["-H", "Host: api", &url]).await;
+    assert_eq!((r.status, r.json()["backend"].as_str()), (200, Some("api")), "a registered instance is routable");
+    // No heartbeats: within the TTL plus one push, the sidecar has no endpoint left.
+    let started = Instant::now();
+    let r = eventually("the endpoint left the sidecar", async || {
+        let r = support::curl(&["-H", "Host: api", &url]).await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.header("pilotfish-error"), Some("no-endpoints"));
+    println!("lease of 1 s lapsed and left the sidecar after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_sidecars_register_their_apps_and_route_to_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let app = backend("greeter-app").await;
+    let app_addr = app.addr.to_string();
+    let mut greeter = managed(&cp, "greeter", &["--app", &app_addr, "--inbound", "127.0.0.1:0", "--lease-ttl", "2s"]);
+    let client = managed(&cp, "client", &[]);
+    let url = format!("http://{}/hi", client.outbound);
+    let r = eventually("the client's sidecar learned of greeter", async || {
+        let r = support::curl(&["-H", "Host: greeter", &url]).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let j = r.json();
+    assert_eq!(j["backend"], "greeter-app");
+    assert!(j["headers"]["x-forwarded-for"].is_string(), "the request came through greeter's inbound sidecar");
+
+    // Heartbeats keep the lease past its TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(support::curl(&["-H", "Host: greeter", &url]).await.status, 200);
+
+    // A draining sidecar deregisters its app at once; greeter was known only from its
+    // registration, so it is gone from the client's view altogether.
+    greeter.signal("TERM");
+    tokio::task::block_in_place(|| greeter.wait_exit(Duration::from_secs(30)));
+    let r = eventually("greeter left the registry", async || {
+        let r = support::curl(&["-H", "Host: greeter", &url]).await;
+        (r.status != 200).then_some(r)
+    })
+    .await;
+    assert_eq!((r.status, r.header("pilotfish-error")), (404, Some("no-route")));
+}
