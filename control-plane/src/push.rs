@@ -135,8 +135,10 @@ pub fn config_for(state: &State) -> String {
             if let Some(extra) = registered.remove(&key) {
                 let endpoints = doc["spec"]["endpoints"].as_array().cloned().unwrap_or_default();
                 let known: Vec<Value> = endpoints.iter().map(|e| e["address"].clone()).collect();
-                let merged: Vec<Value> =
-                    endpoints.into_iter().chain(extra.into_iter().filter(|e| !known.contains(&e["address"]))).collect();
+                let merged: Vec<Value> = endpoints
+                    .into_iter()
+                    .chain(extra.into_iter().filter(|e| !known.contains(&e["address"])))
+                    .collect();
                 doc["spec"]["endpoints"] = Value::from(merged);
             }
         }
@@ -150,7 +152,10 @@ pub fn config_for(state: &State) -> String {
             "spec": { "endpoints": endpoints },
         }));
     }
-    docs.iter().map(|d| serde_json::to_string(d).expect("JSON serializes")).collect::<Vec<_>>().join("\n---\n")
+    docs.iter()
+        .map(|d| serde_json::to_string(d).expect("JSON serializes"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 /// Streams snapshots to one sidecar until it goes away.

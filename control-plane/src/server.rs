@@ -580,13 +580,18 @@ fn default_namespace() -> String {
 }
 
 /// `GET /v1/push`: the sidecar's snapshot stream (newline-delimited JSON).
-async fn push(AxumState(cp): AxumState<Shared>, headers: HeaderMap, Query(q): Query<PushQuery>) -> ApiResult<Response> {
+async fn push(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<PushQuery>,
+) -> ApiResult<Response> {
     cp.authorize(&headers)?;
     cp.proxies.connected(&q.id, &q.service, &q.namespace).await;
     let (tx, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
     tokio::spawn(push::stream(cp.clone(), q.id, q.version, tx));
     let mut res = Response::new(axum::body::Body::new(body));
-    res.headers_mut().insert(axum::http::header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static"));
+    res.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static"));
     Ok(res)
 }
 

@@ -120,10 +120,11 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
     // Where other sidecars reach this one: its inbound listener (loopback when it listens on
     // every address, as in a local mesh).
-    let advertised = inbound.as_ref().and_then(|l| l.local_addr().ok()).map(|a| match a.ip().is_unspecified() {
-        true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port()),
-        false => a,
-    });
+    let advertised =
+        inbound.as_ref().and_then(|l| l.local_addr().ok()).map(|a| match a.ip().is_unspecified() {
+            true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port()),
+            false => a,
+        });
     let local = Arc::new(local::LocalListeners::default());
     let bound = local.bind_new(&snap).map_err(Error::Local)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
@@ -186,11 +187,13 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         _ = sigint.recv() => tracing::info!("SIGINT: draining"),
         _ = shared.shutdown.cancelled() => {}
     }
-    shared.shutdown.cancel();
+    // Leave the registry first, while still serving, so callers learn of the departure
+    // before the listeners close.
     registration.cancel();
     if let Some(registered) = registered {
         let _ = registered.await;
     }
+    shared.shutdown.cancel();
     shared.tracker.close();
     let open = shared.tracker.len();
     if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {

@@ -80,7 +80,15 @@ pub struct PushClient {
 
 impl PushClient {
     pub fn new(managed: Managed) -> Self {
-        Self { managed, client: http_client(), server: 0, body: None, buf: BytesMut::new(), version: 0, failures: 0 }
+        Self {
+            managed,
+            client: http_client(),
+            server: 0,
+            body: None,
+            buf: BytesMut::new(),
+            version: 0,
+            failures: 0,
+        }
     }
 
     pub fn managed(&self) -> &Managed {
@@ -175,14 +183,20 @@ impl PushClient {
         }
         let body = serde_json::json!({ "version": version, "error": error }).to_string();
         let path = format!("/v1/proxies/{}/ack", self.managed.id);
-        if let Err(e) = call(&self.client, &self.managed, self.server, Method::POST, &path, Some(body)).await {
+        if let Err(e) = call(&self.client, &self.managed, self.server, Method::POST, &path, Some(body)).await
+        {
             tracing::warn!(version, error = %e, "cannot report to the control plane");
         }
     }
 }
 
 /// Applies every snapshot after the first, until the sidecar shuts down.
-pub async fn follow(shared: Arc<Shared>, local: Arc<LocalListeners>, mut push: PushClient, overrides: Overrides) {
+pub async fn follow(
+    shared: Arc<Shared>,
+    local: Arc<LocalListeners>,
+    mut push: PushClient,
+    overrides: Overrides,
+) {
     loop {
         let (version, text) = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -197,7 +211,10 @@ pub async fn follow(shared: Arc<Shared>, local: Arc<LocalListeners>, mut push: P
             }
             Err(e) => {
                 shared.metrics.config_errors.inc();
-                tracing::error!(version, "configuration from the control plane rejected, keeping the last good one: {e}");
+                tracing::error!(
+                    version,
+                    "configuration from the control plane rejected, keeping the last good one: {e}"
+                );
                 push.ack(version, Some(e)).await;
             }
         }

@@ -90,7 +90,8 @@ pub fn swap_in(
     if crate::config::hash_text(text) == old.hash {
         return Ok(None);
     }
-    let mut snap = Snapshot::build(source, text, overrides, Some(&old), &shared.metrics).map_err(|e| e.to_string())?;
+    let mut snap =
+        Snapshot::build(source, text, overrides, Some(&old), &shared.metrics).map_err(|e| e.to_string())?;
     if snap.keep_listeners_of(&old) {
         tracing::warn!(
             "the Sidecar's listener addresses or connection limit changed: they take effect at the next restart"

@@ -14,7 +14,13 @@ use pilotfish_sidecar::{Options, Overrides, Source};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Static mode: multi-document YAML with a `Sidecar` and the `Service`s this app calls.
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "control_plane", conflicts_with = "control_plane")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
     config: Option<PathBuf>,
     /// Managed mode: control-plane URL(s), comma-separated; tried in turn.
     #[arg(long, value_name = "URL[,URL]", value_delimiter = ',', requires = "service")]
@@ -48,8 +54,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { config, control_plane, service, namespace, token, lease_ttl, admin, inbound, outbound, app, drain_timeout } =
-        args;
+    let Args {
+        config,
+        control_plane,
+        service,
+        namespace,
+        token,
+        lease_ttl,
+        admin,
+        inbound,
+        outbound,
+        app,
+        drain_timeout,
+    } = args;
     let source = match (config, service) {
         (Some(path), _) => Source::File(path),
         (None, Some(service)) => Source::ControlPlane(Managed {
@@ -62,8 +79,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }),
         (None, None) => anyhow::bail!("give --config FILE, or --control-plane URL with --service NAME"),
     };
-    let options =
-        Options { source, overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) } };
+    let options = Options {
+        source,
+        overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pilotfish-sidecar")
