@@ -88,7 +88,9 @@ impl Sidecar {
         Self::launch(Some(config), args, netns)
     }
 
-    /// Starts a sidecar configured by its command line alone (managed mode).
+    /// Starts a sidecar configured by its command line alone (managed mode; the control-plane
+    /// tests share this module).
+    #[allow(dead_code)]
     pub fn start_managed(args: &[&str]) -> Self {
         Self::launch(None, args, None)
     }
