@@ -246,7 +246,7 @@ fn typed<S: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<S, FieldErr
 }
 
 /// Names follow Kubernetes' DNS-1123 label rule, so they can appear in host names.
-fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,9 +31,9 @@ const DEFAULT_TTL: u64 = 30;
 pub struct ControlPlane {
     store: Arc<dyn EventStore>,
     state: RwLock<State>,
-    /// Lease deadlines of registered instances: live state, renewed by heartbeats (which are not
-    /// events: they would flood the log).
-    leases: Mutex<HashMap<String, Instant>>,
+    /// Leases of registered instances: live state, renewed by heartbeats (which are not events:
+    /// they would flood the log).
+    leases: Mutex<HashMap<String, Lease>>,
     admin_token: String,
     proxies: Proxies,
 }
@@ -70,6 +71,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A registered instance's lease: when it lapses, and the version of the registration it
+/// belongs to (an expiry only removes that registration, never a newer one).
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    deadline: Instant,
+    ttl: Duration,
+    version: u64,
+}
+
 type Shared = Arc<ControlPlane>;
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -83,11 +93,12 @@ impl ControlPlane {
         };
         catch_up(&*store, &mut state).await?;
         let now = Instant::now();
-        let leases = state
-            .endpoints
-            .values()
-            .map(|e| (e.id.clone(), now + Duration::from_secs(e.ttl_seconds)))
-            .collect();
+        let mut leases = HashMap::new();
+        for e in state.endpoints.values() {
+            let ttl = Duration::from_secs(e.ttl_seconds);
+            let version = store.aggregate_version(&endpoint_aggregate(&e.id)).await?;
+            leases.insert(e.id.clone(), Lease { deadline: now + ttl, ttl, version });
+        }
         Ok(Arc::new(Self {
             store,
             state: RwLock::new(state),
@@ -125,6 +136,11 @@ impl ControlPlane {
             .route("/v1/push", get(push))
             .route("/v1/proxies", get(proxies))
             .route("/v1/proxies/{id}/ack", post(ack))
+            .fallback(|| async {
+                ApiError::NotFound(
+                    "no such API path (see /v1/resources, /v1/events, /v1/endpoints, /v1/proxies)".into(),
+                )
+            })
             .with_state(self.clone())
     }
 
@@ -135,9 +151,20 @@ impl ControlPlane {
         catch_up(&*self.store, &mut state).await?;
         if state.seq / SNAPSHOT_EVERY > before / SNAPSHOT_EVERY {
             let snapshot = serde_json::to_value(&*state).expect("the read model serializes");
-            self.store.save_snapshot(state.seq, snapshot).await?;
+            // A missed snapshot only makes the next start-up replay more of the log.
+            if let Err(e) = self.store.save_snapshot(state.seq, snapshot).await {
+                tracing::warn!(seq = state.seq, error = %e, "cannot save a snapshot of the read model");
+            }
         }
         Ok(state.seq)
+    }
+
+    /// After a committed write: fold it in, but never turn a durable write into an error
+    /// response (a client would retry and write twice).
+    async fn settle(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::error!(error = %e, "cannot fold a committed write into the read model");
+        }
     }
 
     /// Follows the log (other writers, e.g. another replica) and expires lapsed leases, until
@@ -163,30 +190,39 @@ impl ControlPlane {
 
     async fn expire_leases(&self) {
         let now = Instant::now();
-        let expired: Vec<String> = {
-            let mut leases = self.leases.lock().await;
-            let gone: Vec<String> =
-                leases.iter().filter(|(_, d)| **d <= now).map(|(id, _)| id.clone()).collect();
-            for id in &gone {
-                leases.remove(id);
-            }
-            gone
+        let lapsed: Vec<(String, u64)> = {
+            let leases = self.leases.lock().await;
+            leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, l)| (id.clone(), l.version)).collect()
         };
-        for id in expired {
+        for (id, version) in lapsed {
             let req = AppendRequest {
                 aggregate: endpoint_aggregate(&id),
-                expected_version: None,
+                expected_version: Some(version),
                 kind: kind::ENDPOINT_EXPIRED.to_owned(),
                 data: json!({ "id": id }),
                 actor: "lease-expiry".to_owned(),
                 idempotency_key: None,
             };
-            match self.store.append(req).await {
-                Ok(_) => tracing::info!(endpoint = %id, "lease expired; endpoint removed"),
-                Err(e) => tracing::error!(endpoint = %id, error = %e, "cannot record a lease expiry"),
+            let done = match self.store.append(req).await {
+                Ok(_) => {
+                    tracing::info!(endpoint = %id, "lease expired; endpoint removed");
+                    true
+                }
+                // Re-registered or deregistered meanwhile: that newer event decides.
+                Err(StoreError::Conflict { .. }) => true,
+                Err(e) => {
+                    tracing::error!(endpoint = %id, error = %e, "cannot record a lease expiry; will retry");
+                    false
+                }
+            };
+            if done {
+                let mut leases = self.leases.lock().await;
+                if leases.get(&id).is_some_and(|l| l.version == version && l.deadline <= now) {
+                    leases.remove(&id);
+                }
             }
         }
-        let _ = self.refresh().await;
+        self.settle().await;
     }
 
     fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
@@ -248,8 +284,14 @@ fn expected_version(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
-    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned)
+/// The request's `Idempotency-Key`, scoped to the operation so one key cannot replay another
+/// operation's result.
+fn idempotency_key(headers: &HeaderMap, operation: &str) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(key)) if !key.is_empty() && key.len() <= 200 => Ok(Some(format!("{operation}:{key}"))),
+        Some(_) => Err(ApiError::BadRequest("Idempotency-Key must be 1-200 visible characters".into())),
+    }
 }
 
 /// `POST /v1/resources`: a YAML or JSON stream of documents, validated as a whole, appended as
@@ -268,7 +310,7 @@ async fn apply(
     if expected.is_some() && resources.len() > 1 {
         return Err(ApiError::BadRequest("If-Match applies to a single document".into()));
     }
-    let key = idempotency_key(&headers);
+    let key = idempotency_key(&headers, "apply")?;
     cp.refresh().await?;
     let mut batch = Vec::new();
     let mut unchanged = Vec::new();
@@ -300,7 +342,7 @@ async fn apply(
         }
     }
     let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
-    cp.refresh().await?;
+    cp.settle().await;
     let mut applied: Vec<_> = events
         .iter()
         .map(|e| json!({ "aggregate": e.aggregate, "version": e.version, "seq": e.seq }))
@@ -315,7 +357,14 @@ struct ListQuery {
     namespace: Option<String>,
 }
 
-async fn list(AxumState(cp): AxumState<Shared>, Query(q): Query<ListQuery>) -> ApiResult<impl IntoResponse> {
+async fn list(
+    AxumState(cp): AxumState<Shared>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(mut q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(kind) = &q.kind {
+        q.kind = Some(canonical_kind(kind)?.to_owned());
+    }
     cp.refresh().await?;
     let state = cp.state.read().await;
     let items: Vec<_> = state
@@ -338,7 +387,7 @@ async fn get_one(
 ) -> ApiResult<impl IntoResponse> {
     cp.refresh().await?;
     let state = cp.state.read().await;
-    let aggregate = resource_aggregate(&canonical_kind(&kind), &namespace, &name);
+    let aggregate = resource_aggregate(canonical_kind(&kind)?, &namespace, &name);
     let r = state.resources.get(&aggregate).ok_or(ApiError::NotFound(aggregate.clone()))?;
     Ok(Json(json!({ "version": r.version, "seq": r.seq, "document": r.document })))
 }
@@ -350,7 +399,8 @@ async fn delete_one(
 ) -> ApiResult<impl IntoResponse> {
     let actor = cp.authorize(&headers)?;
     cp.refresh().await?;
-    let aggregate = resource_aggregate(&canonical_kind(&kind), &namespace, &name);
+    let aggregate = resource_aggregate(canonical_kind(&kind)?, &namespace, &name);
+    let aggregate_for_key = aggregate.clone();
     let current = cp.state.read().await.resources.get(&aggregate).map(|r| r.version);
     let Some(version) = current else { return Err(ApiError::NotFound(aggregate)) };
     let event = cp
@@ -361,19 +411,23 @@ async fn delete_one(
             kind: kind::RESOURCE_DELETED.to_owned(),
             data: serde_json::Value::Null,
             actor,
-            idempotency_key: idempotency_key(&headers),
+            idempotency_key: idempotency_key(&headers, &format!("delete {aggregate_for_key}"))?,
         })
         .await?;
-    cp.refresh().await?;
+    cp.settle().await;
     Ok(Json(json!({ "deleted": event.aggregate, "seq": event.seq })))
 }
 
-/// `httproute` → `HTTPRoute`: URL paths are case-insensitive about kinds.
-fn canonical_kind(kind: &str) -> String {
-    ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"]
+const KINDS: [&str; 4] = ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy"];
+
+/// `httproute` or `httproutes` → `HTTPRoute`: kinds are case-insensitive in URLs and the CLI.
+fn canonical_kind(kind: &str) -> ApiResult<&'static str> {
+    KINDS
         .into_iter()
         .find(|k| k.eq_ignore_ascii_case(kind) || format!("{k}s").eq_ignore_ascii_case(kind))
-        .map_or_else(|| kind.to_owned(), str::to_owned)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown kind {kind:?}: expected one of {}", KINDS.join(", ")))
+        })
 }
 
 #[derive(Deserialize)]
@@ -385,8 +439,9 @@ struct EventsQuery {
 
 async fn events(
     AxumState(cp): AxumState<Shared>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let events = cp.store.events_since(q.since, q.limit.unwrap_or(1000).min(10_000)).await?;
     Ok(Json(json!({ "head": cp.store.head().await?, "events": events })))
 }
@@ -397,9 +452,16 @@ struct DiffQuery {
     to: Option<u64>,
 }
 
-async fn diff(AxumState(cp): AxumState<Shared>, Query(q): Query<DiffQuery>) -> ApiResult<impl IntoResponse> {
+async fn diff(
+    AxumState(cp): AxumState<Shared>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let head = cp.store.head().await?;
     let to = q.to.unwrap_or(head);
+    if q.from > to {
+        return Err(ApiError::BadRequest(format!("from ({}) is after to ({to})", q.from)));
+    }
     if q.from > head || to > head {
         return Err(ApiError::BadRequest(format!("the log ends at seq {head}")));
     }
@@ -417,9 +479,10 @@ struct RollbackRequest {
 async fn rollback(
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
-    Json(req): Json<RollbackRequest>,
+    req: Result<Json<RollbackRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let actor = cp.authorize(&headers)?;
+    let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let head = cp.store.head().await?;
     if req.to_seq > head {
         return Err(ApiError::BadRequest(format!(
@@ -431,7 +494,7 @@ async fn rollback(
     let target = state_at(&*cp.store, req.to_seq).await?;
     let batch = cp.state.read().await.restore(&target, &format!("{actor} (rollback to {})", req.to_seq));
     let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
-    cp.refresh().await?;
+    cp.settle().await;
     Ok(Json(json!({ "rolledBackTo": req.to_seq, "events": events })))
 }
 
@@ -453,14 +516,20 @@ struct Registration {
 async fn register(
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
-    Json(reg): Json<Registration>,
+    reg: Result<Json<Registration>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let actor = cp.authorize(&headers)?;
+    let Json(reg) = reg.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
     if !(1..=3600).contains(&ttl) {
         return Err(ApiError::BadRequest("ttlSeconds must be between 1 and 3600".into()));
     }
     let namespace = reg.namespace.unwrap_or_else(|| "default".into());
+    for (field, value) in [("service", &reg.service), ("namespace", &namespace)] {
+        pilotfish_api::document::validate_name(value)
+            .map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))?;
+    }
+    // Names are DNS labels (no dots), so `service.namespace-address` is unambiguous.
     let id = format!("{}.{namespace}-{}", reg.service, reg.address).replace([':', '[', ']'], "-");
     let record = EndpointRecord {
         id: id.clone(),
@@ -471,6 +540,7 @@ async fn register(
         labels: reg.labels,
         ttl_seconds: ttl,
     };
+    let mut leases = cp.leases.lock().await;
     let event = cp
         .store
         .append(AppendRequest {
@@ -479,11 +549,17 @@ async fn register(
             kind: kind::ENDPOINT_REGISTERED.to_owned(),
             data: serde_json::to_value(&record).expect("records serialize"),
             actor,
-            idempotency_key: idempotency_key(&headers),
+            idempotency_key: idempotency_key(&headers, "register")?,
         })
         .await?;
-    cp.leases.lock().await.insert(id.clone(), Instant::now() + Duration::from_secs(ttl));
-    cp.refresh().await?;
+    // A replayed key answers with the registration it first made.
+    let id = event.data["id"].as_str().unwrap_or(&id).to_owned();
+    if event.kind == kind::ENDPOINT_REGISTERED {
+        let ttl = Duration::from_secs(event.data["ttlSeconds"].as_u64().unwrap_or(ttl));
+        leases.insert(id.clone(), Lease { deadline: Instant::now() + ttl, ttl, version: event.version });
+    }
+    drop(leases);
+    cp.settle().await;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "ttlSeconds": ttl, "seq": event.seq }))))
 }
 
@@ -493,10 +569,12 @@ async fn heartbeat(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     cp.authorize(&headers)?;
-    let ttl = cp.state.read().await.endpoints.get(&id).map(|e| e.ttl_seconds);
-    let Some(ttl) = ttl else { return Err(ApiError::NotFound(format!("endpoint {id}"))) };
-    cp.leases.lock().await.insert(id.clone(), Instant::now() + Duration::from_secs(ttl));
-    Ok(Json(json!({ "id": id, "ttlSeconds": ttl })))
+    let mut leases = cp.leases.lock().await;
+    let Some(lease) = leases.get_mut(&id) else {
+        return Err(ApiError::NotFound(format!("endpoint {id} (its lease lapsed: register again)")));
+    };
+    lease.deadline = Instant::now() + lease.ttl;
+    Ok(Json(json!({ "id": id, "ttlSeconds": lease.ttl.as_secs() })))
 }
 
 async fn deregister(
@@ -505,11 +583,11 @@ async fn deregister(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let actor = cp.authorize(&headers)?;
-    if !cp.state.read().await.endpoints.contains_key(&id) {
+    let mut leases = cp.leases.lock().await;
+    let Some(lease) = leases.remove(&id) else {
         return Err(ApiError::NotFound(format!("endpoint {id}")));
-    }
-    cp.leases.lock().await.remove(&id);
-    let event = cp
+    };
+    let result = cp
         .store
         .append(AppendRequest {
             aggregate: endpoint_aggregate(&id),
@@ -519,8 +597,16 @@ async fn deregister(
             actor,
             idempotency_key: None,
         })
-        .await?;
-    cp.refresh().await?;
+        .await;
+    let event = match result {
+        Ok(event) => event,
+        Err(e) => {
+            leases.insert(id, lease);
+            return Err(e.into());
+        }
+    };
+    drop(leases);
+    cp.settle().await;
     Ok(Json(json!({ "deregistered": id, "seq": event.seq })))
 }
 
@@ -531,8 +617,9 @@ struct EndpointQuery {
 
 async fn list_endpoints(
     AxumState(cp): AxumState<Shared>,
-    Query(q): Query<EndpointQuery>,
+    q: Result<Query<EndpointQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     cp.refresh().await?;
     let state = cp.state.read().await;
     let leases = cp.leases.lock().await;
@@ -546,7 +633,8 @@ async fn list_endpoints(
                 .is_none_or(|s| s == e.service || s == format!("{}.{}", e.service, e.namespace))
         })
         .map(|e| {
-            let remaining = leases.get(&e.id).map(|d| d.saturating_duration_since(now).as_secs_f64());
+            let remaining =
+                leases.get(&e.id).map(|l| l.deadline.saturating_duration_since(now).as_secs_f64());
             json!({ "endpoint": e, "leaseRemainingSeconds": remaining })
         })
         .collect();
@@ -607,9 +695,10 @@ async fn ack(
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(ack): Json<Ack>,
+    ack: Result<Json<Ack>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     cp.authorize(&headers)?;
+    let Json(ack) = ack.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(error) = &ack.error {
         tracing::warn!(proxy = %id, version = ack.version, error = %error, "sidecar rejected a configuration");
     }

@@ -159,8 +159,19 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
             println!("{} deleted (seq {})", out["deleted"].as_str().unwrap_or(""), out["seq"]);
         }
         Command::History { since, output } => {
-            let out = api.call(http::Method::GET, &format!("/v1/events?since={since}"), None).await?;
-            let events = out["events"].as_array().cloned().unwrap_or_default();
+            let mut events = Vec::new();
+            let mut after = since;
+            loop {
+                let out = api
+                    .call(http::Method::GET, &format!("/v1/events?since={after}&limit=1000"), None)
+                    .await?;
+                let page = out["events"].as_array().cloned().unwrap_or_default();
+                match page.last().and_then(|e| e["seq"].as_u64()) {
+                    Some(last) => after = last,
+                    None => break,
+                }
+                events.extend(page);
+            }
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&events)?),
                 Output::Yaml => print!("{}", serde_yaml_ng::to_string(&events)?),
@@ -246,6 +257,9 @@ impl Api {
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if !status.is_success() {
             let message = value["error"].as_str().map_or_else(|| value.to_string(), str::to_owned);
+            if status == http::StatusCode::UNAUTHORIZED {
+                bail!("{status}: {message} (pass --token or set PILOTFISH_TOKEN)");
+            }
             bail!("{status}: {message}");
         }
         Ok(value)

@@ -41,6 +41,7 @@ async fn serve(data_dir: PathBuf, listen: SocketAddr, admin_token: Option<String
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let token = match admin_token {
+        Some(token) if token.trim().is_empty() => anyhow::bail!("--admin-token must not be empty"),
         Some(token) => token,
         None => stored_or_new_token(&data_dir)?,
     };
@@ -72,20 +73,33 @@ async fn serve(data_dir: PathBuf, listen: SocketAddr, admin_token: Option<String
 
 /// The token kept in `DIR/admin-token`, created (owner-only) on first start.
 fn stored_or_new_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("admin-token");
     if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_owned());
+        }
     }
-    let token = format!("{:032x}", fastrand::u128(..));
+    // A secret: from the operating system's generator, not a fast PRNG.
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the admin token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Written under a temporary name and renamed, so a crash never leaves an empty token file.
+    let tmp = data_dir.join("admin-token.tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     writeln!(file, "{token}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("admin token (stored in {}): {token}", path.display());
     Ok(token)
 }
