@@ -302,53 +302,69 @@ async fn apply(
     body: String,
 ) -> ApiResult<impl IntoResponse> {
     let actor = cp.authorize(&headers)?;
-    let resources = pilotfish_api::parse_stream("request", &body)?;
-    if resources.is_empty() {
-        return Err(ApiError::BadRequest("the request has no documents".into()));
-    }
-    let expected = expected_version(&headers)?;
-    if expected.is_some() && resources.len() > 1 {
-        return Err(ApiError::BadRequest("If-Match applies to a single document".into()));
-    }
-    let key = idempotency_key(&headers, "apply")?;
-    cp.refresh().await?;
-    let mut batch = Vec::new();
-    let mut unchanged = Vec::new();
-    {
-        let state = cp.state.read().await;
-        for (i, r) in resources.iter().enumerate() {
-            if matches!(r, pilotfish_api::Resource::Sidecar(_)) {
-                return Err(ApiError::BadRequest(format!(
-                    "document {}: a Sidecar is one sidecar's local settings, not mesh configuration",
-                    i + 1
-                )));
-            }
-            let m = r.metadata();
-            let aggregate = resource_aggregate(r.kind(), &m.namespace, &m.name);
-            let document = r.to_json();
-            let current = state.resources.get(&aggregate);
-            if expected.is_none() && key.is_none() && current.is_some_and(|c| c.document == document) {
-                unchanged.push(json!({ "aggregate": aggregate, "version": current.map(|c| c.version), "unchanged": true }));
-                continue;
-            }
-            batch.push(AppendRequest {
-                aggregate,
-                expected_version: expected,
-                kind: kind::RESOURCE_APPLIED.to_owned(),
-                data: document,
-                actor: actor.clone(),
-                idempotency_key: key.as_ref().map(|k| format!("{k}#{i}")),
-            });
-        }
-    }
-    let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
-    cp.settle().await;
-    let mut applied: Vec<_> = events
-        .iter()
-        .map(|e| json!({ "aggregate": e.aggregate, "version": e.version, "seq": e.seq }))
-        .collect();
-    applied.extend(unchanged);
+    let applied = cp
+        .apply_text(&body, &actor, expected_version(&headers)?, idempotency_key(&headers, "apply")?)
+        .await?;
     Ok((StatusCode::OK, Json(json!({ "applied": applied }))))
+}
+
+impl ControlPlane {
+    /// Applies a YAML/JSON document stream: validated as a whole, appended as one atomic batch
+    /// (documents identical to what is stored are skipped). One entry per document comes back.
+    pub async fn apply_text(
+        &self,
+        text: &str,
+        actor: &str,
+        expected: Option<u64>,
+        key: Option<String>,
+    ) -> ApiResult<Vec<serde_json::Value>> {
+        let resources = pilotfish_api::parse_stream("request", text)?;
+        if resources.is_empty() {
+            return Err(ApiError::BadRequest("the request has no documents".into()));
+        }
+        if expected.is_some() && resources.len() > 1 {
+            return Err(ApiError::BadRequest("If-Match applies to a single document".into()));
+        }
+        self.refresh().await?;
+        let mut batch = Vec::new();
+        let mut unchanged = Vec::new();
+        {
+            let state = self.state.read().await;
+            for (i, r) in resources.iter().enumerate() {
+                if matches!(r, pilotfish_api::Resource::Sidecar(_)) {
+                    return Err(ApiError::BadRequest(format!(
+                        "document {}: a Sidecar is one sidecar's local settings, not mesh configuration",
+                        i + 1
+                    )));
+                }
+                let m = r.metadata();
+                let aggregate = resource_aggregate(r.kind(), &m.namespace, &m.name);
+                let document = r.to_json();
+                let current = state.resources.get(&aggregate);
+                if expected.is_none() && key.is_none() && current.is_some_and(|c| c.document == document) {
+                    let version = current.map(|c| c.version);
+                    unchanged.push(json!({ "aggregate": aggregate, "version": version, "unchanged": true }));
+                    continue;
+                }
+                batch.push(AppendRequest {
+                    aggregate,
+                    expected_version: expected,
+                    kind: kind::RESOURCE_APPLIED.to_owned(),
+                    data: document,
+                    actor: actor.to_owned(),
+                    idempotency_key: key.as_ref().map(|k| format!("{k}#{i}")),
+                });
+            }
+        }
+        let events = if batch.is_empty() { Vec::new() } else { self.store.append_batch(batch).await? };
+        self.settle().await;
+        let mut applied: Vec<_> = events
+            .iter()
+            .map(|e| json!({ "aggregate": e.aggregate, "version": e.version, "seq": e.seq }))
+            .collect();
+        applied.extend(unchanged);
+        Ok(applied)
+    }
 }
 
 #[derive(Deserialize)]

@@ -49,8 +49,7 @@ pub fn flush() {
 }
 
 fn write_lines(messages: Receiver<Message>) {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let handle = |message, out: &mut std::io::BufWriter<_>| match message {
+    let handle = |message, out: &mut std::io::StdoutLock<'_>| match message {
         Message::Line(line) => {
             let _ = out.write_all(&line);
         }
@@ -60,6 +59,8 @@ fn write_lines(messages: Receiver<Message>) {
         }
     };
     while let Ok(message) = messages.recv() {
+        // Stdout is locked per batch, not for good: others in the process print too.
+        let mut out = std::io::stdout().lock();
         handle(message, &mut out);
         // Batch what is already queued, then flush so lines appear promptly.
         while let Ok(message) = messages.try_recv() {

@@ -72,7 +72,7 @@ async fn serve(data_dir: PathBuf, listen: SocketAddr, admin_token: Option<String
 }
 
 /// The token kept in `DIR/admin-token`, created (owner-only) on first start.
-fn stored_or_new_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+pub(super) fn stored_or_new_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
     use std::io::Read;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

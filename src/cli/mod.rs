@@ -3,6 +3,7 @@
 mod client;
 mod control_plane;
 mod sidecar;
+mod up;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     Sidecar(sidecar::Args),
     /// Run the control plane: event-sourced store, registry, HTTP API.
     ControlPlane(control_plane::Args),
+    /// A local mesh in one command: control plane, sidecars, and a demo (or your services).
+    Up(up::Args),
     #[command(flatten)]
     Client(client::Command),
 }
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sidecar(args) => sidecar::run(args),
         Command::ControlPlane(args) => control_plane::run(args),
+        Command::Up(args) => up::run(args),
         Command::Client(command) => client::run(cli.server, command),
     };
     match result {

@@ -14,6 +14,7 @@ mod managed;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]
 mod support;
+mod up;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
 const TOKEN: &str = "test-admin-token";
