@@ -15,6 +15,11 @@ need iptables iptables
 need ip iproute2
 need setpriv util-linux
 need openssl openssl
+need etcd etcd-server
+need protoc protobuf-compiler
+# protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs, are only
+# a Recommends of protobuf-compiler, and --no-install-recommends leaves them out.
+[[ -f /usr/include/google/protobuf/descriptor.proto ]] || packages+=(libprotobuf-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
 if ((${#packages[@]})); then
   echo "==> installing ${packages[*]}"

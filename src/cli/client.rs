@@ -66,6 +66,11 @@ pub enum Command {
         #[arg(long = "to", value_name = "SEQ")]
         to: u64,
     },
+    /// Every sidecar: the version it acknowledged, whether that is current, its last NACK.
+    Proxies {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 pub fn run(server: Server, command: Command) -> anyhow::Result<()> {
@@ -210,6 +215,39 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 if !c["after"].is_null() {
                     for line in serde_yaml_ng::to_string(&c["after"]["spec"])?.lines() {
                         println!("    {line}");
+                    }
+                }
+            }
+        }
+        Command::Proxies { output } => {
+            let out = api.call(http::Method::GET, "/v1/proxies", None).await?;
+            let items = out["items"].as_array().cloned().unwrap_or_default();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&items)?),
+                Output::Table => {
+                    println!("current version: {}", out["version"]);
+                    println!(
+                        "{:<32} {:<20} {:<10} {:>7}  {:<8} LAST NACK",
+                        "ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT"
+                    );
+                    for p in &items {
+                        let nack = p["lastNack"]["error"]
+                            .as_str()
+                            .map(|e| format!("v{}: {e}", p["lastNack"]["version"]));
+                        println!(
+                            "{:<32} {:<20} {:<10} {:>7}  {:<8} {}",
+                            p["id"].as_str().unwrap_or(""),
+                            format!(
+                                "{}.{}",
+                                p["service"].as_str().unwrap_or(""),
+                                p["namespace"].as_str().unwrap_or("")
+                            ),
+                            p["connected"],
+                            p["ackedVersion"],
+                            p["current"],
+                            nack.unwrap_or_default()
+                        );
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use pilotfish_control_plane::server::ControlPlane;
-use pilotfish_control_plane::store::Embedded;
+use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +17,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where the embedded store keeps its data.
-    #[arg(long, value_name = "DIR", default_value = "pilotfish-data")]
+    #[arg(long, value_name = "DIR", default_value = "pilotfish-data", conflicts_with = "store")]
     data_dir: PathBuf,
+    /// Share the log with other replicas through etcd instead: `etcd://host:port[,host:port]`.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Address of the HTTP API.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15100")]
     listen: SocketAddr,
@@ -28,31 +31,54 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { data_dir, listen, admin_token } = args;
+    let Args { data_dir, store, listen, admin_token } = args;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pilotfish-control-plane")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(data_dir, listen, admin_token))
+    runtime.block_on(serve(data_dir, store, listen, admin_token))
 }
 
-async fn serve(data_dir: PathBuf, listen: SocketAddr, admin_token: Option<String>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    let token = match admin_token {
-        Some(token) if token.trim().is_empty() => anyhow::bail!("--admin-token must not be empty"),
-        Some(token) => token,
-        None => stored_or_new_token(&data_dir)?,
+async fn serve(
+    data_dir: PathBuf,
+    store: Option<String>,
+    listen: SocketAddr,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
+    if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        anyhow::bail!("--admin-token must not be empty");
+    }
+    let (store, token): (Arc<dyn EventStore>, String) = match store {
+        Some(url) => {
+            let endpoints = Etcd::endpoints_from_url(&url)
+                .with_context(|| format!("--store {url}: expected etcd://host:port[,host:port]"))?;
+            let token = admin_token.context(
+                "with --store etcd://..., give --admin-token (or PILOTFISH_ADMIN_TOKEN): replicas share it",
+            )?;
+            let store = Etcd::connect(&endpoints, "/pilotfish/")
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            (Arc::new(store), token)
+        }
+        None => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+            let token = match admin_token {
+                Some(token) => token,
+                None => stored_or_new_token(&data_dir)?,
+            };
+            let store = Embedded::open(&data_dir)
+                .await
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            (Arc::new(store), token)
+        }
     };
-    let store = Embedded::open(&data_dir)
-        .await
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let cp = ControlPlane::open(Arc::new(store), token).await.context("loading the read model")?;
+    let cp = ControlPlane::open(store, token).await.context("loading the read model")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}: is another control plane running?"))?;
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %data_dir.display(), "control plane listening");
+    tracing::info!(listen = %listener.local_addr()?, "control plane listening");
 
     let stop = CancellationToken::new();
     tokio::spawn(cp.clone().run_background(stop.clone()));

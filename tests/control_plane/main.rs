@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod ha;
 mod managed;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]
@@ -32,9 +33,18 @@ impl ControlPlane {
     }
 
     fn start_on(data_dir: &Path, listen: &str) -> Self {
+        Self::launch(&["--listen", listen, "--data-dir", data_dir.to_str().unwrap()])
+    }
+
+    /// A replica sharing its log through etcd.
+    fn start_etcd(etcd: &str) -> Self {
+        Self::launch(&["--listen", "127.0.0.1:0", "--store", etcd])
+    }
+
+    fn launch(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["control-plane", "--listen", listen, "--admin-token", TOKEN, "--data-dir"])
-            .arg(data_dir)
+            .args(["control-plane", "--admin-token", TOKEN])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

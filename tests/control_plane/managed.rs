@@ -80,6 +80,8 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
     .await;
     assert_eq!(status["proxy"]["ackedVersion"], status["version"]);
     assert_eq!(status["proxy"]["connected"], true);
+    let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
+    assert!(table.contains("web.default") && table.contains("true"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

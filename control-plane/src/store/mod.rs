@@ -3,6 +3,7 @@
 //! etcd) is chosen at run time.
 
 mod embedded;
+mod etcd;
 
 #[cfg(test)]
 mod conformance;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use embedded::Embedded;
+pub use etcd::Etcd;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
