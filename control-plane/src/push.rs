@@ -47,6 +47,8 @@ pub struct Nack {
 #[derive(Default)]
 pub struct Proxies {
     by_id: Mutex<HashMap<String, ProxyStatus>>,
+    /// Snapshots sent, over all sidecars.
+    pub pushes: std::sync::atomic::AtomicU64,
 }
 
 impl Proxies {
@@ -71,6 +73,7 @@ impl Proxies {
     }
 
     pub async fn sent(&self, id: &str, version: u64) {
+        self.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(p) = self.by_id.lock().await.get_mut(id) {
             p.sent_version = version;
         }

@@ -120,27 +120,19 @@ impl ControlPlane {
         &self.proxies
     }
 
+    /// The API, built from [`OPERATIONS`] — the same table `/v1/openapi.json` is generated from,
+    /// so the document cannot drift from the routes.
     pub fn router(self: &Shared) -> Router {
-        Router::new()
+        let mut router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(|| async { "ready\n" }))
             .route("/metrics", get(metrics))
-            .route("/v1/resources", post(apply).get(list))
-            .route("/v1/resources/{kind}/{namespace}/{name}", get(get_one).delete(delete_one))
-            .route("/v1/events", get(events))
-            .route("/v1/diff", get(diff))
-            .route("/v1/rollback", post(rollback))
-            .route("/v1/endpoints", post(register).get(list_endpoints))
-            .route("/v1/endpoints/{id}", axum::routing::delete(deregister))
-            .route("/v1/endpoints/{id}/heartbeat", put(heartbeat))
-            .route("/v1/push", get(push))
-            .route("/v1/proxies", get(proxies))
-            .route("/v1/proxies/{id}/ack", post(ack))
-            .fallback(|| async {
-                ApiError::NotFound(
-                    "no such API path (see /v1/resources, /v1/events, /v1/endpoints, /v1/proxies)".into(),
-                )
-            })
+            .route("/v1/openapi.json", get(|| async { Json(openapi()) }));
+        for op in OPERATIONS {
+            router = router.route(op.path, (op.handler)());
+        }
+        router
+            .fallback(|| async { ApiError::NotFound("no such API path (see /v1/openapi.json)".into()) })
             .with_state(self.clone())
     }
 
@@ -658,13 +650,30 @@ async fn list_endpoints(
 }
 
 async fn metrics(AxumState(cp): AxumState<Shared>) -> ApiResult<impl IntoResponse> {
-    let state = cp.state.read().await;
-    let text = format!(
-        "# HELP pilotfish_cp_event_log_seq Last sequence number in the event log\n# TYPE pilotfish_cp_event_log_seq gauge\npilotfish_cp_event_log_seq {}\n# HELP pilotfish_cp_resources Resources in force\n# TYPE pilotfish_cp_resources gauge\npilotfish_cp_resources {}\n# HELP pilotfish_cp_endpoints Registered endpoints with a live lease\n# TYPE pilotfish_cp_endpoints gauge\npilotfish_cp_endpoints {}\n",
-        state.seq,
-        state.resources.len(),
-        state.endpoints.len()
-    );
+    let (seq, resources, endpoints) = {
+        let state = cp.state.read().await;
+        (state.seq, state.resources.len(), state.endpoints.len())
+    };
+    let proxies = cp.proxies.list().await;
+    let connected = proxies.iter().filter(|p| p.connected).count();
+    let current = proxies.iter().filter(|p| p.connected && p.acked_version == seq).count();
+    let pushes = cp.proxies.pushes.load(std::sync::atomic::Ordering::Relaxed);
+    let mut text = String::new();
+    for (name, kind, help, value) in [
+        ("pilotfish_cp_event_log_seq", "gauge", "Last sequence number in the event log", seq),
+        ("pilotfish_cp_resources", "gauge", "Resources in force", resources as u64),
+        ("pilotfish_cp_endpoints", "gauge", "Registered endpoints with a live lease", endpoints as u64),
+        ("pilotfish_cp_connected_proxies", "gauge", "Sidecars holding a push stream", connected as u64),
+        (
+            "pilotfish_cp_current_proxies",
+            "gauge",
+            "Connected sidecars that acked the current version",
+            current as u64,
+        ),
+        ("pilotfish_cp_pushes_total", "counter", "Snapshots pushed to sidecars", pushes),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    }
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
@@ -740,4 +749,194 @@ async fn proxies(AxumState(cp): AxumState<Shared>) -> ApiResult<impl IntoRespons
         })
         .collect();
     Ok(Json(json!({ "version": head, "items": items })))
+}
+
+/// One API operation: its route, its handler and what the OpenAPI document says of it.
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Needs `Authorization: Bearer <admin token>`.
+    pub admin: bool,
+    /// Query parameters: name, description.
+    pub query: &'static [(&'static str, &'static str)],
+    /// The request body's media type and description, if it has one.
+    pub body: Option<(&'static str, &'static str)>,
+    handler: fn() -> axum::routing::MethodRouter<Shared>,
+}
+
+pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "post",
+        path: "/v1/resources",
+        summary: "Apply a YAML/JSON document stream: validated whole, appended as one atomic batch",
+        admin: true,
+        query: &[],
+        body: Some(("application/yaml", "Documents (Service, HTTPRoute, BackendPolicy, RateLimitPolicy); headers If-Match, Idempotency-Key")),
+        handler: || post(apply),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/resources",
+        summary: "List resources",
+        admin: false,
+        query: &[("kind", "Filter by kind"), ("namespace", "Filter by namespace")],
+        body: None,
+        handler: || get(list),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/resources/{kind}/{namespace}/{name}",
+        summary: "One resource, with its version",
+        admin: false,
+        query: &[],
+        body: None,
+        handler: || get(get_one),
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/resources/{kind}/{namespace}/{name}",
+        summary: "Delete a resource (If-Match: expected version)",
+        admin: true,
+        query: &[],
+        body: None,
+        handler: || axum::routing::delete(delete_one),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/events",
+        summary: "The event log after a sequence number",
+        admin: false,
+        query: &[("since", "Events after this seq (default 0)"), ("limit", "At most this many (default 1000)")],
+        body: None,
+        handler: || get(events),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/diff",
+        summary: "What changed in the configuration between two points of the log",
+        admin: false,
+        query: &[("from", "Earlier seq"), ("to", "Later seq (default: head)")],
+        body: None,
+        handler: || get(diff),
+    },
+    Operation {
+        method: "post",
+        path: "/v1/rollback",
+        summary: "Restore the configuration as it was after a seq, as new events",
+        admin: true,
+        query: &[],
+        body: Some(("application/json", "{\"toSeq\": N}")),
+        handler: || post(rollback),
+    },
+    Operation {
+        method: "post",
+        path: "/v1/endpoints",
+        summary: "Register a service instance under a lease",
+        admin: true,
+        query: &[],
+        body: Some(("application/json", "{service, namespace?, address, identity?, labels?, ttlSeconds?}")),
+        handler: || post(register),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/endpoints",
+        summary: "Registered instances and their remaining leases",
+        admin: false,
+        query: &[("service", "Filter by service (name or name.namespace)")],
+        body: None,
+        handler: || get(list_endpoints),
+    },
+    Operation {
+        method: "put",
+        path: "/v1/endpoints/{id}/heartbeat",
+        summary: "Renew an instance's lease",
+        admin: true,
+        query: &[],
+        body: None,
+        handler: || put(heartbeat),
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/endpoints/{id}",
+        summary: "Deregister an instance",
+        admin: true,
+        query: &[],
+        body: None,
+        handler: || axum::routing::delete(deregister),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/push",
+        summary: "A sidecar's configuration stream (newline-delimited JSON snapshots)",
+        admin: true,
+        query: &[
+            ("id", "The sidecar's id"),
+            ("service", "Its service"),
+            ("namespace", "Its namespace (default: default)"),
+            ("version", "The version it already has"),
+        ],
+        body: None,
+        handler: || get(push),
+    },
+    Operation {
+        method: "post",
+        path: "/v1/proxies/{id}/ack",
+        summary: "ACK (or NACK, with error) a pushed version",
+        admin: true,
+        query: &[],
+        body: Some(("application/json", "{version, error?}")),
+        handler: || post(ack),
+    },
+    Operation {
+        method: "get",
+        path: "/v1/proxies",
+        summary: "Every sidecar: acked version, whether it is current, its last NACK",
+        admin: false,
+        query: &[],
+        body: None,
+        handler: || get(proxies),
+    },
+];
+
+/// The OpenAPI 3.1 document, generated from [`OPERATIONS`].
+pub fn openapi() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for op in OPERATIONS {
+        let mut parameters: Vec<serde_json::Value> = op
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        parameters.extend(op.query.iter().map(|(name, description)| {
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
+        }));
+        let mut operation = json!({
+            "summary": op.summary,
+            "parameters": parameters,
+            "responses": {
+                "200": { "description": "OK" },
+                "400": { "description": "Bad request (JSON error body with the reason)" },
+                "404": { "description": "Not found" },
+            },
+        });
+        if op.admin {
+            operation["security"] = json!([{ "bearer": [] }]);
+            operation["responses"]["401"] = json!({ "description": "Missing or wrong bearer token" });
+            operation["responses"]["409"] = json!({ "description": "Version conflict" });
+        }
+        if let Some((media, description)) = op.body {
+            operation["requestBody"] =
+                json!({ "required": true, "description": description, "content": { media: {} } });
+        }
+        let entry = paths.entry(op.path).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Pilotfish control plane", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
+    })
 }

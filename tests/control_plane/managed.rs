@@ -80,6 +80,10 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
     .await;
     assert_eq!(status["proxy"]["ackedVersion"], status["version"]);
     assert_eq!(status["proxy"]["connected"], true);
+    let metrics = support::parse_metrics(&support::curl(&[&cp.url("/metrics")]).await.body).await;
+    assert_eq!(support::sample(&metrics, "pilotfish_cp_connected_proxies", &[]), 1.0);
+    assert_eq!(support::sample(&metrics, "pilotfish_cp_current_proxies", &[]), 1.0);
+    assert!(support::sample(&metrics, "pilotfish_cp_pushes_total", &[]) >= 2.0);
     let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
     assert!(table.contains("web.default") && table.contains("true"), "{table}");
 }
