@@ -180,3 +180,64 @@ pub struct Change {
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, kind: &str, aggregate: &str, version: u64, data: serde_json::Value) -> Event {
+        Event {
+            seq,
+            id: format!("e{seq}"),
+            at: String::new(),
+            kind: kind.to_owned(),
+            aggregate: aggregate.to_owned(),
+            version,
+            data,
+            actor: "test".to_owned(),
+        }
+    }
+
+    fn fold(events: &[Event]) -> State {
+        let mut state = State::default();
+        for e in events {
+            state.apply(e).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn restore_and_diff_undo_exactly_what_changed() {
+        let doc = |port: u16| serde_json::json!({ "kind": "Service", "spec": { "port": port } });
+        let log = [
+            event(1, kind::RESOURCE_APPLIED, "Service/default/a", 1, doc(1)),
+            event(2, kind::RESOURCE_APPLIED, "Service/default/b", 1, doc(2)),
+            event(3, kind::RESOURCE_APPLIED, "Service/default/a", 2, doc(3)),
+            event(4, kind::RESOURCE_DELETED, "Service/default/b", 2, serde_json::Value::Null),
+            event(5, kind::RESOURCE_APPLIED, "Service/default/c", 1, doc(5)),
+        ];
+        let (then, now) = (fold(&log[..2]), fold(&log));
+        let changes = then.diff(&now);
+        let names: Vec<&str> = changes.iter().map(|c| c.aggregate.as_str()).collect();
+        assert_eq!(names, ["Service/default/a", "Service/default/b", "Service/default/c"]);
+        assert!(changes[1].after.is_none() && changes[2].before.is_none());
+
+        let undo = now.restore(&then, "test");
+        assert_eq!(undo.len(), 3);
+        let a = undo.iter().find(|r| r.aggregate == "Service/default/a").unwrap();
+        assert_eq!(
+            (a.kind.as_str(), a.expected_version, &a.data),
+            (kind::RESOURCE_APPLIED, Some(2), &doc(1))
+        );
+        let c = undo.iter().find(|r| r.aggregate == "Service/default/c").unwrap();
+        assert_eq!((c.kind.as_str(), c.expected_version), (kind::RESOURCE_DELETED, Some(1)));
+        assert!(now.restore(&now, "test").is_empty(), "restoring the present changes nothing");
+    }
+
+    #[test]
+    fn unknown_event_kinds_are_corruption_not_silence() {
+        let mut state = State::default();
+        let err = state.apply(&event(1, "Mystery", "x", 1, serde_json::Value::Null)).unwrap_err();
+        assert_eq!(err.seq, 1);
+    }
+}

@@ -138,6 +138,14 @@ impl ControlPlane {
 
     /// Folds in whatever the log has beyond the read model; returns the head.
     pub(crate) async fn refresh(&self) -> Result<u64, StoreError> {
+        // Readers share the read model; only a log that moved ahead takes the write lock.
+        let head = self.store.head().await?;
+        {
+            let state = self.state.read().await;
+            if state.seq >= head {
+                return Ok(state.seq);
+            }
+        }
         let mut state = self.state.write().await;
         let before = state.seq;
         catch_up(&*self.store, &mut state).await?;
@@ -239,6 +247,31 @@ async fn catch_up(store: &dyn EventStore, state: &mut State) -> Result<(), Store
             state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
         }
     }
+}
+
+/// The read model after `from` and after `to` (`from <= to`), folding the log once.
+async fn states_at(store: &dyn EventStore, from: u64, to: u64) -> Result<(State, State), StoreError> {
+    let mut earlier = None;
+    let mut state = State::default();
+    if from == 0 {
+        earlier = Some(state.clone());
+    }
+    'fold: while state.seq < to {
+        let page = store.events_since(state.seq, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            if event.seq > to {
+                break 'fold;
+            }
+            state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
+            if event.seq == from {
+                earlier = Some(state.clone());
+            }
+        }
+    }
+    Ok((earlier.unwrap_or_else(|| state.clone()), state))
 }
 
 /// The read model as it was after event `seq`.
@@ -473,7 +506,7 @@ async fn diff(
     if q.from > head || to > head {
         return Err(ApiError::BadRequest(format!("the log ends at seq {head}")));
     }
-    let (a, b) = (state_at(&*cp.store, q.from).await?, state_at(&*cp.store, to).await?);
+    let (a, b) = states_at(&*cp.store, q.from, to).await?;
     Ok(Json(json!({ "from": q.from, "to": to, "changes": a.diff(&b) })))
 }
 
