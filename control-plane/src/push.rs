@@ -33,6 +33,9 @@ pub struct ProxyStatus {
     pub connected_at: String,
     pub sent_version: u64,
     pub acked_version: u64,
+    /// Which connection of this sidecar the status belongs to.
+    #[serde(skip)]
+    generation: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<Nack>,
 }
@@ -47,29 +50,35 @@ pub struct Nack {
 #[derive(Default)]
 pub struct Proxies {
     by_id: Mutex<HashMap<String, ProxyStatus>>,
+    generations: std::sync::atomic::AtomicU64,
     /// Snapshots sent, over all sidecars.
     pub pushes: std::sync::atomic::AtomicU64,
 }
 
 impl Proxies {
-    pub async fn connected(&self, id: &str, service: &str, namespace: &str) {
+    /// Records a (re)connection; returns its generation. `resume` is the version the sidecar
+    /// says it already has (acknowledged earlier, perhaps to another replica).
+    pub async fn connected(&self, id: &str, service: &str, namespace: &str, resume: u64) -> u64 {
+        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let status = ProxyStatus {
             id: id.to_owned(),
             service: service.to_owned(),
             namespace: namespace.to_owned(),
             connected: true,
             connected_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            sent_version: 0,
-            acked_version: 0,
+            sent_version: resume,
+            acked_version: resume,
             last_nack: None,
+            generation,
         };
         let mut by_id = self.by_id.lock().await;
         let previous = by_id.insert(id.to_owned(), status);
         // A reconnecting sidecar keeps what it had acknowledged.
         if let (Some(old), Some(new)) = (previous, by_id.get_mut(id)) {
-            new.acked_version = old.acked_version;
+            new.acked_version = new.acked_version.max(old.acked_version);
             new.last_nack = old.last_nack;
         }
+        generation
     }
 
     pub async fn sent(&self, id: &str, version: u64) {
@@ -79,8 +88,9 @@ impl Proxies {
         }
     }
 
-    pub async fn disconnected(&self, id: &str) {
-        if let Some(p) = self.by_id.lock().await.get_mut(id) {
+    /// Marks a connection gone, unless a newer connection of the same sidecar replaced it.
+    pub async fn disconnected(&self, id: &str, generation: u64) {
+        if let Some(p) = self.by_id.lock().await.get_mut(id).filter(|p| p.generation == generation) {
             p.connected = false;
         }
     }
@@ -161,43 +171,59 @@ pub fn config_for(state: &State) -> String {
         .join("\n---\n")
 }
 
-/// Streams snapshots to one sidecar until it goes away.
+/// A send that does not complete in this long means the sidecar is gone (or hopelessly slow).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams snapshots to one sidecar until it goes away or the control plane stops.
 pub async fn stream(
     cp: Arc<crate::server::ControlPlane>,
     id: String,
+    generation: u64,
     resume: u64,
     mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
 ) {
     let mut heads = cp.store().subscribe();
+    let stop = cp.stopping();
     // A reconnecting sidecar that already has the current version gets nothing until a change.
     let mut last_sent = (resume != 0).then_some(resume);
-    loop {
-        if cp.refresh().await.is_ok() {
-            let state = cp.state().read().await;
-            if last_sent != Some(state.seq) {
-                let line = snapshot_line(&state);
-                let version = state.seq;
-                drop(state);
-                if tx.send_data(line).await.is_err() {
-                    break;
+    'stream: loop {
+        match cp.refresh().await {
+            Ok(_) => {
+                let state = cp.state().read().await;
+                if last_sent != Some(state.seq) {
+                    let line = snapshot_line(&state);
+                    let version = state.seq;
+                    drop(state);
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
+                        Ok(Ok(())) => {}
+                        _ => break 'stream,
+                    }
+                    cp.proxies().sent(&id, version).await;
+                    last_sent = Some(version);
                 }
-                cp.proxies().sent(&id, version).await;
-                last_sent = Some(version);
+            }
+            Err(e) => {
+                // Without a readable log this replica cannot serve the sidecar: end the stream so
+                // it moves to another replica.
+                tracing::error!(proxy = %id, error = %e, "cannot read the event log; closing the push stream");
+                break 'stream;
             }
         }
         tokio::select! {
+            _ = stop.cancelled() => break 'stream,
             changed = heads.changed() => {
                 if changed.is_err() {
-                    break;
+                    break 'stream;
                 }
                 tokio::time::sleep(DEBOUNCE).await;
             }
             _ = tokio::time::sleep(KEEPALIVE) => {
-                if tx.send_data(Bytes::from_static(b"\n")).await.is_err() {
-                    break;
+                match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
+                    Ok(Ok(())) => {}
+                    _ => break 'stream,
                 }
             }
         }
     }
-    cp.proxies().disconnected(&id).await;
+    cp.proxies().disconnected(&id, generation).await;
 }

@@ -36,6 +36,9 @@ pub struct ControlPlane {
     leases: Mutex<HashMap<String, Lease>>,
     admin_token: String,
     proxies: Proxies,
+    /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
+    /// does not wait on them forever.
+    stopping: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,9 @@ struct Lease {
     deadline: Instant,
     ttl: Duration,
     version: u64,
+    /// Granted or renewed by this replica. With a shared log another replica may hold the
+    /// instance's heartbeats, so a lease this replica only loaded is not its to expire.
+    owned: bool,
 }
 
 type Shared = Arc<ControlPlane>;
@@ -94,10 +100,11 @@ impl ControlPlane {
         catch_up(&*store, &mut state).await?;
         let now = Instant::now();
         let mut leases = HashMap::new();
+        let owned = !store.shared();
         for e in state.endpoints.values() {
             let ttl = Duration::from_secs(e.ttl_seconds);
             let version = store.aggregate_version(&endpoint_aggregate(&e.id)).await?;
-            leases.insert(e.id.clone(), Lease { deadline: now + ttl, ttl, version });
+            leases.insert(e.id.clone(), Lease { deadline: now + ttl, ttl, version, owned });
         }
         Ok(Arc::new(Self {
             store,
@@ -105,6 +112,7 @@ impl ControlPlane {
             leases: Mutex::new(leases),
             admin_token,
             proxies: Proxies::default(),
+            stopping: CancellationToken::new(),
         }))
     }
 
@@ -114,6 +122,15 @@ impl ControlPlane {
 
     pub fn state(&self) -> &RwLock<State> {
         &self.state
+    }
+
+    /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 
     pub fn proxies(&self) -> &Proxies {
@@ -192,7 +209,11 @@ impl ControlPlane {
         let now = Instant::now();
         let lapsed: Vec<(String, u64)> = {
             let leases = self.leases.lock().await;
-            leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, l)| (id.clone(), l.version)).collect()
+            leases
+                .iter()
+                .filter(|(_, l)| l.owned && l.deadline <= now)
+                .map(|(id, l)| (id.clone(), l.version))
+                .collect()
         };
         for (id, version) in lapsed {
             let req = AppendRequest {
@@ -597,7 +618,8 @@ async fn register(
     let id = event.data["id"].as_str().unwrap_or(&id).to_owned();
     if event.kind == kind::ENDPOINT_REGISTERED {
         let ttl = Duration::from_secs(event.data["ttlSeconds"].as_u64().unwrap_or(ttl));
-        leases.insert(id.clone(), Lease { deadline: Instant::now() + ttl, ttl, version: event.version });
+        let lease = Lease { deadline: Instant::now() + ttl, ttl, version: event.version, owned: true };
+        leases.insert(id.clone(), lease);
     }
     drop(leases);
     cp.settle().await;
@@ -610,11 +632,20 @@ async fn heartbeat(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     cp.authorize(&headers)?;
+    cp.refresh().await?;
+    // The read model decides whether the instance is still registered (another replica may
+    // have expired or removed it); the lease here only tracks when it was last heard from.
+    let registered = cp.state.read().await.endpoints.get(&id).map(|e| Duration::from_secs(e.ttl_seconds));
     let mut leases = cp.leases.lock().await;
-    let Some(lease) = leases.get_mut(&id) else {
+    let Some(ttl) = registered else {
+        leases.remove(&id);
         return Err(ApiError::NotFound(format!("endpoint {id} (its lease lapsed: register again)")));
     };
+    let version = cp.store.aggregate_version(&endpoint_aggregate(&id)).await?;
+    let lease =
+        leases.entry(id.clone()).or_insert(Lease { deadline: Instant::now(), ttl, version, owned: true });
     lease.deadline = Instant::now() + lease.ttl;
+    lease.owned = true;
     Ok(Json(json!({ "id": id, "ttlSeconds": lease.ttl.as_secs() })))
 }
 
@@ -732,9 +763,9 @@ async fn push(
     Query(q): Query<PushQuery>,
 ) -> ApiResult<Response> {
     cp.authorize(&headers)?;
-    cp.proxies.connected(&q.id, &q.service, &q.namespace).await;
+    let generation = cp.proxies.connected(&q.id, &q.service, &q.namespace, q.version).await;
     let (tx, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
-    tokio::spawn(push::stream(cp.clone(), q.id, q.version, tx));
+    tokio::spawn(push::stream(cp.clone(), q.id, generation, q.version, tx));
     let mut res = Response::new(axum::body::Body::new(body));
     res.headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static"));

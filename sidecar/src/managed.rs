@@ -28,6 +28,10 @@ use crate::state::Shared;
 /// Without even a keepalive line for this long, the stream is presumed dead.
 const STREAM_IDLE: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Connecting includes waiting for the response headers of the stream.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One snapshot line; a larger one is a broken stream, not a configuration.
+const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// Where the control plane is and who this sidecar is.
 #[derive(Debug, Clone)]
@@ -107,27 +111,34 @@ impl PushClient {
                     Ok(v) => {
                         let version = v["version"].as_u64().unwrap_or(0);
                         let config = v["config"].as_str().unwrap_or_default().to_owned();
+                        // Only a snapshot proves the server healthy; connecting is not enough.
+                        self.failures = 0;
                         return (version, self.managed.document_stream(&config));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "unreadable line on the push stream; reconnecting");
-                        self.disconnect();
+                        self.fail_over().await;
                         continue;
                     }
                 }
             }
+            if self.buf.len() > MAX_LINE {
+                tracing::warn!("a push stream line exceeds {MAX_LINE} bytes; reconnecting");
+                self.fail_over().await;
+                continue;
+            }
             let Some(body) = self.body.as_mut() else {
-                match self.connect().await {
-                    Ok(body) => {
-                        self.body = Some(body);
-                        self.failures = 0;
-                    }
-                    Err(e) => {
+                match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+                    Ok(Ok(body)) => self.body = Some(body),
+                    Ok(Err(e)) => {
                         let server = &self.managed.servers[self.server];
                         tracing::warn!(%server, error = %e, "control plane unreachable; serving the last good config");
-                        self.server = (self.server + 1) % self.managed.servers.len();
-                        self.failures += 1;
-                        tokio::time::sleep(backoff(self.failures)).await;
+                        self.fail_over().await;
+                    }
+                    Err(_) => {
+                        let server = &self.managed.servers[self.server];
+                        tracing::warn!(%server, "control plane did not answer within {CONNECT_TIMEOUT:?}; trying the next");
+                        self.fail_over().await;
                     }
                 }
                 continue;
@@ -145,17 +156,20 @@ impl PushClient {
                 }
                 Ok(Some(Err(_))) | Ok(None) | Err(_) => {
                     tracing::warn!("push stream ended; reconnecting");
-                    self.disconnect();
-                    self.server = (self.server + 1) % self.managed.servers.len();
-                    tokio::time::sleep(backoff(1)).await;
+                    self.fail_over().await;
                 }
             }
         }
     }
 
-    fn disconnect(&mut self) {
+    /// Drops the stream, moves to the next control-plane URL, and backs off — longer with every
+    /// failure in a row, so a server that accepts and then fails cannot cause a reconnect storm.
+    async fn fail_over(&mut self) {
         self.body = None;
         self.buf.clear();
+        self.server = (self.server + 1) % self.managed.servers.len();
+        self.failures += 1;
+        tokio::time::sleep(backoff(self.failures)).await;
     }
 
     async fn connect(&self) -> Result<Incoming, String> {

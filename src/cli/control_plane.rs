@@ -84,12 +84,14 @@ async fn serve(
     tokio::spawn(cp.clone().run_background(stop.clone()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let shutdown = stop.clone();
+    let (shutdown, stopping) = (stop.clone(), cp.clone());
     tokio::spawn(async move {
         tokio::select! {
             _ = sigterm.recv() => {}
             _ = sigint.recv() => {}
         }
+        // Push streams end first, or the graceful shutdown would wait on them for ever.
+        stopping.stop();
         shutdown.cancel();
     });
     axum::serve(listener, cp.router()).with_graceful_shutdown(stop.cancelled_owned()).await?;

@@ -162,7 +162,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
     }
 
     // The apps: demo apps served here, commands started as children.
-    let mut children = Vec::new();
+    let mut children = Children::default();
     for i in &instances {
         match &i.run {
             AppRun::Demo { greeting, fail_rate } => {
@@ -178,7 +178,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
                     .kill_on_drop(true)
                     .spawn()
                     .with_context(|| format!("starting {:?}", command))?;
-                children.push(child);
+                children.0.push(child);
             }
             AppRun::External => {}
         }
@@ -247,20 +247,43 @@ async fn up(args: Args) -> anyhow::Result<()> {
             Err(_) => eprintln!("a sidecar did not stop in time"),
         }
     }
-    for mut child in children {
-        if let Some(pid) = child.id() {
-            // SIGTERM to the whole group; whatever is left after a grace period is killed.
-            let _ = std::process::Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).status();
-            if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
-                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
-            }
-        }
-        let _ = child.kill().await;
-    }
+    children.stop().await;
+    cp.stop();
     stop_cp.cancel();
-    let _ = cp_server.await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), cp_server).await;
     eprintln!("stopped; the mesh's state is kept in {}", data_dir.display());
     Ok(())
+}
+
+/// The commands `up` started, each in its own process group. Stopped on the way out, and killed
+/// when dropped on an error path, so nothing they started outlives `up`.
+#[derive(Default)]
+struct Children(Vec<tokio::process::Child>);
+
+impl Children {
+    /// SIGTERM to each group; whatever is left after a grace period is killed.
+    async fn stop(mut self) {
+        for child in &mut self.0 {
+            signal_group(child, "-TERM");
+            if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+                signal_group(child, "-KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            signal_group(child, "-KILL");
+        }
+    }
+}
+
+fn signal_group(child: &tokio::process::Child, signal: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args([signal, "--", &format!("-{pid}")]).status();
+    }
 }
 
 fn demo(first: SocketAddr) -> Vec<Instance> {

@@ -106,7 +106,8 @@ async fn replicas_on_etcd_share_writes_and_sidecars_fail_over() {
     // Written through A, served by a sidecar that only talks to B.
     apply(&a, &route("replica-a")).await;
     eventually("a write through A reaches B's sidecar", async || header(&url).await == "replica-a").await;
-    assert!(sc.stderr().contains(&b.url("")), "the sidecar was not connected to B");
+    let connected_to_b = format!("connected to the control plane server={}", b.url(""));
+    assert!(sc.stderr().contains(&connected_to_b), "the sidecar was not connected to B");
 
     // B dies: the sidecar moves to A and keeps converging.
     b.kill();
@@ -115,8 +116,10 @@ async fn replicas_on_etcd_share_writes_and_sidecars_fail_over() {
         header(&url).await == "after-failover"
     })
     .await;
-    let r = support::curl(&[&a.url("/v1/proxies")]).await;
-    let j = r.json();
-    let web = j["items"].as_array().unwrap().iter().find(|p| p["service"] == "web").cloned().unwrap();
-    assert_eq!(web["ackedVersion"], j["version"], "{j}");
+    eventually("the sidecar's ACK reached A", async || {
+        let j = support::curl(&[&a.url("/v1/proxies")]).await.json();
+        let web = j["items"].as_array().unwrap().iter().find(|p| p["service"] == "web").cloned();
+        web.is_some_and(|w| w["ackedVersion"] == j["version"])
+    })
+    .await;
 }

@@ -428,6 +428,10 @@ impl EventStore for Etcd {
         kvs.first().map(decode_snapshot).transpose()
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.head.subscribe()
     }

@@ -155,4 +155,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// backend. A `watch` rather than a `broadcast`: readers want the newest head, not every
     /// step, so bursts coalesce and a slow reader never lags behind or errors.
     fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Whether other control-plane replicas write to the same log (etcd), so live state kept
+    /// in one replica's memory — leases — may be renewed elsewhere.
+    fn shared(&self) -> bool {
+        false
+    }
 }
