@@ -187,13 +187,11 @@ pub async fn stream(
     // A reconnecting sidecar that already has the current version gets nothing until a change.
     let mut last_sent = (resume != 0).then_some(resume);
     'stream: loop {
-        match cp.refresh().await {
+        let head = *heads.borrow_and_update();
+        match cp.refresh_to(head).await {
             Ok(_) => {
-                let state = cp.state().read().await;
-                if last_sent != Some(state.seq) {
-                    let line = snapshot_line(&state);
-                    let version = state.seq;
-                    drop(state);
+                let (version, line) = cp.snapshot_line().await;
+                if last_sent != Some(version) {
                     match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
                         Ok(Ok(())) => {}
                         _ => break 'stream,

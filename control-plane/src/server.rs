@@ -36,6 +36,8 @@ pub struct ControlPlane {
     leases: Mutex<HashMap<String, Lease>>,
     admin_token: String,
     proxies: Proxies,
+    /// The newest snapshot line, shared by every push stream (built once per version).
+    snapshot: std::sync::Mutex<Option<(u64, bytes::Bytes)>>,
     /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
     /// does not wait on them forever.
     stopping: CancellationToken,
@@ -112,6 +114,7 @@ impl ControlPlane {
             leases: Mutex::new(leases),
             admin_token,
             proxies: Proxies::default(),
+            snapshot: std::sync::Mutex::new(None),
             stopping: CancellationToken::new(),
         }))
     }
@@ -127,6 +130,20 @@ impl ControlPlane {
     /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).
     pub fn stop(&self) {
         self.stopping.cancel();
+    }
+
+    /// The push snapshot of the read model in force, built once per version for all streams.
+    pub(crate) async fn snapshot_line(&self) -> (u64, bytes::Bytes) {
+        let state = self.state.read().await;
+        let mut cached = self.snapshot.lock().expect("snapshot lock poisoned");
+        match &*cached {
+            Some((seq, line)) if *seq == state.seq => (*seq, line.clone()),
+            _ => {
+                let line = push::snapshot_line(&state);
+                *cached = Some((state.seq, line.clone()));
+                (state.seq, line)
+            }
+        }
     }
 
     pub fn stopping(&self) -> CancellationToken {
@@ -155,8 +172,13 @@ impl ControlPlane {
 
     /// Folds in whatever the log has beyond the read model; returns the head.
     pub(crate) async fn refresh(&self) -> Result<u64, StoreError> {
-        // Readers share the read model; only a log that moved ahead takes the write lock.
         let head = self.store.head().await?;
+        self.refresh_to(head).await
+    }
+
+    /// Folds in the log up to at least `head` (known from the head watch, sparing a store read).
+    pub(crate) async fn refresh_to(&self, head: u64) -> Result<u64, StoreError> {
+        // Readers share the read model; only a log that moved ahead takes the write lock.
         {
             let state = self.state.read().await;
             if state.seq >= head {
