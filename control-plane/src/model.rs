@@ -16,6 +16,7 @@ pub mod kind {
     pub const ENDPOINT_REGISTERED: &str = "EndpointRegistered";
     pub const ENDPOINT_DEREGISTERED: &str = "EndpointDeregistered";
     pub const ENDPOINT_EXPIRED: &str = "EndpointExpired";
+    pub const TOKEN_CREATED: &str = "TokenCreated";
 }
 
 /// The aggregate a resource's events belong to: `Kind/namespace/name`.
@@ -37,6 +38,20 @@ pub struct State {
     pub resources: BTreeMap<String, StoredResource>,
     /// By instance id.
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Per-service join tokens, by token id (only a hash of each secret is kept).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+}
+
+/// A join token: lets one service's sidecars receive configuration and register instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    pub service: String,
+    pub namespace: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +111,11 @@ impl State {
                 let record: EndpointRecord =
                     serde_json::from_value(event.data.clone()).map_err(|e| corrupt(e.to_string()))?;
                 self.endpoints.insert(record.id.clone(), record);
+            }
+            kind::TOKEN_CREATED => {
+                let record: TokenRecord =
+                    serde_json::from_value(event.data.clone()).map_err(|e| corrupt(e.to_string()))?;
+                self.tokens.insert(record.id.clone(), record);
             }
             kind::ENDPOINT_DEREGISTERED | kind::ENDPOINT_EXPIRED => {
                 let id = event.aggregate.strip_prefix("Endpoint/").unwrap_or(&event.aggregate);

@@ -106,6 +106,11 @@ impl Proxies {
         true
     }
 
+    /// The service a proxy said it belongs to when it connected.
+    pub async fn service_of(&self, id: &str) -> Option<(String, String)> {
+        self.by_id.lock().await.get(id).map(|p| (p.service.clone(), p.namespace.clone()))
+    }
+
     pub async fn list(&self) -> Vec<ProxyStatus> {
         let mut all: Vec<_> = self.by_id.lock().await.values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));

@@ -51,6 +51,8 @@ pub enum ApiError {
     Invalid(#[from] pilotfish_api::ConfigError),
     #[error("missing or wrong bearer token: send `Authorization: Bearer <admin token>`")]
     Unauthorized,
+    #[error("this token may not do that: {0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -62,6 +64,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::BadRequest(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -268,15 +271,71 @@ impl ControlPlane {
         self.settle().await;
     }
 
+    /// Operations on a registered instance: the admin token, or its service's join token.
+    async fn authorize_endpoint(&self, headers: &HeaderMap, id: &str) -> ApiResult<String> {
+        let owner =
+            self.state.read().await.endpoints.get(id).map(|e| (e.service.clone(), e.namespace.clone()));
+        match owner {
+            Some((service, namespace)) => self.authorize_service(headers, &service, &namespace).await,
+            // Unknown (or lapsed): a sidecar holding a join token must hear 404 to register again.
+            None if self.caller(headers).is_some() => {
+                Err(ApiError::NotFound(format!("endpoint {id} (its lease lapsed: register again)")))
+            }
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+
+    /// Admin operations: only the admin token.
     fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
+        match self.caller(headers) {
+            Some(Caller::Admin) => Ok("admin".to_owned()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+
+    /// A sidecar's operations for `service.namespace`: the admin token, or a join token of that
+    /// service.
+    async fn authorize_service(
+        &self,
+        headers: &HeaderMap,
+        service: &str,
+        namespace: &str,
+    ) -> ApiResult<String> {
+        match self.caller(headers) {
+            Some(Caller::Admin) => Ok("admin".to_owned()),
+            Some(Caller::Join { id, secret }) => {
+                let _ = self.refresh().await;
+                let state = self.state.read().await;
+                let record = state.tokens.get(&id).ok_or(ApiError::Unauthorized)?;
+                let hash = sha256_hex(secret.as_bytes());
+                if !constant_time_eq(hash.as_bytes(), record.secret_sha256.as_bytes()) {
+                    return Err(ApiError::Unauthorized);
+                }
+                if record.service != service || record.namespace != namespace {
+                    return Err(ApiError::Forbidden(format!(
+                        "it belongs to service {}.{}, not {service}.{namespace}",
+                        record.service, record.namespace
+                    )));
+                }
+                Ok(format!("token {id} ({service}.{namespace})"))
+            }
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+
+    fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            Some(t) if constant_time_eq(t.as_bytes(), self.admin_token.as_bytes()) => Ok("admin".to_owned()),
-            _ => Err(ApiError::Unauthorized),
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        if constant_time_eq(
+            sha256_hex(token.as_bytes()).as_bytes(),
+            sha256_hex(self.admin_token.as_bytes()).as_bytes(),
+        ) {
+            return Some(Caller::Admin);
         }
+        let (id, secret) = token.split_once('.')?;
+        Some(Caller::Join { id: id.to_owned(), secret: secret.to_owned() })
     }
 }
 
@@ -333,6 +392,16 @@ async fn state_at(store: &dyn EventStore, seq: u64) -> Result<State, StoreError>
         }
     }
     Ok(state)
+}
+
+enum Caller {
+    Admin,
+    Join { id: String, secret: String },
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -602,8 +671,9 @@ async fn register(
     headers: HeaderMap,
     reg: Result<Json<Registration>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = cp.authorize(&headers)?;
     let Json(reg) = reg.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let namespace_of = reg.namespace.clone().unwrap_or_else(|| "default".into());
+    let actor = cp.authorize_service(&headers, &reg.service, &namespace_of).await?;
     let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
     if !(1..=3600).contains(&ttl) {
         return Err(ApiError::BadRequest("ttlSeconds must be between 1 and 3600".into()));
@@ -653,8 +723,8 @@ async fn heartbeat(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    cp.authorize(&headers)?;
     cp.refresh().await?;
+    cp.authorize_endpoint(&headers, &id).await?;
     // The read model decides whether the instance is still registered (another replica may
     // have expired or removed it); the lease here only tracks when it was last heard from.
     let registered = cp.state.read().await.endpoints.get(&id).map(|e| Duration::from_secs(e.ttl_seconds));
@@ -676,7 +746,8 @@ async fn deregister(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = cp.authorize(&headers)?;
+    cp.refresh().await?;
+    let actor = cp.authorize_endpoint(&headers, &id).await?;
     let mut leases = cp.leases.lock().await;
     let Some(lease) = leases.remove(&id) else {
         return Err(ApiError::NotFound(format!("endpoint {id}")));
@@ -784,7 +855,7 @@ async fn push(
     headers: HeaderMap,
     Query(q): Query<PushQuery>,
 ) -> ApiResult<Response> {
-    cp.authorize(&headers)?;
+    cp.authorize_service(&headers, &q.service, &q.namespace).await?;
     let generation = cp.proxies.connected(&q.id, &q.service, &q.namespace, q.version).await;
     let (tx, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
     tokio::spawn(push::stream(cp.clone(), q.id, generation, q.version, tx));
@@ -808,7 +879,10 @@ async fn ack(
     Path(id): Path<String>,
     ack: Result<Json<Ack>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    cp.authorize(&headers)?;
+    let Some((service, namespace)) = cp.proxies.service_of(&id).await else {
+        return Err(ApiError::NotFound(format!("proxy {id}")));
+    };
+    cp.authorize_service(&headers, &service, &namespace).await?;
     let Json(ack) = ack.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(error) = &ack.error {
         tracing::warn!(proxy = %id, version = ack.version, error = %error, "sidecar rejected a configuration");
@@ -975,6 +1049,15 @@ pub const OPERATIONS: &[Operation] = &[
         handler: || post(ack),
     },
     Operation {
+        method: "post",
+        path: "/v1/tokens",
+        summary: "Create a join token for one service's sidecars (shown once)",
+        admin: true,
+        query: &[],
+        body: Some(("application/json", "{service, namespace?}")),
+        handler: || post(create_token),
+    },
+    Operation {
         method: "get",
         path: "/v1/proxies",
         summary: "Every sidecar: acked version, whether it is current, its last NACK",
@@ -1025,4 +1108,52 @@ pub fn openapi() -> serde_json::Value {
         "paths": paths,
         "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
     })
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    service: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+}
+
+/// `POST /v1/tokens`: a join token for one service's sidecars. The secret is returned once;
+/// the log keeps only its hash.
+async fn create_token(
+    AxumState(cp): AxumState<Shared>,
+    headers: HeaderMap,
+    req: Result<Json<TokenRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let actor = cp.authorize(&headers)?;
+    let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    for (field, value) in [("service", &req.service), ("namespace", &req.namespace)] {
+        pilotfish_api::document::validate_name(value)
+            .map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))?;
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let record = crate::model::TokenRecord {
+        id: id.clone(),
+        service: req.service.clone(),
+        namespace: req.namespace.clone(),
+        secret_sha256: sha256_hex(secret.as_bytes()),
+    };
+    let event = cp
+        .store
+        .append(AppendRequest {
+            aggregate: format!("Token/{id}"),
+            expected_version: Some(0),
+            kind: kind::TOKEN_CREATED.to_owned(),
+            data: serde_json::to_value(&record).expect("records serialize"),
+            actor,
+            idempotency_key: None,
+        })
+        .await?;
+    cp.settle().await;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "token": format!("{id}.{secret}"), "service": req.service, "namespace": req.namespace, "seq": event.seq }),
+        ),
+    ))
 }

@@ -30,6 +30,18 @@ pub enum Output {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum TokenAction {
+    /// A token that lets one service's sidecars get configuration and register instances
+    /// (printed once; give it to `pilotfish sidecar --token`).
+    Create {
+        #[arg(long)]
+        service: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Create or update resources from a YAML/JSON stream (`-` for stdin); all or nothing.
     Apply {
@@ -65,6 +77,11 @@ pub enum Command {
     Rollback {
         #[arg(long = "to", value_name = "SEQ")]
         to: u64,
+    },
+    /// Join tokens for sidecars.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Every sidecar: the version it acknowledged, whether that is current, its last NACK.
     Proxies {
@@ -218,6 +235,12 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Token { action: TokenAction::Create { service, namespace } } => {
+            let body = serde_json::json!({ "service": service, "namespace": namespace }).to_string();
+            let out = api.call(http::Method::POST, "/v1/tokens", Some(body)).await?;
+            eprintln!("join token for {service}.{namespace} (shown once):");
+            println!("{}", out["token"].as_str().unwrap_or_default());
         }
         Command::Proxies { output } => {
             let out = api.call(http::Method::GET, "/v1/proxies", None).await?;

@@ -234,3 +234,76 @@ async fn managed_sidecars_register_their_apps_and_route_to_each_other() {
     .await;
     assert_eq!(r.header("pilotfish-error"), Some("no-route"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_serves_one_service_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let users = backend("users").await;
+    apply(&cp, &service("users", users.addr.port())).await;
+    let token =
+        tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", "web"])).trim().to_owned();
+    assert!(token.contains('.') && token.len() > 40, "{token}");
+
+    // A sidecar of `web` runs on it: configuration, ACKs, registration.
+    let app = backend("web-app").await;
+    let url = cp.url("");
+    let app_addr = app.addr.to_string();
+    let args = [
+        "--control-plane",
+        &url,
+        "--service",
+        "web",
+        "--token",
+        &token,
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+        "--app",
+        &app_addr,
+        "--inbound",
+        "127.0.0.1:0",
+    ];
+    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let r = support::curl(&["-H", "Host: users", &format!("http://{}/", sc.outbound)]).await;
+    assert_eq!(r.status, 200);
+    eventually("web's sidecar registered its app", async || {
+        let r = support::curl(&[&cp.url("/v1/endpoints?service=web")]).await;
+        (r.json()["items"].as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+
+    // ...and nothing else: no admin writes, no other service's identity.
+    let bearer = format!("Authorization: Bearer {token}");
+    let r = support::curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &bearer,
+        "--data-binary",
+        &service("evil", 1),
+        &cp.url("/v1/resources"),
+    ])
+    .await;
+    assert_eq!(r.status, 401);
+    let other = r#"{"service": "users", "address": "127.0.0.1:1"}"#;
+    let r = support::curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &bearer,
+        "-H",
+        "content-type: application/json",
+        "--data",
+        other,
+        &cp.url("/v1/endpoints"),
+    ])
+    .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let r = support::curl(&["--max-time", "3", "-H", &bearer, &cp.url("/v1/push?id=x&service=users")]).await;
+    assert_eq!(r.status, 403);
+    let r =
+        support::curl(&["-H", "Authorization: Bearer abc.def", &cp.url("/v1/push?id=x&service=web")]).await;
+    assert_eq!(r.status, 401, "a made-up token");
+}
