@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AppendRequest, Event};
+use crate::store::{AppendRequest, Event, StoreError};
 
 /// Event kinds written to the log.
 pub mod kind {
@@ -92,6 +92,12 @@ pub struct CorruptEvent {
     pub seq: u64,
     pub kind: String,
     pub reason: String,
+}
+
+impl From<CorruptEvent> for StoreError {
+    fn from(e: CorruptEvent) -> Self {
+        StoreError::Corrupt { seq: e.seq, reason: e.to_string() }
+    }
 }
 
 impl State {

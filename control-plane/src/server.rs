@@ -346,7 +346,7 @@ async fn catch_up(store: &dyn EventStore, state: &mut State) -> Result<(), Store
             return Ok(());
         }
         for event in &page {
-            state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
+            state.apply(event)?;
         }
     }
 }
@@ -367,31 +367,13 @@ async fn states_at(store: &dyn EventStore, from: u64, to: u64) -> Result<(State,
             if event.seq > to {
                 break 'fold;
             }
-            state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
+            state.apply(event)?;
             if event.seq == from {
                 earlier = Some(state.clone());
             }
         }
     }
     Ok((earlier.unwrap_or_else(|| state.clone()), state))
-}
-
-/// The read model as it was after event `seq`.
-async fn state_at(store: &dyn EventStore, seq: u64) -> Result<State, StoreError> {
-    let mut state = State::default();
-    while state.seq < seq {
-        let page = store.events_since(state.seq, 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        for event in page.iter().take_while(|e| e.seq <= seq) {
-            state.apply(event).map_err(|e| StoreError::Corrupt { seq: e.seq, reason: e.to_string() })?;
-        }
-        if page.last().is_some_and(|e| e.seq >= seq) {
-            break;
-        }
-    }
-    Ok(state)
 }
 
 enum Caller {
@@ -644,7 +626,7 @@ async fn rollback(
         )));
     }
     cp.refresh().await?;
-    let target = state_at(&*cp.store, req.to_seq).await?;
+    let (target, _) = states_at(&*cp.store, req.to_seq, req.to_seq).await?;
     let batch = cp.state.read().await.restore(&target, &format!("{actor} (rollback to {})", req.to_seq));
     let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
     cp.settle().await;

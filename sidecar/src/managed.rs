@@ -322,8 +322,8 @@ async fn call(
     Ok(value)
 }
 
-/// Jittered exponential backoff: up to 100 ms × 2^(failures−1), at most 5 s.
+/// Reconnect and retry pauses: the retry layer's exponential backoff with full jitter, from
+/// 100 ms up to 5 s.
 fn backoff(failures: u32) -> Duration {
-    let ceiling = Duration::from_millis(100).saturating_mul(1 << failures.min(6)).min(MAX_BACKOFF);
-    Duration::from_millis(fastrand::u64(ceiling.as_millis() as u64 / 2..=ceiling.as_millis() as u64))
+    crate::resilience::retry::backoff(failures, Duration::from_millis(100), MAX_BACKOFF)
 }

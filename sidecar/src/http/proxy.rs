@@ -239,7 +239,7 @@ impl ConnContext {
                 Err(KeepError::Timeout) => {
                     let req = Request::from_parts(take_parts(&mut parts), ());
                     let e = ProxyError::Timeout(rule.request_timeout.unwrap_or_default());
-                    return self.fail_parts(snap, &req, authority.as_ref(), e, grpc, local, started);
+                    return self.fail(snap, &req, authority.as_ref(), e, grpc, local, started);
                 }
                 Ok(Keeping::Kept(kept)) => Some(kept),
                 Ok(Keeping::TooLarge(streaming)) => {
@@ -249,7 +249,7 @@ impl ConnContext {
                 Err(KeepError::Body(e)) => {
                     let req = Request::from_parts(take_parts(&mut parts), ());
                     let e = ProxyError::RequestBody(e.to_string());
-                    return self.fail_parts(snap, &req, authority.as_ref(), e, grpc, local, started);
+                    return self.fail(snap, &req, authority.as_ref(), e, grpc, local, started);
                 }
             },
             None => {
@@ -487,10 +487,10 @@ impl ConnContext {
         res.map(|body| ProxyBody::upstream(body, Completion::new(conn, record)))
     }
 
-    fn record_for(
+    fn record_for<B>(
         &self,
         snap: &Snapshot,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         authority: Option<&Authority>,
         service: &str,
         started: Instant,
@@ -498,11 +498,13 @@ impl ConnContext {
         snap.sidecar.access_log.then(|| Box::new((self.record(req, authority, service), started)))
     }
 
+    /// A request refused before reaching an endpoint (the body may already be gone: `B` is
+    /// whatever is left of the request).
     #[allow(clippy::too_many_arguments)]
-    fn fail(
+    fn fail<B>(
         &self,
         snap: &Snapshot,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         authority: Option<&Authority>,
         e: ProxyError,
         grpc: bool,
@@ -511,21 +513,6 @@ impl ConnContext {
     ) -> Response<ProxyBody> {
         tracing::debug!(error = %e, "request refused");
         let record = self.record_for(snap, req, authority, "", started);
-        self.respond_local(e, grpc, local, record)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn fail_parts(
-        &self,
-        snap: &Snapshot,
-        req: &Request<()>,
-        authority: Option<&Authority>,
-        e: ProxyError,
-        grpc: bool,
-        local: &EndpointMetrics,
-        started: Instant,
-    ) -> Response<ProxyBody> {
-        let record = snap.sidecar.access_log.then(|| Box::new((self.record(req, authority, ""), started)));
         self.respond_local(e, grpc, local, record)
     }
 
