@@ -32,3 +32,33 @@ async fn h2load_100_streams_on_one_connection_without_errors() {
         5000.0
     );
 }
+
+/// 100 concurrent streams through one sidecar to an HTTP/1.1 upstream with a listen backlog of
+/// 5 (Python's http.server, a connection per request): the sidecar paces its connection attempts
+/// and retries a failed connect, so the burst sees latency, never errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_an_upstream_with_a_listen_backlog_of_5_gets_no_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
+    let app = App::python_with("backlog_server.py", &[dir.path().to_str().unwrap()]);
+    let port = free_port();
+    let config = format!(
+        "{}{}",
+        sidecar_doc(None, ""),
+        service_doc(
+            "small",
+            &[app.addr()],
+            &format!("  ports: [{{port: 80, protocol: http}}]\n  localPort: {port}\n")
+        )
+    );
+    let _sc = Sidecar::start(&config);
+    let out = tokio::process::Command::new("h2load")
+        .args(["-n", "2000", "-c", "1", "-m", "100", &format!("http://127.0.0.1:{port}/hello.txt")])
+        .output()
+        .await
+        .expect("h2load is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2000 succeeded, 0 failed, 0 errored, 0 timeout"), "{text}");
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+}

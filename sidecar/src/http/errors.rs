@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::pool::UpstreamError;
+use crate::resilience::limit::Limit;
 use crate::resilience::ratelimit::Decision;
 
 /// Whole seconds to wait, rounded up (`Retry-After` has no fractions).
@@ -32,8 +33,8 @@ pub enum ProxyError {
     NoEndpoints(String),
     #[error("every endpoint of service {0} is ejected by its circuit breaker")]
     CircuitOpen(String),
-    #[error("service {service} is at its {limit} limit")]
-    Overloaded { service: String, limit: &'static str },
+    #[error("service {service} is at its {} limit", .limit.as_str())]
+    Overloaded { service: String, limit: Limit },
     #[error("rate limited: retry after {}s", retry_after_secs(.0))]
     RateLimited(Decision),
     #[error("the route's backend {0} is not a known Service")]
@@ -42,6 +43,8 @@ pub enum ProxyError {
     Timeout(std::time::Duration),
     #[error("the request body could not be read: {0}")]
     RequestBody(String),
+    #[error("the request body did not arrive within {0:?}")]
+    RequestBodyTimeout(std::time::Duration),
     #[error("could not connect to an endpoint: {0}")]
     UpstreamConnect(#[source] UpstreamError),
     #[error("the endpoint failed the request: {0}")]
@@ -52,7 +55,9 @@ impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::Overflow(limit) => Self::Overloaded { service: String::new(), limit },
-            UpstreamError::Connect(_) | UpstreamError::Handshake { .. } => Self::UpstreamConnect(e),
+            UpstreamError::Connect(_)
+            | UpstreamError::Handshake { .. }
+            | UpstreamError::ClosedBeforeSend { .. } => Self::UpstreamConnect(e),
             UpstreamError::Request { .. } => Self::UpstreamReset(e),
         }
     }
@@ -71,6 +76,7 @@ impl ProxyError {
             Self::UnknownBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -86,7 +92,7 @@ impl ProxyError {
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited(_) => "rate-limited",
             Self::UnknownBackend(_) => "no-route",
-            Self::Timeout(_) => "timeout",
+            Self::Timeout(_) | Self::RequestBodyTimeout(_) => "timeout",
             Self::RequestBody(_) => "bad-request",
             Self::UpstreamConnect(_) => "upstream-connect",
             Self::UpstreamReset(_) => "upstream-reset",
@@ -100,7 +106,7 @@ impl ProxyError {
                 "12"
             }
             Self::RateLimited(_) | Self::Overloaded { .. } => "8",
-            Self::Timeout(_) => "4",
+            Self::Timeout(_) | Self::RequestBodyTimeout(_) => "4",
             _ => "14",
         }
     }
@@ -126,7 +132,7 @@ impl ProxyError {
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
         match self {
             Self::Overloaded { limit, .. } => {
-                h.insert("pilotfish-limit", HeaderValue::from_static(limit));
+                h.insert("pilotfish-limit", HeaderValue::from_static(limit.as_str()));
             }
             Self::RateLimited(decision) => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs(decision)));

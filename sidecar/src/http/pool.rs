@@ -1,13 +1,26 @@
 //! Pooled connections to one endpoint: idle HTTP/1.1 connections kept for reuse, and one shared,
 //! multiplexed HTTP/2 connection.
 //!
+//! A burst must not become a connection storm. A request that finds no idle HTTP/1.1 connection
+//! waits — counted against `maxPendingRequests` — for whichever comes first: a connection another
+//! request releases, or one of the connection attempts the pool makes for the queue (Envoy's
+//! pending queue). New connections ramp up like TCP slow start: connections that have not yet
+//! answered a request (attempts in flight included) are at most [`INITIAL_WINDOW`], or as many as
+//! the endpoint's connections that have answered. A connection the kernel completed but the app
+//! has not accepted yet is unanswered, so an upstream with a listen backlog of 5 never has more
+//! than four of ours waiting in it and never drops a SYN (which would cost a one-second
+//! retransmit); an endpoint that answers gets connections as fast as it proves it can take them.
+//! A request that never went out (no connection, or one that closed before taking it) is handed
+//! back to the caller, so that it can be retried elsewhere whatever its method or body.
+//!
 //! Why not hyper-util's legacy `Client`: its pool is keyed by the request URI's authority and it
 //! sends that authority on the wire, but a mesh must keep the caller's `Host`/`:authority` while
 //! choosing the endpoint itself. Built on hyper's connection API instead, the pool is keyed by
 //! endpoint and the request keeps its authority.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +28,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use crate::resilience::limit::{Claim, OwnedClaim};
+use crate::resilience::limit::{Claim, Limit, OwnedClaim};
 use crate::transport;
 
 /// Idle HTTP/1.1 connections older than this are closed rather than reused: servers commonly drop
@@ -28,6 +42,9 @@ const MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// How long a released connection may take to become ready for its next request (hyper finishes
 /// the previous exchange on the connection's own task) before it is closed instead of pooled.
 const READY_WAIT: Duration = Duration::from_secs(5);
+/// New connections to one endpoint that may await their first answer at once, before any has
+/// answered: below the smallest listen backlogs in common use (Python's `http.server` has 5).
+pub const INITIAL_WINDOW: usize = 4;
 
 /// The HTTP version spoken to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,32 +59,86 @@ pub struct Connect<'a> {
     /// Connections the service has open, bounded by `maxConnections`.
     pub open: &'a Arc<AtomicUsize>,
     pub max_open: usize,
-    /// Requests waiting for a new connection, bounded by `maxPendingRequests`.
+    /// Requests waiting for a connection, bounded by `maxPendingRequests`.
     pub pending: &'a AtomicUsize,
     pub max_pending: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// A service limit refused a new connection (the limit's name).
-    #[error("the service is at its {0} limit")]
-    Overflow(&'static str),
+    /// A service limit refused a new connection or a place in the queue for one.
+    #[error("the service is at its {} limit", .0.as_str())]
+    Overflow(Limit),
     #[error("{0}")]
     Connect(#[source] std::io::Error),
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("the connection to {addr} closed before the request was sent")]
+    ClosedBeforeSend { addr: SocketAddr },
     #[error("request to {addr} failed: {source}")]
     Request { addr: SocketAddr, source: hyper::Error },
+}
+
+impl UpstreamError {
+    /// Whether the endpoint never saw the request: no connection could be had for it.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::ClosedBeforeSend { .. })
+    }
+}
+
+/// A failed send: why, and the request when it never went out.
+pub struct SendError {
+    pub error: UpstreamError,
+    pub unsent: Option<Box<Request<RequestBody>>>,
+}
+
+impl SendError {
+    fn unsent(error: UpstreamError, req: Request<RequestBody>) -> Self {
+        Self { error, unsent: Some(Box::new(req)) }
+    }
 }
 
 /// Connections to one endpoint. Shared by every snapshot that lists the endpoint, so a config
 /// reload keeps warm connections.
 pub struct EndpointConns {
     addr: SocketAddr,
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    h1: Mutex<Http1Pool>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     h2_connecting: tokio::sync::Mutex<()>,
+    /// HTTP/2 connection attempts made, and the number of the last one that failed: requests
+    /// that queued behind a failed attempt fail with it instead of each trying in turn.
+    h2_attempts: AtomicU64,
+    h2_failed: Mutex<Option<(u64, String)>>,
 }
+
+/// Idle HTTP/1.1 connections, the requests waiting for one, and the slow-start window.
+#[derive(Default)]
+struct Http1Pool {
+    idle: Vec<(http1::SendRequest<RequestBody>, Instant)>,
+    waiters: VecDeque<(u64, oneshot::Sender<Delivery>)>,
+    next_waiter: u64,
+    /// Connection attempts in flight.
+    connecting: usize,
+    /// Attempts in flight plus open connections that have not answered yet.
+    unanswered: usize,
+    /// Open connections that have answered at least once.
+    answered: usize,
+}
+
+impl Http1Pool {
+    /// Whether the queue needs another connection attempt and the window has room for it.
+    fn wants_attempt(&self) -> bool {
+        self.connecting < self.waiters.len() && self.unanswered < INITIAL_WINDOW.max(self.answered)
+    }
+}
+
+/// Where one connection stands in the slow-start window; shared by the connection's task and the
+/// request that uses it first.
+struct ConnState(AtomicU8);
+
+const UNANSWERED: u8 = 0;
+const ANSWERED: u8 = 1;
+const CLOSED: u8 = 2;
 
 /// A checked-out HTTP/1.1 connection; give it back with [`Reusable::release`] once the response
 /// body has been read to the end.
@@ -77,21 +148,59 @@ pub struct Reusable {
 }
 
 impl Reusable {
-    /// Returns the connection to the pool once hyper has finished the previous exchange on it.
+    /// Returns the connection to the pool — to the first waiting request, or idle — once hyper
+    /// has finished the previous exchange on it.
     pub fn release(self) {
         let Self { conns, mut sender } = self;
         if sender.is_closed() {
             return;
         }
         if sender.is_ready() {
-            conns.push_idle(sender);
+            conns.deliver(Ok((sender, None)));
             return;
         }
         tokio::spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                conns.push_idle(sender);
+                conns.deliver(Ok((sender, None)));
             }
         });
+    }
+}
+
+/// What a request waiting for an HTTP/1.1 connection gets: a connection (with its state when it
+/// is new and has not answered yet), or the failure of a connection attempt.
+type Delivery = Result<(http1::SendRequest<RequestBody>, Option<Arc<ConnState>>), UpstreamError>;
+
+/// A request's place in the queue for an HTTP/1.1 connection; leaving it (with or without a
+/// connection) passes on a connection handed over in the meantime.
+struct Waiter<'a> {
+    conns: &'a EndpointConns,
+    id: u64,
+    rx: oneshot::Receiver<Delivery>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Ok(connection)) = self.rx.try_recv() {
+            self.conns.deliver(Ok(connection));
+        }
+        self.conns.lock_h1().waiters.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// How to open new connections, owned by the attempts that outlive the request that started
+/// them.
+#[derive(Clone)]
+struct Dial {
+    timeout: Duration,
+    open: Arc<AtomicUsize>,
+    max_open: usize,
+}
+
+impl From<&Connect<'_>> for Dial {
+    fn from(c: &Connect<'_>) -> Self {
+        Self { timeout: c.timeout, open: c.open.clone(), max_open: c.max_open }
     }
 }
 
@@ -99,9 +208,11 @@ impl EndpointConns {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
             addr,
-            idle: Mutex::new(Vec::new()),
+            h1: Mutex::default(),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
+            h2_attempts: AtomicU64::new(0),
+            h2_failed: Mutex::new(None),
         })
     }
 
@@ -116,7 +227,7 @@ impl EndpointConns {
         version: Version,
         req: Request<RequestBody>,
         connect: &Connect<'_>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
         match version {
             Version::Http1 => self.send_h1(req, connect).await,
             Version::Http2 => Ok((self.send_h2(req, connect).await?, None)),
@@ -127,93 +238,205 @@ impl EndpointConns {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
         connect: &Connect<'_>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
-        // A pooled connection may have been closed by the server just now; a request that was
-        // never written comes back and goes out on the next connection.
-        while let Some(mut sender) = self.checkout_idle() {
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+        loop {
+            let (mut sender, fresh) = match self.checkout_h1(connect).await {
+                Ok(checked_out) => checked_out,
+                Err(error) => return Err(SendError::unsent(error, req)),
+            };
             match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, Some(Reusable { conns: self.clone(), sender }))),
-                Err(e) => req = self.unsent(e)?,
+                Ok(res) => {
+                    if let Some(state) = &fresh {
+                        self.first_answer(state, &Dial::from(connect));
+                    }
+                    return Ok((res, Some(Reusable { conns: self.clone(), sender })));
+                }
+                // A pooled connection may have been closed by the server just now; a request
+                // that was never written comes back and goes out on the next connection. A new
+                // connection that cannot take it is the endpoint's failure.
+                Err(e) => match self.unsent(e)? {
+                    back if fresh.is_some() => {
+                        let error = UpstreamError::ClosedBeforeSend { addr: self.addr };
+                        return Err(SendError::unsent(error, back));
+                    }
+                    back => req = back,
+                },
             }
         }
-        let mut sender = self.connect_h1(connect).await?;
-        let res = sender
-            .send_request(req)
-            .await
-            .map_err(|source| UpstreamError::Request { addr: self.addr, source })?;
-        Ok((res, Some(Reusable { conns: self.clone(), sender })))
     }
 
-    /// The most recently used idle connection (LIFO keeps the set of warm connections small).
     /// The request back from a connection that could not take it (it never went out), or the
     /// error if it did go out.
-    fn unsent(
-        &self,
-        mut e: TrySendError<Request<RequestBody>>,
-    ) -> Result<Request<RequestBody>, UpstreamError> {
-        e.take_message().ok_or_else(|| UpstreamError::Request { addr: self.addr, source: e.into_error() })
+    fn unsent(&self, mut e: TrySendError<Request<RequestBody>>) -> Result<Request<RequestBody>, SendError> {
+        e.take_message().ok_or_else(|| SendError {
+            error: UpstreamError::Request { addr: self.addr, source: e.into_error() },
+            unsent: None,
+        })
     }
 
-    fn checkout_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().expect("pool lock poisoned");
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+    /// An HTTP/1.1 connection for one request: an idle one, or whichever comes first while it
+    /// waits — one another request releases, or one of the connection attempts in flight.
+    async fn checkout_h1(
+        self: &Arc<Self>,
+        connect: &Connect<'_>,
+    ) -> Result<(http1::SendRequest<RequestBody>, Option<Arc<ConnState>>), UpstreamError> {
+        if let Some(sender) = self.lock_h1().pop_idle() {
+            return Ok((sender, None));
+        }
+        let _pending = Claim::take(connect.pending, connect.max_pending)
+            .ok_or(UpstreamError::Overflow(Limit::MaxPendingRequests))?;
+        let dial = Dial::from(connect);
+        let mut waiter = {
+            let mut pool = self.lock_h1();
+            if let Some(sender) = pool.pop_idle() {
+                return Ok((sender, None));
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = pool.next_waiter;
+            pool.next_waiter += 1;
+            pool.waiters.push_back((id, tx));
+            let started = self.start_connecting(&mut pool, &dial);
+            let waiter = Waiter { conns: self, id, rx };
+            if let Err(e) = started {
+                drop(pool);
+                return Err(e);
+            }
+            waiter
+        };
+        match (&mut waiter.rx).await {
+            Ok(delivery) => delivery,
+            Err(_) => Err(UpstreamError::Connect(std::io::Error::other("the connection pool went away"))),
+        }
+    }
+
+    /// Starts connection attempts while the queue needs them and the slow-start window has
+    /// room; fails when `maxConnections` stops one that was needed.
+    fn start_connecting(self: &Arc<Self>, pool: &mut Http1Pool, dial: &Dial) -> Result<(), UpstreamError> {
+        while pool.wants_attempt() {
+            let open = OwnedClaim::take(&dial.open, dial.max_open)
+                .ok_or(UpstreamError::Overflow(Limit::MaxConnections))?;
+            pool.connecting += 1;
+            pool.unanswered += 1;
+            tokio::spawn(self.clone().dial_h1(open, dial.clone()));
+        }
+        Ok(())
+    }
+
+    /// One connection attempt: its connection (or its failure) goes to the oldest waiting request,
+    /// and the queue gets more attempts if it still needs them.
+    async fn dial_h1(self: Arc<Self>, open: OwnedClaim, dial: Dial) {
+        let connected = self.connect_h1(open, &dial).await;
+        {
+            let mut pool = self.lock_h1();
+            pool.connecting -= 1;
+            if connected.is_err() {
+                pool.unanswered -= 1;
             }
         }
-        None
+        self.deliver(connected);
+        self.keep_connecting(&dial);
     }
 
-    fn push_idle(&self, sender: http1::SendRequest<RequestBody>) {
-        let mut idle = self.idle.lock().expect("pool lock poisoned");
-        // The oldest entries sit at the bottom of the stack: reap the expired ones.
-        let expired = idle.iter().take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT).count();
-        idle.drain(..expired);
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((sender, Instant::now()));
+    /// A new connection answered its first request: it leaves the unanswered and widens the
+    /// window by one.
+    fn first_answer(self: &Arc<Self>, state: &ConnState, dial: &Dial) {
+        if state.0.compare_exchange(UNANSWERED, ANSWERED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let mut pool = self.lock_h1();
+            pool.unanswered -= 1;
+            pool.answered += 1;
+            drop(pool);
+            self.keep_connecting(dial);
         }
+    }
+
+    /// After an attempt failed, a connection answered or closed: requests still waiting get new
+    /// attempts.
+    fn keep_connecting(self: &Arc<Self>, dial: &Dial) {
+        let mut pool = self.lock_h1();
+        if let Err(e) = self.start_connecting(&mut pool, dial) {
+            tracing::debug!(addr = %self.addr, error = %e, "queued requests wait for a connection to be released");
+        }
+    }
+
+    /// Gives a connection (or an attempt's failure) to the oldest waiting request; a connection
+    /// nobody waits for is kept idle.
+    fn deliver(&self, mut delivery: Delivery) {
+        let mut pool = self.lock_h1();
+        while let Some((_, waiter)) = pool.waiters.pop_front() {
+            match waiter.send(delivery) {
+                Ok(()) => return,
+                Err(back) => delivery = back,
+            }
+        }
+        if let Ok((sender, _)) = delivery {
+            pool.push_idle(sender);
+        }
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Http1Pool> {
+        // Every step under this lock is await-free and leaves the pool consistent, so a panic
+        // elsewhere while it was held leaves nothing half-done.
+        self.h1.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn connect_h1(
-        &self,
-        connect: &Connect<'_>,
-    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let _pending = Claim::take(connect.pending, connect.max_pending)
-            .ok_or(UpstreamError::Overflow("maxPendingRequests"))?;
-        let open = OwnedClaim::take(connect.open, connect.max_open)
-            .ok_or(UpstreamError::Overflow("maxConnections"))?;
-        let stream = transport::connect(self.addr, connect.timeout).await.map_err(UpstreamError::Connect)?;
+        self: &Arc<Self>,
+        open: OwnedClaim,
+        dial: &Dial,
+    ) -> Result<(http1::SendRequest<RequestBody>, Option<Arc<ConnState>>), UpstreamError> {
+        let stream = transport::connect(self.addr, dial.timeout).await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
-        let addr = self.addr;
+        let state = Arc::new(ConnState(AtomicU8::new(UNANSWERED)));
+        let (conns, dial, closing) = (self.clone(), dial.clone(), state.clone());
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "HTTP/1.1 connection to endpoint ended");
+                tracing::debug!(addr = %conns.addr, error = %e, "HTTP/1.1 connection to endpoint ended");
             }
             drop(open);
+            {
+                let mut pool = conns.lock_h1();
+                match closing.0.swap(CLOSED, Ordering::AcqRel) {
+                    UNANSWERED => pool.unanswered -= 1,
+                    ANSWERED => pool.answered -= 1,
+                    _ => {}
+                }
+            }
+            // Its places in the window and under maxConnections are free: a queue that waits
+            // for them can make progress.
+            conns.keep_connecting(&dial);
         });
-        Ok(sender)
+        Ok((sender, Some(state)))
     }
 
     async fn send_h2(
         &self,
         mut req: Request<RequestBody>,
         connect: &Connect<'_>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Incoming>, SendError> {
         if let Some(mut sender) = self.shared_h2() {
             match sender.try_send_request(req).await {
                 Ok(res) => return Ok(res),
                 Err(e) => req = self.unsent(e)?,
             }
         }
-        let mut sender = self.connect_h2(connect).await?;
-        sender.send_request(req).await.map_err(|source| UpstreamError::Request { addr: self.addr, source })
+        let mut sender = match self.connect_h2(connect).await {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        sender.try_send_request(req).await.map_err(|mut e| match e.take_message() {
+            Some(back) => SendError::unsent(UpstreamError::ClosedBeforeSend { addr: self.addr }, back),
+            None => SendError {
+                error: UpstreamError::Request { addr: self.addr, source: e.into_error() },
+                unsent: None,
+            },
+        })
     }
 
     fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let h2 = self.h2.lock().expect("pool lock poisoned");
+        let h2 = self.h2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         h2.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
@@ -223,14 +446,29 @@ impl EndpointConns {
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         // Waiting for the connection counts as pending, so the queue behind it is bounded too.
         let _pending = Claim::take(connect.pending, connect.max_pending)
-            .ok_or(UpstreamError::Overflow("maxPendingRequests"))?;
-        // One connection attempt at a time: concurrent requests wait for it and share it.
+            .ok_or(UpstreamError::Overflow(Limit::MaxPendingRequests))?;
+        // One connection attempt at a time: concurrent requests wait for it and share it, or
+        // fail with it.
+        let queued_at = self.h2_attempts.load(Ordering::Acquire);
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.shared_h2() {
             return Ok(sender);
         }
+        if let Some((attempt, why)) = &*self.h2_failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *attempt >= queued_at {
+                return Err(UpstreamError::Connect(std::io::Error::other(why.clone())));
+            }
+        }
+        let attempt = self.h2_attempts.fetch_add(1, Ordering::AcqRel);
+        let connected = self.open_h2(connect).await;
+        let mut failed = self.h2_failed.lock().unwrap_or_else(|p| p.into_inner());
+        *failed = connected.as_ref().err().map(|e| (attempt, e.to_string()));
+        connected
+    }
+
+    async fn open_h2(&self, connect: &Connect<'_>) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let open = OwnedClaim::take(connect.open, connect.max_open)
-            .ok_or(UpstreamError::Overflow("maxConnections"))?;
+            .ok_or(UpstreamError::Overflow(Limit::MaxConnections))?;
         let stream = transport::connect(self.addr, connect.timeout).await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -247,7 +485,134 @@ impl EndpointConns {
             }
             drop(open);
         });
-        *self.h2.lock().expect("pool lock poisoned") = Some(sender.clone());
+        *self.h2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
         Ok(sender)
+    }
+}
+
+impl Http1Pool {
+    /// The most recently used idle connection (LIFO keeps the set of warm connections small).
+    fn pop_idle(&mut self) -> Option<http1::SendRequest<RequestBody>> {
+        while let Some((sender, since)) = self.idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn push_idle(&mut self, sender: http1::SendRequest<RequestBody>) {
+        // The oldest entries sit at the bottom of the stack: reap the expired ones.
+        let expired = self.idle.iter().take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT).count();
+        self.idle.drain(..expired);
+        if self.idle.len() < MAX_IDLE_PER_ENDPOINT {
+            self.idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn get() -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Replay { data: None, trailers: None });
+        req.headers_mut().insert(http::header::HOST, "t".parse().unwrap());
+        req
+    }
+
+    /// A keep-alive HTTP/1.1 server with a listen backlog of 1 that starts accepting only
+    /// after `asleep`: meanwhile the kernel queues two connections and drops further SYNs, as an
+    /// overflowing upstream does. Counts the connections it accepts.
+    async fn sleepy_server(asleep: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        socket.listen(1).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(socket.into()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(asleep).await;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_burst_waits_for_released_connections_instead_of_opening_one_each() {
+        let (addr, accepted) = sleepy_server(Duration::from_millis(100)).await;
+        let conns = EndpointConns::new(addr);
+        let (open, pending) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (conns, open, pending) = (conns.clone(), open.clone(), pending.clone());
+            requests.spawn(async move {
+                let connect = Connect {
+                    timeout: Duration::from_secs(5),
+                    open: &open,
+                    max_open: usize::MAX,
+                    pending: &pending,
+                    max_pending: usize::MAX,
+                };
+                let (res, conn) = conns.send(Version::Http1, get(), &connect).await.ok().unwrap();
+                use http_body_util::BodyExt;
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                conn.unwrap().release();
+                body
+            });
+        }
+        // Two connections get through the backlog and the rest of the burst waits, within the
+        // slow-start window, for them to answer: released and reused, they carry the burst, and
+        // no request waits out a SYN retransmit (a second) as one connection per request would.
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(10), requests.join_all()).await.unwrap();
+        assert!(answered.iter().all(|body| body == "ok"));
+        assert!(started.elapsed() < Duration::from_millis(900), "waited {:?}", started.elapsed());
+        let made = accepted.load(Ordering::SeqCst);
+        assert!(made < 20, "{made} connections for 20 requests");
+        assert_eq!(pending.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_hands_the_request_back() {
+        let unused = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let conns = EndpointConns::new(unused);
+        let (open, pending) = (Arc::new(AtomicUsize::new(0)), AtomicUsize::new(0));
+        let connect = Connect {
+            timeout: Duration::from_secs(1),
+            open: &open,
+            max_open: 10,
+            pending: &pending,
+            max_pending: 10,
+        };
+        for version in [Version::Http1, Version::Http2] {
+            let err = conns.send(version, get(), &connect).await.err().unwrap();
+            assert!(err.error.is_connect(), "{}", err.error);
+            assert!(err.unsent.is_some(), "the request never went out and comes back");
+        }
+        assert_eq!((open.load(Ordering::SeqCst), pending.load(Ordering::SeqCst)), (0, 0));
     }
 }

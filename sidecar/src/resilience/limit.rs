@@ -4,6 +4,25 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Which service limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    MaxRequests,
+    MaxConnections,
+    MaxPendingRequests,
+}
+
+impl Limit {
+    /// The limit's name in the `BackendPolicy`, the `pilotfish-limit` header and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxRequests => "maxRequests",
+            Self::MaxConnections => "maxConnections",
+            Self::MaxPendingRequests => "maxPendingRequests",
+        }
+    }
+}
+
 /// A slot in a counter borrowed for the duration of a request.
 pub struct Claim<'a>(&'a AtomicUsize);
 
