@@ -63,6 +63,11 @@ pub struct Timeouts {
     /// Bound on reading an HTTP/1 request's headers (slow clients).
     #[serde(default = "default_header_read")]
     pub header_read: Duration,
+    /// Bound on reading a request body kept for retries (up to the policy's `maxBodyBytes`),
+    /// when the route's own timeout is not shorter: a stalled body gets 408 instead of holding
+    /// its place under `maxRequests`.
+    #[serde(default = "default_request_body")]
+    pub request_body: Duration,
     /// Grace period for in-flight work on shutdown.
     #[serde(default = "default_drain")]
     pub drain: Duration,
@@ -94,8 +99,10 @@ fn default_inbound() -> SocketAddr {
 fn default_outbound() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15001))
 }
+/// Covers a SYN retransmit (1 s, then 3 s) to an endpoint whose listen backlog overflowed, as
+/// Envoy's default does.
 fn default_connect() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_secs(5)
 }
 fn default_idle() -> Duration {
     Duration::from_secs(3600)
@@ -105,6 +112,9 @@ fn default_detect() -> Duration {
 }
 fn default_header_read() -> Duration {
     Duration::from_secs(10)
+}
+fn default_request_body() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_drain() -> Duration {
     Duration::from_secs(30)
@@ -148,6 +158,7 @@ impl Default for Timeouts {
             idle: default_idle(),
             detect: default_detect(),
             header_read: default_header_read(),
+            request_body: default_request_body(),
             drain: default_drain(),
         }
     }
@@ -179,6 +190,7 @@ impl SidecarSpec {
             ("spec.timeouts.connect", self.timeouts.connect),
             ("spec.timeouts.detect", self.timeouts.detect),
             ("spec.timeouts.headerRead", self.timeouts.header_read),
+            ("spec.timeouts.requestBody", self.timeouts.request_body),
             ("spec.timeouts.idle", self.timeouts.idle),
         ] {
             if d.get().is_zero() {

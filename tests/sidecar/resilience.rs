@@ -516,3 +516,62 @@ async fn a_reload_keeps_an_open_breaker_open() {
     assert_eq!(count(&codes), BTreeMap::from([(200, 10)]));
     assert_eq!(bad.served(), before, "the reload readmitted an ejected endpoint");
 }
+
+/// A request whose connection failed never went out, so it is retried on another endpoint
+/// whatever its method, without a retry policy and with its streamed body intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_for_any_method() {
+    let live = backend("live").await;
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // No breaker to hide the dead endpoint: every request may meet it.
+    let policy = backend_policy(
+        "users",
+        "  loadBalancer: round-robin\n  circuitBreaker: {consecutiveFailures: 1000}\n",
+    );
+    let (sc, url) = users_mesh(&[dead, live.addr], &policy);
+    let body = "x".repeat(100 * 1024); // over the replay buffer: streamed, sent once
+    for _ in 0..10 {
+        let r = curl(&["-X", "POST", "-d", &body, &format!("{url}/orders")]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["body_bytes"], 100 * 1024);
+    }
+    assert_eq!(live.served(), 10);
+    let m = sc.metrics().await;
+    let retried =
+        sample(&m, "pilotfish_retries_total", &[("service", "users.default"), ("reason", "connect-failure")]);
+    assert!(retried >= 5.0, "round-robin met the dead endpoint half the time: {retried} retries");
+}
+
+/// Reading a body kept for retries is bounded even when the route sets no timeout: a stalled
+/// body gets 408 and gives its place under maxRequests back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_does_not_hold_a_request_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let users = backend("users").await;
+    let port = free_port();
+    let config = format!(
+        "{}{}{}{}",
+        sidecar_doc(None, "  timeouts: {requestBody: 1s}\n"),
+        service_doc(
+            "users",
+            &[users.addr],
+            &format!("  ports: [{{port: 80, protocol: http}}]\n  localPort: {port}\n")
+        ),
+        route_doc("users", "users", "  - retry: {attempts: 2}\n"),
+        backend_policy("users", "  limits: {maxRequests: 1}\n"),
+    );
+    let _sc = Sidecar::start(&config);
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stalled
+        .write_all(b"PUT /x HTTP/1.1\r\nHost: users\r\nContent-Length: 100\r\n\r\nonly ten!!")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 408");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = curl(&[&format!("http://127.0.0.1:{port}/after")]).await;
+    assert_eq!(r.status, 200, "the slot was given back: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(users.served(), 1);
+}

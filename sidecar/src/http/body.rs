@@ -156,7 +156,7 @@ pub enum Keeping {
 pub enum KeepError {
     #[error("{0}")]
     Body(#[from] hyper::Error),
-    #[error("the request body did not arrive within the route timeout")]
+    #[error("the request body did not arrive in time")]
     Timeout,
 }
 
@@ -166,7 +166,7 @@ pub enum KeepError {
 pub async fn keep_for_replay(
     mut body: Incoming,
     limit: u64,
-    deadline: Option<tokio::time::Instant>,
+    deadline: tokio::time::Instant,
 ) -> Result<Keeping, KeepError> {
     use http_body_util::BodyExt;
     if body.size_hint().lower() > limit {
@@ -174,11 +174,7 @@ pub async fn keep_for_replay(
     }
     let mut data = bytes::BytesMut::new();
     loop {
-        let next = body.frame();
-        let frame = match deadline {
-            Some(at) => tokio::time::timeout_at(at, next).await.map_err(|_| KeepError::Timeout)?,
-            None => next.await,
-        };
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await.map_err(|_| KeepError::Timeout)?;
         let Some(frame) = frame.transpose()? else {
             return Ok(Keeping::Kept(Kept { data: data.freeze(), trailers: None }));
         };

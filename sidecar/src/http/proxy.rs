@@ -21,13 +21,13 @@ use super::body::{keep_for_replay, Completion, KeepError, Keeping, ProxyBody, Re
 use super::correlation;
 use super::errors::ProxyError;
 use super::headers;
-use super::pool::{Connect, Reusable, UpstreamError, Version};
+use super::pool::{Connect, Reusable, SendError, UpstreamError, Version};
 use crate::access_log::{self, HttpRecord};
 use crate::config::{EndpointGuard, EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
 use crate::listen::ConnSlot;
 use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
 use crate::resilience::breaker::Transition;
-use crate::resilience::limit::OwnedClaim;
+use crate::resilience::limit::{Limit, OwnedClaim};
 use crate::resilience::ratelimit::Decision;
 use crate::resilience::retry::{self, Outcome, Verdict};
 use crate::route::{self, Redirect, Rewrite};
@@ -149,7 +149,7 @@ impl ConnContext {
                 let exchange = Exchange { metrics: &inbound.metrics, idle: snap.sidecar.timeouts.idle.get() };
                 self.respond(res, conn, endpoint, exchange, on_upgrade, record, started)
             }
-            Err(e) => self.respond_local(ProxyError::from(e), grpc, &endpoint.metrics, record),
+            Err(e) => self.respond_local(ProxyError::from(e.error), grpc, &endpoint.metrics, record),
         }
     }
 
@@ -215,7 +215,8 @@ impl ConnContext {
             Some(claim) => claim,
             None => {
                 service.resilience.overflow_requests.inc();
-                let e = ProxyError::Overloaded { service: service.key.to_string(), limit: "maxRequests" };
+                let e =
+                    ProxyError::Overloaded { service: service.key.to_string(), limit: Limit::MaxRequests };
                 return fail(&req, authority.as_ref(), e, local);
             }
         };
@@ -234,11 +235,21 @@ impl ConnContext {
         let retry = rule.retry.as_ref().filter(|_| idempotent || grpc_retries);
         let (mut parts, incoming) = req.into_parts();
         let mut body = None;
+        // Reading the body to keep is bounded even when the route sets no timeout: a stalled
+        // body must not hold its place under maxRequests for ever.
+        let body_timeout = snap.sidecar.timeouts.request_body.get();
+        let body_deadline = TokioInstant::from_std(started) + body_timeout;
+        let read_until = deadline.map_or(body_deadline, |d| d.min(body_deadline));
         let replay = match retry {
-            Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes, deadline).await {
+            Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes, read_until).await {
                 Err(KeepError::Timeout) => {
                     let req = Request::from_parts(take_parts(&mut parts), ());
-                    let e = ProxyError::Timeout(rule.request_timeout.unwrap_or_default());
+                    let e = match deadline {
+                        Some(d) if d <= body_deadline => {
+                            ProxyError::Timeout(rule.request_timeout.unwrap_or_default())
+                        }
+                        _ => ProxyError::RequestBodyTimeout(body_timeout),
+                    };
                     return self.fail(snap, &req, authority.as_ref(), e, grpc, local, started);
                 }
                 Ok(Keeping::Kept(kept)) => Some(kept),
@@ -261,6 +272,10 @@ impl ConnContext {
             (Some(_), Some(r)) => r.attempts,
             _ => 0,
         };
+        // A request that never went out comes back from the pool, so a failed connect is
+        // retried for any method and body: as often as the route allows, and at least
+        // DEFAULT_CONNECT_RETRIES times.
+        let connect_retries = rule.retry.as_ref().map_or(0, |r| r.attempts).max(DEFAULT_CONNECT_RETRIES);
 
         let connect_timeout = snap.sidecar.timeouts.connect.get();
         service.budget.deposit();
@@ -299,7 +314,12 @@ impl ConnContext {
             let attempt_body = match (&replay, body.take()) {
                 (Some(kept), _) => RequestBody::replay(kept),
                 (None, Some(streaming)) => streaming,
-                (None, None) => unreachable!("a streamed body is sent once: no retries without replay"),
+                // Only a request that came back unsent is attempted again without a replay
+                // buffer, and it brings its body back.
+                (None, None) => {
+                    let e = ProxyError::RequestBody("the body was already sent".into());
+                    return self.respond_local(e, grpc, local, record);
+                }
             };
             let mut out = match &replay {
                 Some(_) => rebuild(&parts, attempt_body),
@@ -334,22 +354,26 @@ impl ConnContext {
                         .and_then(|v| v.parse().ok());
                     (Outcome::Response { status: res.status().as_u16(), grpc: grpc_status }, Ok((res, conn)))
                 }
-                Ok(Err(UpstreamError::Overflow(limit))) => {
+                Ok(Err(SendError { error: UpstreamError::Overflow(limit), .. })) => {
                     // A limit of ours, not the endpoint's failure: no breaker, no retry.
                     drop(attempt);
                     let r = &backend.resilience;
-                    let counter =
-                        if limit == "maxConnections" { &r.overflow_connections } else { &r.overflow_pending };
+                    let counter = match limit {
+                        Limit::MaxConnections => &r.overflow_connections,
+                        _ => &r.overflow_pending,
+                    };
                     counter.inc();
                     let e = ProxyError::Overloaded { service: backend.key.to_string(), limit };
                     return self.respond_local(e, grpc, &backend.local, record);
                 }
-                Ok(Err(e)) => {
-                    let outcome = match &e {
-                        UpstreamError::Request { .. } => Outcome::Reset,
-                        _ => Outcome::ConnectFailure,
-                    };
-                    (outcome, Err(ProxyError::from(e)))
+                Ok(Err(SendError { error, unsent })) => {
+                    let outcome = if error.is_connect() { Outcome::ConnectFailure } else { Outcome::Reset };
+                    if let (Some(req), None) = (unsent, &replay) {
+                        let (back, streaming) = (*req).into_parts();
+                        parts = back;
+                        body = Some(streaming);
+                    }
+                    (outcome, Err(ProxyError::from(error)))
                 }
                 Err(at) => {
                     let limit = rule.request_timeout.filter(|_| Some(at) == deadline).or(rule.try_timeout);
@@ -365,7 +389,11 @@ impl ConnContext {
                 .breaker_metrics
                 .record(transition);
 
-            let reason = (retries < max_retries)
+            let may_retry = match outcome {
+                Outcome::ConnectFailure => retries < connect_retries && (replay.is_some() || body.is_some()),
+                _ => retries < max_retries,
+            };
+            let reason = may_retry
                 .then(|| service.policy.conditions.reason(outcome, retry.map_or(&[][..], |r| &r.codes)))
                 .flatten()
                 .filter(|r| idempotent || matches!(r, retry::Reason::Grpc | retry::Reason::ConnectFailure));
@@ -649,6 +677,10 @@ impl Drop for Attempt<'_> {
         }
     }
 }
+
+/// Retries of a request whose connection failed (it never went out), when the route allows
+/// fewer.
+const DEFAULT_CONNECT_RETRIES: u32 = 2;
 
 /// The latency a failed attempt counts as in the endpoint's load estimate.
 const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
