@@ -47,7 +47,9 @@ fn routing(c: &mut Criterion) {
         b.iter(|| snap.service_by_authority(black_box("nobody.default")))
     });
     let svc = snap.service("svc-517.default").unwrap().clone();
-    c.bench_function("endpoint/pick_round_robin", |b| b.iter(|| svc.pick().unwrap().addr));
+    c.bench_function("endpoint/pick_round_robin", |b| {
+        b.iter(|| svc.pick(tokio::time::Instant::now(), &[]).unwrap().addr)
+    });
     let ep = svc.endpoints[0].clone();
     c.bench_function("metrics/record_status", |b| {
         b.iter(|| ep.metrics.record(black_box(http::StatusCode::OK)))

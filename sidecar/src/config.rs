@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
 
 use crate::http::pool::EndpointConns;
-use crate::metrics::{BreakerMetrics, Direction, EndpointMetrics, Metrics, ResilienceMetrics, TargetMetrics};
+use crate::metrics::{
+    BreakerMetrics, Direction, EndpointMetrics, LiveSeries, Metrics, ResilienceMetrics, TargetMetrics,
+};
 use crate::resilience::balance::{p2c, PeakEwma};
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
 use crate::resilience::ratelimit::{RateLimiter, Window};
@@ -154,13 +156,14 @@ pub struct InboundRt {
 }
 
 impl ServiceRt {
-    /// Round-robin over the endpoints (opaque TCP, and the `round-robin` balancer).
-    pub fn pick(&self) -> Option<&Arc<EndpointRt>> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(&self.endpoints[i])
+    /// Round-robin over the endpoints that are healthy, not ejected and not in `tried` (opaque
+    /// TCP).
+    pub fn pick(&self, now: Instant, tried: &[SocketAddr]) -> Option<&Arc<EndpointRt>> {
+        let eps = &self.endpoints;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..eps.len())
+            .map(|k| &eps[start.wrapping_add(k) % eps.len()])
+            .find(|e| e.guard.as_ref().is_none_or(|g| g.is_usable(now)) && !tried.contains(&e.addr))
     }
 
     /// The load balancer: an endpoint that is healthy, whose breaker lets traffic through, that
@@ -427,6 +430,26 @@ impl Snapshot {
         self.by_addr.get(&addr)
     }
 
+    /// The metric series this configuration uses; the rest are retired when it takes over
+    /// ([`Metrics::retire`]).
+    pub fn live_series(&self) -> LiveSeries {
+        let mut live = LiveSeries::default();
+        for svc in self.services.values() {
+            live.service(&svc.key);
+            for endpoint in &svc.endpoints {
+                live.endpoint(&svc.key, &endpoint.label);
+            }
+            for (route, _) in svc.routes.limiters() {
+                live.route(&svc.key, route);
+            }
+        }
+        if let Some(inbound) = &self.inbound {
+            live.service(&self.name);
+            live.endpoint(&self.name, &inbound.app.label);
+        }
+        live
+    }
+
     /// The configuration as `GET /config` shows it.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -675,8 +698,15 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
     fn round_robins_endpoints() {
         let snap = build();
         let svc = snap.service("users.shop").unwrap();
-        let picks: Vec<_> = (0..4).map(|_| svc.pick().unwrap().addr.port()).collect();
+        let now = Instant::now();
+        let picks: Vec<_> = (0..4).map(|_| svc.pick(now, &[]).unwrap().addr.port()).collect();
         assert_eq!(picks, [9001, 9002, 9001, 9002]);
+        let tried = [svc.endpoints[0].addr];
+        assert_eq!(svc.pick(now, &tried).unwrap().addr.port(), 9002);
+        // Unhealthy endpoints take no connections.
+        svc.endpoints[1].guard.as_ref().unwrap().healthy.store(false, Ordering::Relaxed);
+        assert!(svc.pick(now, &tried).is_none());
+        assert!((0..4).all(|_| svc.pick(now, &[]).unwrap().addr.port() == 9001));
     }
 
     #[test]
@@ -688,6 +718,37 @@ spec: {endpoints: [{address: 127.0.0.1:9003}]}
         let a = &first.service("users.shop").unwrap().endpoints[0].conns;
         let b = &second.service("users.shop").unwrap().endpoints[0].conns;
         assert!(Arc::ptr_eq(a, b));
+    }
+
+    #[test]
+    fn endpoint_churn_does_not_grow_the_metrics() {
+        let metrics = Metrics::new();
+        let config = |port: u32| {
+            format!(
+                "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: users}}\nspec: {{endpoints: [{{address: 127.0.0.1:{port}}}]}}\n"
+            )
+        };
+        let series =
+            |text: &[u8]| String::from_utf8_lossy(text).lines().filter(|l| !l.starts_with('#')).count();
+        let mut snap = Snapshot::build("t", &config(1000), &Overrides::default(), None, &metrics).unwrap();
+        let mut first = None;
+        for cycle in 0..3000u32 {
+            let next =
+                Snapshot::build("t", &config(1001 + cycle), &Overrides::default(), Some(&snap), &metrics)
+                    .unwrap();
+            let endpoint = &next.service("users.default").unwrap().endpoints[0];
+            endpoint.metrics.record(http::StatusCode::OK);
+            endpoint.metrics.record(http::StatusCode::from_u16(418).unwrap());
+            metrics.retire(&next.live_series());
+            snap = next;
+            first.get_or_insert_with(|| series(&metrics.encode()));
+        }
+        let text = metrics.encode();
+        assert_eq!(series(&text), first.unwrap(), "3,000 endpoint changes later, the same number of series");
+        assert!(
+            !String::from_utf8_lossy(&text).contains("127.0.0.1:1001\""),
+            "a departed endpoint's series are gone"
+        );
     }
 
     #[test]

@@ -25,19 +25,42 @@ pub enum Detected {
 /// Reads until the protocol is known, the peer stops sending for `timeout` (→ opaque: a
 /// server-speaks-first protocol, or a client that waits), or the peer closes.
 pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Detected, Bytes)> {
+    let (found, prefix) = peek(io, timeout).await?;
+    Ok((found.unwrap_or(Detected::Opaque), prefix))
+}
+
+/// Detection on a port declared HTTP, where nothing falls back to opaque TCP (that would skip
+/// routes and policies): HTTP/2 prior knowledge or HTTP/1 — bytes that are not HTTP at all, or
+/// a request line longer than detection reads, go to the HTTP server, which answers 400 or 431.
+/// `None`: no request line within `timeout` (→ 408).
+pub async fn detect_http<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> io::Result<(Option<Detected>, Bytes)> {
+    let (found, prefix) = peek(io, timeout).await?;
+    let found = match found {
+        Some(Detected::Http2) => Some(Detected::Http2),
+        Some(_) => Some(Detected::Http1),
+        None if prefix.len() >= MAX_PEEK => Some(Detected::Http1),
+        None => None,
+    };
+    Ok((found, prefix))
+}
+
+/// Reads until [`classify`] decides, [`MAX_PEEK`] bytes are in, the peer closes, or `timeout`
+/// passes; `None` when still undecided.
+async fn peek<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Option<Detected>, Bytes)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_elapsed) => return Ok((Detected::Opaque, buf.freeze())),
+            Err(_elapsed) => return Ok((None, buf.freeze())),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => return Ok((classify(&buf).unwrap_or(Detected::Opaque), buf.freeze())),
+            Ok(Ok(0)) => return Ok((classify(&buf), buf.freeze())),
             Ok(Ok(_)) => {
-                if let Some(found) = classify(&buf) {
+                let found = classify(&buf);
+                if found.is_some() || buf.len() >= MAX_PEEK {
                     return Ok((found, buf.freeze()));
-                }
-                if buf.len() >= MAX_PEEK {
-                    return Ok((Detected::Opaque, buf.freeze()));
                 }
             }
         }
@@ -186,6 +209,31 @@ mod tests {
         assert_eq!(found, Detected::Opaque);
         assert!(prefix.is_empty());
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_declared_http_port_never_falls_back_to_opaque() {
+        use tokio::io::AsyncWriteExt;
+        let timeout = Duration::from_secs(10);
+        // Silent, or a request line that never ends: no request (→ 408).
+        let (mut client, mut peer) = tokio::io::duplex(MAX_PEEK * 2);
+        peer.write_all(b"GET /slow").await.unwrap();
+        assert_eq!(detect_http(&mut client, timeout).await.unwrap().0, None);
+        // A request line longer than detection reads is still HTTP/1 (the server's header limit
+        // decides); so is garbage (the server answers 400).
+        let (mut client, mut peer) = tokio::io::duplex(MAX_PEEK * 2);
+        peer.write_all(&[b'a'; MAX_PEEK + 10]).await.unwrap();
+        assert_eq!(detect_http(&mut client, timeout).await.unwrap().0, Some(Detected::Http1));
+        let (mut client, mut peer) = tokio::io::duplex(64);
+        peer.write_all(b"\x00\x01binary\r\n").await.unwrap();
+        assert_eq!(detect_http(&mut client, timeout).await.unwrap().0, Some(Detected::Http1));
+        let (mut client, mut peer) = tokio::io::duplex(64);
+        peer.write_all(H2_PREFACE).await.unwrap();
+        assert_eq!(detect_http(&mut client, timeout).await.unwrap().0, Some(Detected::Http2));
+        // Undeclared, the same long line is opaque.
+        let (mut client, mut peer) = tokio::io::duplex(MAX_PEEK * 2);
+        peer.write_all(&[b'a'; MAX_PEEK + 10]).await.unwrap();
+        assert_eq!(detect(&mut client, timeout).await.unwrap().0, Detected::Opaque);
     }
 
     #[tokio::test]

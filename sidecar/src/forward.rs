@@ -12,15 +12,55 @@ use tokio::net::TcpStream;
 use crate::access_log::{self, TcpRecord};
 use crate::config::{ServiceRt, Snapshot};
 use crate::metrics::{Direction, TargetMetrics};
+use crate::resilience::retry::{self, Outcome, Verdict};
 use crate::{tcp, transport};
 
 /// Where an opaque connection goes.
 pub enum TcpTarget<'a> {
-    /// One of a service's endpoints (round-robin; on connect failure the next is tried).
+    /// One of a service's endpoints (round-robin over the usable ones; on connect failure the
+    /// next is tried).
     Service(&'a Arc<ServiceRt>),
     /// A fixed address: the app (inbound) or an unknown original destination (passthrough).
     Addr(SocketAddr, &'a TargetMetrics, Option<&'a str>),
 }
+
+/// Connects to one of a service's endpoints: round-robin over those that are healthy and whose
+/// circuit breaker admits a connection, trying up to three; a failed connect counts against the
+/// endpoint's breaker as it does for HTTP.
+async fn connect_to_service(svc: &ServiceRt, timeout: std::time::Duration) -> std::io::Result<TcpStream> {
+    let mut tried = Vec::new();
+    let mut last = None;
+    while tried.len() < MAX_CONNECT_ATTEMPTS {
+        let now = tokio::time::Instant::now();
+        let Some(endpoint) = svc.pick(now, &tried) else { break };
+        tried.push(endpoint.addr);
+        let Some(guard) = &endpoint.guard else { continue };
+        let Some(admission) = guard.breaker.admit(now) else { continue };
+        guard.breaker_metrics.record(admission.transition);
+        let connected = transport::connect(endpoint.addr, timeout).await;
+        let transition = match (&connected, retry::verdict(Outcome::ConnectFailure, &svc.policy.failure_on)) {
+            (Ok(_), _) => guard.breaker.on_success(),
+            (Err(_), Verdict::Failure) => guard.breaker.on_failure(tokio::time::Instant::now()),
+            (Err(_), _) => {
+                if admission.probe {
+                    guard.breaker.abandon_probe();
+                }
+                None
+            }
+        };
+        guard.breaker_metrics.record(transition);
+        match connected {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::other(format!("service {} has no healthy endpoint that is not ejected", svc.key))
+    }))
+}
+
+/// Endpoints one opaque connection tries before giving up.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 pub async fn forward(
     snap: &Snapshot,
@@ -34,16 +74,7 @@ pub async fn forward(
     let connect_timeout = snap.sidecar.timeouts.connect.get();
     let (server, metrics, service) = match target {
         TcpTarget::Service(svc) => {
-            let attempts = svc.endpoints.len().min(3);
-            let mut connected = Err(std::io::Error::other(format!("service {} has no endpoints", svc.key)));
-            for _ in 0..attempts {
-                let Some(ep) = svc.pick() else { break };
-                connected = transport::connect(ep.addr, connect_timeout).await;
-                if connected.is_ok() {
-                    break;
-                }
-            }
-            (connected, &svc.metrics, Some(&*svc.key))
+            (connect_to_service(svc, connect_timeout).await, &svc.metrics, Some(&*svc.key))
         }
         TcpTarget::Addr(addr, metrics, service) => {
             (transport::connect(addr, connect_timeout).await, metrics, service)

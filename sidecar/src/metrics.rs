@@ -2,11 +2,13 @@
 //! path uses. Label values are resolved when a config snapshot is built, never per request
 //! (status codes are resolved once, the first time each code is seen on an endpoint).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use crate::resilience::breaker::{BreakerState, Transition};
 use crate::resilience::retry::Reason;
 use http::StatusCode;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -195,7 +197,58 @@ impl Metrics {
     }
 }
 
+/// The services, endpoints and routes a configuration has series for; what is not listed is
+/// retired from the metrics when that configuration takes over.
+#[derive(Debug, Default)]
+pub struct LiveSeries {
+    services: HashSet<String>,
+    /// (service, endpoint)
+    endpoints: HashSet<(String, String)>,
+    /// (service, route)
+    routes: HashSet<(String, String)>,
+}
+
+impl LiveSeries {
+    pub fn service(&mut self, service: &str) {
+        self.services.insert(service.to_owned());
+    }
+
+    pub fn endpoint(&mut self, service: &str, endpoint: &str) {
+        self.endpoints.insert((service.to_owned(), endpoint.to_owned()));
+    }
+
+    pub fn route(&mut self, service: &str, route: &str) {
+        self.routes.insert((service.to_owned(), route.to_owned()));
+    }
+
+    /// Whether a series with these labels belongs to something no longer configured. Series
+    /// with no service (passthrough, unrouted) always stay.
+    fn is_retired(&self, labels: &HashMap<&str, &str>) -> bool {
+        let Some(&service) = labels.get("service").filter(|s| !s.is_empty()) else { return false };
+        let pair = |other: &str| (service.to_owned(), other.to_owned());
+        !self.services.contains(service)
+            || labels.get("endpoint").is_some_and(|e| !e.is_empty() && !self.endpoints.contains(&pair(e)))
+            || labels.get("route").is_some_and(|r| !r.is_empty() && !self.routes.contains(&pair(r)))
+    }
+}
+
 impl Metrics {
+    /// Removes the series of services, endpoints and routes that `live` no longer has; without
+    /// this, endpoint churn (instances coming and going in managed mode) would grow `/metrics`
+    /// for ever. In-flight requests of the old configuration may still count on handles of
+    /// removed series; those counts are simply not exported.
+    pub fn retire(&self, live: &LiveSeries) {
+        retire_from(&self.requests, live);
+        retire_from(&self.request_duration, live);
+        retire_from(&self.tcp_bytes, live);
+        retire_from(&self.circuit_state, live);
+        retire_from(&self.circuit_transitions, live);
+        retire_from(&self.overflow, live);
+        retire_from(&self.retries, live);
+        retire_from(&self.retry_budget_exhausted, live);
+        retire_from(&self.ratelimited, live);
+    }
+
     pub fn breaker(&self, service: &str, endpoint: &str) -> BreakerMetrics {
         let to = |state: BreakerState| {
             self.circuit_transitions.with_label_values(&[service, endpoint, state.as_str()])
@@ -221,6 +274,18 @@ impl Metrics {
 
     pub fn ratelimited(&self, service: &str, route: &str) -> IntCounter {
         self.ratelimited.with_label_values(&[service, route])
+    }
+}
+
+fn retire_from<T: MetricVecBuilder>(family: &MetricVec<T>, live: &LiveSeries) {
+    for collected in family.collect() {
+        for metric in collected.get_metric() {
+            let labels: HashMap<&str, &str> =
+                metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            if live.is_retired(&labels) {
+                let _ = family.remove(&labels);
+            }
+        }
     }
 }
 

@@ -86,7 +86,24 @@ pub async fn handle(
         }
     }
     let mut stream = stream;
-    let (found, prefix) = match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
+    // A port declared HTTP is a promise: what arrives there is routed and policed as HTTP or
+    // refused, never tunnelled.
+    let declared_http = matches!(protocol, Some(Protocol::Http | Protocol::Http2 | Protocol::Grpc));
+    let detected = if declared_http {
+        match detect::detect_http(&mut stream, snap.sidecar.timeouts.header_read.get()).await {
+            Ok((Some(found), prefix)) => Ok((found, prefix)),
+            Ok((None, _)) => {
+                if let Some(svc) = &service {
+                    svc.local.record(http::StatusCode::REQUEST_TIMEOUT);
+                }
+                return request_timeout(stream).await;
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await
+    };
+    let (found, prefix) = match detected {
         Ok(detected) => detected,
         Err(e) => {
             tracing::debug!(%client, error = %e, "connection failed during protocol detection");
@@ -116,6 +133,15 @@ pub async fn handle(
         None => HttpTarget::ByAuthority,
     };
     serve_http(&shared, &snap, stream, prefix, client, target, version, slot).await;
+}
+
+/// Answers a client that sent no request line in time on a port declared HTTP, and closes.
+async fn request_timeout(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\npilotfish-error: timeout\r\n\r\n";
+    if stream.write_all(RESPONSE).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

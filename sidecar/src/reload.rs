@@ -103,6 +103,7 @@ pub fn swap_in(
     old.retired.cancel();
     crate::health::spawn(&snap);
     shared.metrics.config_version.set(snap.version as i64);
+    shared.metrics.retire(&snap.live_series());
     local.apply(shared, bound, &snap);
     Ok(Some(snap.version))
 }

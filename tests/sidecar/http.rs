@@ -292,3 +292,53 @@ async fn responses_stream_before_they_end() {
         assert_eq!(&first, b"first chunk\n");
     }
 }
+
+/// A port declared HTTP is routed and policed as HTTP or refused — a long request line or a
+/// silent client never turns it into an opaque tunnel (undeclared ports still fall back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_http_port_never_becomes_a_tunnel() {
+    let users = backend("users").await;
+    let (declared, undeclared) = (free_port(), free_port());
+    let config = format!(
+        "{}{}{}",
+        sidecar_doc(None, "  timeouts: {headerRead: 1s, detect: 1s}\n"),
+        service_doc(
+            "users",
+            &[users.addr],
+            &format!("  ports: [{{port: 80, protocol: http}}]\n  localPort: {declared}\n")
+        ),
+        service_doc("raw", &[users.addr], &format!("  localPort: {undeclared}\n")),
+    );
+    let _sc = Sidecar::start(&config);
+    let at = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    // A 9 KiB request line is HTTP (within maxHeaderBytes): proxied, so it carries the sidecar's
+    // request id; on the undeclared port it is tunnelled untouched.
+    let long =
+        format!("GET /?q={} HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n", "a".repeat(9 * 1024));
+    let r = raw_exchange(at(declared), long.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("x-request-id"), "proxied as HTTP: {r}");
+    let r = raw_exchange(at(undeclared), long.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200") && !r.to_ascii_lowercase().contains("x-request-id"), "{r}");
+
+    // Over maxHeaderBytes: 431, not a tunnel.
+    let huge = format!("GET /?q={} HTTP/1.1\r\nHost: users\r\n\r\n", "a".repeat(80 * 1024));
+    let r = raw_exchange(at(declared), huge.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+
+    // Silent until headerRead: 408, then closed.
+    let started = std::time::Instant::now();
+    let r = raw_exchange(at(declared), b"").await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(r.contains("pilotfish-error: timeout"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at headerRead, not later");
+    let r = raw_exchange(at(declared), b"GET /half-a-request-line").await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+
+    assert_eq!(
+        users.requests.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "only the two long lines arrived"
+    );
+}

@@ -176,3 +176,47 @@ async fn tls_is_detected_and_passed_through_opaque() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Opaque TCP balancing skips what HTTP balancing skips: an endpoint failing its health check,
+/// and one whose circuit breaker opened on failed connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_skips_unhealthy_and_ejected_endpoints() {
+    let (good, sick) = (backend("good").await, backend("sick").await);
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    sick.fail_with(503);
+    let (checked, guarded) = (free_port(), free_port());
+    let policy = |name: &str, spec: &str| {
+        format!("---\napiVersion: pilotfish.io/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: {name}}}\nspec:\n  targetRef: {{kind: Service, name: {name}}}\n{spec}")
+    };
+    let tcp_port = |port| format!("  ports: [{{port: 9000, protocol: tcp}}]\n  localPort: {port}\n");
+    let config = format!(
+        "{}{}{}{}{}",
+        sidecar_doc(None, ""),
+        service_doc("checked", &[good.addr, sick.addr], &tcp_port(checked)),
+        policy("checked", "  healthCheck: {path: /healthz, interval: 100ms, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 1}\n"),
+        service_doc("guarded", &[good.addr, dead], &tcp_port(guarded)),
+        policy("guarded", "  circuitBreaker: {consecutiveFailures: 1}\n"),
+    );
+    let sc = Sidecar::start(&config);
+    // Let the health checks find the sick endpoint out.
+    while sick.faults.probes.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for port in [checked, guarded] {
+        for _ in 0..6 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: blob\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        }
+    }
+    assert_eq!((good.served(), sick.served()), (12, 0), "the unhealthy endpoint got no connections");
+    let m = sc.metrics().await;
+    let dead_label = dead.to_string();
+    let at_dead = [("service", "guarded.default"), ("endpoint", dead_label.as_str())];
+    assert_eq!(sample(&m, "pilotfish_circuit_state", &at_dead), 1.0, "a failed connect opened the breaker");
+    let opened = [("service", "guarded.default"), ("endpoint", dead_label.as_str()), ("to", "open")];
+    assert_eq!(sample(&m, "pilotfish_circuit_transitions_total", &opened), 1.0, "and then it took no more");
+}
