@@ -307,3 +307,90 @@ async fn a_join_token_serves_one_service_and_nothing_else() {
         support::curl(&["-H", "Authorization: Bearer abc.def", &cp.url("/v1/push?id=x&service=web")]).await;
     assert_eq!(r.status, 401, "a made-up token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_services_token_cannot_take_over_a_sidecars_proxy_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let users = backend("users").await;
+    apply(&cp, &service("users", users.addr.port())).await;
+    let token = |service: &str| {
+        tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", service]))
+            .trim()
+            .to_owned()
+    };
+    let (web_token, evil_token) = (token("web"), token("evil"));
+    let url = cp.url("");
+    let args = [
+        "--control-plane",
+        &url,
+        "--service",
+        "web",
+        "--token",
+        &web_token,
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+    ];
+    let _sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let id = eventually("web's sidecar is listed", async || {
+        proxy_status(&cp, "web").await["proxy"]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+
+    // evil claims web's sidecar id: as web (refused), and under its own name (its own proxy).
+    let bearer = format!("Authorization: Bearer {evil_token}");
+    let as_web = cp.url(&format!("/v1/push?id={id}&service=web"));
+    let r = support::curl(&["--max-time", "3", "-H", &bearer, &as_web]).await;
+    assert_eq!(r.status, 403);
+    let mut squat = std::process::Command::new("curl")
+        .args(["-s", "-N", "-H", &bearer, &cp.url(&format!("/v1/push?id={id}&service=evil"))])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the squatter is listed under its own service", async || {
+        (proxy_status(&cp, "evil").await["proxy"]["connected"] == true).then_some(())
+    })
+    .await;
+
+    // The real sidecar's ACKs still land: it takes a new version and the API shows it current.
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - timeouts: {request: 3s}\n";
+    apply(&cp, route).await;
+    let status = eventually("web's sidecar acked the new version", async || {
+        let s = proxy_status(&cp, "web").await;
+        (s["proxy"]["current"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(status["proxy"]["connected"], true, "{status}");
+    let _ = squat.kill();
+    let _ = squat.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_sidecar_is_listed_as_disconnected_then_forgotten_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let cp = tokio::task::block_in_place(|| {
+        ControlPlane::launch(&["--listen", "127.0.0.1:0", "--data-dir", data, "--proxy-retention", "3s"])
+    });
+    let sc = managed(&cp, "web", &[]);
+    eventually("the sidecar is listed", async || {
+        (proxy_status(&cp, "web").await["proxy"]["connected"] == true).then_some(())
+    })
+    .await;
+    drop(sc);
+    // The control plane notices at the stream's next keepalive (10 s), then keeps it 3 s.
+    let status = eventually("the sidecar is listed as disconnected", async || {
+        let s = proxy_status(&cp, "web").await;
+        (s["proxy"]["connected"] == false).then_some(s)
+    })
+    .await;
+    assert!(status["proxy"]["disconnectedAt"].is_string(), "{status}");
+    let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
+    assert!(table.contains("web.default") && table.contains("false"), "{table}");
+    eventually("the sidecar is forgotten", async || {
+        proxy_status(&cp, "web").await["proxy"].is_null().then_some(())
+    })
+    .await;
+}
