@@ -937,7 +937,10 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/events",
         summary: "The event log after a sequence number",
         admin: false,
-        query: &[("since", "Events after this seq (default 0)"), ("limit", "At most this many (default 1000)")],
+        query: &[
+            ("since", "Events after this seq (default 0)"),
+            ("limit", "At most this many (default and most: 1000; a page also stops at about 4 MiB)"),
+        ],
         body: None,
         handler: || get(events),
     },
@@ -1014,7 +1017,7 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/proxies/{id}/ack",
         summary: "ACK (or NACK, with error) a pushed version",
         admin: true,
-        query: &[],
+        query: &[("service", "The service the proxy connected as"), ("namespace", "Its namespace (default: default)")],
         body: Some(("application/json", "{version, error?}")),
         handler: || post(ack),
     },
@@ -1058,6 +1061,7 @@ pub fn openapi() -> serde_json::Value {
                 "200": { "description": "OK" },
                 "400": { "description": "Bad request (JSON error body with the reason)" },
                 "404": { "description": "Not found" },
+                "503": { "description": "The event store is unreachable; retry after Retry-After seconds" },
             },
         });
         if op.admin {

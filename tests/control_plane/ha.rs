@@ -95,9 +95,13 @@ fn route(header: &str) -> String {
 }
 
 async fn apply(cp: &ControlPlane, doc: &str) {
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let r = support::curl(&["-X", "POST", "-H", &auth, "--data-binary", doc, &cp.url("/v1/resources")]).await;
+    let r = post_resources(cp, doc).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+async fn post_resources(cp: &ControlPlane, doc: &str) -> support::Reply {
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    support::curl(&["-X", "POST", "-H", &auth, "--data-binary", doc, &cp.url("/v1/resources")]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +158,6 @@ async fn a_replica_that_cannot_reach_etcd_is_unready_and_answers_503_until_etcd_
     let mut etcd = tokio::task::block_in_place(Etcd::start);
     let cp = tokio::task::block_in_place(|| ControlPlane::start_etcd(&etcd.url));
     apply(&cp, &service("users", 9001)).await;
-    let auth = format!("Authorization: Bearer {TOKEN}");
     let ready = async || support::curl(&[&cp.url("/readyz")]).await;
     let resources = async || support::curl(&[&cp.url("/v1/resources")]).await;
     assert_eq!(ready().await.status, 200);
@@ -178,16 +181,7 @@ async fn a_replica_that_cannot_reach_etcd_is_unready_and_answers_503_until_etcd_
     // etcd dies: the same, for reads and writes; then it comes back with its data.
     tokio::task::block_in_place(|| etcd.kill());
     eventually("not ready without etcd", async || ready().await.status == 503).await;
-    let r = support::curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &auth,
-        "--data-binary",
-        &service("billing", 9002),
-        &cp.url("/v1/resources"),
-    ])
-    .await;
+    let r = post_resources(&cp, &service("billing", 9002)).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.header("retry-after").is_some());
     assert_eq!(resources().await.status, 503);

@@ -18,6 +18,10 @@ async fn apply(cp: &ControlPlane, doc: &str) -> Reply {
 }
 
 fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
+    managed_with_token(cp, service, TOKEN, extra)
+}
+
+fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, extra: &[&str]) -> Sidecar {
     let url = cp.url("");
     let mut args = vec![
         "--control-plane",
@@ -25,7 +29,7 @@ fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
         "--service",
         service,
         "--token",
-        TOKEN,
+        token,
         "--admin",
         "127.0.0.1:0",
         "--outbound",
@@ -47,6 +51,15 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
+/// A control plane on a fresh data directory, with the `users` service applied and serving.
+async fn with_users() -> (tempfile::TempDir, ControlPlane, support::Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let users = backend("users").await;
+    apply(&cp, &service("users", users.addr.port())).await;
+    (dir, cp, users)
+}
+
 async fn proxy_status(cp: &ControlPlane, service: &str) -> serde_json::Value {
     let r = support::curl(&[&cp.url("/v1/proxies")]).await;
     let j = r.json();
@@ -56,10 +69,7 @@ async fn proxy_status(cp: &ControlPlane, service: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let sc = managed(&cp, "web", &[]);
     let url = format!("http://{}/hello", sc.outbound);
     let r = support::curl(&["-H", "Host: users", &url]).await;
@@ -90,10 +100,7 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let sc = managed(&cp, "web", &[]);
     let url = format!("http://{}/", sc.outbound);
     assert_eq!(support::curl(&["-H", "Host: users", &url]).await.status, 200);
@@ -237,35 +244,15 @@ async fn managed_sidecars_register_their_apps_and_route_to_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_token_serves_one_service_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let token =
         tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", "web"])).trim().to_owned();
     assert!(token.contains('.') && token.len() > 40, "{token}");
 
     // A sidecar of `web` runs on it: configuration, ACKs, registration.
     let app = backend("web-app").await;
-    let url = cp.url("");
     let app_addr = app.addr.to_string();
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "web",
-        "--token",
-        &token,
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-        "--app",
-        &app_addr,
-        "--inbound",
-        "127.0.0.1:0",
-    ];
-    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let sc = managed_with_token(&cp, "web", &token, &["--app", &app_addr, "--inbound", "127.0.0.1:0"]);
     let r = support::curl(&["-H", "Host: users", &format!("http://{}/", sc.outbound)]).await;
     assert_eq!(r.status, 200);
     eventually("web's sidecar registered its app", async || {
@@ -310,30 +297,14 @@ async fn a_join_token_serves_one_service_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_services_token_cannot_take_over_a_sidecars_proxy_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let token = |service: &str| {
         tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", service]))
             .trim()
             .to_owned()
     };
     let (web_token, evil_token) = (token("web"), token("evil"));
-    let url = cp.url("");
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "web",
-        "--token",
-        &web_token,
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-    ];
-    let _sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let _sc = managed_with_token(&cp, "web", &web_token, &[]);
     let id = eventually("web's sidecar is listed", async || {
         proxy_status(&cp, "web").await["proxy"]["id"].as_str().map(str::to_owned)
     })
