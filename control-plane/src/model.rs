@@ -1,6 +1,6 @@
 //! The read model (the CQRS projection): the resources and registered endpoints in force, folded
 //! from the event log. It is rebuilt at start-up from the latest snapshot plus the events after
-//! it, then follows the log; history, diff and rollback replay the log to any earlier point.
+//! it, then follows the log; `history` folds it to earlier points for diff and rollback.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

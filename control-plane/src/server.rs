@@ -374,9 +374,8 @@ async fn apply(
     Admin(actor): Admin,
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
-    body: Result<String, axum::extract::rejection::StringRejection>,
+    body: String,
 ) -> ApiResult<impl IntoResponse> {
-    let body = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let applied = cp
         .apply_text(&body, &actor, expected_version(&headers)?, idempotency_key(&headers, "apply")?)
         .await?;
