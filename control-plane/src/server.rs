@@ -267,7 +267,7 @@ impl ControlPlane {
         self.settle().await;
     }
 
-    /// Who is calling (401 without a valid token). Joins tokens created through another
+    /// Who is calling (401 without a valid token). Knows tokens created through another
     /// replica by catching up with the log when the token is not known yet.
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
         match self.admin_token.presented(headers) {
