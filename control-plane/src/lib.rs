@@ -8,11 +8,18 @@
 //!   redb-backed default.
 //! - [`model`]: the read model (CQRS projection) folded from the log: resources and registered
 //!   endpoints; diff and rollback between points of the log.
+//! - [`history`]: the configuration at earlier points of the log (diff, rollback), from
+//!   checkpoints, at a bounded cost per request.
 //! - [`push`]: snapshot streams to sidecars, ACK/NACK, and the proxies' sync status.
+//! - [`auth`]: who is calling (admin or a service's join token) and what it may act for.
 //! - [`server`]: the `/v1` HTTP API — resources, history, rollback, the registry with leases.
+//! - [`error`]: the one mapping of the API's failures to HTTP responses.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod error;
+pub mod history;
 pub mod model;
 pub mod push;
 pub mod server;

@@ -1,9 +1,10 @@
 //! The read model (the CQRS projection): the resources and registered endpoints in force, folded
 //! from the event log. It is rebuilt at start-up from the latest snapshot plus the events after
-//! it, then follows the log; history, diff and rollback replay the log to any earlier point.
+//! it, then follows the log; `history` folds it to earlier points for diff and rollback.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +35,9 @@ pub fn endpoint_aggregate(id: &str) -> String {
 pub struct State {
     /// The last event folded in.
     pub seq: u64,
-    /// By aggregate (`Kind/namespace/name`).
-    pub resources: BTreeMap<String, StoredResource>,
+    /// By aggregate (`Kind/namespace/name`). Shared, so the copies of the configuration that
+    /// history keeps (see `history`) cost a pointer per resource, not a document.
+    pub resources: BTreeMap<String, Arc<StoredResource>>,
     /// By instance id.
     pub endpoints: BTreeMap<String, EndpointRecord>,
     /// Per-service join tokens, by token id (only a hash of each secret is kept).
@@ -108,7 +110,7 @@ impl State {
             kind::RESOURCE_APPLIED => {
                 let resource =
                     StoredResource { version: event.version, seq: event.seq, document: event.data.clone() };
-                self.resources.insert(event.aggregate.clone(), resource);
+                self.resources.insert(event.aggregate.clone(), Arc::new(resource));
             }
             kind::RESOURCE_DELETED => {
                 self.resources.remove(&event.aggregate);
@@ -131,6 +133,12 @@ impl State {
         }
         self.seq = event.seq;
         Ok(())
+    }
+
+    /// The configuration alone (the resources at `seq`), without live registrations and tokens:
+    /// what history keeps of a point of the log.
+    pub fn configuration(&self) -> State {
+        State { seq: self.seq, resources: self.resources.clone(), ..State::default() }
     }
 
     /// The events that turn `self` back into `target`'s resources (a rollback): every resource

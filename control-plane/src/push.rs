@@ -4,6 +4,14 @@
 //! been quiet for a moment, never a queue of stale ones), and a slow sidecar holds up no one:
 //! each has its own task and a newer snapshot simply replaces an unsent older one. Sidecars ACK
 //! or NACK every version; the proxies API shows who is current and why anyone is not.
+//!
+//! A sidecar names itself when it connects, so a proxy is known by its service *and* that name
+//! ([`ProxyKey`]): the service comes from what the caller's token may act for, so one service's
+//! token can only ever create or touch its own service's proxies, whatever id it claims. (Refusing
+//! an id already taken by another service would let any token squat the ids another service's
+//! sidecars are going to use, e.g. `web.default-1` in a container, and lock them out.) A proxy
+//! that disconnects stays listed, as disconnected, for the retention period, then is forgotten,
+//! so restarted sidecars (each a new id) do not pile up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -14,6 +22,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::model::State;
 
@@ -21,6 +30,30 @@ use crate::model::State;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// An empty line this often lets both ends notice a dead connection.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// How long a disconnected proxy stays listed by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// A proxy: the id its sidecar chose, under the service its token may act for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProxyKey {
+    pub service: String,
+    pub namespace: String,
+    pub id: String,
+}
+
+impl ProxyKey {
+    /// A key from a request; the id is 1-253 visible characters, the names are DNS labels.
+    pub fn new(service: &str, namespace: &str, id: &str) -> Result<Self, String> {
+        for (field, value) in [("service", service), ("namespace", namespace)] {
+            pilotfish_api::document::validate_name(value).map_err(|e| format!("{field}: {e}"))?;
+        }
+        if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("id must be 1-253 visible ASCII characters".into());
+        }
+        Ok(Self { service: service.to_owned(), namespace: namespace.to_owned(), id: id.to_owned() })
+    }
+}
 
 /// What the control plane knows of each sidecar.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +64,11 @@ pub struct ProxyStatus {
     pub namespace: String,
     pub connected: bool,
     pub connected_at: String,
+    /// When its last connection ended (it is forgotten a retention period later).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<String>,
+    #[serde(skip)]
+    gone_since: Option<Instant>,
     pub sent_version: u64,
     pub acked_version: u64,
     /// Which connection of this sidecar the status belongs to.
@@ -47,58 +85,73 @@ pub struct Nack {
     pub error: String,
 }
 
-#[derive(Default)]
 pub struct Proxies {
-    by_id: Mutex<HashMap<String, ProxyStatus>>,
+    by_key: Mutex<HashMap<ProxyKey, ProxyStatus>>,
     generations: std::sync::atomic::AtomicU64,
+    /// How long a disconnected proxy stays listed.
+    retention: Duration,
     /// Snapshots sent, over all sidecars.
     pub pushes: std::sync::atomic::AtomicU64,
 }
 
 impl Proxies {
+    pub fn new(retention: Duration) -> Self {
+        Self {
+            by_key: Mutex::default(),
+            generations: Default::default(),
+            retention,
+            pushes: Default::default(),
+        }
+    }
+
     /// Records a (re)connection; returns its generation. `resume` is the version the sidecar
     /// says it already has (acknowledged earlier, perhaps to another replica).
-    pub async fn connected(&self, id: &str, service: &str, namespace: &str, resume: u64) -> u64 {
+    pub async fn connected(&self, key: &ProxyKey, resume: u64) -> u64 {
         let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let status = ProxyStatus {
-            id: id.to_owned(),
-            service: service.to_owned(),
-            namespace: namespace.to_owned(),
+            id: key.id.clone(),
+            service: key.service.clone(),
+            namespace: key.namespace.clone(),
             connected: true,
             connected_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            disconnected_at: None,
+            gone_since: None,
             sent_version: resume,
             acked_version: resume,
             last_nack: None,
             generation,
         };
-        let mut by_id = self.by_id.lock().await;
-        let previous = by_id.insert(id.to_owned(), status);
+        let mut by_key = self.by_key.lock().await;
+        let previous = by_key.insert(key.clone(), status);
         // A reconnecting sidecar keeps what it had acknowledged.
-        if let (Some(old), Some(new)) = (previous, by_id.get_mut(id)) {
+        if let (Some(old), Some(new)) = (previous, by_key.get_mut(key)) {
             new.acked_version = new.acked_version.max(old.acked_version);
             new.last_nack = old.last_nack;
         }
         generation
     }
 
-    pub async fn sent(&self, id: &str, version: u64) {
+    pub async fn sent(&self, key: &ProxyKey, version: u64) {
         self.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(p) = self.by_id.lock().await.get_mut(id) {
+        if let Some(p) = self.by_key.lock().await.get_mut(key) {
             p.sent_version = version;
         }
     }
 
     /// Marks a connection gone, unless a newer connection of the same sidecar replaced it.
-    pub async fn disconnected(&self, id: &str, generation: u64) {
-        if let Some(p) = self.by_id.lock().await.get_mut(id).filter(|p| p.generation == generation) {
+    pub async fn disconnected(&self, key: &ProxyKey, generation: u64) {
+        if let Some(p) = self.by_key.lock().await.get_mut(key).filter(|p| p.generation == generation) {
             p.connected = false;
+            p.disconnected_at =
+                Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+            p.gone_since = Some(Instant::now());
         }
     }
 
     /// Records an ACK (`error: None`) or a NACK; false if the proxy is unknown.
-    pub async fn acknowledged(&self, id: &str, version: u64, error: Option<String>) -> bool {
-        let mut by_id = self.by_id.lock().await;
-        let Some(p) = by_id.get_mut(id) else { return false };
+    pub async fn acknowledged(&self, key: &ProxyKey, version: u64, error: Option<String>) -> bool {
+        let mut by_key = self.by_key.lock().await;
+        let Some(p) = by_key.get_mut(key) else { return false };
         match error {
             None => p.acked_version = p.acked_version.max(version),
             Some(error) => p.last_nack = Some(Nack { version, error }),
@@ -106,14 +159,18 @@ impl Proxies {
         true
     }
 
-    /// The service a proxy said it belongs to when it connected.
-    pub async fn service_of(&self, id: &str) -> Option<(String, String)> {
-        self.by_id.lock().await.get(id).map(|p| (p.service.clone(), p.namespace.clone()))
+    /// Forgets the proxies that have been disconnected for longer than the retention period.
+    pub async fn forget_disconnected(&self) {
+        let now = Instant::now();
+        self.by_key
+            .lock()
+            .await
+            .retain(|_, p| p.gone_since.is_none_or(|since| now.duration_since(since) < self.retention));
     }
 
     pub async fn list(&self) -> Vec<ProxyStatus> {
-        let mut all: Vec<_> = self.by_id.lock().await.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut all: Vec<_> = self.by_key.lock().await.values().cloned().collect();
+        all.sort_by(|a, b| (&a.id, &a.service, &a.namespace).cmp(&(&b.id, &b.service, &b.namespace)));
         all
     }
 }
@@ -182,7 +239,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams snapshots to one sidecar until it goes away or the control plane stops.
 pub async fn stream(
     cp: Arc<crate::server::ControlPlane>,
-    id: String,
+    key: ProxyKey,
     generation: u64,
     resume: u64,
     mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
@@ -201,14 +258,14 @@ pub async fn stream(
                         Ok(Ok(())) => {}
                         _ => break 'stream,
                     }
-                    cp.proxies().sent(&id, version).await;
+                    cp.proxies().sent(&key, version).await;
                     last_sent = Some(version);
                 }
             }
             Err(e) => {
                 // Without a readable log this replica cannot serve the sidecar: end the stream so
                 // it moves to another replica.
-                tracing::error!(proxy = %id, error = %e, "cannot read the event log; closing the push stream");
+                tracing::error!(proxy = %key.id, service = %key.service, error = %e, "cannot read the event log; closing the push stream");
                 break 'stream;
             }
         }
@@ -228,5 +285,62 @@ pub async fn stream(
             }
         }
     }
-    cp.proxies().disconnected(&id, generation).await;
+    cp.proxies().disconnected(&key, generation).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(service: &str, id: &str) -> ProxyKey {
+        ProxyKey::new(service, "default", id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_same_id_under_two_services_is_two_proxies() {
+        let proxies = Proxies::new(DEFAULT_RETENTION);
+        let (real, claimed) = (key("users", "users.default-1"), key("evil", "users.default-1"));
+        proxies.connected(&real, 0).await;
+        proxies.connected(&claimed, 0).await;
+        assert!(proxies.acknowledged(&real, 7, None).await, "the real sidecar's ACK still lands");
+        let all = proxies.list().await;
+        assert_eq!(all.len(), 2);
+        let users = all.iter().find(|p| p.service == "users").unwrap();
+        assert_eq!((users.connected, users.acked_version), (true, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnected_proxy_is_listed_until_the_retention_period_ends() {
+        let proxies = Proxies::new(Duration::from_secs(60));
+        let (gone, staying) = (key("web", "web.default-1"), key("web", "web.default-2"));
+        let generation = proxies.connected(&gone, 0).await;
+        proxies.connected(&staying, 0).await;
+        proxies.disconnected(&gone, generation).await;
+        tokio::time::advance(Duration::from_secs(59)).await;
+        proxies.forget_disconnected().await;
+        let listed = proxies.list().await;
+        assert_eq!(listed.len(), 2);
+        assert!(!listed[0].connected && listed[0].disconnected_at.is_some(), "{listed:?}");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        proxies.forget_disconnected().await;
+        let listed = proxies.list().await;
+        assert_eq!(listed.len(), 1, "forgotten after the retention period");
+        assert_eq!(listed[0].id, "web.default-2", "a connected proxy is never forgotten");
+        // A sidecar that reconnects within the period is listed as connected again.
+        let generation = proxies.connected(&gone, 3).await;
+        tokio::time::advance(Duration::from_secs(120)).await;
+        proxies.forget_disconnected().await;
+        assert_eq!(proxies.list().await.len(), 2);
+        proxies.disconnected(&gone, generation - 1).await;
+        assert!(proxies.list().await.iter().all(|p| p.connected), "an older connection's end is ignored");
+    }
+
+    #[test]
+    fn proxy_ids_are_bounded_and_names_are_labels() {
+        assert!(ProxyKey::new("web", "default", "web.default-42").is_ok());
+        assert!(ProxyKey::new("web", "default", "").is_err());
+        assert!(ProxyKey::new("web", "default", &"x".repeat(254)).is_err());
+        assert!(ProxyKey::new("web", "default", "a b").is_err());
+        assert!(ProxyKey::new("Web!", "default", "x").is_err());
+    }
 }

@@ -1,7 +1,8 @@
 //! The control plane's HTTP API (`/v1`, JSON) over the event store and its projection:
 //! resources (apply, get, list, delete), history (events, diff, rollback) and the registry
-//! (register, heartbeat, deregister, leases). Admin writes need the bearer token; every error is
-//! a JSON body `{"error": ...}` with the right status, and nothing is half-applied.
+//! (register, heartbeat, deregister, leases). Admin writes need the bearer token, checked before
+//! anything else of a request is read (`auth`); every error is a JSON body `{"error": ...}` with
+//! the right status (`error`), and nothing is half-applied.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State as AxumState};
+use axum::extract::{FromRequestParts, Path, Query, State as AxumState};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -20,13 +22,37 @@ use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AdminToken, Caller, Presented};
+pub use crate::error::ApiError;
+use crate::history::History;
 use crate::model::{endpoint_aggregate, kind, resource_aggregate, EndpointRecord, State};
-use crate::push::{self, Proxies};
+use crate::push::{self, Proxies, ProxyKey};
 use crate::store::{AppendRequest, EventStore, StoreError};
 
 /// Events folded between two snapshots of the read model.
 const SNAPSHOT_EVERY: u64 = 1000;
 const DEFAULT_TTL: u64 = 30;
+/// `/readyz` answers within this even when the store does not.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Events in one page of `GET /v1/events`, at most.
+const PAGE_EVENTS: usize = 1000;
+/// Bytes of event data in one page of `GET /v1/events`, about, at most (always one event).
+const PAGE_BYTES: usize = 4 << 20;
+
+/// How a control plane is run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The bearer token of admin operations.
+    pub admin_token: String,
+    /// How long a disconnected proxy stays in `/v1/proxies`.
+    pub proxy_retention: Duration,
+}
+
+impl Settings {
+    pub fn new(admin_token: String) -> Self {
+        Self { admin_token, proxy_retention: push::DEFAULT_RETENTION }
+    }
+}
 
 pub struct ControlPlane {
     store: Arc<dyn EventStore>,
@@ -34,49 +60,15 @@ pub struct ControlPlane {
     /// Leases of registered instances: live state, renewed by heartbeats (which are not events:
     /// they would flood the log).
     leases: Mutex<HashMap<String, Lease>>,
-    admin_token: String,
+    admin_token: AdminToken,
     proxies: Proxies,
+    /// The configuration at earlier points of the log (diff, rollback).
+    history: History,
     /// The newest snapshot line, shared by every push stream (built once per version).
     snapshot: std::sync::Mutex<Option<(u64, bytes::Bytes)>>,
     /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
     /// does not wait on them forever.
     stopping: CancellationToken,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] pilotfish_api::ConfigError),
-    #[error("missing or wrong bearer token: send `Authorization: Bearer <admin token>`")]
-    Unauthorized,
-    #[error("this token may not do that: {0}")]
-    Forbidden(String),
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Store(#[from] StoreError),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::BadRequest(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let mut body = json!({ "error": self.to_string() });
-        if let Self::Invalid(e) = &self {
-            body["document"] = json!(e.document);
-            body["field"] = json!(e.field);
-            body["reason"] = json!(e.reason);
-        }
-        (status, Json(body)).into_response()
-    }
 }
 
 /// A registered instance's lease: when it lapses, and the version of the registration it
@@ -97,7 +89,7 @@ type ApiResult<T> = Result<T, ApiError>;
 impl ControlPlane {
     /// Loads the read model (latest snapshot plus later events) and the leases of registered
     /// instances, which restart their TTL: the control plane cannot know of heartbeats it missed.
-    pub async fn open(store: Arc<dyn EventStore>, admin_token: String) -> Result<Shared, StoreError> {
+    pub async fn open(store: Arc<dyn EventStore>, settings: Settings) -> Result<Shared, StoreError> {
         let mut state = match store.latest_snapshot().await? {
             Some((_, snapshot)) => serde_json::from_value(snapshot).unwrap_or_default(),
             None => State::default(),
@@ -115,8 +107,9 @@ impl ControlPlane {
             store,
             state: RwLock::new(state),
             leases: Mutex::new(leases),
-            admin_token,
-            proxies: Proxies::default(),
+            admin_token: AdminToken::new(&settings.admin_token),
+            proxies: Proxies::new(settings.proxy_retention),
+            history: History::default(),
             snapshot: std::sync::Mutex::new(None),
             stopping: CancellationToken::new(),
         }))
@@ -162,7 +155,7 @@ impl ControlPlane {
     pub fn router(self: &Shared) -> Router {
         let mut router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(|| async { "ready\n" }))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/v1/openapi.json", get(|| async { Json(openapi()) }));
         for op in OPERATIONS {
@@ -225,7 +218,10 @@ impl ControlPlane {
                         tracing::error!(error = %e, "cannot follow the event log");
                     }
                 }
-                _ = tick.tick() => self.expire_leases().await,
+                _ = tick.tick() => {
+                    self.expire_leases().await;
+                    self.proxies.forget_disconnected().await;
+                }
             }
         }
     }
@@ -271,71 +267,69 @@ impl ControlPlane {
         self.settle().await;
     }
 
-    /// Operations on a registered instance: the admin token, or its service's join token.
-    async fn authorize_endpoint(&self, headers: &HeaderMap, id: &str) -> ApiResult<String> {
-        let owner =
-            self.state.read().await.endpoints.get(id).map(|e| (e.service.clone(), e.namespace.clone()));
-        match owner {
-            Some((service, namespace)) => self.authorize_service(headers, &service, &namespace).await,
-            // Unknown (or lapsed): a sidecar holding a join token must hear 404 to register again.
-            None if self.caller(headers).is_some() => {
-                Err(ApiError::NotFound(format!("endpoint {id} (its lease lapsed: register again)")))
-            }
+    /// Who is calling (401 without a valid token). Knows tokens created through another
+    /// replica by catching up with the log when the token is not known yet.
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+        match self.admin_token.presented(headers) {
             None => Err(ApiError::Unauthorized),
-        }
-    }
-
-    /// Admin operations: only the admin token.
-    fn authorize(&self, headers: &HeaderMap) -> ApiResult<String> {
-        match self.caller(headers) {
-            Some(Caller::Admin) => Ok("admin".to_owned()),
-            _ => Err(ApiError::Unauthorized),
-        }
-    }
-
-    /// A sidecar's operations for `service.namespace`: the admin token, or a join token of that
-    /// service.
-    async fn authorize_service(
-        &self,
-        headers: &HeaderMap,
-        service: &str,
-        namespace: &str,
-    ) -> ApiResult<String> {
-        match self.caller(headers) {
-            Some(Caller::Admin) => Ok("admin".to_owned()),
-            Some(Caller::Join { id, secret }) => {
-                let _ = self.refresh().await;
+            Some(Presented::Admin) => Ok(Caller::Admin),
+            Some(Presented::Join { id, secret }) => {
+                if !self.state.read().await.tokens.contains_key(id) {
+                    self.refresh().await?;
+                }
                 let state = self.state.read().await;
-                let record = state.tokens.get(&id).ok_or(ApiError::Unauthorized)?;
-                let hash = sha256_hex(secret.as_bytes());
-                if !constant_time_eq(hash.as_bytes(), record.secret_sha256.as_bytes()) {
-                    return Err(ApiError::Unauthorized);
-                }
-                if record.service != service || record.namespace != namespace {
-                    return Err(ApiError::Forbidden(format!(
-                        "it belongs to service {}.{}, not {service}.{namespace}",
-                        record.service, record.namespace
-                    )));
-                }
-                Ok(format!("token {id} ({service}.{namespace})"))
+                crate::auth::join_token(&state.tokens, id, secret)
+                    .map(Caller::Service)
+                    .ok_or(ApiError::Unauthorized)
             }
-            None => Err(ApiError::Unauthorized),
         }
     }
 
-    fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))?;
-        if constant_time_eq(
-            sha256_hex(token.as_bytes()).as_bytes(),
-            sha256_hex(self.admin_token.as_bytes()).as_bytes(),
-        ) {
-            return Some(Caller::Admin);
+    /// Operations on a registered instance: the admin, or its own service's join token. To a
+    /// join token another service's instance looks exactly like one that does not exist, so a
+    /// token cannot probe which instances other services have; a sidecar whose lease lapsed
+    /// hears 404 and registers again.
+    async fn authorize_endpoint(&self, caller: &Caller, id: &str) -> ApiResult<String> {
+        let state = self.state.read().await;
+        match state.endpoints.get(id) {
+            Some(e) if caller.owns(&e.service, &e.namespace) => Ok(caller.actor()),
+            _ => Err(ApiError::NotFound(format!(
+                "endpoint {id} (not registered for this token's service, or its lease lapsed: register again)"
+            ))),
         }
-        let (id, secret) = token.split_once('.')?;
-        Some(Caller::Join { id: id.to_owned(), secret: secret.to_owned() })
+    }
+}
+
+/// The caller, proven before any other part of the request is read: handlers take it as their
+/// first argument, and axum runs extractors in argument order.
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
+        cp.authenticate(&parts.headers).await
+    }
+}
+
+/// An admin caller (a join token is refused like none), proven before anything else is read.
+struct Admin(String);
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
+        cp.authenticate(&parts.headers).await?.admin().map(Admin)
+    }
+}
+
+/// `GET /readyz`: ready while the event store answers; otherwise 503 with the reason (and
+/// `Retry-After`), so a load balancer sends clients to a replica that can serve them.
+async fn readyz(AxumState(cp): AxumState<Shared>) -> ApiResult<&'static str> {
+    match tokio::time::timeout(READY_TIMEOUT, cp.refresh()).await {
+        Ok(result) => result.map(|_| "ready\n").map_err(ApiError::from),
+        Err(_) => Err(ApiError::Store(StoreError::Unavailable {
+            context: "not ready".into(),
+            cause: format!("the event store did not answer within {READY_TIMEOUT:?}").into(),
+        })),
     }
 }
 
@@ -349,45 +343,6 @@ async fn catch_up(store: &dyn EventStore, state: &mut State) -> Result<(), Store
             state.apply(event)?;
         }
     }
-}
-
-/// The read model after `from` and after `to` (`from <= to`), folding the log once.
-async fn states_at(store: &dyn EventStore, from: u64, to: u64) -> Result<(State, State), StoreError> {
-    let mut earlier = None;
-    let mut state = State::default();
-    if from == 0 {
-        earlier = Some(state.clone());
-    }
-    'fold: while state.seq < to {
-        let page = store.events_since(state.seq, 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        for event in &page {
-            if event.seq > to {
-                break 'fold;
-            }
-            state.apply(event)?;
-            if event.seq == from {
-                earlier = Some(state.clone());
-            }
-        }
-    }
-    Ok((earlier.unwrap_or_else(|| state.clone()), state))
-}
-
-enum Caller {
-    Admin,
-    Join { id: String, secret: String },
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn expected_version(headers: &HeaderMap) -> ApiResult<Option<u64>> {
@@ -416,11 +371,11 @@ fn idempotency_key(headers: &HeaderMap, operation: &str) -> ApiResult<Option<Str
 /// `POST /v1/resources`: a YAML or JSON stream of documents, validated as a whole, appended as
 /// one atomic batch (documents identical to what is stored are skipped).
 async fn apply(
+    Admin(actor): Admin,
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
     body: String,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = cp.authorize(&headers)?;
     let applied = cp
         .apply_text(&body, &actor, expected_version(&headers)?, idempotency_key(&headers, "apply")?)
         .await?;
@@ -528,11 +483,11 @@ async fn get_one(
 }
 
 async fn delete_one(
+    Admin(actor): Admin,
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = cp.authorize(&headers)?;
     cp.refresh().await?;
     let aggregate = resource_aggregate(canonical_kind(&kind)?, &namespace, &name);
     let aggregate_for_key = aggregate.clone();
@@ -572,12 +527,31 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
+/// `GET /v1/events`: one page of the log after `since`. A page is bounded in events and in bytes
+/// (documents can be large), read from the store a little at a time so that memory is too; the
+/// caller pages on with `since` = the last seq it got.
 async fn events(
     AxumState(cp): AxumState<Shared>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let events = cp.store.events_since(q.since, q.limit.unwrap_or(1000).min(10_000)).await?;
+    let limit = q.limit.unwrap_or(PAGE_EVENTS).min(PAGE_EVENTS);
+    let mut events = Vec::new();
+    let (mut after, mut bytes) = (q.since, 0);
+    'page: while events.len() < limit {
+        let chunk = cp.store.events_since(after, (limit - events.len()).min(100)).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        for event in chunk {
+            bytes += serde_json::to_vec(&event.data).map_or(0, |v| v.len());
+            if bytes > PAGE_BYTES && !events.is_empty() {
+                break 'page;
+            }
+            after = event.seq;
+            events.push(event);
+        }
+    }
     Ok(Json(json!({ "head": cp.store.head().await?, "events": events })))
 }
 
@@ -600,7 +574,8 @@ async fn diff(
     if q.from > head || to > head {
         return Err(ApiError::BadRequest(format!("the log ends at seq {head}")));
     }
-    let (a, b) = states_at(&*cp.store, q.from, to).await?;
+    let a = cp.history.at(&*cp.store, q.from).await?;
+    let b = cp.history.at(&*cp.store, to).await?;
     Ok(Json(json!({ "from": q.from, "to": to, "changes": a.diff(&b) })))
 }
 
@@ -612,11 +587,10 @@ struct RollbackRequest {
 
 /// `POST /v1/rollback`: new events that restore the resources as they were after `toSeq`.
 async fn rollback(
+    Admin(actor): Admin,
     AxumState(cp): AxumState<Shared>,
-    headers: HeaderMap,
     req: Result<Json<RollbackRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = cp.authorize(&headers)?;
     let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let head = cp.store.head().await?;
     if req.to_seq > head {
@@ -626,7 +600,7 @@ async fn rollback(
         )));
     }
     cp.refresh().await?;
-    let (target, _) = states_at(&*cp.store, req.to_seq, req.to_seq).await?;
+    let target = cp.history.at(&*cp.store, req.to_seq).await?;
     let batch = cp.state.read().await.restore(&target, &format!("{actor} (rollback to {})", req.to_seq));
     let events = if batch.is_empty() { Vec::new() } else { cp.store.append_batch(batch).await? };
     cp.settle().await;
@@ -649,13 +623,14 @@ struct Registration {
 }
 
 async fn register(
+    caller: Caller,
     AxumState(cp): AxumState<Shared>,
     headers: HeaderMap,
     reg: Result<Json<Registration>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Json(reg) = reg.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let namespace_of = reg.namespace.clone().unwrap_or_else(|| "default".into());
-    let actor = cp.authorize_service(&headers, &reg.service, &namespace_of).await?;
+    let actor = caller.act_for(&reg.service, &namespace_of)?;
     let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
     if !(1..=3600).contains(&ttl) {
         return Err(ApiError::BadRequest("ttlSeconds must be between 1 and 3600".into()));
@@ -701,12 +676,12 @@ async fn register(
 }
 
 async fn heartbeat(
+    caller: Caller,
     AxumState(cp): AxumState<Shared>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     cp.refresh().await?;
-    cp.authorize_endpoint(&headers, &id).await?;
+    cp.authorize_endpoint(&caller, &id).await?;
     // The read model decides whether the instance is still registered (another replica may
     // have expired or removed it); the lease here only tracks when it was last heard from.
     let registered = cp.state.read().await.endpoints.get(&id).map(|e| Duration::from_secs(e.ttl_seconds));
@@ -724,12 +699,12 @@ async fn heartbeat(
 }
 
 async fn deregister(
+    caller: Caller,
     AxumState(cp): AxumState<Shared>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     cp.refresh().await?;
-    let actor = cp.authorize_endpoint(&headers, &id).await?;
+    let actor = cp.authorize_endpoint(&caller, &id).await?;
     let mut leases = cp.leases.lock().await;
     let Some(lease) = leases.remove(&id) else {
         return Err(ApiError::NotFound(format!("endpoint {id}")));
@@ -831,16 +806,19 @@ fn default_namespace() -> String {
     "default".to_owned()
 }
 
-/// `GET /v1/push`: the sidecar's snapshot stream (newline-delimited JSON).
+/// `GET /v1/push`: the sidecar's snapshot stream (newline-delimited JSON). The proxy is known
+/// by its id under the service the caller's token may act for (see `push`).
 async fn push(
+    caller: Caller,
     AxumState(cp): AxumState<Shared>,
-    headers: HeaderMap,
-    Query(q): Query<PushQuery>,
+    q: Result<Query<PushQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    cp.authorize_service(&headers, &q.service, &q.namespace).await?;
-    let generation = cp.proxies.connected(&q.id, &q.service, &q.namespace, q.version).await;
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let key = ProxyKey::new(&q.service, &q.namespace, &q.id).map_err(ApiError::BadRequest)?;
+    caller.act_for(&key.service, &key.namespace)?;
+    let generation = cp.proxies.connected(&key, q.version).await;
     let (tx, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
-    tokio::spawn(push::stream(cp.clone(), q.id, generation, q.version, tx));
+    tokio::spawn(push::stream(cp.clone(), key, generation, q.version, tx));
     let mut res = Response::new(axum::body::Body::new(body));
     res.headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, "application/x-ndjson".parse().expect("static"));
@@ -854,23 +832,32 @@ struct Ack {
     error: Option<String>,
 }
 
-/// `POST /v1/proxies/{id}/ack`: the sidecar's verdict on a version (`error` set: a NACK).
+/// Which service's proxy an ACK is for: the one its push stream named.
+#[derive(Deserialize)]
+struct AckQuery {
+    service: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+}
+
+/// `POST /v1/proxies/{id}/ack?service=&namespace=`: the sidecar's verdict on a version (`error`
+/// set: a NACK), for its proxy under that service.
 async fn ack(
+    caller: Caller,
     AxumState(cp): AxumState<Shared>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    q: Result<Query<AckQuery>, QueryRejection>,
     ack: Result<Json<Ack>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let Some((service, namespace)) = cp.proxies.service_of(&id).await else {
-        return Err(ApiError::NotFound(format!("proxy {id}")));
-    };
-    cp.authorize_service(&headers, &service, &namespace).await?;
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let key = ProxyKey::new(&q.service, &q.namespace, &id).map_err(ApiError::BadRequest)?;
+    caller.act_for(&key.service, &key.namespace)?;
     let Json(ack) = ack.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(error) = &ack.error {
-        tracing::warn!(proxy = %id, version = ack.version, error = %error, "sidecar rejected a configuration");
+        tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
     }
-    if !cp.proxies.acknowledged(&id, ack.version, ack.error).await {
-        return Err(ApiError::NotFound(format!("proxy {id}")));
+    if !cp.proxies.acknowledged(&key, ack.version, ack.error).await {
+        return Err(ApiError::NotFound(format!("proxy {id} of {}.{}", key.service, key.namespace)));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -949,7 +936,10 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/events",
         summary: "The event log after a sequence number",
         admin: false,
-        query: &[("since", "Events after this seq (default 0)"), ("limit", "At most this many (default 1000)")],
+        query: &[
+            ("since", "Events after this seq (default 0)"),
+            ("limit", "At most this many (default and most: 1000; a page also stops at about 4 MiB)"),
+        ],
         body: None,
         handler: || get(events),
     },
@@ -1026,7 +1016,7 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/proxies/{id}/ack",
         summary: "ACK (or NACK, with error) a pushed version",
         admin: true,
-        query: &[],
+        query: &[("service", "The service the proxy connected as"), ("namespace", "Its namespace (default: default)")],
         body: Some(("application/json", "{version, error?}")),
         handler: || post(ack),
     },
@@ -1070,6 +1060,7 @@ pub fn openapi() -> serde_json::Value {
                 "200": { "description": "OK" },
                 "400": { "description": "Bad request (JSON error body with the reason)" },
                 "404": { "description": "Not found" },
+                "503": { "description": "The event store is unreachable; retry after Retry-After seconds" },
             },
         });
         if op.admin {
@@ -1102,11 +1093,10 @@ struct TokenRequest {
 /// `POST /v1/tokens`: a join token for one service's sidecars. The secret is returned once;
 /// the log keeps only its hash.
 async fn create_token(
+    Admin(actor): Admin,
     AxumState(cp): AxumState<Shared>,
-    headers: HeaderMap,
     req: Result<Json<TokenRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let actor = cp.authorize(&headers)?;
     let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     for (field, value) in [("service", &req.service), ("namespace", &req.namespace)] {
         pilotfish_api::document::validate_name(value)
@@ -1118,7 +1108,7 @@ async fn create_token(
         id: id.clone(),
         service: req.service.clone(),
         namespace: req.namespace.clone(),
-        secret_sha256: sha256_hex(secret.as_bytes()),
+        secret_sha256: crate::auth::sha256_hex(secret.as_bytes()),
     };
     let event = cp
         .store
@@ -1139,3 +1129,6 @@ async fn create_token(
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests;

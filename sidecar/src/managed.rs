@@ -196,7 +196,9 @@ impl PushClient {
             self.version = version;
         }
         let body = serde_json::json!({ "version": version, "error": error }).to_string();
-        let path = format!("/v1/proxies/{}/ack", self.managed.id);
+        // The proxy is the id under the service it connected as (see `connect`).
+        let m = &self.managed;
+        let path = format!("/v1/proxies/{}/ack?service={}&namespace={}", m.id, m.service, m.namespace);
         if let Err(e) = call(&self.client, &self.managed, self.server, Method::POST, &path, Some(body)).await
         {
             tracing::warn!(version, error = %e, "cannot report to the control plane");

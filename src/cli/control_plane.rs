@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pilotfish_control_plane::server::ControlPlane;
+use pilotfish_control_plane::server::{ControlPlane, Settings};
 use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -28,16 +28,19 @@ pub struct Args {
     /// Bearer token for admin writes.
     #[arg(long, env = "PILOTFISH_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// How long a disconnected sidecar stays in `pilotfish proxies` before it is forgotten.
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    proxy_retention: pilotfish_api::Duration,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { data_dir, store, listen, admin_token } = args;
+    let Args { data_dir, store, listen, admin_token, proxy_retention } = args;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pilotfish-control-plane")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(data_dir, store, listen, admin_token))
+    runtime.block_on(serve(data_dir, store, listen, admin_token, proxy_retention.get()))
 }
 
 async fn serve(
@@ -45,6 +48,7 @@ async fn serve(
     store: Option<String>,
     listen: SocketAddr,
     admin_token: Option<String>,
+    proxy_retention: std::time::Duration,
 ) -> anyhow::Result<()> {
     if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         anyhow::bail!("--admin-token must not be empty");
@@ -74,7 +78,8 @@ async fn serve(
             (Arc::new(store), token)
         }
     };
-    let cp = ControlPlane::open(store, token).await.context("loading the read model")?;
+    let settings = Settings { proxy_retention, ..Settings::new(token) };
+    let cp = ControlPlane::open(store, settings).await.context("loading the read model")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}: is another control plane running?"))?;

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pilotfish_control_plane::server::ControlPlane;
+use pilotfish_control_plane::server::{ControlPlane, Settings};
 use pilotfish_control_plane::store::Embedded;
 use pilotfish_sidecar::managed::Managed;
 use pilotfish_sidecar::{Options, Overrides, Source};
@@ -145,7 +145,9 @@ async fn up(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let token = super::control_plane::stored_or_new_token(&data_dir)?;
     let store = Embedded::open(&data_dir.join("store")).await.context("opening the mesh's store")?;
-    let cp = ControlPlane::open(Arc::new(store), token.clone()).await.context("loading the mesh's state")?;
+    let cp = ControlPlane::open(Arc::new(store), Settings::new(token.clone()))
+        .await
+        .context("loading the mesh's state")?;
     let cp_addr = port(100);
     let listener = TcpListener::bind(cp_addr).await.with_context(|| {
         format!("cannot listen on {cp_addr}: is another `pilotfish up` running? (--base-port)")

@@ -1,6 +1,7 @@
 //! Two control-plane replicas sharing their log through a real etcd: a write through one
 //! reaches a sidecar connected to the other, and when that replica dies the sidecar reconnects
-//! to the survivor and keeps converging.
+//! to the survivor and keeps converging. A replica that loses etcd says so: not ready, and 503
+//! with `Retry-After` until etcd is back.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,17 +13,42 @@ use crate::{service, ControlPlane, TOKEN};
 struct Etcd {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (support::free_port(), support::free_port());
+        let child = Self::spawn(dir.path(), client, peer);
+        Self { child, url: format!("etcd://127.0.0.1:{client}"), client, peer, dir }
+    }
+
+    /// Kills etcd and starts it again on the same ports and data.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.dir.path(), self.client, self.peer);
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `STOP` (etcd hangs: connections stay open, nothing answers) or `CONT`.
+    fn signal(&self, signal: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(status.unwrap().success());
+    }
+
+    fn spawn(dir: &std::path::Path, client: u16, peer: u16) -> Child {
         let binary = std::env::var("PILOTFISH_TEST_ETCD").unwrap_or_else(|_| "etcd".into());
         let child = Command::new(&binary)
             .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("etcd"))
+            .arg(dir.join("etcd"))
             .args([
                 "--listen-client-urls",
                 &format!("http://127.0.0.1:{client}"),
@@ -44,14 +70,13 @@ impl Etcd {
             assert!(Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, url: format!("etcd://127.0.0.1:{client}"), _dir: dir }
+        child
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -70,9 +95,13 @@ fn route(header: &str) -> String {
 }
 
 async fn apply(cp: &ControlPlane, doc: &str) {
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let r = support::curl(&["-X", "POST", "-H", &auth, "--data-binary", doc, &cp.url("/v1/resources")]).await;
+    let r = post_resources(cp, doc).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+async fn post_resources(cp: &ControlPlane, doc: &str) -> support::Reply {
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    support::curl(&["-X", "POST", "-H", &auth, "--data-binary", doc, &cp.url("/v1/resources")]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,4 +151,44 @@ async fn replicas_on_etcd_share_writes_and_sidecars_fail_over() {
         web.is_some_and(|w| w["ackedVersion"] == j["version"])
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_reach_etcd_is_unready_and_answers_503_until_etcd_returns() {
+    let mut etcd = tokio::task::block_in_place(Etcd::start);
+    let cp = tokio::task::block_in_place(|| ControlPlane::start_etcd(&etcd.url));
+    apply(&cp, &service("users", 9001)).await;
+    let ready = async || support::curl(&[&cp.url("/readyz")]).await;
+    let resources = async || support::curl(&[&cp.url("/v1/resources")]).await;
+    assert_eq!(ready().await.status, 200);
+
+    // etcd hangs (SIGSTOP): not ready within the probe's bound, and calls are 503, not 500.
+    etcd.signal("STOP");
+    let started = Instant::now();
+    let r = ready().await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(started.elapsed() < Duration::from_secs(5), "/readyz took {:?}", started.elapsed());
+    assert!(r.json()["error"].as_str().unwrap().contains("event store"), "{}", r.json());
+    assert!(r.header("retry-after").is_some());
+    let r = resources().await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some());
+
+    etcd.signal("CONT");
+    eventually("ready again after etcd resumed", async || ready().await.status == 200).await;
+    assert_eq!(resources().await.status, 200);
+
+    // etcd dies: the same, for reads and writes; then it comes back with its data.
+    tokio::task::block_in_place(|| etcd.kill());
+    eventually("not ready without etcd", async || ready().await.status == 503).await;
+    let r = post_resources(&cp, &service("billing", 9002)).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(resources().await.status, 503);
+
+    tokio::task::block_in_place(|| etcd.restart());
+    eventually("ready again after etcd restarted", async || ready().await.status == 200).await;
+    apply(&cp, &service("billing", 9002)).await;
+    let items = resources().await.json()["items"].as_array().unwrap().len();
+    assert_eq!(items, 2, "the service written before the outage and the one after");
 }

@@ -183,6 +183,18 @@ fn writes_need_the_token_and_bad_input_changes_nothing() {
     let auth = format!("Authorization: Bearer {TOKEN}");
     let wrong = "Authorization: Bearer nope";
     assert_eq!(curl(&["-X", "POST", "-H", wrong, "--data-binary", &doc, &url]).0, 401);
+    // Authentication comes before reading the request: a malformed body without a valid token
+    // is 401, not 400.
+    let register = cp.url("/v1/endpoints");
+    let json = "content-type: application/json";
+    for token in [None, Some(wrong), Some("Authorization: Bearer made.up")] {
+        let mut args = vec!["-X", "POST", "-H", json, "--data", "{not json", &register];
+        if let Some(token) = token {
+            args.extend(["-H", token]);
+        }
+        let (status, body) = curl(&args);
+        assert_eq!(status, 401, "{token:?}: {body}");
+    }
 
     // Two documents, the second invalid: rejected whole, with the field path.
     let bad = format!("{doc}---\n{}", service("billing", 0).replace("127.0.0.1:0", "127.0.0.1:http"));
@@ -382,4 +394,53 @@ fn the_openapi_document_is_valid_and_lists_every_route() {
             assert!(!fallback, "{method} {path} is documented but not routed");
         }
     }
+}
+
+/// `GET /v1/diff` on a log of 10,000 events: each request costs about the same as on a short log,
+/// not a replay of the whole log. Prints the figures.
+#[test]
+fn a_diff_on_a_long_log_costs_about_what_it_costs_on_a_short_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let write_events = |from: usize, to: usize| {
+        for chunk in (from..to).collect::<Vec<_>>().chunks(100) {
+            let docs: Vec<String> =
+                chunk.iter().map(|i| service(&format!("svc-{}", i % 100), 9000 + (i / 100) as u16)).collect();
+            let (status, body) = curl(&[
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "--data-binary",
+                &docs.join("---\n"),
+                &cp.url("/v1/resources"),
+            ]);
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    // Each request diffs the last ten events; the median of 15 is what it costs.
+    let median_diff = || {
+        let head = curl(&[&cp.url("/v1/events?limit=1")]).1["head"].as_u64().unwrap();
+        let url = cp.url(&format!("/v1/diff?from={}&to={head}", head - 10));
+        let mut times: Vec<Duration> = (0..15)
+            .map(|_| {
+                let started = Instant::now();
+                let (status, body) = curl(&[&url]);
+                assert_eq!(status, 200, "{body}");
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        (head, times[times.len() / 2])
+    };
+    write_events(0, 1000);
+    let (short_log, short) = median_diff();
+    write_events(1000, 10_000);
+    let (long_log, long) = median_diff();
+    println!("GET /v1/diff median: {short:?} on a log of {short_log} events, {long:?} on {long_log}");
+    assert!(
+        long < short * 3 + Duration::from_millis(30),
+        "{long:?} on {long_log} events vs {short:?} on {short_log}"
+    );
 }

@@ -18,6 +18,10 @@ async fn apply(cp: &ControlPlane, doc: &str) -> Reply {
 }
 
 fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
+    managed_with_token(cp, service, TOKEN, extra)
+}
+
+fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, extra: &[&str]) -> Sidecar {
     let url = cp.url("");
     let mut args = vec![
         "--control-plane",
@@ -25,7 +29,7 @@ fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
         "--service",
         service,
         "--token",
-        TOKEN,
+        token,
         "--admin",
         "127.0.0.1:0",
         "--outbound",
@@ -47,6 +51,15 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
+/// A control plane on a fresh data directory, with the `users` service applied and serving.
+async fn with_users() -> (tempfile::TempDir, ControlPlane, support::Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
+    let users = backend("users").await;
+    apply(&cp, &service("users", users.addr.port())).await;
+    (dir, cp, users)
+}
+
 async fn proxy_status(cp: &ControlPlane, service: &str) -> serde_json::Value {
     let r = support::curl(&[&cp.url("/v1/proxies")]).await;
     let j = r.json();
@@ -56,10 +69,7 @@ async fn proxy_status(cp: &ControlPlane, service: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let sc = managed(&cp, "web", &[]);
     let url = format!("http://{}/hello", sc.outbound);
     let r = support::curl(&["-H", "Host: users", &url]).await;
@@ -90,10 +100,7 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let sc = managed(&cp, "web", &[]);
     let url = format!("http://{}/", sc.outbound);
     assert_eq!(support::curl(&["-H", "Host: users", &url]).await.status, 200);
@@ -237,35 +244,15 @@ async fn managed_sidecars_register_their_apps_and_route_to_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_token_serves_one_service_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let users = backend("users").await;
-    apply(&cp, &service("users", users.addr.port())).await;
+    let (_dir, cp, _users) = with_users().await;
     let token =
         tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", "web"])).trim().to_owned();
     assert!(token.contains('.') && token.len() > 40, "{token}");
 
     // A sidecar of `web` runs on it: configuration, ACKs, registration.
     let app = backend("web-app").await;
-    let url = cp.url("");
     let app_addr = app.addr.to_string();
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "web",
-        "--token",
-        &token,
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-        "--app",
-        &app_addr,
-        "--inbound",
-        "127.0.0.1:0",
-    ];
-    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let sc = managed_with_token(&cp, "web", &token, &["--app", &app_addr, "--inbound", "127.0.0.1:0"]);
     let r = support::curl(&["-H", "Host: users", &format!("http://{}/", sc.outbound)]).await;
     assert_eq!(r.status, 200);
     eventually("web's sidecar registered its app", async || {
@@ -306,4 +293,75 @@ async fn a_join_token_serves_one_service_and_nothing_else() {
     let r =
         support::curl(&["-H", "Authorization: Bearer abc.def", &cp.url("/v1/push?id=x&service=web")]).await;
     assert_eq!(r.status, 401, "a made-up token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_services_token_cannot_take_over_a_sidecars_proxy_id() {
+    let (_dir, cp, _users) = with_users().await;
+    let token = |service: &str| {
+        tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", service]))
+            .trim()
+            .to_owned()
+    };
+    let (web_token, evil_token) = (token("web"), token("evil"));
+    let _sc = managed_with_token(&cp, "web", &web_token, &[]);
+    let id = eventually("web's sidecar is listed", async || {
+        proxy_status(&cp, "web").await["proxy"]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+
+    // evil claims web's sidecar id: as web (refused), and under its own name (its own proxy).
+    let bearer = format!("Authorization: Bearer {evil_token}");
+    let as_web = cp.url(&format!("/v1/push?id={id}&service=web"));
+    let r = support::curl(&["--max-time", "3", "-H", &bearer, &as_web]).await;
+    assert_eq!(r.status, 403);
+    let mut squat = std::process::Command::new("curl")
+        .args(["-s", "-N", "-H", &bearer, &cp.url(&format!("/v1/push?id={id}&service=evil"))])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the squatter is listed under its own service", async || {
+        (proxy_status(&cp, "evil").await["proxy"]["connected"] == true).then_some(())
+    })
+    .await;
+
+    // The real sidecar's ACKs still land: it takes a new version and the API shows it current.
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - timeouts: {request: 3s}\n";
+    apply(&cp, route).await;
+    let status = eventually("web's sidecar acked the new version", async || {
+        let s = proxy_status(&cp, "web").await;
+        (s["proxy"]["current"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(status["proxy"]["connected"], true, "{status}");
+    let _ = squat.kill();
+    let _ = squat.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_sidecar_is_listed_as_disconnected_then_forgotten_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let cp = tokio::task::block_in_place(|| {
+        ControlPlane::launch(&["--listen", "127.0.0.1:0", "--data-dir", data, "--proxy-retention", "3s"])
+    });
+    let sc = managed(&cp, "web", &[]);
+    eventually("the sidecar is listed", async || {
+        (proxy_status(&cp, "web").await["proxy"]["connected"] == true).then_some(())
+    })
+    .await;
+    drop(sc);
+    // The control plane notices at the stream's next keepalive (10 s), then keeps it 3 s.
+    let status = eventually("the sidecar is listed as disconnected", async || {
+        let s = proxy_status(&cp, "web").await;
+        (s["proxy"]["connected"] == false).then_some(s)
+    })
+    .await;
+    assert!(status["proxy"]["disconnectedAt"].is_string(), "{status}");
+    let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
+    assert!(table.contains("web.default") && table.contains("false"), "{table}");
+    eventually("the sidecar is forgotten", async || {
+        proxy_status(&cp, "web").await["proxy"].is_null().then_some(())
+    })
+    .await;
 }

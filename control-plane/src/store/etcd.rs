@@ -136,7 +136,9 @@ impl Etcd {
         let kv = client.kv_client();
         let head = match tokio::time::timeout(CONNECT_TIMEOUT, read_head(&kv, &keys)).await {
             Ok(Ok((head, _))) => head,
-            Ok(Err(StoreError::Database { cause, .. })) => return Err(failed(cause)),
+            Ok(Err(StoreError::Database { cause, .. } | StoreError::Unavailable { cause, .. })) => {
+                return Err(failed(cause))
+            }
             Ok(Err(other)) => return Err(other),
             Err(_) => {
                 return Err(failed(
@@ -352,9 +354,10 @@ impl EventStore for Etcd {
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=cap))).await;
             }
         }
-        Err(StoreError::Database {
+        // Contention, not a fault: the same append can succeed in a moment.
+        Err(StoreError::Unavailable {
             context: format!("appending to etcd at {}", self.inner.endpoints),
-            cause: format!("other writers won the race {MAX_ATTEMPTS} times in a row; try again").into(),
+            cause: format!("other writers won the race {MAX_ATTEMPTS} times in a row").into(),
         })
     }
 
@@ -476,7 +479,7 @@ async fn follow_once(
     advance(head, seq);
     let options = WatchOptions::new().with_start_revision(revision + 1);
     let mut stream = within("watching the head", watch_client.watch(keys.head(), Some(options))).await?;
-    while let Some(response) = stream.message().await.map_err(|e| database("watching the head", e))? {
+    while let Some(response) = stream.message().await.map_err(|e| etcd_error("watching the head", e))? {
         if response.canceled() {
             return Err(database(
                 "watching the head",
@@ -508,7 +511,7 @@ fn advance(head: &watch::Sender<u64>, seq: u64) {
 /// The head and the revision of the read (0 and the read's revision when the log is empty).
 async fn read_head(kv: &KvClient, keys: &Keys) -> Result<(u64, i64)> {
     let mut response =
-        kv.clone().get(keys.head(), None).await.map_err(|e| database("reading the head", e))?;
+        kv.clone().get(keys.head(), None).await.map_err(|e| etcd_error("reading the head", e))?;
     let revision = response.header().map_or(0, |h| h.revision());
     let head = match response.take_kvs().first() {
         Some(kv) => parse_number(&keys.head(), kv)?,
@@ -522,15 +525,40 @@ async fn within<T>(
     request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
 ) -> Result<T> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(result) => result.map_err(|e| database(doing, e)),
-        Err(_) => Err(database(doing, format!("etcd did not answer within {REQUEST_TIMEOUT:?}"))),
+        Ok(result) => result.map_err(|e| etcd_error(doing, e)),
+        Err(_) => Err(unanswered(doing)),
     }
 }
 
 async fn within_result<T>(request: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request).await.unwrap_or_else(|_| {
-        Err(database("reading the head", format!("etcd did not answer within {REQUEST_TIMEOUT:?}")))
-    })
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err(unanswered("reading the head")))
+}
+
+/// An etcd client error: [`StoreError::Unavailable`] when etcd cannot be reached or has no
+/// leader (the request can work later), [`StoreError::Database`] for anything else.
+fn etcd_error(doing: &str, e: etcd_client::Error) -> StoreError {
+    let unreachable = match &e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        _ => false,
+    };
+    if unreachable {
+        StoreError::Unavailable { context: format!("etcd: {doing}"), cause: e.into() }
+    } else {
+        database(doing, e)
+    }
+}
+
+fn unanswered(doing: &str) -> StoreError {
+    StoreError::Unavailable {
+        context: format!("etcd: {doing}"),
+        cause: format!("etcd did not answer within {REQUEST_TIMEOUT:?}").into(),
+    }
 }
 
 fn database(doing: &str, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {

@@ -7,6 +7,8 @@ mod etcd;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -114,6 +116,11 @@ pub enum StoreError {
 
     #[error("event store is corrupt at seq {seq}: {reason}; restore the data directory from a backup")]
     Corrupt { seq: u64, reason: String },
+
+    /// The backend cannot be reached (or cannot decide) right now; the same request can work
+    /// later, so the API answers 503 with `Retry-After` rather than 500.
+    #[error("{context}: {cause}; the event store is unreachable for now, retry shortly")]
+    Unavailable { context: String, cause: Box<dyn std::error::Error + Send + Sync> },
 }
 
 /// The event log. Every method is safe to call concurrently; writes are serialized by the backend.

@@ -1,0 +1,118 @@
+//! The configuration as it was at any point of the log, for `diff` and `rollback`, at a cost
+//! per request that does not grow with the log.
+//!
+//! Folding the log from seq 0 for every request let any caller of `GET /v1/diff` spend the
+//! control plane's CPU in proportion to the whole history. Instead, the configuration is kept
+//! at checkpoints every [`FIRST_SPACING`] events: a request starts from the nearest checkpoint
+//! at or before the seq it asks for and folds at most one spacing of events. Checkpoints are
+//! made the first time a request passes them (one replay of the log per process, not per
+//! request) and hold only the resources, whose documents are shared (`Arc`) with the read
+//! model and between checkpoints, so each costs about a pointer and a key per resource. Past
+//! [`MAX_CHECKPOINTS`] the spacing doubles and every other checkpoint goes, which bounds the
+//! memory; the per-request fold then grows by the same factor (at 256k events and beyond).
+//! Requests take one lock, so however many arrive, history folding uses one core at most.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::Mutex;
+
+use crate::model::State;
+use crate::store::{EventStore, StoreError};
+
+/// Events between checkpoints while the log is short.
+pub const FIRST_SPACING: u64 = 1000;
+/// Checkpoints kept at most; beyond it the spacing doubles.
+const MAX_CHECKPOINTS: usize = 256;
+
+pub struct History {
+    checkpoints: Mutex<Checkpoints>,
+}
+
+struct Checkpoints {
+    spacing: u64,
+    /// The configuration after each seq that is a multiple of `spacing` (seq 0 is the empty one).
+    at: BTreeMap<u64, State>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self { checkpoints: Mutex::new(Checkpoints { spacing: FIRST_SPACING, at: BTreeMap::new() }) }
+    }
+}
+
+impl History {
+    /// The configuration (resources only) after event `seq`, which must not be past the head.
+    pub async fn at(&self, store: &dyn EventStore, seq: u64) -> Result<State, StoreError> {
+        let mut checkpoints = self.checkpoints.lock().await;
+        let mut state = checkpoints.at.range(..=seq).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
+        while state.seq < seq {
+            let wanted = usize::try_from(seq - state.seq).unwrap_or(usize::MAX).min(1000);
+            let page = store.events_since(state.seq, wanted).await?;
+            if page.is_empty() {
+                break;
+            }
+            for event in &page {
+                state.apply(event)?;
+                if event.seq % checkpoints.spacing == 0 {
+                    checkpoints.keep(state.configuration());
+                }
+            }
+        }
+        Ok(state.configuration())
+    }
+}
+
+impl Checkpoints {
+    fn keep(&mut self, state: State) {
+        self.at.insert(state.seq, state);
+        if self.at.len() > MAX_CHECKPOINTS {
+            self.spacing *= 2;
+            let spacing = self.spacing;
+            self.at.retain(|seq, _| seq % spacing == 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::testing::{log_of, Instrumented};
+
+    async fn replayed(store: &Instrumented, seq: u64) -> State {
+        let mut state = State::default();
+        for event in store.inner.events_since(0, seq as usize).await.unwrap() {
+            state.apply(&event).unwrap();
+        }
+        state.configuration()
+    }
+
+    #[tokio::test]
+    async fn any_point_of_a_long_log_costs_at_most_one_spacing_of_events() {
+        let (_dir, store) = log_of(10_000).await;
+        let history = History::default();
+        // The first request builds the checkpoints on its way: one replay.
+        assert_eq!(history.at(&*store, 10_000).await.unwrap(), replayed(&store, 10_000).await);
+        assert_eq!(store.read.swap(0, Ordering::Relaxed), 10_000);
+        for seq in [0, 1, 999, 1000, 1001, 4321, 7000, 9999, 10_000] {
+            let state = history.at(&*store, seq).await.unwrap();
+            assert_eq!(state, replayed(&store, seq).await, "at seq {seq}");
+            let read = store.read.swap(0, Ordering::Relaxed) as u64;
+            assert!(read < FIRST_SPACING, "seq {seq} read {read} events");
+        }
+    }
+
+    #[test]
+    fn checkpoints_thin_out_instead_of_growing_without_bound() {
+        let mut checkpoints = Checkpoints { spacing: 1, at: BTreeMap::new() };
+        for seq in 1..=10_000 {
+            if seq % checkpoints.spacing == 0 {
+                checkpoints.keep(State { seq, ..State::default() });
+            }
+        }
+        assert!(checkpoints.at.len() <= MAX_CHECKPOINTS);
+        assert!(checkpoints.spacing <= 10_000 / (MAX_CHECKPOINTS as u64 / 2));
+        assert!(checkpoints.at.keys().all(|seq| seq % checkpoints.spacing == 0));
+    }
+}

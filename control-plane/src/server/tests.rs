@@ -1,0 +1,190 @@
+//! The API's trust rules, through the real router: authentication before any parsing, no
+//! existence oracle for other services' instances, proxies bound to their service, a bounded
+//! cost for history reads, and 503 with `Retry-After` while the store is unreachable.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::http::{header, Request};
+use tower::ServiceExt;
+
+use super::*;
+use crate::history::FIRST_SPACING;
+use crate::store::testing::{log_of, Instrumented};
+
+const ADMIN: &str = "admin-secret";
+
+async fn control_plane(store: Arc<dyn EventStore>) -> Shared {
+    ControlPlane::open(store, Settings::new(ADMIN.to_owned())).await.unwrap()
+}
+
+async fn empty() -> (tempfile::TempDir, Arc<Instrumented>, Shared) {
+    let (dir, store) = log_of(0).await;
+    let cp = control_plane(store.clone()).await;
+    (dir, store, cp)
+}
+
+/// One request: (status, headers, body as JSON or Null).
+async fn call(
+    cp: &Shared,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    let res = send(cp, method, uri, token, body).await;
+    let (parts, body) = res.into_parts();
+    let bytes = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+    (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+async fn send(cp: &Shared, method: &str, uri: &str, token: Option<&str>, body: &str) -> Response {
+    let mut req = Request::builder().method(method).uri(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    cp.router().oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap()
+}
+
+async fn join_token(cp: &Shared, service: &str) -> String {
+    let body = format!(r#"{{"service": "{service}"}}"#);
+    let (status, _, out) = call(cp, "POST", "/v1/tokens", Some(ADMIN), &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+    out["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn every_operation_that_needs_a_token_answers_401_before_reading_the_request() {
+    let (_dir, _store, cp) = empty().await;
+    for op in OPERATIONS.iter().filter(|op| op.admin) {
+        let (method, path) = (op.method.to_uppercase(), op.path.replace(['{', '}'], ""));
+        // A malformed query, path and body: without a valid token none of it may be looked at.
+        let uri = format!("{path}?version=not-a-number&service=Not_A_Name&limit=x");
+        for token in [None, Some("nope"), Some("made.up")] {
+            let (status, _, body) = call(&cp, &method, &uri, token, "{not json").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {} with {token:?}: {body}", op.method, op.path);
+        }
+        let (status, _, body) = call(&cp, &method, &uri, Some(ADMIN), "{not json").await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{} {} refused the admin: {body}", op.method, op.path);
+    }
+}
+
+#[tokio::test]
+async fn a_join_token_cannot_tell_another_services_endpoint_from_a_missing_one() {
+    let (_dir, _store, cp) = empty().await;
+    let users = r#"{"service": "users", "address": "127.0.0.1:9001"}"#;
+    let (status, _, out) = call(&cp, "POST", "/v1/endpoints", Some(ADMIN), users).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let existing = out["id"].as_str().unwrap().to_owned();
+    let missing = "users.default-127.0.0.1-9999";
+    let web = join_token(&cp, "web").await;
+    for (method, path) in [("PUT", "/v1/endpoints/{id}/heartbeat"), ("DELETE", "/v1/endpoints/{id}")] {
+        let answer = async |token: &str, id: &str| {
+            let (status, _, body) = call(&cp, method, &path.replace("{id}", id), Some(token), "").await;
+            (status, body["error"].as_str().unwrap_or_default().replace(id, "ID"))
+        };
+        let foreign = answer(&web, &existing).await;
+        assert_eq!(foreign.0, StatusCode::NOT_FOUND, "{method} {path}: {foreign:?}");
+        assert_eq!(foreign, answer(&web, missing).await, "{method} {path}: the answers differ");
+        for id in [existing.as_str(), missing] {
+            assert_eq!(answer("made.up", id).await.0, StatusCode::UNAUTHORIZED, "{method} {id}");
+        }
+    }
+    // The admin still reaches it.
+    let (status, _, _) =
+        call(&cp, "PUT", &format!("/v1/endpoints/{existing}/heartbeat"), Some(ADMIN), "").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_proxy_id_claimed_under_another_service_does_not_displace_the_real_one() {
+    let (_dir, _store, cp) = empty().await;
+    let (users, evil) = (join_token(&cp, "users").await, join_token(&cp, "evil").await);
+    let id = "users.default-1";
+    let real = send(&cp, "GET", &format!("/v1/push?id={id}&service=users"), Some(&users), "").await;
+    assert_eq!(real.status(), StatusCode::OK);
+    // Another service's token claims the same id: for its own service, or for users.
+    let claim = send(&cp, "GET", &format!("/v1/push?id={id}&service=users"), Some(&evil), "").await;
+    assert_eq!(claim.status(), StatusCode::FORBIDDEN);
+    let squat = send(&cp, "GET", &format!("/v1/push?id={id}&service=evil"), Some(&evil), "").await;
+    assert_eq!(squat.status(), StatusCode::OK);
+
+    let ack = r#"{"version": 0}"#;
+    let (status, _, body) =
+        call(&cp, "POST", &format!("/v1/proxies/{id}/ack?service=users"), Some(&users), ack).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the real sidecar's ACK lands: {body}");
+    let (status, _, _) =
+        call(&cp, "POST", &format!("/v1/proxies/{id}/ack?service=users"), Some(&evil), ack).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", None, "").await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list}");
+    let mine = items.iter().find(|p| p["service"] == "users").unwrap();
+    assert_eq!(mine["connected"], true, "{list}");
+    drop((real, squat));
+}
+
+#[tokio::test]
+async fn a_diff_reads_a_bounded_number_of_events_however_long_the_log() {
+    let (_dir, store) = log_of(10_000).await;
+    let cp = control_plane(store.clone()).await;
+    let (status, _, first) = call(&cp, "GET", "/v1/diff?from=9990&to=10000", None, "").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    for (from, to) in [(9990, 10_000), (0, 10_000), (1, 2), (4321, 8765), (9999, 10_000)] {
+        store.read.store(0, Ordering::Relaxed);
+        let (status, _, body) = call(&cp, "GET", &format!("/v1/diff?from={from}&to={to}"), None, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let read = store.read.load(Ordering::Relaxed) as u64;
+        assert!(read < 2 * FIRST_SPACING, "diff {from}..{to} read {read} of 10000 events");
+    }
+    let (_, _, again) = call(&cp, "GET", "/v1/diff?from=9990&to=10000", None, "").await;
+    assert_eq!(first, again);
+    assert_eq!(first["changes"].as_array().unwrap().len(), 10, "{first}");
+}
+
+#[tokio::test]
+async fn event_pages_are_bounded_in_events_and_in_bytes() {
+    let (_dir, store) = log_of(1500).await;
+    let cp = control_plane(store.clone()).await;
+    let (_, _, page) = call(&cp, "GET", "/v1/events?limit=5000", None, "").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), PAGE_EVENTS);
+
+    let (_dir, store, cp) = empty().await;
+    let big = "x".repeat(500 * 1024);
+    for i in 0..20 {
+        let doc = json!({ "kind": "Service", "spec": { "big": big } });
+        let append = AppendRequest::new(format!("Service/default/s{i}"), kind::RESOURCE_APPLIED, doc, "test");
+        store.append(append).await.unwrap();
+    }
+    let (_, _, page) = call(&cp, "GET", "/v1/events", None, "").await;
+    let n = page["events"].as_array().unwrap().len();
+    assert!((1..20).contains(&n), "{n} events of 500 KiB in one page");
+    assert!(n * 500 * 1024 <= PAGE_BYTES, "{n}");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_makes_the_replica_unready_and_calls_503_with_retry_after() {
+    let (_dir, store, cp) = empty().await;
+    let (status, _, _) = call(&cp, "GET", "/readyz", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    store.down.store(true, Ordering::Relaxed);
+    let (status, headers, body) = call(&cp, "GET", "/readyz", None, "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert_eq!(headers[header::RETRY_AFTER], "2");
+    let doc = "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n";
+    for (method, uri, token, body) in [
+        ("GET", "/v1/resources", None, ""),
+        ("GET", "/v1/events", None, ""),
+        ("GET", "/v1/proxies", None, ""),
+        ("POST", "/v1/resources", Some(ADMIN), doc),
+        ("POST", "/v1/tokens", Some(ADMIN), r#"{"service": "web"}"#),
+    ] {
+        let (status, headers, out) = call(&cp, method, uri, token, body).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {uri}: {out}");
+        assert!(headers.contains_key(header::RETRY_AFTER), "{method} {uri}");
+    }
+    store.down.store(false, Ordering::Relaxed);
+    assert_eq!(call(&cp, "GET", "/readyz", None, "").await.0, StatusCode::OK);
+    assert_eq!(call(&cp, "POST", "/v1/resources", Some(ADMIN), doc).await.0, StatusCode::OK);
+}
