@@ -107,6 +107,17 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
             };
             let out = api.call(http::Method::POST, "/v1/resources", Some(text)).await?;
+            // Like kubectl: warnings on stderr, before the result.
+            for w in out["warnings"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "Warning: {}: document {} ({}): {}: {}",
+                    file.display(),
+                    w["document"],
+                    w["object"].as_str().unwrap_or_default(),
+                    w["field"].as_str().unwrap_or_default(),
+                    w["message"].as_str().unwrap_or_default()
+                );
+            }
             for item in out["applied"].as_array().into_iter().flatten() {
                 let what = if item["unchanged"] == true { "unchanged" } else { "configured" };
                 match item["seq"].as_u64() {

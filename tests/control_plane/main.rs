@@ -171,6 +171,63 @@ fn apply_get_history_diff_and_rollback_through_the_cli() {
     assert!(cp.cli_ok(&["get", "service"]).lines().count() == 1, "only the header is left");
 }
 
+/// An HTTPRoute as `kubectl get httproute -o yaml` prints it, applied through the CLI: accepted,
+/// the fields without effect warned about, status and what the cluster set not stored, labels
+/// and annotations kept.
+#[test]
+fn a_route_exported_from_a_cluster_applies_with_warnings_and_stores_only_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubectl-httproute.yaml");
+    let out = cp.cli(&["apply", "-f", file]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("HTTPRoute/shop/users configured (version 1, seq 1)"), "{stdout}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Warning: ")).collect();
+    assert_eq!(
+        warnings,
+        [
+            format!("Warning: {file}: document 1 (HTTPRoute shop/users): spec.parentRefs[0].sectionName: not implemented: the route applies to every port of Service users, not only to port \"http\""),
+            format!("Warning: {file}: document 1 (HTTPRoute shop/users): spec.parentRefs[0].port: not implemented: the route applies to every port of Service users, not only to port 80"),
+        ],
+        "{stderr}"
+    );
+
+    let yaml = cp.cli_ok(&["get", "httproute", "users", "-n", "shop", "-o", "yaml"]);
+    let shown: Value = serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).unwrap();
+    let mut meta: Vec<&String> = shown["metadata"].as_object().unwrap().keys().collect();
+    meta.sort();
+    assert_eq!(meta, ["annotations", "labels", "name", "namespace"], "{yaml}");
+    assert_eq!(shown["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm", "{yaml}");
+    assert_eq!(shown["metadata"]["annotations"]["team.example.com/owner"], "payments", "{yaml}");
+    assert!(shown.get("status").is_none(), "{yaml}");
+    assert_eq!(shown["spec"]["parentRefs"][0]["sectionName"], "http", "{yaml}");
+    assert_eq!(shown["spec"]["rules"][0]["backendRefs"][1]["weight"], 10, "{yaml}");
+
+    // Nothing the cluster set reached the log either.
+    let (_, events) = curl(&[&cp.url("/v1/events")]);
+    let logged = events.to_string();
+    for field in ["managedFields", "resourceVersion", "uid", "creationTimestamp", "status", "last-applied"] {
+        assert!(!logged.contains(field), "{field} was stored: {logged}");
+    }
+
+    // The API's answer carries the warnings too, also when nothing changed.
+    let text = std::fs::read_to_string(file).unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", &text, &cp.url("/v1/resources")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"][0]["unchanged"], true, "{body}");
+    assert_eq!(body["warnings"][1]["document"], 1, "{body}");
+    assert_eq!(body["warnings"][1]["object"], "HTTPRoute shop/users", "{body}");
+    assert_eq!(body["warnings"][1]["field"], "spec.parentRefs[0].port", "{body}");
+
+    // What changes the route's meaning is still refused.
+    let gateway = text.replacen("kind: Service\n    name: users", "kind: Gateway\n    name: users", 1);
+    let (status, body) =
+        curl(&["-X", "POST", "-H", &auth, "--data-binary", &gateway, &cp.url("/v1/resources")]);
+    assert_eq!((status, body["field"].as_str()), (400, Some("spec.parentRefs[0].kind")), "{body}");
+}
+
 #[test]
 fn writes_need_the_token_and_bad_input_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
