@@ -192,6 +192,19 @@ mod tests {
     }
 
     #[test]
+    fn every_field_a_cluster_sets_is_dropped_without_a_word() {
+        let set: String = super::CLUSTER_SET.iter().map(|f| format!("  {f}: x\n")).collect();
+        let text = format!(
+            "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata:\n  name: users\n{set}spec: {{}}\nstatus: {{ready: true}}\n"
+        );
+        let parsed = parse("f", &text).unwrap();
+        assert_eq!(parsed.warnings, []);
+        let stored = parsed.resources[0].to_json();
+        assert_eq!(stored["metadata"], serde_json::json!({"name": "users", "namespace": "default"}));
+        assert!(stored.get("status").is_none());
+    }
+
+    #[test]
     fn owner_references_finalizers_and_hostnames_are_warned_about() {
         let text = EXPORTED.replace(
             "\n  name: users\n",
