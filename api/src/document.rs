@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::{self, FieldWarning};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
 use crate::route::{HttpRouteSpec, GATEWAY_V1};
 use crate::{ServiceSpec, SidecarSpec};
@@ -17,6 +18,8 @@ use crate::{ServiceSpec, SidecarSpec};
 /// The `apiVersion` of Pilotfish's own kinds.
 pub const PILOTFISH_V1ALPHA1: &str = "pilotfish.io/v1alpha1";
 
+/// What Pilotfish keeps of an object's metadata (what a cluster sets is dropped first, see
+/// [`crate::manifest`]); labels and annotations are stored and shown back, with no effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
@@ -155,11 +158,46 @@ struct Envelope<S> {
     spec: S,
 }
 
+/// A field accepted with a caveat: kept without effect, or dropped (see [`crate::manifest`]).
+/// Serialized for API clients without the origin, which is theirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warning {
+    #[serde(skip)]
+    pub origin: String,
+    /// 1-based position of the document in the stream.
+    pub document: usize,
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { origin, document, object, field, message } = self;
+        write!(f, "{origin}: document {document} ({object}): {field}: {message}")
+    }
+}
+
+/// A valid stream, and what its reader should be told about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub resources: Vec<Resource>,
+    pub warnings: Vec<Warning>,
+}
+
 /// Parses and validates a multi-document YAML (or JSON) stream. Either every document is valid
 /// and the whole stream is returned, or the first error is; nothing is half-accepted.
 pub fn parse_stream(source: &str, text: &str) -> Result<Vec<Resource>, ConfigError> {
+    parse(source, text).map(|parsed| parsed.resources)
+}
+
+/// [`parse_stream`], with the warnings about fields accepted with a caveat.
+pub fn parse(source: &str, text: &str) -> Result<Parsed, ConfigError> {
     let mut resources = Vec::new();
     let mut positions = Vec::new();
+    let mut warnings = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let error = |object: Option<String>, e: FieldError| ConfigError {
             origin: source.to_owned(),
@@ -173,7 +211,14 @@ pub fn parse_stream(source: &str, text: &str) -> Result<Vec<Resource>, ConfigErr
         if value.is_null() {
             continue;
         }
-        let resource = parse_document(value).map_err(|(object, e)| error(object, e))?;
+        let (resource, caveats) = parse_document(value).map_err(|(object, e)| error(object, e))?;
+        warnings.extend(caveats.into_iter().map(|w| Warning {
+            origin: source.to_owned(),
+            document: index + 1,
+            object: describe(&resource),
+            field: w.field,
+            message: w.message,
+        }));
         resources.push(resource);
         positions.push(index + 1);
     }
@@ -184,7 +229,7 @@ pub fn parse_stream(source: &str, text: &str) -> Result<Vec<Resource>, ConfigErr
         field: e.field,
         reason: e.reason,
     })?;
-    Ok(resources)
+    Ok(Parsed { resources, warnings })
 }
 
 fn describe(r: &Resource) -> String {
@@ -194,7 +239,7 @@ fn describe(r: &Resource) -> String {
 
 type DocumentError = (Option<String>, FieldError);
 
-fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError> {
+fn parse_document(mut value: serde_yaml_ng::Value) -> Result<(Resource, Vec<FieldWarning>), DocumentError> {
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
     let api_version = text("apiVersion").ok_or_else(|| {
         (None, FieldError::new("apiVersion", "missing: every document needs apiVersion and kind"))
@@ -214,6 +259,7 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError
         let reason = format!("{kind} is served as {expected}, not {api_version}");
         return Err((object, FieldError::new("apiVersion", reason)));
     }
+    let warnings = manifest::carry_over(&kind, &mut value).map_err(|e| (object.clone(), e))?;
     fn object_of<S: DeserializeOwned>(
         value: serde_yaml_ng::Value,
         object: &Option<String>,
@@ -233,8 +279,9 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Resource, DocumentError
     let m = resource.metadata();
     let object = Some(describe(&resource));
     validate_name(&m.name).map_err(|r| (object.clone(), FieldError::new("metadata.name", r)))?;
-    validate_name(&m.namespace).map_err(|r| (object, FieldError::new("metadata.namespace", r)))?;
-    Ok(resource)
+    validate_name(&m.namespace).map_err(|r| (object.clone(), FieldError::new("metadata.namespace", r)))?;
+    validate_labels_and_annotations(m).map_err(|e| (object, e))?;
+    Ok((resource, warnings))
 }
 
 fn typed<S: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<S, FieldError> {
@@ -259,6 +306,65 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "{name:?} is not a valid name: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
         ))
     }
+}
+
+/// Kubernetes' rules, so labels and annotations carry over both ways (and stay bounded).
+fn validate_labels_and_annotations(m: &Metadata) -> Result<(), FieldError> {
+    for (key, value) in &m.labels {
+        let field = || format!("metadata.labels.{key}");
+        qualified_name(key).map_err(|r| FieldError::new(field(), r))?;
+        if !label_value(value) {
+            return Err(FieldError::new(
+                field(),
+                "a label value is at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ));
+        }
+    }
+    for key in m.annotations.keys() {
+        qualified_name(key).map_err(|r| FieldError::new(format!("metadata.annotations.{key}"), r))?;
+    }
+    let size: usize = m.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_ANNOTATIONS_BYTES {
+        return Err(FieldError::new(
+            "metadata.annotations",
+            format!("{size} bytes: annotations total at most {MAX_ANNOTATIONS_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Kubernetes' bound on the annotations of one object.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// A label or annotation key: `[prefix/]name`, the prefix a DNS subdomain.
+fn qualified_name(key: &str) -> Result<(), String> {
+    let (prefix, name) = key.split_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    let subdomain = |p: &str| {
+        p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    };
+    if prefix.is_some_and(|p| !subdomain(p)) {
+        return Err(format!("{key:?}: the prefix before '/' must be a DNS subdomain, e.g. example.com"));
+    }
+    if name.is_empty() || !label_value(name) {
+        return Err(format!(
+            "{key:?}: a key is an optional prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn label_value(value: &str) -> bool {
+    let edge = |b: Option<u8>| b.is_none_or(|b| b.is_ascii_alphanumeric());
+    value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && edge(value.bytes().next())
+        && edge(value.bytes().last())
 }
 
 fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
@@ -386,6 +492,35 @@ spec:
         let twice = format!("{GOOD}---\n{}", GOOD.split("---").nth(1).unwrap());
         let err = parse_stream("f", &twice).unwrap_err();
         assert_eq!(err.document, 3);
+    }
+
+    #[test]
+    fn labels_and_annotations_are_kept_on_every_kind_and_checked_like_kubernetes_does() {
+        let labelled = GOOD.replace(
+            "metadata: {name: users, namespace: default}",
+            "metadata: {name: users, namespace: default, labels: {app.kubernetes.io/name: users, tier: ''}, annotations: {example.com/note: 'any text: here'}}",
+        );
+        let resources = parse_stream("f", &labelled).unwrap();
+        let json = resources[1].to_json();
+        assert_eq!(json["metadata"]["labels"]["app.kubernetes.io/name"], "users");
+        assert_eq!(json["metadata"]["labels"]["tier"], "");
+        assert_eq!(json["metadata"]["annotations"]["example.com/note"], "any text: here");
+
+        let bad = |meta: &str| {
+            parse_stream("f", &GOOD.replace("{name: users, namespace: default}", meta)).unwrap_err()
+        };
+        let err = bad("{name: users, labels: {tier: 'front end'}}");
+        assert_eq!(err.field, "metadata.labels.tier");
+        assert!(err.reason.contains("63 letters"), "{err}");
+        assert_eq!(bad("{name: users, labels: {'-a': b}}").field, "metadata.labels.-a");
+        assert_eq!(bad("{name: users, labels: {Example.com/a: b}}").field, "metadata.labels.Example.com/a");
+        assert_eq!(
+            bad(&format!("{{name: users, labels: {{a: {}}}}}", "x".repeat(64))).field,
+            "metadata.labels.a"
+        );
+        assert_eq!(bad("{name: users, annotations: {'a b': c}}").field, "metadata.annotations.a b");
+        let huge = format!("{{name: users, annotations: {{a: {}}}}}", "x".repeat(256 * 1024));
+        assert_eq!(bad(&huge).field, "metadata.annotations");
     }
 
     #[test]

@@ -12,17 +12,20 @@
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
+//! - [`manifest`]: carrying Kubernetes manifests over — what `kubectl get -o yaml` adds that is
+//!   dropped, and the Gateway API features that are warned about or refused.
 
 #![forbid(unsafe_code)]
 
 pub mod document;
 pub mod duration;
+pub mod manifest;
 pub mod policy;
 pub mod route;
 pub mod service;
 pub mod sidecar;
 
-pub use document::{parse_stream, ConfigError, Metadata, Resource};
+pub use document::{parse, parse_stream, ConfigError, Metadata, Parsed, Resource, Warning};
 pub use duration::Duration;
 pub use service::{Endpoint, Protocol, ServicePort, ServiceSpec};
 pub use sidecar::SidecarSpec;

@@ -31,8 +31,12 @@ pub struct ParentRef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Kept, without effect yet: the route applies to every port of the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Kept, without effect yet (a port name of the Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 fn service_kind() -> String {
@@ -251,6 +255,7 @@ impl HttpRouteSpec {
                     format!("{:?} is not supported: a mesh route attaches to a Service", p.kind),
                 ));
             }
+            check_core_group(p.group.as_deref(), format!("spec.parentRefs[{i}].group"))?;
         }
         for (r, rule) in self.rules.iter().enumerate() {
             let at = |rest: String| format!("spec.rules[{r}].{rest}");
@@ -296,6 +301,7 @@ impl HttpRouteSpec {
                         format!("{:?} is not supported: backends are Services", backend.kind),
                     ));
                 }
+                check_core_group(backend.group.as_deref(), at(format!("backendRefs[{b}].group")))?;
             }
             if let Some(b) = rule.backend_refs.iter().position(|b| b.weight > 1_000_000) {
                 return Err(FieldError::new(
@@ -390,6 +396,17 @@ impl HttpRouteSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// A Service is in Kubernetes' core group: `""` (what kubectl prints), `core`, or omitted.
+fn check_core_group(group: Option<&str>, field: String) -> Result<(), FieldError> {
+    match group {
+        None | Some("" | "core") => Ok(()),
+        Some(other) => Err(FieldError::new(
+            field,
+            format!("{other:?} is not supported: Pilotfish routes to core Services (group \"\" or omitted)"),
+        )),
     }
 }
 

@@ -379,20 +379,28 @@ async fn apply(
     let applied = cp
         .apply_text(&body, &actor, expected_version(&headers)?, idempotency_key(&headers, "apply")?)
         .await?;
-    Ok((StatusCode::OK, Json(json!({ "applied": applied }))))
+    Ok((StatusCode::OK, Json(json!({ "applied": applied.items, "warnings": applied.warnings }))))
+}
+
+/// What an apply did: one entry per document, and the warnings about fields accepted with a
+/// caveat (kept without effect, or dropped).
+pub struct Applied {
+    pub items: Vec<serde_json::Value>,
+    pub warnings: Vec<pilotfish_api::Warning>,
 }
 
 impl ControlPlane {
     /// Applies a YAML/JSON document stream: validated as a whole, appended as one atomic batch
-    /// (documents identical to what is stored are skipped). One entry per document comes back.
+    /// (documents identical to what is stored are skipped). One entry per document comes back,
+    /// with the warnings.
     pub async fn apply_text(
         &self,
         text: &str,
         actor: &str,
         expected: Option<u64>,
         key: Option<String>,
-    ) -> ApiResult<Vec<serde_json::Value>> {
-        let resources = pilotfish_api::parse_stream("request", text)?;
+    ) -> ApiResult<Applied> {
+        let pilotfish_api::Parsed { resources, warnings } = pilotfish_api::parse("request", text)?;
         if resources.is_empty() {
             return Err(ApiError::BadRequest("the request has no documents".into()));
         }
@@ -437,7 +445,7 @@ impl ControlPlane {
             .map(|e| json!({ "aggregate": e.aggregate, "version": e.version, "seq": e.seq }))
             .collect();
         applied.extend(unchanged);
-        Ok(applied)
+        Ok(Applied { items: applied, warnings })
     }
 }
 

@@ -16,7 +16,7 @@ use pilotfish_api::policy::{
     RateLimitPolicySpec, RetryBudget, ServiceLimits, TargetRef,
 };
 use pilotfish_api::sidecar::InboundSpec;
-use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec};
+use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec, Warning};
 use prometheus::IntCounter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub hash: u64,
     pub source: String,
     pub resources: Vec<Resource>,
+    /// Fields of the configuration accepted with a caveat (kept without effect, or dropped).
+    pub warnings: Vec<Warning>,
     /// The effective settings of this sidecar (file plus command-line overrides).
     pub sidecar: SidecarSpec,
     pub name: String,
@@ -219,7 +221,15 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Result<Self, BuildError> {
-        let resources = pilotfish_api::parse_stream(source, text)?;
+        let pilotfish_api::Parsed { resources, warnings } = pilotfish_api::parse(source, text)?;
+        // Logged when they first appear, not again with every reload or push that keeps them.
+        let same =
+            |a: &Warning, b: &Warning| (&a.object, &a.field, &a.message) == (&b.object, &b.field, &b.message);
+        for w in &warnings {
+            if !previous.is_some_and(|p| p.warnings.iter().any(|old| same(old, w))) {
+                tracing::warn!("{w}");
+            }
+        }
         let (name, namespace, mut sidecar) = resources
             .iter()
             .find_map(|r| match r {
@@ -393,6 +403,7 @@ impl Snapshot {
             hash: hash_text(text),
             source: source.to_owned(),
             resources,
+            warnings,
             sidecar,
             passthrough: metrics.target(Direction::Outbound, ""),
             unrouted: metrics.endpoint(Direction::Outbound, "", ""),

@@ -1,5 +1,5 @@
 //! The operator commands — `apply`, `get`, `delete`, `history`, `diff`, `rollback` — as
-//! clients of the control plane's HTTP API.
+//! clients of the control plane's HTTP API; tables come from [`super::table`].
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -10,6 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+
+use super::table::{cell, Table};
 
 /// Where the control plane is and how to authenticate to it.
 #[derive(Debug, clap::Args)]
@@ -107,6 +109,17 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
             };
             let out = api.call(http::Method::POST, "/v1/resources", Some(text)).await?;
+            // Like kubectl: warnings on stderr, before the result.
+            for w in out["warnings"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "Warning: {}: document {} ({}): {}: {}",
+                    file.display(),
+                    w["document"],
+                    cell(&w["object"]),
+                    cell(&w["field"]),
+                    cell(&w["message"])
+                );
+            }
             for item in out["applied"].as_array().into_iter().flatten() {
                 let what = if item["unchanged"] == true { "unchanged" } else { "configured" };
                 match item["seq"].as_u64() {
@@ -156,21 +169,18 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                     }
                 }
                 Output::Table => {
-                    println!(
-                        "{:<16} {:<12} {:<28} {:>7} {:>7}",
-                        "KIND", "NAMESPACE", "NAME", "VERSION", "SEQ"
-                    );
+                    let mut table = Table::new(&["KIND", "NAMESPACE", "NAME", "VERSION", "SEQ"]);
                     for item in &items {
                         let d = &item["document"];
-                        println!(
-                            "{:<16} {:<12} {:<28} {:>7} {:>7}",
-                            d["kind"].as_str().unwrap_or(""),
-                            d["metadata"]["namespace"].as_str().unwrap_or(""),
-                            d["metadata"]["name"].as_str().unwrap_or(""),
-                            item["version"],
-                            item["seq"]
-                        );
+                        table.row([
+                            cell(&d["kind"]),
+                            cell(&d["metadata"]["namespace"]),
+                            cell(&d["metadata"]["name"]),
+                            cell(&item["version"]),
+                            cell(&item["seq"]),
+                        ]);
                     }
+                    print!("{table}");
                 }
             }
         }
@@ -198,21 +208,14 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&events)?),
                 Output::Yaml => print!("{}", serde_yaml_ng::to_string(&events)?),
                 Output::Table => {
-                    println!(
-                        "{:>6}  {:<24}  {:<20}  {:<40} {:>7}  ACTOR",
-                        "SEQ", "AT", "KIND", "AGGREGATE", "VERSION"
-                    );
+                    let mut table = Table::new(&["SEQ", "AT", "KIND", "AGGREGATE", "VERSION", "ACTOR"]);
                     for e in &events {
-                        println!(
-                            "{:>6}  {:<24}  {:<20}  {:<40} {:>7}  {}",
-                            e["seq"],
-                            e["at"].as_str().unwrap_or(""),
-                            e["kind"].as_str().unwrap_or(""),
-                            e["aggregate"].as_str().unwrap_or(""),
-                            e["version"],
-                            e["actor"].as_str().unwrap_or("")
+                        table.row(
+                            ["seq", "at", "kind", "aggregate", "version", "actor"]
+                                .map(|field| cell(&e[field])),
                         );
                     }
+                    print!("{table}");
                 }
             }
         }
@@ -249,29 +252,23 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
                 Output::Yaml => print!("{}", serde_yaml_ng::to_string(&items)?),
                 Output::Table => {
-                    println!("current version: {}", out["version"]);
-                    println!(
-                        "{:<32} {:<20} {:<10} {:>7}  {:<8} LAST NACK",
-                        "ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT"
-                    );
+                    println!("current version: {}", cell(&out["version"]));
+                    let mut table =
+                        Table::new(&["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"]);
                     for p in &items {
                         let nack = p["lastNack"]["error"]
                             .as_str()
-                            .map(|e| format!("v{}: {e}", p["lastNack"]["version"]));
-                        println!(
-                            "{:<32} {:<20} {:<10} {:>7}  {:<8} {}",
-                            p["id"].as_str().unwrap_or(""),
-                            format!(
-                                "{}.{}",
-                                p["service"].as_str().unwrap_or(""),
-                                p["namespace"].as_str().unwrap_or("")
-                            ),
-                            p["connected"],
-                            p["ackedVersion"],
-                            p["current"],
-                            nack.unwrap_or_default()
-                        );
+                            .map(|e| format!("v{}: {e}", cell(&p["lastNack"]["version"])));
+                        table.row([
+                            cell(&p["id"]),
+                            format!("{}.{}", cell(&p["service"]), cell(&p["namespace"])),
+                            cell(&p["connected"]),
+                            cell(&p["ackedVersion"]),
+                            cell(&p["current"]),
+                            nack.unwrap_or_default(),
+                        ]);
                     }
+                    print!("{table}");
                 }
             }
         }

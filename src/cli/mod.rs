@@ -3,6 +3,7 @@
 mod client;
 mod control_plane;
 mod sidecar;
+mod table;
 mod up;
 
 use std::io::IsTerminal;

@@ -160,7 +160,11 @@ async fn up(args: Args) -> anyhow::Result<()> {
         axum::serve(listener, router).with_graceful_shutdown(cp_stopped.cancelled_owned()).await
     });
     if let Some(config) = config {
-        cp.apply_text(&config, "pilotfish up", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let applied =
+            cp.apply_text(&config, "pilotfish up", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        for warning in applied.warnings {
+            tracing::warn!("{warning}");
+        }
     }
 
     // The apps: demo apps served here, commands started as children.

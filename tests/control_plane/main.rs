@@ -125,6 +125,50 @@ fn service(name: &str, port: u16) -> String {
     )
 }
 
+/// Splits a printed table into its cells, asserting it is laid out the kubectl way: every cell
+/// starts at its header's column, each column as wide as its widest cell plus three spaces,
+/// nothing after the last cell, no empty cell (`<none>` instead).
+fn table_cells(table: &str) -> Vec<Vec<String>> {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header line");
+    // A column starts after three spaces (a header may hold one space, as `LAST NACK` does).
+    let starts: Vec<usize> = (0..header.len())
+        .filter(|&i| {
+            header.as_bytes()[i] != b' ' && (i == 0 || header.get(i.saturating_sub(3)..i) == Some("   "))
+        })
+        .collect();
+    let rows: Vec<Vec<String>> = std::iter::once(header)
+        .chain(lines)
+        .map(|line| {
+            assert_eq!(line.trim_end(), line, "trailing spaces:\n{table}");
+            let bounds = starts.iter().zip(starts.iter().skip(1).map(Some).chain([None]));
+            bounds
+                .map(|(&start, end)| {
+                    let cell = match end {
+                        Some(&end) => {
+                            line.get(start..end).unwrap_or_else(|| panic!("short row {line:?}:\n{table}"))
+                        }
+                        None => line.get(start..).unwrap_or_else(|| panic!("short row {line:?}:\n{table}")),
+                    };
+                    assert!(
+                        !cell.starts_with(' ') && !cell.trim().is_empty(),
+                        "misaligned {line:?}:\n{table}"
+                    );
+                    if end.is_some() {
+                        assert!(cell.ends_with("   "), "no three-space gap in {line:?}:\n{table}");
+                    }
+                    cell.trim_end().to_owned()
+                })
+                .collect()
+        })
+        .collect();
+    for (k, pair) in starts.windows(2).enumerate() {
+        let widest = rows.iter().map(|r| r[k].len()).max().unwrap();
+        assert_eq!(widest + 3, pair[1] - pair[0], "column {k} is not as wide as its widest cell:\n{table}");
+    }
+    rows
+}
+
 const ROUTE: &str = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - timeouts: {request: 2s}\n";
 
 #[test]
@@ -141,16 +185,24 @@ fn apply_get_history_diff_and_rollback_through_the_cli() {
 
     let json: Value = serde_json::from_str(&cp.cli_ok(&["get", "service", "users", "-o", "json"])).unwrap();
     assert_eq!(json["spec"]["endpoints"][0]["address"], "127.0.0.1:9001");
-    let table = cp.cli_ok(&["get", "httproute"]);
-    assert!(table.contains("HTTPRoute") && table.contains("users"), "{table}");
+    let table = table_cells(&cp.cli_ok(&["get", "httproute"]));
+    assert_eq!(
+        table,
+        [["KIND", "NAMESPACE", "NAME", "VERSION", "SEQ"], ["HTTPRoute", "default", "users", "1", "2"]]
+    );
 
     std::fs::write(&file, service("users", 9002)).unwrap();
     assert!(cp.cli_ok(&["apply", "-f", file.to_str().unwrap()]).contains("version 2, seq 3"));
     let diff = cp.cli_ok(&["diff", "2", "3"]);
     assert!(diff.contains("~ changed Service/default/users") && diff.contains("127.0.0.1:9002"), "{diff}");
 
-    let history = cp.cli_ok(&["history"]);
-    assert_eq!(history.lines().count(), 4, "{history}");
+    let history = table_cells(&cp.cli_ok(&["history"]));
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert_eq!(history[0], ["SEQ", "AT", "KIND", "AGGREGATE", "VERSION", "ACTOR"]);
+    assert_eq!(
+        [&history[3][0], &history[3][2], &history[3][3], &history[3][4], &history[3][5]],
+        ["3", "ResourceApplied", "Service/default/users", "2", "admin"]
+    );
 
     // Roll back to after seq 1: the route goes, the endpoint goes back to 9001.
     let out = cp.cli_ok(&["rollback", "--to", "1"]);
@@ -166,9 +218,67 @@ fn apply_get_history_diff_and_rollback_through_the_cli() {
     );
     let history = cp.cli_ok(&["history", "--since", "3"]);
     assert!(history.contains("rollback to 1"), "{history}");
+    table_cells(&history);
 
     assert!(cp.cli_ok(&["delete", "service", "users"]).contains("deleted"));
-    assert!(cp.cli_ok(&["get", "service"]).lines().count() == 1, "only the header is left");
+    assert_eq!(table_cells(&cp.cli_ok(&["get", "service"])).len(), 1, "only the header is left");
+}
+
+/// An HTTPRoute as `kubectl get httproute -o yaml` prints it, applied through the CLI: accepted,
+/// the fields without effect warned about, status and what the cluster set not stored, labels
+/// and annotations kept.
+#[test]
+fn a_route_exported_from_a_cluster_applies_with_warnings_and_stores_only_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubectl-httproute.yaml");
+    let out = cp.cli(&["apply", "-f", file]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("HTTPRoute/shop/users configured (version 1, seq 1)"), "{stdout}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Warning: ")).collect();
+    assert_eq!(
+        warnings,
+        [
+            format!("Warning: {file}: document 1 (HTTPRoute shop/users): spec.parentRefs[0].sectionName: not implemented: the route applies to every port of Service users, not only to port \"http\""),
+            format!("Warning: {file}: document 1 (HTTPRoute shop/users): spec.parentRefs[0].port: not implemented: the route applies to every port of Service users, not only to port 80"),
+        ],
+        "{stderr}"
+    );
+
+    let yaml = cp.cli_ok(&["get", "httproute", "users", "-n", "shop", "-o", "yaml"]);
+    let shown: Value = serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).unwrap();
+    let mut meta: Vec<&String> = shown["metadata"].as_object().unwrap().keys().collect();
+    meta.sort();
+    assert_eq!(meta, ["annotations", "labels", "name", "namespace"], "{yaml}");
+    assert_eq!(shown["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm", "{yaml}");
+    assert_eq!(shown["metadata"]["annotations"]["team.example.com/owner"], "payments", "{yaml}");
+    assert!(shown.get("status").is_none(), "{yaml}");
+    assert_eq!(shown["spec"]["parentRefs"][0]["sectionName"], "http", "{yaml}");
+    assert_eq!(shown["spec"]["rules"][0]["backendRefs"][1]["weight"], 10, "{yaml}");
+
+    // Nothing the cluster set reached the log either.
+    let (_, events) = curl(&[&cp.url("/v1/events")]);
+    let logged = events.to_string();
+    for field in ["managedFields", "resourceVersion", "uid", "creationTimestamp", "status", "last-applied"] {
+        assert!(!logged.contains(field), "{field} was stored: {logged}");
+    }
+
+    // The API's answer carries the warnings too, also when nothing changed.
+    let text = std::fs::read_to_string(file).unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", &text, &cp.url("/v1/resources")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"][0]["unchanged"], true, "{body}");
+    assert_eq!(body["warnings"][1]["document"], 1, "{body}");
+    assert_eq!(body["warnings"][1]["object"], "HTTPRoute shop/users", "{body}");
+    assert_eq!(body["warnings"][1]["field"], "spec.parentRefs[0].port", "{body}");
+
+    // What changes the route's meaning is still refused.
+    let gateway = text.replacen("kind: Service\n    name: users", "kind: Gateway\n    name: users", 1);
+    let (status, body) =
+        curl(&["-X", "POST", "-H", &auth, "--data-binary", &gateway, &cp.url("/v1/resources")]);
+    assert_eq!((status, body["field"].as_str()), (400, Some("spec.parentRefs[0].kind")), "{body}");
 }
 
 #[test]

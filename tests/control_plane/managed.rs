@@ -94,8 +94,13 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
     assert_eq!(support::sample(&metrics, "pilotfish_cp_connected_proxies", &[]), 1.0);
     assert_eq!(support::sample(&metrics, "pilotfish_cp_current_proxies", &[]), 1.0);
     assert!(support::sample(&metrics, "pilotfish_cp_pushes_total", &[]) >= 2.0);
-    let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
-    assert!(table.contains("web.default") && table.contains("true"), "{table}");
+    let out = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
+    let (version, table) = out.split_once('\n').unwrap();
+    assert_eq!(version, format!("current version: {}", status["version"]));
+    let table = crate::table_cells(table);
+    assert_eq!(table[0], ["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"]);
+    let acked = status["version"].to_string();
+    assert_eq!(table[1][1..], ["web.default", "true", acked.as_str(), "true", "<none>"], "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,6 +132,11 @@ async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_servin
     );
     let m = sc.metrics().await;
     assert!(support::sample(&m, "pilotfish_config_errors_total", &[]) >= 1.0);
+    let out = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
+    let table = crate::table_cells(out.split_once('\n').unwrap().1);
+    let nack = &table[1][5];
+    assert!(nack.starts_with(&format!("v{}: ", status["proxy"]["lastNack"]["version"])), "{out}");
+    assert!(nack.contains("spec.addresses"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

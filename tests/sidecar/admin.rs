@@ -123,6 +123,48 @@ async fn reload_swaps_valid_config_and_keeps_the_old_on_error() {
     assert_eq!(seen.len(), 2, "round-robin over both endpoints: {seen:?}");
 }
 
+/// An HTTPRoute exported from a cluster (`kubectl get -o yaml`) loads and is served; what it
+/// carries without effect is logged when it first appears, not again at every reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_exported_from_a_cluster_is_served_and_its_warnings_are_logged_once() {
+    let users = backend("users").await;
+    let service = format!(
+        "---\napiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: users, namespace: shop}}\nspec:\n  endpoints: [{{address: {}}}]\n---\n",
+        users.addr
+    );
+    let config = format!(
+        "{}{service}{}",
+        sidecar_doc(None, ""),
+        include_str!("../../examples/kubectl-httproute.yaml")
+    );
+    let sc = Sidecar::start(&config);
+    let r = curl(&["-H", "Host: users.shop", &format!("http://{}/other", sc.outbound)]).await;
+    assert_eq!((r.status, r.json()["headers"]["x-route"].as_str()), (200, Some("default")));
+    let warned =
+        |log: &str, field: &str| log.lines().filter(|l| l.contains("WARN") && l.contains(field)).count();
+    let log = sc.stderr();
+    let expected = format!(
+        "{}: document 3 (HTTPRoute shop/users): spec.parentRefs[0].sectionName: not implemented",
+        sc.config.display()
+    );
+    assert!(log.contains(&expected), "{log}");
+    assert_eq!(warned(&log, "spec.parentRefs[0].port"), 1, "{log}");
+    let config_json = sc.admin_get("/config").await.json();
+    assert!(config_json["resources"][2].get("status").is_none(), "{config_json}");
+
+    // A reload that keeps the warnings does not repeat them; a new one is logged.
+    let changed = config.replace("team.example.com/owner: payments", "team.example.com/owner: search");
+    std::fs::write(&sc.config, &changed).unwrap();
+    sc.wait_for_log("version=2").await;
+    let hosts =
+        changed.replace("spec:\n  parentRefs:", "spec:\n  hostnames: [users.example.com]\n  parentRefs:");
+    std::fs::write(&sc.config, hosts).unwrap();
+    sc.wait_for_log("spec.hostnames").await;
+    let log = sc.stderr();
+    assert_eq!(warned(&log, "spec.parentRefs[0].sectionName"), 1, "{log}");
+    assert_eq!(warned(&log, "spec.hostnames"), 1, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_writes_one_json_line_per_request() {
     let (users, sc) = users_behind_a_sidecar("  accessLog: true\n").await;
