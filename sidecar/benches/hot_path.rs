@@ -158,13 +158,13 @@ fn rate_limits(c: &mut Criterion) {
     let keyed = RateLimiter::new(windows(), None, 100_000);
     let keys: Vec<String> = (0..10_000).map(|i| format!("api-key-{i:08}")).collect();
     for key in &keys {
-        keyed.check(Some(key), tokio::time::Instant::now());
+        keyed.check(Some(key.as_bytes()), tokio::time::Instant::now());
     }
     let mut next = 0;
     c.bench_function("ratelimit/check_one_of_10000_keys", |b| {
         b.iter(|| {
             next = (next + 7_919) % keys.len();
-            keyed.check(Some(&keys[next]), tokio::time::Instant::now()).allowed
+            keyed.check(Some(keys[next].as_bytes()), tokio::time::Instant::now()).allowed
         })
     });
 }
