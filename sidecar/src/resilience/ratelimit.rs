@@ -11,7 +11,7 @@
 //! counted for it, hence holds at most `limit` admissions. The error is on the refusing side: an
 //! admission keeps counting until its bucket leaves the ring, between one window and one window
 //! plus one bucket (1/15 of the window) after it was made. An exact sliding log would keep
-//! `limit` timestamps per key (80 KB for 10,000 per hour); a ring is 72 bytes whatever the limit.
+//! `limit` timestamps per key (80 KB for 10,000 per hour); a ring is 80 bytes whatever the limit.
 //!
 //! `burst`, when set, adds smoothing on top (GCRA): at most `burst` requests back to back, then
 //! one per `period / limit` of the shortest window. The windows still cap every span.
@@ -72,7 +72,7 @@ pub struct Decision {
 /// Keys are 64-bit SipHash digests under this limiter's random key, so state per key is fixed
 /// in size whatever the key's length, and clients cannot aim for collisions (two of 100,000
 /// keys share a digest with probability about 3 × 10⁻¹⁰; they would then share one budget).
-/// A key costs 32 bytes in its table plus 72 bytes per window on the heap. Keyed state lives in
+/// A key costs 32 bytes in its table plus 80 bytes per window on the heap. Keyed state lives in
 /// 16 tables, each behind its own lock, held only to find and update one key.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -140,13 +140,8 @@ struct Ring {
     /// The newest bucket the ring holds; it holds the `SPAN` before it too.
     newest: u64,
     counts: [u32; SLOTS],
-}
-
-/// One constraint's view for the headers.
-struct Status {
-    limit: u32,
-    remaining: u32,
-    reset: u64,
+    /// The sum of `counts`.
+    total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -245,7 +240,7 @@ impl RateLimiter {
         let mut allowed = true;
         for (rule, ring) in self.windows.iter().zip(budget.rings.iter_mut()) {
             ring.advance(now / rule.width);
-            allowed &= ring.total() < u64::from(rule.limit);
+            allowed &= ring.total < u64::from(rule.limit);
         }
         if let Some(smoothing) = &self.smoothing {
             allowed &= smoothing.wait(budget.tat, now) == 0;
@@ -259,22 +254,30 @@ impl RateLimiter {
             }
         }
 
-        let windows = self.windows.iter().zip(budget.rings.iter()).map(|(rule, ring)| rule.status(ring, now));
-        let smoothing = self.smoothing.iter().map(|smoothing| smoothing.status(budget.tat, now));
-        let binding = windows
-            .chain(smoothing)
-            .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+        // The binding constraint: the least remaining, among equals the one that takes longest to
+        // give quota back (computed for those only: it walks the ring).
+        let windows = || self.windows.iter().zip(budget.rings.iter());
+        let smoothing =
+            || self.smoothing.iter().map(|smoothing| (smoothing, smoothing.remaining(budget.tat, now)));
+        let least = windows()
+            .map(|(rule, ring)| rule.remaining(ring))
+            .chain(smoothing().map(|(_, remaining)| remaining))
+            .min()
             .expect("a limiter has at least one window");
+        let (limit, reset) = windows()
+            .filter(|(rule, ring)| rule.remaining(ring) == least)
+            .map(|(rule, ring)| (rule.limit, rule.reset(ring, now)))
+            .chain(
+                smoothing()
+                    .filter(|&(_, remaining)| remaining == least)
+                    .map(|(s, _)| (s.capacity, s.reset(budget.tat, now))),
+            )
+            .max_by_key(|&(_, reset)| reset)
+            .expect("the least is someone's");
         // Refused means some constraint has nothing left, and the binding one is the last of
         // those to give a request back: then every constraint admits.
-        let reset = Duration::from_nanos(binding.reset);
-        Decision {
-            allowed,
-            limit: binding.limit,
-            remaining: binding.remaining,
-            reset,
-            retry_after: (!allowed).then_some(reset),
-        }
+        let reset = Duration::from_nanos(reset);
+        Decision { allowed, limit, remaining: least, reset, retry_after: (!allowed).then_some(reset) }
     }
 
     /// Whether forgetting this state changes nothing: nothing counted any more anywhere.
@@ -282,7 +285,7 @@ impl RateLimiter {
         budget.tat <= now
             && self.windows.iter().zip(budget.rings.iter_mut()).all(|(rule, ring)| {
                 ring.advance(now / rule.width);
-                ring.total() == 0
+                ring.total == 0
             })
     }
 
@@ -301,23 +304,24 @@ impl RateLimiter {
 // === impl Rule ===
 
 impl Rule {
-    fn status(&self, ring: &Ring, now: u64) -> Status {
-        let total = ring.total();
-        let limit = u64::from(self.limit);
-        // The next request back: when the count drops below what it is, or below the limit.
-        let reset = match total.min(limit) {
+    fn remaining(&self, ring: &Ring) -> u32 {
+        u32::try_from(u64::from(self.limit).saturating_sub(ring.total)).unwrap_or(self.limit)
+    }
+
+    /// Nanoseconds until one request more than now is admitted: when the count drops below what
+    /// it is, or below the limit.
+    fn reset(&self, ring: &Ring, now: u64) -> u64 {
+        match ring.total.min(u64::from(self.limit)) {
             0 => 0,
             counted => ring.time_until(counted - 1, self.width, now),
-        };
-        let remaining = u32::try_from(limit.saturating_sub(total)).unwrap_or(self.limit);
-        Status { limit: self.limit, remaining, reset }
+        }
     }
 }
 
 // === impl Ring ===
 
 impl Ring {
-    const EMPTY: Self = Self { newest: 0, counts: [0; SLOTS] };
+    const EMPTY: Self = Self { newest: 0, counts: [0; SLOTS], total: 0 };
 
     /// Moves on to `bucket`, forgetting the buckets that left the ring. A bucket older than the
     /// newest (a request that read the clock before one that locked first) counts as the newest:
@@ -328,26 +332,24 @@ impl Ring {
         }
         if bucket - self.newest >= SLOTS as u64 {
             self.counts = [0; SLOTS];
+            self.total = 0;
         } else {
             for b in self.newest + 1..=bucket {
-                self.counts[slot(b)] = 0;
+                self.total -= u64::from(std::mem::take(&mut self.counts[slot(b)]));
             }
         }
         self.newest = bucket;
     }
 
+    /// Counts one more; only ever below a `u32` limit, so no count overflows.
     fn admit(&mut self) {
-        let count = &mut self.counts[slot(self.newest)];
-        *count = count.saturating_add(1);
-    }
-
-    fn total(&self) -> u64 {
-        self.counts.iter().map(|&n| u64::from(n)).sum()
+        self.counts[slot(self.newest)] += 1;
+        self.total += 1;
     }
 
     /// Nanoseconds from `now` until at most `target` admissions are counted.
     fn time_until(&self, target: u64, width: u64, now: u64) -> u64 {
-        let mut counted = self.total();
+        let mut counted = self.total;
         for bucket in self.newest.saturating_sub(SPAN)..=self.newest {
             if counted <= target {
                 break;
@@ -388,14 +390,23 @@ impl Smoothing {
         self.next_tat(tat, now).saturating_sub(now.saturating_add(self.tolerance))
     }
 
-    fn status(&self, tat: u64, now: u64) -> Status {
-        let slack = now.saturating_add(self.tolerance).saturating_sub(tat.max(now));
-        let whole = slack / self.interval;
-        let remaining = u32::try_from(whole).map_or(self.capacity, |n| n.min(self.capacity));
-        // One more fits once the slack reaches the next whole interval.
-        let reset =
-            if remaining == self.capacity { 0 } else { (whole + 1).saturating_mul(self.interval) - slack };
-        Status { limit: self.capacity, remaining, reset }
+    fn slack(&self, tat: u64, now: u64) -> u64 {
+        now.saturating_add(self.tolerance).saturating_sub(tat.max(now))
+    }
+
+    fn remaining(&self, tat: u64, now: u64) -> u32 {
+        let whole = self.slack(tat, now) / self.interval;
+        u32::try_from(whole).map_or(self.capacity, |n| n.min(self.capacity))
+    }
+
+    /// Nanoseconds until one request more than now fits: when the slack reaches the next whole
+    /// interval.
+    fn reset(&self, tat: u64, now: u64) -> u64 {
+        if tat <= now {
+            return 0;
+        }
+        let slack = self.slack(tat, now);
+        (slack / self.interval + 1).saturating_mul(self.interval) - slack
     }
 }
 
@@ -732,7 +743,7 @@ mod tests {
         println!(
             "RSS {rss_before} KiB before, {rss_after} KiB after 200,000 keys of 8 KiB: +{grown_mib} MiB"
         );
-        // 100,000 keys with two windows: 32 + 2 × 72 bytes each, plus table and allocator slack.
+        // 100,000 keys with two windows: 32 + 2 × 80 bytes each, plus table and allocator slack.
         assert!(grown_mib < 40, "grew {grown_mib} MiB");
     }
 
