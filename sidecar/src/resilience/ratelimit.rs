@@ -36,6 +36,9 @@ const SPAN: u64 = 15;
 /// Counters per window: the window's buckets and the one partly out of it.
 const SLOTS: usize = SPAN as usize + 1;
 
+// `Ring::filled` has a bit per slot.
+const _: () = assert!(SLOTS == u16::BITS as usize);
+
 /// The least time between two sweeps of one full shard for idle keys. A sweep visits every key
 /// while holding the shard's lock, so a flood of new keys must not trigger one per request.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -140,8 +143,10 @@ struct Ring {
     /// The newest bucket the ring holds; it holds the `SPAN` before it too.
     newest: u64,
     counts: [u32; SLOTS],
-    /// The sum of `counts`.
-    total: u64,
+    /// The sum of `counts`: never more than the limit.
+    total: u32,
+    /// A bit per slot whose count is not zero.
+    filled: u16,
 }
 
 #[derive(Debug, Default)]
@@ -240,7 +245,7 @@ impl RateLimiter {
         let mut allowed = true;
         for (rule, ring) in self.windows.iter().zip(budget.rings.iter_mut()) {
             ring.advance(now / rule.width);
-            allowed &= ring.total < u64::from(rule.limit);
+            allowed &= ring.total < rule.limit;
         }
         if let Some(smoothing) = &self.smoothing {
             allowed &= smoothing.wait(budget.tat, now) == 0;
@@ -305,23 +310,20 @@ impl RateLimiter {
 
 impl Rule {
     fn remaining(&self, ring: &Ring) -> u32 {
-        u32::try_from(u64::from(self.limit).saturating_sub(ring.total)).unwrap_or(self.limit)
+        self.limit.saturating_sub(ring.total)
     }
 
-    /// Nanoseconds until one request more than now is admitted: when the count drops below what
-    /// it is, or below the limit.
+    /// Nanoseconds until one request more than now is admitted: when the oldest bucket with
+    /// admissions leaves (the count never exceeds the limit, so that brings it below the limit).
     fn reset(&self, ring: &Ring, now: u64) -> u64 {
-        match ring.total.min(u64::from(self.limit)) {
-            0 => 0,
-            counted => ring.time_until(counted - 1, self.width, now),
-        }
+        ring.oldest().map_or(0, |bucket| ring.departure(bucket, self.width).saturating_sub(now))
     }
 }
 
 // === impl Ring ===
 
 impl Ring {
-    const EMPTY: Self = Self { newest: 0, counts: [0; SLOTS], total: 0 };
+    const EMPTY: Self = Self { newest: 0, counts: [0; SLOTS], total: 0, filled: 0 };
 
     /// Moves on to `bucket`, forgetting the buckets that left the ring. A bucket older than the
     /// newest (a request that read the clock before one that locked first) counts as the newest:
@@ -331,11 +333,11 @@ impl Ring {
             return;
         }
         if bucket - self.newest >= SLOTS as u64 {
-            self.counts = [0; SLOTS];
-            self.total = 0;
+            *self = Self { newest: bucket, ..Self::EMPTY };
         } else {
             for b in self.newest + 1..=bucket {
-                self.total -= u64::from(std::mem::take(&mut self.counts[slot(b)]));
+                self.total -= std::mem::take(&mut self.counts[slot(b)]);
+                self.filled &= !(1 << slot(b));
             }
         }
         self.newest = bucket;
@@ -343,23 +345,18 @@ impl Ring {
 
     /// Counts one more; only ever below a `u32` limit, so no count overflows.
     fn admit(&mut self) {
-        self.counts[slot(self.newest)] += 1;
+        let slot = slot(self.newest);
+        self.counts[slot] += 1;
         self.total += 1;
+        self.filled |= 1 << slot;
     }
 
-    /// Nanoseconds from `now` until at most `target` admissions are counted.
-    fn time_until(&self, target: u64, width: u64, now: u64) -> u64 {
-        let mut counted = self.total;
-        for bucket in self.newest.saturating_sub(SPAN)..=self.newest {
-            if counted <= target {
-                break;
-            }
-            counted -= u64::from(self.counts[slot(bucket)]);
-            if counted <= target {
-                return self.departure(bucket, width).saturating_sub(now);
-            }
-        }
-        0
+    /// The oldest bucket with admissions counted, if any.
+    fn oldest(&self) -> Option<u64> {
+        // Rotated so that bit 0 is the oldest bucket's slot (bucket `newest - SPAN`, whose slot
+        // is the one after the newest's); buckets before the first one are empty.
+        let rotated = self.filled.rotate_right(slot(self.newest + 1) as u32);
+        (rotated != 0).then(|| self.newest + u64::from(rotated.trailing_zeros()) - SPAN)
     }
 
     /// When `bucket` stops counting: once the newest bucket is `SPAN` later.
