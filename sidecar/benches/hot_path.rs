@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-connection and per-request hot paths: protocol detection, service
 //! lookup by host among 1,000 services, route matching among 1,000 rules, hop-by-hop header
-//! handling, endpoint choice, and metric recording. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
+//! handling, endpoint choice, metric recording and rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -10,8 +10,10 @@ use pilotfish_sidecar::config::{Overrides, Snapshot};
 use pilotfish_sidecar::detect::classify;
 use pilotfish_sidecar::http::headers::strip_hop_by_hop;
 use pilotfish_sidecar::metrics::Metrics;
+use pilotfish_sidecar::resilience::ratelimit::{RateLimiter, Window};
 use pilotfish_sidecar::route::{RouteSource, RouteTable};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn config(services: usize) -> String {
     let mut text =
@@ -142,5 +144,32 @@ fn route_matching(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, detection, routing, headers, route_matching);
+fn rate_limits(c: &mut Criterion) {
+    // perMinute and perHour as in the API-gateway example, with limits no bench run reaches so
+    // that every check admits and counts.
+    let windows = || {
+        vec![
+            Window { period: Duration::from_secs(60), limit: u32::MAX },
+            Window { period: Duration::from_secs(3_600), limit: u32::MAX },
+        ]
+    };
+    let unkeyed = RateLimiter::new(windows(), None, 100_000);
+    c.bench_function("ratelimit/check_unkeyed", |b| {
+        b.iter(|| unkeyed.check(None, tokio::time::Instant::now()).allowed)
+    });
+    let keyed = RateLimiter::new(windows(), None, 100_000);
+    let keys: Vec<String> = (0..10_000).map(|i| format!("api-key-{i:08}")).collect();
+    for key in &keys {
+        keyed.check(Some(key.as_bytes()), tokio::time::Instant::now());
+    }
+    let mut next = 0;
+    c.bench_function("ratelimit/check_one_of_10000_keys", |b| {
+        b.iter(|| {
+            next = (next + 7_919) % keys.len();
+            keyed.check(Some(keys[next].as_bytes()), tokio::time::Instant::now()).allowed
+        })
+    });
+}
+
+criterion_group!(benches, detection, routing, headers, route_matching, rate_limits);
 criterion_main!(benches);

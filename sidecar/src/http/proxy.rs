@@ -462,10 +462,14 @@ impl ConnContext {
         let peer;
         let key = match &limit.key {
             LimitKey::Global => None,
-            LimitKey::Header(name) => req.headers().get(name).and_then(|v| v.to_str().ok()),
+            LimitKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
             LimitKey::Peer => {
-                peer = self.client.ip().to_string();
-                Some(peer.as_str())
+                // An IPv4 peer and the same address mapped into IPv6 are one peer.
+                peer = match self.client.ip() {
+                    std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+                    std::net::IpAddr::V6(ip) => ip.octets(),
+                };
+                Some(&peer[..])
             }
         };
         let decision = limit.limiter.check(key, TokioInstant::now());
@@ -701,8 +705,12 @@ fn rebuild(template: &http::request::Parts, body: RequestBody) -> Request<Reques
 }
 
 pub(super) fn add_rate_limit_headers(headers: &mut http::HeaderMap, decisions: &[Decision]) {
-    // The most restrictive budget is the one a client needs to know about.
-    let Some(d) = decisions.iter().min_by_key(|d| d.remaining) else { return };
+    // The most restrictive budget is the one a client needs to know about: the least remaining,
+    // among equals the one that takes longest to give quota back.
+    let Some(d) = decisions.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    else {
+        return;
+    };
     headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
     let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);

@@ -1,7 +1,7 @@
 //! Resilience building blocks, each independent of HTTP and of configuration parsing:
 //! - [`breaker`]: the per-endpoint circuit breaker and the per-service ejection budget;
 //! - [`balance`]: peak-EWMA load and power-of-two-choices;
-//! - [`ratelimit`]: multi-window GCRA rate limiting, optionally keyed;
+//! - [`ratelimit`]: multi-window sliding-window rate limiting, optionally keyed;
 //! - [`retry`]: outcome classification, retry conditions and backoff;
 //! - [`limit`]: bounded counters for service limits.
 

@@ -1,32 +1,52 @@
-//! Request rate limiting over several windows at once (say per second and per hour), optionally
-//! per key, with the Generic Cell Rate Algorithm.
+//! Request rate limiting over several windows at once (say per minute and per hour), optionally
+//! per key: a key is never admitted more than a window's limit within any span of that window's
+//! length.
 //!
-//! GCRA keeps one timestamp per window instead of a counter per period: the theoretical arrival
-//! time (TAT), when the window's quota will be whole again. Each request moves it one emission
-//! interval (`period / limit`) later, and a request is refused when that would put the TAT more
-//! than the window's capacity of intervals ahead of now. A fresh window can thus spend its whole
-//! quota at once and then refills one request per interval, with no reset cliff at the edge of
-//! a period.
+//! Each window is a sliding window counted in buckets. Its length is cut into `SPAN` (15) buckets
+//! and a ring of `SLOTS` (16) counters holds the admissions of the current bucket and of the 15
+//! before it; a request is admitted while the ring's total is below the limit. The ring reaches
+//! back over the whole window plus the part of its oldest bucket that has already left the
+//! window, so its total can only overstate the admissions of the last window, never understate
+//! them: every span of the window's length that ends at an admission lies inside the buckets
+//! counted for it, hence holds at most `limit` admissions. The error is on the refusing side: an
+//! admission keeps counting until its bucket leaves the ring, between one window and one window
+//! plus one bucket (1/15 of the window) after it was made. An exact sliding log would keep
+//! `limit` timestamps per key (80 KB for 10,000 per hour); a ring is 80 bytes whatever the limit.
 //!
-//! A request counts only if every window allows it, so a refused request consumes nothing and
-//! hammering a limited key does not delay its recovery.
+//! `burst`, when set, adds smoothing on top (GCRA): at most `burst` requests back to back, then
+//! one per `period / limit` of the shortest window. The windows still cap every span.
+//!
+//! A request counts only if every window (and the smoothing) allows it, so a refused request
+//! consumes nothing and hammering a limited key does not delay its recovery.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
-/// Keyed state is split into this many independently locked maps.
+/// Keyed state is split into this many independently locked tables.
 const SHARDS: usize = 16;
 
-/// The least time between two sweeps of one full shard for keys back to full quota. A sweep
-/// visits every key while holding the shard's lock, so a flood of new keys must not trigger one
-/// per request.
+/// Buckets per window length.
+const SPAN: u64 = 15;
+
+/// Counters per window: the window's buckets and the one partly out of it.
+const SLOTS: usize = SPAN as usize + 1;
+
+// `Ring::filled` has a bit per slot.
+const _: () = assert!(SLOTS == u16::BITS as usize);
+
+/// The least time between two sweeps of one full shard for idle keys. A sweep visits every key
+/// while holding the shard's lock, so a flood of new keys must not trigger one per request.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One window: at most `limit` requests per `period`.
+/// Words in `Overflow::users`: a bit for each value of a digest's low 16 bits.
+const USER_WORDS: usize = (1 << 16) / 64;
+
+/// One window: at most `limit` requests in any span of `period`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub period: Duration,
@@ -37,50 +57,101 @@ pub struct Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// For RateLimit-* headers (IETF draft): the limit and remaining quota of the most restrictive
-    /// window (the one with the least remaining after this request), and the time until that
-    /// window's quota is fully restored. The limit is the window's capacity: its burst when one
-    /// is set.
+    /// For RateLimit-* headers (IETF draft), of the binding constraint (a window, or the burst):
+    /// the one with the least remaining after this request, among equals the one that takes
+    /// longest to give quota back. `limit` is its limit (the burst for the smoothing),
+    /// `remaining` how many more requests it admits now, and `reset` the time until it admits
+    /// one more than now; when `remaining` is zero, that is when the next request is admitted.
     pub limit: u32,
     pub remaining: u32,
     pub reset: Duration,
-    /// When refused: how long until a request would be allowed (for Retry-After; rounding up to
+    /// When refused: how long until a request would be admitted (for Retry-After; rounding up to
     /// whole seconds is the caller's job).
     pub retry_after: Option<Duration>,
 }
 
-/// A multi-window GCRA limiter, keyed or not.
+/// A multi-window sliding-window limiter, keyed or not.
 ///
-/// State is one TAT per window, in nanoseconds since the limiter was created. Keyed state lives
-/// in 16 maps, each behind its own lock, held only to read and update one key.
+/// Keys are 64-bit SipHash digests under this limiter's random key, so state per key is fixed
+/// in size whatever the key's length, and clients cannot aim for collisions (two of 100,000
+/// keys share a digest with probability about 3 × 10⁻¹⁰; they would then share one budget).
+/// A key costs 32 bytes in its table plus 80 bytes per window on the heap. Keyed state lives in
+/// 16 tables, each behind its own lock, held only to find and update one key.
 #[derive(Debug)]
 pub struct RateLimiter {
     base: Instant,
-    rules: Box<[Rule]>,
+    windows: Box<[Rule]>,
+    smoothing: Option<Smoothing>,
     hasher: RandomState,
     shards: [Mutex<Shard>; SHARDS],
     /// The state of requests without a key.
-    unkeyed: Mutex<Box<[u64]>>,
+    unkeyed: Mutex<Budget>,
     /// Shared by new keys while their shard is full of keys still in use. Tracking them all
-    /// would let a flood of distinct keys (one per client port, say) grow memory without bound;
-    /// sharing instead means that under such a flood new keys are limited together.
-    overflow: Mutex<Box<[u64]>>,
+    /// would let a flood of distinct keys grow memory without bound; sharing instead means that
+    /// under such a flood new keys are limited together. Locked only while holding the lock of
+    /// the shard of the key at hand, so that a key's admissions here are visible before it can
+    /// get state of its own.
+    overflow: Mutex<Overflow>,
+    /// A copy of `Overflow::busy_until`, so that new keys need not lock the overflow state
+    /// when it counts nothing.
+    overflow_busy_until: AtomicU64,
 }
 
-/// A window in the units GCRA works in.
+/// The overflow state and which keys used it.
+#[derive(Debug)]
+struct Overflow {
+    budget: Budget,
+    /// Until when (nanoseconds since the limiter's base) this state still counts a request.
+    busy_until: u64,
+    /// A bit per digest (its low 16 bits) of each key admitted here since the state was last
+    /// idle, allocated on first use (8 KiB). A key given state of its own whose bit is set starts
+    /// from this state's counts, which include whatever it was admitted here; a key that shares
+    /// a bit with another one starts from them too, which refuses early, never late.
+    users: Vec<u64>,
+}
+
+/// A window in the units the ring works in.
 #[derive(Debug)]
 struct Rule {
-    /// Nanoseconds each request moves the TAT.
+    /// Nanoseconds per bucket: the period over `SPAN`, rounded up so that `SPAN` buckets cover
+    /// the whole period.
+    width: u64,
+    limit: u32,
+}
+
+/// GCRA for `burst`: one timestamp, the theoretical arrival time (TAT) when the burst is whole
+/// again; each request moves it one interval later and may not move it more than `tolerance`
+/// ahead of now.
+#[derive(Debug)]
+struct Smoothing {
     interval: u64,
-    /// Requests the window admits at once when its quota is whole.
     capacity: u32,
-    /// How far ahead of now the TAT may be after a request: `capacity * interval`.
     tolerance: u64,
+}
+
+/// One key's state.
+#[derive(Debug, Clone)]
+struct Budget {
+    /// The smoothing's TAT (unused without a burst).
+    tat: u64,
+    rings: Box<[Ring]>,
+}
+
+/// Admissions per bucket over one window; slot `n % SLOTS` holds bucket `n`.
+#[derive(Debug, Clone)]
+struct Ring {
+    /// The newest bucket the ring holds; it holds the `SPAN` before it too.
+    newest: u64,
+    counts: [u32; SLOTS],
+    /// The sum of `counts`: never more than the limit.
+    total: u32,
+    /// A bit per slot whose count is not zero.
+    filled: u16,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    keys: HashMap<String, Box<[u64]>>,
+    keys: HashTable<(u64, Budget)>,
     max_keys: usize,
     /// No sweep before this time (nanoseconds since the limiter's base).
     next_reap: u64,
@@ -90,87 +161,143 @@ struct Shard {
 
 impl RateLimiter {
     /// `windows` must be non-empty with limits of at least one, and `burst` at least one; the
-    /// burst replaces the capacity of the shortest window. At most `max_keys` keys get state of
+    /// burst refills at the rate of the shortest window. At most `max_keys` keys get state of
     /// their own.
     pub fn new(windows: Vec<Window>, burst: Option<u32>, max_keys: usize) -> Self {
         debug_assert!(!windows.is_empty() && windows.iter().all(|w| w.limit > 0));
-        let shortest = (0..windows.len()).min_by_key(|&i| windows[i].period);
-        let rules = windows
+        let shortest = windows.iter().min_by_key(|w| w.period);
+        let smoothing = burst.zip(shortest).map(|(capacity, window)| {
+            // Rounded up so that the smoothing never admits faster than the window's rate.
+            let interval = nanos(window.period).div_ceil(u64::from(window.limit)).max(1);
+            Smoothing { interval, capacity, tolerance: interval.saturating_mul(u64::from(capacity)) }
+        });
+        let windows: Box<[Rule]> = windows
             .iter()
-            .enumerate()
-            .map(|(i, window)| {
-                let capacity = match burst {
-                    Some(burst) if Some(i) == shortest => burst,
-                    _ => window.limit,
-                };
-                // Rounded up so that the limit is never exceeded.
-                let interval = nanos(window.period).div_ceil(u64::from(window.limit)).max(1);
-                Rule { interval, capacity, tolerance: interval.saturating_mul(u64::from(capacity)) }
-            })
+            .map(|w| Rule { width: nanos(w.period).div_ceil(SPAN).max(1), limit: w.limit })
             .collect();
-        let fresh = || vec![0; windows.len()].into_boxed_slice();
+        let empty = Budget { tat: 0, rings: vec![Ring::EMPTY; windows.len()].into_boxed_slice() };
         Self {
             base: Instant::now(),
-            rules,
+            windows,
+            smoothing,
             hasher: RandomState::new(),
             shards: std::array::from_fn(|i| {
                 // Spread `max_keys` so that the shards add up to it exactly.
                 let extra = usize::from(i < max_keys % SHARDS);
                 Mutex::new(Shard { max_keys: max_keys / SHARDS + extra, ..Shard::default() })
             }),
-            unkeyed: Mutex::new(fresh()),
-            overflow: Mutex::new(fresh()),
+            unkeyed: Mutex::new(empty.clone()),
+            overflow: Mutex::new(Overflow { budget: empty, busy_until: 0, users: Vec::new() }),
+            overflow_busy_until: AtomicU64::new(0),
         }
     }
 
     /// Decides whether a request for `key` (or the unkeyed state) may go now, and counts it in
     /// every window if it may.
-    pub fn check(&self, key: Option<&str>, now: Instant) -> Decision {
+    pub fn check(&self, key: Option<&[u8]>, now: Instant) -> Decision {
         let now = nanos(now.saturating_duration_since(self.base));
         let Some(key) = key else {
             return self.apply(&mut lock(&self.unkeyed), now);
         };
 
-        let shard = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
-        let mut shard = lock(&self.shards[shard]);
-        if let Some(tats) = shard.keys.get_mut(key) {
-            return self.apply(tats, now);
+        let digest = self.hasher.hash_one(key);
+        // Bits the table itself does not use (it takes the low bits and the top seven), so that
+        // the keys of one shard still spread over its table.
+        let mut shard = lock(&self.shards[(digest >> 32) as usize % SHARDS]);
+        if let Some((_, budget)) = shard.keys.find_mut(digest, |(k, _)| *k == digest) {
+            return self.apply(budget, now);
         }
-        if shard.make_room(now) {
-            let mut tats = vec![0; self.rules.len()].into_boxed_slice();
-            let decision = self.apply(&mut tats, now);
-            shard.keys.insert(key.to_owned(), tats);
+        if shard.make_room(|budget| self.idle(budget, now), now) {
+            let mut budget = self.new_budget(digest, now);
+            let decision = self.apply(&mut budget, now);
+            shard.keys.insert_unique(digest, (digest, budget), |(k, _)| *k);
             return decision;
         }
-        drop(shard);
-        self.apply(&mut lock(&self.overflow), now)
+        // Still holding the shard's lock: the key cannot get state of its own before this
+        // admission is on record.
+        let mut overflow = lock(&self.overflow);
+        if now >= overflow.busy_until {
+            overflow.users.clear();
+        }
+        let decision = self.apply(&mut overflow.budget, now);
+        if decision.allowed {
+            let (word, bit) = user_bit(digest);
+            overflow.users.resize(USER_WORDS, 0);
+            overflow.users[word] |= bit;
+            overflow.busy_until = self.busy_until(&overflow.budget);
+            self.overflow_busy_until.store(overflow.busy_until, Ordering::Release);
+        }
+        decision
     }
 
-    fn apply(&self, tats: &mut [u64], now: u64) -> Decision {
-        let retry_after = self
-            .rules
-            .iter()
-            .zip(tats.iter())
-            .map(|(rule, &tat)| rule.wait(tat, now))
-            .max()
-            .filter(|&wait| wait > 0)
-            .map(Duration::from_nanos);
-        let allowed = retry_after.is_none();
+    fn new_budget(&self, digest: u64, now: u64) -> Budget {
+        if now < self.overflow_busy_until.load(Ordering::Acquire) {
+            let overflow = lock(&self.overflow);
+            let (word, bit) = user_bit(digest);
+            if now < overflow.busy_until && overflow.users.get(word).is_some_and(|w| w & bit != 0) {
+                return overflow.budget.clone();
+            }
+        }
+        Budget { tat: 0, rings: vec![Ring::EMPTY; self.windows.len()].into_boxed_slice() }
+    }
+
+    fn apply(&self, budget: &mut Budget, now: u64) -> Decision {
+        let mut allowed = true;
+        for (rule, ring) in self.windows.iter().zip(budget.rings.iter_mut()) {
+            ring.advance(now / rule.width);
+            allowed &= ring.total < rule.limit;
+        }
+        if let Some(smoothing) = &self.smoothing {
+            allowed &= smoothing.wait(budget.tat, now) == 0;
+        }
         if allowed {
-            for (rule, tat) in self.rules.iter().zip(tats.iter_mut()) {
-                *tat = rule.next_tat(*tat, now);
+            for ring in budget.rings.iter_mut() {
+                ring.admit();
+            }
+            if let Some(smoothing) = &self.smoothing {
+                budget.tat = smoothing.next_tat(budget.tat, now);
             }
         }
 
-        // Least remaining; among equals, the one that takes longest to restore.
-        let (limit, remaining, reset) = self
-            .rules
-            .iter()
-            .zip(tats.iter())
-            .map(|(rule, &tat)| (rule.capacity, rule.remaining(tat, now), tat.saturating_sub(now)))
-            .min_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+        // The binding constraint: the least remaining, among equals the one that takes longest to
+        // give quota back (computed for those only: it walks the ring).
+        let windows = || self.windows.iter().zip(budget.rings.iter());
+        let smoothing =
+            || self.smoothing.iter().map(|smoothing| (smoothing, smoothing.remaining(budget.tat, now)));
+        let least = windows()
+            .map(|(rule, ring)| rule.remaining(ring))
+            .chain(smoothing().map(|(_, remaining)| remaining))
+            .min()
             .expect("a limiter has at least one window");
-        Decision { allowed, limit, remaining, reset: Duration::from_nanos(reset), retry_after }
+        let (limit, reset) = windows()
+            .filter(|(rule, ring)| rule.remaining(ring) == least)
+            .map(|(rule, ring)| (rule.limit, rule.reset(ring, now)))
+            .chain(
+                smoothing()
+                    .filter(|&(_, remaining)| remaining == least)
+                    .map(|(s, _)| (s.capacity, s.reset(budget.tat, now))),
+            )
+            .max_by_key(|&(_, reset)| reset)
+            .expect("the least is someone's");
+        // Refused means some constraint has nothing left, and the binding one is the last of
+        // those to give a request back: then every constraint admits.
+        let reset = Duration::from_nanos(reset);
+        Decision { allowed, limit, remaining: least, reset, retry_after: (!allowed).then_some(reset) }
+    }
+
+    /// Whether forgetting this state changes nothing: nothing counted any more anywhere.
+    fn idle(&self, budget: &mut Budget, now: u64) -> bool {
+        budget.tat <= now
+            && self.windows.iter().zip(budget.rings.iter_mut()).all(|(rule, ring)| {
+                ring.advance(now / rule.width);
+                ring.total == 0
+            })
+    }
+
+    /// When the last request this state counts stops counting anywhere.
+    fn busy_until(&self, budget: &Budget) -> u64 {
+        let rings = self.windows.iter().zip(budget.rings.iter());
+        rings.map(|(rule, ring)| ring.departure(ring.newest, rule.width)).fold(budget.tat, u64::max)
     }
 
     #[cfg(test)]
@@ -182,27 +309,109 @@ impl RateLimiter {
 // === impl Rule ===
 
 impl Rule {
+    fn remaining(&self, ring: &Ring) -> u32 {
+        self.limit.saturating_sub(ring.total)
+    }
+
+    /// Nanoseconds until one request more than now is admitted: when the oldest bucket with
+    /// admissions leaves (the count never exceeds the limit, so that brings it below the limit).
+    fn reset(&self, ring: &Ring, now: u64) -> u64 {
+        ring.oldest().map_or(0, |bucket| ring.departure(bucket, self.width).saturating_sub(now))
+    }
+}
+
+// === impl Ring ===
+
+impl Ring {
+    const EMPTY: Self = Self { newest: 0, counts: [0; SLOTS], total: 0, filled: 0 };
+
+    /// Moves on to `bucket`, forgetting the buckets that left the ring. A bucket older than the
+    /// newest (a request that read the clock before one that locked first) counts as the newest:
+    /// it then counts for longer, never shorter.
+    fn advance(&mut self, bucket: u64) {
+        if bucket <= self.newest {
+            return;
+        }
+        if bucket - self.newest >= SLOTS as u64 {
+            *self = Self { newest: bucket, ..Self::EMPTY };
+        } else {
+            for b in self.newest + 1..=bucket {
+                self.total -= std::mem::take(&mut self.counts[slot(b)]);
+                self.filled &= !(1 << slot(b));
+            }
+        }
+        self.newest = bucket;
+    }
+
+    /// Counts one more; only ever below a `u32` limit, so no count overflows.
+    fn admit(&mut self) {
+        let slot = slot(self.newest);
+        self.counts[slot] += 1;
+        self.total += 1;
+        self.filled |= 1 << slot;
+    }
+
+    /// The oldest bucket with admissions counted, if any.
+    fn oldest(&self) -> Option<u64> {
+        // Rotated so that bit 0 is the oldest bucket's slot (bucket `newest - SPAN`, whose slot
+        // is the one after the newest's); buckets before the first one are empty.
+        let rotated = self.filled.rotate_right(slot(self.newest + 1) as u32);
+        (rotated != 0).then(|| self.newest + u64::from(rotated.trailing_zeros()) - SPAN)
+    }
+
+    /// When `bucket` stops counting: once the newest bucket is `SPAN` later.
+    fn departure(&self, bucket: u64, width: u64) -> u64 {
+        bucket.saturating_add(SLOTS as u64).saturating_mul(width)
+    }
+}
+
+/// The word and bit of `Overflow::users` for a digest.
+fn user_bit(digest: u64) -> (usize, u64) {
+    let index = (digest & 0xffff) as usize;
+    (index / 64, 1 << (index % 64))
+}
+
+fn slot(bucket: u64) -> usize {
+    (bucket % SLOTS as u64) as usize
+}
+
+// === impl Smoothing ===
+
+impl Smoothing {
     fn next_tat(&self, tat: u64, now: u64) -> u64 {
         tat.max(now).saturating_add(self.interval)
     }
 
-    /// Nanoseconds until this window admits a request; zero when it admits one now.
+    /// Nanoseconds until a request fits; zero when one fits now.
     fn wait(&self, tat: u64, now: u64) -> u64 {
         self.next_tat(tat, now).saturating_sub(now.saturating_add(self.tolerance))
     }
 
-    /// Whole requests the window would admit now, given its TAT.
+    fn slack(&self, tat: u64, now: u64) -> u64 {
+        now.saturating_add(self.tolerance).saturating_sub(tat.max(now))
+    }
+
     fn remaining(&self, tat: u64, now: u64) -> u32 {
-        let slack = now.saturating_add(self.tolerance).saturating_sub(tat.max(now));
-        u32::try_from(slack / self.interval).map_or(self.capacity, |n| n.min(self.capacity))
+        let whole = self.slack(tat, now) / self.interval;
+        u32::try_from(whole).map_or(self.capacity, |n| n.min(self.capacity))
+    }
+
+    /// Nanoseconds until one request more than now fits: when the slack reaches the next whole
+    /// interval.
+    fn reset(&self, tat: u64, now: u64) -> u64 {
+        if tat <= now {
+            return 0;
+        }
+        let slack = self.slack(tat, now);
+        (slack / self.interval + 1).saturating_mul(self.interval) - slack
     }
 }
 
 // === impl Shard ===
 
 impl Shard {
-    /// Whether a new key fits, sweeping out keys back to full quota if the shard is full.
-    fn make_room(&mut self, now: u64) -> bool {
+    /// Whether a new key fits, sweeping out idle keys if the shard is full.
+    fn make_room(&mut self, mut idle: impl FnMut(&mut Budget) -> bool, now: u64) -> bool {
         if self.keys.len() < self.max_keys {
             return true;
         }
@@ -210,8 +419,7 @@ impl Shard {
             return false;
         }
         self.next_reap = now.saturating_add(nanos(REAP_INTERVAL));
-        // A key whose every TAT has passed has its whole quota: forgetting it changes nothing.
-        self.keys.retain(|_, tats| tats.iter().any(|&tat| tat > now));
+        self.keys.retain(|(_, budget)| !idle(budget));
         self.keys.len() < self.max_keys
     }
 }
@@ -239,159 +447,306 @@ mod tests {
         Duration::from_millis(ms)
     }
 
-    fn allowed(limiter: &RateLimiter, key: Option<&str>, n: usize) -> usize {
+    fn secs(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn allowed(limiter: &RateLimiter, key: Option<&[u8]>, n: usize) -> usize {
         let now = Instant::now();
         (0..n).filter(|_| limiter.check(key, now).allowed).count()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_full_window_is_spent_at_once_then_refills() {
-        let limiter = RateLimiter::new(vec![per(60, 100)], None, 10);
-        assert_eq!(allowed(&limiter, None, 100), 100);
+    /// The most admissions within any closed span of `span` (admission times sorted).
+    fn most_in_any_span(times: &[Instant], span: Duration) -> usize {
+        let mut end = 0;
+        (0..times.len())
+            .map(|start| {
+                while end < times.len() && times[end] - times[start] <= span {
+                    end += 1;
+                }
+                end - start
+            })
+            .max()
+            .unwrap_or(0)
+    }
 
-        let refused = limiter.check(None, Instant::now());
-        assert_eq!(
-            refused,
-            Decision {
-                allowed: false,
-                limit: 100,
-                remaining: 0,
-                reset: Duration::from_secs(60),
-                retry_after: Some(ms(600)),
+    /// Requests at pseudo-random gaps of 1 to `max_gap_ms` for `run`; the admission times.
+    async fn overload(limiter: &RateLimiter, max_gap_ms: u64, run: Duration) -> Vec<Instant> {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (start, mut times) = (Instant::now(), Vec::new());
+        while Instant::now() - start < run {
+            if limiter.check(Some(b"k"), Instant::now()).allowed {
+                times.push(Instant::now());
             }
-        );
-
-        advance(ms(599)).await;
-        assert!(!limiter.check(None, Instant::now()).allowed);
-        advance(ms(1)).await;
-        let decision = limiter.check(None, Instant::now());
-        assert!(decision.allowed);
-        assert_eq!(decision.remaining, 0);
-        assert_eq!(decision.retry_after, None);
-        assert!(!limiter.check(None, Instant::now()).allowed);
+            advance(ms(rng.u64(1..=max_gap_ms))).await;
+        }
+        times
     }
 
     #[tokio::test(start_paused = true)]
-    async fn every_window_applies() {
-        let limiter = RateLimiter::new(vec![per(1, 2), per(60, 3)], None, 10);
+    async fn a_full_window_is_spent_at_once_and_comes_back_a_window_later() {
+        let limiter = RateLimiter::new(vec![per(60, 100)], None, 10);
+        assert_eq!(allowed(&limiter, None, 100), 100);
+
+        // The 100 count until their bucket (the first 4 s) leaves the ring, at 64 s.
+        let refused = limiter.check(None, Instant::now());
+        let back = secs(64);
+        assert_eq!(
+            refused,
+            Decision { allowed: false, limit: 100, remaining: 0, reset: back, retry_after: Some(back) }
+        );
+        advance(secs(30)).await;
+        assert_eq!(allowed(&limiter, None, 1_000), 0, "no refill within the window");
+        advance(back - secs(30) - Duration::from_nanos(1)).await;
+        let last = limiter.check(None, Instant::now());
+        assert_eq!(last.retry_after, Some(Duration::from_nanos(1)), "Retry-After is exact");
+        advance(Duration::from_nanos(1)).await;
+        let decision = limiter.check(None, Instant::now());
+        assert!(decision.allowed);
+        assert_eq!((decision.remaining, decision.retry_after), (99, None));
+        assert_eq!(allowed(&limiter, None, 1_000), 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_minutes_of_overload_never_put_more_than_100_in_any_60_s() {
+        let limiter = RateLimiter::new(vec![per(60, 100), per(3_600, 10_000)], None, 10);
+        let times = overload(&limiter, 50, secs(140)).await;
+        assert_eq!(most_in_any_span(&times, secs(60)), 100);
+        // Refusing early by at most one bucket (4 s): each batch of 100 comes back 64 s later.
+        assert_eq!(times.len(), 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_window_caps_every_span_when_combined() {
+        let (second, minute, hour) = (per(1, 5), per(60, 40), per(3_600, 150));
+        let limiter = RateLimiter::new(vec![second, minute, hour], None, 10);
+        let times = overload(&limiter, 300, Duration::from_secs(3 * 3_600)).await;
+        assert!(most_in_any_span(&times, secs(1)) <= 5);
+        assert_eq!(most_in_any_span(&times, secs(60)), 40);
+        assert_eq!(most_in_any_span(&times, secs(3_600)), 150);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_of_one_comes_back_at_the_exact_edge_of_its_bucket() {
+        // Buckets of 4 s: an admission at 4 s sharp is in the second, which leaves at 68 s.
+        let limiter = RateLimiter::new(vec![per(60, 1)], None, 10);
+        advance(secs(4)).await;
+        assert!(limiter.check(None, Instant::now()).allowed);
+        advance(secs(60)).await;
+        let refused = limiter.check(None, Instant::now());
+        assert_eq!((refused.allowed, refused.retry_after), (false, Some(secs(4))));
+        advance(secs(4) - Duration::from_nanos(1)).await;
+        assert!(!limiter.check(None, Instant::now()).allowed);
+        advance(Duration::from_nanos(1)).await;
+        assert!(limiter.check(None, Instant::now()).allowed);
+
+        // One nanosecond before a bucket's edge is still in the bucket before: 64 s later.
+        let limiter = RateLimiter::new(vec![per(1, 1)], None, 10);
+        let width = Duration::from_nanos(1_000_000_000u64.div_ceil(SPAN));
+        advance(width - Duration::from_nanos(1)).await;
+        assert!(limiter.check(None, Instant::now()).allowed);
+        let refused = limiter.check(None, Instant::now());
+        assert_eq!(refused.retry_after, Some(width * 15 + Duration::from_nanos(1)));
+        assert!(width * 15 + Duration::from_nanos(1) > secs(1), "a whole second, and a little more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_limits_count_without_overflow() {
+        let limiter = RateLimiter::new(vec![per(1, u32::MAX), per(3_600, u32::MAX)], Some(u32::MAX), 10);
+        assert_eq!(allowed(&limiter, None, 10_000), 10_000);
+        let decision = limiter.check(None, Instant::now());
+        assert_eq!(
+            (decision.allowed, decision.limit, decision.remaining),
+            (true, u32::MAX, u32::MAX - 10_001)
+        );
+        advance(secs(2 * 3_600)).await;
+        assert_eq!(limiter.check(None, Instant::now()).remaining, u32::MAX - 1);
+
+        // A huge window beside a small one: the small one binds.
+        let limiter = RateLimiter::new(vec![per(3_600, u32::MAX), per(1, 3)], None, 10);
+        assert_eq!(allowed(&limiter, None, 10), 3);
+        assert_eq!(limiter.check(None, Instant::now()).limit, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_binding_window_is_reported_and_retry_after_waits_for_all() {
+        let limiter = RateLimiter::new(vec![per(1, 2), per(60, 3), per(3_600, 4)], None, 10);
+        let second_back = Duration::from_nanos(16 * 1_000_000_000u64.div_ceil(SPAN));
         assert_eq!(allowed(&limiter, None, 2), 2);
         let refused = limiter.check(None, Instant::now());
-        assert!(!refused.allowed);
-        assert_eq!((refused.limit, refused.retry_after), (2, Some(ms(500))));
+        assert_eq!((refused.limit, refused.remaining, refused.retry_after), (2, 0, Some(second_back)));
 
-        advance(Duration::from_secs(1)).await;
+        advance(second_back).await;
         assert!(limiter.check(None, Instant::now()).allowed);
-        // The second window has room, the minute window does not: 3 were sent at 20 s apiece.
+        // The second has room again, the minute does not until its first bucket leaves at 64 s.
         let refused = limiter.check(None, Instant::now());
-        assert!(!refused.allowed);
-        assert_eq!(refused.limit, 3);
-        assert_eq!(refused.retry_after, Some(Duration::from_secs(19)));
+        assert_eq!((refused.limit, refused.retry_after), (3, Some(secs(64) - second_back)));
+        assert_eq!(refused.reset, secs(64) - second_back);
 
-        advance(Duration::from_secs(1)).await;
-        assert!(!limiter.check(None, Instant::now()).allowed);
-        advance(Duration::from_secs(18)).await;
+        advance(secs(64) - second_back).await;
         assert!(limiter.check(None, Instant::now()).allowed);
+        // Now the hour is spent until its first bucket (4 min) leaves, at 64 min.
+        let refused = limiter.check(None, Instant::now());
+        assert_eq!((refused.limit, refused.retry_after), (4, Some(secs(64 * 60 - 64))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_and_reset_follow_the_binding_window() {
+        let limiter = RateLimiter::new(vec![per(60, 100), per(3_600, 10_000)], None, 10);
+        let first = limiter.check(None, Instant::now());
+        assert_eq!((first.limit, first.remaining, first.reset), (100, 99, secs(64)));
+        assert_eq!(allowed(&limiter, None, 9), 9);
+
+        // In the second bucket: the next quota back is the first bucket's, at 64 s.
+        advance(secs(5)).await;
+        let later = limiter.check(None, Instant::now());
+        assert_eq!((later.limit, later.remaining, later.reset), (100, 89, secs(59)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_request_is_counted_nowhere() {
         // The minute window would run out first if refused requests counted in it.
         let limiter = RateLimiter::new(vec![per(1, 1), per(60, 5)], None, 10);
-        for _ in 0..4 {
+        for _ in 0..5 {
             assert_eq!(allowed(&limiter, None, 1_000), 1);
-            advance(Duration::from_secs(1)).await;
+            advance(ms(1_100)).await;
         }
-        assert_eq!(allowed(&limiter, None, 1_000), 1);
+        assert_eq!(allowed(&limiter, None, 1_000), 0, "the minute's 5 are spent");
     }
 
     #[tokio::test(start_paused = true)]
     async fn hammering_does_not_delay_recovery() {
         let limiter = RateLimiter::new(vec![per(60, 100)], None, 10);
         assert_eq!(allowed(&limiter, None, 100), 100);
-        for _ in 0..6 {
-            assert_eq!(allowed(&limiter, None, 1_000), 0);
+        for _ in 0..640 {
+            assert_eq!(allowed(&limiter, None, 10), 0);
             advance(ms(100)).await;
         }
         assert!(limiter.check(None, Instant::now()).allowed);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn burst_sets_the_shortest_windows_capacity() {
-        let limiter = RateLimiter::new(vec![per(60, 100), per(1, 5)], Some(20), 10);
+    async fn burst_smooths_and_the_window_still_caps() {
+        let limiter = RateLimiter::new(vec![per(60, 100)], Some(5), 10);
         let first = limiter.check(None, Instant::now());
-        assert_eq!((first.limit, first.remaining), (20, 19));
-        assert_eq!(allowed(&limiter, None, 100), 19);
+        assert_eq!((first.limit, first.remaining), (5, 4));
+        assert_eq!(allowed(&limiter, None, 100), 4);
+        let refused = limiter.check(None, Instant::now());
+        assert_eq!((refused.limit, refused.retry_after), (5, Some(ms(600))));
 
-        // It refills at the window's rate, one per 200 ms.
-        advance(ms(200)).await;
+        advance(ms(600)).await;
         assert_eq!(allowed(&limiter, None, 100), 1);
-    }
 
-    #[tokio::test(start_paused = true)]
-    async fn remaining_and_reset_follow_the_quota() {
-        let limiter = RateLimiter::new(vec![per(60, 100), per(3_600, 10_000)], None, 10);
-        let first = limiter.check(None, Instant::now());
-        assert_eq!((first.limit, first.remaining, first.reset), (100, 99, ms(600)));
-        assert_eq!(allowed(&limiter, None, 9), 9);
-
-        // Five requests' worth refilled, one spent.
-        advance(Duration::from_secs(3)).await;
-        let later = limiter.check(None, Instant::now());
-        assert_eq!((later.limit, later.remaining, later.reset), (100, 94, ms(3_600)));
+        // Under overload: 5 at once, then one per 600 ms, which alone would make 105 in the
+        // first minute; the window still caps every span at 100.
+        let limiter = RateLimiter::new(vec![per(60, 100)], Some(5), 10);
+        let times = overload(&limiter, 100, secs(600)).await;
+        assert_eq!(most_in_any_span(&times, secs(60)), 100);
+        assert!(most_in_any_span(&times, secs(6)) <= 5 + 10);
     }
 
     #[tokio::test(start_paused = true)]
     async fn keys_are_independent() {
         let limiter = RateLimiter::new(vec![per(60, 3)], None, 100);
-        assert_eq!(allowed(&limiter, Some("a"), 10), 3);
-        assert_eq!(allowed(&limiter, Some("b"), 10), 3);
+        assert_eq!(allowed(&limiter, Some(b"a"), 10), 3);
+        assert_eq!(allowed(&limiter, Some(b"b"), 10), 3);
         assert_eq!(allowed(&limiter, None, 10), 3);
         assert_eq!(limiter.key_count(), 2);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn key_floods_stay_bounded_and_expired_keys_are_reaped() {
+    async fn key_floods_stay_bounded_and_idle_keys_are_reaped() {
         let limiter = RateLimiter::new(vec![per(60, 1)], None, 32);
         let flood = |round: usize| {
             let now = Instant::now();
-            (0..1_000).filter(|i| limiter.check(Some(&format!("{round}-{i}")), now).allowed).count()
+            (0..1_000).filter(|i| limiter.check(Some(format!("{round}-{i}").as_bytes()), now).allowed).count()
         };
 
         // 32 keys get their own state; the rest share the overflow state, which allows one.
         assert_eq!(flood(0), 33);
         assert_eq!(limiter.key_count(), 32);
 
-        // Tracked keys still have requests on their clock, so they are kept and the overflow
-        // state, still spent, refuses everything new.
-        advance(Duration::from_secs(30)).await;
+        // Tracked keys still have requests counted, so they are kept and the overflow state,
+        // still spent, refuses everything new.
+        advance(secs(30)).await;
         assert_eq!(flood(1), 0);
         assert_eq!(limiter.key_count(), 32);
 
-        // Once every window has refilled, the old keys are swept out to make room.
-        advance(Duration::from_secs(31)).await;
+        // Once nothing is counted any more, the old keys are swept out to make room.
+        advance(secs(34)).await;
         assert_eq!(flood(2), 33);
         assert_eq!(limiter.key_count(), 32);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_key_that_shared_the_overflow_keeps_its_count_when_it_gets_its_own() {
+        // One key per shard, filled at 0 s (keys landing in a full shard spend overflow quota).
+        let limiter = RateLimiter::new(vec![per(60, 1_000)], None, SHARDS);
+        let mut filled = 0;
+        while limiter.key_count() < SHARDS {
+            limiter.check(Some(format!("fill-{filled}").as_bytes()), Instant::now());
+            filled += 1;
+        }
+
+        // At 10 s "k" finds no room and takes what the overflow state has left.
+        advance(secs(10)).await;
+        let in_overflow = allowed(&limiter, Some(b"k"), 2_000);
+        assert_eq!(in_overflow, 1_000 - (filled - SHARDS));
+
+        // At 64 s the fill keys are idle and swept: "k" gets state of its own, which still
+        // counts its admissions at 10 s. Starting afresh would allow 1,000 more within 60 s.
+        advance(secs(54)).await;
+        let own = allowed(&limiter, Some(b"k"), 2_000);
+        assert_eq!(in_overflow + own, 1_000);
+        assert!(limiter.key_count() <= SHARDS);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_full_shard_is_swept_at_most_once_per_interval() {
-        // One key per shard, each spent for half a second.
+        // One key per shard, each counted for about half a second.
         let window = Window { period: ms(500), limit: 1 };
         let limiter = RateLimiter::new(vec![window], None, SHARDS);
         let flood = |round: usize| {
             let now = Instant::now();
-            (0..1_000).filter(|i| limiter.check(Some(&format!("{round}-{i}")), now).allowed).count()
+            (0..1_000).filter(|i| limiter.check(Some(format!("{round}-{i}").as_bytes()), now).allowed).count()
         };
         // Filling the shards already swept each of them once, freeing nothing.
         assert_eq!(flood(0), SHARDS + 1);
 
-        // The keys are back to full quota but not swept yet: only the overflow state has room.
+        // The keys are idle but not swept yet: only the overflow state has room.
         advance(ms(600)).await;
         assert_eq!(flood(1), 1);
         assert_eq!(limiter.key_count(), SHARDS);
 
-        advance(ms(400)).await;
-        assert_eq!(flood(2), SHARDS);
+        // A second after the first sweep (and with the overflow state idle again) they are.
+        advance(ms(600)).await;
+        assert_eq!(flood(2), SHARDS + 1);
         assert_eq!(limiter.key_count(), SHARDS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_200_000_long_keys_keeps_memory_bounded() {
+        // 8 KiB keys as an attacker would send them in a header; only digests are kept.
+        let limiter = RateLimiter::new(vec![per(60, 100), per(3_600, 10_000)], None, 100_000);
+        let rss_before = rss_kib();
+        let mut key = vec![b'x'; 8 * 1024];
+        for i in 0..200_000u32 {
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            limiter.check(Some(&key), Instant::now());
+        }
+        let rss_after = rss_kib();
+        assert_eq!(limiter.key_count(), 100_000);
+        let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+        println!(
+            "RSS {rss_before} KiB before, {rss_after} KiB after 200,000 keys of 8 KiB: +{grown_mib} MiB"
+        );
+        // 100,000 keys with two windows: 32 + 2 × 80 bytes each, plus table and allocator slack.
+        assert!(grown_mib < 40, "grew {grown_mib} MiB");
+    }
+
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }
