@@ -11,10 +11,12 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
+//! - [`bounds`]: the range of every number in a resource (what the runtime accepts).
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod document;
 pub mod duration;
 pub mod policy;
