@@ -11,12 +11,14 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
+//! - [`bounds`]: the range of every number in a resource (what the runtime accepts).
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 //! - [`manifest`]: carrying Kubernetes manifests over — what `kubectl get -o yaml` adds that is
 //!   dropped, and the Gateway API features that are warned about or refused.
 
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod document;
 pub mod duration;
 pub mod manifest;

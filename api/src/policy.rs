@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::document::FieldError;
-use crate::Duration;
+use crate::{bounds, Duration};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -289,16 +289,16 @@ impl BackendPolicySpec {
             return Err(FieldError::new("spec.targetRef.kind", "a BackendPolicy attaches to a Service"));
         }
         let cb = &self.circuit_breaker;
-        if cb.consecutive_failures == 0 {
-            return Err(FieldError::new("spec.circuitBreaker.consecutiveFailures", "must be at least 1"));
-        }
-        if cb.max_ejection_percent > 100 {
-            return Err(FieldError::new("spec.circuitBreaker.maxEjectionPercent", "must be 0-100"));
-        }
-        if cb.base_ejection_time.get().is_zero() || cb.max_ejection_time < cb.base_ejection_time {
+        let failures = u64::from(cb.consecutive_failures);
+        bounds::count("spec.circuitBreaker.consecutiveFailures", failures, 1, bounds::MAX_COUNT)?;
+        bounds::count("spec.circuitBreaker.maxEjectionPercent", cb.max_ejection_percent.into(), 0, 100)?;
+        let (min, max) = (bounds::MIN_DURATION, bounds::MAX_DURATION);
+        bounds::duration("spec.circuitBreaker.baseEjectionTime", cb.base_ejection_time, min, max)?;
+        bounds::duration("spec.circuitBreaker.maxEjectionTime", cb.max_ejection_time, min, max)?;
+        if cb.max_ejection_time < cb.base_ejection_time {
             return Err(FieldError::new(
                 "spec.circuitBreaker.maxEjectionTime",
-                "must be at least baseEjectionTime, which must be above 0s",
+                "must be at least baseEjectionTime",
             ));
         }
         for (field, v) in [
@@ -306,19 +306,20 @@ impl BackendPolicySpec {
             ("spec.limits.maxPendingRequests", self.limits.max_pending_requests),
             ("spec.limits.maxRequests", self.limits.max_requests),
         ] {
-            if v == 0 {
-                return Err(FieldError::new(field, "must be at least 1"));
-            }
+            bounds::count(field, v.into(), 1, bounds::MAX_COUNT)?;
         }
         if !(0.0..=10.0).contains(&self.retry_budget.ratio) {
             return Err(FieldError::new("spec.retryBudget.ratio", "must be between 0 and 10 (0.2 = 20%)"));
         }
-        if self.retry.max_backoff < self.retry.base_backoff || self.retry.base_backoff.get().is_zero() {
-            return Err(FieldError::new(
-                "spec.retry.maxBackoff",
-                "must be at least baseBackoff, which must be above 0s",
-            ));
+        let per_second = u64::from(self.retry_budget.min_per_second);
+        bounds::count("spec.retryBudget.minPerSecond", per_second, 0, bounds::MAX_RETRIES_PER_SECOND)?;
+        bounds::duration("spec.retry.baseBackoff", self.retry.base_backoff, min, max)?;
+        bounds::duration("spec.retry.maxBackoff", self.retry.max_backoff, min, max)?;
+        if self.retry.max_backoff < self.retry.base_backoff {
+            return Err(FieldError::new("spec.retry.maxBackoff", "must be at least baseBackoff"));
         }
+        let body = u64::from(self.retry.max_body_bytes);
+        bounds::count("spec.retry.maxBodyBytes", body, 0, bounds::MAX_BODY_BYTES)?;
         if let Some(i) = self.retry.grpc_codes.iter().position(|c| grpc_code(c).is_none()) {
             return Err(FieldError::new(
                 format!("spec.retry.grpcCodes[{i}]"),
@@ -329,18 +330,12 @@ impl BackendPolicySpec {
             if !hc.path.starts_with('/') {
                 return Err(FieldError::new("spec.healthCheck.path", "must start with '/'"));
             }
-            if hc.interval.get().is_zero() || hc.timeout.get().is_zero() {
-                return Err(FieldError::new(
-                    "spec.healthCheck.interval",
-                    "interval and timeout must be above 0s",
-                ));
-            }
-            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                return Err(FieldError::new(
-                    "spec.healthCheck.healthyThreshold",
-                    "thresholds must be at least 1",
-                ));
-            }
+            bounds::duration("spec.healthCheck.interval", hc.interval, min, max)?;
+            bounds::duration("spec.healthCheck.timeout", hc.timeout, min, max)?;
+            let healthy = u64::from(hc.healthy_threshold);
+            bounds::count("spec.healthCheck.healthyThreshold", healthy, 1, bounds::MAX_COUNT)?;
+            let unhealthy = u64::from(hc.unhealthy_threshold);
+            bounds::count("spec.healthCheck.unhealthyThreshold", unhealthy, 1, bounds::MAX_COUNT)?;
         }
         Ok(())
     }
@@ -368,8 +363,8 @@ impl RateLimitPolicySpec {
             ("spec.perHour", self.per_hour),
             ("spec.burst", self.burst),
         ] {
-            if v == Some(0) {
-                return Err(FieldError::new(field, "must be at least 1"));
+            if let Some(v) = v {
+                bounds::count(field, v.into(), 1, bounds::MAX_RATE)?;
             }
         }
         if let Some(key) = &self.key {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::document::FieldError;
-use crate::Duration;
+use crate::{bounds, Duration};
 
 pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 
@@ -256,6 +256,9 @@ impl HttpRouteSpec {
                 ));
             }
             check_core_group(p.group.as_deref(), format!("spec.parentRefs[{i}].group"))?;
+            if let Some(port) = p.port {
+                bounds::port(&format!("spec.parentRefs[{i}].port"), port)?;
+            }
         }
         for (r, rule) in self.rules.iter().enumerate() {
             let at = |rest: String| format!("spec.rules[{r}].{rest}");
@@ -302,11 +305,21 @@ impl HttpRouteSpec {
                     ));
                 }
                 check_core_group(backend.group.as_deref(), at(format!("backendRefs[{b}].group")))?;
+                if let Some(port) = backend.port {
+                    bounds::port(&at(format!("backendRefs[{b}].port")), port)?;
+                }
             }
             if let Some(b) = rule.backend_refs.iter().position(|b| b.weight > 1_000_000) {
                 return Err(FieldError::new(
                     at(format!("backendRefs[{b}].weight")),
                     "must be at most 1000000",
+                ));
+            }
+            // The sidecar draws a ticket below the total weight in a u32.
+            if rule.backend_refs.iter().map(|b| u64::from(b.weight)).sum::<u64>() > u64::from(u32::MAX) {
+                return Err(FieldError::new(
+                    at("backendRefs".into()),
+                    format!("the weights add up to more than {}", u32::MAX),
                 ));
             }
             if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| b.weight == 0) {
@@ -319,6 +332,14 @@ impl HttpRouteSpec {
                 if retry.attempts > 10 {
                     return Err(FieldError::new(at("retry.attempts".into()), "must be at most 10"));
                 }
+                if let Some(backoff) = retry.backoff {
+                    bounds::duration(
+                        &at("retry.backoff".into()),
+                        backoff,
+                        Duration::default(),
+                        bounds::MAX_DURATION,
+                    )?;
+                }
                 let codes = retry.codes.as_deref().unwrap_or_default();
                 if let Some(i) = codes.iter().position(|c| !(400..=599).contains(c)) {
                     return Err(FieldError::new(
@@ -328,6 +349,13 @@ impl HttpRouteSpec {
                 }
             }
             if let Some(t) = &rule.timeouts {
+                for (field, d) in
+                    [("timeouts.request", t.request), ("timeouts.backendRequest", t.backend_request)]
+                {
+                    if let Some(d) = d {
+                        bounds::duration(&at(field.into()), d, Duration::default(), bounds::MAX_DURATION)?;
+                    }
+                }
                 if let (Some(request), Some(backend)) = (t.request, t.backend_request) {
                     if backend > request && !request.get().is_zero() {
                         return Err(FieldError::new(
@@ -362,6 +390,9 @@ impl HttpRouteSpec {
                                 at(format!("filters[{f}].requestRedirect.statusCode")),
                                 "must be 301, 302, 303, 307 or 308",
                             ));
+                        }
+                        if let Some(port) = redirect.port {
+                            bounds::port(&at(format!("filters[{f}].requestRedirect.port")), port)?;
                         }
                         if redirect.scheme.as_deref().is_some_and(|s| s != "http" && s != "https") {
                             return Err(FieldError::new(
@@ -422,8 +453,15 @@ pub fn http_method(method: &str) -> Option<&'static str> {
         .find(|m| *m == method)
 }
 
+/// A regular expression that must match a whole value, as the sidecar compiles it: checking the
+/// anchored form matters, since a pattern can be valid alone and not once wrapped (`(?x)a#`
+/// comments out the closing parenthesis).
+pub fn full_match_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+}
+
 fn check_regex(pattern: &str, field: String) -> Result<(), FieldError> {
-    regex::Regex::new(pattern)
+    full_match_regex(pattern)
         .map(drop)
         .map_err(|e| FieldError::new(field, format!("not a valid regular expression: {e}")))
 }

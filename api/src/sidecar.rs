@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::document::FieldError;
-use crate::Duration;
+use crate::{bounds, Duration};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -191,21 +191,23 @@ impl SidecarSpec {
             ("spec.timeouts.detect", self.timeouts.detect),
             ("spec.timeouts.headerRead", self.timeouts.header_read),
             ("spec.timeouts.requestBody", self.timeouts.request_body),
-            ("spec.timeouts.idle", self.timeouts.idle),
         ] {
-            if d.get().is_zero() {
-                return Err(FieldError::new(field, "must be greater than 0s"));
-            }
+            bounds::duration(field, d, bounds::MIN_DURATION, bounds::MAX_DURATION)?;
         }
-        if self.limits.max_connections == 0 {
-            return Err(FieldError::new("spec.limits.maxConnections", "must be at least 1"));
-        }
-        if self.limits.max_header_bytes < 1024 {
-            return Err(FieldError::new("spec.limits.maxHeaderBytes", "must be at least 1024"));
-        }
-        if self.limits.max_headers == 0 {
-            return Err(FieldError::new("spec.limits.maxHeaders", "must be at least 1"));
-        }
+        bounds::duration("spec.timeouts.idle", self.timeouts.idle, bounds::MIN_DURATION, bounds::MAX_IDLE)?;
+        bounds::duration(
+            "spec.timeouts.drain",
+            self.timeouts.drain,
+            Duration::default(),
+            bounds::MAX_DURATION,
+        )?;
+        let limits = &self.limits;
+        bounds::count("spec.limits.maxConnections", limits.max_connections as u64, 1, bounds::MAX_COUNT)?;
+        let header_bytes = limits.max_header_bytes as u64;
+        bounds::count("spec.limits.maxHeaderBytes", header_bytes, 1024, bounds::MAX_HEADER_BYTES)?;
+        bounds::count("spec.limits.maxHeaders", limits.max_headers as u64, 1, bounds::MAX_HEADERS)?;
+        let streams = u64::from(limits.max_concurrent_streams);
+        bounds::count("spec.limits.maxConcurrentStreams", streams, 1, bounds::MAX_COUNT)?;
         Ok(())
     }
 }

@@ -63,6 +63,8 @@ fn route(
         (&Method::GET | &Method::HEAD, "/ready") => {
             if shared.is_ready() {
                 reply(StatusCode::OK, text, "ready\n")
+            } else if let Some(died) = shared.died() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {died}\n"))
             } else if shared.shutdown.is_cancelled() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "draining\n")
             } else {

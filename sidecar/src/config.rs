@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,10 @@ pub enum BuildError {
     Invalid(#[from] pilotfish_api::ConfigError),
     #[error("{0}")]
     Conflict(String),
+    /// Building panicked although validation passed: a bug, contained so that the previous
+    /// configuration stays in force and the reload or push-follow task lives on.
+    #[error("building the configuration failed unexpectedly (please report this bug): {0}")]
+    Panicked(String),
 }
 
 pub struct Snapshot {
@@ -214,7 +219,31 @@ impl EndpointGuard {
 }
 
 impl Snapshot {
+    /// Validates `text` and builds the snapshot it describes. Never panics: validation bounds
+    /// every value to what the runtime accepts, and a panic that happens anyway is caught and
+    /// returned as [`BuildError::Panicked`], a rejected configuration like any other.
     pub fn build(
+        source: &str,
+        text: &str,
+        overrides: &Overrides,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Self, BuildError> {
+        // Unwind safety: a panic leaves nothing half-changed that anyone reads afterwards — the
+        // snapshot under construction is dropped, `previous` is only read, and the metric
+        // handles registered on the way are valid on their own.
+        let build = AssertUnwindSafe(|| Self::build_unguarded(source, text, overrides, previous, metrics));
+        std::panic::catch_unwind(build).unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(BuildError::Panicked(reason))
+        })
+    }
+
+    fn build_unguarded(
         source: &str,
         text: &str,
         overrides: &Overrides,
@@ -341,16 +370,9 @@ impl Snapshot {
                 local: metrics.endpoint(Direction::Outbound, &key, ""),
                 routes,
                 policy,
-                budget: prev.filter(|old| old.retry_budget == retry_budget).map_or_else(
-                    || {
-                        Arc::new(TpsBudget::new(
-                            Duration::from_secs(10),
-                            retry_budget.min_per_second,
-                            retry_budget.ratio as f32,
-                        ))
-                    },
-                    |old| old.budget.clone(),
-                ),
+                budget: prev
+                    .filter(|old| old.retry_budget == retry_budget)
+                    .map_or_else(|| Arc::new(tps_budget(&retry_budget)), |old| old.budget.clone()),
                 resilience: metrics.resilience(&key),
                 rate_limit: attached.service_limits.get(&*key).map(|p| {
                     prev.and_then(|old| old.rate_limit.clone().filter(|l| l.spec == **p))
@@ -577,6 +599,13 @@ impl ServicePolicy {
             health_check: p.health_check,
         }
     }
+}
+
+/// tower's budget asserts on its arguments (a `minPerSecond` of 2^31 panics); validation keeps
+/// them in range, and the clamps keep a build from panicking should a value slip past it.
+fn tps_budget(b: &RetryBudget) -> TpsBudget {
+    let ratio = if b.ratio.is_finite() { b.ratio.clamp(0.0, 1000.0) as f32 } else { 0.0 };
+    TpsBudget::new(Duration::from_secs(10), b.min_per_second.min(i32::MAX as u32 - 1), ratio)
 }
 
 impl RateLimit {

@@ -254,4 +254,65 @@ mod tests {
         replay.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"GET /a HTTP/1.1\r\n\r\n");
     }
+
+    /// First bytes that are mostly what a client might send: request-line pieces, the HTTP/2
+    /// preface, TLS record starts, line ends, and any byte at all.
+    fn first_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(b"GET ".to_vec()),
+            Just(b"/path?q=1 ".to_vec()),
+            Just(b"HTTP/1.1".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(H2_PREFACE.to_vec()),
+            Just(H2_PREFACE[..7].to_vec()),
+            Just(vec![0x16, 0x03, 0x01]),
+            Just(vec![0x16]),
+            Just(vec![b'a'; 9000]),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever a peer sends, in whatever chunks, detection ends with a verdict consistent
+        /// with `classify` and replays a prefix of exactly what was sent; nothing panics.
+        #[test]
+        fn any_first_bytes_get_a_verdict_and_are_replayed(bytes in first_bytes(), chunk in 1usize..100) {
+            use tokio::io::AsyncWriteExt;
+            let verdict = classify(&bytes);
+            if verdict == Some(Detected::Http2) {
+                proptest::prop_assert!(trim_leading_crlf(&bytes).starts_with(H2_PREFACE));
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            let (found, prefix) = runtime.block_on(async {
+                let (mut client, mut server) = tokio::io::duplex(chunk);
+                let sent = bytes.clone();
+                // The peer sends everything and then goes quiet without closing, so detection
+                // must decide from the bytes or the timeout.
+                let writer = tokio::spawn(async move {
+                    let _ = server.write_all(&sent).await;
+                    server
+                });
+                let result = detect(&mut client, Duration::from_secs(10)).await.unwrap();
+                drop(writer);
+                result
+            });
+            proptest::prop_assert!(bytes.starts_with(&prefix));
+            proptest::prop_assert!(prefix.len() <= bytes.len().min(MAX_PEEK + chunk));
+            let expected = match classify(&prefix) {
+                Some(found) => found,
+                // Undecided: the peer went quiet or the peek limit was reached.
+                None => Detected::Opaque,
+            };
+            proptest::prop_assert_eq!(found, expected);
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Pilotfish's data plane: the L4/L7 sidecar proxy.
 //!
 //! # Layout
-//! - [`config`]: the configuration in force as one immutable [`config::Snapshot`].
+//! - [`config`]: the configuration in force as one immutable [`config::Snapshot`]; its property
+//!   tests (`config_properties`) prove that no stream of documents panics it.
 //! - [`state`]: what all listeners share — the swappable snapshot, metrics, shutdown, tracker.
 //! - [`listen`]: accept loops with connection limits.
 //! - [`outbound`] / [`inbound`]: per-connection handling in each direction.
@@ -20,6 +21,8 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+#[cfg(test)]
+mod config_properties;
 pub mod detect;
 pub mod forward;
 pub mod health;
@@ -143,26 +146,32 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let drain = snap.sidecar.timeouts.drain.get();
     let shared = Shared::new(snap, metrics);
 
-    tokio::spawn(admin::serve(shared.clone(), admin));
+    shared.supervise("admin listener", admin::serve(shared.clone(), admin));
     let s = shared.clone();
-    tokio::spawn(listen::accept_loop(
-        shared.clone(),
-        outbound,
-        Direction::Outbound,
-        shared.shutdown.clone(),
-        move |stream, client, slot| {
-            outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot)
-        },
-    ));
+    shared.supervise(
+        "outbound listener",
+        listen::accept_loop(
+            shared.clone(),
+            outbound,
+            Direction::Outbound,
+            shared.shutdown.clone(),
+            move |stream, client, slot| {
+                outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot)
+            },
+        ),
+    );
     if let Some(inbound) = inbound {
         let s = shared.clone();
-        tokio::spawn(listen::accept_loop(
-            shared.clone(),
-            inbound,
-            Direction::Inbound,
-            shared.shutdown.clone(),
-            move |stream, client, slot| inbound::handle(s.clone(), stream, client, slot),
-        ));
+        shared.supervise(
+            "inbound listener",
+            listen::accept_loop(
+                shared.clone(),
+                inbound,
+                Direction::Inbound,
+                shared.shutdown.clone(),
+                move |stream, client, slot| inbound::handle(s.clone(), stream, client, slot),
+            ),
+        );
     }
     local.apply(&shared, bound, &shared.snapshot.load());
     health::spawn(&shared.snapshot.load());
@@ -170,13 +179,15 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let mut registered = None;
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
-            tokio::spawn(managed::follow(shared.clone(), local, push, opts.overrides.clone()));
+            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone());
+            shared.supervise("configuration push", follow);
             if let Some(address) = advertised {
                 registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
             }
         }
         (Source::File(path), _) => {
-            tokio::spawn(reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone()));
+            let watch = reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone());
+            shared.supervise("config reload", watch);
         }
         (Source::ControlPlane(_), None) => unreachable!("managed mode starts with a push client"),
     }

@@ -25,7 +25,8 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, Arc<ConnSlot>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let limit = shared.snapshot.load().sidecar.limits.max_connections;
+    // Validation bounds the limit far below tokio's maximum, over which `Semaphore::new` panics.
+    let limit = shared.snapshot.load().sidecar.limits.max_connections.min(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(limit));
     let gauge = shared.metrics.open_connections(direction);
     loop {

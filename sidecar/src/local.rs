@@ -60,15 +60,18 @@ impl LocalListeners {
             let stop = shared.shutdown.child_token();
             running.insert(port, stop.clone());
             let conn_shared = shared.clone();
-            tokio::spawn(listen::accept_loop(
-                shared.clone(),
-                listener,
-                Direction::Outbound,
-                stop,
-                move |stream, client, slot| {
-                    outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port), slot)
-                },
-            ));
+            shared.supervise(
+                "local listener",
+                listen::accept_loop(
+                    shared.clone(),
+                    listener,
+                    Direction::Outbound,
+                    stop,
+                    move |stream, client, slot| {
+                        outbound::handle(conn_shared.clone(), stream, client, Listener::Local(port), slot)
+                    },
+                ),
+            );
             tracing::info!(port, "local listener started");
         }
     }

@@ -302,7 +302,7 @@ fn compile_match(m: &pilotfish_api::route::RouteMatch, rule: usize) -> Matcher {
 }
 
 fn full_match(pattern: &str) -> Regex {
-    Regex::new(&format!("^(?:{pattern})$")).expect("validated by the api crate")
+    pilotfish_api::route::full_match_regex(pattern).expect("validated by the api crate in this form")
 }
 
 fn compile_rule(service: &Arc<str>, namespace: &str, source: &RouteSource<'_>, rule: &RouteRule) -> Rule {
@@ -359,7 +359,7 @@ fn compile_rule(service: &Arc<str>, namespace: &str, source: &RouteSource<'_>, r
 
 impl Rule {
     fn to_backends(route: Arc<str>, backends: Vec<(Arc<str>, u32)>) -> Self {
-        let total_weight = backends.iter().map(|(_, w)| *w).sum();
+        let total_weight = backends.iter().map(|(_, w)| *w).fold(0, u32::saturating_add);
         Self {
             route,
             backends,

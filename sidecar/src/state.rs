@@ -1,8 +1,10 @@
 //! What every listener and connection of one sidecar shares: the config snapshot in force, the
-//! metrics, and the shutdown signal with the tracker that drain waits on.
+//! metrics, the shutdown signal with the tracker that drain waits on, and readiness — which the
+//! death of any long-lived task takes away (see [`Shared::supervise`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,8 @@ pub struct Shared {
     /// Every connection task, so that drain can wait for them.
     pub tracker: TaskTracker,
     ready: AtomicBool,
+    /// Why the sidecar can no longer be ready: the first long-lived task that died.
+    died: OnceLock<String>,
 }
 
 impl Shared {
@@ -31,15 +35,62 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),
+            died: OnceLock::new(),
         })
     }
 
-    /// Ready once config is loaded and the listeners are bound, until drain starts.
+    /// Ready once config is loaded and the listeners are bound, until drain starts or a
+    /// long-lived task dies.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled()
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled() && self.died.get().is_none()
+    }
+
+    /// Which long-lived task died, and how.
+    pub fn died(&self) -> Option<&str> {
+        self.died.get().map(String::as_str)
+    }
+
+    /// Spawns a long-lived task (an accept loop, the admin listener, config reload or the push
+    /// follower). None of them should ever panic; if one does anyway, the process keeps serving
+    /// what still works but answers `/ready` with 503 from then on, so that an orchestrator
+    /// replaces it instead of sending traffic to a listener nobody accepts on, or trusting a
+    /// sidecar that no longer receives configuration.
+    pub fn supervise(self: &Arc<Self>, task: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(work);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle.await {
+                tracing::error!(task, "a long-lived task died, the sidecar is no longer ready: {e}");
+                let _ = shared.died.set(format!("the {task} task died: {e}"));
+            }
+        });
     }
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    #[tokio::test]
+    async fn a_task_that_dies_takes_readiness_with_it() {
+        let metrics = Metrics::new();
+        let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
+        let shared = Shared::new(snap, metrics);
+        shared.set_ready();
+        shared.supervise("quiet", async {});
+        shared.supervise("config reload", async { panic!("boom") });
+        let dead = async {
+            while shared.is_ready() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), dead).await.expect("readiness is gone");
+        let died = shared.died().unwrap();
+        assert!(died.starts_with("the config reload task died") && died.contains("boom"), "{died}");
     }
 }

@@ -375,3 +375,126 @@ async fn a_gone_sidecar_is_listed_as_disconnected_then_forgotten_after_the_reten
     })
     .await;
 }
+
+/// A stand-in control plane that pushes the snapshots a test hands it and records the ACKs and
+/// NACKs: a control plane of another version, which may send what this sidecar's validation
+/// refuses (a real control plane validates with the same rules and would refuse to store it).
+struct FakeControlPlane {
+    url: String,
+    snapshots: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
+    acks: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl FakeControlPlane {
+    async fn start() -> Self {
+        use bytes::Bytes;
+        use http_body_util::{channel::Channel, BodyExt, Full};
+        use hyper_util::rt::TokioIo;
+        use std::sync::{Arc, Mutex};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (snapshots, queue) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let recorded = acks.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (queue, recorded) = (queue.clone(), recorded.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (queue, recorded) = (queue.clone(), recorded.clone());
+                    async move {
+                        type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+                        let res: http::Response<Body> = if req.uri().path() == "/v1/push" {
+                            // One push stream at a time: each snapshot handed over becomes a line.
+                            let (mut tx, body) = Channel::<Bytes, std::convert::Infallible>::new(8);
+                            tokio::spawn(async move {
+                                let mut queue = queue.lock().await;
+                                while let Some((version, config)) = queue.recv().await {
+                                    let line = serde_json::json!({"version": version, "config": config});
+                                    if tx.send_data(Bytes::from(format!("{line}\n"))).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            http::Response::new(body.boxed())
+                        } else {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            if let Ok(ack) = serde_json::from_slice(&body) {
+                                recorded.lock().unwrap().push(ack);
+                            }
+                            http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed())
+                        };
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self { url, snapshots, acks }
+    }
+
+    fn push(&self, version: u64, config: String) {
+        self.snapshots.send((version, config)).unwrap();
+    }
+
+    /// Waits for the sidecar's report on `version`: `None` for an ACK, the error of a NACK.
+    async fn report(&self, version: u64) -> Option<String> {
+        eventually(&format!("the sidecar reported on version {version}"), async || {
+            let acks = self.acks.lock().unwrap();
+            let ack = acks.iter().find(|a| a["version"] == version)?;
+            Some(ack["error"].as_str().map(str::to_owned))
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_once_crashed_the_sidecar_is_nacked_and_later_ones_still_apply() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let users = |addr: std::net::SocketAddr| format!("{}---\n", service("users", addr.port()));
+    // tower's retry budget panics on 2^31 retries per second; building it used to kill the task
+    // that follows the push stream, or a starting sidecar.
+    let crashing = |addr| {
+        format!("{}apiVersion: pilotfish.io/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: users}}\nspec:\n  targetRef: {{kind: Service, name: users}}\n  retryBudget: {{minPerSecond: 2147483648}}\n", users(addr))
+    };
+    let cp = FakeControlPlane::start().await;
+    cp.push(1, crashing(a.addr));
+    cp.push(2, users(a.addr));
+    let url = cp.url.clone();
+    let args = [
+        "--control-plane",
+        &url,
+        "--service",
+        "web",
+        "--token",
+        "t",
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+    ];
+    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let error = cp.report(1).await.expect("the first snapshot is NACKed");
+    assert!(error.contains("spec.retryBudget.minPerSecond"), "{error}");
+    assert_eq!(cp.report(2).await, None, "the second snapshot is ACKed");
+    let target = format!("http://{}/", sc.outbound);
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
+
+    // The same while following the stream: NACKed, the last good config keeps serving, and the
+    // stream is still followed.
+    cp.push(3, crashing(b.addr));
+    let error = cp.report(3).await.expect("a NACK");
+    assert!(error.contains("spec.retryBudget.minPerSecond"), "{error}");
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
+    cp.push(4, users(b.addr));
+    assert_eq!(cp.report(4).await, None);
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "b");
+    let m = sc.metrics().await;
+    assert_eq!(support::sample(&m, "pilotfish_config_errors_total", &[]), 2.0);
+    assert_eq!(sc.admin_get("/ready").await.status, 200);
+}

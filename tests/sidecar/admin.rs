@@ -166,6 +166,36 @@ async fn a_route_exported_from_a_cluster_is_served_and_its_warnings_are_logged_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_once_crashed_the_reload_task_is_rejected_and_counted() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let head = sidecar_doc(None, "");
+    let sc = Sidecar::start(&format!("{head}{}", service_doc("users", &[a.addr], "")));
+    let url = format!("http://{}/", sc.outbound);
+
+    // tower's retry budget panics on 2^31 retries per second: validation now refuses it.
+    let policy = "---\napiVersion: pilotfish.io/v1alpha1\nkind: BackendPolicy\nmetadata: {name: users}\nspec:\n  targetRef: {kind: Service, name: users}\n  retryBudget: {minPerSecond: 2147483648}\n";
+    std::fs::write(&sc.config, format!("{head}{}{policy}", service_doc("users", &[b.addr], ""))).unwrap();
+    sc.wait_for_log("config rejected").await;
+    let log = sc.stderr();
+    assert!(
+        log.contains(
+            "document 3 (BackendPolicy default/users): spec.retryBudget.minPerSecond: must be 0-1000000"
+        ),
+        "{log}"
+    );
+    assert_eq!(curl(&["-H", "Host: users", &url]).await.json()["backend"], "a");
+    let m = sc.metrics().await;
+    assert_eq!(sample(&m, "pilotfish_config_errors_total", &[]), 1.0);
+    assert_eq!(sc.admin_get("/ready").await.status, 200);
+
+    // The reload task lives on: the next good file is applied.
+    std::fs::write(&sc.config, format!("{head}{}", service_doc("users", &[b.addr], ""))).unwrap();
+    sc.wait_for_log("config reloaded").await;
+    assert_eq!(curl(&["-H", "Host: users", &url]).await.json()["backend"], "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_writes_one_json_line_per_request() {
     let (users, sc) = users_behind_a_sidecar("  accessLog: true\n").await;
     let r = curl(&[

@@ -62,6 +62,36 @@ fn invalid_config_at_start_names_the_field_and_exits_nonzero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent.yaml"));
 }
 
+#[test]
+fn a_connection_limit_the_runtime_cannot_take_is_refused_at_start() {
+    // Above tokio's semaphore maximum: the outbound listener used to panic and stay dead while
+    // `/ready` said 200.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    std::fs::write(&path, sidecar_doc(None, "  limits: {maxConnections: 4611686018427387904}\n")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the sidecar started with maxConnections 2^62");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("document 1 (Sidecar default/test): spec.limits.maxConnections: must be 1-1000000"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_sends_http2_goaway_and_finishes_open_streams() {
     let (users, mut sc) = users_behind_a_sidecar("").await;
