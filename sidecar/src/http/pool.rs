@@ -671,11 +671,14 @@ mod tests {
         // queue but never used — and the window grew past its start as connections answered.
         let settled = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                let pool = conns.lock_h1();
-                if pool.connecting == 0 && pool.idle.len() == pool.unanswered + pool.answered {
-                    return pool.answered;
+                let answered = {
+                    let pool = conns.lock_h1();
+                    let released = pool.connecting == 0 && pool.idle.len() == pool.unanswered + pool.answered;
+                    released.then_some(pool.answered)
+                };
+                if let Some(answered) = answered {
+                    return answered;
                 }
-                drop(pool);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
