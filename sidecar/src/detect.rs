@@ -25,42 +25,47 @@ pub enum Detected {
 /// Reads until the protocol is known, the peer stops sending for `timeout` (→ opaque: a
 /// server-speaks-first protocol, or a client that waits), or the peer closes.
 pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Detected, Bytes)> {
-    let (found, prefix) = peek(io, timeout).await?;
+    let (found, prefix, _closed) = peek(io, timeout).await?;
     Ok((found.unwrap_or(Detected::Opaque), prefix))
 }
 
 /// Detection on a port declared HTTP, where nothing falls back to opaque TCP (that would skip
 /// routes and policies): HTTP/2 prior knowledge or HTTP/1 — bytes that are not HTTP at all, or
 /// a request line longer than detection reads, go to the HTTP server, which answers 400 or 431.
-/// `None`: no request line within `timeout` (→ 408).
+/// `None`: no request line within `timeout` (→ 408); a peer that closes before sending one is an
+/// `UnexpectedEof` error (a TCP health check or a port scan, owed no answer).
 pub async fn detect_http<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: Duration,
 ) -> io::Result<(Option<Detected>, Bytes)> {
-    let (found, prefix) = peek(io, timeout).await?;
+    let (found, prefix, closed) = peek(io, timeout).await?;
     let found = match found {
         Some(Detected::Http2) => Some(Detected::Http2),
         Some(_) => Some(Detected::Http1),
         None if prefix.len() >= MAX_PEEK => Some(Detected::Http1),
+        None if closed => return Err(io::ErrorKind::UnexpectedEof.into()),
         None => None,
     };
     Ok((found, prefix))
 }
 
 /// Reads until [`classify`] decides, [`MAX_PEEK`] bytes are in, the peer closes, or `timeout`
-/// passes; `None` when still undecided.
-async fn peek<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> io::Result<(Option<Detected>, Bytes)> {
+/// passes; `None` when still undecided, and whether the peer closed.
+async fn peek<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> io::Result<(Option<Detected>, Bytes, bool)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_elapsed) => return Ok((None, buf.freeze())),
+            Err(_elapsed) => return Ok((None, buf.freeze(), false)),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => return Ok((classify(&buf), buf.freeze())),
+            Ok(Ok(0)) => return Ok((classify(&buf), buf.freeze(), true)),
             Ok(Ok(_)) => {
                 let found = classify(&buf);
                 if found.is_some() || buf.len() >= MAX_PEEK {
-                    return Ok((found, buf.freeze()));
+                    return Ok((found, buf.freeze(), false));
                 }
             }
         }
@@ -219,6 +224,10 @@ mod tests {
         let (mut client, mut peer) = tokio::io::duplex(MAX_PEEK * 2);
         peer.write_all(b"GET /slow").await.unwrap();
         assert_eq!(detect_http(&mut client, timeout).await.unwrap().0, None);
+        // A peer that closes without a request line is owed nothing.
+        drop(peer);
+        let err = detect_http(&mut client, timeout).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         // A request line longer than detection reads is still HTTP/1 (the server's header limit
         // decides); so is garbage (the server answers 400).
         let (mut client, mut peer) = tokio::io::duplex(MAX_PEEK * 2);

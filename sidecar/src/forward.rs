@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use crate::access_log::{self, TcpRecord};
 use crate::config::{ServiceRt, Snapshot};
 use crate::metrics::{Direction, TargetMetrics};
-use crate::resilience::retry::{self, Outcome, Verdict};
+use crate::resilience::attempt::Attempt;
+use crate::resilience::retry::Outcome;
 use crate::{tcp, transport};
 
 /// Where an opaque connection goes.
@@ -34,21 +35,14 @@ async fn connect_to_service(svc: &ServiceRt, timeout: std::time::Duration) -> st
         let now = tokio::time::Instant::now();
         let Some(endpoint) = svc.pick(now, &tried) else { break };
         tried.push(endpoint.addr);
-        let Some(guard) = &endpoint.guard else { continue };
+        let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
         let Some(admission) = guard.breaker.admit(now) else { continue };
         guard.breaker_metrics.record(admission.transition);
+        let attempt = Attempt::start(&guard.breaker, &guard.load, admission.probe);
         let connected = transport::connect(endpoint.addr, timeout).await;
-        let transition = match (&connected, retry::verdict(Outcome::ConnectFailure, &svc.policy.failure_on)) {
-            (Ok(_), _) => guard.breaker.on_success(),
-            (Err(_), Verdict::Failure) => guard.breaker.on_failure(tokio::time::Instant::now()),
-            (Err(_), _) => {
-                if admission.probe {
-                    guard.breaker.abandon_probe();
-                }
-                None
-            }
-        };
-        guard.breaker_metrics.record(transition);
+        let outcome = if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailure };
+        let done = tokio::time::Instant::now();
+        guard.breaker_metrics.record(attempt.finish(outcome, done - now, &svc.policy.failure_on, done));
         match connected {
             Ok(stream) => return Ok(stream),
             Err(e) => last = Some(e),

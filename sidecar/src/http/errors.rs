@@ -57,7 +57,8 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Overflow(limit) => Self::Overloaded { service: String::new(), limit },
             UpstreamError::Connect(_)
             | UpstreamError::Handshake { .. }
-            | UpstreamError::ClosedBeforeSend { .. } => Self::UpstreamConnect(e),
+            | UpstreamError::ClosedBeforeSend { .. }
+            | UpstreamError::QueuedBehind { .. } => Self::UpstreamConnect(e),
             UpstreamError::Request { .. } => Self::UpstreamReset(e),
         }
     }

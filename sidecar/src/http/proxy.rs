@@ -23,17 +23,16 @@ use super::errors::ProxyError;
 use super::headers;
 use super::pool::{Connect, Reusable, SendError, UpstreamError, Version};
 use crate::access_log::{self, HttpRecord};
-use crate::config::{EndpointGuard, EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
+use crate::config::{EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
 use crate::listen::ConnSlot;
 use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
-use crate::resilience::breaker::Transition;
+use crate::resilience::attempt::Attempt;
 use crate::resilience::limit::{Limit, OwnedClaim};
 use crate::resilience::ratelimit::Decision;
-use crate::resilience::retry::{self, Outcome, Verdict};
+use crate::resilience::retry::{self, Outcome};
 use crate::route::{self, Redirect, Rewrite};
 use crate::state::Shared;
 use crate::tcp;
-use pilotfish_api::policy::FailureKind;
 use tower::retry::budget::Budget;
 
 /// Where the requests of one connection go.
@@ -300,7 +299,7 @@ impl ConnContext {
                 match guard.breaker.admit(now) {
                     Some(admission) => {
                         guard.breaker_metrics.record(admission.transition);
-                        break (endpoint, Attempt::start(guard, admission.probe));
+                        break (endpoint, Attempt::start(&guard.breaker, &guard.load, admission.probe));
                     }
                     None => refused.push(endpoint.addr),
                 }
@@ -316,10 +315,9 @@ impl ConnContext {
                 (None, Some(streaming)) => streaming,
                 // Only a request that came back unsent is attempted again without a replay
                 // buffer, and it brings its body back.
-                (None, None) => {
-                    let e = ProxyError::RequestBody("the body was already sent".into());
-                    return self.respond_local(e, grpc, local, record);
-                }
+                (None, None) => unreachable!(
+                    "only an unsent request, which brings its body back, is retried without replay"
+                ),
             };
             let mut out = match &replay {
                 Some(_) => rebuild(&parts, attempt_body),
@@ -339,6 +337,7 @@ impl ConnContext {
                 pending: &backend.pending,
                 max_pending: backend.policy.limits.max_pending_requests as usize,
             };
+            let mut blamed = true;
             let send = endpoint.conns.send(version, out, &connect);
             let result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| at),
@@ -373,6 +372,8 @@ impl ConnContext {
                         parts = back;
                         body = Some(streaming);
                     }
+                    // A failure shared by a queue of requests counts against the endpoint once.
+                    blamed = error.blames_endpoint();
                     (outcome, Err(ProxyError::from(error)))
                 }
                 Err(at) => {
@@ -380,8 +381,10 @@ impl ConnContext {
                     (Outcome::Timeout, Err(ProxyError::Timeout(limit.unwrap_or_default())))
                 }
             };
-            let transition =
-                attempt.finish(outcome, finished - sent_at, &backend.policy.failure_on, finished);
+            let transition = match blamed {
+                true => attempt.finish(outcome, finished - sent_at, &backend.policy.failure_on, finished),
+                false => None,
+            };
             endpoint
                 .guard
                 .as_ref()
@@ -626,68 +629,9 @@ fn unavailable(service: &ServiceRt) -> ProxyError {
     }
 }
 
-/// One attempt's claim on an endpoint: its place in the endpoint's load and, when half-open,
-/// the breaker's probe. Whatever ends the attempt — an outcome, a limit of ours, the caller
-/// going away — gives both back.
-struct Attempt<'a> {
-    guard: &'a EndpointGuard,
-    probe: bool,
-    open: bool,
-}
-
-impl<'a> Attempt<'a> {
-    fn start(guard: &'a EndpointGuard, probe: bool) -> Self {
-        guard.load.start();
-        Self { guard, probe, open: true }
-    }
-
-    /// Records the outcome: latency (an attempt that got no response counts as slow, so the
-    /// balancer backs off an endpoint that refuses, resets or hangs; error responses are the
-    /// breaker's business), and the breaker's verdict.
-    fn finish(
-        mut self,
-        outcome: Outcome,
-        elapsed: std::time::Duration,
-        failure_on: &[FailureKind],
-        now: TokioInstant,
-    ) -> Option<Transition> {
-        self.open = false;
-        let verdict = retry::verdict(outcome, failure_on);
-        let rtt = match outcome {
-            Outcome::Response { .. } => elapsed,
-            Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => elapsed.max(FAILURE_PENALTY),
-        };
-        self.guard.load.finish(Some(rtt), now);
-        match verdict {
-            Verdict::Success => self.guard.breaker.on_success(),
-            Verdict::Failure => self.guard.breaker.on_failure(now),
-            Verdict::Neutral => {
-                if self.probe {
-                    self.guard.breaker.abandon_probe();
-                }
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if self.open {
-            self.guard.load.finish(None, TokioInstant::now());
-            if self.probe {
-                self.guard.breaker.abandon_probe();
-            }
-        }
-    }
-}
-
 /// Retries of a request whose connection failed (it never went out), when the route allows
 /// fewer.
 const DEFAULT_CONNECT_RETRIES: u32 = 2;
-
-/// The latency a failed attempt counts as in the endpoint's load estimate.
-const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn take_parts(slot: &mut http::request::Parts) -> http::request::Parts {
     let mut taken = Request::new(()).into_parts().0;

@@ -3,8 +3,10 @@
 //! - [`balance`]: peak-EWMA load and power-of-two-choices;
 //! - [`ratelimit`]: multi-window sliding-window rate limiting, optionally keyed;
 //! - [`retry`]: outcome classification, retry conditions and backoff;
-//! - [`limit`]: bounded counters for service limits.
+//! - [`limit`]: bounded counters for service limits;
+//! - [`attempt`]: one attempt's claim on an endpoint's load and breaker.
 
+pub mod attempt;
 pub mod balance;
 pub mod breaker;
 pub mod limit;

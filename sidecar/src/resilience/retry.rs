@@ -21,6 +21,8 @@ pub enum Outcome {
     ConnectFailure,
     Reset,
     Timeout,
+    /// An opaque TCP connection was established (the endpoint took it).
+    Connected,
 }
 
 /// Why an attempt is retried: the `reason` label of `pilotfish_retries_total`.
@@ -72,6 +74,7 @@ impl Conditions {
             Outcome::Reset => on(RetryOn::Reset).then_some(Reason::Reset),
             // A per-try timeout is retried when the route has one; the route timeout is not.
             Outcome::Timeout => Some(Reason::Timeout),
+            Outcome::Connected => None,
         }
     }
 }
@@ -97,6 +100,7 @@ pub fn verdict(outcome: Outcome, failure_on: &[FailureKind]) -> Verdict {
                 || (on(FailureKind::GatewayError) && matches!(status, 502..=504));
             return if failed { Verdict::Failure } else { Verdict::Success };
         }
+        Outcome::Connected => return Verdict::Success,
         Outcome::ConnectFailure => on(FailureKind::ConnectFailure),
         Outcome::Reset => on(FailureKind::Reset),
         Outcome::Timeout => on(FailureKind::Timeout),
