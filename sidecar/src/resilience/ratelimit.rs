@@ -725,28 +725,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_flood_of_200_000_long_keys_keeps_memory_bounded() {
-        // 8 KiB keys as an attacker would send them in a header; only digests are kept.
+    async fn a_flood_of_200_000_long_keys_keeps_a_bounded_number_of_fixed_size_keys() {
+        // 8 KiB keys as an attacker would send them in a header; only digests are kept, and no
+        // more than the bound (the end-to-end test measures the sidecar's RSS under a flood).
         let limiter = RateLimiter::new(vec![per(60, 100), per(3_600, 10_000)], None, 100_000);
-        let rss_before = rss_kib();
         let mut key = vec![b'x'; 8 * 1024];
         for i in 0..200_000u32 {
             key[..4].copy_from_slice(&i.to_le_bytes());
             limiter.check(Some(&key), Instant::now());
         }
-        let rss_after = rss_kib();
         assert_eq!(limiter.key_count(), 100_000);
-        let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
-        println!(
-            "RSS {rss_before} KiB before, {rss_after} KiB after 200,000 keys of 8 KiB: +{grown_mib} MiB"
-        );
-        // 100,000 keys with two windows: 32 + 2 × 80 bytes each, plus table and allocator slack.
-        assert!(grown_mib < 40, "grew {grown_mib} MiB");
-    }
-
-    fn rss_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }
