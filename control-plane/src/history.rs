@@ -5,8 +5,9 @@
 //! control plane's CPU in proportion to the whole history. Instead, the configuration is kept
 //! at checkpoints every [`FIRST_SPACING`] events: a request starts from the nearest checkpoint
 //! at or before the seq it asks for and folds at most one spacing of events. Checkpoints are
-//! made the first time a request passes them (one replay of the log per process, not per
-//! request) and hold only the resources, whose documents are shared (`Arc`) with the read
+//! kept as soon as a request passes them, so later requests start from them (about one replay
+//! of the log per process, not one per request; requests that arrive together on a fresh
+//! process may each fold their part). They hold only the resources, whose documents are shared (`Arc`) with the read
 //! model and between checkpoints, so each costs about a pointer and a key per resource. Past
 //! [`MAX_CHECKPOINTS`] the spacing doubles and every other checkpoint goes, which bounds the
 //! memory; the per-request fold then grows by the same factor (at 256k events and beyond).
@@ -59,7 +60,8 @@ impl History {
             for event in &page {
                 state.apply(event)?;
                 if event.seq % spacing == 0 {
-                    spacing = self.lock().keep(state.configuration());
+                    let checkpoint = state.configuration();
+                    spacing = self.lock().keep(checkpoint);
                 }
             }
         }
