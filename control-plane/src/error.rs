@@ -26,6 +26,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    TooManyProxies(#[from] crate::push::TooManyProxies),
 }
 
 impl IntoResponse for ApiError {
@@ -35,6 +37,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooManyProxies(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
             Self::Store(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

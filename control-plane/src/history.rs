@@ -5,16 +5,19 @@
 //! control plane's CPU in proportion to the whole history. Instead, the configuration is kept
 //! at checkpoints every [`FIRST_SPACING`] events: a request starts from the nearest checkpoint
 //! at or before the seq it asks for and folds at most one spacing of events. Checkpoints are
-//! made the first time a request passes them (one replay of the log per process, not per
-//! request) and hold only the resources, whose documents are shared (`Arc`) with the read
+//! kept as soon as a request passes them, so later requests start from them (about one replay
+//! of the log per process, not one per request; requests that arrive together on a fresh
+//! process may each fold their part). They hold only the resources, whose documents are shared (`Arc`) with the read
 //! model and between checkpoints, so each costs about a pointer and a key per resource. Past
 //! [`MAX_CHECKPOINTS`] the spacing doubles and every other checkpoint goes, which bounds the
 //! memory; the per-request fold then grows by the same factor (at 256k events and beyond).
-//! Requests take one lock, so however many arrive, history folding uses one core at most.
+//! The lock is held only to copy a checkpoint out or put one in, never across a store read or
+//! a fold: `GET /v1/diff` needs no token, so a flood of diffs (or the first one on a long log)
+//! must not queue an admin's rollback behind it.
 
 use std::collections::BTreeMap;
 
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::model::State;
 use crate::store::{EventStore, StoreError};
@@ -43,8 +46,11 @@ impl Default for History {
 impl History {
     /// The configuration (resources only) after event `seq`, which must not be past the head.
     pub async fn at(&self, store: &dyn EventStore, seq: u64) -> Result<State, StoreError> {
-        let mut checkpoints = self.checkpoints.lock().await;
-        let mut state = checkpoints.at.range(..=seq).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
+        let (mut state, mut spacing) = {
+            let checkpoints = self.lock();
+            let nearest = checkpoints.at.range(..=seq).next_back().map(|(_, s)| s.clone());
+            (nearest.unwrap_or_default(), checkpoints.spacing)
+        };
         while state.seq < seq {
             let wanted = usize::try_from(seq - state.seq).unwrap_or(usize::MAX).min(1000);
             let page = store.events_since(state.seq, wanted).await?;
@@ -53,23 +59,34 @@ impl History {
             }
             for event in &page {
                 state.apply(event)?;
-                if event.seq % checkpoints.spacing == 0 {
-                    checkpoints.keep(state.configuration());
+                if event.seq % spacing == 0 {
+                    let checkpoint = state.configuration();
+                    spacing = self.lock().keep(checkpoint);
                 }
             }
         }
         Ok(state.configuration())
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Checkpoints> {
+        self.checkpoints.lock().expect("history lock poisoned")
+    }
 }
 
 impl Checkpoints {
-    fn keep(&mut self, state: State) {
+    /// Keeps `state` if it still falls on the spacing (another request may have widened it
+    /// meanwhile); returns the spacing.
+    fn keep(&mut self, state: State) -> u64 {
+        if state.seq % self.spacing != 0 {
+            return self.spacing;
+        }
         self.at.insert(state.seq, state);
         if self.at.len() > MAX_CHECKPOINTS {
             self.spacing *= 2;
             let spacing = self.spacing;
             self.at.retain(|seq, _| seq % spacing == 0);
         }
+        self.spacing
     }
 }
 
@@ -101,6 +118,28 @@ mod tests {
             let read = store.read.swap(0, Ordering::Relaxed) as u64;
             assert!(read < FIRST_SPACING, "seq {seq} read {read} events");
         }
+    }
+
+    #[tokio::test]
+    async fn a_slow_fold_holds_up_no_other_request() {
+        let (_dir, store) = log_of(10_000).await;
+        let history = std::sync::Arc::new(History::default());
+        history.at(&*store, 10_000).await.unwrap();
+        let hung = store.hang.write().await;
+        let slow = tokio::spawn({
+            let (history, store) = (history.clone(), store.clone());
+            async move { history.at(&*store, 9_500).await.unwrap().seq }
+        });
+        // The slow request is now waiting on its store read.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!slow.is_finished());
+        let at_checkpoint =
+            tokio::time::timeout(std::time::Duration::from_secs(2), history.at(&*store, 3000))
+                .await
+                .expect("a request that needs no store read waited for another's");
+        assert_eq!(at_checkpoint.unwrap(), replayed(&store, 3000).await);
+        drop(hung);
+        assert_eq!(slow.await.unwrap(), 9_500);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   checkpoints, at a bounded cost per request.
 //! - [`push`]: snapshot streams to sidecars, ACK/NACK, and the proxies' sync status.
 //! - [`auth`]: who is calling (admin or a service's join token) and what it may act for.
+//! - [`listener`]: the API's TCP listener, which notices peers that vanish without a reset.
 //! - [`server`]: the `/v1` HTTP API — resources, history, rollback, the registry with leases.
 //! - [`error`]: the one mapping of the API's failures to HTTP responses.
 
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod error;
 pub mod history;
+pub mod listener;
 pub mod model;
 pub mod push;
 pub mod server;

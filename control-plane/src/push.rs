@@ -11,7 +11,8 @@
 //! an id already taken by another service would let any token squat the ids another service's
 //! sidecars are going to use, e.g. `web.default-1` in a container, and lock them out.) A proxy
 //! that disconnects stays listed, as disconnected, for the retention period, then is forgotten,
-//! so restarted sidecars (each a new id) do not pile up.
+//! so restarted sidecars (each a new id) do not pile up. A service has at most a set number of
+//! connected proxies, so one token cannot open push streams without end under made-up ids.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -33,6 +34,21 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// Connected proxies one service may have by default. A join token names any number of ids,
+/// so without a cap one token could hold push streams (a task and a socket each) without end.
+pub const DEFAULT_MAX_PER_SERVICE: usize = 10_000;
+
+/// A connection refused because its service already has as many connected proxies as allowed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "service {service}.{namespace} already has {max} connected proxies, the most a service may have: \
+     stop unused sidecars, or raise --max-proxies-per-service on the control plane"
+)]
+pub struct TooManyProxies {
+    pub service: String,
+    pub namespace: String,
+    pub max: usize,
+}
 
 /// A proxy: the id its sidecar chose, under the service its token may act for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,23 +106,41 @@ pub struct Proxies {
     generations: std::sync::atomic::AtomicU64,
     /// How long a disconnected proxy stays listed.
     retention: Duration,
+    /// Connected proxies one service may have.
+    max_per_service: usize,
     /// Snapshots sent, over all sidecars.
     pub pushes: std::sync::atomic::AtomicU64,
 }
 
 impl Proxies {
-    pub fn new(retention: Duration) -> Self {
+    pub fn new(retention: Duration, max_per_service: usize) -> Self {
         Self {
             by_key: Mutex::default(),
             generations: Default::default(),
             retention,
+            max_per_service,
             pushes: Default::default(),
         }
     }
 
     /// Records a (re)connection; returns its generation. `resume` is the version the sidecar
-    /// says it already has (acknowledged earlier, perhaps to another replica).
-    pub async fn connected(&self, key: &ProxyKey, resume: u64) -> u64 {
+    /// says it already has (acknowledged earlier, perhaps to another replica). A reconnection
+    /// replaces its proxy's old connection, so it is never refused.
+    pub async fn connected(&self, key: &ProxyKey, resume: u64) -> Result<u64, TooManyProxies> {
+        let mut by_key = self.by_key.lock().await;
+        let others = by_key
+            .iter()
+            .filter(|(k, p)| {
+                p.connected && *k != key && k.service == key.service && k.namespace == key.namespace
+            })
+            .count();
+        if others >= self.max_per_service {
+            return Err(TooManyProxies {
+                service: key.service.clone(),
+                namespace: key.namespace.clone(),
+                max: self.max_per_service,
+            });
+        }
         let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let status = ProxyStatus {
             id: key.id.clone(),
@@ -121,14 +155,13 @@ impl Proxies {
             last_nack: None,
             generation,
         };
-        let mut by_key = self.by_key.lock().await;
         let previous = by_key.insert(key.clone(), status);
         // A reconnecting sidecar keeps what it had acknowledged.
         if let (Some(old), Some(new)) = (previous, by_key.get_mut(key)) {
             new.acked_version = new.acked_version.max(old.acked_version);
             new.last_nack = old.last_nack;
         }
-        generation
+        Ok(generation)
     }
 
     pub async fn sent(&self, key: &ProxyKey, version: u64) {
@@ -298,10 +331,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_id_under_two_services_is_two_proxies() {
-        let proxies = Proxies::new(DEFAULT_RETENTION);
+        let proxies = Proxies::new(DEFAULT_RETENTION, DEFAULT_MAX_PER_SERVICE);
         let (real, claimed) = (key("users", "users.default-1"), key("evil", "users.default-1"));
-        proxies.connected(&real, 0).await;
-        proxies.connected(&claimed, 0).await;
+        proxies.connected(&real, 0).await.unwrap();
+        proxies.connected(&claimed, 0).await.unwrap();
         assert!(proxies.acknowledged(&real, 7, None).await, "the real sidecar's ACK still lands");
         let all = proxies.list().await;
         assert_eq!(all.len(), 2);
@@ -311,10 +344,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_disconnected_proxy_is_listed_until_the_retention_period_ends() {
-        let proxies = Proxies::new(Duration::from_secs(60));
+        let proxies = Proxies::new(Duration::from_secs(60), DEFAULT_MAX_PER_SERVICE);
         let (gone, staying) = (key("web", "web.default-1"), key("web", "web.default-2"));
-        let generation = proxies.connected(&gone, 0).await;
-        proxies.connected(&staying, 0).await;
+        let generation = proxies.connected(&gone, 0).await.unwrap();
+        proxies.connected(&staying, 0).await.unwrap();
         proxies.disconnected(&gone, generation).await;
         tokio::time::advance(Duration::from_secs(59)).await;
         proxies.forget_disconnected().await;
@@ -327,12 +360,28 @@ mod tests {
         assert_eq!(listed.len(), 1, "forgotten after the retention period");
         assert_eq!(listed[0].id, "web.default-2", "a connected proxy is never forgotten");
         // A sidecar that reconnects within the period is listed as connected again.
-        let generation = proxies.connected(&gone, 3).await;
+        let generation = proxies.connected(&gone, 3).await.unwrap();
         tokio::time::advance(Duration::from_secs(120)).await;
         proxies.forget_disconnected().await;
         assert_eq!(proxies.list().await.len(), 2);
         proxies.disconnected(&gone, generation - 1).await;
         assert!(proxies.list().await.iter().all(|p| p.connected), "an older connection's end is ignored");
+    }
+
+    #[tokio::test]
+    async fn a_service_has_at_most_its_cap_of_connected_proxies() {
+        let proxies = Proxies::new(DEFAULT_RETENTION, 2);
+        let first = proxies.connected(&key("web", "web-1"), 0).await.unwrap();
+        proxies.connected(&key("web", "web-2"), 0).await.unwrap();
+        let refused = proxies.connected(&key("web", "web-3"), 0).await.unwrap_err();
+        assert!(refused.to_string().contains("web.default already has 2 connected proxies"), "{refused}");
+        // Other services have caps of their own, and a reconnection replaces its old connection.
+        proxies.connected(&key("users", "users-1"), 0).await.unwrap();
+        proxies.connected(&key("web", "web-2"), 0).await.unwrap();
+        // A disconnected proxy, though still listed, leaves room.
+        proxies.disconnected(&key("web", "web-1"), first).await;
+        proxies.connected(&key("web", "web-3"), 0).await.unwrap();
+        assert_eq!(proxies.list().await.len(), 4);
     }
 
     #[test]

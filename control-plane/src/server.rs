@@ -38,6 +38,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 const PAGE_EVENTS: usize = 1000;
 /// Bytes of event data in one page of `GET /v1/events`, about, at most (always one event).
 const PAGE_BYTES: usize = 4 << 20;
+/// Events read from the store at a time while filling a page, so a request holds at most
+/// `PAGE_BYTES` plus one such chunk (an event's document came in a request body of at most
+/// 2 MiB, axum's limit).
+const PAGE_CHUNK: usize = 8;
 
 /// How a control plane is run.
 #[derive(Debug, Clone)]
@@ -46,11 +50,17 @@ pub struct Settings {
     pub admin_token: String,
     /// How long a disconnected proxy stays in `/v1/proxies`.
     pub proxy_retention: Duration,
+    /// Connected proxies one service may have (beyond it `GET /v1/push` answers 429).
+    pub max_proxies_per_service: usize,
 }
 
 impl Settings {
     pub fn new(admin_token: String) -> Self {
-        Self { admin_token, proxy_retention: push::DEFAULT_RETENTION }
+        Self {
+            admin_token,
+            proxy_retention: push::DEFAULT_RETENTION,
+            max_proxies_per_service: push::DEFAULT_MAX_PER_SERVICE,
+        }
     }
 }
 
@@ -108,7 +118,7 @@ impl ControlPlane {
             state: RwLock::new(state),
             leases: Mutex::new(leases),
             admin_token: AdminToken::new(&settings.admin_token),
-            proxies: Proxies::new(settings.proxy_retention),
+            proxies: Proxies::new(settings.proxy_retention, settings.max_proxies_per_service),
             history: History::default(),
             snapshot: std::sync::Mutex::new(None),
             stopping: CancellationToken::new(),
@@ -268,14 +278,17 @@ impl ControlPlane {
     }
 
     /// Who is calling (401 without a valid token). Knows tokens created through another
-    /// replica by catching up with the log when the token is not known yet.
+    /// replica by catching up with the log when the token is not known yet — only up to the
+    /// head the store's watch has announced, so a made-up token costs no store read (it would
+    /// be one per unauthenticated request) and hears 401, not 503, while the store is down.
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
         match self.admin_token.presented(headers) {
             None => Err(ApiError::Unauthorized),
             Some(Presented::Admin) => Ok(Caller::Admin),
             Some(Presented::Join { id, secret }) => {
                 if !self.state.read().await.tokens.contains_key(id) {
-                    self.refresh().await?;
+                    let followed = *self.store.subscribe().borrow();
+                    self.refresh_to(followed).await?;
                 }
                 let state = self.state.read().await;
                 crate::auth::join_token(&state.tokens, id, secret)
@@ -536,8 +549,10 @@ struct EventsQuery {
 }
 
 /// `GET /v1/events`: one page of the log after `since`. A page is bounded in events and in bytes
-/// (documents can be large), read from the store a little at a time so that memory is too; the
-/// caller pages on with `since` = the last seq it got.
+/// (documents can be large); it is read from the store [`PAGE_CHUNK`] events at a time, so a
+/// request holds at most `PAGE_BYTES` plus one chunk: about 20 MiB when every event is as large
+/// as a request body may be, 4 MiB in practice. The caller pages on with `since` = the last seq
+/// it got.
 async fn events(
     AxumState(cp): AxumState<Shared>,
     q: Result<Query<EventsQuery>, QueryRejection>,
@@ -547,7 +562,7 @@ async fn events(
     let mut events = Vec::new();
     let (mut after, mut bytes) = (q.since, 0);
     'page: while events.len() < limit {
-        let chunk = cp.store.events_since(after, (limit - events.len()).min(100)).await?;
+        let chunk = cp.store.events_since(after, (limit - events.len()).min(PAGE_CHUNK)).await?;
         if chunk.is_empty() {
             break;
         }
@@ -824,7 +839,7 @@ async fn push(
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let key = ProxyKey::new(&q.service, &q.namespace, &q.id).map_err(ApiError::BadRequest)?;
     caller.act_for(&key.service, &key.namespace)?;
-    let generation = cp.proxies.connected(&key, q.version).await;
+    let generation = cp.proxies.connected(&key, q.version).await?;
     let (tx, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
     tokio::spawn(push::stream(cp.clone(), key, generation, q.version, tx));
     let mut res = Response::new(axum::body::Body::new(body));
@@ -840,15 +855,32 @@ struct Ack {
     error: Option<String>,
 }
 
-/// Which service's proxy an ACK is for: the one its push stream named.
+/// Which service's proxy an ACK is for: the one its push stream named. A join token's own
+/// service when left out, as sidecars one version back do (they predate the parameter).
 #[derive(Deserialize)]
 struct AckQuery {
-    service: String,
-    #[serde(default = "default_namespace")]
-    namespace: String,
+    service: Option<String>,
+    namespace: Option<String>,
 }
 
-/// `POST /v1/proxies/{id}/ack?service=&namespace=`: the sidecar's verdict on a version (`error`
+impl AckQuery {
+    fn key(self, caller: &Caller, id: &str) -> ApiResult<ProxyKey> {
+        let (service, namespace) =
+            match (self.service, caller) {
+                (Some(service), _) => (service, self.namespace.unwrap_or_else(default_namespace)),
+                (None, Caller::Service(t)) => {
+                    (t.service.clone(), self.namespace.unwrap_or_else(|| t.namespace.clone()))
+                }
+                (None, Caller::Admin) => return Err(ApiError::BadRequest(
+                    "service is required when the admin token ACKs: add ?service=NAME (the proxy's service)"
+                        .into(),
+                )),
+            };
+        ProxyKey::new(&service, &namespace, id).map_err(ApiError::BadRequest)
+    }
+}
+
+/// `POST /v1/proxies/{id}/ack[?service=&namespace=]`: the sidecar's verdict on a version (`error`
 /// set: a NACK), for its proxy under that service.
 async fn ack(
     caller: Caller,
@@ -858,7 +890,7 @@ async fn ack(
     ack: Result<Json<Ack>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let key = ProxyKey::new(&q.service, &q.namespace, &id).map_err(ApiError::BadRequest)?;
+    let key = q.key(&caller, &id)?;
     caller.act_for(&key.service, &key.namespace)?;
     let Json(ack) = ack.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(error) = &ack.error {
@@ -1024,7 +1056,10 @@ pub const OPERATIONS: &[Operation] = &[
         path: "/v1/proxies/{id}/ack",
         summary: "ACK (or NACK, with error) a pushed version",
         admin: true,
-        query: &[("service", "The service the proxy connected as"), ("namespace", "Its namespace (default: default)")],
+        query: &[
+            ("service", "The service the proxy connected as (default: the join token's; required with the admin token)"),
+            ("namespace", "Its namespace (default: the join token's, else default)"),
+        ],
         body: Some(("application/json", "{version, error?}")),
         handler: || post(ack),
     },

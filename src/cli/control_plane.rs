@@ -31,16 +31,24 @@ pub struct Args {
     /// How long a disconnected sidecar stays in `pilotfish proxies` before it is forgotten.
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     proxy_retention: pilotfish_api::Duration,
+    /// Connected sidecars one service may have; beyond it a new push stream is refused (429).
+    #[arg(long, value_name = "N", default_value_t = pilotfish_control_plane::push::DEFAULT_MAX_PER_SERVICE)]
+    max_proxies_per_service: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { data_dir, store, listen, admin_token, proxy_retention } = args;
+    let Args { data_dir, store, listen, admin_token, proxy_retention, max_proxies_per_service } = args;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pilotfish-control-plane")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(data_dir, store, listen, admin_token, proxy_retention.get()))
+    let settings = |token| Settings {
+        proxy_retention: proxy_retention.get(),
+        max_proxies_per_service,
+        ..Settings::new(token)
+    };
+    runtime.block_on(serve(data_dir, store, listen, admin_token, settings))
 }
 
 async fn serve(
@@ -48,7 +56,7 @@ async fn serve(
     store: Option<String>,
     listen: SocketAddr,
     admin_token: Option<String>,
-    proxy_retention: std::time::Duration,
+    settings: impl FnOnce(String) -> Settings,
 ) -> anyhow::Result<()> {
     if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         anyhow::bail!("--admin-token must not be empty");
@@ -78,8 +86,7 @@ async fn serve(
             (Arc::new(store), token)
         }
     };
-    let settings = Settings { proxy_retention, ..Settings::new(token) };
-    let cp = ControlPlane::open(store, settings).await.context("loading the read model")?;
+    let cp = ControlPlane::open(store, settings(token)).await.context("loading the read model")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}: is another control plane running?"))?;
@@ -99,7 +106,9 @@ async fn serve(
         stopping.stop();
         shutdown.cancel();
     });
-    axum::serve(listener, cp.router()).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    axum::serve(pilotfish_control_plane::listener::with_keepalive(listener), cp.router())
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await?;
     tracing::info!("control plane stopped");
     Ok(())
 }

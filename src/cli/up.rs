@@ -157,7 +157,9 @@ async fn up(args: Args) -> anyhow::Result<()> {
     let router = cp.router();
     let cp_stopped = stop_cp.clone();
     let cp_server = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(cp_stopped.cancelled_owned()).await
+        axum::serve(pilotfish_control_plane::listener::with_keepalive(listener), router)
+            .with_graceful_shutdown(cp_stopped.cancelled_owned())
+            .await
     });
     if let Some(config) = config {
         let applied =

@@ -188,3 +188,92 @@ async fn an_unreachable_store_makes_the_replica_unready_and_calls_503_with_retry
     assert_eq!(call(&cp, "GET", "/readyz", None, "").await.0, StatusCode::OK);
     assert_eq!(call(&cp, "POST", "/v1/resources", Some(ADMIN), doc).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_sidecar_one_version_back_acks_without_naming_its_service() {
+    let (_dir, _store, cp) = empty().await;
+    let web = join_token(&cp, "web").await;
+    let doc = "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n";
+    assert_eq!(call(&cp, "POST", "/v1/resources", Some(ADMIN), doc).await.0, StatusCode::OK);
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", None, "").await;
+    let head = list["version"].as_u64().unwrap();
+    let stream = send(&cp, "GET", "/v1/push?id=web-1&service=web", Some(&web), "").await;
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    let ack = format!(r#"{{"version": {head}}}"#);
+    let (status, _, body) = call(&cp, "POST", "/v1/proxies/web-1/ack", Some(&web), &ack).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", None, "").await;
+    assert_eq!(list["items"][0]["current"], true, "{list}");
+    // The admin may ACK for any service, so it must say which.
+    let (status, _, body) = call(&cp, "POST", "/v1/proxies/web-1/ack", Some(ADMIN), &ack).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("service is required"), "{body}");
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_made_up_join_token_is_refused_without_a_store_read() {
+    let (_dir, store, cp) = empty().await;
+    store.down.store(true, Ordering::Relaxed);
+    for (method, uri) in
+        [("GET", "/v1/push?id=x&service=web"), ("POST", "/v1/endpoints"), ("POST", "/v1/proxies/x/ack")]
+    {
+        let (status, _, body) = call(&cp, method, uri, Some("random.x"), "{}").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {body}");
+    }
+    // A token written to the log behind this replica's back (by another one) is still known.
+    store.down.store(false, Ordering::Relaxed);
+    let record = crate::model::TokenRecord {
+        id: "elsewhere".into(),
+        service: "web".into(),
+        namespace: "default".into(),
+        secret_sha256: crate::auth::sha256_hex(b"s3cret"),
+    };
+    let created = AppendRequest::new("Token/elsewhere", kind::TOKEN_CREATED, json!(record), "admin");
+    store.append(created).await.unwrap();
+    let stream = send(&cp, "GET", "/v1/push?id=web-1&service=web", Some("elsewhere.s3cret"), "").await;
+    assert_eq!(stream.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_event_page_reads_at_most_one_chunk_beyond_its_bytes() {
+    let (_dir, store, cp) = empty().await;
+    let big = "x".repeat(500 * 1024);
+    for i in 0..40 {
+        let doc = json!({ "kind": "Service", "spec": { "big": big } });
+        let append = AppendRequest::new(format!("Service/default/s{i}"), kind::RESOURCE_APPLIED, doc, "test");
+        store.append(append).await.unwrap();
+    }
+    store.read.store(0, Ordering::Relaxed);
+    let (_, _, page) = call(&cp, "GET", "/v1/events", None, "").await;
+    let n = page["events"].as_array().unwrap().len();
+    let read = store.read.load(Ordering::Relaxed);
+    // The page's 4 MiB and one chunk of 8 events beyond it, not a whole store read of 100.
+    assert!(read <= n + 8, "{read} events of 500 KiB read for a page of {n}");
+}
+
+#[tokio::test]
+async fn one_service_cannot_hold_push_streams_without_end() {
+    let (_dir, store) = log_of(0).await;
+    let settings = Settings { max_proxies_per_service: 2, ..Settings::new(ADMIN.to_owned()) };
+    let cp = ControlPlane::open(store, settings).await.unwrap();
+    let web = join_token(&cp, "web").await;
+    let streams: Vec<_> = open_streams(&cp, &web, 2).await;
+    let refused = send(&cp, "GET", "/v1/push?id=web-3&service=web", Some(&web), "").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = http_body_util::BodyExt::collect(refused.into_body()).await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("--max-proxies-per-service"), "{body}");
+    drop(streams);
+}
+
+async fn open_streams(cp: &Shared, token: &str, n: usize) -> Vec<Response> {
+    let mut streams = Vec::new();
+    for i in 1..=n {
+        let stream = send(cp, "GET", &format!("/v1/push?id=web-{i}&service=web"), Some(token), "").await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        streams.push(stream);
+    }
+    streams
+}

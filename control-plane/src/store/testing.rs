@@ -1,5 +1,5 @@
-//! For tests of what sits on the store: an embedded store that counts the events it hands out
-//! and can be made unreachable, and logs of any length to put in it.
+//! For tests of what sits on the store: an embedded store that counts the events it hands out,
+//! can be made unreachable or made to hang, and logs of any length to put in it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub struct Instrumented {
     pub read: AtomicUsize,
     /// While set, every call fails as an unreachable store's would.
     pub down: AtomicBool,
+    /// While a test holds it for writing, `events_since` hangs (a slow store read).
+    pub hang: tokio::sync::RwLock<()>,
 }
 
 impl Instrumented {
@@ -40,6 +42,7 @@ impl EventStore for Instrumented {
 
     async fn events_since(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
         self.reachable()?;
+        let _unhung = self.hang.read().await;
         let events = self.inner.events_since(after_seq, limit).await?;
         self.read.fetch_add(events.len(), Ordering::Relaxed);
         Ok(events)
@@ -74,7 +77,12 @@ impl EventStore for Instrumented {
 pub async fn log_of(n: u64) -> (tempfile::TempDir, Arc<Instrumented>) {
     let dir = tempfile::tempdir().unwrap();
     let inner = Embedded::open(dir.path()).await.unwrap();
-    let store = Instrumented { inner, read: AtomicUsize::new(0), down: AtomicBool::new(false) };
+    let store = Instrumented {
+        inner,
+        read: AtomicUsize::new(0),
+        down: AtomicBool::new(false),
+        hang: Default::default(),
+    };
     let mut seq = 0;
     while seq < n {
         let batch: Vec<_> = (seq + 1..=(seq + 500).min(n))

@@ -1,0 +1,49 @@
+//! The API's listener: every accepted connection gets TCP keepalive and a TCP user timeout, so
+//! a peer that vanishes without a reset (host powered off, network partitioned) is noticed in
+//! bounded time. Without them the push stream's keepalive lines would sit in the send buffer
+//! while the kernel retransmits for about 15 minutes, and the sidecar would stay "connected".
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::serve::{Listener, ListenerExt};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Idle time before the first keepalive probe, and between probes.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Data (a keepalive line or probe) unacknowledged for this long ends the connection.
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `listener`, with keepalive and the user timeout set on each connection it accepts.
+pub fn with_keepalive(listener: TcpListener) -> impl Listener<Io = TcpStream, Addr = SocketAddr> {
+    listener.tap_io(|tcp| {
+        let socket = SockRef::from(&*tcp);
+        let keepalive = TcpKeepalive::new().with_time(KEEPALIVE).with_interval(KEEPALIVE);
+        let set = socket
+            .set_tcp_keepalive(&keepalive)
+            .and_then(|()| socket.set_tcp_user_timeout(Some(USER_TIMEOUT)));
+        // The connection still works; it is only noticed later if its peer vanishes.
+        if let Err(e) = set {
+            tracing::warn!(error = %e, "cannot set TCP keepalive on an API connection");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_probe_a_silent_peer_and_give_up_on_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = with_keepalive(listener);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        let socket = SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+    }
+}
