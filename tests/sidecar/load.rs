@@ -2,6 +2,18 @@
 
 use crate::support::*;
 
+/// `n` requests as 100 concurrent streams on one HTTP/2 connection; h2load's report.
+async fn h2load_100_streams(n: usize, url: &str) -> String {
+    let out = tokio::process::Command::new("h2load")
+        .args(["-n", &n.to_string(), "-c", "1", "-m", "100", url])
+        .output()
+        .await
+        .expect("h2load is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2load_100_streams_on_one_connection_without_errors() {
     let users = backend("users").await;
@@ -12,13 +24,7 @@ async fn h2load_100_streams_on_one_connection_without_errors() {
         service_doc("users", &[users.addr], &format!("  localPort: {port}\n"))
     );
     let sc = Sidecar::start(&config);
-    let out = tokio::process::Command::new("h2load")
-        .args(["-n", "5000", "-c", "1", "-m", "100", &format!("http://127.0.0.1:{port}/load")])
-        .output()
-        .await
-        .expect("h2load is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = h2load_100_streams(5000, &format!("http://127.0.0.1:{port}/load")).await;
     assert!(
         text.contains(
             "requests: 5000 total, 5000 started, 5000 done, 5000 succeeded, 0 failed, 0 errored, 0 timeout"
@@ -52,13 +58,7 @@ async fn a_burst_to_an_upstream_with_a_listen_backlog_of_5_gets_no_errors() {
         )
     );
     let _sc = Sidecar::start(&config);
-    let out = tokio::process::Command::new("h2load")
-        .args(["-n", "2000", "-c", "1", "-m", "100", &format!("http://127.0.0.1:{port}/hello.txt")])
-        .output()
-        .await
-        .expect("h2load is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = h2load_100_streams(2000, &format!("http://127.0.0.1:{port}/hello.txt")).await;
     assert!(text.contains("2000 succeeded, 0 failed, 0 errored, 0 timeout"), "{text}");
     assert!(text.contains("status codes: 2000 2xx"), "{text}");
 }

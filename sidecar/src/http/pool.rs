@@ -613,22 +613,19 @@ mod tests {
         (addr, accepted)
     }
 
-    #[tokio::test]
-    async fn a_burst_waits_for_released_connections_instead_of_opening_one_each() {
-        let (addr, accepted) = sleepy_server(Duration::from_millis(100)).await;
-        let conns = EndpointConns::new(addr);
+    fn connect<'a>(open: &'a Arc<AtomicUsize>, pending: &'a AtomicUsize, timeout: Duration) -> Connect<'a> {
+        Connect { timeout, open, max_open: usize::MAX, pending, max_pending: usize::MAX }
+    }
+
+    /// `n` concurrent GETs, each releasing its connection once its body is read; their bodies,
+    /// and the count of requests still waiting for a connection at the end (0).
+    async fn burst(conns: &Arc<EndpointConns>, n: usize) -> (Vec<bytes::Bytes>, usize) {
         let (open, pending) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut requests = tokio::task::JoinSet::new();
-        for _ in 0..20 {
+        for _ in 0..n {
             let (conns, open, pending) = (conns.clone(), open.clone(), pending.clone());
             requests.spawn(async move {
-                let connect = Connect {
-                    timeout: Duration::from_secs(5),
-                    open: &open,
-                    max_open: usize::MAX,
-                    pending: &pending,
-                    max_pending: usize::MAX,
-                };
+                let connect = connect(&open, &pending, Duration::from_secs(5));
                 let (res, conn) = conns.send(Version::Http1, get(), &connect).await.ok().unwrap();
                 use http_body_util::BodyExt;
                 let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -636,37 +633,29 @@ mod tests {
                 body
             });
         }
+        let bodies = tokio::time::timeout(Duration::from_secs(10), requests.join_all()).await.unwrap();
+        (bodies, pending.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_burst_waits_for_released_connections_instead_of_opening_one_each() {
+        let (addr, accepted) = sleepy_server(Duration::from_millis(100)).await;
         // Two connections get through the backlog and the rest of the burst waits, within the
         // slow-start window, for them to answer: released and reused, they carry the burst, and
         // no request waits out a SYN retransmit (a second) as one connection per request would.
-        let answered = tokio::time::timeout(Duration::from_secs(10), requests.join_all()).await.unwrap();
-        assert!(answered.iter().all(|body| body == "ok"));
+        let (bodies, pending) = burst(&EndpointConns::new(addr), 20).await;
+        assert!(bodies.iter().all(|body| body == "ok"));
         let made = accepted.load(Ordering::SeqCst);
         assert!(made < 20, "{made} connections for 20 requests");
-        assert_eq!(pending.load(Ordering::SeqCst), 0);
-    }
-
-    fn connect<'a>(open: &'a Arc<AtomicUsize>, pending: &'a AtomicUsize, timeout: Duration) -> Connect<'a> {
-        Connect { timeout, open, max_open: usize::MAX, pending, max_pending: usize::MAX }
+        assert_eq!(pending, 0);
     }
 
     #[tokio::test]
     async fn the_window_follows_the_connections_that_answer() {
         let (addr, accepted) = sleepy_server(Duration::ZERO).await;
         let conns = EndpointConns::new(addr);
-        let (open, pending) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let mut requests = tokio::task::JoinSet::new();
-        for _ in 0..40 {
-            let (conns, open, pending) = (conns.clone(), open.clone(), pending.clone());
-            requests.spawn(async move {
-                let connect = connect(&open, &pending, Duration::from_secs(5));
-                let (res, conn) = conns.send(Version::Http1, get(), &connect).await.ok().unwrap();
-                use http_body_util::BodyExt;
-                res.into_body().collect().await.unwrap();
-                conn.unwrap().release();
-            });
-        }
-        tokio::time::timeout(Duration::from_secs(10), requests.join_all()).await.unwrap();
+        let (bodies, _) = burst(&conns, 40).await;
+        assert_eq!(bodies.len(), 40);
         // Every connection is accounted for once the burst is over — answered, or made for the
         // queue but never used — and the window grew past its start as connections answered.
         let settled = tokio::time::timeout(Duration::from_secs(5), async {
