@@ -34,9 +34,16 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
 }
 
-/// A port that was free a moment ago (for `localPort`, which must be known up front).
+/// A port that was free a moment ago (for `localPort`, which must be known up front). Picked
+/// below the kernel's ephemeral range (32768-60999), where no `bind(0)` or outgoing connection of
+/// a test running in parallel can take it before the sidecar binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `pilotfish sidecar`, killed on drop.
