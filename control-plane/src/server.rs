@@ -173,6 +173,7 @@ impl ControlPlane {
         }
         router
             .fallback(|| async { ApiError::NotFound("no such API path (see /v1/openapi.json)".into()) })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .with_state(self.clone())
     }
 

@@ -54,6 +54,26 @@ async fn join_token(cp: &Shared, service: &str) -> String {
 }
 
 #[tokio::test]
+async fn every_error_is_json_even_from_routing_and_extractors() {
+    let (_dir, _store, cp) = empty().await;
+    let (status, headers, body) = call(&cp, "PATCH", "/v1/resources", None, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string(), "{body}");
+    let allow = headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow:?}");
+    for (method, uri, token, body) in [
+        ("GET", "/v1/nothing-here", None, ""),
+        ("GET", "/v1/events?since=abc", None, ""),
+        ("POST", "/v1/rollback", Some(ADMIN), "{bad"),
+        ("POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": "x"}"#),
+    ] {
+        let (status, _, out) = call(&cp, method, uri, token, body).await;
+        assert!(status.is_client_error(), "{method} {uri}: {status}");
+        assert!(out["error"].is_string(), "{method} {uri} {body}: {status} {out}");
+    }
+}
+
+#[tokio::test]
 async fn every_operation_that_needs_a_token_answers_401_before_reading_the_request() {
     let (_dir, _store, cp) = empty().await;
     for op in OPERATIONS.iter().filter(|op| op.admin) {
