@@ -21,7 +21,7 @@ pub const PILOTFISH_V1ALPHA1: &str = "pilotfish.io/v1alpha1";
 /// What Pilotfish keeps of an object's metadata (what a cluster sets is dropped first, see
 /// [`crate::manifest`]); labels and annotations are stored and shown back, with no effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
     #[serde(default = "default_namespace")]
@@ -148,7 +148,7 @@ impl fmt::Display for ConfigError {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct Envelope<S> {
     #[allow(dead_code)]
     api_version: String,
@@ -193,8 +193,24 @@ pub fn parse_stream(source: &str, text: &str) -> Result<Vec<Resource>, ConfigErr
     parse(source, text).map(|parsed| parsed.resources)
 }
 
+/// What parsing does with a field this version does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownFields {
+    /// Refuse it, naming the field: what users write (files, the API) is checked strictly, so a
+    /// typo never passes silently.
+    Refuse,
+    /// Ignore it with a warning: configuration pushed by a control plane of a newer version may
+    /// carry fields this sidecar does not know yet (the supported skew is in the README).
+    Tolerate,
+}
+
 /// [`parse_stream`], with the warnings about fields accepted with a caveat.
 pub fn parse(source: &str, text: &str) -> Result<Parsed, ConfigError> {
+    parse_with(source, text, UnknownFields::Refuse)
+}
+
+/// [`parse`], choosing what an unknown field does.
+pub fn parse_with(source: &str, text: &str, unknown: UnknownFields) -> Result<Parsed, ConfigError> {
     let mut resources = Vec::new();
     let mut positions = Vec::new();
     let mut warnings = Vec::new();
@@ -211,7 +227,7 @@ pub fn parse(source: &str, text: &str) -> Result<Parsed, ConfigError> {
         if value.is_null() {
             continue;
         }
-        let (resource, caveats) = parse_document(value).map_err(|(object, e)| error(object, e))?;
+        let (resource, caveats) = parse_document(value, unknown).map_err(|(object, e)| error(object, e))?;
         warnings.extend(caveats.into_iter().map(|w| Warning {
             origin: source.to_owned(),
             document: index + 1,
@@ -239,7 +255,10 @@ fn describe(r: &Resource) -> String {
 
 type DocumentError = (Option<String>, FieldError);
 
-fn parse_document(mut value: serde_yaml_ng::Value) -> Result<(Resource, Vec<FieldWarning>), DocumentError> {
+fn parse_document(
+    mut value: serde_yaml_ng::Value,
+    unknown: UnknownFields,
+) -> Result<(Resource, Vec<FieldWarning>), DocumentError> {
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
     let api_version = text("apiVersion").ok_or_else(|| {
         (None, FieldError::new("apiVersion", "missing: every document needs apiVersion and kind"))
@@ -259,22 +278,28 @@ fn parse_document(mut value: serde_yaml_ng::Value) -> Result<(Resource, Vec<Fiel
         let reason = format!("{kind} is served as {expected}, not {api_version}");
         return Err((object, FieldError::new("apiVersion", reason)));
     }
-    let warnings = manifest::carry_over(&kind, &mut value).map_err(|e| (object.clone(), e))?;
+    let mut warnings = manifest::carry_over(&kind, &mut value).map_err(|e| (object.clone(), e))?;
     fn object_of<S: DeserializeOwned>(
         value: serde_yaml_ng::Value,
+        unknown: UnknownFields,
         object: &Option<String>,
+        warnings: &mut Vec<FieldWarning>,
         validate: impl Fn(&S) -> Result<(), FieldError>,
     ) -> Result<Object<S>, DocumentError> {
-        let env: Envelope<S> = typed(value).map_err(|e| (object.clone(), e))?;
+        let (env, ignored): (Envelope<S>, _) = typed(value, unknown).map_err(|e| (object.clone(), e))?;
+        warnings.extend(ignored);
         validate(&env.spec).map_err(|e| (object.clone(), e))?;
         Ok(Object { metadata: env.metadata, spec: env.spec })
     }
+    let w = &mut warnings;
     let resource = match kind.as_str() {
-        "Sidecar" => Resource::Sidecar(object_of(value, &object, SidecarSpec::validate)?),
-        "Service" => Resource::Service(object_of(value, &object, ServiceSpec::validate)?),
-        "HTTPRoute" => Resource::HttpRoute(object_of(value, &object, HttpRouteSpec::validate)?),
-        "BackendPolicy" => Resource::BackendPolicy(object_of(value, &object, BackendPolicySpec::validate)?),
-        _ => Resource::RateLimitPolicy(object_of(value, &object, RateLimitPolicySpec::validate)?),
+        "Sidecar" => Resource::Sidecar(object_of(value, unknown, &object, w, SidecarSpec::validate)?),
+        "Service" => Resource::Service(object_of(value, unknown, &object, w, ServiceSpec::validate)?),
+        "HTTPRoute" => Resource::HttpRoute(object_of(value, unknown, &object, w, HttpRouteSpec::validate)?),
+        "BackendPolicy" => {
+            Resource::BackendPolicy(object_of(value, unknown, &object, w, BackendPolicySpec::validate)?)
+        }
+        _ => Resource::RateLimitPolicy(object_of(value, unknown, &object, w, RateLimitPolicySpec::validate)?),
     };
     let m = resource.metadata();
     let object = Some(describe(&resource));
@@ -284,12 +309,52 @@ fn parse_document(mut value: serde_yaml_ng::Value) -> Result<(Resource, Vec<Fiel
     Ok((resource, warnings))
 }
 
-fn typed<S: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<S, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+/// Deserializes `value`, noting every field it does not know: refused (the first one), or
+/// returned as warnings.
+fn typed<S: DeserializeOwned>(
+    value: serde_yaml_ng::Value,
+    unknown: UnknownFields,
+) -> Result<(S, Vec<FieldWarning>), FieldError> {
+    let mut ignored = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| ignored.push(field_path(&path));
+    let de = serde_ignored::Deserializer::new(value, &mut note);
+    let typed = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         FieldError::new(field, e.into_inner().to_string())
-    })
+    })?;
+    match unknown {
+        UnknownFields::Refuse => match ignored.into_iter().next() {
+            Some(field) => {
+                let name = field.rsplit(['.', '[']).next().unwrap_or(&field).to_owned();
+                Err(FieldError::new(field, format!("unknown field `{name}`: check its spelling and place")))
+            }
+            None => Ok((typed, Vec::new())),
+        },
+        UnknownFields::Tolerate => {
+            let message = "not known to this version: ignored".to_owned();
+            Ok((
+                typed,
+                ignored.into_iter().map(|field| FieldWarning { field, message: message.clone() }).collect(),
+            ))
+        }
+    }
+}
+
+/// `spec.endpoints[1].zone`, the form every error and warning uses.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
 }
 
 /// Names follow Kubernetes' DNS-1123 label rule, so they can appear in host names.
@@ -464,6 +529,23 @@ spec:
             text.starts_with("web.yaml: document 2 (Service default/users): spec.endpoints[1].address: "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_newer_control_planes_fields_are_tolerated_with_a_warning_and_refused_from_users() {
+        let future = GOOD
+            .replace("localPort: 18081", "localPort: 18081\n  trafficPolicy: {zoneAware: true}")
+            .replace("{address: 127.0.0.1:9001}", "{address: 127.0.0.1:9001, zone: eu-1}");
+        let err = parse_stream("f", &future).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason.contains("unknown field")),
+            ("spec.endpoints[0].zone", true)
+        );
+        let parsed = parse_with("f", &future, UnknownFields::Tolerate).unwrap();
+        let tolerant = parse_stream("f", GOOD).unwrap();
+        assert_eq!(parsed.resources, tolerant, "the known fields mean what they meant");
+        let fields: Vec<&str> = parsed.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(fields, ["spec.endpoints[0].zone", "spec.trafficPolicy"]);
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub mod route;
 pub mod service;
 pub mod sidecar;
 
-pub use document::{parse, parse_stream, ConfigError, Metadata, Parsed, Resource, Warning};
+pub use document::{
+    parse, parse_stream, parse_with, ConfigError, Metadata, Parsed, Resource, UnknownFields, Warning,
+};
 pub use duration::Duration;
 pub use service::{Endpoint, Protocol, ServicePort, ServiceSpec};
 pub use sidecar::SidecarSpec;

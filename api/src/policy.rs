@@ -8,7 +8,7 @@ use crate::document::FieldError;
 use crate::{bounds, Duration};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TargetRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -19,7 +19,7 @@ pub struct TargetRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendPolicySpec {
     pub target_ref: TargetRef,
     #[serde(default)]
@@ -49,7 +49,7 @@ pub enum LoadBalancer {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     #[serde(default = "five")]
     pub consecutive_failures: u32,
@@ -81,7 +81,7 @@ fn default_failure_on() -> Vec<FailureKind> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceLimits {
     #[serde(default = "many")]
     pub max_connections: u32,
@@ -92,7 +92,7 @@ pub struct ServiceLimits {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries allowed as a fraction of requests.
     #[serde(default = "twenty_percent")]
@@ -103,7 +103,7 @@ pub struct RetryBudget {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Conditions besides the route's status codes: `5xx`, `gateway-error`, `connect-failure`,
     /// `reset`, `retriable-status-codes`.
@@ -137,7 +137,7 @@ fn default_retry_on() -> Vec<RetryOn> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     #[serde(default = "healthz")]
     pub path: String,
@@ -152,7 +152,7 @@ pub struct HealthCheck {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {
     pub target_ref: TargetRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,7 +171,7 @@ pub struct RateLimitPolicySpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimitKey {
     /// Budget per value of this request header (requests without it share one budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,7 @@ use crate::{bounds, Duration};
 pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     /// The Services whose traffic this route shapes (`kind: Service`; a mesh route).
     pub parent_refs: Vec<ParentRef>,
@@ -22,7 +22,7 @@ pub struct HttpRouteSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -44,7 +44,7 @@ fn service_kind() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -63,7 +63,7 @@ pub struct RouteRule {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
@@ -76,7 +76,7 @@ pub struct RouteMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PathMatch {
     #[serde(default = "path_prefix", rename = "type")]
     pub kind: PathMatchType,
@@ -100,7 +100,7 @@ pub enum PathMatchType {
 
 /// A header or query parameter match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ValueMatch {
     #[serde(default = "exact", rename = "type")]
     pub kind: ValueMatchType,
@@ -119,7 +119,7 @@ pub enum ValueMatchType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -139,7 +139,7 @@ fn one() -> u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteTimeouts {
     /// The whole exchange as the caller sees it, all retries included (to response headers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +151,7 @@ pub struct RouteTimeouts {
 
 /// GEP-1731 retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteRetry {
     /// Retries after the first attempt.
     #[serde(default = "two")]

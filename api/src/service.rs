@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::document::FieldError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// The ports the service is called on, each with its application protocol.
     #[serde(default)]
@@ -27,7 +27,7 @@ pub struct ServiceSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub port: u16,
     /// Omitted: the sidecar detects HTTP/1, HTTP/2 or opaque TCP per connection.
@@ -48,7 +48,7 @@ pub enum Protocol {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// `IP:PORT` of the instance (its sidecar's inbound listener when it has one).
     pub address: SocketAddr,

@@ -8,7 +8,7 @@ use crate::document::FieldError;
 use crate::{bounds, Duration};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SidecarSpec {
     /// Admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
     #[serde(default = "default_admin")]
@@ -29,7 +29,7 @@ pub struct SidecarSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InboundSpec {
     #[serde(default = "default_inbound")]
     pub listen: SocketAddr,
@@ -41,14 +41,14 @@ pub struct InboundSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OutboundSpec {
     #[serde(default = "default_outbound")]
     pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     /// Establishing a TCP connection to an endpoint or the app.
     #[serde(default = "default_connect")]
@@ -74,7 +74,7 @@ pub struct Timeouts {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Concurrent connections per listener; further connections wait in the accept backlog.
     #[serde(default = "default_max_connections")]

@@ -17,7 +17,7 @@ use pilotfish_api::policy::{
     RateLimitPolicySpec, RetryBudget, ServiceLimits, TargetRef,
 };
 use pilotfish_api::sidecar::InboundSpec;
-use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec, Warning};
+use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec, UnknownFields, Warning};
 use prometheus::IntCounter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -229,10 +229,24 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Result<Self, BuildError> {
+        Self::build_with(source, text, overrides, previous, metrics, UnknownFields::Refuse)
+    }
+
+    /// [`Snapshot::build`], choosing what a field this version does not know does: refused in
+    /// what users write, tolerated (with a warning) in what a newer control plane pushes.
+    pub fn build_with(
+        source: &str,
+        text: &str,
+        overrides: &Overrides,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        unknown: UnknownFields,
+    ) -> Result<Self, BuildError> {
         // Unwind safety: a panic leaves nothing half-changed that anyone reads afterwards — the
         // snapshot under construction is dropped, `previous` is only read, and the metric
         // handles registered on the way are valid on their own.
-        let build = AssertUnwindSafe(|| Self::build_unguarded(source, text, overrides, previous, metrics));
+        let build =
+            AssertUnwindSafe(|| Self::build_unguarded(source, text, overrides, previous, metrics, unknown));
         std::panic::catch_unwind(build).unwrap_or_else(|panic| {
             let reason = panic
                 .downcast_ref::<&str>()
@@ -249,8 +263,9 @@ impl Snapshot {
         overrides: &Overrides,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
+        unknown: UnknownFields,
     ) -> Result<Self, BuildError> {
-        let pilotfish_api::Parsed { resources, warnings } = pilotfish_api::parse(source, text)?;
+        let pilotfish_api::Parsed { resources, warnings } = pilotfish_api::parse_with(source, text, unknown)?;
         // Logged when they first appear, not again with every reload or push that keeps them.
         let same =
             |a: &Warning, b: &Warning| (&a.object, &a.field, &a.message) == (&b.object, &b.field, &b.message);

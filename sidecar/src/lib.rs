@@ -100,7 +100,9 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
             let snap = loop {
                 let (version, text) = push.next().await;
-                match Snapshot::build("control-plane", &text, &opts.overrides, None, &metrics) {
+                let tolerate = pilotfish_api::UnknownFields::Tolerate;
+                match Snapshot::build_with("control-plane", &text, &opts.overrides, None, &metrics, tolerate)
+                {
                     Ok(snap) => {
                         push.ack(version, None).await;
                         break snap;

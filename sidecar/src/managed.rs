@@ -20,6 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
+use pilotfish_api::UnknownFields;
+
 use crate::config::Overrides;
 use crate::local::LocalListeners;
 use crate::reload;
@@ -218,7 +220,7 @@ pub async fn follow(
             _ = shared.shutdown.cancelled() => return,
             next = push.next() => next,
         };
-        match reload::swap_in(&shared, &local, "control-plane", &text, &overrides) {
+        match reload::swap_in(&shared, &local, "control-plane", &text, &overrides, UnknownFields::Tolerate) {
             Ok(applied) => {
                 if applied.is_some() {
                     tracing::info!(version, "configuration from the control plane applied");

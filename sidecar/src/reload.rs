@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use pilotfish_api::UnknownFields;
+
 use crate::config::{Overrides, Snapshot};
 use crate::local::LocalListeners;
 use crate::state::Shared;
@@ -74,7 +76,7 @@ fn try_reload(
     overrides: &Overrides,
 ) -> Result<Option<u64>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    swap_in(shared, local, &path.display().to_string(), &text, overrides)
+    swap_in(shared, local, &path.display().to_string(), &text, overrides, UnknownFields::Refuse)
 }
 
 /// Validates and builds `text` into a snapshot and swaps it in; `Ok(None)` when it is the
@@ -85,13 +87,14 @@ pub fn swap_in(
     source: &str,
     text: &str,
     overrides: &Overrides,
+    unknown: UnknownFields,
 ) -> Result<Option<u64>, String> {
     let old = shared.snapshot.load_full();
     if crate::config::hash_text(text) == old.hash {
         return Ok(None);
     }
-    let mut snap =
-        Snapshot::build(source, text, overrides, Some(&old), &shared.metrics).map_err(|e| e.to_string())?;
+    let mut snap = Snapshot::build_with(source, text, overrides, Some(&old), &shared.metrics, unknown)
+        .map_err(|e| e.to_string())?;
     if snap.keep_listeners_of(&old) {
         tracing::warn!(
             "the Sidecar's listener addresses or connection limit changed: they take effect at the next restart"

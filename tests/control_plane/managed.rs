@@ -498,3 +498,35 @@ async fn a_config_that_once_crashed_the_sidecar_is_nacked_and_later_ones_still_a
     assert_eq!(support::sample(&m, "pilotfish_config_errors_total", &[]), 2.0);
     assert_eq!(sc.admin_get("/ready").await.status, 200);
 }
+
+/// A control plane one version ahead pushes fields this sidecar does not know: it ACKs, serves
+/// what it knows, and logs what it ignored (users' files and the API still refuse such fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_fields_from_the_future_is_acked_and_served() {
+    let a = backend("a").await;
+    let future = format!(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: users}}\nspec:\n  endpoints: [{{address: {}, zone: eu-1}}]\n  trafficPolicy: {{zoneAware: true}}\n",
+        a.addr
+    );
+    let cp = FakeControlPlane::start().await;
+    cp.push(1, future);
+    let url = cp.url.clone();
+    let args = [
+        "--control-plane",
+        &url,
+        "--service",
+        "web",
+        "--token",
+        "t",
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+    ];
+    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    assert_eq!(cp.report(1).await, None, "the snapshot is ACKed");
+    let target = format!("http://{}/", sc.outbound);
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
+    sc.wait_for_log("spec.endpoints[0].zone: not known to this version: ignored").await;
+    sc.wait_for_log("spec.trafficPolicy: not known to this version: ignored").await;
+}
