@@ -12,7 +12,8 @@
 //!   checkpoints, at a bounded cost per request.
 //! - [`push`]: snapshot streams to sidecars, ACK/NACK, and the proxies' sync status.
 //! - [`auth`]: who is calling (admin or a service's join token) and what it may act for.
-//! - [`listener`]: the API's TCP listener, which notices peers that vanish without a reset.
+//! - [`listener`]: `serve`, the one way to run the API, on a listener that notices peers that
+//!   vanish without a reset.
 //! - [`server`]: the `/v1` HTTP API — resources, history, rollback, the registry with leases.
 //! - [`error`]: the one mapping of the API's failures to HTTP responses.
 

@@ -1,19 +1,43 @@
-//! The API's listener: every accepted connection gets TCP keepalive and a TCP user timeout, so
-//! a peer that vanishes without a reset (host powered off, network partitioned) is noticed in
-//! bounded time. Without them the push stream's keepalive lines would sit in the send buffer
-//! while the kernel retransmits for about 15 minutes, and the sidecar would stay "connected".
+//! Serving the API: [`serve`] is the one way a control plane runs (`pilotfish control-plane` and
+//! `pilotfish up` both use it). Every accepted connection gets TCP keepalive and a TCP user
+//! timeout, so a peer that vanishes without a reset (host powered off, network partitioned) is
+//! noticed in bounded time. Without them the push stream's keepalive lines would sit in the send
+//! buffer while the kernel retransmits for about 15 minutes, and the sidecar would stay
+//! "connected".
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::serve::{Listener, ListenerExt};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::ControlPlane;
 
 /// Idle time before the first keepalive probe, and between probes.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Data (a keepalive line or probe) unacknowledged for this long ends the connection.
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the API on `listener`, with the control plane's background work (following the log,
+/// expiring leases) beside it, until `shutdown` is cancelled. Then the push streams end first —
+/// a graceful shutdown would otherwise wait on them for ever — and requests in flight finish.
+pub async fn serve(
+    cp: Arc<ControlPlane>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    tokio::spawn(cp.clone().run_background(shutdown.clone()));
+    let router = cp.router();
+    let graceful = async move {
+        shutdown.cancelled().await;
+        cp.stop();
+    };
+    axum::serve(with_keepalive(listener), router).with_graceful_shutdown(graceful).await
+}
 
 /// `listener`, with keepalive and the user timeout set on each connection it accepts.
 pub fn with_keepalive(listener: TcpListener) -> impl Listener<Io = TcpStream, Addr = SocketAddr> {

@@ -93,22 +93,17 @@ async fn serve(
     tracing::info!(listen = %listener.local_addr()?, "control plane listening");
 
     let stop = CancellationToken::new();
-    tokio::spawn(cp.clone().run_background(stop.clone()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let (shutdown, stopping) = (stop.clone(), cp.clone());
+    let shutdown = stop.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = sigterm.recv() => {}
             _ = sigint.recv() => {}
         }
-        // Push streams end first, or the graceful shutdown would wait on them for ever.
-        stopping.stop();
         shutdown.cancel();
     });
-    axum::serve(pilotfish_control_plane::listener::with_keepalive(listener), cp.router())
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
+    pilotfish_control_plane::listener::serve(cp, listener, stop).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -153,14 +153,8 @@ async fn up(args: Args) -> anyhow::Result<()> {
         format!("cannot listen on {cp_addr}: is another `pilotfish up` running? (--base-port)")
     })?;
     let stop_cp = CancellationToken::new();
-    tokio::spawn(cp.clone().run_background(stop_cp.clone()));
-    let router = cp.router();
-    let cp_stopped = stop_cp.clone();
-    let cp_server = tokio::spawn(async move {
-        axum::serve(pilotfish_control_plane::listener::with_keepalive(listener), router)
-            .with_graceful_shutdown(cp_stopped.cancelled_owned())
-            .await
-    });
+    let cp_server =
+        tokio::spawn(pilotfish_control_plane::listener::serve(cp.clone(), listener, stop_cp.clone()));
     if let Some(config) = config {
         let applied =
             cp.apply_text(&config, "pilotfish up", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -256,7 +250,6 @@ async fn up(args: Args) -> anyhow::Result<()> {
         }
     }
     children.stop().await;
-    cp.stop();
     stop_cp.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), cp_server).await;
     eprintln!("stopped; the mesh's state is kept in {}", data_dir.display());
