@@ -11,14 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
 use pilotfish_api::policy::{
     grpc_code, BackendPolicySpec, CircuitBreaker, FailureKind, HealthCheck, LoadBalancer,
     RateLimitPolicySpec, RetryBudget, ServiceLimits, TargetRef,
 };
 use pilotfish_api::sidecar::InboundSpec;
 use pilotfish_api::{Protocol, Resource, ServiceSpec, SidecarSpec, UnknownFields, Warning};
-use prometheus::IntCounter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
@@ -27,9 +25,9 @@ use crate::http::pool::EndpointConns;
 use crate::metrics::{
     BreakerMetrics, Direction, EndpointMetrics, LiveSeries, Metrics, ResilienceMetrics, TargetMetrics,
 };
+use crate::rate_limit::RateLimit;
 use crate::resilience::balance::{p2c, PeakEwma};
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
-use crate::resilience::ratelimit::{RateLimiter, Window};
 use crate::resilience::retry::Conditions;
 use crate::route::{RouteSource, RouteTable};
 
@@ -119,20 +117,6 @@ pub struct ServicePolicy {
     pub max_backoff: Duration,
     pub max_body_bytes: u64,
     pub health_check: Option<HealthCheck>,
-}
-
-/// A rate limit and how its budgets are keyed.
-pub struct RateLimit {
-    pub spec: RateLimitPolicySpec,
-    pub limiter: RateLimiter,
-    pub key: LimitKey,
-    pub refused: IntCounter,
-}
-
-pub enum LimitKey {
-    Global,
-    Header(HeaderName),
-    Peer,
 }
 
 pub struct EndpointRt {
@@ -621,24 +605,6 @@ impl ServicePolicy {
 fn tps_budget(b: &RetryBudget) -> TpsBudget {
     let ratio = if b.ratio.is_finite() { b.ratio.clamp(0.0, 1000.0) as f32 } else { 0.0 };
     TpsBudget::new(Duration::from_secs(10), b.min_per_second.min(i32::MAX as u32 - 1), ratio)
-}
-
-impl RateLimit {
-    fn new(p: &RateLimitPolicySpec, refused: IntCounter) -> Self {
-        let windows = [(p.per_second, 1), (p.per_minute, 60), (p.per_hour, 3600)]
-            .into_iter()
-            .filter_map(|(limit, secs)| Some(Window { period: Duration::from_secs(secs), limit: limit? }))
-            .collect();
-        let key = match &p.key {
-            Some(k) if k.peer => LimitKey::Peer,
-            Some(k) => match k.header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()) {
-                Some(h) => LimitKey::Header(h),
-                None => LimitKey::Global,
-            },
-            None => LimitKey::Global,
-        };
-        Self { spec: p.clone(), limiter: RateLimiter::new(windows, p.burst, 100_000), key, refused }
-    }
 }
 
 fn apply_overrides(sidecar: &mut SidecarSpec, o: &Overrides) -> Result<(), BuildError> {

@@ -11,6 +11,7 @@
 //! - [`http`]: the L7 path — server, request proxying, endpoint connection pools, errors.
 //! - [`forward`] and [`tcp`]: the L4 path — opaque forwarding with idle timeout and half-close.
 //! - [`transport`]: sockets (bind, connect, `SO_ORIGINAL_DST`).
+//! - [`rate_limit`]: a `RateLimitPolicy` as requests meet it (limiter, key, counter).
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
 //! - [`metrics`], [`access_log`]: what every decision leaves behind.
 //! - [`reload`]: config reload on SIGHUP or file change.
@@ -33,6 +34,7 @@ pub mod local;
 pub mod managed;
 pub mod metrics;
 pub mod outbound;
+pub mod rate_limit;
 pub mod reload;
 pub mod resilience;
 pub mod route;

@@ -137,7 +137,7 @@ impl ProxyError {
             }
             Self::RateLimited(decision) => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs(decision)));
-                super::proxy::add_rate_limit_headers(h, std::slice::from_ref(decision));
+                super::headers::add_rate_limit_headers(h, std::slice::from_ref(decision));
             }
             _ => {}
         }

@@ -1,9 +1,12 @@
 //! Header rules a proxy owes the hops on either side: hop-by-hop fields (RFC 9110 §7.6.1) are not
-//! forwarded, and inbound requests record the peer in `x-forwarded-for` and `forwarded` (RFC 7239).
+//! forwarded, inbound requests record the peer in `x-forwarded-for` and `forwarded` (RFC 7239),
+//! and rate-limited routes tell clients their budget (`RateLimit-*`).
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::resilience::ratelimit::Decision;
 
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard ones still seen in the wild). `Trailer` is end-to-end and stays.
@@ -82,6 +85,20 @@ pub fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
     if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto=http")) {
         headers.append(header::FORWARDED, v);
     }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` of the binding budget among `decisions`.
+pub fn add_rate_limit_headers(headers: &mut HeaderMap, decisions: &[Decision]) {
+    // The most restrictive budget is the one a client needs to know about: the least remaining,
+    // among equals the one that takes longest to give quota back.
+    let Some(d) = decisions.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    else {
+        return;
+    };
+    headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
 }
 
 #[cfg(test)]

@@ -6,4 +6,5 @@ pub mod errors;
 pub mod headers;
 pub mod pool;
 pub mod proxy;
+pub mod request_body;
 pub mod server;

@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use crate::resilience::limit::{Claim, Limit, OwnedClaim};
 use crate::transport;
 

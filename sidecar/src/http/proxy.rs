@@ -17,15 +17,17 @@ use hyper_util::rt::TokioIo;
 use pilotfish_api::Protocol;
 use tokio::time::Instant as TokioInstant;
 
-use super::body::{keep_for_replay, Completion, KeepError, Keeping, ProxyBody, RequestBody};
+use super::body::{Completion, ProxyBody};
 use super::correlation;
 use super::errors::ProxyError;
 use super::headers;
 use super::pool::{Connect, Reusable, SendError, UpstreamError, Version};
+use super::request_body::{keep_for_replay, KeepError, Keeping, RequestBody};
 use crate::access_log::{self, HttpRecord};
-use crate::config::{EndpointRt, LimitKey, RateLimit, ServiceRt, Snapshot};
+use crate::config::{EndpointRt, ServiceRt, Snapshot};
 use crate::listen::ConnSlot;
 use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
+use crate::rate_limit::{LimitKey, RateLimit};
 use crate::resilience::attempt::Attempt;
 use crate::resilience::limit::{Limit, OwnedClaim};
 use crate::resilience::ratelimit::Decision;
@@ -421,7 +423,7 @@ impl ConnContext {
                     if let Some(mods) = &rule.response_headers {
                         mods.apply(res.headers_mut());
                     }
-                    add_rate_limit_headers(res.headers_mut(), &limited);
+                    headers::add_rate_limit_headers(res.headers_mut(), &limited);
                     let exchange =
                         Exchange { metrics: &backend.metrics, idle: snap.sidecar.timeouts.idle.get() };
                     let mut res = self.respond(res, conn, endpoint, exchange, on_upgrade, record, started);
@@ -646,19 +648,6 @@ fn rebuild(template: &http::request::Parts, body: RequestBody) -> Request<Reques
     *req.version_mut() = template.version;
     *req.headers_mut() = template.headers.clone();
     req
-}
-
-pub(super) fn add_rate_limit_headers(headers: &mut http::HeaderMap, decisions: &[Decision]) {
-    // The most restrictive budget is the one a client needs to know about: the least remaining,
-    // among equals the one that takes longest to give quota back.
-    let Some(d) = decisions.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
-    else {
-        return;
-    };
-    headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
-    let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
-    headers.insert("ratelimit-reset", HeaderValue::from(reset));
 }
 
 fn redirect_response(
