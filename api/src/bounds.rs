@@ -5,7 +5,7 @@
 //! The ranges are generous — far beyond any sensible setting — but finite, and the README's
 //! configuration tables list them.
 
-use crate::document::FieldError;
+use crate::field::FieldError;
 use crate::Duration;
 
 /// Counts of concurrent things (connections, streams, requests) and thresholds.

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::field::FieldError;
 use crate::manifest::{self, FieldWarning};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
 use crate::route::{HttpRouteSpec, GATEWAY_V1};
@@ -104,19 +105,6 @@ impl Resource {
             "metadata": self.metadata(),
             "spec": spec,
         })
-    }
-}
-
-/// A field that failed validation, with the path from the document root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
+//! - [`field`]: `FieldError`, what every check returns: a field path and why.
 //! - [`bounds`]: the range of every number in a resource (what the runtime accepts).
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 //! - [`manifest`]: carrying Kubernetes manifests over — what `kubectl get -o yaml` adds that is
@@ -21,6 +22,7 @@
 pub mod bounds;
 pub mod document;
 pub mod duration;
+pub mod field;
 pub mod manifest;
 pub mod policy;
 pub mod route;

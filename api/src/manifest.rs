@@ -17,7 +17,7 @@
 
 use serde_yaml_ng::Value;
 
-use crate::document::FieldError;
+use crate::field::FieldError;
 
 /// A field that was accepted, but not as written: dropped, or kept without effect.
 #[derive(Debug, Clone, PartialEq, Eq)]

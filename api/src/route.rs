@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::document::FieldError;
+use crate::field::FieldError;
 use crate::{bounds, Duration};
 
 pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
