@@ -386,6 +386,14 @@ struct FakeControlPlane {
 }
 
 impl FakeControlPlane {
+    /// A managed sidecar of service `web` that follows this control plane.
+    fn sidecar(&self) -> Sidecar {
+        let args = ["--control-plane", &self.url, "--service", "web", "--token", "t"];
+        let listeners = ["--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0"];
+        let args: Vec<&str> = args.into_iter().chain(listeners).collect();
+        tokio::task::block_in_place(|| Sidecar::start_managed(&args))
+    }
+
     async fn start() -> Self {
         use bytes::Bytes;
         use http_body_util::{channel::Channel, BodyExt, Full};
@@ -465,20 +473,7 @@ async fn a_config_that_once_crashed_the_sidecar_is_nacked_and_later_ones_still_a
     let cp = FakeControlPlane::start().await;
     cp.push(1, crashing(a.addr));
     cp.push(2, users(a.addr));
-    let url = cp.url.clone();
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "web",
-        "--token",
-        "t",
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-    ];
-    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let sc = cp.sidecar();
     let error = cp.report(1).await.expect("the first snapshot is NACKed");
     assert!(error.contains("spec.retryBudget.minPerSecond"), "{error}");
     assert_eq!(cp.report(2).await, None, "the second snapshot is ACKed");
@@ -510,20 +505,7 @@ async fn a_snapshot_with_fields_from_the_future_is_acked_and_served() {
     );
     let cp = FakeControlPlane::start().await;
     cp.push(1, future);
-    let url = cp.url.clone();
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "web",
-        "--token",
-        "t",
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-    ];
-    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let sc = cp.sidecar();
     assert_eq!(cp.report(1).await, None, "the snapshot is ACKed");
     let target = format!("http://{}/", sc.outbound);
     assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
