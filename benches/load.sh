@@ -6,6 +6,9 @@
 #
 #   benches/load.sh [DURATION_SECONDS] [CONNECTIONS]
 #
+# PILOTFISH_BIN=PATH measures that binary instead of building this checkout (e.g. to compare a
+# build of an older commit with this one, run after run).
+#
 # Every server gets one thread/process (the machine has 2 cores; the load generator gets the
 # other one). Numbers from a shared machine are noisy: compare ratios within one run.
 set -euo pipefail
@@ -20,7 +23,10 @@ done
 if ((${#packages[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
-cargo build --release -q
+if [[ -z ${PILOTFISH_BIN:-} ]]; then
+  cargo build --release -q
+  PILOTFISH_BIN=target/release/pilotfish
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -107,7 +113,7 @@ spec:
   targetRef: {kind: Service, name: backend-full}
   loadBalancer: p2c-ewma
 CONF
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn target/release/pilotfish sidecar --config "$work/sidecar.yaml" &
+TOKIO_WORKER_THREADS=1 RUST_LOG=warn "$PILOTFISH_BIN" sidecar --config "$work/sidecar.yaml" &
 pids+=($!)
 sidecar_pid=$!
 
