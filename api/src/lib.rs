@@ -3,6 +3,13 @@
 //! Serde types and validation only — no I/O. Every other crate learns configuration through these
 //! types, validated once here into values that deeper code never re-checks.
 //!
+//! # Adding a resource kind
+//! Its spec type in a file of its own, like [`service`]: serde and `utoipa::ToSchema` derives,
+//! defaults and `minimum`/`maximum` on the fields, and a `validate` that checks every number
+//! against a [`bounds`] constant (add one for a new limit). Then a variant of [`Resource`] with
+//! its `apiVersion` in `document/resource.rs`, its branch in `document/parse.rs`, and its branch
+//! of the document schema in [`schema`] (a test there fails until every kind has one).
+//!
 //! # Layout
 //! - [`document`]: the Kubernetes-style envelope (`apiVersion`, `kind`, `metadata`, `spec`) and the
 //!   parser for a multi-document YAML stream, with errors that name the document, field and reason.
@@ -11,6 +18,8 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
+//! - [`schema`]: the OpenAPI schema of a whole document (`Resource`), closed to unknown fields
+//!   as the API is; each spec type derives its own beside its serde derives.
 //! - [`field`]: `FieldError`, what every check returns: a field path and why.
 //! - [`bounds`]: the range of every number in a resource (what the runtime accepts).
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
@@ -26,6 +35,7 @@ pub mod field;
 pub mod manifest;
 pub mod policy;
 pub mod route;
+pub mod schema;
 pub mod service;
 pub mod sidecar;
 

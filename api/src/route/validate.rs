@@ -1,247 +1,12 @@
-//! The `HTTPRoute` kind, in the Gateway API shape (gateway.networking.k8s.io/v1) so users'
-//! manifests carry over: rules of matches (path, method, headers, query parameters), filters,
-//! weighted backends, timeouts and retries (GEP-1731), attached to a Service by `parentRefs`.
+//! What serde cannot check of an `HTTPRoute`: attachments to core Services, paths, methods,
+//! header names and regular expressions, weights, retry and timeout ranges, and which filters go
+//! together. The first problem is returned with its field path.
 
-use serde::{Deserialize, Serialize};
-
+use super::filter::{Filter, PathModifier};
+use super::spec::{HttpRouteSpec, PathMatchType, ValueMatchType};
+use super::syntax::{full_match_regex, http_method, valid_header_name};
 use crate::field::FieldError;
 use crate::{bounds, Duration};
-
-pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpRouteSpec {
-    /// The Services whose traffic this route shapes (`kind: Service`; a mesh route).
-    pub parent_refs: Vec<ParentRef>,
-    /// Accepted for compatibility; a mesh route applies to its parent services' traffic.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<RouteRule>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParentRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default = "service_kind")]
-    pub kind: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Kept, without effect yet: the route applies to every port of the Service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// Kept, without effect yet (a port name of the Service).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<String>,
-}
-
-fn service_kind() -> String {
-    "Service".to_owned()
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Any one matching selects the rule; none means every request.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub matches: Vec<RouteMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<Filter>,
-    /// Weighted backends (traffic split); none means the parent service itself.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backend_refs: Vec<BackendRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<RouteTimeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RouteRetry>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathMatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<ValueMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub query_params: Vec<ValueMatch>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PathMatch {
-    #[serde(default = "path_prefix", rename = "type")]
-    pub kind: PathMatchType,
-    #[serde(default = "root")]
-    pub value: String,
-}
-
-fn path_prefix() -> PathMatchType {
-    PathMatchType::PathPrefix
-}
-fn root() -> String {
-    "/".to_owned()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PathMatchType {
-    Exact,
-    PathPrefix,
-    RegularExpression,
-}
-
-/// A header or query parameter match.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ValueMatch {
-    #[serde(default = "exact", rename = "type")]
-    pub kind: ValueMatchType,
-    pub name: String,
-    pub value: String,
-}
-
-fn exact() -> ValueMatchType {
-    ValueMatchType::Exact
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ValueMatchType {
-    Exact,
-    RegularExpression,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default = "service_kind")]
-    pub kind: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default = "one")]
-    pub weight: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteTimeouts {
-    /// The whole exchange as the caller sees it, all retries included (to response headers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<Duration>,
-    /// Each attempt to a backend.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_request: Option<Duration>,
-}
-
-/// GEP-1731 retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteRetry {
-    /// Retries after the first attempt.
-    #[serde(default = "two")]
-    pub attempts: u32,
-    /// Base of the exponential backoff with full jitter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<Duration>,
-    /// Response statuses that are retried (omitted: 502, 503, 504; `[]`: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub codes: Option<Vec<u16>>,
-}
-
-fn two() -> u32 {
-    2
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
-pub enum Filter {
-    RequestHeaderModifier {
-        #[serde(rename = "requestHeaderModifier")]
-        modifier: HeaderModifier,
-    },
-    ResponseHeaderModifier {
-        #[serde(rename = "responseHeaderModifier")]
-        modifier: HeaderModifier,
-    },
-    RequestRedirect {
-        #[serde(rename = "requestRedirect")]
-        redirect: RequestRedirect,
-    },
-    #[serde(rename = "URLRewrite")]
-    UrlRewrite {
-        #[serde(rename = "urlRewrite")]
-        rewrite: UrlRewrite,
-    },
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HeaderModifier {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub set: Vec<Header>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub add: Vec<Header>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RequestRedirect {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathModifier>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default = "found")]
-    pub status_code: u16,
-}
-
-fn found() -> u16 {
-    302
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UrlRewrite {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathModifier>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
-pub enum PathModifier {
-    ReplaceFullPath { replace_full_path: String },
-    ReplacePrefixMatch { replace_prefix_match: String },
-}
 
 impl HttpRouteSpec {
     pub(crate) fn validate(&self) -> Result<(), FieldError> {
@@ -441,25 +206,6 @@ fn check_core_group(group: Option<&str>, field: String) -> Result<(), FieldError
     }
 }
 
-/// RFC 9110 field-name: one or more tchars.
-pub fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Methods as the Gateway API lists them.
-pub fn http_method(method: &str) -> Option<&'static str> {
-    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
-        .into_iter()
-        .find(|m| *m == method)
-}
-
-/// A regular expression that must match a whole value, as the sidecar compiles it: checking the
-/// anchored form matters, since a pattern can be valid alone and not once wrapped (`(?x)a#`
-/// comments out the closing parenthesis).
-pub fn full_match_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-}
-
 fn check_regex(pattern: &str, field: String) -> Result<(), FieldError> {
     full_match_regex(pattern)
         .map(drop)
@@ -487,7 +233,7 @@ mod tests {
         assert_eq!(rule.backend_refs[1].weight, 10);
         assert_eq!(rule.filters.len(), 2);
         assert_eq!(r.spec.parent_refs[0].kind, "Service");
-        assert_eq!(resources[0].api_version(), super::GATEWAY_V1);
+        assert_eq!(resources[0].api_version(), crate::route::GATEWAY_V1);
     }
 
     #[test]
@@ -529,7 +275,7 @@ mod tests {
 
     #[test]
     fn the_api_gateway_example_expresses_kong_style_limits() {
-        let text = include_str!("../../examples/api-gateway.yaml");
+        let text = include_str!("../../../examples/api-gateway.yaml");
         let resources = parse_stream("api-gateway.yaml", text).unwrap();
         let limit = resources
             .iter()

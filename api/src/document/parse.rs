@@ -1,112 +1,20 @@
-//! The Kubernetes-style document envelope and the parser for a multi-document YAML stream.
-//!
-//! Every error names the source, the document (its position, kind and name), the field path and
-//! the reason, e.g. `web.yaml: document 2 (Service default/users): spec.endpoints[1].address:
-//! invalid socket address syntax`.
+//! YAML (or JSON) text to validated resources: each document's kind and version looked up, what
+//! a cluster adds carried over (see [`crate::manifest`]), the spec typed and validated, unknown
+//! fields refused or tolerated; then the stream checked as a whole.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use crate::field::FieldError;
+use super::metadata::{validate_labels_and_annotations, validate_name, Metadata};
+use super::resource::{Object, Resource, KINDS};
+use super::stream::validate_stream;
+use crate::field::FieldError;
 use crate::manifest::{self, FieldWarning};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
-use crate::route::{HttpRouteSpec, GATEWAY_V1};
+use crate::route::HttpRouteSpec;
 use crate::{ServiceSpec, SidecarSpec};
-
-/// The `apiVersion` of Pilotfish's own kinds.
-pub const PILOTFISH_V1ALPHA1: &str = "pilotfish.io/v1alpha1";
-
-/// What Pilotfish keeps of an object's metadata (what a cluster sets is dropped first, see
-/// [`crate::manifest`]); labels and annotations are stored and shown back, with no effect.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Metadata {
-    pub name: String,
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-fn default_namespace() -> String {
-    "default".to_owned()
-}
-
-/// A resource of one kind: its metadata and its validated spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Object<S> {
-    pub metadata: Metadata,
-    pub spec: S,
-}
-
-/// Every kind Pilotfish understands.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resource {
-    Sidecar(Object<SidecarSpec>),
-    Service(Object<ServiceSpec>),
-    HttpRoute(Object<HttpRouteSpec>),
-    BackendPolicy(Object<BackendPolicySpec>),
-    RateLimitPolicy(Object<RateLimitPolicySpec>),
-}
-
-/// Every kind, with its `apiVersion`.
-const KINDS: [(&str, &str); 5] = [
-    ("Sidecar", PILOTFISH_V1ALPHA1),
-    ("Service", PILOTFISH_V1ALPHA1),
-    ("HTTPRoute", GATEWAY_V1),
-    ("BackendPolicy", PILOTFISH_V1ALPHA1),
-    ("RateLimitPolicy", PILOTFISH_V1ALPHA1),
-];
-
-impl Resource {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Sidecar(_) => "Sidecar",
-            Self::Service(_) => "Service",
-            Self::HttpRoute(_) => "HTTPRoute",
-            Self::BackendPolicy(_) => "BackendPolicy",
-            Self::RateLimitPolicy(_) => "RateLimitPolicy",
-        }
-    }
-
-    pub fn api_version(&self) -> &'static str {
-        let kind = self.kind();
-        KINDS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v).expect("every kind is listed")
-    }
-
-    pub fn metadata(&self) -> &Metadata {
-        match self {
-            Self::Sidecar(o) => &o.metadata,
-            Self::Service(o) => &o.metadata,
-            Self::HttpRoute(o) => &o.metadata,
-            Self::BackendPolicy(o) => &o.metadata,
-            Self::RateLimitPolicy(o) => &o.metadata,
-        }
-    }
-
-    /// The document as JSON, in the shape it was written (`apiVersion`, `kind`, `metadata`, `spec`).
-    pub fn to_json(&self) -> serde_json::Value {
-        let spec = match self {
-            Self::Sidecar(o) => serde_json::to_value(&o.spec),
-            Self::Service(o) => serde_json::to_value(&o.spec),
-            Self::HttpRoute(o) => serde_json::to_value(&o.spec),
-            Self::BackendPolicy(o) => serde_json::to_value(&o.spec),
-            Self::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
-        }
-        .expect("specs serialize to JSON");
-        serde_json::json!({
-            "apiVersion": self.api_version(),
-            "kind": self.kind(),
-            "metadata": self.metadata(),
-            "spec": spec,
-        })
-    }
-}
 
 /// Why a configuration stream was refused: which source, which document, which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -219,7 +127,7 @@ pub fn parse_with(source: &str, text: &str, unknown: UnknownFields) -> Result<Pa
         warnings.extend(caveats.into_iter().map(|w| Warning {
             origin: source.to_owned(),
             document: index + 1,
-            object: describe(&resource),
+            object: resource.describe(),
             field: w.field,
             message: w.message,
         }));
@@ -229,16 +137,11 @@ pub fn parse_with(source: &str, text: &str, unknown: UnknownFields) -> Result<Pa
     validate_stream(&resources).map_err(|(i, e)| ConfigError {
         origin: source.to_owned(),
         document: positions[i],
-        object: Some(describe(&resources[i])),
+        object: Some(resources[i].describe()),
         field: e.field,
         reason: e.reason,
     })?;
     Ok(Parsed { resources, warnings })
-}
-
-fn describe(r: &Resource) -> String {
-    let m = r.metadata();
-    format!("{} {}/{}", r.kind(), m.namespace, m.name)
 }
 
 type DocumentError = (Option<String>, FieldError);
@@ -290,7 +193,7 @@ fn parse_document(
         _ => Resource::RateLimitPolicy(object_of(value, unknown, &object, w, RateLimitPolicySpec::validate)?),
     };
     let m = resource.metadata();
-    let object = Some(describe(&resource));
+    let object = Some(resource.describe());
     validate_name(&m.name).map_err(|r| (object.clone(), FieldError::new("metadata.name", r)))?;
     validate_name(&m.namespace).map_err(|r| (object.clone(), FieldError::new("metadata.namespace", r)))?;
     validate_labels_and_annotations(m).map_err(|e| (object, e))?;
@@ -344,132 +247,6 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
         }
     }
 }
-
-/// Names follow Kubernetes' DNS-1123 label rule, so they can appear in host names.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid name: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
-        ))
-    }
-}
-
-/// Kubernetes' rules, so labels and annotations carry over both ways (and stay bounded).
-fn validate_labels_and_annotations(m: &Metadata) -> Result<(), FieldError> {
-    for (key, value) in &m.labels {
-        let field = || format!("metadata.labels.{key}");
-        qualified_name(key).map_err(|r| FieldError::new(field(), r))?;
-        if !label_value(value) {
-            return Err(FieldError::new(
-                field(),
-                "a label value is at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
-            ));
-        }
-    }
-    for key in m.annotations.keys() {
-        qualified_name(key).map_err(|r| FieldError::new(format!("metadata.annotations.{key}"), r))?;
-    }
-    let size: usize = m.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if size > MAX_ANNOTATIONS_BYTES {
-        return Err(FieldError::new(
-            "metadata.annotations",
-            format!("{size} bytes: annotations total at most {MAX_ANNOTATIONS_BYTES} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-/// Kubernetes' bound on the annotations of one object.
-const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
-
-/// A label or annotation key: `[prefix/]name`, the prefix a DNS subdomain.
-fn qualified_name(key: &str) -> Result<(), String> {
-    let (prefix, name) = key.split_once('/').map_or((None, key), |(p, n)| (Some(p), n));
-    let subdomain = |p: &str| {
-        p.len() <= 253
-            && p.split('.').all(|part| {
-                !part.is_empty()
-                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !part.starts_with('-')
-                    && !part.ends_with('-')
-            })
-    };
-    if prefix.is_some_and(|p| !subdomain(p)) {
-        return Err(format!("{key:?}: the prefix before '/' must be a DNS subdomain, e.g. example.com"));
-    }
-    if name.is_empty() || !label_value(name) {
-        return Err(format!(
-            "{key:?}: a key is an optional prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
-fn label_value(value: &str) -> bool {
-    let edge = |b: Option<u8>| b.is_none_or(|b| b.is_ascii_alphanumeric());
-    value.len() <= 63
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && edge(value.bytes().next())
-        && edge(value.bytes().last())
-}
-
-fn validate_stream(resources: &[Resource]) -> Result<(), (usize, FieldError)> {
-    let mut seen = HashSet::new();
-    let mut local_ports = HashMap::new();
-    let mut addresses = HashMap::new();
-    let mut sidecars = 0;
-    for (i, r) in resources.iter().enumerate() {
-        let m = r.metadata();
-        if !seen.insert((r.kind(), m.namespace.as_str(), m.name.as_str())) {
-            return Err((i, FieldError::new("metadata.name", "defined twice in this stream")));
-        }
-        match r {
-            Resource::HttpRoute(_) | Resource::BackendPolicy(_) | Resource::RateLimitPolicy(_) => {}
-            Resource::Sidecar(_) => {
-                sidecars += 1;
-                if sidecars > 1 {
-                    return Err((i, FieldError::new("kind", "only one Sidecar document is allowed")));
-                }
-            }
-            Resource::Service(s) => {
-                for ip in &s.spec.addresses {
-                    for p in &s.spec.ports {
-                        let addr = std::net::SocketAddr::new(*ip, p.port);
-                        if let Some(other) = addresses.insert(addr, describe(r)) {
-                            return Err((
-                                i,
-                                FieldError::new(
-                                    "spec.addresses",
-                                    format!("{addr} already belongs to {other}"),
-                                ),
-                            ));
-                        }
-                    }
-                }
-                if let Some(port) = s.spec.local_port {
-                    if let Some(other) = local_ports.insert(port, describe(r)) {
-                        return Err((
-                            i,
-                            FieldError::new(
-                                "spec.localPort",
-                                format!("port {port} is already the localPort of {other}"),
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
