@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use pilotfish_api::UnknownFields;
 
-use crate::config::Overrides;
-use crate::local::LocalListeners;
-use crate::reload;
+use super::reload;
+use crate::listener::local::LocalListeners;
 use crate::state::Shared;
+use crate::Overrides;
 
 /// Without even a keepalive line for this long, the stream is presumed dead.
 const STREAM_IDLE: Duration = Duration::from_secs(30);
