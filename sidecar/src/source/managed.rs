@@ -5,35 +5,29 @@
 //! The sidecar ACKs every version it swaps in and NACKs (with the error) every version it
 //! refuses, keeping the last good one. When the control plane is unreachable it keeps serving
 //! what it has and reconnects with jittered exponential backoff, trying each control-plane URL
-//! in turn, and resumes from the version it has.
+//! in turn, and resumes from the version it has. A push line of a protocol this build does not
+//! support is NACKed like a configuration it refuses. Every call goes through the typed client
+//! of `pilotfish_api::client`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio_util::sync::CancellationToken;
-
+use pilotfish_api::client::{Client, ClientError, PushStream, StreamError};
+use pilotfish_api::wire::{Ack, AckQuery, PushQuery, Registration, Versioned, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
+use tokio_util::sync::CancellationToken;
 
 use super::reload;
 use crate::listener::local::LocalListeners;
 use crate::state::Shared;
 use crate::Overrides;
 
-/// Without even a keepalive line for this long, the stream is presumed dead.
-const STREAM_IDLE: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connecting includes waiting for the response headers of the stream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// One snapshot line; a larger one is a broken stream, not a configuration.
-const MAX_LINE: usize = 64 * 1024 * 1024;
+/// Registration, heartbeat, deregistration and ACK calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the control plane is and who this sidecar is.
 #[derive(Debug, Clone)]
@@ -61,24 +55,28 @@ impl Managed {
         });
         format!("{sidecar}\n---\n{config}")
     }
-}
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+    /// A client of each control-plane replica, in the order they are tried.
+    fn clients(&self) -> Vec<Client> {
+        self.servers
+            .iter()
+            .map(|server| {
+                Client::builder(server)
+                    .token(Some(self.token.clone()))
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(CALL_TIMEOUT)
+                    .build()
+            })
+            .collect()
+    }
 }
 
 /// The push stream, (re)connected as needed.
 pub struct PushClient {
     managed: Managed,
-    client: HttpClient,
+    clients: Vec<Client>,
     server: usize,
-    body: Option<Incoming>,
-    buf: BytesMut,
+    stream: Option<PushStream>,
     /// The last version swapped in (sent on reconnect so an unchanged config is not resent).
     version: u64,
     failures: u32,
@@ -86,15 +84,7 @@ pub struct PushClient {
 
 impl PushClient {
     pub fn new(managed: Managed) -> Self {
-        Self {
-            managed,
-            client: http_client(),
-            server: 0,
-            body: None,
-            buf: BytesMut::new(),
-            version: 0,
-            failures: 0,
-        }
+        Self { clients: managed.clients(), managed, server: 0, stream: None, version: 0, failures: 0 }
     }
 
     pub fn managed(&self) -> &Managed {
@@ -104,60 +94,44 @@ impl PushClient {
     /// The next snapshot: `(version, document stream)`.
     pub async fn next(&mut self) -> (u64, String) {
         loop {
-            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line = self.buf.split_to(pos + 1);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match serde_json::from_slice::<serde_json::Value>(&line) {
-                    Ok(v) => {
-                        let version = v["version"].as_u64().unwrap_or(0);
-                        let config = v["config"].as_str().unwrap_or_default().to_owned();
-                        // Only a snapshot proves the server healthy; connecting is not enough.
-                        self.failures = 0;
-                        return (version, self.managed.document_stream(&config));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "unreadable line on the push stream; reconnecting");
-                        self.fail_over().await;
-                        continue;
-                    }
-                }
-            }
-            if self.buf.len() > MAX_LINE {
-                tracing::warn!("a push stream line exceeds {MAX_LINE} bytes; reconnecting");
-                self.fail_over().await;
-                continue;
-            }
-            let Some(body) = self.body.as_mut() else {
+            let Some(stream) = self.stream.as_mut() else {
+                let server = self.clients[self.server].base().to_owned();
                 match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
-                    Ok(Ok(body)) => self.body = Some(body),
+                    Ok(Ok(stream)) => {
+                        tracing::info!(%server, "connected to the control plane");
+                        self.stream = Some(stream);
+                    }
                     Ok(Err(e)) => {
-                        let server = &self.managed.servers[self.server];
                         tracing::warn!(%server, error = %e, "control plane unreachable; serving the last good config");
                         self.fail_over().await;
                     }
                     Err(_) => {
-                        let server = &self.managed.servers[self.server];
                         tracing::warn!(%server, "control plane did not answer within {CONNECT_TIMEOUT:?}; trying the next");
                         self.fail_over().await;
                     }
                 }
                 continue;
             };
-            match tokio::time::timeout(STREAM_IDLE, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
+            match stream.next().await {
+                Ok(line) => {
+                    // Only a snapshot proves the server healthy; connecting is not enough.
+                    self.failures = 0;
+                    if let Err(e) = line.check_protocol() {
+                        tracing::error!(
+                            version = line.version,
+                            "push line refused, keeping the last good config: {e}"
+                        );
+                        self.ack(line.version, Some(e.to_string())).await;
+                        continue;
                     }
+                    return (line.version, self.managed.document_stream(&line.config));
                 }
-                Ok(Some(Err(_))) | Ok(None) | Err(_) => {
-                    tracing::warn!("push stream ended; reconnecting");
+                Err(e @ (StreamError::Unreadable(_) | StreamError::LineTooLong(_))) => {
+                    tracing::warn!(error = %e, "unusable line on the push stream; reconnecting");
+                    self.fail_over().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push stream ended; reconnecting");
                     self.fail_over().await;
                 }
             }
@@ -167,42 +141,37 @@ impl PushClient {
     /// Drops the stream, moves to the next control-plane URL, and backs off — longer with every
     /// failure in a row, so a server that accepts and then fails cannot cause a reconnect storm.
     async fn fail_over(&mut self) {
-        self.body = None;
-        self.buf.clear();
-        self.server = (self.server + 1) % self.managed.servers.len();
+        self.stream = None;
+        self.server = (self.server + 1) % self.clients.len();
         self.failures += 1;
         tokio::time::sleep(backoff(self.failures)).await;
     }
 
-    async fn connect(&self) -> Result<Incoming, String> {
+    async fn connect(&self) -> Result<PushStream, ClientError> {
         let m = &self.managed;
-        let url = format!(
-            "{}/v1/push?id={}&service={}&namespace={}&version={}",
-            m.servers[self.server], m.id, m.service, m.namespace, self.version
-        );
-        let req = Request::get(&url)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", m.token))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let res = self.client.request(req).await.map_err(|e| format!("{url}: {e}"))?;
-        if res.status() != StatusCode::OK {
-            return Err(format!("{url}: {}", res.status()));
-        }
-        tracing::info!(server = %m.servers[self.server], "connected to the control plane");
-        Ok(res.into_body())
+        let query = PushQuery {
+            id: m.id.clone(),
+            service: m.service.clone(),
+            namespace: m.namespace.clone(),
+            version: self.version,
+            protocol: Some(PROTOCOL_VERSION),
+        };
+        self.clients[self.server].push(&query).await
     }
 
     /// ACK (`error: None`) or NACK a version.
     pub async fn ack(&mut self, version: u64, error: Option<String>) {
-        if error.is_none() {
-            self.version = version;
-        }
-        let body = serde_json::json!({ "version": version, "error": error }).to_string();
+        let ack = match error {
+            None => {
+                self.version = version;
+                Ack::accepted(version)
+            }
+            Some(error) => Ack::refused(version, error),
+        };
         // The proxy is the id under the service it connected as (see `connect`).
         let m = &self.managed;
-        let path = format!("/v1/proxies/{}/ack?service={}&namespace={}", m.id, m.service, m.namespace);
-        if let Err(e) = call(&self.client, &self.managed, self.server, Method::POST, &path, Some(body)).await
-        {
+        let query = AckQuery { service: Some(m.service.clone()), namespace: Some(m.namespace.clone()) };
+        if let Err(e) = self.clients[self.server].ack(&m.id, &query, &ack).await {
             tracing::warn!(version, error = %e, "cannot report to the control plane");
         }
     }
@@ -242,34 +211,24 @@ pub async fn follow(
 /// Registers `address` as an instance of the service and renews its lease until `stop`, then
 /// deregisters it.
 pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationToken) {
-    let client = http_client();
+    let clients = managed.clients();
     let ttl = managed.lease_ttl.as_secs().max(1);
-    let body = serde_json::json!({
-        "service": managed.service,
-        "namespace": managed.namespace,
-        "address": address.to_string(),
-        "ttlSeconds": ttl,
-    })
-    .to_string();
+    let registration = Registration::new(&managed.service, &managed.namespace, address, ttl);
     let mut server = 0;
     let mut failures = 0;
     let mut id: Option<String> = None;
     loop {
+        let client = &clients[server];
         let result = match &id {
-            None => call(&client, &managed, server, Method::POST, "/v1/endpoints", Some(body.clone()))
-                .await
-                .map(|v| id = v["id"].as_str().map(str::to_owned)),
-            Some(current) => {
-                let path = format!("/v1/endpoints/{current}/heartbeat");
-                match call(&client, &managed, server, Method::PUT, &path, None).await {
-                    // The control plane let the lease lapse (it was down, or so were we): again.
-                    Err(e) if e.starts_with("404") => {
-                        id = None;
-                        continue;
-                    }
-                    other => other.map(drop),
+            None => client.register(&registration).await.map(|r| id = Some(r.id)),
+            Some(current) => match client.heartbeat(current).await {
+                // The control plane let the lease lapse (it was down, or so were we): again.
+                Err(ClientError::NotFound(_)) => {
+                    id = None;
+                    continue;
                 }
-            }
+                other => other.map(drop),
+            },
         };
         let pause = match result {
             Ok(()) => {
@@ -277,8 +236,8 @@ pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationT
                 Duration::from_secs(ttl) / 3
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot renew this instance's registration");
-                server = (server + 1) % managed.servers.len();
+                tracing::warn!(server = %client.base(), error = %e, "cannot renew this instance's registration");
+                server = (server + 1) % clients.len();
                 failures += 1;
                 backoff(failures)
             }
@@ -289,41 +248,11 @@ pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationT
         }
     }
     if let Some(id) = id {
-        let path = format!("/v1/endpoints/{id}");
-        let bye = call(&client, &managed, server, Method::DELETE, &path, None);
+        let bye = clients[server].deregister(&id);
         if tokio::time::timeout(Duration::from_secs(2), bye).await.is_err() {
             tracing::warn!("could not deregister before exiting; the lease will lapse instead");
         }
     }
-}
-
-async fn call(
-    client: &HttpClient,
-    managed: &Managed,
-    server: usize,
-    method: Method,
-    path: &str,
-    body: Option<String>,
-) -> Result<serde_json::Value, String> {
-    let url = format!("{}{path}", managed.servers[server]);
-    let req = Request::builder()
-        .method(method)
-        .uri(&url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", managed.token))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
-    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .map_err(|_| format!("{url}: timed out"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = res.status();
-    let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        return Err(format!("{} {url}: {}", status.as_u16(), value["error"].as_str().unwrap_or("")));
-    }
-    Ok(value)
 }
 
 /// Reconnect and retry pauses: the retry layer's exponential backoff with full jitter, from
