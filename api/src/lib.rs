@@ -18,7 +18,7 @@
 //!   dropped, and the Gateway API features that are warned about or refused.
 //! - [`wire`]: the control-plane API's and push protocol's messages, used by both ends, with the
 //!   protocol version and the supported version skew.
-//! - [`client`] (feature `client`, the one part with I/O): the typed client of the control
+//! - `client` (feature `client`, the one part with I/O): the typed client of the control
 //!   plane's API, used by the CLI, the managed sidecar and the tests.
 
 #![forbid(unsafe_code)]

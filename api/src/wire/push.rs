@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSION};
+use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSION, UNVERSIONED_PROTOCOL};
 
 /// `GET /v1/push` query: who the sidecar is and what it already has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
@@ -22,6 +22,12 @@ pub struct PushQuery {
     /// The sidecar's protocol version (left out by sidecars that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<u32>,
+}
+
+impl Versioned for PushQuery {
+    fn protocol(&self) -> u32 {
+        self.protocol.unwrap_or(UNVERSIONED_PROTOCOL)
+    }
 }
 
 /// One line of the push stream (newline-delimited JSON; an empty line is a keepalive).
@@ -151,6 +157,7 @@ mod tests {
         assert_eq!(back, q);
         let today: PushQuery = serde_json::from_value(json!({ "id": "x", "service": "web" })).unwrap();
         assert_eq!((today.namespace.as_str(), today.version, today.protocol), ("default", 0, None));
+        assert_eq!(today.protocol(), UNVERSIONED_PROTOCOL);
         let ack = AckQuery { service: Some("web".into()), namespace: None };
         assert_eq!(serde_json::to_value(&ack).unwrap(), json!({ "service": "web" }));
     }
