@@ -25,10 +25,16 @@
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 //! - [`manifest`]: carrying Kubernetes manifests over — what `kubectl get -o yaml` adds that is
 //!   dropped, and the Gateway API features that are warned about or refused.
+//! - [`wire`]: the control-plane API's and push protocol's messages, used by both ends, with the
+//!   protocol version and the supported version skew.
+//! - `client` (feature `client`, the one part with I/O): the typed client of the control
+//!   plane's API, used by the CLI, the managed sidecar and the tests.
 
 #![forbid(unsafe_code)]
 
 pub mod bounds;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod document;
 pub mod duration;
 pub mod field;
@@ -38,6 +44,7 @@ pub mod route;
 pub mod schema;
 pub mod service;
 pub mod sidecar;
+pub mod wire;
 
 pub use document::{
     parse, parse_stream, parse_with, ConfigError, Metadata, Parsed, Resource, UnknownFields, Warning,

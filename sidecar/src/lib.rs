@@ -6,7 +6,7 @@
 //! - [`state`]: what all listeners share — the swappable snapshot, metrics, shutdown, tracker.
 //! - [`listen`]: accept loops with connection limits.
 //! - [`outbound`] / [`inbound`]: per-connection handling in each direction.
-//! - [`local`]: per-service local listeners (`localPort`).
+//! - [`listener`]: per-service local listeners (`localPort`).
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, TLS, opaque) by reading the first bytes.
 //! - [`http`]: the L7 path — server, request proxying, endpoint connection pools, errors.
 //! - [`forward`] and [`tcp`]: the L4 path — opaque forwarding with idle timeout and half-close.
@@ -14,8 +14,8 @@
 //! - [`rate_limit`]: a `RateLimitPolicy` as requests meet it (limiter, key, counter).
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
 //! - [`metrics`], [`access_log`]: what every decision leaves behind.
-//! - [`reload`]: config reload on SIGHUP or file change.
-//! - [`managed`]: managed mode — config pushed by the control plane, ACK/NACK, registration.
+//! - [`source`]: where configuration comes from — a file reloaded on SIGHUP or change, or
+//!   the control plane's push stream (managed mode: ACK/NACK, registration).
 
 #![forbid(unsafe_code)]
 
@@ -30,14 +30,13 @@ pub mod health;
 pub mod http;
 pub mod inbound;
 pub mod listen;
-pub mod local;
-pub mod managed;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod rate_limit;
-pub mod reload;
 pub mod resilience;
 pub mod route;
+pub mod source;
 pub mod state;
 pub mod tcp;
 pub mod transport;
@@ -52,7 +51,12 @@ use tokio_util::sync::CancellationToken;
 pub use config::Overrides;
 use config::Snapshot;
 use metrics::{Direction, Metrics};
+use listener::local;
+use source::reload;
 use state::Shared;
+
+/// Managed mode's settings, where the command line has always found them.
+pub use source::managed;
 
 /// How to run a sidecar.
 #[derive(Debug, Clone)]

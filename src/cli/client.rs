@@ -1,14 +1,13 @@
-//! The operator commands — `apply`, `get`, `delete`, `history`, `diff`, `rollback` — as
-//! clients of the control plane's HTTP API; tables come from [`super::table`].
+//! The operator commands — `apply`, `get`, `delete`, `history`, `diff`, `rollback`, `token`,
+//! `proxies` — through the typed client of the control plane's API
+//! (`pilotfish_api::client`); tables come from [`super::table`].
 
 use std::io::Read;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use anyhow::Context;
+use pilotfish_api::client::{Client, ClientError};
+use pilotfish_api::wire::{DiffQuery, EventsQuery, ListQuery, RollbackRequest, TokenRequest};
 use serde_json::Value;
 
 use super::table::{cell, Table};
@@ -97,8 +96,29 @@ pub fn run(server: Server, command: Command) -> anyhow::Result<()> {
     runtime.block_on(execute(server, command))
 }
 
+/// A failed call as the operator reads it: the server's message, and what to do about a
+/// missing token.
+fn explain(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Unauthorized(_) => anyhow::anyhow!("{e} (pass --token or set PILOTFISH_TOKEN)"),
+        e => e.into(),
+    }
+}
+
+/// Prints `value` as YAML or JSON with its keys sorted, as the CLI always printed the API's
+/// answers.
+fn print_sorted(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()> {
+    let value = serde_json::to_value(value)?;
+    if yaml {
+        print!("{}", serde_yaml_ng::to_string(&value)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
 async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
-    let api = Api::new(server);
+    let api = Client::builder(&server.server).token(server.token).build();
     match command {
         Command::Apply { file } => {
             let text = if file.as_os_str() == "-" {
@@ -108,54 +128,37 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
             };
-            let out = api.call(http::Method::POST, "/v1/resources", Some(text)).await?;
+            let out = api.apply(&text).await.map_err(explain)?;
             // Like kubectl: warnings on stderr, before the result.
-            for w in out["warnings"].as_array().into_iter().flatten() {
+            for w in &out.warnings {
                 eprintln!(
                     "Warning: {}: document {} ({}): {}: {}",
                     file.display(),
-                    w["document"],
-                    cell(&w["object"]),
-                    cell(&w["field"]),
-                    cell(&w["message"])
+                    w.document,
+                    w.object,
+                    w.field,
+                    w.message
                 );
             }
-            for item in out["applied"].as_array().into_iter().flatten() {
-                let what = if item["unchanged"] == true { "unchanged" } else { "configured" };
-                match item["seq"].as_u64() {
-                    Some(seq) => println!(
-                        "{} {what} (version {}, seq {seq})",
-                        item["aggregate"].as_str().unwrap_or(""),
-                        item["version"]
-                    ),
-                    None => println!(
-                        "{} {what} (version {})",
-                        item["aggregate"].as_str().unwrap_or(""),
-                        item["version"]
-                    ),
+            for item in &out.applied {
+                let what = if item.unchanged { "unchanged" } else { "configured" };
+                match item.seq {
+                    Some(seq) => println!("{} {what} (version {}, seq {seq})", item.aggregate, item.version),
+                    None => println!("{} {what} (version {})", item.aggregate, item.version),
                 }
             }
         }
         Command::Get { kind, name, namespace, output } => {
             let items = match &name {
-                Some(name) => vec![
-                    api.call(http::Method::GET, &format!("/v1/resources/{kind}/{namespace}/{name}"), None)
-                        .await?,
-                ],
+                Some(name) => vec![api.get(&kind, &namespace, name).await.map_err(explain)?],
                 None => {
-                    let out = api
-                        .call(
-                            http::Method::GET,
-                            &format!("/v1/resources?kind={kind}&namespace={namespace}"),
-                            None,
-                        )
-                        .await?;
-                    out["items"].as_array().cloned().unwrap_or_default()
+                    let query = ListQuery { kind: Some(kind), namespace: Some(namespace) };
+                    api.list(&query).await.map_err(explain)?.items
                 }
             };
             match output {
                 Output::Json => {
-                    let docs: Vec<&Value> = items.iter().map(|i| &i["document"]).collect();
+                    let docs: Vec<&Value> = items.iter().map(|i| &i.document).collect();
                     let shown = if name.is_some() {
                         docs[0].clone()
                     } else {
@@ -165,19 +168,19 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 }
                 Output::Yaml => {
                     for item in &items {
-                        print!("---\n{}", serde_yaml_ng::to_string(&item["document"])?);
+                        print!("---\n{}", serde_yaml_ng::to_string(&item.document)?);
                     }
                 }
                 Output::Table => {
                     let mut table = Table::new(&["KIND", "NAMESPACE", "NAME", "VERSION", "SEQ"]);
                     for item in &items {
-                        let d = &item["document"];
+                        let d = &item.document;
                         table.row([
                             cell(&d["kind"]),
                             cell(&d["metadata"]["namespace"]),
                             cell(&d["metadata"]["name"]),
-                            cell(&item["version"]),
-                            cell(&item["seq"]),
+                            item.version.to_string(),
+                            item.seq.to_string(),
                         ]);
                     }
                     print!("{table}");
@@ -185,86 +188,80 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Delete { kind, name, namespace } => {
-            let out = api
-                .call(http::Method::DELETE, &format!("/v1/resources/{kind}/{namespace}/{name}"), None)
-                .await?;
-            println!("{} deleted (seq {})", out["deleted"].as_str().unwrap_or(""), out["seq"]);
+            let out = api.delete(&kind, &namespace, &name).await.map_err(explain)?;
+            println!("{} deleted (seq {})", out.deleted, out.seq);
         }
         Command::History { since, output } => {
             let mut events = Vec::new();
-            let mut after = since;
+            let mut query = EventsQuery { since, limit: Some(1000) };
             loop {
-                let out = api
-                    .call(http::Method::GET, &format!("/v1/events?since={after}&limit=1000"), None)
-                    .await?;
-                let page = out["events"].as_array().cloned().unwrap_or_default();
-                match page.last().and_then(|e| e["seq"].as_u64()) {
-                    Some(last) => after = last,
+                let page = api.events(&query).await.map_err(explain)?.events;
+                match page.last() {
+                    Some(last) => query.since = last.seq,
                     None => break,
                 }
                 events.extend(page);
             }
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&events)?),
-                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&events)?),
+                Output::Json => print_sorted(&events, false)?,
+                Output::Yaml => print_sorted(&events, true)?,
                 Output::Table => {
                     let mut table = Table::new(&["SEQ", "AT", "KIND", "AGGREGATE", "VERSION", "ACTOR"]);
-                    for e in &events {
-                        table.row(
-                            ["seq", "at", "kind", "aggregate", "version", "actor"]
-                                .map(|field| cell(&e[field])),
-                        );
+                    for e in events {
+                        table.row([
+                            e.seq.to_string(),
+                            e.at,
+                            e.kind,
+                            e.aggregate,
+                            e.version.to_string(),
+                            e.actor,
+                        ]);
                     }
                     print!("{table}");
                 }
             }
         }
         Command::Diff { from, to } => {
-            let path = match to {
-                Some(to) => format!("/v1/diff?from={from}&to={to}"),
-                None => format!("/v1/diff?from={from}"),
-            };
-            let out = api.call(http::Method::GET, &path, None).await?;
-            for c in out["changes"].as_array().into_iter().flatten() {
-                let mark = match (c["before"].is_null(), c["after"].is_null()) {
-                    (true, false) => "+ added",
-                    (false, true) => "- deleted",
+            let out = api.diff(&DiffQuery { from, to }).await.map_err(explain)?;
+            for c in &out.changes {
+                let (before, after) =
+                    (c.before.as_ref().filter(|v| !v.is_null()), c.after.as_ref().filter(|v| !v.is_null()));
+                let mark = match (before, after) {
+                    (None, Some(_)) => "+ added",
+                    (Some(_), None) => "- deleted",
                     _ => "~ changed",
                 };
-                println!("{mark} {}", c["aggregate"].as_str().unwrap_or(""));
-                if !c["after"].is_null() {
-                    for line in serde_yaml_ng::to_string(&c["after"]["spec"])?.lines() {
+                println!("{mark} {}", c.aggregate);
+                if let Some(after) = after {
+                    for line in serde_yaml_ng::to_string(&after["spec"])?.lines() {
                         println!("    {line}");
                     }
                 }
             }
         }
         Command::Token { action: TokenAction::Create { service, namespace } } => {
-            let body = serde_json::json!({ "service": service, "namespace": namespace }).to_string();
-            let out = api.call(http::Method::POST, "/v1/tokens", Some(body)).await?;
+            let request = TokenRequest { service: service.clone(), namespace: namespace.clone() };
+            let out = api.create_token(&request).await.map_err(explain)?;
             eprintln!("join token for {service}.{namespace} (shown once):");
-            println!("{}", out["token"].as_str().unwrap_or_default());
+            println!("{}", out.token);
         }
         Command::Proxies { output } => {
-            let out = api.call(http::Method::GET, "/v1/proxies", None).await?;
-            let items = out["items"].as_array().cloned().unwrap_or_default();
+            let out = api.proxies().await.map_err(explain)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&items)?),
+                Output::Json => print_sorted(&out.items, false)?,
+                Output::Yaml => print_sorted(&out.items, true)?,
                 Output::Table => {
-                    println!("current version: {}", cell(&out["version"]));
+                    println!("current version: {}", out.version);
                     let mut table =
                         Table::new(&["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"]);
-                    for p in &items {
-                        let nack = p["lastNack"]["error"]
-                            .as_str()
-                            .map(|e| format!("v{}: {e}", cell(&p["lastNack"]["version"])));
+                    for p in out.items {
+                        let nack = p.last_nack.map(|n| format!("v{}: {}", n.version, n.error));
                         table.row([
-                            cell(&p["id"]),
-                            format!("{}.{}", cell(&p["service"]), cell(&p["namespace"])),
-                            cell(&p["connected"]),
-                            cell(&p["ackedVersion"]),
-                            cell(&p["current"]),
+                            p.id,
+                            format!("{}.{}", p.service, p.namespace),
+                            p.connected.to_string(),
+                            p.acked_version.to_string(),
+                            p.current.to_string(),
                             nack.unwrap_or_default(),
                         ]);
                     }
@@ -273,53 +270,9 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Rollback { to } => {
-            let body = serde_json::json!({ "toSeq": to }).to_string();
-            let out = api.call(http::Method::POST, "/v1/rollback", Some(body)).await?;
-            let n = out["events"].as_array().map_or(0, Vec::len);
-            println!("rolled back to seq {to}: {n} change(s) written");
+            let out = api.rollback(&RollbackRequest { to_seq: to }).await.map_err(explain)?;
+            println!("rolled back to seq {to}: {} change(s) written", out.events.len());
         }
     }
     Ok(())
-}
-
-struct Api {
-    server: String,
-    token: Option<String>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-}
-
-impl Api {
-    fn new(server: Server) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { server: server.server.trim_end_matches('/').to_owned(), token: server.token, client }
-    }
-
-    /// One request; a non-2xx answer becomes an error carrying the server's message.
-    async fn call(&self, method: http::Method, path: &str, body: Option<String>) -> anyhow::Result<Value> {
-        let mut req = http::Request::builder().method(method).uri(format!("{}{path}", self.server));
-        if let Some(token) = &self.token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let res = self
-            .client
-            .request(req)
-            .await
-            .with_context(|| format!("cannot reach the control plane at {}", self.server))?;
-        let status = res.status();
-        let bytes = res.into_body().collect().await?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        if !status.is_success() {
-            let message = value["error"].as_str().map_or_else(|| value.to_string(), str::to_owned);
-            if status == http::StatusCode::UNAUTHORIZED {
-                bail!("{status}: {message} (pass --token or set PILOTFISH_TOKEN)");
-            }
-            bail!("{status}: {message}");
-        }
-        Ok(value)
-    }
 }

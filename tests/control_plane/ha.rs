@@ -95,10 +95,10 @@ fn route(header: &str) -> String {
 }
 
 async fn apply(cp: &ControlPlane, doc: &str) {
-    let r = post_resources(cp, doc).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    cp.client().apply(doc).await.unwrap();
 }
 
+/// A raw apply, for its status and headers.
 async fn post_resources(cp: &ControlPlane, doc: &str) -> support::Reply {
     let auth = format!("Authorization: Bearer {TOKEN}");
     support::curl(&["-X", "POST", "-H", &auth, "--data-binary", doc, &cp.url("/v1/resources")]).await
@@ -146,9 +146,8 @@ async fn replicas_on_etcd_share_writes_and_sidecars_fail_over() {
     })
     .await;
     eventually("the sidecar's ACK reached A", async || {
-        let j = support::curl(&[&a.url("/v1/proxies")]).await.json();
-        let web = j["items"].as_array().unwrap().iter().find(|p| p["service"] == "web").cloned();
-        web.is_some_and(|w| w["ackedVersion"] == j["version"])
+        let list = a.client().proxies().await.unwrap();
+        list.items.iter().any(|p| p.service == "web" && p.acked_version == list.version)
     })
     .await;
 }
@@ -189,6 +188,6 @@ async fn a_replica_that_cannot_reach_etcd_is_unready_and_answers_503_until_etcd_
     tokio::task::block_in_place(|| etcd.restart());
     eventually("ready again after etcd restarted", async || ready().await.status == 200).await;
     apply(&cp, &service("billing", 9002)).await;
-    let items = resources().await.json()["items"].as_array().unwrap().len();
-    assert_eq!(items, 2, "the service written before the outage and the one after");
+    let items = cp.client().list(&Default::default()).await.unwrap().items;
+    assert_eq!(items.len(), 2, "the service written before the outage and the one after");
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the control plane: the real `pilotfish control-plane` process on a real
-//! data directory, driven by the `pilotfish` CLI and curl.
+//! data directory, driven by the `pilotfish` CLI, the typed API client, and curl where a test
+//! sends what no client would or looks at raw HTTP.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -8,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pilotfish_api::client::{Client, ClientError, Preconditions};
+use pilotfish_api::wire::{DiffQuery, EndpointQuery, EventsQuery, Registration};
 use serde_json::Value;
 
 mod ha;
@@ -79,6 +82,17 @@ impl ControlPlane {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The typed API client, with the admin token.
+    fn client(&self) -> Client {
+        Client::builder(&self.url("")).token(Some(TOKEN.into())).build()
+    }
+
+    /// [`ControlPlane::client`] with a runtime of its own, for the synchronous tests.
+    fn api(&self) -> Api {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Api { runtime, client: self.client() }
+    }
+
     /// The CLI against this control plane.
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
@@ -104,6 +118,31 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The typed client and a runtime to run its calls on.
+struct Api {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Api {
+    fn run<F: std::future::Future>(&self, call: F) -> F::Output {
+        self.runtime.block_on(call)
+    }
+
+    /// The whole event log (one page: these tests write fewer than a page).
+    fn log(&self) -> Vec<pilotfish_api::wire::Event> {
+        self.run(self.client.events(&EventsQuery::default())).unwrap().events
+    }
+}
+
+impl std::ops::Deref for Api {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
@@ -258,21 +297,20 @@ fn a_route_exported_from_a_cluster_applies_with_warnings_and_stores_only_configu
     assert_eq!(shown["spec"]["rules"][0]["backendRefs"][1]["weight"], 10, "{yaml}");
 
     // Nothing the cluster set reached the log either.
-    let (_, events) = curl(&[&cp.url("/v1/events")]);
-    let logged = events.to_string();
+    let api = cp.api();
+    let logged = serde_json::to_string(&api.log()).unwrap();
     for field in ["managedFields", "resourceVersion", "uid", "creationTimestamp", "status", "last-applied"] {
         assert!(!logged.contains(field), "{field} was stored: {logged}");
     }
 
     // The API's answer carries the warnings too, also when nothing changed.
     let text = std::fs::read_to_string(file).unwrap();
+    let out = api.run(api.apply(&text)).unwrap();
+    assert!(out.applied[0].unchanged, "{out:?}");
+    assert_eq!(out.warnings[1].document, 1, "{out:?}");
+    assert_eq!(out.warnings[1].object, "HTTPRoute shop/users", "{out:?}");
+    assert_eq!(out.warnings[1].field, "spec.parentRefs[0].port", "{out:?}");
     let auth = format!("Authorization: Bearer {TOKEN}");
-    let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", &text, &cp.url("/v1/resources")]);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["applied"][0]["unchanged"], true, "{body}");
-    assert_eq!(body["warnings"][1]["document"], 1, "{body}");
-    assert_eq!(body["warnings"][1]["object"], "HTTPRoute shop/users", "{body}");
-    assert_eq!(body["warnings"][1]["field"], "spec.parentRefs[0].port", "{body}");
 
     // What changes the route's meaning is still refused.
     let gateway = text.replacen("kind: Service\n    name: users", "kind: Gateway\n    name: users", 1);
@@ -312,8 +350,7 @@ fn writes_need_the_token_and_bad_input_changes_nothing() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["document"], 2);
     assert_eq!(body["field"], "spec.endpoints[0].address");
-    let (_, events) = curl(&[&cp.url("/v1/events")]);
-    assert_eq!(events["events"].as_array().unwrap().len(), 0, "nothing was half-applied");
+    assert_eq!(cp.api().log().len(), 0, "nothing was half-applied");
 
     let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", "{not yaml: [", &url]);
     assert_eq!(status, 400, "{body}");
@@ -340,87 +377,59 @@ fn writes_need_the_token_and_bad_input_changes_nothing() {
 fn optimistic_concurrency_and_idempotency_keys() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path());
-    let url = cp.url("/v1/resources");
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    assert_eq!(curl(&["-X", "POST", "-H", &auth, "--data-binary", &service("users", 9001), &url]).0, 200);
+    let api = cp.api();
+    api.run(api.apply(&service("users", 9001))).unwrap();
 
-    // Two writers both expecting version 1: exactly one wins.
+    // Two writers both expecting version 1: exactly one wins, the other hears 409.
     let writers: Vec<_> = [9002, 9003]
         .into_iter()
         .map(|port| {
-            let (url, auth) = (url.clone(), auth.clone());
+            let api = cp.api();
             std::thread::spawn(move || {
-                curl(&[
-                    "-X",
-                    "POST",
-                    "-H",
-                    &auth,
-                    "-H",
-                    "If-Match: 1",
-                    "--data-binary",
-                    &service("users", port),
-                    &url,
-                ])
-                .0
+                let expect_1 = Preconditions { if_match: Some(1), ..Preconditions::default() };
+                api.run(api.apply_with(&service("users", port), &expect_1))
             })
         })
         .collect();
-    let mut statuses: Vec<u16> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    statuses.sort();
-    assert_eq!(statuses, [200, 409]);
+    let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    let conflicts = results.iter().filter(|r| matches!(r, Err(ClientError::Conflict(_)))).count();
+    assert_eq!((won, conflicts), (1, 1), "{results:?}");
 
     // The same Idempotency-Key twice: one event, the same answer.
-    let key = "Idempotency-Key: deploy-42";
-    let first =
-        curl(&["-X", "POST", "-H", &auth, "-H", key, "--data-binary", &service("billing", 9100), &url]);
-    let again =
-        curl(&["-X", "POST", "-H", &auth, "-H", key, "--data-binary", &service("billing", 9100), &url]);
-    assert_eq!((first.0, again.0), (200, 200));
-    assert_eq!(first.1["applied"][0]["seq"], again.1["applied"][0]["seq"]);
-    let (_, events) = curl(&[&cp.url("/v1/events")]);
-    assert_eq!(events["events"].as_array().unwrap().len(), 3, "{events}");
+    let key = Preconditions { idempotency_key: Some("deploy-42".into()), ..Preconditions::default() };
+    let first = api.run(api.apply_with(&service("billing", 9100), &key)).unwrap();
+    let again = api.run(api.apply_with(&service("billing", 9100), &key)).unwrap();
+    assert_eq!(first.applied[0].seq, again.applied[0].seq);
+    let events = api.log();
+    assert_eq!(events.len(), 3, "{events:?}");
 }
 
 #[test]
 fn registered_endpoints_expire_without_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path());
-    let auth = format!("Authorization: Bearer {TOKEN}");
+    let api = cp.api();
     let register = |addr: &str, ttl: u64| {
-        let body = format!(r#"{{"service": "users", "address": "{addr}", "ttlSeconds": {ttl}}}"#);
-        curl(&[
-            "-X",
-            "POST",
-            "-H",
-            &auth,
-            "-H",
-            "content-type: application/json",
-            "--data",
-            &body,
-            &cp.url("/v1/endpoints"),
-        ])
+        let registration = Registration::new("users", "default", addr.parse().unwrap(), ttl);
+        api.run(api.register(&registration)).unwrap()
     };
-    let (status, kept) = register("127.0.0.1:9001", 30);
-    assert_eq!(status, 201, "{kept}");
-    let (_, lapsing) = register("127.0.0.1:9002", 1);
-    let kept_id = kept["id"].as_str().unwrap().to_owned();
-    let count = || curl(&[&cp.url("/v1/endpoints?service=users")]).1["items"].as_array().unwrap().len();
+    let kept = register("127.0.0.1:9001", 30);
+    let lapsing = register("127.0.0.1:9002", 1);
+    let users = EndpointQuery { service: Some("users".into()) };
+    let count = || api.run(api.endpoints(&users)).unwrap().items.len();
     // The 1 s lease lapses; the 30 s one, heartbeated, stays.
     let deadline = Instant::now() + Duration::from_secs(20);
     while count() != 1 {
         assert!(Instant::now() < deadline, "the endpoint without heartbeats never expired");
-        let (status, _) =
-            curl(&["-X", "PUT", "-H", &auth, &cp.url(&format!("/v1/endpoints/{kept_id}/heartbeat"))]);
-        assert_eq!(status, 200);
+        api.run(api.heartbeat(&kept.id)).unwrap();
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (_, events) = curl(&[&cp.url("/v1/events")]);
-    let expired: Vec<_> =
-        events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "EndpointExpired").collect();
+    let events = api.log();
+    let expired: Vec<_> = events.iter().filter(|e| e.kind == "EndpointExpired").collect();
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0]["aggregate"], format!("Endpoint/{}", lapsing["id"].as_str().unwrap()));
-    let (status, _) = curl(&["-X", "DELETE", "-H", &auth, &cp.url(&format!("/v1/endpoints/{kept_id}"))]);
-    assert_eq!(status, 200);
+    assert_eq!(expired[0].aggregate, format!("Endpoint/{}", lapsing.id));
+    api.run(api.deregister(&kept.id)).unwrap();
     assert_eq!(count(), 0);
 }
 
@@ -428,18 +437,13 @@ fn registered_endpoints_expire_without_heartbeats() {
 fn sigkill_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut cp = ControlPlane::start(dir.path());
-    let (url, auth) = (cp.url("/v1/resources"), format!("Authorization: Bearer {TOKEN}"));
+    let api = cp.api();
     let (acks, acked) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
         let mut acknowledged = Vec::new();
         for i in 0..2000 {
-            let doc = service(&format!("svc-{i}"), 9000);
-            let (status, body) = curl(&["-X", "POST", "-H", &auth, "--data-binary", &doc, &url]);
-            if status != 200 {
-                break;
-            }
-            acknowledged
-                .push((body["applied"][0]["seq"].as_u64().unwrap(), format!("Service/default/svc-{i}")));
+            let Ok(out) = api.run(api.apply(&service(&format!("svc-{i}"), 9000))) else { break };
+            acknowledged.push((out.applied[0].seq.unwrap(), format!("Service/default/svc-{i}")));
             let _ = acks.send(());
         }
         acknowledged
@@ -454,13 +458,12 @@ fn sigkill_loses_no_acknowledged_write() {
     assert!(!acknowledged.is_empty(), "no write finished before the kill: {}", cp.log.lock().unwrap());
 
     let cp = ControlPlane::start(dir.path());
-    let (_, events) = curl(&[&cp.url("/v1/events")]);
-    let events = events["events"].as_array().unwrap();
+    let events = cp.api().log();
     // Every acknowledged write is there, in order, exactly once; at most one unacknowledged
     // write (in flight at the kill) may follow.
     for (i, (seq, aggregate)) in acknowledged.iter().enumerate() {
-        assert_eq!(events[i]["seq"].as_u64(), Some(*seq));
-        assert_eq!(events[i]["aggregate"].as_str(), Some(aggregate.as_str()));
+        assert_eq!(events[i].seq, *seq);
+        assert_eq!(&events[i].aggregate, aggregate);
     }
     assert!(
         events.len() <= acknowledged.len() + 1,
@@ -468,7 +471,7 @@ fn sigkill_loses_no_acknowledged_write() {
         events.len(),
         acknowledged.len()
     );
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seq has gaps: {seqs:?}");
 }
 
@@ -512,32 +515,22 @@ fn the_openapi_document_is_valid_and_lists_every_route() {
 fn a_diff_on_a_long_log_costs_about_what_it_costs_on_a_short_one() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path());
-    let auth = format!("Authorization: Bearer {TOKEN}");
+    let api = cp.api();
     let write_events = |from: usize, to: usize| {
         for chunk in (from..to).collect::<Vec<_>>().chunks(100) {
             let docs: Vec<String> =
                 chunk.iter().map(|i| service(&format!("svc-{}", i % 100), 9000 + (i / 100) as u16)).collect();
-            let (status, body) = curl(&[
-                "-X",
-                "POST",
-                "-H",
-                &auth,
-                "--data-binary",
-                &docs.join("---\n"),
-                &cp.url("/v1/resources"),
-            ]);
-            assert_eq!(status, 200, "{body}");
+            api.run(api.apply(&docs.join("---\n"))).unwrap();
         }
     };
     // Each request diffs the last ten events; the median of 15 is what it costs.
     let median_diff = || {
-        let head = curl(&[&cp.url("/v1/events?limit=1")]).1["head"].as_u64().unwrap();
-        let url = cp.url(&format!("/v1/diff?from={}&to={head}", head - 10));
+        let head = api.run(api.events(&EventsQuery { since: 0, limit: Some(1) })).unwrap().head;
+        let last_ten = DiffQuery { from: head - 10, to: Some(head) };
         let mut times: Vec<Duration> = (0..15)
             .map(|_| {
                 let started = Instant::now();
-                let (status, body) = curl(&[&url]);
-                assert_eq!(status, 200, "{body}");
+                api.run(api.diff(&last_ten)).unwrap();
                 started.elapsed()
             })
             .collect();

@@ -3,18 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{self, backend, Reply, Sidecar};
+use pilotfish_api::wire::{Ack, EndpointQuery, ProxyStatus, PushLine, Registration, PROTOCOL_VERSION};
+
+use crate::support::{self, backend, Sidecar};
 use crate::{service, ControlPlane, TOKEN};
 
-fn auth() -> String {
-    format!("Authorization: Bearer {TOKEN}")
-}
-
-async fn apply(cp: &ControlPlane, doc: &str) -> Reply {
-    let r =
-        support::curl(&["-X", "POST", "-H", &auth(), "--data-binary", doc, &cp.url("/v1/resources")]).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r
+async fn apply(cp: &ControlPlane, doc: &str) {
+    cp.client().apply(doc).await.unwrap();
 }
 
 fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
@@ -60,11 +55,10 @@ async fn with_users() -> (tempfile::TempDir, ControlPlane, support::Backend) {
     (dir, cp, users)
 }
 
-async fn proxy_status(cp: &ControlPlane, service: &str) -> serde_json::Value {
-    let r = support::curl(&[&cp.url("/v1/proxies")]).await;
-    let j = r.json();
-    let item = j["items"].as_array().unwrap().iter().find(|p| p["service"] == service).cloned();
-    serde_json::json!({ "version": j["version"], "proxy": item })
+/// The version in force, and what the proxies API says of `service`'s sidecar.
+async fn proxy_status(cp: &ControlPlane, service: &str) -> (u64, Option<ProxyStatus>) {
+    let list = cp.client().proxies().await.unwrap();
+    (list.version, list.items.into_iter().find(|p| p.service == service))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,23 +77,24 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
         (r.json()["headers"]["x-pushed"] == "yes").then_some(())
     })
     .await;
-    let status = eventually("the sidecar acked the current version", async || {
-        let s = proxy_status(&cp, "web").await;
-        (s["proxy"]["current"] == true).then_some(s)
-    })
-    .await;
-    assert_eq!(status["proxy"]["ackedVersion"], status["version"]);
-    assert_eq!(status["proxy"]["connected"], true);
+    let (current, proxy) =
+        eventually("the sidecar acked the current version", async || match proxy_status(&cp, "web").await {
+            (current, Some(p)) if p.current => Some((current, p)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(proxy.acked_version, current);
+    assert!(proxy.connected);
     let metrics = support::parse_metrics(&support::curl(&[&cp.url("/metrics")]).await.body).await;
     assert_eq!(support::sample(&metrics, "pilotfish_cp_connected_proxies", &[]), 1.0);
     assert_eq!(support::sample(&metrics, "pilotfish_cp_current_proxies", &[]), 1.0);
     assert!(support::sample(&metrics, "pilotfish_cp_pushes_total", &[]) >= 2.0);
     let out = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
     let (version, table) = out.split_once('\n').unwrap();
-    assert_eq!(version, format!("current version: {}", status["version"]));
+    assert_eq!(version, format!("current version: {current}"));
     let table = crate::table_cells(table);
     assert_eq!(table[0], ["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"]);
-    let acked = status["version"].to_string();
+    let acked = current.to_string();
     assert_eq!(table[1][1..], ["web.default", "true", acked.as_str(), "true", "<none>"], "{out}");
 }
 
@@ -117,14 +112,14 @@ async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_servin
     };
     apply(&cp, &vip("a")).await;
     apply(&cp, &vip("b")).await;
-    let status = eventually("the sidecar nacked", async || {
-        let s = proxy_status(&cp, "web").await;
-        s["proxy"]["lastNack"].is_object().then_some(s)
+    let proxy = eventually("the sidecar nacked", async || {
+        proxy_status(&cp, "web").await.1.filter(|p| p.last_nack.is_some())
     })
     .await;
-    let error = status["proxy"]["lastNack"]["error"].as_str().unwrap();
+    let nacked = proxy.last_nack.as_ref().unwrap();
+    let error = &nacked.error;
     assert!(error.contains("spec.addresses") && error.contains("10.96.0.1:80"), "{error}");
-    assert_eq!(status["proxy"]["current"], false);
+    assert!(!proxy.current);
     assert_eq!(
         support::curl(&["-H", "Host: users", &url]).await.status,
         200,
@@ -135,7 +130,7 @@ async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_servin
     let out = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
     let table = crate::table_cells(out.split_once('\n').unwrap().1);
     let nack = &table[1][5];
-    assert!(nack.starts_with(&format!("v{}: ", status["proxy"]["lastNack"]["version"])), "{out}");
+    assert!(nack.starts_with(&format!("v{}: ", nacked.version)), "{out}");
     assert!(nack.contains("spec.addresses"), "{out}");
 }
 
@@ -171,7 +166,7 @@ async fn sidecars_ride_out_a_control_plane_outage_and_converge_after() {
     })
     .await;
     eventually("the proxies API shows it current", async || {
-        (proxy_status(&cp, "web").await["proxy"]["current"] == true).then_some(())
+        proxy_status(&cp, "web").await.1.filter(|p| p.current).map(drop)
     })
     .await;
 }
@@ -184,21 +179,8 @@ async fn an_expired_lease_removes_the_endpoint_from_sidecars() {
     apply(&cp, "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: api}\nspec: {}\n").await;
     let sc = managed(&cp, "web", &[]);
     let url = format!("http://{}/", sc.outbound);
-    let body = format!(r#"{{"service": "api", "address": "{}", "ttlSeconds": 3}}"#, api.addr);
     let registered = Instant::now();
-    let r = support::curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &auth(),
-        "-H",
-        "content-type: application/json",
-        "--data",
-        &body,
-        &cp.url("/v1/endpoints"),
-    ])
-    .await;
-    assert_eq!(r.status, 201);
+    cp.client().register(&Registration::new("api", "default", api.addr, 3)).await.unwrap();
     let r = eventually("the registered instance is routable", async || {
         let r = support::curl(&["-H", "Host: api", &url]).await;
         (r.status == 200).then_some(r)
@@ -265,9 +247,9 @@ async fn a_join_token_serves_one_service_and_nothing_else() {
     let sc = managed_with_token(&cp, "web", &token, &["--app", &app_addr, "--inbound", "127.0.0.1:0"]);
     let r = support::curl(&["-H", "Host: users", &format!("http://{}/", sc.outbound)]).await;
     assert_eq!(r.status, 200);
+    let web = EndpointQuery { service: Some("web".into()) };
     eventually("web's sidecar registered its app", async || {
-        let r = support::curl(&[&cp.url("/v1/endpoints?service=web")]).await;
-        (r.json()["items"].as_array().unwrap().len() == 1).then_some(())
+        (cp.client().endpoints(&web).await.unwrap().items.len() == 1).then_some(())
     })
     .await;
 
@@ -315,10 +297,8 @@ async fn another_services_token_cannot_take_over_a_sidecars_proxy_id() {
     };
     let (web_token, evil_token) = (token("web"), token("evil"));
     let _sc = managed_with_token(&cp, "web", &web_token, &[]);
-    let id = eventually("web's sidecar is listed", async || {
-        proxy_status(&cp, "web").await["proxy"]["id"].as_str().map(str::to_owned)
-    })
-    .await;
+    let id =
+        eventually("web's sidecar is listed", async || proxy_status(&cp, "web").await.1.map(|p| p.id)).await;
 
     // evil claims web's sidecar id: as web (refused), and under its own name (its own proxy).
     let bearer = format!("Authorization: Bearer {evil_token}");
@@ -331,19 +311,18 @@ async fn another_services_token_cannot_take_over_a_sidecars_proxy_id() {
         .spawn()
         .unwrap();
     eventually("the squatter is listed under its own service", async || {
-        (proxy_status(&cp, "evil").await["proxy"]["connected"] == true).then_some(())
+        proxy_status(&cp, "evil").await.1.filter(|p| p.connected).map(drop)
     })
     .await;
 
     // The real sidecar's ACKs still land: it takes a new version and the API shows it current.
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n  - timeouts: {request: 3s}\n";
     apply(&cp, route).await;
-    let status = eventually("web's sidecar acked the new version", async || {
-        let s = proxy_status(&cp, "web").await;
-        (s["proxy"]["current"] == true).then_some(s)
+    let proxy = eventually("web's sidecar acked the new version", async || {
+        proxy_status(&cp, "web").await.1.filter(|p| p.current)
     })
     .await;
-    assert_eq!(status["proxy"]["connected"], true, "{status}");
+    assert!(proxy.connected, "{proxy:?}");
     let _ = squat.kill();
     let _ = squat.wait();
 }
@@ -357,23 +336,20 @@ async fn a_gone_sidecar_is_listed_as_disconnected_then_forgotten_after_the_reten
     });
     let sc = managed(&cp, "web", &[]);
     eventually("the sidecar is listed", async || {
-        (proxy_status(&cp, "web").await["proxy"]["connected"] == true).then_some(())
+        proxy_status(&cp, "web").await.1.filter(|p| p.connected).map(drop)
     })
     .await;
     drop(sc);
     // The control plane notices at the stream's next keepalive (10 s), then keeps it 3 s.
-    let status = eventually("the sidecar is listed as disconnected", async || {
-        let s = proxy_status(&cp, "web").await;
-        (s["proxy"]["connected"] == false).then_some(s)
+    let proxy = eventually("the sidecar is listed as disconnected", async || {
+        proxy_status(&cp, "web").await.1.filter(|p| !p.connected)
     })
     .await;
-    assert!(status["proxy"]["disconnectedAt"].is_string(), "{status}");
+    assert!(proxy.disconnected_at.is_some(), "{proxy:?}");
     let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
     assert!(table.contains("web.default") && table.contains("false"), "{table}");
-    eventually("the sidecar is forgotten", async || {
-        proxy_status(&cp, "web").await["proxy"].is_null().then_some(())
-    })
-    .await;
+    eventually("the sidecar is forgotten", async || proxy_status(&cp, "web").await.1.is_none().then_some(()))
+        .await;
 }
 
 /// A stand-in control plane that pushes the snapshots a test hands it and records the ACKs and
@@ -381,8 +357,9 @@ async fn a_gone_sidecar_is_listed_as_disconnected_then_forgotten_after_the_reten
 /// refuses (a real control plane validates with the same rules and would refuse to store it).
 struct FakeControlPlane {
     url: String,
-    snapshots: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
-    acks: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// Push lines, each sent as it is.
+    lines: tokio::sync::mpsc::UnboundedSender<String>,
+    acks: std::sync::Arc<std::sync::Mutex<Vec<Ack>>>,
 }
 
 impl FakeControlPlane {
@@ -402,7 +379,7 @@ impl FakeControlPlane {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (snapshots, queue) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+        let (lines, queue) = tokio::sync::mpsc::unbounded_channel::<String>();
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
         let acks = Arc::new(Mutex::new(Vec::new()));
         let recorded = acks.clone();
@@ -415,12 +392,11 @@ impl FakeControlPlane {
                     async move {
                         type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
                         let res: http::Response<Body> = if req.uri().path() == "/v1/push" {
-                            // One push stream at a time: each snapshot handed over becomes a line.
+                            // One push stream at a time: each line handed over is sent.
                             let (mut tx, body) = Channel::<Bytes, std::convert::Infallible>::new(8);
                             tokio::spawn(async move {
                                 let mut queue = queue.lock().await;
-                                while let Some((version, config)) = queue.recv().await {
-                                    let line = serde_json::json!({"version": version, "config": config});
+                                while let Some(line) = queue.recv().await {
                                     if tx.send_data(Bytes::from(format!("{line}\n"))).await.is_err() {
                                         return;
                                     }
@@ -443,19 +419,27 @@ impl FakeControlPlane {
                 );
             }
         });
-        Self { url, snapshots, acks }
+        Self { url, lines, acks }
     }
 
+    /// Pushes a snapshot as this build's control plane would.
     fn push(&self, version: u64, config: String) {
-        self.snapshots.send((version, config)).unwrap();
+        self.push_line(serde_json::to_value(PushLine::new(version, config)).unwrap());
+    }
+
+    /// Pushes any line, e.g. one of another protocol version.
+    fn push_line(&self, line: serde_json::Value) {
+        self.lines.send(line.to_string()).unwrap();
     }
 
     /// Waits for the sidecar's report on `version`: `None` for an ACK, the error of a NACK.
     async fn report(&self, version: u64) -> Option<String> {
+        self.ack_of(version).await.error
+    }
+
+    async fn ack_of(&self, version: u64) -> Ack {
         eventually(&format!("the sidecar reported on version {version}"), async || {
-            let acks = self.acks.lock().unwrap();
-            let ack = acks.iter().find(|a| a["version"] == version)?;
-            Some(ack["error"].as_str().map(str::to_owned))
+            self.acks.lock().unwrap().iter().find(|a| a.version == version).cloned()
         })
         .await
     }
@@ -511,4 +495,47 @@ async fn a_snapshot_with_fields_from_the_future_is_acked_and_served() {
     assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
     sc.wait_for_log("spec.endpoints[0].zone: not known to this version: ignored").await;
     sc.wait_for_log("spec.trafficPolicy: not known to this version: ignored").await;
+}
+
+/// A push line from a control plane one protocol version ahead, with fields this sidecar does
+/// not know: it is ACKed (with this sidecar's protocol) and its configuration served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_line_with_fields_from_the_future_is_acked_and_served() {
+    let a = backend("a").await;
+    let cp = FakeControlPlane::start().await;
+    cp.push_line(serde_json::json!({
+        "protocol": PROTOCOL_VERSION + 1,
+        "version": 1,
+        "config": service("users", a.addr.port()),
+        "delta": { "added": ["Service/default/users"] },
+        "trustBundle": "-----BEGIN CERTIFICATE-----",
+    }));
+    let sc = cp.sidecar();
+    let ack = cp.ack_of(1).await;
+    assert_eq!(ack, Ack::accepted(1), "an ACK of this sidecar's protocol");
+    let target = format!("http://{}/", sc.outbound);
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
+}
+
+/// A push line of a protocol too far from this sidecar's is NACKed, saying so, and the last good
+/// configuration keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_line_of_an_unsupported_protocol_is_nacked_and_the_last_good_config_serves() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let cp = FakeControlPlane::start().await;
+    cp.push(1, service("users", a.addr.port()));
+    let sc = cp.sidecar();
+    assert_eq!(cp.report(1).await, None);
+    cp.push_line(serde_json::json!({
+        "protocol": PROTOCOL_VERSION + 2,
+        "version": 2,
+        "config": service("users", b.addr.port()),
+    }));
+    let error = cp.report(2).await.expect("a NACK");
+    assert!(error.contains(&format!("protocol version {}", PROTOCOL_VERSION + 2)), "{error}");
+    let target = format!("http://{}/", sc.outbound);
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
+    cp.push(3, service("users", b.addr.port()));
+    assert_eq!(cp.report(3).await, None);
+    assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "b");
 }

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use pilotfish_api::UnknownFields;
 
 use crate::config::{Overrides, Snapshot};
-use crate::local::LocalListeners;
+use crate::listener::local::LocalListeners;
 use crate::state::Shared;
 
 pub async fn watch(shared: Arc<Shared>, local: Arc<LocalListeners>, path: PathBuf, overrides: Overrides) {

@@ -1,0 +1,20 @@
+//! The typed client of the control plane's API (feature `client`): the CLI, the managed sidecar
+//! and the tests all call the control plane through it, with the `wire` types both ends share.
+//!
+//! - `transport`: [`Client`] — base URL, bearer token, hyper-util's pooled client, timeouts.
+//! - `operations`: one method per API operation (a new API call goes here).
+//! - `push_stream`: [`PushStream`], the push stream's typed lines.
+//! - `error`: [`ClientError`], a variant per failure a caller acts on.
+
+mod error;
+mod operations;
+mod push_stream;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ClientError;
+pub use operations::Preconditions;
+pub use push_stream::{PushStream, StreamError, MAX_LINE, STREAM_IDLE};
+pub use transport::{Client, ClientBuilder};

@@ -1,0 +1,181 @@
+//! The client's plumbing: one control plane's base URL and bearer token over hyper-util's
+//! pooled legacy client, turning a call into a request and an answer into a typed value or a
+//! [`ClientError`]. The operations themselves are in `operations`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use super::error::ClientError;
+
+type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// A client of one control plane's `/v1` API. Cloning it shares its connection pool.
+#[derive(Clone)]
+pub struct Client {
+    base: Arc<str>,
+    token: Option<Arc<str>>,
+    http: Http,
+    /// Bounds each call, from sending it to the last byte of the answer (not a push stream's
+    /// lines, which come for as long as the stream lasts).
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Client").field("base", &self.base).field("timeout", &self.timeout).finish()
+    }
+}
+
+/// How a [`Client`] is set up; [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base: String,
+    token: Option<String>,
+    connect_timeout: Option<Duration>,
+    timeout: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// The bearer token sent with every call (admin or join token).
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Bounds opening a connection (default: the operating system's).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds each call but a push stream's lines (default: none).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn build(self) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(self.connect_timeout);
+        connector.set_nodelay(true);
+        Client {
+            base: self.base.trim_end_matches('/').into(),
+            token: self.token.map(Into::into),
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// One request: method, path with its query, and body with its media type.
+pub(crate) struct Call {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<(&'static str, Bytes)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Call {
+    pub fn new(method: Method, path: String) -> Self {
+        Self { method, path, body: None, headers: Vec::new() }
+    }
+
+    pub fn json(mut self, body: &impl serde::Serialize) -> Self {
+        let bytes = serde_json::to_vec(body).expect("wire types serialize");
+        self.body = Some(("application/json", Bytes::from(bytes)));
+        self
+    }
+}
+
+impl Client {
+    /// A client of the control plane at `base` (`http://host:port`).
+    pub fn builder(base: &str) -> ClientBuilder {
+        ClientBuilder { base: base.to_owned(), token: None, connect_timeout: None, timeout: None }
+    }
+
+    /// The control plane's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `call` and answers the response whose status is a success; an error answer becomes
+    /// its [`ClientError`]. Not bounded by the timeout: the caller bounds what it reads.
+    pub(crate) async fn send(&self, call: Call) -> Result<Response<Incoming>, ClientError> {
+        let url = format!("{}{}", self.base, call.path);
+        let mut req = Request::builder().method(call.method).uri(&url);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in call.headers {
+            req = req.header(name, value);
+        }
+        let body = match call.body {
+            Some((media, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, media);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        let req =
+            req.body(Full::new(body)).map_err(|source| ClientError::Request { url: url.clone(), source })?;
+        let res = self
+            .http
+            .request(req)
+            .await
+            .map_err(|source| ClientError::Unreachable { base: self.base.to_string(), source })?;
+        if res.status().is_success() {
+            return Ok(res);
+        }
+        let status = res.status();
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .map(Duration::from_secs);
+        let body = read(&url, res).await?;
+        Err(ClientError::answer(status, &body, retry_after))
+    }
+
+    /// [`Client::send`] and the whole answer, within the timeout.
+    async fn answer(&self, call: Call) -> Result<(String, Bytes), ClientError> {
+        let url = format!("{}{}", self.base, call.path);
+        let exchange = async {
+            let res = self.send(call).await?;
+            read(&url, res).await
+        };
+        let body = match self.timeout {
+            None => exchange.await?,
+            Some(timeout) => tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| ClientError::TimedOut { base: self.base.to_string(), timeout })??,
+        };
+        Ok((url, body))
+    }
+
+    /// A call whose answer is the JSON of `T`.
+    pub(crate) async fn json<T: DeserializeOwned>(&self, call: Call) -> Result<T, ClientError> {
+        let (url, body) = self.answer(call).await?;
+        serde_json::from_slice(&body).map_err(|source| ClientError::Unexpected { url, source })
+    }
+
+    /// A call whose answer has nothing to read (204, or a plain-text `ok`).
+    pub(crate) async fn empty(&self, call: Call) -> Result<(), ClientError> {
+        self.answer(call).await.map(drop)
+    }
+}
+
+async fn read(url: &str, res: Response<Incoming>) -> Result<Bytes, ClientError> {
+    match res.into_body().collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(source) => Err(ClientError::Body { url: url.to_owned(), source }),
+    }
+}

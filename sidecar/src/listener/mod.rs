@@ -1,0 +1,3 @@
+//! Listeners: where connections arrive.
+
+pub mod local;

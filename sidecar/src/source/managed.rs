@@ -1,0 +1,262 @@
+//! Managed mode: the configuration comes from the control plane's push stream instead of a
+//! file, and this sidecar's app is registered in the control plane's registry under a lease it
+//! renews by heartbeat.
+//!
+//! The sidecar ACKs every version it swaps in and NACKs (with the error) every version it
+//! refuses, keeping the last good one. When the control plane is unreachable it keeps serving
+//! what it has and reconnects with jittered exponential backoff, trying each control-plane URL
+//! in turn, and resumes from the version it has. A push line of a protocol this build does not
+//! support is NACKed like a configuration it refuses. Every call goes through the typed client
+//! of `pilotfish_api::client`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pilotfish_api::client::{Client, ClientError, PushStream, StreamError};
+use pilotfish_api::wire::{Ack, AckQuery, PushQuery, Registration, Versioned, PROTOCOL_VERSION};
+use pilotfish_api::UnknownFields;
+use tokio_util::sync::CancellationToken;
+
+use super::reload;
+use crate::listener::local::LocalListeners;
+use crate::state::Shared;
+use crate::Overrides;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Connecting includes waiting for the response headers of the stream.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Registration, heartbeat, deregistration and ACK calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the control plane is and who this sidecar is.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    /// Base URLs of the control-plane replicas (`http://host:port`).
+    pub servers: Vec<String>,
+    pub service: String,
+    pub namespace: String,
+    pub token: String,
+    /// This sidecar's name in the proxies API.
+    pub id: String,
+    /// How long the registration lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+}
+
+impl Managed {
+    /// The configuration as the sidecar parses it: its own `Sidecar` document (listeners come
+    /// from the command line) followed by what the control plane sent.
+    pub fn document_stream(&self, config: &str) -> String {
+        let sidecar = serde_json::json!({
+            "apiVersion": "pilotfish.io/v1alpha1",
+            "kind": "Sidecar",
+            "metadata": { "name": self.service, "namespace": self.namespace },
+            "spec": {},
+        });
+        format!("{sidecar}\n---\n{config}")
+    }
+
+    /// A client of each control-plane replica, in the order they are tried.
+    fn clients(&self) -> Vec<Client> {
+        self.servers
+            .iter()
+            .map(|server| {
+                Client::builder(server)
+                    .token(Some(self.token.clone()))
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(CALL_TIMEOUT)
+                    .build()
+            })
+            .collect()
+    }
+}
+
+/// The push stream, (re)connected as needed.
+pub struct PushClient {
+    managed: Managed,
+    clients: Vec<Client>,
+    server: usize,
+    stream: Option<PushStream>,
+    /// The last version swapped in (sent on reconnect so an unchanged config is not resent).
+    version: u64,
+    failures: u32,
+}
+
+impl PushClient {
+    pub fn new(managed: Managed) -> Self {
+        Self { clients: managed.clients(), managed, server: 0, stream: None, version: 0, failures: 0 }
+    }
+
+    pub fn managed(&self) -> &Managed {
+        &self.managed
+    }
+
+    /// The next snapshot: `(version, document stream)`.
+    pub async fn next(&mut self) -> (u64, String) {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                let server = self.clients[self.server].base().to_owned();
+                match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+                    Ok(Ok(stream)) => {
+                        tracing::info!(%server, "connected to the control plane");
+                        self.stream = Some(stream);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%server, error = %e, "control plane unreachable; serving the last good config");
+                        self.fail_over().await;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%server, "control plane did not answer within {CONNECT_TIMEOUT:?}; trying the next");
+                        self.fail_over().await;
+                    }
+                }
+                continue;
+            };
+            match stream.next().await {
+                Ok(line) => {
+                    // Only a snapshot proves the server healthy; connecting is not enough.
+                    self.failures = 0;
+                    if let Err(e) = line.check_protocol() {
+                        tracing::error!(
+                            version = line.version,
+                            "push line refused, keeping the last good config: {e}"
+                        );
+                        self.ack(line.version, Some(e.to_string())).await;
+                        continue;
+                    }
+                    return (line.version, self.managed.document_stream(&line.config));
+                }
+                Err(e @ (StreamError::Unreadable(_) | StreamError::LineTooLong(_))) => {
+                    tracing::warn!(error = %e, "unusable line on the push stream; reconnecting");
+                    self.fail_over().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push stream ended; reconnecting");
+                    self.fail_over().await;
+                }
+            }
+        }
+    }
+
+    /// Drops the stream, moves to the next control-plane URL, and backs off — longer with every
+    /// failure in a row, so a server that accepts and then fails cannot cause a reconnect storm.
+    async fn fail_over(&mut self) {
+        self.stream = None;
+        self.server = (self.server + 1) % self.clients.len();
+        self.failures += 1;
+        tokio::time::sleep(backoff(self.failures)).await;
+    }
+
+    async fn connect(&self) -> Result<PushStream, ClientError> {
+        let m = &self.managed;
+        let query = PushQuery {
+            id: m.id.clone(),
+            service: m.service.clone(),
+            namespace: m.namespace.clone(),
+            version: self.version,
+            protocol: Some(PROTOCOL_VERSION),
+        };
+        self.clients[self.server].push(&query).await
+    }
+
+    /// ACK (`error: None`) or NACK a version.
+    pub async fn ack(&mut self, version: u64, error: Option<String>) {
+        let ack = match error {
+            None => {
+                self.version = version;
+                Ack::accepted(version)
+            }
+            Some(error) => Ack::refused(version, error),
+        };
+        // The proxy is the id under the service it connected as (see `connect`).
+        let m = &self.managed;
+        let query = AckQuery { service: Some(m.service.clone()), namespace: Some(m.namespace.clone()) };
+        if let Err(e) = self.clients[self.server].ack(&m.id, &query, &ack).await {
+            tracing::warn!(version, error = %e, "cannot report to the control plane");
+        }
+    }
+}
+
+/// Applies every snapshot after the first, until the sidecar shuts down.
+pub async fn follow(
+    shared: Arc<Shared>,
+    local: Arc<LocalListeners>,
+    mut push: PushClient,
+    overrides: Overrides,
+) {
+    loop {
+        let (version, text) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            next = push.next() => next,
+        };
+        match reload::swap_in(&shared, &local, "control-plane", &text, &overrides, UnknownFields::Tolerate) {
+            Ok(applied) => {
+                if applied.is_some() {
+                    tracing::info!(version, "configuration from the control plane applied");
+                }
+                push.ack(version, None).await;
+            }
+            Err(e) => {
+                shared.metrics.config_errors.inc();
+                tracing::error!(
+                    version,
+                    "configuration from the control plane rejected, keeping the last good one: {e}"
+                );
+                push.ack(version, Some(e)).await;
+            }
+        }
+    }
+}
+
+/// Registers `address` as an instance of the service and renews its lease until `stop`, then
+/// deregisters it.
+pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationToken) {
+    let clients = managed.clients();
+    let ttl = managed.lease_ttl.as_secs().max(1);
+    let registration = Registration::new(&managed.service, &managed.namespace, address, ttl);
+    let mut server = 0;
+    let mut failures = 0;
+    let mut id: Option<String> = None;
+    loop {
+        let client = &clients[server];
+        let result = match &id {
+            None => client.register(&registration).await.map(|r| id = Some(r.id)),
+            Some(current) => match client.heartbeat(current).await {
+                // The control plane let the lease lapse (it was down, or so were we): again.
+                Err(ClientError::NotFound(_)) => {
+                    id = None;
+                    continue;
+                }
+                other => other.map(drop),
+            },
+        };
+        let pause = match result {
+            Ok(()) => {
+                failures = 0;
+                Duration::from_secs(ttl) / 3
+            }
+            Err(e) => {
+                tracing::warn!(server = %client.base(), error = %e, "cannot renew this instance's registration");
+                server = (server + 1) % clients.len();
+                failures += 1;
+                backoff(failures)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    if let Some(id) = id {
+        let bye = clients[server].deregister(&id);
+        if tokio::time::timeout(Duration::from_secs(2), bye).await.is_err() {
+            tracing::warn!("could not deregister before exiting; the lease will lapse instead");
+        }
+    }
+}
+
+/// Reconnect and retry pauses: the retry layer's exponential backoff with full jitter, from
+/// 100 ms up to 5 s.
+fn backoff(failures: u32) -> Duration {
+    crate::resilience::retry::backoff(failures, Duration::from_millis(100), MAX_BACKOFF)
+}
