@@ -6,12 +6,12 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use pilotfish_sidecar::config::{Overrides, Snapshot};
-use pilotfish_sidecar::detect::classify;
 use pilotfish_sidecar::http::headers::strip_hop_by_hop;
-use pilotfish_sidecar::metrics::Metrics;
-use pilotfish_sidecar::resilience::ratelimit::{RateLimiter, Window};
-use pilotfish_sidecar::route::{RouteSource, RouteTable};
+use pilotfish_sidecar::listener::detect::classify;
+use pilotfish_sidecar::resilience::ratelimit::limiter::{RateLimiter, Window};
+use pilotfish_sidecar::snapshot::route::{RouteSource, RouteTable};
+use pilotfish_sidecar::snapshot::{Overrides, Snapshot};
+use pilotfish_sidecar::telemetry::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -23,18 +23,18 @@ use super::errors::ProxyError;
 use super::headers;
 use super::pool::{Connect, Reusable, SendError, UpstreamError, Version};
 use super::request_body::{keep_for_replay, KeepError, Keeping, RequestBody};
-use crate::access_log::{self, HttpRecord};
-use crate::config::{EndpointRt, ServiceRt, Snapshot};
-use crate::listen::ConnSlot;
-use crate::metrics::{Direction, EndpointMetrics, TargetMetrics};
-use crate::rate_limit::{LimitKey, RateLimit};
+use crate::listener::accept::ConnSlot;
 use crate::resilience::attempt::Attempt;
 use crate::resilience::limit::{Limit, OwnedClaim};
-use crate::resilience::ratelimit::Decision;
+use crate::resilience::ratelimit::limiter::Decision;
+use crate::resilience::ratelimit::policy::{LimitKey, RateLimit};
 use crate::resilience::retry::{self, Outcome};
-use crate::route::{self, Redirect, Rewrite};
+use crate::snapshot::route::{self, Redirect, Rewrite};
+use crate::snapshot::{EndpointRt, ServiceRt, Snapshot};
 use crate::state::Shared;
-use crate::tcp;
+use crate::tcp::splice;
+use crate::telemetry::access_log::{self, HttpRecord};
+use crate::telemetry::metrics::{Direction, EndpointMetrics, TargetMetrics};
 use tower::retry::budget::Budget;
 
 /// Where the requests of one connection go.
@@ -764,7 +764,7 @@ impl Tunnel {
             Ok((down, up)) => {
                 let counters = (&self.metrics.tcp_client_to_server, &self.metrics.tcp_server_to_client);
                 let (_, result) =
-                    tcp::splice(TokioIo::new(down), TokioIo::new(up), self.idle, counters).await;
+                    splice::splice(TokioIo::new(down), TokioIo::new(up), self.idle, counters).await;
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }

@@ -18,9 +18,9 @@ use proptest::prelude::*;
 use tokio::sync::Semaphore;
 use tower::retry::budget::Budget;
 
-use crate::config::{BuildError, Overrides, Snapshot};
-use crate::metrics::Metrics;
 use crate::resilience::retry;
+use crate::snapshot::{BuildError, Overrides, Snapshot};
+use crate::telemetry::metrics::Metrics;
 
 const NUMBERS: &[&str] = &[
     "0",

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use pilotfish_api::policy::HealthCheck;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EndpointRt, Snapshot};
+use crate::snapshot::{EndpointRt, Snapshot};
 use crate::transport;
 
 /// Starts the probes of every service in `snap` that asks for them.

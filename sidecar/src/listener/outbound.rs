@@ -10,15 +10,15 @@ use bytes::Bytes;
 use pilotfish_api::Protocol;
 use tokio::net::TcpStream;
 
-use crate::config::Snapshot;
-use crate::detect::{self, Detected, PrefixedIo};
-use crate::forward::{self, TcpTarget};
+use super::accept::ConnSlot;
+use super::detect::{self, Detected, PrefixedIo};
 use crate::http::pool::Version;
 use crate::http::proxy::{HttpTarget, Proxy};
 use crate::http::server;
-use crate::listen::ConnSlot;
-use crate::metrics::Direction;
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
+use crate::tcp::forward::{self, TcpTarget};
+use crate::telemetry::metrics::Direction;
 use crate::transport;
 
 /// Which outbound listener a connection arrived on.

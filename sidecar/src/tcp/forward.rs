@@ -9,12 +9,13 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access_log::{self, TcpRecord};
-use crate::config::{ServiceRt, Snapshot};
-use crate::metrics::{Direction, TargetMetrics};
+use super::splice;
 use crate::resilience::attempt::Attempt;
 use crate::resilience::retry::Outcome;
-use crate::{tcp, transport};
+use crate::snapshot::{ServiceRt, Snapshot};
+use crate::telemetry::access_log::{self, TcpRecord};
+use crate::telemetry::metrics::{Direction, TargetMetrics};
+use crate::transport;
 
 /// Where an opaque connection goes.
 pub enum TcpTarget<'a> {
@@ -88,11 +89,11 @@ pub async fn forward(
         result = server.write_all(&prefix).await;
         metrics.tcp_client_to_server.inc_by(prefix.len() as u64);
     }
-    let mut moved = tcp::Transferred::default();
+    let mut moved = splice::Transferred::default();
     if result.is_ok() {
         let idle = snap.sidecar.timeouts.idle.get();
         let counters = (&metrics.tcp_client_to_server, &metrics.tcp_server_to_client);
-        (moved, result) = tcp::splice(client, server, idle, counters).await;
+        (moved, result) = splice::splice(client, server, idle, counters).await;
     }
     moved.client_to_server += prefix.len() as u64;
     if let Err(e) = &result {

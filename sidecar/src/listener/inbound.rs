@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::config::EndpointRt;
-use crate::detect::{self, Detected};
-use crate::forward::{self, TcpTarget};
+use super::accept::ConnSlot;
+use super::detect::{self, Detected};
+use super::outbound::serve_http;
 use crate::http::pool::{EndpointConns, Version};
 use crate::http::proxy::HttpTarget;
-use crate::listen::ConnSlot;
-use crate::metrics::Direction;
-use crate::outbound::serve_http;
+use crate::snapshot::EndpointRt;
 use crate::state::Shared;
+use crate::tcp::forward::{self, TcpTarget};
+use crate::telemetry::metrics::Direction;
 use crate::transport;
 
 pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr, slot: Arc<ConnSlot>) {

@@ -21,15 +21,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
 
+pub mod route;
+
+#[cfg(test)]
+mod properties;
+
+use self::route::{RouteSource, RouteTable};
 use crate::http::pool::EndpointConns;
-use crate::metrics::{
-    BreakerMetrics, Direction, EndpointMetrics, LiveSeries, Metrics, ResilienceMetrics, TargetMetrics,
-};
-use crate::rate_limit::RateLimit;
 use crate::resilience::balance::{p2c, PeakEwma};
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
+use crate::resilience::ratelimit::policy::RateLimit;
 use crate::resilience::retry::Conditions;
-use crate::route::{RouteSource, RouteTable};
+use crate::telemetry::metrics::{
+    BreakerMetrics, Direction, EndpointMetrics, LiveSeries, Metrics, ResilienceMetrics, TargetMetrics,
+};
 
 /// Command-line settings that take precedence over the file's `Sidecar` document.
 #[derive(Debug, Clone, Default)]

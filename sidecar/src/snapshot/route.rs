@@ -19,7 +19,7 @@ use pilotfish_api::route::{
 };
 use regex::Regex;
 
-use crate::rate_limit::RateLimit;
+use crate::resilience::ratelimit::policy::RateLimit;
 
 /// A compiled rule: where matching requests go and how they are treated.
 pub struct Rule {

@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Direction;
 use crate::state::Shared;
+use crate::telemetry::metrics::Direction;
 
 pub async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
