@@ -11,6 +11,7 @@ use pilotfish_sidecar::listener::detect::classify;
 use pilotfish_sidecar::resilience::ratelimit::limiter::{RateLimiter, Window};
 use pilotfish_sidecar::snapshot::route::{RouteSource, RouteTable};
 use pilotfish_sidecar::snapshot::{Overrides, Snapshot};
+use pilotfish_sidecar::tcp::forward::pick;
 use pilotfish_sidecar::telemetry::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,7 @@ fn routing(c: &mut Criterion) {
     });
     let svc = snap.service("svc-517.default").unwrap().clone();
     c.bench_function("endpoint/pick_round_robin", |b| {
-        b.iter(|| svc.pick(tokio::time::Instant::now(), &[]).unwrap().addr)
+        b.iter(|| pick(&svc, tokio::time::Instant::now(), &[]).unwrap().addr)
     });
     let ep = svc.endpoints[0].clone();
     c.bench_function("metrics/record_status", |b| {

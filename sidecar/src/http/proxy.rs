@@ -14,6 +14,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use pilotfish_api::policy::LoadBalancer;
 use pilotfish_api::Protocol;
 use tokio::time::Instant as TokioInstant;
 
@@ -24,17 +25,19 @@ use super::headers;
 use super::pool::{Connect, Reusable, SendError, UpstreamError, Version};
 use super::request_body::{keep_for_replay, KeepError, Keeping, RequestBody};
 use crate::listener::accept::ConnSlot;
-use crate::resilience::attempt::Attempt;
+use crate::resilience::balance::p2c;
 use crate::resilience::limit::{Limit, OwnedClaim};
 use crate::resilience::ratelimit::limiter::Decision;
 use crate::resilience::ratelimit::policy::{LimitKey, RateLimit};
 use crate::resilience::retry::{self, Outcome};
 use crate::snapshot::route::{self, Redirect, Rewrite};
-use crate::snapshot::{EndpointRt, ServiceRt, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::tcp::splice;
 use crate::telemetry::access_log::{self, HttpRecord};
 use crate::telemetry::metrics::{Direction, EndpointMetrics, TargetMetrics};
+use crate::upstream::endpoint::EndpointRt;
+use crate::upstream::service::ServiceRt;
 use tower::retry::budget::Budget;
 
 /// Where the requests of one connection go.
@@ -293,16 +296,13 @@ impl ConnContext {
             let mut refused = Vec::new();
             let (endpoint, attempt) = loop {
                 let now = TokioInstant::now();
-                let Some(endpoint) = backend.choose(now, avoid, &refused) else {
+                let Some(endpoint) = choose(backend, now, avoid, &refused) else {
                     let e = unavailable(backend);
                     return self.respond_local(e, grpc, &backend.local, record);
                 };
                 let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
-                match guard.breaker.admit(now) {
-                    Some(admission) => {
-                        guard.breaker_metrics.record(admission.transition);
-                        break (endpoint, Attempt::start(&guard.breaker, &guard.load, admission.probe));
-                    }
+                match guard.admit(now) {
+                    Some(attempt) => break (endpoint, attempt),
                     None => refused.push(endpoint.addr),
                 }
             };
@@ -621,10 +621,42 @@ struct Exchange<'a> {
     idle: std::time::Duration,
 }
 
+/// The load balancer: an endpoint that is healthy, whose breaker lets traffic through, that is
+/// not in `refused`, and (when another qualifies) that is not `avoid` — the endpoint a failed
+/// attempt just used.
+pub fn choose<'s>(
+    service: &'s ServiceRt,
+    now: TokioInstant,
+    avoid: Option<SocketAddr>,
+    refused: &[SocketAddr],
+) -> Option<&'s Arc<EndpointRt>> {
+    let eps = &service.endpoints;
+    let usable =
+        |i: usize| eps[i].guard.as_ref().is_none_or(|g| g.is_usable(now)) && !refused.contains(&eps[i].addr);
+    let preferred = |i: usize| usable(i) && Some(eps[i].addr) != avoid;
+    let chosen = match service.policy.load_balancer {
+        LoadBalancer::RoundRobin => {
+            let start = service.round_robin_start();
+            let scan = |ok: &dyn Fn(usize) -> bool| {
+                (0..eps.len()).map(|k| start.wrapping_add(k) % eps.len()).find(|i| ok(*i))
+            };
+            scan(&preferred).or_else(|| scan(&usable))
+        }
+        lb => {
+            let cost = |i: usize| match (&eps[i].guard, lb) {
+                (Some(g), LoadBalancer::LeastRequests) => g.load.in_flight() as f64,
+                (Some(g), _) => g.load.cost(now),
+                (None, _) => 0.0,
+            };
+            p2c(eps.len(), preferred, cost).or_else(|| p2c(eps.len(), usable, cost))
+        }
+    };
+    chosen.map(|i| &eps[i])
+}
+
 /// Why a service has no endpoint to offer: none at all, none healthy, or all ejected.
 fn unavailable(service: &ServiceRt) -> ProxyError {
-    let healthy = service.endpoints.iter().any(|e| e.guard.as_ref().is_none_or(|g| g.is_healthy()));
-    if healthy {
+    if service.any_healthy() {
         ProxyError::CircuitOpen(service.key.to_string())
     } else {
         ProxyError::NoEndpoints(service.key.to_string())

@@ -12,11 +12,11 @@ use super::detect::{self, Detected};
 use super::outbound::serve_http;
 use crate::http::pool::{EndpointConns, Version};
 use crate::http::proxy::HttpTarget;
-use crate::snapshot::EndpointRt;
 use crate::state::Shared;
 use crate::tcp::forward::{self, TcpTarget};
 use crate::telemetry::metrics::Direction;
 use crate::transport;
+use crate::upstream::endpoint::EndpointRt;
 
 pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr, slot: Arc<ConnSlot>) {
     let snap = shared.snapshot.load_full();

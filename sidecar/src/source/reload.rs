@@ -90,7 +90,7 @@ pub fn swap_in(
     unknown: UnknownFields,
 ) -> Result<Option<u64>, String> {
     let old = shared.snapshot.load_full();
-    if crate::snapshot::hash_text(text) == old.hash {
+    if crate::snapshot::build::hash_text(text) == old.hash {
         return Ok(None);
     }
     let mut snap = Snapshot::build_with(source, text, overrides, Some(&old), &shared.metrics, unknown)
