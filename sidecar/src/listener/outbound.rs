@@ -12,8 +12,9 @@ use tokio::net::TcpStream;
 
 use super::accept::ConnSlot;
 use super::detect::{self, Detected, PrefixedIo};
+use crate::http::context::HttpTarget;
 use crate::http::pool::Version;
-use crate::http::proxy::{HttpTarget, Proxy};
+use crate::http::proxy::Proxy;
 use crate::http::server;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;

@@ -349,7 +349,7 @@ fn serve(snap: &Snapshot) {
     let mut headers = HeaderMap::new();
     headers.insert("x-api-key", "k".parse().expect("a header value"));
     for svc in snap.services() {
-        let endpoint = crate::http::proxy::choose(svc, now, None, &[]);
+        let endpoint = crate::http::outbound::endpoint::choose(svc, now, None, &[]);
         let policy = &svc.policy;
         for retries in [0, 1, 10, 100] {
             retry::backoff(retries, policy.base_backoff, policy.max_backoff);
