@@ -21,6 +21,8 @@
 pub mod attempts;
 pub mod endpoint;
 pub mod route;
+#[cfg(test)]
+mod tests;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
