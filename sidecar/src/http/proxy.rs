@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,10 +17,6 @@ use super::context::{Connection, HttpTarget, RequestContext};
 use super::correlation;
 use super::inbound::to_app;
 use super::outbound::to_service;
-use super::pool::Version;
-use crate::listener::accept::ConnSlot;
-use crate::state::Shared;
-use crate::telemetry::metrics::Direction;
 
 /// Handles the requests of one downstream connection.
 #[derive(Clone)]
@@ -30,15 +25,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(
-        shared: Arc<Shared>,
-        direction: Direction,
-        client: SocketAddr,
-        target: HttpTarget,
-        downstream: Version,
-        slot: Arc<ConnSlot>,
-    ) -> Self {
-        let conn = Connection { shared, direction, client, target, downstream, slot };
+    pub fn new(conn: Connection) -> Self {
         Self { conn: Arc::new(conn) }
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::accept::ConnSlot;
 use super::detect::{self, Detected};
 use super::outbound::serve_http;
-use crate::http::context::HttpTarget;
+use crate::http::context::{Connection, HttpTarget};
 use crate::http::pool::{EndpointConns, Version};
 use crate::state::Shared;
 use crate::tcp::forward::{self, TcpTarget};
@@ -57,5 +57,8 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
             label,
         })
     });
-    serve_http(&shared, &snap, stream, prefix, client, HttpTarget::App(endpoint), version, slot).await;
+    let target = HttpTarget::App(endpoint);
+    let direction = Direction::Inbound;
+    let conn = Connection { shared: shared.clone(), direction, client, target, downstream: version, slot };
+    serve_http(conn, stream, prefix, &snap).await;
 }

@@ -82,7 +82,7 @@ impl Snapshot {
     }
 
     /// The metric series this configuration uses; the rest are retired when it takes over
-    /// ([`Metrics::retire`]).
+    /// ([`Metrics::retire`](crate::telemetry::metrics::Metrics::retire)).
     pub fn live_series(&self) -> LiveSeries {
         let mut live = LiveSeries::default();
         for svc in self.services.values() {
