@@ -1,17 +1,20 @@
 //! Micro-benchmarks of the per-connection and per-request hot paths: protocol detection, service
 //! lookup by host among 1,000 services, route matching among 1,000 rules, hop-by-hop header
-//! handling, endpoint choice, metric recording and rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
+//! handling, endpoint choice (L4 round-robin, L7 power of two choices), metric recording and
+//! rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use pilotfish_sidecar::config::{Overrides, Snapshot};
-use pilotfish_sidecar::detect::classify;
 use pilotfish_sidecar::http::headers::strip_hop_by_hop;
-use pilotfish_sidecar::metrics::Metrics;
-use pilotfish_sidecar::resilience::ratelimit::{RateLimiter, Window};
-use pilotfish_sidecar::route::{RouteSource, RouteTable};
+use pilotfish_sidecar::http::outbound::endpoint::choose;
+use pilotfish_sidecar::listener::detect::classify;
+use pilotfish_sidecar::resilience::ratelimit::limiter::{RateLimiter, Window};
+use pilotfish_sidecar::snapshot::route::{RouteSource, RouteTable};
+use pilotfish_sidecar::snapshot::{Overrides, Snapshot};
+use pilotfish_sidecar::tcp::forward::pick;
+use pilotfish_sidecar::telemetry::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +53,10 @@ fn routing(c: &mut Criterion) {
     });
     let svc = snap.service("svc-517.default").unwrap().clone();
     c.bench_function("endpoint/pick_round_robin", |b| {
-        b.iter(|| svc.pick(tokio::time::Instant::now(), &[]).unwrap().addr)
+        b.iter(|| pick(&svc, tokio::time::Instant::now(), &[]).unwrap().addr)
+    });
+    c.bench_function("endpoint/choose_p2c_ewma", |b| {
+        b.iter(|| choose(&svc, tokio::time::Instant::now(), None, &[]).unwrap().addr)
     });
     let ep = svc.endpoints[0].clone();
     c.bench_function("metrics/record_status", |b| {

@@ -1,228 +1,65 @@
 //! Pilotfish's data plane: the L4/L7 sidecar proxy.
 //!
 //! # Layout
-//! - [`config`]: the configuration in force as one immutable [`config::Snapshot`]; its property
-//!   tests (`config_properties`) prove that no stream of documents panics it.
-//! - [`state`]: what all listeners share — the swappable snapshot, metrics, shutdown, tracker.
-//! - [`listen`]: accept loops with connection limits.
-//! - [`outbound`] / [`inbound`]: per-connection handling in each direction.
-//! - [`listener`]: per-service local listeners (`localPort`).
-//! - [`detect`]: protocol detection (HTTP/1, HTTP/2, TLS, opaque) by reading the first bytes.
-//! - [`http`]: the L7 path — server, request proxying, endpoint connection pools, errors.
-//! - [`forward`] and [`tcp`]: the L4 path — opaque forwarding with idle timeout and half-close.
-//! - [`transport`]: sockets (bind, connect, `SO_ORIGINAL_DST`).
-//! - [`rate_limit`]: a `RateLimitPolicy` as requests meet it (limiter, key, counter).
-//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
-//! - [`metrics`], [`access_log`]: what every decision leaves behind.
-//! - [`source`]: where configuration comes from — a file reloaded on SIGHUP or change, or
-//!   the control plane's push stream (managed mode: ACK/NACK, registration).
+//! Each folder is one part of the sidecar:
+//! - [`listener`]: listeners and protocol detection — accept loops with connection limits, the
+//!   outbound, inbound, per-service (`localPort`) and admin listeners, and detection of HTTP/1,
+//!   HTTP/2, TLS or opaque bytes from the first bytes of a connection;
+//! - [`http`]: the L7 path — serving connections, the outbound request path as stages
+//!   ([`http::outbound`]), the inbound path to the app, endpoint connection pools, and failures
+//!   as responses;
+//! - [`tcp`]: the L4 path — opaque forwarding, byte-exact with half-close and an idle timeout;
+//! - [`resilience`]: policy and resilience building blocks — circuit breaker, balancer load,
+//!   retries and backoff, rate limiting, service-limit counters;
+//! - [`snapshot`]: the configuration in force — its types and lookups, and building one from
+//!   validated `api` resources (route tables compiled, policies attached, state carried over);
+//! - [`upstream`]: per-service and per-endpoint runtime state that outlives a request — endpoint
+//!   guards (breaker, load, health), retry budgets, limit counters, active health checks;
+//! - [`source`]: where configuration comes from — a file reloaded on change or SIGHUP, or the
+//!   control plane's push stream (managed mode: ACK/NACK, registration);
+//! - [`telemetry`]: what every decision leaves behind — metrics and the access log.
+//!
+//! Beside them: [`state`] (what every listener shares: the swappable snapshot, metrics,
+//! shutdown, readiness), [`transport`] (sockets), and `run` (start-up and drain).
+//!
+//! # The request path
+//! A connection is accepted ([`listener::accept`]), detected ([`listener::detect`]) and handed
+//! to the L4 path ([`tcp::forward`]) or to the L7 path ([`http::server`], one
+//! [`http::proxy::Proxy`] per connection). An outbound HTTP request then goes through three
+//! stages, read top to bottom in [`http::outbound::to_service`]:
+//!
+//! 1. **route** ([`http::outbound::route`]): service, rate limits, route match, filters,
+//!    `maxRequests`;
+//! 2. **attempts** ([`http::outbound::attempts`]): replay buffer, traffic split, retries with
+//!    backoff, the retry budget and the route's deadline;
+//! 3. **endpoint** ([`http::outbound::endpoint`]): the balancer, the breaker's admission, the
+//!    per-try timeout over a pooled connection, and the outcome's bookkeeping.
+//!
+//! Each stage reads the request's [`http::context::RequestContext`] and returns a typed result
+//! to the next; a local failure becomes a response in one place ([`http::errors`]).
+//!
+//! # Adding a request-path stage
+//! Write it as a function in `http/outbound/` that takes the `RequestContext` and what the
+//! stage before it produced, returns its own result type (or a `ProxyError` for a local
+//! failure), and call it in order in `to_service`; give it unit tests in
+//! `http/outbound/tests/`. Per-request work stays free of allocation and boxing; state that
+//! outlives a request belongs in [`upstream`], built in [`snapshot::build`].
 
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod config;
-#[cfg(test)]
-mod config_properties;
-pub mod detect;
-pub mod forward;
-pub mod health;
 pub mod http;
-pub mod inbound;
-pub mod listen;
 pub mod listener;
-pub mod metrics;
-pub mod outbound;
-pub mod rate_limit;
 pub mod resilience;
-pub mod route;
+mod run;
+pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod tcp;
+pub mod telemetry;
 pub mod transport;
+pub mod upstream;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
-
-pub use config::Overrides;
-use config::Snapshot;
-use metrics::{Direction, Metrics};
-use listener::local;
-use source::reload;
-use state::Shared;
-
+pub use run::{run, Error, Options, Source};
+pub use snapshot::Overrides;
 /// Managed mode's settings, where the command line has always found them.
 pub use source::managed;
-
-/// How to run a sidecar.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub source: Source,
-    pub overrides: Overrides,
-}
-
-/// Where the configuration comes from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP.
-    File(PathBuf),
-    /// Managed mode: the control plane's push stream.
-    ControlPlane(managed::Managed),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("invalid config: {0}")]
-    Config(config::BuildError),
-    #[error("cannot listen on {addr} ({listener} listener): {source}; is another process using it?")]
-    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
-    #[error("{0}")]
-    Local(std::io::Error),
-    #[error("cannot install signal handlers: {0}")]
-    Signal(std::io::Error),
-}
-
-/// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
-/// accepting, HTTP/2 connections get GOAWAY, in-flight requests and connections get the drain
-/// grace period to finish.
-pub async fn run(opts: Options) -> Result<(), Error> {
-    let metrics = Metrics::new();
-    access_log::init(metrics.access_log_dropped.clone());
-    let (snap, mut push) = match &opts.source {
-        Source::File(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
-            let source = path.display().to_string();
-            (Snapshot::build(&source, &text, &opts.overrides, None, &metrics).map_err(Error::Config)?, None)
-        }
-        Source::ControlPlane(m) => {
-            let mut push = managed::PushClient::new(m.clone());
-            tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
-            let snap = loop {
-                let (version, text) = push.next().await;
-                let tolerate = pilotfish_api::UnknownFields::Tolerate;
-                match Snapshot::build_with("control-plane", &text, &opts.overrides, None, &metrics, tolerate)
-                {
-                    Ok(snap) => {
-                        push.ack(version, None).await;
-                        break snap;
-                    }
-                    Err(e) => {
-                        metrics.config_errors.inc();
-                        tracing::error!(version, "configuration from the control plane rejected: {e}");
-                        push.ack(version, Some(e.to_string())).await;
-                    }
-                }
-            };
-            (snap, Some(push))
-        }
-    };
-
-    let bind =
-        |listener, addr| transport::bind(addr).map_err(|source| Error::Bind { listener, addr, source });
-    let admin = bind("admin", snap.sidecar.admin)?;
-    let outbound = bind("outbound", snap.sidecar.outbound.listen)?;
-    let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
-    // Where other sidecars reach this one: its inbound listener (loopback when it listens on
-    // every address, as in a local mesh).
-    let advertised =
-        inbound.as_ref().and_then(|l| l.local_addr().ok()).map(|a| match a.ip().is_unspecified() {
-            true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port()),
-            false => a,
-        });
-    let local = Arc::new(local::LocalListeners::default());
-    let bound = local.bind_new(&snap).map_err(Error::Local)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
-
-    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(
-        name = %snap.name,
-        version = snap.version,
-        admin = %addr(&admin),
-        outbound = %addr(&outbound),
-        inbound = %inbound.as_ref().map(addr).unwrap_or_else(|| "-".into()),
-        services = snap.local_ports.len(),
-        "sidecar listening"
-    );
-    let drain = snap.sidecar.timeouts.drain.get();
-    let shared = Shared::new(snap, metrics);
-
-    shared.supervise("admin listener", admin::serve(shared.clone(), admin));
-    let s = shared.clone();
-    shared.supervise(
-        "outbound listener",
-        listen::accept_loop(
-            shared.clone(),
-            outbound,
-            Direction::Outbound,
-            shared.shutdown.clone(),
-            move |stream, client, slot| {
-                outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot)
-            },
-        ),
-    );
-    if let Some(inbound) = inbound {
-        let s = shared.clone();
-        shared.supervise(
-            "inbound listener",
-            listen::accept_loop(
-                shared.clone(),
-                inbound,
-                Direction::Inbound,
-                shared.shutdown.clone(),
-                move |stream, client, slot| inbound::handle(s.clone(), stream, client, slot),
-            ),
-        );
-    }
-    local.apply(&shared, bound, &shared.snapshot.load());
-    health::spawn(&shared.snapshot.load());
-    let registration = CancellationToken::new();
-    let mut registered = None;
-    match (&opts.source, push.take()) {
-        (Source::ControlPlane(m), Some(push)) => {
-            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone());
-            shared.supervise("configuration push", follow);
-            if let Some(address) = advertised {
-                registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
-            }
-        }
-        (Source::File(path), _) => {
-            let watch = reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone());
-            shared.supervise("config reload", watch);
-        }
-        (Source::ControlPlane(_), None) => unreachable!("managed mode starts with a push client"),
-    }
-    shared.set_ready();
-
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
-        _ = sigint.recv() => tracing::info!("SIGINT: draining"),
-        _ = shared.shutdown.cancelled() => {}
-    }
-    // Leave the registry first, while still serving, so callers learn of the departure
-    // before the listeners close.
-    registration.cancel();
-    if let Some(registered) = registered {
-        let _ = registered.await;
-    }
-    shared.shutdown.cancel();
-    shared.tracker.close();
-    let open = shared.tracker.len();
-    if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
-        tracing::warn!(
-            connections = shared.tracker.len(),
-            "drain grace period of {drain:?} ran out; closing the remaining connections"
-        );
-    } else {
-        tracing::info!(connections = open, "drained");
-    }
-    access_log::flush();
-    Ok(())
-}

@@ -10,8 +10,8 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Snapshot;
-use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
 
 pub struct Shared {
     /// Swapped whole on reload; a connection or request loads it once.
@@ -74,7 +74,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
+    use crate::snapshot::Overrides;
 
     #[tokio::test]
     async fn a_task_that_dies_takes_readiness_with_it() {

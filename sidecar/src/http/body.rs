@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 
 use super::pool::Reusable;
 use super::request_body::BoxError;
-use crate::access_log::{self, HttpRecord};
 use crate::resilience::limit::OwnedClaim;
+use crate::telemetry::access_log::{self, HttpRecord};
 
 pin_project_lite::pin_project! {
     #[project = ProxyBodyProj]

@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 use super::body::ProxyBody;
 use super::pool::UpstreamError;
 use crate::resilience::limit::Limit;
-use crate::resilience::ratelimit::Decision;
+use crate::resilience::ratelimit::limiter::Decision;
 
 /// Whole seconds to wait, rounded up (`Retry-After` has no fractions).
 fn retry_after_secs(d: &Decision) -> u64 {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::resilience::ratelimit::Decision;
+use crate::resilience::ratelimit::limiter::Decision;
 
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard ones still seen in the wild). `Trailer` is end-to-end and stays.

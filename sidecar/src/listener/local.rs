@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Snapshot;
-use crate::metrics::Direction;
-use crate::outbound::{self, Listener};
+use super::accept;
+use super::outbound::{self, Listener};
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
-use crate::{listen, transport};
+use crate::telemetry::metrics::Direction;
+use crate::transport;
 
 #[derive(Default)]
 pub struct LocalListeners {
@@ -62,7 +63,7 @@ impl LocalListeners {
             let conn_shared = shared.clone();
             shared.supervise(
                 "local listener",
-                listen::accept_loop(
+                accept::accept_loop(
                     shared.clone(),
                     listener,
                     Direction::Outbound,

@@ -1,3 +1,13 @@
-//! Listeners: where connections arrive.
+//! Listeners and protocol detection: where connections arrive and what they turn out to be.
+//! - [`accept`]: accept loops with connection limits and a slot per connection;
+//! - [`outbound`] / [`inbound`]: per-connection handling in each direction;
+//! - [`local`]: per-service local listeners (`localPort`);
+//! - [`detect`]: HTTP/1, HTTP/2, TLS or opaque, from the first bytes;
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
 
+pub mod accept;
+pub mod admin;
+pub mod detect;
+pub mod inbound;
 pub mod local;
+pub mod outbound;

@@ -13,6 +13,8 @@ pub enum Limit {
 }
 
 impl Limit {
+    pub const ALL: [Limit; 3] = [Self::MaxRequests, Self::MaxConnections, Self::MaxPendingRequests];
+
     /// The limit's name in the `BackendPolicy`, the `pilotfish-limit` header and the metrics.
     pub fn as_str(self) -> &'static str {
         match self {

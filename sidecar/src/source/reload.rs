@@ -12,8 +12,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use pilotfish_api::UnknownFields;
 
-use crate::config::{Overrides, Snapshot};
 use crate::listener::local::LocalListeners;
+use crate::snapshot::{Overrides, Snapshot};
 use crate::state::Shared;
 
 pub async fn watch(shared: Arc<Shared>, local: Arc<LocalListeners>, path: PathBuf, overrides: Overrides) {
@@ -90,7 +90,7 @@ pub fn swap_in(
     unknown: UnknownFields,
 ) -> Result<Option<u64>, String> {
     let old = shared.snapshot.load_full();
-    if crate::config::hash_text(text) == old.hash {
+    if crate::snapshot::build::hash_text(text) == old.hash {
         return Ok(None);
     }
     let mut snap = Snapshot::build_with(source, text, overrides, Some(&old), &shared.metrics, unknown)
@@ -104,7 +104,7 @@ pub fn swap_in(
     let snap = Arc::new(snap);
     shared.snapshot.store(snap.clone());
     old.retired.cancel();
-    crate::health::spawn(&snap);
+    crate::upstream::health::spawn(&snap);
     shared.metrics.config_version.set(snap.version as i64);
     shared.metrics.retire(&snap.live_series());
     local.apply(shared, bound, &snap);

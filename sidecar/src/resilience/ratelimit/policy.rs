@@ -8,7 +8,7 @@ use http::HeaderName;
 use pilotfish_api::policy::RateLimitPolicySpec;
 use prometheus::IntCounter;
 
-use crate::resilience::ratelimit::{RateLimiter, Window};
+use super::limiter::{RateLimiter, Window};
 
 /// A rate limit and how its budgets are keyed.
 pub struct RateLimit {

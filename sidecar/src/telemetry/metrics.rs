@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use crate::resilience::breaker::{BreakerState, Transition};
+use crate::resilience::limit::Limit;
 use crate::resilience::retry::Reason;
 use http::StatusCode;
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
@@ -262,11 +263,8 @@ impl Metrics {
     }
 
     pub fn resilience(&self, service: &str) -> ResilienceMetrics {
-        let overflow = |limit| self.overflow.with_label_values(&[service, limit]);
         ResilienceMetrics {
-            overflow_requests: overflow("maxRequests"),
-            overflow_pending: overflow("maxPendingRequests"),
-            overflow_connections: overflow("maxConnections"),
+            overflow: Limit::ALL.map(|limit| self.overflow.with_label_values(&[service, limit.as_str()])),
             retries: Reason::ALL.map(|r| self.retries.with_label_values(&[service, r.as_str()])),
             budget_exhausted: self.retry_budget_exhausted.with_label_values(&[service]),
         }
@@ -310,14 +308,19 @@ impl BreakerMetrics {
 
 /// A service's limits and retries, as exported.
 pub struct ResilienceMetrics {
-    pub overflow_requests: IntCounter,
-    pub overflow_pending: IntCounter,
-    pub overflow_connections: IntCounter,
+    /// By [`Limit::ALL`] order.
+    overflow: [IntCounter; 3],
     retries: [IntCounter; 5],
     pub budget_exhausted: IntCounter,
 }
 
 impl ResilienceMetrics {
+    /// Counts a request failed fast at `limit`.
+    pub fn overflowed(&self, limit: Limit) {
+        let i = Limit::ALL.iter().position(|l| *l == limit).expect("every limit is listed");
+        self.overflow[i].inc();
+    }
+
     pub fn retried(&self, reason: Reason) {
         let i = Reason::ALL.iter().position(|r| *r == reason).expect("every reason is listed");
         self.retries[i].inc();

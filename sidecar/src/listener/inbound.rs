@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::config::EndpointRt;
-use crate::detect::{self, Detected};
-use crate::forward::{self, TcpTarget};
+use super::accept::ConnSlot;
+use super::detect::{self, Detected};
+use super::outbound::serve_http;
+use crate::http::context::{Connection, HttpTarget};
 use crate::http::pool::{EndpointConns, Version};
-use crate::http::proxy::HttpTarget;
-use crate::listen::ConnSlot;
-use crate::metrics::Direction;
-use crate::outbound::serve_http;
 use crate::state::Shared;
+use crate::tcp::forward::{self, TcpTarget};
+use crate::telemetry::metrics::Direction;
 use crate::transport;
+use crate::upstream::endpoint::EndpointRt;
 
 pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAddr, slot: Arc<ConnSlot>) {
     let snap = shared.snapshot.load_full();
@@ -57,5 +57,8 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
             label,
         })
     });
-    serve_http(&shared, &snap, stream, prefix, client, HttpTarget::App(endpoint), version, slot).await;
+    let target = HttpTarget::App(endpoint);
+    let direction = Direction::Inbound;
+    let conn = Connection { shared: shared.clone(), direction, client, target, downstream: version, slot };
+    serve_http(conn, stream, prefix, &snap).await;
 }

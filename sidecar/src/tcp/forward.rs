@@ -3,18 +3,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Instant as StdInstant;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access_log::{self, TcpRecord};
-use crate::config::{ServiceRt, Snapshot};
-use crate::metrics::{Direction, TargetMetrics};
-use crate::resilience::attempt::Attempt;
+use super::splice;
 use crate::resilience::retry::Outcome;
-use crate::{tcp, transport};
+use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::{self, TcpRecord};
+use crate::telemetry::metrics::{Direction, TargetMetrics};
+use crate::transport;
+use crate::upstream::endpoint::EndpointRt;
+use crate::upstream::service::ServiceRt;
 
 /// Where an opaque connection goes.
 pub enum TcpTarget<'a> {
@@ -32,17 +36,15 @@ async fn connect_to_service(svc: &ServiceRt, timeout: std::time::Duration) -> st
     let mut tried = Vec::new();
     let mut last = None;
     while tried.len() < MAX_CONNECT_ATTEMPTS {
-        let now = tokio::time::Instant::now();
-        let Some(endpoint) = svc.pick(now, &tried) else { break };
+        let now = Instant::now();
+        let Some(endpoint) = pick(svc, now, &tried) else { break };
         tried.push(endpoint.addr);
         let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
-        let Some(admission) = guard.breaker.admit(now) else { continue };
-        guard.breaker_metrics.record(admission.transition);
-        let attempt = Attempt::start(&guard.breaker, &guard.load, admission.probe);
+        let Some(attempt) = guard.admit(now) else { continue };
         let connected = transport::connect(endpoint.addr, timeout).await;
         let outcome = if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailure };
-        let done = tokio::time::Instant::now();
-        guard.breaker_metrics.record(attempt.finish(outcome, done - now, &svc.policy.failure_on, done));
+        let done = Instant::now();
+        guard.settle(attempt, outcome, done - now, &svc.policy.failure_on, done);
         match connected {
             Ok(stream) => return Ok(stream),
             Err(e) => last = Some(e),
@@ -51,6 +53,16 @@ async fn connect_to_service(svc: &ServiceRt, timeout: std::time::Duration) -> st
     Err(last.unwrap_or_else(|| {
         std::io::Error::other(format!("service {} has no healthy endpoint that is not ejected", svc.key))
     }))
+}
+
+/// The L4 balancer: round-robin over the endpoints that are healthy, not ejected and not in
+/// `tried`. (Opaque connections are long-lived and few; a latency estimate says little.)
+pub fn pick<'s>(svc: &'s ServiceRt, now: Instant, tried: &[SocketAddr]) -> Option<&'s Arc<EndpointRt>> {
+    let eps = &svc.endpoints;
+    let start = svc.round_robin_start();
+    (0..eps.len())
+        .map(|k| &eps[start.wrapping_add(k) % eps.len()])
+        .find(|e| e.guard.as_ref().is_none_or(|g| g.is_usable(now)) && !tried.contains(&e.addr))
 }
 
 /// Endpoints one opaque connection tries before giving up.
@@ -64,7 +76,7 @@ pub async fn forward(
     prefix: Bytes,
     target: TcpTarget<'_>,
 ) {
-    let started = Instant::now();
+    let started = StdInstant::now();
     let connect_timeout = snap.sidecar.timeouts.connect.get();
     let (server, metrics, service) = match target {
         TcpTarget::Service(svc) => {
@@ -88,11 +100,11 @@ pub async fn forward(
         result = server.write_all(&prefix).await;
         metrics.tcp_client_to_server.inc_by(prefix.len() as u64);
     }
-    let mut moved = tcp::Transferred::default();
+    let mut moved = splice::Transferred::default();
     if result.is_ok() {
         let idle = snap.sidecar.timeouts.idle.get();
         let counters = (&metrics.tcp_client_to_server, &metrics.tcp_server_to_client);
-        (moved, result) = tcp::splice(client, server, idle, counters).await;
+        (moved, result) = splice::splice(client, server, idle, counters).await;
     }
     moved.client_to_server += prefix.len() as u64;
     if let Err(e) = &result {
@@ -109,5 +121,35 @@ pub async fn forward(
             bytes_server_to_client: moved.server_to_client,
             error: result.err().map(|e| e.to_string()),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::snapshot::Overrides;
+    use crate::telemetry::metrics::Metrics;
+
+    const CONFIG: &str = "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: users, namespace: shop}\nspec: {endpoints: [{address: 127.0.0.1:9001}, {address: 127.0.0.1:9002}]}\n";
+
+    fn build() -> Snapshot {
+        Snapshot::build("test.yaml", CONFIG, &Overrides::default(), None, &Metrics::new()).unwrap()
+    }
+
+    #[test]
+    fn round_robins_endpoints() {
+        let snap = build();
+        let svc = snap.service("users.shop").unwrap();
+        let now = Instant::now();
+        let picks: Vec<_> = (0..4).map(|_| pick(svc, now, &[]).unwrap().addr.port()).collect();
+        assert_eq!(picks, [9001, 9002, 9001, 9002]);
+        let tried = [svc.endpoints[0].addr];
+        assert_eq!(pick(svc, now, &tried).unwrap().addr.port(), 9002);
+        // Unhealthy endpoints take no connections.
+        svc.endpoints[1].guard.as_ref().unwrap().healthy.store(false, Ordering::Relaxed);
+        assert!(pick(svc, now, &tried).is_none());
+        assert!((0..4).all(|_| pick(svc, now, &[]).unwrap().addr.port() == 9001));
     }
 }

@@ -18,9 +18,9 @@ use proptest::prelude::*;
 use tokio::sync::Semaphore;
 use tower::retry::budget::Budget;
 
-use crate::config::{BuildError, Overrides, Snapshot};
-use crate::metrics::Metrics;
 use crate::resilience::retry;
+use crate::snapshot::{BuildError, Overrides, Snapshot};
+use crate::telemetry::metrics::Metrics;
 
 const NUMBERS: &[&str] = &[
     "0",
@@ -349,7 +349,7 @@ fn serve(snap: &Snapshot) {
     let mut headers = HeaderMap::new();
     headers.insert("x-api-key", "k".parse().expect("a header value"));
     for svc in snap.services() {
-        let endpoint = svc.choose(now, None, &[]);
+        let endpoint = crate::http::outbound::endpoint::choose(svc, now, None, &[]);
         let policy = &svc.policy;
         for retries in [0, 1, 10, 100] {
             retry::backoff(retries, policy.base_backoff, policy.max_backoff);

@@ -10,15 +10,16 @@ use bytes::Bytes;
 use pilotfish_api::Protocol;
 use tokio::net::TcpStream;
 
-use crate::config::Snapshot;
-use crate::detect::{self, Detected, PrefixedIo};
-use crate::forward::{self, TcpTarget};
+use super::accept::ConnSlot;
+use super::detect::{self, Detected, PrefixedIo};
+use crate::http::context::{Connection, HttpTarget};
 use crate::http::pool::Version;
-use crate::http::proxy::{HttpTarget, Proxy};
+use crate::http::proxy::Proxy;
 use crate::http::server;
-use crate::listen::ConnSlot;
-use crate::metrics::Direction;
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
+use crate::tcp::forward::{self, TcpTarget};
+use crate::telemetry::metrics::Direction;
 use crate::transport;
 
 /// Which outbound listener a connection arrived on.
@@ -132,7 +133,9 @@ pub async fn handle(
         Some(svc) => HttpTarget::Service { key: svc.key.clone(), protocol },
         None => HttpTarget::ByAuthority,
     };
-    serve_http(&shared, &snap, stream, prefix, client, target, version, slot).await;
+    let direction = Direction::Outbound;
+    let conn = Connection { shared: shared.clone(), direction, client, target, downstream: version, slot };
+    serve_http(conn, stream, prefix, &snap).await;
 }
 
 /// Answers a client that sent no request line in time on a port declared HTTP, and closes.
@@ -144,22 +147,9 @@ async fn request_timeout(mut stream: TcpStream) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve_http(
-    shared: &Arc<Shared>,
-    snap: &Snapshot,
-    stream: TcpStream,
-    prefix: Bytes,
-    client: SocketAddr,
-    target: HttpTarget,
-    version: Version,
-    slot: Arc<ConnSlot>,
-) {
-    let direction = match target {
-        HttpTarget::App(_) => Direction::Inbound,
-        _ => Direction::Outbound,
-    };
-    let proxy = Proxy::new(shared.clone(), direction, client, target, version, slot);
+/// Serves a connection detected as HTTP, `prefix` holding the bytes detection read.
+pub(crate) async fn serve_http(conn: Connection, stream: TcpStream, prefix: Bytes, snap: &Snapshot) {
+    let (version, shutdown) = (conn.downstream, conn.shared.shutdown.clone());
     let io = PrefixedIo::new(prefix, stream);
-    server::serve(io, version, proxy, &snap.sidecar, shared.shutdown.clone()).await;
+    server::serve(io, version, Proxy::new(conn), &snap.sidecar, shutdown).await;
 }

@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Direction;
 use crate::state::Shared;
+use crate::telemetry::metrics::Direction;
 
 pub async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
@@ -47,7 +47,7 @@ pub async fn accept_loop<F, Fut>(
             _ = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let slot = Arc::new(ConnSlot { _permit: permit, _open: OpenConnection::new(gauge.clone()) });
+        let slot = Arc::new(ConnSlot::new(permit, gauge.clone()));
         shared.tracker.spawn(handle(stream, peer, slot));
     }
 }
@@ -67,6 +67,12 @@ impl OpenConnection {
     fn new(gauge: IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
+    }
+}
+
+impl ConnSlot {
+    pub fn new(permit: OwnedSemaphorePermit, open_connections: IntGauge) -> Self {
+        Self { _permit: permit, _open: OpenConnection::new(open_connections) }
     }
 }
 

@@ -15,8 +15,9 @@ use hyper_util::rt::TokioIo;
 use pilotfish_api::policy::HealthCheck;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EndpointRt, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::transport;
+use crate::upstream::endpoint::EndpointRt;
 
 /// Starts the probes of every service in `snap` that asks for them.
 pub fn spawn(snap: &Snapshot) {

@@ -1,0 +1,69 @@
+//! The outbound request path, from the local app to another service, as three named stages:
+//!
+//! 1. [`route`] — the service (by authority or by connection), its rate limit, the route rule
+//!    the request matches, the rule's rate limit and filters, the service's `maxRequests`;
+//! 2. [`attempts`] — the retry loop: the replay buffer, the traffic split, backoff, the retry
+//!    budget and the route's deadline;
+//! 3. [`endpoint`] — one attempt: the balancer, the circuit breaker's admission, the per-try
+//!    timeout, the send over a pooled connection, and the outcome's bookkeeping.
+//!
+//! [`to_service`] runs them top to bottom; each hands the next a typed result (`Routed`,
+//! `Admitted`, `Attempted`) and the [`RequestContext`] carries what all of them read.
+//!
+//! Why plain async functions and not tower layers (linkerd2-proxy's way): a layer per stage
+//! would own its request type and box or wrap the future of the one below; here the stages
+//! share borrowed state (the snapshot a request loaded once, the route rule it matched, the
+//! endpoint a retry must avoid) and the retry loop re-enters the endpoint stage with a rebuilt
+//! request and a new backend choice. Plain functions keep that as borrows: no `Service` clones,
+//! no boxed futures or extra `Arc`s per request, and one function to read top to bottom. A new
+//! stage is a function (or a step within one) in this folder, called in order below.
+
+pub mod attempts;
+pub mod endpoint;
+pub mod route;
+#[cfg(test)]
+mod tests;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use self::attempts::{Answered, Failed};
+use self::route::Unrouted;
+use crate::http::body::ProxyBody;
+use crate::http::context::RequestContext;
+use crate::http::headers;
+use crate::http::pool::Version;
+use crate::http::respond::{respond, Downstream};
+
+/// Proxies `req` to the service it is for, or answers it locally.
+pub async fn to_service(cx: RequestContext<'_>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let routed = match route::route(&cx, &mut req) {
+        Ok(routed) => routed,
+        Err(Unrouted::Refused { error, authority, local }) => {
+            return cx.refuse(&req, authority.as_ref(), error, local)
+        }
+        Err(Unrouted::Redirected(res)) => return *res,
+    };
+    let record = cx.record_for(&req, routed.authority.as_ref(), &routed.service.key);
+    let upgrade = cx.conn.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    match attempts::run(&cx, &routed, req, upgrade).await {
+        Ok(Answered { mut answer, endpoint, metrics }) => {
+            if let Some(mods) = &routed.rule.response_headers {
+                mods.apply(answer.0.headers_mut());
+            }
+            headers::add_rate_limit_headers(answer.0.headers_mut(), &routed.limited);
+            let mut res = respond(&cx, answer, endpoint, metrics, Downstream { record, on_upgrade });
+            if let ProxyBody::Upstream { done, .. } = res.body_mut() {
+                done.hold(routed.in_flight);
+            }
+            res
+        }
+        Err(Failed::Body { parts, error }) => {
+            let req = Request::from_parts(*parts, ());
+            cx.refuse(&req, routed.authority.as_ref(), error, &routed.service.local)
+        }
+        Err(Failed::Local { error, local }) => cx.respond_local(error, local, record),
+    }
+}

@@ -1,0 +1,187 @@
+//! Running a sidecar: the first configuration, the listeners, the configuration source that
+//! follows it, and the drain at the end.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::{accept, admin, inbound, local, outbound};
+use crate::snapshot::{BuildError, Overrides, Snapshot};
+use crate::source::{managed, reload};
+use crate::state::Shared;
+use crate::telemetry::access_log;
+use crate::telemetry::metrics::{Direction, Metrics};
+use crate::transport;
+use crate::upstream::health;
+
+/// How to run a sidecar.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: Source,
+    pub overrides: Overrides,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP.
+    File(PathBuf),
+    /// Managed mode: the control plane's push stream.
+    ControlPlane(managed::Managed),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Config(BuildError),
+    #[error("cannot listen on {addr} ({listener} listener): {source}; is another process using it?")]
+    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Local(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
+/// accepting, HTTP/2 connections get GOAWAY, in-flight requests and connections get the drain
+/// grace period to finish.
+pub async fn run(opts: Options) -> Result<(), Error> {
+    let metrics = Metrics::new();
+    access_log::init(metrics.access_log_dropped.clone());
+    let (snap, mut push) = match &opts.source {
+        Source::File(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+            let source = path.display().to_string();
+            (Snapshot::build(&source, &text, &opts.overrides, None, &metrics).map_err(Error::Config)?, None)
+        }
+        Source::ControlPlane(m) => {
+            let mut push = managed::PushClient::new(m.clone());
+            tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
+            let snap = loop {
+                let (version, text) = push.next().await;
+                let tolerate = pilotfish_api::UnknownFields::Tolerate;
+                match Snapshot::build_with("control-plane", &text, &opts.overrides, None, &metrics, tolerate)
+                {
+                    Ok(snap) => {
+                        push.ack(version, None).await;
+                        break snap;
+                    }
+                    Err(e) => {
+                        metrics.config_errors.inc();
+                        tracing::error!(version, "configuration from the control plane rejected: {e}");
+                        push.ack(version, Some(e.to_string())).await;
+                    }
+                }
+            };
+            (snap, Some(push))
+        }
+    };
+
+    let bind =
+        |listener, addr| transport::bind(addr).map_err(|source| Error::Bind { listener, addr, source });
+    let admin = bind("admin", snap.sidecar.admin)?;
+    let outbound = bind("outbound", snap.sidecar.outbound.listen)?;
+    let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
+    // Where other sidecars reach this one: its inbound listener (loopback when it listens on
+    // every address, as in a local mesh).
+    let advertised =
+        inbound.as_ref().and_then(|l| l.local_addr().ok()).map(|a| match a.ip().is_unspecified() {
+            true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port()),
+            false => a,
+        });
+    let local = Arc::new(local::LocalListeners::default());
+    let bound = local.bind_new(&snap).map_err(Error::Local)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        name = %snap.name,
+        version = snap.version,
+        admin = %addr(&admin),
+        outbound = %addr(&outbound),
+        inbound = %inbound.as_ref().map(addr).unwrap_or_else(|| "-".into()),
+        services = snap.local_ports.len(),
+        "sidecar listening"
+    );
+    let drain = snap.sidecar.timeouts.drain.get();
+    let shared = Shared::new(snap, metrics);
+
+    shared.supervise("admin listener", admin::serve(shared.clone(), admin));
+    let s = shared.clone();
+    shared.supervise(
+        "outbound listener",
+        accept::accept_loop(
+            shared.clone(),
+            outbound,
+            Direction::Outbound,
+            shared.shutdown.clone(),
+            move |stream, client, slot| {
+                outbound::handle(s.clone(), stream, client, outbound::Listener::Main, slot)
+            },
+        ),
+    );
+    if let Some(inbound) = inbound {
+        let s = shared.clone();
+        shared.supervise(
+            "inbound listener",
+            accept::accept_loop(
+                shared.clone(),
+                inbound,
+                Direction::Inbound,
+                shared.shutdown.clone(),
+                move |stream, client, slot| inbound::handle(s.clone(), stream, client, slot),
+            ),
+        );
+    }
+    local.apply(&shared, bound, &shared.snapshot.load());
+    health::spawn(&shared.snapshot.load());
+    let registration = CancellationToken::new();
+    let mut registered = None;
+    match (&opts.source, push.take()) {
+        (Source::ControlPlane(m), Some(push)) => {
+            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone());
+            shared.supervise("configuration push", follow);
+            if let Some(address) = advertised {
+                registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
+            }
+        }
+        (Source::File(path), _) => {
+            let watch = reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone());
+            shared.supervise("config reload", watch);
+        }
+        (Source::ControlPlane(_), None) => unreachable!("managed mode starts with a push client"),
+    }
+    shared.set_ready();
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = sigint.recv() => tracing::info!("SIGINT: draining"),
+        _ = shared.shutdown.cancelled() => {}
+    }
+    // Leave the registry first, while still serving, so callers learn of the departure
+    // before the listeners close.
+    registration.cancel();
+    if let Some(registered) = registered {
+        let _ = registered.await;
+    }
+    shared.shutdown.cancel();
+    shared.tracker.close();
+    let open = shared.tracker.len();
+    if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
+        tracing::warn!(
+            connections = shared.tracker.len(),
+            "drain grace period of {drain:?} ran out; closing the remaining connections"
+        );
+    } else {
+        tracing::info!(connections = open, "drained");
+    }
+    access_log::flush();
+    Ok(())
+}

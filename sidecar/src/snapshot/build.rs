@@ -1,0 +1,385 @@
+//! Building a [`Snapshot`] from configuration text: parse and validate (in `api`), apply the
+//! command-line overrides, attach routes and policies to their services, compile route tables,
+//! and make the runtime state — carrying over from the previous snapshot what must survive a
+//! reload: connection pools, endpoint breakers and load, retry budgets, rate limiters, and the
+//! counters behind service limits.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pilotfish_api::policy::{BackendPolicySpec, CircuitBreaker, RateLimitPolicySpec, RetryBudget, TargetRef};
+use pilotfish_api::route::HttpRouteSpec;
+use pilotfish_api::{Metadata, Resource, ServiceSpec, SidecarSpec, UnknownFields, Warning};
+use tokio_util::sync::CancellationToken;
+use tower::retry::budget::TpsBudget;
+
+use super::overrides::{OverrideConflict, Overrides};
+use super::policy::ServicePolicy;
+use super::route::{RouteSource, RouteTable};
+use super::Snapshot;
+use crate::http::pool::EndpointConns;
+use crate::resilience::balance::PeakEwma;
+use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
+use crate::resilience::ratelimit::policy::RateLimit;
+use crate::telemetry::metrics::{Direction, Metrics};
+use crate::upstream::app::InboundRt;
+use crate::upstream::endpoint::{EndpointGuard, EndpointRt};
+use crate::upstream::service::ServiceRt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Invalid(#[from] pilotfish_api::ConfigError),
+    #[error(transparent)]
+    Conflict(#[from] OverrideConflict),
+    /// Building panicked although validation passed: a bug, contained so that the previous
+    /// configuration stays in force and the reload or push-follow task lives on.
+    #[error("building the configuration failed unexpectedly (please report this bug): {0}")]
+    Panicked(String),
+}
+
+impl Snapshot {
+    /// Validates `text` and builds the snapshot it describes. Never panics: validation bounds
+    /// every value to what the runtime accepts, and a panic that happens anyway is caught and
+    /// returned as [`BuildError::Panicked`], a rejected configuration like any other.
+    pub fn build(
+        source: &str,
+        text: &str,
+        overrides: &Overrides,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Self, BuildError> {
+        Self::build_with(source, text, overrides, previous, metrics, UnknownFields::Refuse)
+    }
+
+    /// [`Snapshot::build`], choosing what a field this version does not know does: refused in
+    /// what users write, tolerated (with a warning) in what a newer control plane pushes.
+    pub fn build_with(
+        source: &str,
+        text: &str,
+        overrides: &Overrides,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        unknown: UnknownFields,
+    ) -> Result<Self, BuildError> {
+        // Unwind safety: a panic leaves nothing half-changed that anyone reads afterwards — the
+        // snapshot under construction is dropped, `previous` is only read, and the metric
+        // handles registered on the way are valid on their own.
+        let build =
+            AssertUnwindSafe(|| Self::build_unguarded(source, text, overrides, previous, metrics, unknown));
+        std::panic::catch_unwind(build).unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(BuildError::Panicked(reason))
+        })
+    }
+
+    fn build_unguarded(
+        source: &str,
+        text: &str,
+        overrides: &Overrides,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        unknown: UnknownFields,
+    ) -> Result<Self, BuildError> {
+        let pilotfish_api::Parsed { resources, warnings } = pilotfish_api::parse_with(source, text, unknown)?;
+        // Logged when they first appear, not again with every reload or push that keeps them.
+        let same =
+            |a: &Warning, b: &Warning| (&a.object, &a.field, &a.message) == (&b.object, &b.field, &b.message);
+        for w in &warnings {
+            if !previous.is_some_and(|p| p.warnings.iter().any(|old| same(old, w))) {
+                tracing::warn!("{w}");
+            }
+        }
+        let (name, namespace, mut sidecar) = resources
+            .iter()
+            .find_map(|r| match r {
+                Resource::Sidecar(s) => {
+                    Some((s.metadata.name.clone(), s.metadata.namespace.clone(), s.spec.clone()))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| ("sidecar".into(), "default".into(), SidecarSpec::default()));
+        overrides.apply(&mut sidecar)?;
+
+        let mut endpoints = Endpoints::carried_from(previous, metrics);
+        let attached = Attachments::collect(&resources);
+        let mut services = HashMap::new();
+        let mut by_host = HashMap::new();
+        let mut by_addr = HashMap::new();
+        let mut local_ports = Vec::new();
+        for r in &resources {
+            let Resource::Service(s) = r else { continue };
+            let (svc_name, svc_ns) = (&s.metadata.name, &s.metadata.namespace);
+            let svc = service(&s.metadata, &s.spec, &attached, previous, &mut endpoints);
+            // Host names as Kubernetes DNS would resolve them; the short name only within the
+            // sidecar's own namespace.
+            for host in [
+                format!("{svc_name}.{svc_ns}"),
+                format!("{svc_name}.{svc_ns}.svc"),
+                format!("{svc_name}.{svc_ns}.svc.cluster.local"),
+            ] {
+                by_host.insert(host, svc.clone());
+            }
+            if *svc_ns == namespace {
+                by_host.insert(svc_name.clone(), svc.clone());
+            }
+            for ip in &s.spec.addresses {
+                for p in &s.spec.ports {
+                    by_addr.insert(SocketAddr::new(*ip, p.port), (svc.clone(), p.protocol));
+                }
+            }
+            if let Some(port) = s.spec.local_port {
+                local_ports.push((port, svc.key.clone()));
+            }
+            services.insert(svc.key.clone(), svc);
+        }
+
+        let inbound = sidecar.inbound.clone().map(|spec| InboundRt {
+            app: endpoints.endpoint(Direction::Inbound, &name, spec.app, |_| None),
+            metrics: metrics.target(Direction::Inbound, &name),
+            local: metrics.endpoint(Direction::Inbound, &name, ""),
+            connections: Arc::new(AtomicUsize::new(0)),
+            pending: AtomicUsize::new(0),
+            spec,
+        });
+
+        Ok(Self {
+            version: previous.map_or(1, |p| p.version + 1),
+            hash: hash_text(text),
+            source: source.to_owned(),
+            resources,
+            warnings,
+            sidecar,
+            passthrough: metrics.target(Direction::Outbound, ""),
+            unrouted: metrics.endpoint(Direction::Outbound, "", ""),
+            retired: CancellationToken::new(),
+            name,
+            namespace,
+            services,
+            by_host,
+            by_addr,
+            local_ports,
+            inbound,
+        })
+    }
+}
+
+/// One service's runtime state, with what the previous snapshot had for it carried over.
+fn service(
+    meta: &Metadata,
+    spec: &ServiceSpec,
+    attached: &Attachments<'_>,
+    previous: Option<&Snapshot>,
+    endpoints: &mut Endpoints<'_>,
+) -> Arc<ServiceRt> {
+    let metrics = endpoints.metrics;
+    let key: Arc<str> = format!("{}.{}", meta.name, meta.namespace).into();
+    let backend_policy = attached.backend.get(&*key).copied();
+    let cb = backend_policy.map(|p| p.circuit_breaker.clone()).unwrap_or_default();
+    let budget = EjectionBudget::new(spec.endpoints.len(), cb.max_ejection_percent);
+    // Endpoint state (breaker, load, health) survives a reload that leaves the breaker
+    // settings and the number of endpoints alone; otherwise a reload would readmit ejected
+    // endpoints.
+    let prev = previous.and_then(|p| p.service(&key));
+    let kept = prev.filter(|old| old.breaker_config == cb && old.endpoints.len() == spec.endpoints.len());
+    let guard = |label: &str, addr: SocketAddr| {
+        let old = kept.and_then(|old| old.endpoint(addr)).and_then(|e| e.guard.clone());
+        Some(old.unwrap_or_else(|| Arc::new(new_guard(&cb, &budget, metrics, &key, label))))
+    };
+    let endpoint_list = spec
+        .endpoints
+        .iter()
+        .map(|e| endpoints.endpoint(Direction::Outbound, &key, e.address, |label| guard(label, e.address)))
+        .collect();
+    let carried = |route: &str, spec: &RateLimitPolicySpec| {
+        prev.and_then(|old| old.routes.limiters().find(|(r, l)| &***r == route && l.spec == *spec))
+            .map(|(_, l)| l.clone())
+    };
+    let sources: Vec<RouteSource<'_>> = attached
+        .routes
+        .get(&*key)
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|(route_name, spec)| RouteSource {
+                    name: route_name.clone(),
+                    spec,
+                    rate_limit: attached.route_limits.get(&**route_name).map(|p| {
+                        carried(route_name, p).unwrap_or_else(|| {
+                            Arc::new(RateLimit::new(p, metrics.ratelimited(&key, route_name)))
+                        })
+                    }),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let routes = if sources.is_empty() {
+        RouteTable::default_for(key.clone())
+    } else {
+        RouteTable::compile(&key, &meta.namespace, &sources)
+    };
+    let retry_budget = backend_policy.map(|p| p.retry_budget.clone()).unwrap_or_default();
+    Arc::new(ServiceRt {
+        endpoints: endpoint_list,
+        next: AtomicUsize::new(0),
+        metrics: metrics.target(Direction::Outbound, &key),
+        local: metrics.endpoint(Direction::Outbound, &key, ""),
+        routes,
+        policy: ServicePolicy::new(backend_policy),
+        budget: prev
+            .filter(|old| old.retry_budget == retry_budget)
+            .map_or_else(|| Arc::new(tps_budget(&retry_budget)), |old| old.budget.clone()),
+        resilience: metrics.resilience(&key),
+        rate_limit: attached.service_limits.get(&*key).map(|p| {
+            prev.and_then(|old| old.rate_limit.clone().filter(|l| l.spec == **p))
+                .unwrap_or_else(|| Arc::new(RateLimit::new(p, metrics.ratelimited(&key, ""))))
+        }),
+        // Counters of requests and connections in flight span snapshots, like the requests
+        // and connections themselves.
+        in_flight: prev.map_or_else(Default::default, |old| old.in_flight.clone()),
+        pending: prev.map_or_else(Default::default, |old| old.pending.clone()),
+        connections: prev.map_or_else(Default::default, |old| old.connections.clone()),
+        breaker_config: cb.clone(),
+        retry_budget,
+        spec: spec.clone(),
+        key,
+    })
+}
+
+fn new_guard(
+    cb: &CircuitBreaker,
+    budget: &Arc<EjectionBudget>,
+    metrics: &Metrics,
+    service: &str,
+    label: &str,
+) -> EndpointGuard {
+    let config = BreakerConfig {
+        consecutive_failures: cb.consecutive_failures,
+        base_ejection: cb.base_ejection_time.get(),
+        max_ejection: cb.max_ejection_time.get(),
+    };
+    EndpointGuard {
+        breaker: Breaker::new(config, budget.clone()),
+        load: PeakEwma::new(Duration::from_millis(30), Duration::from_secs(10)),
+        healthy: AtomicBool::new(true),
+        breaker_metrics: metrics.breaker(service, label),
+    }
+}
+
+/// Makes endpoints, reusing the connection pools of the previous snapshot's endpoints so that a
+/// reload keeps warm connections.
+struct Endpoints<'m> {
+    pools: HashMap<SocketAddr, Arc<EndpointConns>>,
+    metrics: &'m Metrics,
+}
+
+impl<'m> Endpoints<'m> {
+    fn carried_from(previous: Option<&Snapshot>, metrics: &'m Metrics) -> Self {
+        let mut pools = HashMap::new();
+        if let Some(prev) = previous {
+            for svc in prev.services.values() {
+                for ep in &svc.endpoints {
+                    pools.insert(ep.addr, ep.conns.clone());
+                }
+            }
+            if let Some(inbound) = &prev.inbound {
+                pools.insert(inbound.app.addr, inbound.app.conns.clone());
+            }
+        }
+        Self { pools, metrics }
+    }
+
+    /// An endpoint of `service`, with the guard `guard` makes for it given its label (outbound
+    /// endpoints have one).
+    fn endpoint(
+        &mut self,
+        direction: Direction,
+        service: &str,
+        addr: SocketAddr,
+        guard: impl FnOnce(&str) -> Option<Arc<EndpointGuard>>,
+    ) -> Arc<EndpointRt> {
+        let label = addr.to_string();
+        Arc::new(EndpointRt {
+            addr,
+            conns: self.pools.entry(addr).or_insert_with(|| EndpointConns::new(addr)).clone(),
+            metrics: self.metrics.endpoint(direction, service, &label),
+            guard: guard(&label),
+            label,
+        })
+    }
+}
+
+/// Routes and policies by what they attach to.
+struct Attachments<'a> {
+    /// Service key → its HTTPRoutes (`namespace/name`, spec), in name order.
+    routes: HashMap<String, Vec<(Arc<str>, &'a HttpRouteSpec)>>,
+    backend: HashMap<String, &'a BackendPolicySpec>,
+    service_limits: HashMap<String, &'a RateLimitPolicySpec>,
+    /// Route `namespace/name` → its rate limit.
+    route_limits: HashMap<String, &'a RateLimitPolicySpec>,
+}
+
+impl<'a> Attachments<'a> {
+    fn collect(resources: &'a [Resource]) -> Self {
+        let mut a = Attachments {
+            routes: HashMap::new(),
+            backend: HashMap::new(),
+            service_limits: HashMap::new(),
+            route_limits: HashMap::new(),
+        };
+        let target =
+            |t: &TargetRef, ns: &str| (t.name.clone(), t.namespace.clone().unwrap_or_else(|| ns.to_owned()));
+        for r in resources {
+            let ns = &r.metadata().namespace;
+            match r {
+                Resource::HttpRoute(route) => {
+                    let name: Arc<str> = format!("{ns}/{}", route.metadata.name).into();
+                    for parent in &route.spec.parent_refs {
+                        let key = format!("{}.{}", parent.name, parent.namespace.as_deref().unwrap_or(ns));
+                        a.routes.entry(key).or_default().push((name.clone(), &route.spec));
+                    }
+                }
+                Resource::BackendPolicy(p) => {
+                    let (name, tns) = target(&p.spec.target_ref, ns);
+                    a.backend.insert(format!("{name}.{tns}"), &p.spec);
+                }
+                Resource::RateLimitPolicy(p) => {
+                    let (name, tns) = target(&p.spec.target_ref, ns);
+                    if p.spec.target_ref.kind == "HTTPRoute" {
+                        a.route_limits.insert(format!("{tns}/{name}"), &p.spec);
+                    } else {
+                        a.service_limits.insert(format!("{name}.{tns}"), &p.spec);
+                    }
+                }
+                Resource::Sidecar(_) | Resource::Service(_) => {}
+            }
+        }
+        for routes in a.routes.values_mut() {
+            routes.sort_by(|x, y| x.0.cmp(&y.0));
+        }
+        a
+    }
+}
+
+/// tower's budget asserts on its arguments (a `minPerSecond` of 2^31 panics); validation keeps
+/// them in range, and the clamps keep a build from panicking should a value slip past it.
+fn tps_budget(b: &RetryBudget) -> TpsBudget {
+    let ratio = if b.ratio.is_finite() { b.ratio.clamp(0.0, 1000.0) as f32 } else { 0.0 };
+    TpsBudget::new(Duration::from_secs(10), b.min_per_second.min(i32::MAX as u32 - 1), ratio)
+}
+
+/// Tells a real change from a touched file or a resent push.
+pub fn hash_text(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,6 @@
+//! What every decision leaves behind.
+//! - [`metrics`]: the Prometheus families and the per-target handles resolved per snapshot;
+//! - [`access_log`]: one JSON line per request or opaque connection, off the request path.
+
+pub mod access_log;
+pub mod metrics;
