@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::store::{AppendRequest, Event, StoreError};
 
@@ -67,13 +68,14 @@ pub struct StoredResource {
 }
 
 /// A registered service instance (client-side discovery).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointRecord {
     pub id: String,
     pub service: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    #[schema(value_type = String, example = "127.0.0.1:9001")]
     pub address: SocketAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
@@ -207,11 +209,15 @@ impl State {
 }
 
 /// One resource's change between two points of the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub aggregate: String,
+    /// The document before (absent: the resource was created).
+    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
+    /// The document after (absent: the resource was deleted).
+    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
 }
 

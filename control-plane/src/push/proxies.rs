@@ -1,9 +1,6 @@
-//! Push: every sidecar holds one long-lived streaming response (`GET /v1/push`, newline-delimited
-//! JSON) on which it receives a full snapshot of its configuration, then a new one after every
-//! change. Bursts of writes are coalesced (a sidecar is sent the newest state once the log has
-//! been quiet for a moment, never a queue of stale ones), and a slow sidecar holds up no one:
-//! each has its own task and a newer snapshot simply replaces an unsent older one. Sidecars ACK
-//! or NACK every version; the proxies API shows who is current and why anyone is not.
+//! The proxies: what the control plane knows of each sidecar's sync (connected, the version it
+//! was sent and acknowledged, its last NACK). Sidecars ACK or NACK every version; the proxies
+//! API shows who is current and why anyone is not.
 //!
 //! A sidecar names itself when it connects, so a proxy is known by its service *and* that name
 //! ([`ProxyKey`]): the service comes from what the caller's token may act for, so one service's
@@ -14,23 +11,13 @@
 //! so restarted sidecars (each a new id) do not pile up. A service has at most a set number of
 //! connected proxies, so one token cannot open push streams without end under made-up ids.
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-
-use crate::model::State;
-
-/// How long the log must be quiet before a change is pushed (coalescing bursts).
-const DEBOUNCE: Duration = Duration::from_millis(50);
-/// An empty line this often lets both ends notice a dead connection.
-const KEEPALIVE: Duration = Duration::from_secs(10);
+use utoipa::ToSchema;
 
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
@@ -72,7 +59,7 @@ impl ProxyKey {
 }
 
 /// What the control plane knows of each sidecar.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
     pub id: String,
@@ -94,7 +81,8 @@ pub struct ProxyStatus {
     pub last_nack: Option<Nack>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A sidecar's refusal of a version, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Nack {
     pub version: u64,
@@ -206,119 +194,6 @@ impl Proxies {
         all.sort_by(|a, b| (&a.id, &a.service, &a.namespace).cmp(&(&b.id, &b.service, &b.namespace)));
         all
     }
-}
-
-/// One snapshot line: `{"version": SEQ, "config": "<YAML/JSON document stream>"}`.
-pub fn snapshot_line(state: &State) -> Bytes {
-    let line = json!({ "version": state.seq, "config": config_for(state) });
-    let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
-    bytes.push(b'\n');
-    Bytes::from(bytes)
-}
-
-/// The configuration a sidecar needs, as a document stream the sidecar parses exactly like a
-/// static file: the mesh's routes and policies, and every Service with its registered
-/// endpoints merged into `spec.endpoints` (a service known only from registrations gets a
-/// Service document of its own).
-pub fn config_for(state: &State) -> String {
-    let mut registered: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
-    for e in state.endpoints.values() {
-        let mut endpoint = json!({ "address": e.address.to_string() });
-        if let Some(identity) = &e.identity {
-            endpoint["identity"] = json!(identity);
-        }
-        if !e.labels.is_empty() {
-            endpoint["labels"] = json!(e.labels);
-        }
-        registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(endpoint);
-    }
-    let mut docs = Vec::new();
-    for resource in state.resources.values() {
-        let mut doc = resource.document.clone();
-        if doc["kind"] == "Service" {
-            let key = (
-                doc["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
-                doc["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
-            );
-            if let Some(extra) = registered.remove(&key) {
-                let endpoints = doc["spec"]["endpoints"].as_array().cloned().unwrap_or_default();
-                let known: Vec<Value> = endpoints.iter().map(|e| e["address"].clone()).collect();
-                let merged: Vec<Value> = endpoints
-                    .into_iter()
-                    .chain(extra.into_iter().filter(|e| !known.contains(&e["address"])))
-                    .collect();
-                doc["spec"]["endpoints"] = Value::from(merged);
-            }
-        }
-        docs.push(doc);
-    }
-    for ((name, namespace), endpoints) in registered {
-        docs.push(json!({
-            "apiVersion": "pilotfish.io/v1alpha1",
-            "kind": "Service",
-            "metadata": { "name": name, "namespace": namespace },
-            "spec": { "endpoints": endpoints },
-        }));
-    }
-    docs.iter()
-        .map(|d| serde_json::to_string(d).expect("JSON serializes"))
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
-/// A send that does not complete in this long means the sidecar is gone (or hopelessly slow).
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Streams snapshots to one sidecar until it goes away or the control plane stops.
-pub async fn stream(
-    cp: Arc<crate::server::ControlPlane>,
-    key: ProxyKey,
-    generation: u64,
-    resume: u64,
-    mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
-) {
-    let mut heads = cp.store().subscribe();
-    let stop = cp.stopping();
-    // A reconnecting sidecar that already has the current version gets nothing until a change.
-    let mut last_sent = (resume != 0).then_some(resume);
-    'stream: loop {
-        let head = *heads.borrow_and_update();
-        match cp.refresh_to(head).await {
-            Ok(_) => {
-                let (version, line) = cp.snapshot_line().await;
-                if last_sent != Some(version) {
-                    match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
-                        Ok(Ok(())) => {}
-                        _ => break 'stream,
-                    }
-                    cp.proxies().sent(&key, version).await;
-                    last_sent = Some(version);
-                }
-            }
-            Err(e) => {
-                // Without a readable log this replica cannot serve the sidecar: end the stream so
-                // it moves to another replica.
-                tracing::error!(proxy = %key.id, service = %key.service, error = %e, "cannot read the event log; closing the push stream");
-                break 'stream;
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break 'stream,
-            changed = heads.changed() => {
-                if changed.is_err() {
-                    break 'stream;
-                }
-                tokio::time::sleep(DEBOUNCE).await;
-            }
-            _ = tokio::time::sleep(KEEPALIVE) => {
-                match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
-                    Ok(Ok(())) => {}
-                    _ => break 'stream,
-                }
-            }
-        }
-    }
-    cp.proxies().disconnected(&key, generation).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,75 @@
+//! The sidecars' sync: a sidecar connecting for its push stream (as a proxy of the service its
+//! token may act for), its ACK/NACK of a version, and every proxy's status.
+
+use super::caller::Caller;
+use super::error::{Error, Result};
+use super::plane::ControlPlane;
+use crate::push::ProxyKey;
+use crate::wire::{Ack, ProxyList, ProxyView};
+
+/// A push stream the control plane accepted: which proxy, which of its connections, and the
+/// version the sidecar already has.
+pub struct Connection {
+    pub key: ProxyKey,
+    pub generation: u64,
+    pub resume: u64,
+}
+
+impl ControlPlane {
+    /// A sidecar connects as proxy `id` of `service.namespace`, holding `resume` (0: nothing).
+    pub async fn connect(
+        &self,
+        caller: &Caller,
+        (id, service, namespace): (&str, &str, &str),
+        resume: u64,
+    ) -> Result<Connection> {
+        let key = ProxyKey::new(service, namespace, id).map_err(Error::BadRequest)?;
+        caller.act_for(&key.service, &key.namespace)?;
+        let generation = self.proxies.connected(&key, resume).await?;
+        Ok(Connection { key, generation, resume })
+    }
+
+    /// Records proxy `id`'s ACK (or NACK) under the service its push stream named. A join
+    /// token's own service when left out, as sidecars one version back do (they predate it).
+    pub async fn acknowledge(
+        &self,
+        caller: &Caller,
+        id: &str,
+        (service, namespace): (Option<String>, Option<String>),
+        ack: Ack,
+    ) -> Result<()> {
+        let (service, namespace) =
+            match (service, caller) {
+                (Some(service), _) => (service, namespace.unwrap_or_else(|| "default".to_owned())),
+                (None, Caller::Service(t)) => {
+                    (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
+                }
+                (None, Caller::Admin) => return Err(Error::BadRequest(
+                    "service is required when the admin token ACKs: add ?service=NAME (the proxy's service)"
+                        .into(),
+                )),
+            };
+        let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
+        caller.act_for(&key.service, &key.namespace)?;
+        if let Some(error) = &ack.error {
+            tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
+        }
+        if !self.proxies.acknowledged(&key, ack.version, ack.error).await {
+            return Err(Error::NotFound(format!("proxy {id} of {}.{}", key.service, key.namespace)));
+        }
+        Ok(())
+    }
+
+    /// Every sidecar, the version it acknowledged, and whether that is the one in force.
+    pub async fn proxy_list(&self) -> Result<ProxyList> {
+        let head = self.refresh().await?;
+        let items = self
+            .proxies
+            .list()
+            .await
+            .into_iter()
+            .map(|status| ProxyView { current: status.acked_version == head, status })
+            .collect();
+        Ok(ProxyList { version: head, items })
+    }
+}
