@@ -16,6 +16,8 @@
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 //! - [`manifest`]: carrying Kubernetes manifests over — what `kubectl get -o yaml` adds that is
 //!   dropped, and the Gateway API features that are warned about or refused.
+//! - [`wire`]: the control-plane API's and push protocol's messages, used by both ends, with the
+//!   protocol version and the supported version skew.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ pub mod policy;
 pub mod route;
 pub mod service;
 pub mod sidecar;
+pub mod wire;
 
 pub use document::{
     parse, parse_stream, parse_with, ConfigError, Metadata, Parsed, Resource, UnknownFields, Warning,

@@ -1,0 +1,157 @@
+//! The push protocol's messages: the query a sidecar opens its stream with, each line of the
+//! stream (one configuration snapshot), and the ACK or NACK it answers every version with.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSION};
+
+/// `GET /v1/push` query: who the sidecar is and what it already has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PushQuery {
+    /// The sidecar's id (its name in the proxies API).
+    pub id: String,
+    /// The service it is an instance of.
+    pub service: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The version it already has (0: none): an unchanged configuration is not sent again.
+    #[serde(default)]
+    pub version: u64,
+    /// The sidecar's protocol version (left out by sidecars that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+}
+
+/// One line of the push stream (newline-delimited JSON; an empty line is a keepalive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushLine {
+    /// The sender's protocol version.
+    #[serde(default = "unversioned")]
+    pub protocol: u32,
+    /// The configuration's version: the seq of the last event it includes.
+    pub version: u64,
+    /// The configuration: a YAML/JSON document stream, parsed exactly like a static file.
+    pub config: String,
+}
+
+impl PushLine {
+    pub fn new(version: u64, config: String) -> Self {
+        Self { protocol: PROTOCOL_VERSION, version, config }
+    }
+}
+
+impl Versioned for PushLine {
+    fn protocol(&self) -> u32 {
+        self.protocol
+    }
+}
+
+/// `POST /v1/proxies/{id}/ack` body: the sidecar's verdict on a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ack {
+    /// The sender's protocol version.
+    #[serde(default = "unversioned")]
+    pub protocol: u32,
+    pub version: u64,
+    /// Why the version was refused (a NACK); `null` or absent: an ACK.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Ack {
+    /// The version was swapped in.
+    pub fn accepted(version: u64) -> Self {
+        Self { protocol: PROTOCOL_VERSION, version, error: None }
+    }
+
+    /// The version was refused; the sidecar keeps its last good one.
+    pub fn refused(version: u64, error: String) -> Self {
+        Self { protocol: PROTOCOL_VERSION, version, error: Some(error) }
+    }
+}
+
+impl Versioned for Ack {
+    fn protocol(&self) -> u32 {
+        self.protocol
+    }
+}
+
+/// `POST /v1/proxies/{id}/ack` query: which service's proxy the ACK is for (the one its push
+/// stream named). A join token's own service when left out, as sidecars before it did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AckQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_push_line_is_what_the_control_plane_sends_plus_its_protocol() {
+        let line = PushLine::new(7, "kind: Service".into());
+        assert_eq!(
+            serde_json::to_value(&line).unwrap(),
+            json!({ "protocol": PROTOCOL_VERSION, "version": 7, "config": "kind: Service" })
+        );
+        // Today's control plane sends no protocol.
+        let today: PushLine = serde_json::from_str(r#"{"version":7,"config":"kind: Service"}"#).unwrap();
+        assert_eq!(today, line);
+    }
+
+    #[test]
+    fn a_push_line_and_an_ack_from_the_future_parse() {
+        let line: PushLine = serde_json::from_value(json!({
+            "protocol": PROTOCOL_VERSION + 1, "version": 9, "config": "", "delta": { "added": [] }, "trust": "PEM"
+        }))
+        .unwrap();
+        assert_eq!((line.version, line.check_protocol()), (9, Ok(())));
+        let ack: Ack = serde_json::from_value(json!({
+            "protocol": PROTOCOL_VERSION + 1, "version": 9, "error": null, "appliedInMs": 3
+        }))
+        .unwrap();
+        assert_eq!(ack, Ack { protocol: PROTOCOL_VERSION + 1, ..Ack::accepted(9) });
+    }
+
+    #[test]
+    fn acks_and_nacks_are_what_sidecars_send_plus_their_protocol() {
+        let p = PROTOCOL_VERSION;
+        assert_eq!(
+            serde_json::to_value(Ack::accepted(3)).unwrap(),
+            json!({ "protocol": p, "version": 3, "error": null })
+        );
+        assert_eq!(
+            serde_json::to_value(Ack::refused(4, "bad".into())).unwrap(),
+            json!({ "protocol": p, "version": 4, "error": "bad" })
+        );
+        // Today's sidecars: no protocol; an ACK with `error: null`, or none at all.
+        for today in [json!({ "version": 3, "error": null }), json!({ "version": 3 })] {
+            assert_eq!(serde_json::from_value::<Ack>(today).unwrap(), Ack::accepted(3));
+        }
+    }
+
+    #[test]
+    fn queries_are_the_parameters_sidecars_send() {
+        let q = PushQuery {
+            id: "web.default-1".into(),
+            service: "web".into(),
+            namespace: "default".into(),
+            version: 5,
+            protocol: Some(PROTOCOL_VERSION),
+        };
+        let back: PushQuery = serde_json::from_value(serde_json::to_value(&q).unwrap()).unwrap();
+        assert_eq!(back, q);
+        let today: PushQuery = serde_json::from_value(json!({ "id": "x", "service": "web" })).unwrap();
+        assert_eq!((today.namespace.as_str(), today.version, today.protocol), ("default", 0, None));
+        let ack = AckQuery { service: Some("web".into()), namespace: None };
+        assert_eq!(serde_json::to_value(&ack).unwrap(), json!({ "service": "web" }));
+    }
+}
