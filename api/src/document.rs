@@ -21,11 +21,13 @@ pub const PILOTFISH_V1ALPHA1: &str = "pilotfish.io/v1alpha1";
 
 /// What Pilotfish keeps of an object's metadata (what a cluster sets is dropped first, see
 /// [`crate::manifest`]); labels and annotations are stored and shown back, with no effect.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub name: String,
     #[serde(default = "default_namespace")]
+    #[schema(default = default_namespace, pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub namespace: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -55,7 +57,7 @@ pub enum Resource {
 }
 
 /// Every kind, with its `apiVersion`.
-const KINDS: [(&str, &str); 5] = [
+pub(crate) const KINDS: [(&str, &str); 5] = [
     ("Sidecar", PILOTFISH_V1ALPHA1),
     ("Service", PILOTFISH_V1ALPHA1),
     ("HTTPRoute", GATEWAY_V1),

@@ -106,6 +106,25 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// What [`Duration::from_str`] accepts, in the ECMA-262 dialect OpenAPI uses.
+pub const PATTERN: &str = "^([0-9]{1,5}(ms|h|m|s)){1,4}$";
+
+/// Written by hand: the derive would describe the inner `std::time::Duration`, not the text.
+impl utoipa::PartialSchema for Duration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PATTERN))
+            .description(Some(
+                "A duration: one to four parts of up to 5 digits and a unit h, m, s or ms (Gateway API GEP-2257)",
+            ))
+            .examples(["250ms", "2s", "1h30m"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Duration {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +142,17 @@ mod tests {
     fn refuses_malformed_text() {
         for bad in ["", "2", "s", "1.5s", "-1s", "2 s", "100000s", "1h1m1s1ms1h", "2d"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn the_schema_pattern_accepts_what_parsing_accepts() {
+        let pattern = regex::Regex::new(PATTERN).unwrap();
+        for text in ["500ms", "2s", "1h30m", "1m1s1ms", "0s", "99999h", "1s1s1s1s"] {
+            assert!(pattern.is_match(text) && text.parse::<Duration>().is_ok(), "{text}");
+        }
+        for text in ["", "2", "s", "1.5s", "-1s", "2 s", "100000s", "1h1m1s1ms1h", "2d"] {
+            assert!(!pattern.is_match(text) && text.parse::<Duration>().is_err(), "{text}");
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
+//! - [`schema`]: the OpenAPI schema of a whole document (`Resource`), closed to unknown fields
+//!   as the API is; each spec type derives its own beside its serde derives.
 //! - [`field`]: `FieldError`, what every check returns: a field path and why.
 //! - [`bounds`]: the range of every number in a resource (what the runtime accepts).
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
@@ -28,6 +30,7 @@ pub mod field;
 pub mod manifest;
 pub mod policy;
 pub mod route;
+pub mod schema;
 pub mod service;
 pub mod sidecar;
 pub mod wire;

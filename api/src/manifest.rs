@@ -26,7 +26,7 @@ pub(crate) struct FieldWarning {
     pub message: String,
 }
 
-const CLUSTER_SET: [&str; 9] = [
+pub(crate) const CLUSTER_SET: [&str; 9] = [
     "uid",
     "resourceVersion",
     "generation",
@@ -36,6 +36,12 @@ const CLUSTER_SET: [&str; 9] = [
     "selfLink",
     "managedFields",
     "generateName",
+];
+
+/// Metadata dropped with a warning: it drives what Pilotfish does not have.
+pub(crate) const UNSUPPORTED: [(&str, &str); 2] = [
+    ("ownerReferences", "ignored: Pilotfish does not garbage-collect objects with their owners"),
+    ("finalizers", "ignored: Pilotfish deletes an object at once, without finalizers"),
 ];
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -49,11 +55,7 @@ pub(crate) fn carry_over(kind: &str, doc: &mut Value) -> Result<Vec<FieldWarning
         for field in CLUSTER_SET {
             meta.shift_remove(field);
         }
-        let gone = [
-            ("ownerReferences", "ignored: Pilotfish does not garbage-collect objects with their owners"),
-            ("finalizers", "ignored: Pilotfish deletes an object at once, without finalizers"),
-        ];
-        for (field, message) in gone {
+        for (field, message) in UNSUPPORTED {
             if meta.shift_remove(field).is_some() {
                 warnings.push(warning(format!("metadata.{field}"), message.to_owned()));
             }

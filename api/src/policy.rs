@@ -7,18 +7,20 @@ use serde::{Deserialize, Serialize};
 use crate::field::FieldError;
 use crate::{bounds, Duration};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// `Service`, or for a RateLimitPolicy also `HTTPRoute`.
+    #[schema(pattern = "^(Service|HTTPRoute)$")]
     pub kind: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendPolicySpec {
     pub target_ref: TargetRef,
@@ -37,7 +39,7 @@ pub struct BackendPolicySpec {
     pub health_check: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadBalancer {
     /// Power of two choices over peak-EWMA latency × outstanding requests.
@@ -48,16 +50,19 @@ pub enum LoadBalancer {
     LeastRequests,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct CircuitBreaker {
     #[serde(default = "five")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub consecutive_failures: u32,
     #[serde(default = "thirty_seconds")]
     pub base_ejection_time: Duration,
     #[serde(default = "five_minutes")]
     pub max_ejection_time: Duration,
     #[serde(default = "fifty")]
+    #[schema(maximum = 100)]
     pub max_ejection_percent: u32,
     /// What counts as a failure: `5xx` (any), `gateway-error` (502/503/504), `connect-failure`,
     /// `reset`, `timeout`.
@@ -65,7 +70,7 @@ pub struct CircuitBreaker {
     pub failure_on: Vec<FailureKind>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     #[serde(rename = "5xx")]
@@ -80,30 +85,38 @@ fn default_failure_on() -> Vec<FailureKind> {
     vec![FailureKind::ServerError, FailureKind::ConnectFailure, FailureKind::Reset, FailureKind::Timeout]
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct ServiceLimits {
     #[serde(default = "many")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_connections: u32,
     #[serde(default = "many")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_pending_requests: u32,
     #[serde(default = "many")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_requests: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct RetryBudget {
     /// Retries allowed as a fraction of requests.
     #[serde(default = "twenty_percent")]
+    #[schema(minimum = 0, maximum = 10)]
     pub ratio: f64,
     /// Retries always allowed per second, however few the requests.
     #[serde(default = "ten")]
+    #[schema(maximum = 1_000_000)]
     pub min_per_second: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct RetryPolicy {
     /// Conditions besides the route's status codes: `5xx`, `gateway-error`, `connect-failure`,
     /// `reset`, `retriable-status-codes`.
@@ -111,6 +124,7 @@ pub struct RetryPolicy {
     pub retry_on: Vec<RetryOn>,
     /// gRPC status names that are retried (`unavailable`, `resource-exhausted`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = grpc_code_names)]
     pub grpc_codes: Vec<String>,
     #[serde(default = "base_backoff")]
     pub base_backoff: Duration,
@@ -118,10 +132,11 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Request bodies up to this size are kept so an attempt can be replayed.
     #[serde(default = "sixty_four_kib")]
+    #[schema(maximum = 67_108_864)]
     pub max_body_bytes: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
     #[serde(rename = "5xx")]
@@ -136,45 +151,55 @@ fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::RetriableStatusCodes]
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     #[serde(default = "healthz")]
+    #[schema(default = healthz, pattern = "^/")]
     pub path: String,
     #[serde(default = "five_seconds")]
+    #[schema(default = five_seconds)]
     pub interval: Duration,
     #[serde(default = "one_second")]
+    #[schema(default = one_second)]
     pub timeout: Duration,
     #[serde(default = "two")]
+    #[schema(default = two, minimum = 1, maximum = 1_000_000)]
     pub healthy_threshold: u32,
     #[serde(default = "three")]
+    #[schema(default = three, minimum = 1, maximum = 1_000_000)]
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {
     pub target_ref: TargetRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub per_second: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub per_hour: Option<u32>,
     /// Requests allowed at once on top of the steady rate of the shortest window (default: that
     /// window's whole quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub burst: Option<u32>,
     /// Separate budgets per key; omitted, one budget for all callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<RateLimitKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitKey {
     /// Budget per value of this request header (requests without it share one budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
     pub header: Option<String>,
     /// Budget per calling peer (its mTLS identity; its IP address until mTLS is on).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -339,6 +364,16 @@ impl BackendPolicySpec {
         }
         Ok(())
     }
+}
+
+fn grpc_code_names() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let names = GRPC_CODES.map(|(name, _)| name);
+    let name = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names));
+    ArrayBuilder::new()
+        .items(name)
+        .description(Some("gRPC status names that are retried (`unavailable`, `resource-exhausted`, ...)"))
+        .build()
 }
 
 pub fn grpc_code(name: &str) -> Option<u8> {

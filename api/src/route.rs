@@ -9,7 +9,7 @@ use crate::{bounds, Duration};
 
 pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     /// The Services whose traffic this route shapes (`kind: Service`; a mesh route).
@@ -21,18 +21,21 @@ pub struct HttpRouteSpec {
     pub rules: Vec<RouteRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(core)?$")]
     pub group: Option<String>,
     #[serde(default = "service_kind")]
+    #[schema(default = service_kind, pattern = "^Service$")]
     pub kind: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Kept, without effect yet: the route applies to every port of the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     /// Kept, without effect yet (a port name of the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +46,7 @@ fn service_kind() -> String {
     "Service".to_owned()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,12 +65,13 @@ pub struct RouteRule {
     pub retry: Option<RouteRetry>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH)$")]
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<ValueMatch>,
@@ -75,12 +79,15 @@ pub struct RouteMatch {
     pub query_params: Vec<ValueMatch>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PathMatch {
     #[serde(default = "path_prefix", rename = "type")]
+    #[schema(default = path_prefix)]
     pub kind: PathMatchType,
+    /// A path starting with `/`, or for `RegularExpression` a pattern matching the whole path.
     #[serde(default = "root")]
+    #[schema(default = root)]
     pub value: String,
 }
 
@@ -91,7 +98,7 @@ fn root() -> String {
     "/".to_owned()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PathMatchType {
     Exact,
     PathPrefix,
@@ -99,10 +106,11 @@ pub enum PathMatchType {
 }
 
 /// A header or query parameter match.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ValueMatch {
     #[serde(default = "exact", rename = "type")]
+    #[schema(default = exact)]
     pub kind: ValueMatchType,
     pub name: String,
     pub value: String,
@@ -112,25 +120,30 @@ fn exact() -> ValueMatchType {
     ValueMatchType::Exact
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ValueMatchType {
     Exact,
     RegularExpression,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(core)?$")]
     pub group: Option<String>,
     #[serde(default = "service_kind")]
+    #[schema(default = service_kind, pattern = "^Service$")]
     pub kind: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
+    /// At least one backend of a rule needs a weight above 0; the weights add up to at most 2^32-1.
     #[serde(default = "one")]
+    #[schema(default = one, maximum = 1_000_000)]
     pub weight: u32,
 }
 
@@ -138,7 +151,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteTimeouts {
     /// The whole exchange as the caller sees it, all retries included (to response headers).
@@ -150,17 +163,19 @@ pub struct RouteTimeouts {
 }
 
 /// GEP-1731 retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRetry {
     /// Retries after the first attempt.
     #[serde(default = "two")]
+    #[schema(default = two, maximum = 10)]
     pub attempts: u32,
     /// Base of the exponential backoff with full jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
     /// Response statuses that are retried (omitted: 502, 503, 504; `[]`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = retried_codes)]
     pub codes: Option<Vec<u16>>,
 }
 
@@ -168,7 +183,7 @@ fn two() -> u32 {
     2
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum Filter {
     RequestHeaderModifier {
@@ -190,7 +205,7 @@ pub enum Filter {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -201,25 +216,29 @@ pub struct HeaderModifier {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Header {
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestRedirect {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^https?$")]
     pub scheme: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathModifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     #[serde(default = "found")]
+    #[schema(schema_with = redirect_status)]
     pub status_code: u16,
 }
 
@@ -227,7 +246,27 @@ fn found() -> u16 {
     302
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// An array of HTTP error statuses, or null for the default.
+fn retried_codes() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let status = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(400)).maximum(Some(599));
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(status)
+        .description(Some("Response statuses that are retried (omitted: 502, 503, 504; `[]`: none)"))
+        .build()
+}
+
+fn redirect_status() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .enum_values(Some([301, 302, 303, 307, 308]))
+        .default(Some(found().into()))
+        .build()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UrlRewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,10 +275,12 @@ pub struct UrlRewrite {
     pub path: Option<PathModifier>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", deny_unknown_fields)]
 pub enum PathModifier {
+    #[serde(rename_all = "camelCase")]
     ReplaceFullPath { replace_full_path: String },
+    #[serde(rename_all = "camelCase")]
     ReplacePrefixMatch { replace_prefix_match: String },
 }
 

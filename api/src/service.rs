@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::field::FieldError;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// The ports the service is called on, each with its application protocol.
@@ -17,18 +17,21 @@ pub struct ServiceSpec {
     /// Virtual IPs the app may dial (a Kubernetes ClusterIP). In transparent mode a connection to
     /// `ADDRESS:PORT`, for one of these addresses and one of `ports`, is routed to this service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>, example = json!(["10.96.0.20"]))]
     pub addresses: Vec<IpAddr>,
     /// The instances serving it (static mode; the control plane's registry fills these otherwise).
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// Optional local listener port: whatever arrives on `127.0.0.1:localPort` goes to this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub local_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Omitted: the sidecar detects HTTP/1, HTTP/2 or opaque TCP per connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,7 +41,7 @@ pub struct ServicePort {
 }
 
 /// The application protocol declared for a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http,
@@ -47,10 +50,11 @@ pub enum Protocol {
     Tcp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// `IP:PORT` of the instance (its sidecar's inbound listener when it has one).
+    #[schema(value_type = String, example = "10.0.0.7:8080")]
     pub address: SocketAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,

@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 use crate::field::FieldError;
 use crate::{bounds, Duration};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct SidecarSpec {
     /// Admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/shutdown`.
     #[serde(default = "default_admin")]
+    #[schema(value_type = String)]
     pub admin: SocketAddr,
     /// Traffic from other sidecars to the local app. Omitted: no inbound listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,27 +30,33 @@ pub struct SidecarSpec {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundSpec {
     #[serde(default = "default_inbound")]
+    #[schema(value_type = String, default = default_inbound)]
     pub listen: SocketAddr,
     /// Where the local app listens.
+    #[schema(value_type = String, example = "127.0.0.1:8080")]
     pub app: SocketAddr,
     /// App ports that carry opaque TCP (e.g. server-speaks-first protocols): no protocol detection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = ports)]
     pub opaque_ports: Vec<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct OutboundSpec {
     #[serde(default = "default_outbound")]
+    #[schema(value_type = String)]
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct Timeouts {
     /// Establishing a TCP connection to an endpoint or the app.
     #[serde(default = "default_connect")]
@@ -73,21 +81,32 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(default)]
 pub struct Limits {
     /// Concurrent connections per listener; further connections wait in the accept backlog.
     #[serde(default = "default_max_connections")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_connections: usize,
     /// Bytes of HTTP/1 request head (request line and headers); over it → 431.
     #[serde(default = "default_max_header_bytes")]
+    #[schema(minimum = 1024, maximum = 1_048_576)]
     pub max_header_bytes: usize,
     /// Number of headers in one request; over it → 431.
     #[serde(default = "default_max_headers")]
+    #[schema(minimum = 1, maximum = 10_000)]
     pub max_headers: usize,
     /// Concurrent HTTP/2 streams one client connection may open.
     #[serde(default = "default_max_concurrent_streams")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent_streams: u32,
+}
+
+fn ports() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let port = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(65535));
+    ArrayBuilder::new().items(port).build()
 }
 
 fn default_admin() -> SocketAddr {
