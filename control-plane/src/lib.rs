@@ -9,8 +9,7 @@
 //!   inputs and a [`core::Caller`] and fail with a [`core::Error`]; no HTTP in it.
 //! - [`http`]: the `/v1` API on top — router, one file per resource group, auth as an
 //!   extractor, the one error → response mapping, and the OpenAPI document generated from the
-//!   handlers and the [`wire`] types (`utoipa`).
-//! - [`wire`]: the API's bodies as typed structs (requests, results, push lines, ACKs, errors).
+//!   handlers and the `pilotfish_api::wire` types (`utoipa`).
 //! - [`push`]: the sidecars' configuration streams: the proxies' sync status, the snapshot
 //!   (built from typed documents and endpoint records, cached per version), one stream per sidecar.
 //! - [`store`]: the event log every change is appended to (optimistic concurrency, idempotency
@@ -30,7 +29,7 @@
 //!   as they carry the others.
 //! - **An API endpoint**: the operation as a method on `ControlPlane` in the `core` file of its
 //!   resource group (typed inputs, [`core::Error`] out); its request/response types in
-//!   [`wire`] (deriving `utoipa::ToSchema`); a handler with `#[utoipa::path]` in that group's
+//!   `pilotfish_api::wire` (deriving `utoipa::ToSchema`); a handler with `#[utoipa::path]` in that group's
 //!   `http` file, added to the file's `routes()`. The route and its OpenAPI entry come from the
 //!   same `routes!` line; a new error case gets its status in `http/error.rs`.
 
@@ -43,4 +42,3 @@ pub mod listener;
 pub mod model;
 pub mod push;
 pub mod store;
-pub mod wire;

@@ -3,11 +3,11 @@
 //! it, then follows the log; `history` folds it to earlier points for diff and rollback.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+pub use pilotfish_api::wire::{Change, EndpointRecord};
 
 use crate::store::{AppendRequest, Event, StoreError};
 
@@ -65,28 +65,6 @@ pub struct StoredResource {
     pub seq: u64,
     /// The document as applied (`apiVersion`, `kind`, `metadata`, `spec`).
     pub document: serde_json::Value,
-}
-
-/// A registered service instance (client-side discovery).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointRecord {
-    pub id: String,
-    pub service: String,
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    #[schema(value_type = String, example = "127.0.0.1:9001")]
-    pub address: SocketAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    /// Lease length; the lease is renewed by heartbeats and lapses without them.
-    pub ttl_seconds: u64,
-}
-
-fn default_namespace() -> String {
-    "default".to_owned()
 }
 
 /// Why an event could not be folded: the log holds something this version cannot read.
@@ -206,19 +184,6 @@ impl State {
         changes.sort_by(|a, b| a.aggregate.cmp(&b.aggregate));
         changes
     }
-}
-
-/// One resource's change between two points of the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Change {
-    pub aggregate: String,
-    /// The document before (absent: the resource was created).
-    #[schema(value_type = Option<Object>)]
-    pub before: Option<serde_json::Value>,
-    /// The document after (absent: the resource was deleted).
-    #[schema(value_type = Option<Object>)]
-    pub after: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

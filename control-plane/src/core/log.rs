@@ -3,7 +3,9 @@
 
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
-use crate::wire::{DiffResult, EventPage, RollbackResult};
+use pilotfish_api::wire::{Diff, Event, EventPage, RollbackResult};
+
+use crate::store;
 
 /// Events in one page of `events`, at most.
 pub const PAGE_EVENTS: usize = 1000;
@@ -34,40 +36,47 @@ impl ControlPlane {
                     break 'page;
                 }
                 after = event.seq;
-                events.push(event.into());
+                events.push(to_wire(event));
             }
         }
         Ok(EventPage { head: self.store.head().await?, events })
     }
 
-    /// What changed in the configuration between `from` and `to` (default: the head).
-    pub async fn diff(&self, from: u64, to: Option<u64>) -> Result<DiffResult> {
+    /// What changed in the configuration going from `from` to `to` (default: the head); with
+    /// `to` before `from`, the changes come out reversed.
+    pub async fn diff(&self, from: u64, to: Option<u64>) -> Result<Diff> {
         let head = self.store.head().await?;
         let to = to.unwrap_or(head);
-        if from > to {
-            return Err(Error::BadRequest(format!("from ({from}) is after to ({to})")));
-        }
         if from > head || to > head {
-            return Err(Error::BadRequest(format!("the log ends at seq {head}")));
+            return Err(past_the_head(from.max(to), head));
         }
         let a = self.history.at(&*self.store, from).await?;
         let b = self.history.at(&*self.store, to).await?;
-        Ok(DiffResult { from, to, changes: a.diff(&b) })
+        Ok(Diff { from, to, changes: a.diff(&b) })
     }
 
     /// New events that restore the resources as they were after `to_seq`.
     pub async fn rollback(&self, actor: &str, to_seq: u64) -> Result<RollbackResult> {
         let head = self.store.head().await?;
         if to_seq > head {
-            return Err(Error::BadRequest(format!(
-                "cannot roll back to seq {to_seq}: the log ends at {head}"
-            )));
+            return Err(past_the_head(to_seq, head));
         }
         self.refresh().await?;
         let target = self.history.at(&*self.store, to_seq).await?;
         let batch = self.state.read().await.restore(&target, &format!("{actor} (rollback to {to_seq})"));
         let events = if batch.is_empty() { Vec::new() } else { self.store.append_batch(batch).await? };
         self.settle().await;
-        Ok(RollbackResult { rolled_back_to: to_seq, events: events.into_iter().map(Into::into).collect() })
+        Ok(RollbackResult { rolled_back_to: to_seq, events: events.into_iter().map(to_wire).collect() })
     }
+}
+
+/// A point of the log that is not there yet.
+fn past_the_head(seq: u64, head: u64) -> Error {
+    Error::NotFound(format!("seq {seq} (the log ends at seq {head})"))
+}
+
+/// An event of the log as the API shows it.
+fn to_wire(e: store::Event) -> Event {
+    let store::Event { seq, id, at, kind, aggregate, version, data, actor } = e;
+    Event { seq, id, at, kind, aggregate, version, data, actor }
 }

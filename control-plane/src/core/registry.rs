@@ -12,7 +12,9 @@ use super::leases::Lease;
 use super::plane::ControlPlane;
 use crate::model::{endpoint_aggregate, kind, EndpointRecord};
 use crate::store::{AppendRequest, StoreError};
-use crate::wire::{Deregistered, EndpointList, Registered, RegisteredEndpoint, Registration, Renewed};
+use pilotfish_api::wire::{
+    Deregistered, EndpointList, EndpointStatus, Heartbeat, Registered, Registration, Versioned,
+};
 
 /// A lease's length when the registration names none.
 const DEFAULT_TTL: u64 = 30;
@@ -26,6 +28,7 @@ impl ControlPlane {
         reg: Registration,
         key: Option<&str>,
     ) -> Result<Registered> {
+        reg.check_protocol().map_err(|e| Error::BadRequest(e.to_string()))?;
         let namespace = reg.namespace.unwrap_or_else(|| "default".into());
         let actor = caller.act_for(&reg.service, &namespace)?;
         let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
@@ -78,7 +81,7 @@ impl ControlPlane {
     }
 
     /// Renews an instance's lease.
-    pub async fn heartbeat(&self, caller: &Caller, id: &str) -> Result<Renewed> {
+    pub async fn heartbeat(&self, caller: &Caller, id: &str) -> Result<Heartbeat> {
         self.refresh().await?;
         self.authorize_endpoint(caller, id).await?;
         // The read model decides whether the instance is still registered (another replica may
@@ -99,7 +102,7 @@ impl ControlPlane {
         });
         lease.deadline = Instant::now() + lease.ttl;
         lease.owned = true;
-        Ok(Renewed { id: id.to_owned(), ttl_seconds: lease.ttl.as_secs() })
+        Ok(Heartbeat { id: id.to_owned(), ttl_seconds: lease.ttl.as_secs() })
     }
 
     /// Removes an instance now (rather than when its lease lapses).
@@ -141,7 +144,7 @@ impl ControlPlane {
             .filter(|e| {
                 service.is_none_or(|s| s == e.service || s == format!("{}.{}", e.service, e.namespace))
             })
-            .map(|e| RegisteredEndpoint {
+            .map(|e| EndpointStatus {
                 endpoint: e.clone(),
                 lease_remaining_seconds: leases
                     .get(&e.id)

@@ -7,7 +7,7 @@ use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::model::{kind, resource_aggregate};
 use crate::store::AppendRequest;
-use crate::wire::{AppliedItem, Deleted, ResourceList, ResourceView};
+use pilotfish_api::wire::{AppliedItem, Deleted, ResourceItem, ResourceList};
 
 /// The kinds the API stores (a `Sidecar` is one sidecar's local settings, not mesh config).
 pub const KINDS: [&str; 4] = ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy"];
@@ -109,17 +109,17 @@ impl ControlPlane {
                 kind.is_none_or(|want| want.eq_ignore_ascii_case(k))
                     && namespace.is_none_or(|want| want == ns)
             })
-            .map(|(_, r)| ResourceView { version: r.version, seq: r.seq, document: r.document.clone() })
+            .map(|(_, r)| ResourceItem { version: r.version, seq: r.seq, document: r.document.clone() })
             .collect();
         Ok(ResourceList { seq: state.seq, items })
     }
 
-    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<ResourceView> {
+    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<ResourceItem> {
         self.refresh().await?;
         let state = self.state.read().await;
         let aggregate = resource_aggregate(canonical_kind(kind)?, namespace, name);
         let r = state.resources.get(&aggregate).ok_or(Error::NotFound(aggregate))?;
-        Ok(ResourceView { version: r.version, seq: r.seq, document: r.document.clone() })
+        Ok(ResourceItem { version: r.version, seq: r.seq, document: r.document.clone() })
     }
 
     /// Deletes a resource; `expected`: the version it must be at (default: whatever it is).

@@ -5,7 +5,7 @@ use super::caller::Caller;
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::push::ProxyKey;
-use crate::wire::{Ack, ProxyList, ProxyView};
+use pilotfish_api::wire::{Ack, AckQuery, ProxyList, ProxyStatus, PushQuery, Versioned};
 
 /// A push stream the control plane accepted: which proxy, which of its connections, and the
 /// version the sidecar already has.
@@ -16,17 +16,15 @@ pub struct Connection {
 }
 
 impl ControlPlane {
-    /// A sidecar connects as proxy `id` of `service.namespace`, holding `resume` (0: nothing).
-    pub async fn connect(
-        &self,
-        caller: &Caller,
-        (id, service, namespace): (&str, &str, &str),
-        resume: u64,
-    ) -> Result<Connection> {
-        let key = ProxyKey::new(service, namespace, id).map_err(Error::BadRequest)?;
+    /// A sidecar connects as proxy `id` of `service.namespace`, holding `version` (0: nothing).
+    pub async fn connect(&self, caller: &Caller, q: &PushQuery) -> Result<Connection> {
+        if let Some(protocol) = q.protocol {
+            pilotfish_api::wire::protocol::check(protocol).map_err(|e| Error::BadRequest(e.to_string()))?;
+        }
+        let key = ProxyKey::new(&q.service, &q.namespace, &q.id).map_err(Error::BadRequest)?;
         caller.act_for(&key.service, &key.namespace)?;
-        let generation = self.proxies.connected(&key, resume).await?;
-        Ok(Connection { key, generation, resume })
+        let generation = self.proxies.connected(&key, q.version).await?;
+        Ok(Connection { key, generation, resume: q.version })
     }
 
     /// Records proxy `id`'s ACK (or NACK) under the service its push stream named. A join
@@ -35,9 +33,10 @@ impl ControlPlane {
         &self,
         caller: &Caller,
         id: &str,
-        (service, namespace): (Option<String>, Option<String>),
+        AckQuery { service, namespace }: AckQuery,
         ack: Ack,
     ) -> Result<()> {
+        ack.check_protocol().map_err(|e| Error::BadRequest(e.to_string()))?;
         let (service, namespace) =
             match (service, caller) {
                 (Some(service), _) => (service, namespace.unwrap_or_else(|| "default".to_owned())),
@@ -68,7 +67,18 @@ impl ControlPlane {
             .list()
             .await
             .into_iter()
-            .map(|status| ProxyView { current: status.acked_version == head, status })
+            .map(|p| ProxyStatus {
+                current: p.acked_version == head,
+                id: p.id,
+                service: p.service,
+                namespace: p.namespace,
+                connected: p.connected,
+                connected_at: p.connected_at,
+                disconnected_at: p.disconnected_at,
+                sent_version: p.sent_version,
+                acked_version: p.acked_version,
+                last_nack: p.last_nack,
+            })
             .collect();
         Ok(ProxyList { version: head, items })
     }

@@ -6,7 +6,7 @@ use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::model::{kind, TokenRecord};
 use crate::store::AppendRequest;
-use crate::wire::{JoinToken, TokenRequest};
+use pilotfish_api::wire::{JoinToken, TokenRequest};
 
 impl ControlPlane {
     pub async fn create_token(&self, actor: String, req: TokenRequest) -> Result<JoinToken> {

@@ -11,7 +11,7 @@ use utoipa::ToResponse;
 
 use crate::core::Error;
 use crate::store::StoreError;
-use crate::wire::ErrorBody;
+use pilotfish_api::wire::ErrorBody;
 
 /// What a client is told to wait before retrying while the store is unreachable.
 pub const RETRY_AFTER_SECONDS: u64 = 2;
@@ -59,10 +59,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = ErrorBody { error: self.to_string(), document: None, field: None, reason: None };
-        if let Self::Core(Error::Invalid(e)) = self {
-            (body.document, body.field, body.reason) = (Some(e.document), Some(e.field), Some(e.reason));
-        }
+        let body = match &self {
+            Self::Core(Error::Invalid(e)) => ErrorBody::invalid(self.to_string(), e),
+            _ => ErrorBody::new(self.to_string()),
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -54,16 +54,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// The JSON body as `T`.
+/// The JSON body as `T`. A number with a zero fraction (`7.0`) is read as the integer it is, as
+/// JSON Schema's `integer` allows it.
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) =
-            axum::Json::from_request(req, state).await.map_err(|e| ApiError::Rejected(e.body_text()))?;
-        Ok(Self(value))
+        let axum::Json(mut value) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::Rejected(e.body_text()))?;
+        integral_floats_as_integers(&mut value);
+        serde_json::from_value(value).map(Self).map_err(|e| {
+            ApiError::Rejected(format!("Failed to deserialize the JSON body into the target type: {e}"))
+        })
+    }
+}
+
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 2f64.powi(63))
+            {
+                // Exact: the fraction is zero and the magnitude fits an i64.
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
     }
 }
 
@@ -128,4 +149,13 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             .map_err(|e| ApiError::Rejected(e.body_text()))?;
         Ok(Self(value))
     }
+}
+
+/// `value` of the integer parameter `name`, refused above `i64::MAX`: the document types these
+/// as `int64`, what JSON clients can hold (a log never gets that long).
+pub fn int64(name: &str, value: u64) -> Result<u64, ApiError> {
+    if i64::try_from(value).is_err() {
+        return Err(Error::BadRequest(format!("{name} must be at most {}", i64::MAX)).into());
+    }
+    Ok(value)
 }

@@ -6,8 +6,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,45 +13,28 @@ use super::error::{ApiError, BadRequest, Forbidden, NotFound, TooManyRequests, U
 use super::extract::{Json, Path, Query, Shared};
 use crate::core::Caller;
 use crate::push::stream;
-use crate::wire::{Ack, ProxyList, SnapshotLine};
+use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushLine, PushQuery};
 
 pub fn routes() -> OpenApiRouter<Shared> {
     OpenApiRouter::new().routes(routes!(push)).routes(routes!(ack)).routes(routes!(proxies))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct PushQuery {
-    /// The sidecar's id (1-253 visible ASCII characters).
-    #[param(min_length = 1, max_length = 253, pattern = r"^[!-~]+$")]
-    id: String,
-    /// Its service.
-    #[param(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
-    service: String,
-    /// Its namespace.
-    #[serde(default = "default_namespace")]
-    #[param(default = "default", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
-    namespace: String,
-    /// The version it already has (0: none).
-    #[serde(default)]
-    #[param(default = 0)]
-    version: u64,
-}
-
-fn default_namespace() -> String {
-    "default".to_owned()
-}
-
 /// A sidecar's configuration stream
 ///
-/// Newline-delimited JSON: one `SnapshotLine` per version (the whole configuration), empty
+/// Newline-delimited JSON: one `PushLine` per version (the whole configuration), empty
 /// lines as keepalives. The proxy is known by its id under the service the caller's token may
 /// act for.
 #[utoipa::path(
     get, path = "/v1/push", tag = "push",
-    params(PushQuery),
+    params(
+        ("id" = String, Query, description = "The sidecar's id (1-253 visible ASCII characters)", min_length = 1, max_length = 253, pattern = r"^[!-~]+$"),
+        ("service" = String, Query, description = "Its service", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("namespace" = Option<String>, Query, description = "Its namespace (default: default)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("version" = Option<u64>, Query, description = "The version it already has (0: none)"),
+        ("protocol" = Option<u32>, Query, description = "The sidecar's wire protocol version (1-2)", minimum = 1, maximum = 2),
+    ),
     responses(
-        (status = 200, description = "The stream: one SnapshotLine per line", body = SnapshotLine, content_type = "application/x-ndjson"),
+        (status = 200, description = "The stream: one PushLine per line", body = PushLine, content_type = "application/x-ndjson"),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -67,7 +48,7 @@ async fn push(
     State(cp): State<Shared>,
     Query(q): Query<PushQuery>,
 ) -> Result<Response, ApiError> {
-    let connection = cp.connect(&caller, (&q.id, &q.service, &q.namespace), q.version).await?;
+    let connection = cp.connect(&caller, &q).await?;
     let (tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
     tokio::spawn(stream::stream(cp.clone(), connection, tx));
     let mut res = Response::new(Body::new(body));
@@ -75,20 +56,14 @@ async fn push(
     Ok(res)
 }
 
-/// Which service's proxy an ACK is for.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct AckQuery {
-    /// The service the proxy connected as (default: the join token's; required with the admin token).
-    service: Option<String>,
-    /// Its namespace (default: the join token's, else `default`).
-    namespace: Option<String>,
-}
-
 /// ACK (or, with `error`, NACK) a pushed version
 #[utoipa::path(
     post, path = "/v1/proxies/{id}/ack", tag = "push",
-    params(("id" = String, Path, description = "The sidecar's id"), AckQuery),
+    params(
+        ("id" = String, Path, description = "The sidecar's id", min_length = 1, max_length = 253, pattern = r"^[!-~]+$"),
+        ("service" = String, Query, description = "The service the proxy connected as (sidecars one release back leave it out and get their join token's)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("namespace" = Option<String>, Query, description = "Its namespace (default: the join token's, else default)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+    ),
     request_body = Ack,
     responses(
         (status = 204, description = "Recorded"),
@@ -106,7 +81,7 @@ async fn ack(
     Query(q): Query<AckQuery>,
     Json(ack): Json<Ack>,
 ) -> Result<impl IntoResponse, ApiError> {
-    cp.acknowledge(&caller, &id, (q.service, q.namespace), ack).await?;
+    cp.acknowledge(&caller, &id, q, ack).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,19 +3,17 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
 use super::extract::{IdempotencyKey, Json, Path, Query, Shared};
 use crate::core::Caller;
-use crate::wire::{Deregistered, EndpointList, Registered, Registration, Renewed};
+use pilotfish_api::wire::{Deregistered, EndpointList, EndpointQuery, Heartbeat, Registered, Registration};
 
 pub fn routes() -> OpenApiRouter<Shared> {
     OpenApiRouter::new()
-        .routes(routes!(register, list))
+        .routes(routes!(register, list_endpoints))
         .routes(routes!(heartbeat))
         .routes(routes!(deregister))
 }
@@ -25,7 +23,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     post, path = "/v1/endpoints", tag = "registry",
     request_body = Registration,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers with the first registration"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers with the first registration", min_length = 1, max_length = 200, pattern = r"^[\t -~]+$"),
     ),
     responses(
         (status = 201, description = "Registered", body = Registered),
@@ -47,24 +45,17 @@ async fn register(
     Ok((StatusCode::CREATED, axum::Json(registered)))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct EndpointQuery {
-    /// Only this service's (`name` or `name.namespace`).
-    service: Option<String>,
-}
-
 /// Registered instances and their remaining leases
 #[utoipa::path(
     get, path = "/v1/endpoints", tag = "registry",
-    params(EndpointQuery),
+    params(("service" = Option<String>, Query, description = "Only this service's (`name` or `name.namespace`)")),
     responses(
         (status = 200, description = "The registered instances", body = EndpointList),
         (status = 400, response = BadRequest),
         (status = 503, response = Unavailable),
     ),
 )]
-async fn list(
+async fn list_endpoints(
     State(cp): State<Shared>,
     Query(q): Query<EndpointQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -76,7 +67,7 @@ async fn list(
     put, path = "/v1/endpoints/{id}/heartbeat", tag = "registry",
     params(("id" = String, Path, description = "The id registration returned")),
     responses(
-        (status = 200, description = "Renewed", body = Renewed),
+        (status = 200, description = "Renewed", body = Heartbeat),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
@@ -87,7 +78,7 @@ async fn heartbeat(
     caller: Caller,
     State(cp): State<Shared>,
     Path(id): Path<String>,
-) -> Result<axum::Json<Renewed>, ApiError> {
+) -> Result<axum::Json<Heartbeat>, ApiError> {
     Ok(axum::Json(cp.heartbeat(&caller, &id).await?))
 }
 

@@ -2,17 +2,17 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::doc::KindName;
 use super::error::{ApiError, BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
 use super::extract::{Admin, IdempotencyKey, IfMatch, Path, Query, Shared, Text};
-use crate::wire::{ApplyResult, ApplyWarning, Deleted, ResourceList, ResourceView};
+use pilotfish_api::wire::{ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
+use pilotfish_api::Resource;
 
 pub fn routes() -> OpenApiRouter<Shared> {
-    OpenApiRouter::new().routes(routes!(apply, list)).routes(routes!(get_one, delete_one))
+    OpenApiRouter::new().routes(routes!(apply, list_resources)).routes(routes!(get_resource, delete_resource))
 }
 
 /// Apply a YAML/JSON document stream: validated whole, appended as one atomic batch
@@ -22,11 +22,11 @@ pub fn routes() -> OpenApiRouter<Shared> {
     post, path = "/v1/resources", tag = "resources",
     request_body(
         description = "Documents (Service, HTTPRoute, BackendPolicy, RateLimitPolicy), YAML or JSON",
-        content((String = "application/yaml"), (Object = "application/json")),
+        content((Resource = "application/yaml"), (Resource = "application/json")),
     ),
     params(
         ("If-Match" = Option<u64>, Header, description = "The version the (single) document's resource must be at"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers with the first result"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers with the first result", min_length = 1, max_length = 200, pattern = r"^[\t -~]+$"),
     ),
     responses(
         (status = 200, description = "Applied", body = ApplyResult),
@@ -45,34 +45,27 @@ async fn apply(
     Text(body): Text,
 ) -> Result<axum::Json<ApplyResult>, ApiError> {
     let applied = cp.apply(&actor, &body, expected, key.as_deref()).await?;
-    let warnings = applied
-        .warnings
-        .into_iter()
-        .map(|w| ApplyWarning { document: w.document, object: w.object, field: w.field, message: w.message })
-        .collect();
+    let warnings = applied.warnings.iter().map(ApplyWarning::from).collect();
     Ok(axum::Json(ApplyResult { applied: applied.items, warnings }))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ListQuery {
-    /// Only this kind (case-insensitive, singular or plural).
-    kind: Option<String>,
-    /// Only this namespace.
-    namespace: Option<String>,
 }
 
 /// List resources
 #[utoipa::path(
     get, path = "/v1/resources", tag = "resources",
-    params(ListQuery),
+    params(
+        ("kind" = Option<KindName>, Query, description = "Only this kind"),
+        ("namespace" = Option<String>, Query, description = "Only this namespace"),
+    ),
     responses(
         (status = 200, description = "The resources in force", body = ResourceList),
         (status = 400, response = BadRequest),
         (status = 503, response = Unavailable),
     ),
 )]
-async fn list(State(cp): State<Shared>, Query(q): Query<ListQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn list_resources(
+    State(cp): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(axum::Json(cp.list(q.kind.as_deref(), q.namespace.as_deref()).await?))
 }
 
@@ -80,18 +73,18 @@ async fn list(State(cp): State<Shared>, Query(q): Query<ListQuery>) -> Result<im
 #[utoipa::path(
     get, path = "/v1/resources/{kind}/{namespace}/{name}", tag = "resources",
     params(
-        ("kind" = String, Path, description = "Service, HTTPRoute, BackendPolicy or RateLimitPolicy (case-insensitive)"),
+        ("kind" = KindName, Path),
         ("namespace" = String, Path),
         ("name" = String, Path),
     ),
     responses(
-        (status = 200, description = "The resource", body = ResourceView),
+        (status = 200, description = "The resource", body = ResourceItem),
         (status = 400, response = BadRequest),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
     ),
 )]
-async fn get_one(
+async fn get_resource(
     State(cp): State<Shared>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -102,11 +95,11 @@ async fn get_one(
 #[utoipa::path(
     delete, path = "/v1/resources/{kind}/{namespace}/{name}", tag = "resources",
     params(
-        ("kind" = String, Path, description = "Service, HTTPRoute, BackendPolicy or RateLimitPolicy (case-insensitive)"),
+        ("kind" = KindName, Path),
         ("namespace" = String, Path),
         ("name" = String, Path),
         ("If-Match" = Option<u64>, Header, description = "The version the resource must be at"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers with the first result"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers with the first result", min_length = 1, max_length = 200, pattern = r"^[\t -~]+$"),
     ),
     responses(
         (status = 200, description = "Deleted", body = Deleted),
@@ -118,7 +111,7 @@ async fn get_one(
     ),
     security(("bearer" = [])),
 )]
-async fn delete_one(
+async fn delete_resource(
     Admin(actor): Admin,
     State(cp): State<Shared>,
     IfMatch(expected): IfMatch,

@@ -9,7 +9,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::doc::ApiDoc;
+use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
 use super::{history, ops, push, registry, resources, tokens};
@@ -37,7 +37,11 @@ pub fn router(cp: &Shared) -> Router {
 /// The OpenAPI 3.1 document of the API.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| api().split_for_parts().1)
+    DOC.get_or_init(|| {
+        let mut doc = api().split_for_parts().1;
+        finish(&mut doc);
+        doc
+    })
 }
 
 /// This document

@@ -8,10 +8,10 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, BadRequest, Unauthorized, Unavailable};
 use super::extract::{Admin, Json, Shared};
-use crate::wire::{JoinToken, TokenRequest};
+use pilotfish_api::wire::{JoinToken, TokenRequest};
 
 pub fn routes() -> OpenApiRouter<Shared> {
-    OpenApiRouter::new().routes(routes!(create))
+    OpenApiRouter::new().routes(routes!(create_token))
 }
 
 /// Create a join token for one service's sidecars (its secret is shown once)
@@ -26,7 +26,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     ),
     security(("bearer" = [])),
 )]
-async fn create(
+async fn create_token(
     Admin(actor): Admin,
     State(cp): State<Shared>,
     Json(req): Json<TokenRequest>,

@@ -10,6 +10,6 @@ pub mod snapshot;
 pub mod stream;
 
 pub use proxies::{
-    Nack, Proxies, ProxyKey, ProxyStatus, TooManyProxies, DEFAULT_MAX_PER_SERVICE, DEFAULT_RETENTION,
+    Proxies, ProxyKey, ProxyStatus, TooManyProxies, DEFAULT_MAX_PER_SERVICE, DEFAULT_RETENTION,
 };
 pub use snapshot::{config_for, SnapshotCache};

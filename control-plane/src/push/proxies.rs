@@ -14,10 +14,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use pilotfish_api::wire::Nack;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use utoipa::ToSchema;
 
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
@@ -59,8 +58,7 @@ impl ProxyKey {
 }
 
 /// What the control plane knows of each sidecar.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct ProxyStatus {
     pub id: String,
     pub service: String,
@@ -68,25 +66,13 @@ pub struct ProxyStatus {
     pub connected: bool,
     pub connected_at: String,
     /// When its last connection ended (it is forgotten a retention period later).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub disconnected_at: Option<String>,
-    #[serde(skip)]
     gone_since: Option<Instant>,
     pub sent_version: u64,
     pub acked_version: u64,
     /// Which connection of this sidecar the status belongs to.
-    #[serde(skip)]
     generation: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<Nack>,
-}
-
-/// A sidecar's refusal of a version, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Nack {
-    pub version: u64,
-    pub error: String,
 }
 
 pub struct Proxies {

@@ -10,8 +10,9 @@ use pilotfish_api::document::PILOTFISH_V1ALPHA1;
 use pilotfish_api::{Endpoint, Metadata, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
+use pilotfish_api::wire::PushLine;
+
 use crate::model::{EndpointRecord, State};
-use crate::wire::SnapshotLine;
 
 /// The newest snapshot line, shared by every push stream.
 #[derive(Default)]
@@ -32,9 +33,9 @@ impl SnapshotCache {
     }
 }
 
-/// One snapshot line: a [`SnapshotLine`] as JSON, and a newline.
+/// One snapshot line: a [`PushLine`] as JSON, and a newline.
 pub fn snapshot_line(state: &State) -> Bytes {
-    let line = SnapshotLine { version: state.seq, config: config_for(state) };
+    let line = PushLine::new(state.seq, config_for(state));
     let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
     bytes.push(b'\n');
     Bytes::from(bytes)
@@ -50,10 +51,9 @@ struct ServiceDocument {
     spec: ServiceSpec,
 }
 
-impl From<&EndpointRecord> for Endpoint {
-    fn from(e: &EndpointRecord) -> Self {
-        Endpoint { address: e.address, identity: e.identity.clone(), labels: e.labels.clone() }
-    }
+/// A registered instance as an endpoint of its Service.
+fn endpoint(e: &EndpointRecord) -> Endpoint {
+    Endpoint { address: e.address, identity: e.identity.clone(), labels: e.labels.clone() }
 }
 
 /// The configuration a sidecar needs, as a document stream the sidecar parses exactly like a
@@ -63,7 +63,7 @@ impl From<&EndpointRecord> for Endpoint {
 pub fn config_for(state: &State) -> String {
     let mut registered: BTreeMap<(String, String), Vec<Endpoint>> = BTreeMap::new();
     for e in state.endpoints.values() {
-        registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(e.into());
+        registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(endpoint(e));
     }
     let mut docs: Vec<String> = Vec::new();
     for resource in state.resources.values() {
