@@ -6,11 +6,15 @@ use std::process::Command;
 use super::{support, ControlPlane, TOKEN};
 
 /// Schemathesis runs every check on every operation with a bounded number of examples and finds
-/// nothing: statuses, bodies and content types are as documented, valid input is accepted,
-/// invalid input refused, auth enforced. `/v1/push` is left out: its answer is a stream that
-/// does not end, which schemathesis cannot read whole (its answers are tested in the crate).
+/// nothing: statuses, bodies, headers and content types are as documented, valid input is
+/// accepted, invalid input refused, auth enforced, unknown methods answer 405.
+///
+/// Left out: `/v1/push`, whose answer is a stream that does not end, which schemathesis cannot
+/// read whole (its answers are tested in the crate, `http/tests.rs`); and the stateful check that
+/// a registered instance can then be deregistered, because schemathesis reuses one
+/// `Idempotency-Key` across registrations, and a replayed key answers with the first
+/// registration as it was, even after that instance was deregistered (what the key promises).
 #[test]
-#[ignore = "one finding left: the document parser (pilotfish-api) reads a YAML null list or map as empty, which the document schemas do not say; run with --ignored"]
 fn schemathesis_finds_nothing_wrong_with_the_api_or_its_document() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path());
@@ -20,18 +24,8 @@ fn schemathesis_finds_nothing_wrong_with_the_api_or_its_document() {
         .arg("--config-file")
         .arg(support::script("schemathesis.toml"))
         .args(["run", &cp.url("/v1/openapi.json"), "-H", &format!("Authorization: Bearer {TOKEN}")])
-        .args([
-            "--checks",
-            "all",
-            "--exclude-checks",
-            "ensure_resource_availability",
-            "--max-examples",
-            "20",
-            "--exclude-path",
-            "/v1/push",
-            "--seed",
-            "1",
-        ])
+        .args(["--checks", "all", "--exclude-checks", "ensure_resource_availability"])
+        .args(["--max-examples", "20", "--exclude-path", "/v1/push"])
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", schemathesis.display()));
     let report = String::from_utf8_lossy(&out.stdout);

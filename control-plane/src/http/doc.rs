@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use pilotfish_api::schema::ClosedDocuments;
 use pilotfish_api::wire::{ErrorBody, SUPPORTED_PROTOCOLS};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use pilotfish_api::Resource;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -36,6 +37,7 @@ pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
     Bearer.modify(openapi);
     ClosedDocuments.modify(openapi);
     ServerRules.modify(openapi);
+    NullMeansDefault.modify(openapi);
     QueryAndHeaderValues.modify(openapi);
 }
 
@@ -59,20 +61,12 @@ impl Modify for Bearer {
 const ADDRESS_PATTERN: &str = "^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)$";
 
 /// The rules the server checks on request bodies beyond the wire types' shape: names are DNS
-/// labels, addresses parse, `protocol` is one the server speaks; and a document's
-/// `metadata.labels: null` (as some tools write) reads as none.
+/// labels, addresses parse, and `protocol` is one the server speaks.
 struct ServerRules;
 
 impl Modify for ServerRules {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let Some(components) = openapi.components.as_mut() else { return };
-        if let Some(RefOr::T(Schema::Object(metadata))) = components.schemas.get_mut("Metadata") {
-            for field in ["labels", "annotations"] {
-                if let Some(RefOr::T(Schema::Object(map))) = metadata.properties.get_mut(field) {
-                    map.schema_type = SchemaType::from_iter([Type::Object, Type::Null]);
-                }
-            }
-        }
         if let Some(RefOr::T(Schema::Object(registration))) = components.schemas.get_mut("Registration") {
             if let Some(RefOr::T(Schema::Object(address))) = registration.properties.get_mut("address") {
                 address.pattern = Some(ADDRESS_PATTERN.to_owned());
@@ -137,5 +131,67 @@ impl Modify for QueryAndHeaderValues {
                 }
             }
         }
+    }
+}
+
+/// In a configuration document `null` reads as the field left out (its default): the document
+/// parser (`pilotfish_api::parse`) takes YAML's null so, as some tools write it. The documents'
+/// schemas say so here: every optional field, and `spec`, also takes `null`.
+struct NullMeansDefault;
+
+impl Modify for NullMeansDefault {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else { return };
+        let mut documents = vec![(Resource::name().into_owned(), Resource::schema())];
+        Resource::schemas(&mut documents);
+        for (name, _) in documents {
+            match components.schemas.get_mut(&name) {
+                Some(RefOr::T(Schema::Object(object))) => {
+                    let required = object.required.clone();
+                    for (_, property) in object.properties.iter_mut().filter(|(f, _)| !required.contains(f)) {
+                        allow_null(property);
+                    }
+                }
+                // The envelope: one branch per kind.
+                Some(RefOr::T(Schema::OneOf(kinds))) => {
+                    for kind in &mut kinds.items {
+                        if let RefOr::T(Schema::Object(document)) = kind {
+                            document.properties.get_mut("spec").into_iter().for_each(allow_null);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn allow_null(schema: &mut RefOr<Schema>) {
+    let null = || RefOr::T(Schema::Object(ObjectBuilder::new().schema_type(Type::Null).build()));
+    match schema {
+        RefOr::Ref(reference) => {
+            let reference = RefOr::Ref(reference.clone());
+            *schema = RefOr::T(Schema::OneOf(OneOfBuilder::new().item(null()).item(reference).build()));
+        }
+        RefOr::T(Schema::Object(object)) => nullable(&mut object.schema_type),
+        RefOr::T(Schema::Array(array)) => nullable(&mut array.schema_type),
+        RefOr::T(Schema::OneOf(one_of)) => {
+            let has_null = one_of.items.iter().any(|item| {
+                matches!(item, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null))
+            });
+            if !has_null {
+                one_of.items.insert(0, null());
+            }
+        }
+        _ => {}
+    }
+}
+
+fn nullable(schema_type: &mut SchemaType) {
+    match schema_type {
+        SchemaType::Type(Type::Null) | SchemaType::AnyValue => {}
+        SchemaType::Type(only) => *schema_type = SchemaType::from_iter([only.clone(), Type::Null]),
+        SchemaType::Array(types) if !types.contains(&Type::Null) => types.push(Type::Null),
+        SchemaType::Array(_) => {}
     }
 }
