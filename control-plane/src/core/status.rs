@@ -29,9 +29,9 @@ impl ControlPlane {
             let state = self.state.read().await;
             (state.seq, state.resources.len(), state.endpoints.len())
         };
-        let proxies = self.proxies.list().await;
+        let proxies = self.proxies.list(seq).await;
         let connected = proxies.iter().filter(|p| p.connected).count();
-        let current = proxies.iter().filter(|p| p.connected && p.acked_version == seq).count();
+        let current = proxies.iter().filter(|p| p.connected && p.current).count();
         let pushes = self.proxies.pushes.load(Ordering::Relaxed);
         let mut text = String::new();
         for (name, kind, help, value) in [

@@ -5,7 +5,7 @@ use super::caller::Caller;
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::push::ProxyKey;
-use pilotfish_api::wire::{Ack, AckQuery, ProxyList, ProxyStatus, PushQuery, Versioned};
+use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushQuery, Versioned};
 
 /// A push stream the control plane accepted: which proxy, which of its connections, and the
 /// version the sidecar already has.
@@ -62,24 +62,7 @@ impl ControlPlane {
     /// Every sidecar, the version it acknowledged, and whether that is the one in force.
     pub async fn proxy_list(&self) -> Result<ProxyList> {
         let head = self.refresh().await?;
-        let items = self
-            .proxies
-            .list()
-            .await
-            .into_iter()
-            .map(|p| ProxyStatus {
-                current: p.acked_version == head,
-                id: p.id,
-                service: p.service,
-                namespace: p.namespace,
-                connected: p.connected,
-                connected_at: p.connected_at,
-                disconnected_at: p.disconnected_at,
-                sent_version: p.sent_version,
-                acked_version: p.acked_version,
-                last_nack: p.last_nack,
-            })
-            .collect();
+        let items = self.proxies.list(head).await;
         Ok(ProxyList { version: head, items })
     }
 }

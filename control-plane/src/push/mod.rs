@@ -9,7 +9,5 @@ pub mod proxies;
 pub mod snapshot;
 pub mod stream;
 
-pub use proxies::{
-    Proxies, ProxyKey, ProxyStatus, TooManyProxies, DEFAULT_MAX_PER_SERVICE, DEFAULT_RETENTION,
-};
+pub use proxies::{Proxies, ProxyKey, TooManyProxies, DEFAULT_MAX_PER_SERVICE, DEFAULT_RETENTION};
 pub use snapshot::{config_for, SnapshotCache};

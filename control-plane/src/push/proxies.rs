@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pilotfish_api::wire::Nack;
+use pilotfish_api::wire::{Nack, ProxyStatus};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -57,26 +57,18 @@ impl ProxyKey {
     }
 }
 
-/// What the control plane knows of each sidecar.
-#[derive(Debug, Clone)]
-pub struct ProxyStatus {
-    pub id: String,
-    pub service: String,
-    pub namespace: String,
-    pub connected: bool,
-    pub connected_at: String,
+/// A proxy's status as the API shows it, and what the control plane keeps beside it.
+struct Proxy {
+    /// `current` is left false here: it depends on the head, known when the list is read.
+    status: ProxyStatus,
     /// When its last connection ended (it is forgotten a retention period later).
-    pub disconnected_at: Option<String>,
     gone_since: Option<Instant>,
-    pub sent_version: u64,
-    pub acked_version: u64,
     /// Which connection of this sidecar the status belongs to.
     generation: u64,
-    pub last_nack: Option<Nack>,
 }
 
 pub struct Proxies {
-    by_key: Mutex<HashMap<ProxyKey, ProxyStatus>>,
+    by_key: Mutex<HashMap<ProxyKey, Proxy>>,
     generations: std::sync::atomic::AtomicU64,
     /// How long a disconnected proxy stays listed.
     retention: Duration,
@@ -105,7 +97,7 @@ impl Proxies {
         let others = by_key
             .iter()
             .filter(|(k, p)| {
-                p.connected && *k != key && k.service == key.service && k.namespace == key.namespace
+                p.status.connected && *k != key && k.service == key.service && k.namespace == key.namespace
             })
             .count();
         if others >= self.max_per_service {
@@ -123,17 +115,16 @@ impl Proxies {
             connected: true,
             connected_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             disconnected_at: None,
-            gone_since: None,
             sent_version: resume,
             acked_version: resume,
+            current: false,
             last_nack: None,
-            generation,
         };
-        let previous = by_key.insert(key.clone(), status);
+        let previous = by_key.insert(key.clone(), Proxy { status, gone_since: None, generation });
         // A reconnecting sidecar keeps what it had acknowledged.
         if let (Some(old), Some(new)) = (previous, by_key.get_mut(key)) {
-            new.acked_version = new.acked_version.max(old.acked_version);
-            new.last_nack = old.last_nack;
+            new.status.acked_version = new.status.acked_version.max(old.status.acked_version);
+            new.status.last_nack = old.status.last_nack;
         }
         Ok(generation)
     }
@@ -141,15 +132,15 @@ impl Proxies {
     pub async fn sent(&self, key: &ProxyKey, version: u64) {
         self.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(p) = self.by_key.lock().await.get_mut(key) {
-            p.sent_version = version;
+            p.status.sent_version = version;
         }
     }
 
     /// Marks a connection gone, unless a newer connection of the same sidecar replaced it.
     pub async fn disconnected(&self, key: &ProxyKey, generation: u64) {
         if let Some(p) = self.by_key.lock().await.get_mut(key).filter(|p| p.generation == generation) {
-            p.connected = false;
-            p.disconnected_at =
+            p.status.connected = false;
+            p.status.disconnected_at =
                 Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
             p.gone_since = Some(Instant::now());
         }
@@ -160,8 +151,8 @@ impl Proxies {
         let mut by_key = self.by_key.lock().await;
         let Some(p) = by_key.get_mut(key) else { return false };
         match error {
-            None => p.acked_version = p.acked_version.max(version),
-            Some(error) => p.last_nack = Some(Nack { version, error }),
+            None => p.status.acked_version = p.status.acked_version.max(version),
+            Some(error) => p.status.last_nack = Some(Nack { version, error }),
         }
         true
     }
@@ -175,8 +166,11 @@ impl Proxies {
             .retain(|_, p| p.gone_since.is_none_or(|since| now.duration_since(since) < self.retention));
     }
 
-    pub async fn list(&self) -> Vec<ProxyStatus> {
-        let mut all: Vec<_> = self.by_key.lock().await.values().cloned().collect();
+    /// Every proxy's status, `current` when it acknowledged `head`.
+    pub async fn list(&self, head: u64) -> Vec<ProxyStatus> {
+        let statuses = self.by_key.lock().await.values().map(|p| p.status.clone()).collect::<Vec<_>>();
+        let mut all: Vec<_> =
+            statuses.into_iter().map(|p| ProxyStatus { current: p.acked_version == head, ..p }).collect();
         all.sort_by(|a, b| (&a.id, &a.service, &a.namespace).cmp(&(&b.id, &b.service, &b.namespace)));
         all
     }
@@ -197,7 +191,7 @@ mod tests {
         proxies.connected(&real, 0).await.unwrap();
         proxies.connected(&claimed, 0).await.unwrap();
         assert!(proxies.acknowledged(&real, 7, None).await, "the real sidecar's ACK still lands");
-        let all = proxies.list().await;
+        let all = proxies.list(0).await;
         assert_eq!(all.len(), 2);
         let users = all.iter().find(|p| p.service == "users").unwrap();
         assert_eq!((users.connected, users.acked_version), (true, 7));
@@ -212,21 +206,21 @@ mod tests {
         proxies.disconnected(&gone, generation).await;
         tokio::time::advance(Duration::from_secs(59)).await;
         proxies.forget_disconnected().await;
-        let listed = proxies.list().await;
+        let listed = proxies.list(0).await;
         assert_eq!(listed.len(), 2);
         assert!(!listed[0].connected && listed[0].disconnected_at.is_some(), "{listed:?}");
         tokio::time::advance(Duration::from_secs(2)).await;
         proxies.forget_disconnected().await;
-        let listed = proxies.list().await;
+        let listed = proxies.list(0).await;
         assert_eq!(listed.len(), 1, "forgotten after the retention period");
         assert_eq!(listed[0].id, "web.default-2", "a connected proxy is never forgotten");
         // A sidecar that reconnects within the period is listed as connected again.
         let generation = proxies.connected(&gone, 3).await.unwrap();
         tokio::time::advance(Duration::from_secs(120)).await;
         proxies.forget_disconnected().await;
-        assert_eq!(proxies.list().await.len(), 2);
+        assert_eq!(proxies.list(0).await.len(), 2);
         proxies.disconnected(&gone, generation - 1).await;
-        assert!(proxies.list().await.iter().all(|p| p.connected), "an older connection's end is ignored");
+        assert!(proxies.list(0).await.iter().all(|p| p.connected), "an older connection's end is ignored");
     }
 
     #[tokio::test]
@@ -242,7 +236,7 @@ mod tests {
         // A disconnected proxy, though still listed, leaves room.
         proxies.disconnected(&key("web", "web-1"), first).await;
         proxies.connected(&key("web", "web-3"), 0).await.unwrap();
-        assert_eq!(proxies.list().await.len(), 4);
+        assert_eq!(proxies.list(0).await.len(), 4);
     }
 
     #[test]
