@@ -24,14 +24,16 @@
 //!
 //! # Where to add things
 //!
-//! - **A resource kind**: its type and validation in `pilotfish-api` (a `Resource` variant),
-//!   then its name in [`core::KINDS`]; apply, list, get, delete, history and push carry it
-//!   as they carry the others.
+//! - **A resource kind**: its type, validation and schema in `pilotfish-api` (a `Resource`
+//!   variant, its branch in `api/src/schema.rs`), then its name in [`core::KINDS`]; apply,
+//!   list, get, delete, history and push carry it as they carry the others.
 //! - **An API endpoint**: the operation as a method on `ControlPlane` in the `core` file of its
 //!   resource group (typed inputs, [`core::Error`] out); its request/response types in
-//!   `pilotfish_api::wire` (deriving `utoipa::ToSchema`); a handler with `#[utoipa::path]` in that group's
-//!   `http` file, added to the file's `routes()`. The route and its OpenAPI entry come from the
-//!   same `routes!` line; a new error case gets its status in `http/error.rs`.
+//!   `pilotfish_api::wire` (deriving `utoipa::ToSchema`); a handler with `#[utoipa::path]` in
+//!   that group's `http` file, added to the file's `routes()`. The route and its OpenAPI entry
+//!   come from the same `routes!` line; a new error case gets its status in `http/error.rs`; a
+//!   rule the server checks that a type's schema cannot say (a pattern, a range) goes into
+//!   `http/doc.rs`, so schemathesis (`tests/control_plane/openapi.rs`) keeps finding nothing.
 
 #![forbid(unsafe_code)]
 

@@ -73,39 +73,32 @@ impl IntoResponse for ApiError {
 
 /// The request is malformed or breaks a rule; the body says which and why.
 #[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct BadRequest(ErrorBody);
+pub struct BadRequest(pub ErrorBody);
 
 /// Missing or wrong bearer token (or a join token where only the admin may act).
 #[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct Unauthorized(ErrorBody);
+pub struct Unauthorized(pub ErrorBody);
 
 /// The join token belongs to another service.
 #[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct Forbidden(ErrorBody);
+pub struct Forbidden(pub ErrorBody);
 
 /// Nothing of that name.
 #[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct NotFound(ErrorBody);
+pub struct NotFound(pub ErrorBody);
 
 /// The resource is not at the expected version (`If-Match`): read it again and retry.
 #[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct Conflict(ErrorBody);
+pub struct Conflict(pub ErrorBody);
 
 /// The service already has as many connected sidecars as it may.
 #[derive(ToResponse)]
-#[allow(dead_code)]
-pub struct TooManyRequests(ErrorBody);
+pub struct TooManyRequests(pub ErrorBody);
 
 /// The event store is unreachable: retry after `Retry-After` seconds.
 #[derive(ToResponse)]
 #[response(headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))]
-#[allow(dead_code)]
-pub struct Unavailable(ErrorBody);
+pub struct Unavailable(pub ErrorBody);
 
 #[cfg(test)]
 mod tests {
