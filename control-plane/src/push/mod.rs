@@ -10,4 +10,4 @@ pub mod snapshot;
 pub mod stream;
 
 pub use proxies::{Proxies, ProxyKey, TooManyProxies, DEFAULT_MAX_PER_SERVICE, DEFAULT_RETENTION};
-pub use snapshot::{config_for, SnapshotCache};
+pub use snapshot::SnapshotCache;

@@ -34,7 +34,7 @@ impl SnapshotCache {
 }
 
 /// One snapshot line: a [`PushLine`] as JSON, and a newline.
-pub fn snapshot_line(state: &State) -> Bytes {
+fn snapshot_line(state: &State) -> Bytes {
     let line = PushLine::new(state.seq, config_for(state));
     let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
     bytes.push(b'\n');
@@ -60,7 +60,7 @@ fn endpoint(e: &EndpointRecord) -> Endpoint {
 /// static file: the mesh's routes and policies, and every Service with its registered
 /// endpoints added to its own (a service known only from registrations gets a Service
 /// document of its own).
-pub fn config_for(state: &State) -> String {
+fn config_for(state: &State) -> String {
     let mut registered: BTreeMap<(String, String), Vec<Endpoint>> = BTreeMap::new();
     for e in state.endpoints.values() {
         registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(endpoint(e));
@@ -92,4 +92,60 @@ pub fn config_for(state: &State) -> String {
         docs.push(serde_json::to_string(&service).expect("JSON serializes"));
     }
     docs.join("\n---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pilotfish_api::{parse_with, Resource, UnknownFields};
+
+    use super::*;
+    use crate::model::StoredResource;
+
+    fn registered(service: &str, port: u16) -> EndpointRecord {
+        EndpointRecord {
+            id: format!("{service}.default-127.0.0.1-{port}"),
+            service: service.to_owned(),
+            namespace: "default".to_owned(),
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            identity: Some(format!("spiffe://mesh/{service}")),
+            labels: BTreeMap::new(),
+            ttl_seconds: 30,
+        }
+    }
+
+    #[test]
+    fn registered_endpoints_join_their_service_and_the_sidecar_reads_the_result() {
+        let users = pilotfish_api::parse(
+            "test",
+            "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: users}\nspec: {ports: [{port: 80}], endpoints: [{address: 127.0.0.1:9001}]}\n",
+        )
+        .unwrap()
+        .resources
+        .remove(0);
+        let mut state = State { seq: 7, ..State::default() };
+        let stored = StoredResource { version: 1, seq: 1, document: users.to_json() };
+        state.resources.insert("Service/default/users".into(), Arc::new(stored));
+        for e in [registered("users", 9001), registered("users", 9002), registered("billing", 9100)] {
+            state.endpoints.insert(e.id.clone(), e);
+        }
+        let config = parse_with("push", &config_for(&state), UnknownFields::Refuse).unwrap();
+        let services: BTreeMap<_, _> = config
+            .resources
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some((s.metadata.name, s.spec)),
+                _ => None,
+            })
+            .collect();
+        let addresses =
+            |name: &str| services[name].endpoints.iter().map(|e| e.address.port()).collect::<Vec<_>>();
+        // The static endpoint stays, once; the registered one beside it; and a service known only
+        // from registrations gets a document of its own.
+        assert_eq!(addresses("users"), [9001, 9002]);
+        assert_eq!(services["users"].ports[0].port, 80);
+        assert_eq!(addresses("billing"), [9100]);
+        assert_eq!(services["billing"].endpoints[0].identity.as_deref(), Some("spiffe://mesh/billing"));
+    }
 }
