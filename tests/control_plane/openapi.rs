@@ -10,10 +10,10 @@ use super::{curl, service, support, ControlPlane, TOKEN};
 /// accepted, invalid input refused, auth enforced, unknown methods answer 405.
 ///
 /// Left out: `/v1/push`, whose answer is a stream that does not end, which schemathesis cannot
-/// read whole (its answers are tested in the crate, `http/tests.rs`); and the stateful check that
-/// a registered instance can then be deregistered, because schemathesis reuses one
-/// `Idempotency-Key` across registrations, and a replayed key answers with the first
-/// registration as it was, even after that instance was deregistered (what the key promises).
+/// read whole (its answers are tested in the crate, `http/tests.rs`, and its lines below); and
+/// the stateful check that a registered instance can then be deregistered: schemathesis sends
+/// the same registration with the same `Idempotency-Key` again after deregistering it, and the
+/// replay answers with the first registration as it was, which is what the key promises.
 #[test]
 fn schemathesis_finds_nothing_wrong_with_the_api_or_its_document() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// An `Idempotency-Key` sent again with a different request.
+    #[error("this Idempotency-Key was first used for a different {0}: use a new key for a new request")]
+    KeyReused(&'static str),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

@@ -50,6 +50,7 @@ impl ControlPlane {
             labels: reg.labels,
             ttl_seconds: ttl,
         };
+        let data = serde_json::to_value(&record).expect("records serialize");
         let mut leases = self.leases.lock().await;
         let event = self
             .store
@@ -57,24 +58,25 @@ impl ControlPlane {
                 aggregate: endpoint_aggregate(&id),
                 expected_version: None,
                 kind: kind::ENDPOINT_REGISTERED.to_owned(),
-                data: serde_json::to_value(&record).expect("records serialize"),
+                data: data.clone(),
                 actor,
                 idempotency_key: key.map(|k| format!("register:{k}")),
             })
             .await?;
-        // A replayed key answers with the registration it first made.
-        let first: Option<EndpointRecord> = serde_json::from_value(event.data.clone()).ok();
-        let (id, lease_ttl) = first.map_or((id, ttl), |r| (r.id, r.ttl_seconds));
-        if event.kind == kind::ENDPOINT_REGISTERED {
-            let lease_ttl = Duration::from_secs(lease_ttl);
-            let lease = Lease {
-                deadline: Instant::now() + lease_ttl,
-                ttl: lease_ttl,
-                version: event.version,
-                owned: true,
-            };
-            leases.insert(id.clone(), lease);
+        // A replayed key answers with the registration it first made, which must be this one: a
+        // key reused for another registration would otherwise answer with an instance that is
+        // not the one asked for (and may be gone since).
+        if event.data != data {
+            return Err(Error::KeyReused("registration"));
         }
+        let lease_ttl = Duration::from_secs(ttl);
+        let lease = Lease {
+            deadline: Instant::now() + lease_ttl,
+            ttl: lease_ttl,
+            version: event.version,
+            owned: true,
+        };
+        leases.insert(id.clone(), lease);
         drop(leases);
         self.settle().await;
         Ok(Registered { id, ttl_seconds: ttl, seq: event.seq })

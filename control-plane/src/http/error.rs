@@ -48,6 +48,7 @@ impl ApiError {
                 Error::Forbidden(_) => StatusCode::FORBIDDEN,
                 Error::NotFound(_) => StatusCode::NOT_FOUND,
                 Error::TooManyProxies(_) => StatusCode::TOO_MANY_REQUESTS,
+                Error::KeyReused(_) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
                 Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,7 +88,8 @@ pub struct Forbidden(pub ErrorBody);
 #[derive(ToResponse)]
 pub struct NotFound(pub ErrorBody);
 
-/// The resource is not at the expected version (`If-Match`): read it again and retry.
+/// The resource is not at the expected version (`If-Match`): read it again and retry; or the
+/// `Idempotency-Key` was first used for a different request.
 #[derive(ToResponse)]
 pub struct Conflict(pub ErrorBody);
 

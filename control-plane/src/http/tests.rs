@@ -405,3 +405,27 @@ fn the_document_types_every_body_and_parameter_and_says_what_the_server_checks()
         }
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_replays_its_registration_and_refuses_another() {
+    let (_dir, _store, cp) = empty().await;
+    let register = |address: &'static str| {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/endpoints")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header("idempotency-key", "k1")
+            .body(Body::from(format!(r#"{{"service": "web", "address": "{address}"}}"#)))
+            .unwrap();
+        router(&cp).oneshot(req)
+    };
+    let first = register("127.0.0.1:9001").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let again = register("127.0.0.1:9001").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED, "a retry answers like the first");
+    let other = register("127.0.0.1:9002").await.unwrap();
+    assert_eq!(other.status(), StatusCode::CONFLICT, "the key was first used for another instance");
+    let (_, _, list) = call(&cp, "GET", "/v1/endpoints", None, "").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
