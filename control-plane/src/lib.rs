@@ -3,27 +3,44 @@
 //!
 //! # Layout
 //!
+//! - [`core`]: the control plane itself — [`core::ControlPlane`] (the store, the read model
+//!   kept up with the log, leases, proxies) and every operation on it, one file per resource
+//!   group (`resources`, `log`, `registry`, `tokens`, `sync`, `status`). Operations take typed
+//!   inputs and a [`core::Caller`] and fail with a [`core::Error`]; no HTTP in it.
+//! - [`http`]: the `/v1` API on top — router, one file per resource group, auth as an
+//!   extractor, the one error → response mapping, and the OpenAPI document generated from the
+//!   handlers and the `pilotfish_api::wire` types (`utoipa`).
+//! - [`push`]: the sidecars' configuration streams: the proxies' sync status, the snapshot
+//!   (built from typed documents and endpoint records, cached per version), one stream per sidecar.
 //! - [`store`]: the event log every change is appended to (optimistic concurrency, idempotency
-//!   keys, snapshots, head watch), behind the `EventStore` trait; `store::Embedded` is the
-//!   redb-backed default.
-//! - [`model`]: the read model (CQRS projection) folded from the log: resources and registered
-//!   endpoints; diff and rollback between points of the log.
-//! - [`history`]: the configuration at earlier points of the log (diff, rollback), from
-//!   checkpoints, at a bounded cost per request.
-//! - [`push`]: snapshot streams to sidecars, ACK/NACK, and the proxies' sync status.
-//! - [`auth`]: who is calling (admin or a service's join token) and what it may act for.
-//! - [`listener`]: `serve`, the one way to run the API, on a listener that notices peers that
-//!   vanish without a reset.
-//! - [`server`]: the `/v1` HTTP API — resources, history, rollback, the registry with leases.
-//! - [`error`]: the one mapping of the API's failures to HTTP responses.
+//!   keys, snapshots, head watch), behind the `EventStore` trait; `store::Embedded` (redb) is the
+//!   default, `store::Etcd` shares the log between replicas.
+//! - [`model`]: the read model (CQRS projection) folded from the log: resources, registered
+//!   endpoints, join tokens; diff and rollback between points of the log.
+//! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
+//!   bounded cost per request.
+//! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
+//!   control-plane` and `pilotfish up`).
+//!
+//! # Where to add things
+//!
+//! - **A resource kind**: its type, validation and schema in `pilotfish-api` (a `Resource`
+//!   variant, its branch in `api/src/schema.rs`), then its name in [`core::KINDS`]; apply,
+//!   list, get, delete, history and push carry it as they carry the others.
+//! - **An API endpoint**: the operation as a method on `ControlPlane` in the `core` file of its
+//!   resource group (typed inputs, [`core::Error`] out); its request/response types in
+//!   `pilotfish_api::wire` (deriving `utoipa::ToSchema`); a handler with `#[utoipa::path]` in
+//!   that group's `http` file, added to the file's `routes()`. The route and its OpenAPI entry
+//!   come from the same `routes!` line; a new error case gets its status in `http/error.rs`; a
+//!   rule the server checks that a type's schema cannot say (a pattern, a range) goes into
+//!   `http/doc.rs`, so schemathesis (`tests/control_plane/openapi.rs`) keeps finding nothing.
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod error;
+pub mod core;
 pub mod history;
+pub mod http;
 pub mod listener;
 pub mod model;
 pub mod push;
-pub mod server;
 pub mod store;

@@ -6,16 +6,16 @@
 //! "connected".
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::ControlPlane;
+use crate::core::{background, ControlPlane};
+use crate::http;
 
 /// Idle time before the first keepalive probe, and between probes.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -30,8 +30,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    tokio::spawn(cp.clone().run_background(shutdown.clone()));
-    let router = cp.router();
+    tokio::spawn(background::run(cp.clone(), shutdown.clone()));
+    let router = http::router(&cp);
     let graceful = async move {
         shutdown.cancelled().await;
         cp.stop();

@@ -3,10 +3,11 @@
 //! it, then follows the log; `history` folds it to earlier points for diff and rollback.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+pub use pilotfish_api::wire::{Change, EndpointRecord};
 
 use crate::store::{AppendRequest, Event, StoreError};
 
@@ -64,27 +65,6 @@ pub struct StoredResource {
     pub seq: u64,
     /// The document as applied (`apiVersion`, `kind`, `metadata`, `spec`).
     pub document: serde_json::Value,
-}
-
-/// A registered service instance (client-side discovery).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointRecord {
-    pub id: String,
-    pub service: String,
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    pub address: SocketAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    /// Lease length; the lease is renewed by heartbeats and lapses without them.
-    pub ttl_seconds: u64,
-}
-
-fn default_namespace() -> String {
-    "default".to_owned()
 }
 
 /// Why an event could not be folded: the log holds something this version cannot read.
@@ -204,15 +184,6 @@ impl State {
         changes.sort_by(|a, b| a.aggregate.cmp(&b.aggregate));
         changes
     }
-}
-
-/// One resource's change between two points of the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Change {
-    pub aggregate: String,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pilotfish_control_plane::server::{ControlPlane, Settings};
+use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pilotfish_control_plane::server::{ControlPlane, Settings};
+use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::Embedded;
 use pilotfish_sidecar::managed::Managed;
 use pilotfish_sidecar::{Options, Overrides, Source};
@@ -157,7 +157,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
         tokio::spawn(pilotfish_control_plane::listener::serve(cp.clone(), listener, stop_cp.clone()));
     if let Some(config) = config {
         let applied =
-            cp.apply_text(&config, "pilotfish up", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            cp.apply("pilotfish up", &config, None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for warning in applied.warnings {
             tracing::warn!("{warning}");
         }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 mod ha;
 mod managed;
+mod openapi;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]
 mod support;

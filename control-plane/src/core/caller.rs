@@ -1,13 +1,11 @@
-//! Who is calling: a request's bearer token, proven against the admin token or a join token,
-//! and what that caller may act for. The API runs this first, before it reads anything else of
-//! a request (path, query or body), so a caller without a valid token learns nothing from the
+//! Who is calling: a bearer token, proven against the admin token or a join token, and what
+//! that caller may act for. The API proves the caller first, before it reads anything else of a
+//! request (path, query or body), so a caller without a valid token learns nothing from the
 //! difference between a 400 and a 404: it gets 401.
 
 use std::collections::BTreeMap;
 
-use axum::http::{header, HeaderMap};
-
-use crate::error::ApiError;
+use super::error::{Error, Result};
 use crate::model::TokenRecord;
 
 /// A caller whose token checked out.
@@ -28,10 +26,10 @@ impl Caller {
     }
 
     /// Admin operations: a join token is refused like no token at all.
-    pub fn admin(&self) -> Result<String, ApiError> {
+    pub fn admin(&self) -> Result<String> {
         match self {
             Self::Admin => Ok(self.actor()),
-            Self::Service(_) => Err(ApiError::Unauthorized),
+            Self::Service(_) => Err(Error::Unauthorized),
         }
     }
 
@@ -45,9 +43,9 @@ impl Caller {
     }
 
     /// [`Caller::owns`], as the actor or a 403 that says whose token it is.
-    pub fn act_for(&self, service: &str, namespace: &str) -> Result<String, ApiError> {
+    pub fn act_for(&self, service: &str, namespace: &str) -> Result<String> {
         match self {
-            Self::Service(t) if !self.owns(service, namespace) => Err(ApiError::Forbidden(format!(
+            Self::Service(t) if !self.owns(service, namespace) => Err(Error::Forbidden(format!(
                 "it belongs to service {}.{}, not {service}.{namespace}",
                 t.service, t.namespace
             ))),
@@ -56,7 +54,7 @@ impl Caller {
     }
 }
 
-/// The token a request presents, before it is checked against the join tokens.
+/// The token a caller presents, before it is checked against the join tokens.
 pub enum Presented<'a> {
     Admin,
     Join { id: &'a str, secret: &'a str },
@@ -72,12 +70,9 @@ impl AdminToken {
         Self { sha256: sha256_hex(token.as_bytes()) }
     }
 
-    /// What the request's `Authorization: Bearer` header presents; `None` without one.
-    pub fn presented<'a>(&self, headers: &'a HeaderMap) -> Option<Presented<'a>> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))?;
+    /// What a bearer token presents: the admin token, or a join token's id and secret; `None`
+    /// for a token of neither shape.
+    pub fn presented<'a>(&self, token: &'a str) -> Option<Presented<'a>> {
         if constant_time_eq(sha256_hex(token.as_bytes()).as_bytes(), self.sha256.as_bytes()) {
             return Some(Presented::Admin);
         }

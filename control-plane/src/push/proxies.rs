@@ -1,9 +1,6 @@
-//! Push: every sidecar holds one long-lived streaming response (`GET /v1/push`, newline-delimited
-//! JSON) on which it receives a full snapshot of its configuration, then a new one after every
-//! change. Bursts of writes are coalesced (a sidecar is sent the newest state once the log has
-//! been quiet for a moment, never a queue of stale ones), and a slow sidecar holds up no one:
-//! each has its own task and a newer snapshot simply replaces an unsent older one. Sidecars ACK
-//! or NACK every version; the proxies API shows who is current and why anyone is not.
+//! The proxies: what the control plane knows of each sidecar's sync (connected, the version it
+//! was sent and acknowledged, its last NACK). Sidecars ACK or NACK every version; the proxies
+//! API shows who is current and why anyone is not.
 //!
 //! A sidecar names itself when it connects, so a proxy is known by its service *and* that name
 //! ([`ProxyKey`]): the service comes from what the caller's token may act for, so one service's
@@ -14,23 +11,12 @@
 //! so restarted sidecars (each a new id) do not pile up. A service has at most a set number of
 //! connected proxies, so one token cannot open push streams without end under made-up ids.
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
-use serde_json::{json, Value};
+use pilotfish_api::wire::{Nack, ProxyStatus};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-
-use crate::model::State;
-
-/// How long the log must be quiet before a change is pushed (coalescing bursts).
-const DEBOUNCE: Duration = Duration::from_millis(50);
-/// An empty line this often lets both ends notice a dead connection.
-const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
@@ -71,38 +57,18 @@ impl ProxyKey {
     }
 }
 
-/// What the control plane knows of each sidecar.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProxyStatus {
-    pub id: String,
-    pub service: String,
-    pub namespace: String,
-    pub connected: bool,
-    pub connected_at: String,
+/// A proxy's status as the API shows it, and what the control plane keeps beside it.
+struct Proxy {
+    /// `current` is left false here: it depends on the head, known when the list is read.
+    status: ProxyStatus,
     /// When its last connection ended (it is forgotten a retention period later).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disconnected_at: Option<String>,
-    #[serde(skip)]
     gone_since: Option<Instant>,
-    pub sent_version: u64,
-    pub acked_version: u64,
     /// Which connection of this sidecar the status belongs to.
-    #[serde(skip)]
     generation: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_nack: Option<Nack>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Nack {
-    pub version: u64,
-    pub error: String,
 }
 
 pub struct Proxies {
-    by_key: Mutex<HashMap<ProxyKey, ProxyStatus>>,
+    by_key: Mutex<HashMap<ProxyKey, Proxy>>,
     generations: std::sync::atomic::AtomicU64,
     /// How long a disconnected proxy stays listed.
     retention: Duration,
@@ -131,7 +97,7 @@ impl Proxies {
         let others = by_key
             .iter()
             .filter(|(k, p)| {
-                p.connected && *k != key && k.service == key.service && k.namespace == key.namespace
+                p.status.connected && *k != key && k.service == key.service && k.namespace == key.namespace
             })
             .count();
         if others >= self.max_per_service {
@@ -149,17 +115,16 @@ impl Proxies {
             connected: true,
             connected_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             disconnected_at: None,
-            gone_since: None,
             sent_version: resume,
             acked_version: resume,
+            current: false,
             last_nack: None,
-            generation,
         };
-        let previous = by_key.insert(key.clone(), status);
+        let previous = by_key.insert(key.clone(), Proxy { status, gone_since: None, generation });
         // A reconnecting sidecar keeps what it had acknowledged.
         if let (Some(old), Some(new)) = (previous, by_key.get_mut(key)) {
-            new.acked_version = new.acked_version.max(old.acked_version);
-            new.last_nack = old.last_nack;
+            new.status.acked_version = new.status.acked_version.max(old.status.acked_version);
+            new.status.last_nack = old.status.last_nack;
         }
         Ok(generation)
     }
@@ -167,15 +132,15 @@ impl Proxies {
     pub async fn sent(&self, key: &ProxyKey, version: u64) {
         self.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(p) = self.by_key.lock().await.get_mut(key) {
-            p.sent_version = version;
+            p.status.sent_version = version;
         }
     }
 
     /// Marks a connection gone, unless a newer connection of the same sidecar replaced it.
     pub async fn disconnected(&self, key: &ProxyKey, generation: u64) {
         if let Some(p) = self.by_key.lock().await.get_mut(key).filter(|p| p.generation == generation) {
-            p.connected = false;
-            p.disconnected_at =
+            p.status.connected = false;
+            p.status.disconnected_at =
                 Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
             p.gone_since = Some(Instant::now());
         }
@@ -186,8 +151,8 @@ impl Proxies {
         let mut by_key = self.by_key.lock().await;
         let Some(p) = by_key.get_mut(key) else { return false };
         match error {
-            None => p.acked_version = p.acked_version.max(version),
-            Some(error) => p.last_nack = Some(Nack { version, error }),
+            None => p.status.acked_version = p.status.acked_version.max(version),
+            Some(error) => p.status.last_nack = Some(Nack { version, error }),
         }
         true
     }
@@ -201,124 +166,14 @@ impl Proxies {
             .retain(|_, p| p.gone_since.is_none_or(|since| now.duration_since(since) < self.retention));
     }
 
-    pub async fn list(&self) -> Vec<ProxyStatus> {
-        let mut all: Vec<_> = self.by_key.lock().await.values().cloned().collect();
+    /// Every proxy's status, `current` when it acknowledged `head`.
+    pub async fn list(&self, head: u64) -> Vec<ProxyStatus> {
+        let statuses = self.by_key.lock().await.values().map(|p| p.status.clone()).collect::<Vec<_>>();
+        let mut all: Vec<_> =
+            statuses.into_iter().map(|p| ProxyStatus { current: p.acked_version == head, ..p }).collect();
         all.sort_by(|a, b| (&a.id, &a.service, &a.namespace).cmp(&(&b.id, &b.service, &b.namespace)));
         all
     }
-}
-
-/// One snapshot line: `{"version": SEQ, "config": "<YAML/JSON document stream>"}`.
-pub fn snapshot_line(state: &State) -> Bytes {
-    let line = json!({ "version": state.seq, "config": config_for(state) });
-    let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
-    bytes.push(b'\n');
-    Bytes::from(bytes)
-}
-
-/// The configuration a sidecar needs, as a document stream the sidecar parses exactly like a
-/// static file: the mesh's routes and policies, and every Service with its registered
-/// endpoints merged into `spec.endpoints` (a service known only from registrations gets a
-/// Service document of its own).
-pub fn config_for(state: &State) -> String {
-    let mut registered: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
-    for e in state.endpoints.values() {
-        let mut endpoint = json!({ "address": e.address.to_string() });
-        if let Some(identity) = &e.identity {
-            endpoint["identity"] = json!(identity);
-        }
-        if !e.labels.is_empty() {
-            endpoint["labels"] = json!(e.labels);
-        }
-        registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(endpoint);
-    }
-    let mut docs = Vec::new();
-    for resource in state.resources.values() {
-        let mut doc = resource.document.clone();
-        if doc["kind"] == "Service" {
-            let key = (
-                doc["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
-                doc["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
-            );
-            if let Some(extra) = registered.remove(&key) {
-                let endpoints = doc["spec"]["endpoints"].as_array().cloned().unwrap_or_default();
-                let known: Vec<Value> = endpoints.iter().map(|e| e["address"].clone()).collect();
-                let merged: Vec<Value> = endpoints
-                    .into_iter()
-                    .chain(extra.into_iter().filter(|e| !known.contains(&e["address"])))
-                    .collect();
-                doc["spec"]["endpoints"] = Value::from(merged);
-            }
-        }
-        docs.push(doc);
-    }
-    for ((name, namespace), endpoints) in registered {
-        docs.push(json!({
-            "apiVersion": "pilotfish.io/v1alpha1",
-            "kind": "Service",
-            "metadata": { "name": name, "namespace": namespace },
-            "spec": { "endpoints": endpoints },
-        }));
-    }
-    docs.iter()
-        .map(|d| serde_json::to_string(d).expect("JSON serializes"))
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
-/// A send that does not complete in this long means the sidecar is gone (or hopelessly slow).
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Streams snapshots to one sidecar until it goes away or the control plane stops.
-pub async fn stream(
-    cp: Arc<crate::server::ControlPlane>,
-    key: ProxyKey,
-    generation: u64,
-    resume: u64,
-    mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
-) {
-    let mut heads = cp.store().subscribe();
-    let stop = cp.stopping();
-    // A reconnecting sidecar that already has the current version gets nothing until a change.
-    let mut last_sent = (resume != 0).then_some(resume);
-    'stream: loop {
-        let head = *heads.borrow_and_update();
-        match cp.refresh_to(head).await {
-            Ok(_) => {
-                let (version, line) = cp.snapshot_line().await;
-                if last_sent != Some(version) {
-                    match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
-                        Ok(Ok(())) => {}
-                        _ => break 'stream,
-                    }
-                    cp.proxies().sent(&key, version).await;
-                    last_sent = Some(version);
-                }
-            }
-            Err(e) => {
-                // Without a readable log this replica cannot serve the sidecar: end the stream so
-                // it moves to another replica.
-                tracing::error!(proxy = %key.id, service = %key.service, error = %e, "cannot read the event log; closing the push stream");
-                break 'stream;
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break 'stream,
-            changed = heads.changed() => {
-                if changed.is_err() {
-                    break 'stream;
-                }
-                tokio::time::sleep(DEBOUNCE).await;
-            }
-            _ = tokio::time::sleep(KEEPALIVE) => {
-                match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
-                    Ok(Ok(())) => {}
-                    _ => break 'stream,
-                }
-            }
-        }
-    }
-    cp.proxies().disconnected(&key, generation).await;
 }
 
 #[cfg(test)]
@@ -336,7 +191,7 @@ mod tests {
         proxies.connected(&real, 0).await.unwrap();
         proxies.connected(&claimed, 0).await.unwrap();
         assert!(proxies.acknowledged(&real, 7, None).await, "the real sidecar's ACK still lands");
-        let all = proxies.list().await;
+        let all = proxies.list(0).await;
         assert_eq!(all.len(), 2);
         let users = all.iter().find(|p| p.service == "users").unwrap();
         assert_eq!((users.connected, users.acked_version), (true, 7));
@@ -351,21 +206,21 @@ mod tests {
         proxies.disconnected(&gone, generation).await;
         tokio::time::advance(Duration::from_secs(59)).await;
         proxies.forget_disconnected().await;
-        let listed = proxies.list().await;
+        let listed = proxies.list(0).await;
         assert_eq!(listed.len(), 2);
         assert!(!listed[0].connected && listed[0].disconnected_at.is_some(), "{listed:?}");
         tokio::time::advance(Duration::from_secs(2)).await;
         proxies.forget_disconnected().await;
-        let listed = proxies.list().await;
+        let listed = proxies.list(0).await;
         assert_eq!(listed.len(), 1, "forgotten after the retention period");
         assert_eq!(listed[0].id, "web.default-2", "a connected proxy is never forgotten");
         // A sidecar that reconnects within the period is listed as connected again.
         let generation = proxies.connected(&gone, 3).await.unwrap();
         tokio::time::advance(Duration::from_secs(120)).await;
         proxies.forget_disconnected().await;
-        assert_eq!(proxies.list().await.len(), 2);
+        assert_eq!(proxies.list(0).await.len(), 2);
         proxies.disconnected(&gone, generation - 1).await;
-        assert!(proxies.list().await.iter().all(|p| p.connected), "an older connection's end is ignored");
+        assert!(proxies.list(0).await.iter().all(|p| p.connected), "an older connection's end is ignored");
     }
 
     #[tokio::test]
@@ -381,7 +236,7 @@ mod tests {
         // A disconnected proxy, though still listed, leaves room.
         proxies.disconnected(&key("web", "web-1"), first).await;
         proxies.connected(&key("web", "web-3"), 0).await.unwrap();
-        assert_eq!(proxies.list().await.len(), 4);
+        assert_eq!(proxies.list(0).await.len(), 4);
     }
 
     #[test]

@@ -3,14 +3,21 @@
 //! cost for history reads, and 503 with `Retry-After` while the store is unreachable.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, Request};
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::response::Response;
+use serde_json::json;
 use tower::ServiceExt;
 
-use super::*;
+use super::extract::Shared;
+use super::{openapi, router};
+use crate::core::{ControlPlane, Settings, PAGE_BYTES, PAGE_EVENTS};
 use crate::history::FIRST_SPACING;
+use crate::model::kind;
 use crate::store::testing::{log_of, Instrumented};
+use crate::store::{AppendRequest, EventStore};
 
 const ADMIN: &str = "admin-secret";
 
@@ -43,7 +50,7 @@ async fn send(cp: &Shared, method: &str, uri: &str, token: Option<&str>, body: &
     if let Some(token) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    cp.router().oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap()
+    router(cp).oneshot(req.body(Body::from(body.to_owned())).unwrap()).await.unwrap()
 }
 
 async fn join_token(cp: &Shared, service: &str) -> String {
@@ -76,16 +83,22 @@ async fn every_error_is_json_even_from_routing_and_extractors() {
 #[tokio::test]
 async fn every_operation_that_needs_a_token_answers_401_before_reading_the_request() {
     let (_dir, _store, cp) = empty().await;
-    for op in OPERATIONS.iter().filter(|op| op.admin) {
-        let (method, path) = (op.method.to_uppercase(), op.path.replace(['{', '}'], ""));
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let operations = doc["paths"].as_object().unwrap().iter().flat_map(|(path, ops)| {
+        ops.as_object().unwrap().iter().map(move |(method, op)| (path.clone(), method.clone(), op.clone()))
+    });
+    let secured: Vec<_> = operations.filter(|(_, _, op)| op.get("security").is_some()).collect();
+    assert!(secured.len() >= 9, "{secured:?}");
+    for (op_path, op_method, _) in secured {
+        let (method, path) = (op_method.to_uppercase(), op_path.replace(['{', '}'], ""));
         // A malformed query, path and body: without a valid token none of it may be looked at.
         let uri = format!("{path}?version=not-a-number&service=Not_A_Name&limit=x");
         for token in [None, Some("nope"), Some("made.up")] {
             let (status, _, body) = call(&cp, &method, &uri, token, "{not json").await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {} with {token:?}: {body}", op.method, op.path);
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{op_method} {op_path} with {token:?}: {body}");
         }
         let (status, _, body) = call(&cp, &method, &uri, Some(ADMIN), "{not json").await;
-        assert_ne!(status, StatusCode::UNAUTHORIZED, "{} {} refused the admin: {body}", op.method, op.path);
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{op_method} {op_path} refused the admin: {body}");
     }
 }
 
@@ -248,7 +261,7 @@ async fn a_made_up_join_token_is_refused_without_a_store_read() {
         id: "elsewhere".into(),
         service: "web".into(),
         namespace: "default".into(),
-        secret_sha256: crate::auth::sha256_hex(b"s3cret"),
+        secret_sha256: crate::core::sha256_hex(b"s3cret"),
     };
     let created = AppendRequest::new("Token/elsewhere", kind::TOKEN_CREATED, json!(record), "admin");
     store.append(created).await.unwrap();
@@ -296,4 +309,123 @@ async fn open_streams(cp: &Shared, token: &str, n: usize) -> Vec<Response> {
         streams.push(stream);
     }
     streams
+}
+
+#[tokio::test]
+async fn a_seq_past_the_head_is_404_and_a_diff_runs_either_way() {
+    let (_dir, _store, cp) = empty().await;
+    let (status, _, body) = call(&cp, "GET", "/v1/diff?from=5", None, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = call(&cp, "POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": 9}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let doc = |port: u16| {
+        format!("apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: a}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+    };
+    for port in [80, 81] {
+        assert_eq!(call(&cp, "POST", "/v1/resources", Some(ADMIN), &doc(port)).await.0, StatusCode::OK);
+    }
+    let (_, _, forward) = call(&cp, "GET", "/v1/diff?from=1&to=2", None, "").await;
+    let (status, _, backward) = call(&cp, "GET", "/v1/diff?from=2&to=1", None, "").await;
+    assert_eq!(status, StatusCode::OK, "{backward}");
+    let change =
+        |diff: &serde_json::Value, side: &str| diff["changes"][0][side]["spec"]["ports"][0]["port"].clone();
+    assert_eq!((change(&forward, "before"), change(&forward, "after")), (json!(80), json!(81)));
+    assert_eq!((change(&backward, "before"), change(&backward, "after")), (json!(81), json!(80)));
+}
+
+#[tokio::test]
+async fn integers_are_int64_and_may_come_with_a_zero_fraction() {
+    let (_dir, _store, cp) = empty().await;
+    // The document types them as int64: beyond it is refused, not silently accepted.
+    let (status, _, body) = call(&cp, "GET", "/v1/events?since=9223372036854775808", None, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(call(&cp, "GET", "/v1/events?since=9223372036854775807", None, "").await.0, StatusCode::OK);
+    // JSON Schema's integer includes 0.0.
+    let (status, _, body) = call(&cp, "POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": 0.0}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = call(&cp, "POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": 0.5}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_peer_two_protocols_away_is_refused_with_the_reason() {
+    let (_dir, _store, cp) = empty().await;
+    let far = pilotfish_api::wire::SUPPORTED_PROTOCOLS.end() + 1;
+    let registration = format!(r#"{{"protocol": {far}, "service": "web", "address": "127.0.0.1:9001"}}"#);
+    let (status, _, body) = call(&cp, "POST", "/v1/endpoints", Some(ADMIN), &registration).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not supported"), "{body}");
+    let ack = format!(r#"{{"protocol": {far}, "version": 0}}"#);
+    let (status, _, body) = call(&cp, "POST", "/v1/proxies/web-1/ack?service=web", Some(ADMIN), &ack).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let uri = format!("/v1/push?id=web-1&service=web&protocol={far}");
+    assert_eq!(send(&cp, "GET", &uri, Some(ADMIN), "").await.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn the_document_types_every_body_and_parameter_and_says_what_the_server_checks() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let param = |op: &serde_json::Value, name: &str| {
+        op["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
+    };
+    assert_eq!(param(&op("/v1/events", "get"), "since")["type"], "integer");
+    assert_eq!(param(&op("/v1/diff", "get"), "from")["type"], "integer");
+    let kinds = doc["components"]["schemas"]["KindName"]["enum"].as_array().unwrap().clone();
+    assert!(kinds.contains(&json!("HTTPRoute")) && kinds.contains(&json!("httproutes")), "{kinds:?}");
+    let name = &doc["components"]["schemas"]["TokenRequest"]["properties"]["service"]["pattern"];
+    assert_eq!(name, super::doc::NAME_PATTERN);
+    // The push stream documents its lines; its protocol range is the one the server accepts.
+    let push = op("/v1/push", "get");
+    let line = &push["responses"]["200"]["content"]["application/x-ndjson"]["schema"]["$ref"];
+    assert_eq!(line, "#/components/schemas/PushLine");
+    let protocol = param(&push, "protocol");
+    let supported = pilotfish_api::wire::SUPPORTED_PROTOCOLS;
+    assert_eq!(
+        (protocol["minimum"].clone(), protocol["maximum"].clone()),
+        (json!(supported.start()), json!(supported.end()))
+    );
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    // Every operation that takes a body has its schema, and every error answer is an ErrorBody.
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            for media in op["requestBody"]["content"].as_object().into_iter().flat_map(|c| c.values()) {
+                assert!(media["schema"].is_object(), "{method} {path}: a body without a schema");
+            }
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let name = response["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+                    let content = &doc["components"]["responses"][name]["content"]["application/json"];
+                    assert_eq!(
+                        content["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_its_registration_and_refuses_another() {
+    let (_dir, _store, cp) = empty().await;
+    let register = |address: &'static str| {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/endpoints")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header("idempotency-key", "k1")
+            .body(Body::from(format!(r#"{{"service": "web", "address": "{address}"}}"#)))
+            .unwrap();
+        router(&cp).oneshot(req)
+    };
+    let first = register("127.0.0.1:9001").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let again = register("127.0.0.1:9001").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED, "a retry answers like the first");
+    let other = register("127.0.0.1:9002").await.unwrap();
+    assert_eq!(other.status(), StatusCode::CONFLICT, "the key was first used for another instance");
+    let (_, _, list) = call(&cp, "GET", "/v1/endpoints", None, "").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }

@@ -1,0 +1,42 @@
+//! Proving a caller from the bearer token it presents, and what a join token may reach: its own
+//! service's instances, and nothing that tells it what other services have.
+
+use super::caller::{join_token, Caller, Presented};
+use super::error::{Error, Result};
+use super::plane::ControlPlane;
+
+impl ControlPlane {
+    /// Who is calling, from the bearer token presented (`None`: no token; 401 without a valid
+    /// one). Knows tokens created through another replica by catching up with the log when the
+    /// token is not known yet — only up to the head the store's watch has announced, so a
+    /// made-up token costs no store read (it would be one per unauthenticated request) and hears
+    /// 401, not 503, while the store is down.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+        match bearer.and_then(|token| self.admin_token.presented(token)) {
+            None => Err(Error::Unauthorized),
+            Some(Presented::Admin) => Ok(Caller::Admin),
+            Some(Presented::Join { id, secret }) => {
+                if !self.state.read().await.tokens.contains_key(id) {
+                    let followed = *self.store.subscribe().borrow();
+                    self.refresh_to(followed).await?;
+                }
+                let state = self.state.read().await;
+                join_token(&state.tokens, id, secret).map(Caller::Service).ok_or(Error::Unauthorized)
+            }
+        }
+    }
+
+    /// Operations on a registered instance: the admin, or its own service's join token. To a
+    /// join token another service's instance looks exactly like one that does not exist, so a
+    /// token cannot probe which instances other services have; a sidecar whose lease lapsed
+    /// hears 404 and registers again.
+    pub(super) async fn authorize_endpoint(&self, caller: &Caller, id: &str) -> Result<String> {
+        let state = self.state.read().await;
+        match state.endpoints.get(id) {
+            Some(e) if caller.owns(&e.service, &e.namespace) => Ok(caller.actor()),
+            _ => Err(Error::NotFound(format!(
+                "endpoint {id} (not registered for this token's service, or its lease lapsed: register again)"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! What an operation of the control plane can fail with, in the domain's words: the caller sent
+//! something wrong, may not do it, named nothing that exists, or the store failed. How a
+//! transport shows these (an HTTP status, a JSON body) is the transport's business (`http::error`).
+
+use crate::push::TooManyProxies;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (a malformed value, a rule it breaks); the message says what.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A configuration document is invalid: which document, which field, why.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] pilotfish_api::ConfigError),
+    #[error("missing or wrong bearer token: send `Authorization: Bearer <admin token>`")]
+    Unauthorized,
+    #[error("this token may not do that: {0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An `Idempotency-Key` sent again with a different request.
+    #[error("this Idempotency-Key was first used for a different {0}: use a new key for a new request")]
+    KeyReused(&'static str),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    TooManyProxies(#[from] TooManyProxies),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

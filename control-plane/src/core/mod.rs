@@ -1,0 +1,23 @@
+//! The control plane's core: its state ([`ControlPlane`]) and every operation on it, one file
+//! per resource group. Operations take typed inputs and a [`Caller`] and return an [`Error`] in
+//! the domain's words; no HTTP type appears here (the `http` module is one transport on top).
+
+mod access;
+pub mod background;
+mod caller;
+mod error;
+mod leases;
+mod log;
+mod plane;
+mod registry;
+mod resources;
+mod status;
+mod sync;
+mod tokens;
+
+pub use caller::{sha256_hex, Caller};
+pub use error::{Error, Result};
+pub use log::{PAGE_BYTES, PAGE_EVENTS};
+pub use plane::{ControlPlane, Settings};
+pub use resources::{canonical_kind, Applied, KINDS};
+pub use sync::Connection;

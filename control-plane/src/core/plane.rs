@@ -1,0 +1,165 @@
+//! The control plane's state and its upkeep: the event store, the read model folded from it
+//! (and kept up with the log), the leases of registered instances, the sidecars' sync status
+//! and the push snapshot cache. The operations on it live beside this file, one file per
+//! resource group; none of them knows HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::caller::AdminToken;
+use super::leases::{Lease, Leases};
+use crate::history::History;
+use crate::model::{endpoint_aggregate, State};
+use crate::push::{self, Proxies, SnapshotCache};
+use crate::store::{EventStore, StoreError};
+
+/// Events folded between two snapshots of the read model.
+const SNAPSHOT_EVERY: u64 = 1000;
+
+/// How a control plane is run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The bearer token of admin operations.
+    pub admin_token: String,
+    /// How long a disconnected proxy stays in `/v1/proxies`.
+    pub proxy_retention: Duration,
+    /// Connected proxies one service may have (beyond it `GET /v1/push` answers 429).
+    pub max_proxies_per_service: usize,
+}
+
+impl Settings {
+    pub fn new(admin_token: String) -> Self {
+        Self {
+            admin_token,
+            proxy_retention: push::DEFAULT_RETENTION,
+            max_proxies_per_service: push::DEFAULT_MAX_PER_SERVICE,
+        }
+    }
+}
+
+pub struct ControlPlane {
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) state: RwLock<State>,
+    /// Leases of registered instances: live state, renewed by heartbeats (which are not events:
+    /// they would flood the log).
+    pub(super) leases: Leases,
+    pub(super) admin_token: AdminToken,
+    pub(super) proxies: Proxies,
+    /// The configuration at earlier points of the log (diff, rollback).
+    pub(super) history: History,
+    /// The newest snapshot line, shared by every push stream (built once per version).
+    snapshots: SnapshotCache,
+    /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
+    /// does not wait on them forever.
+    stopping: CancellationToken,
+}
+
+impl ControlPlane {
+    /// Loads the read model (latest snapshot plus later events) and the leases of registered
+    /// instances, which restart their TTL: the control plane cannot know of heartbeats it missed.
+    pub async fn open(store: Arc<dyn EventStore>, settings: Settings) -> Result<Arc<Self>, StoreError> {
+        let mut state = match store.latest_snapshot().await? {
+            Some((_, snapshot)) => serde_json::from_value(snapshot).unwrap_or_default(),
+            None => State::default(),
+        };
+        catch_up(&*store, &mut state).await?;
+        let now = Instant::now();
+        let leases = Leases::default();
+        {
+            let mut held = leases.lock().await;
+            let owned = !store.shared();
+            for e in state.endpoints.values() {
+                let ttl = Duration::from_secs(e.ttl_seconds);
+                let version = store.aggregate_version(&endpoint_aggregate(&e.id)).await?;
+                held.insert(e.id.clone(), Lease { deadline: now + ttl, ttl, version, owned });
+            }
+        }
+        Ok(Arc::new(Self {
+            store,
+            state: RwLock::new(state),
+            leases,
+            admin_token: AdminToken::new(&settings.admin_token),
+            proxies: Proxies::new(settings.proxy_retention, settings.max_proxies_per_service),
+            history: History::default(),
+            snapshots: SnapshotCache::default(),
+            stopping: CancellationToken::new(),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub fn state(&self) -> &RwLock<State> {
+        &self.state
+    }
+
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
+    }
+
+    pub fn snapshots(&self) -> &SnapshotCache {
+        &self.snapshots
+    }
+
+    /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    /// Folds in whatever the log has beyond the read model; returns the head.
+    pub async fn refresh(&self) -> Result<u64, StoreError> {
+        let head = self.store.head().await?;
+        self.refresh_to(head).await
+    }
+
+    /// Folds in the log up to at least `head` (known from the head watch, sparing a store read).
+    pub async fn refresh_to(&self, head: u64) -> Result<u64, StoreError> {
+        // Readers share the read model; only a log that moved ahead takes the write lock.
+        {
+            let state = self.state.read().await;
+            if state.seq >= head {
+                return Ok(state.seq);
+            }
+        }
+        let mut state = self.state.write().await;
+        let before = state.seq;
+        catch_up(&*self.store, &mut state).await?;
+        if state.seq / SNAPSHOT_EVERY > before / SNAPSHOT_EVERY {
+            let snapshot = serde_json::to_value(&*state).expect("the read model serializes");
+            // A missed snapshot only makes the next start-up replay more of the log.
+            if let Err(e) = self.store.save_snapshot(state.seq, snapshot).await {
+                tracing::warn!(seq = state.seq, error = %e, "cannot save a snapshot of the read model");
+            }
+        }
+        Ok(state.seq)
+    }
+
+    /// After a committed write: fold it in, but never turn a durable write into an error
+    /// (a client would retry and write twice).
+    pub(super) async fn settle(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::error!(error = %e, "cannot fold a committed write into the read model");
+        }
+    }
+}
+
+async fn catch_up(store: &dyn EventStore, state: &mut State) -> Result<(), StoreError> {
+    loop {
+        let page = store.events_since(state.seq, 1000).await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for event in &page {
+            state.apply(event)?;
+        }
+    }
+}

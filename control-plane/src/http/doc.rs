@@ -1,0 +1,197 @@
+//! The OpenAPI document's frame: title, version, the bearer security scheme, and the reusable
+//! error responses. The operations, parameters and body schemas come from the handlers'
+//! `#[utoipa::path]` attributes and the wire types, collected as the routes are built.
+
+use std::borrow::Cow;
+
+use pilotfish_api::schema::ClosedDocuments;
+use pilotfish_api::wire::{ErrorBody, SUPPORTED_PROTOCOLS};
+use pilotfish_api::Resource;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::error::{BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable};
+use crate::core::KINDS;
+
+/// A service's or namespace's name: a DNS label (`pilotfish_api::document::validate_name`).
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Pilotfish control plane",
+        description = "The mesh's source of truth: resources, history, the registry, and the sidecars' configuration streams."
+    ),
+    components(
+        schemas(ErrorBody, KindName),
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooManyRequests, Unavailable),
+    )
+)]
+pub struct ApiDoc;
+
+/// What the derives cannot say, added once every route's schemas are in: the security scheme,
+/// closed configuration documents, and the rules the server checks beyond the wire types' shape.
+pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
+    Bearer.modify(openapi);
+    ClosedDocuments.modify(openapi);
+    ServerRules.modify(openapi);
+    NullMeansDefault.modify(openapi);
+    QueryAndHeaderValues.modify(openapi);
+}
+
+/// `Authorization: Bearer <token>`: the admin token, or a service's join token.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("The admin token, or (for its own service's sidecars) a join token"))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// An instance's address as registrations give it: `IPv4:PORT`, as the server parses it.
+const ADDRESS_PATTERN: &str = "^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)$";
+
+/// The rules the server checks on request bodies beyond the wire types' shape: names are DNS
+/// labels, addresses parse, and `protocol` is one the server speaks.
+struct ServerRules;
+
+impl Modify for ServerRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else { return };
+        if let Some(RefOr::T(Schema::Object(registration))) = components.schemas.get_mut("Registration") {
+            if let Some(RefOr::T(Schema::Object(address))) = registration.properties.get_mut("address") {
+                address.pattern = Some(ADDRESS_PATTERN.to_owned());
+            }
+        }
+        for body in ["Registration", "TokenRequest", "Ack"] {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(body) else { continue };
+            for field in ["service", "namespace"] {
+                if let Some(RefOr::T(Schema::Object(name))) = object.properties.get_mut(field) {
+                    name.pattern = Some(NAME_PATTERN.to_owned());
+                }
+            }
+            if let Some(RefOr::T(Schema::Object(ttl))) = object.properties.get_mut("ttlSeconds") {
+                (ttl.minimum, ttl.maximum) = (Some(1.into()), Some(3600.into()));
+            }
+            if let Some(RefOr::T(Schema::Object(protocol))) = object.properties.get_mut("protocol") {
+                protocol.minimum = Some((*SUPPORTED_PROTOCOLS.start()).into());
+                protocol.maximum = Some((*SUPPORTED_PROTOCOLS.end()).into());
+            }
+        }
+    }
+}
+
+/// A kind as the resource paths and filters take it: case-insensitive, singular or plural
+/// (`Service`, `service`, `services`); the schema lists the canonical and lowercase spellings.
+pub struct KindName;
+
+impl PartialSchema for KindName {
+    fn schema() -> RefOr<Schema> {
+        let spellings =
+            KINDS.iter().flat_map(|k| [k.to_string(), k.to_lowercase(), format!("{}s", k.to_lowercase())]);
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(spellings))
+            .description(Some("A resource kind (case-insensitive, singular or plural)"))
+            .into()
+    }
+}
+
+impl ToSchema for KindName {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("KindName")
+    }
+}
+
+/// A query or header parameter is left out, never `null`: the derives make optional ones
+/// nullable, which would have clients send the text `null`.
+struct QueryAndHeaderValues;
+
+impl Modify for QueryAndHeaderValues {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let operations = openapi.paths.paths.values_mut().flat_map(|item| {
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten()
+        });
+        for parameter in operations.flat_map(|op| op.parameters.iter_mut().flatten()) {
+            if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut() {
+                if let SchemaType::Array(types) = &object.schema_type {
+                    let mut types = types.iter().filter(|t| **t != Type::Null).cloned();
+                    if let (Some(only), None) = (types.next(), types.next()) {
+                        object.schema_type = SchemaType::Type(only);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// In a configuration document `null` reads as the field left out (its default): the document
+/// parser (`pilotfish_api::parse`) takes YAML's null so, as some tools write it. The documents'
+/// schemas say so here: every optional field, and `spec`, also takes `null`.
+struct NullMeansDefault;
+
+impl Modify for NullMeansDefault {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else { return };
+        let mut documents = vec![(Resource::name().into_owned(), Resource::schema())];
+        Resource::schemas(&mut documents);
+        for (name, _) in documents {
+            match components.schemas.get_mut(&name) {
+                Some(RefOr::T(Schema::Object(object))) => {
+                    let required = object.required.clone();
+                    for (_, property) in object.properties.iter_mut().filter(|(f, _)| !required.contains(f)) {
+                        allow_null(property);
+                    }
+                }
+                // The envelope: one branch per kind.
+                Some(RefOr::T(Schema::OneOf(kinds))) => {
+                    for kind in &mut kinds.items {
+                        if let RefOr::T(Schema::Object(document)) = kind {
+                            document.properties.get_mut("spec").into_iter().for_each(allow_null);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn allow_null(schema: &mut RefOr<Schema>) {
+    let null = || RefOr::T(Schema::Object(ObjectBuilder::new().schema_type(Type::Null).build()));
+    match schema {
+        RefOr::Ref(reference) => {
+            let reference = RefOr::Ref(reference.clone());
+            *schema = RefOr::T(Schema::OneOf(OneOfBuilder::new().item(null()).item(reference).build()));
+        }
+        RefOr::T(Schema::Object(object)) => nullable(&mut object.schema_type),
+        RefOr::T(Schema::Array(array)) => nullable(&mut array.schema_type),
+        RefOr::T(Schema::OneOf(one_of)) => {
+            let has_null = one_of.items.iter().any(|item| {
+                matches!(item, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null))
+            });
+            if !has_null {
+                one_of.items.insert(0, null());
+            }
+        }
+        _ => {}
+    }
+}
+
+fn nullable(schema_type: &mut SchemaType) {
+    match schema_type {
+        SchemaType::Type(Type::Null) | SchemaType::AnyValue => {}
+        SchemaType::Type(only) => *schema_type = SchemaType::from_iter([only.clone(), Type::Null]),
+        SchemaType::Array(types) if !types.contains(&Type::Null) => types.push(Type::Null),
+        SchemaType::Array(_) => {}
+    }
+}

@@ -1,0 +1,122 @@
+//! The one place where failures become HTTP responses: the core's errors, the extractors'
+//! rejections and routing's 404/405, each a status and a JSON [`ErrorBody`] (an invalid document
+//! also names the document, field and reason); while the event store cannot be reached, 503
+//! with `Retry-After`: the same request works once it is back. The reusable OpenAPI responses
+//! that document these live here too.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use utoipa::ToResponse;
+
+use crate::core::Error;
+use crate::store::StoreError;
+use pilotfish_api::wire::ErrorBody;
+
+/// What a client is told to wait before retrying while the store is unreachable.
+pub const RETRY_AFTER_SECONDS: u64 = 2;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// A query, path or body that could not be read as the operation's type.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("no such API path (see /v1/openapi.json)")]
+    NoRoute,
+    #[error("this path does not take that method (the Allow header lists the ones it does)")]
+    MethodNotAllowed,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Core(e.into())
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Rejected(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Core(e) => match e {
+                Error::BadRequest(_) | Error::Invalid(_) => StatusCode::BAD_REQUEST,
+                Error::Unauthorized => StatusCode::UNAUTHORIZED,
+                Error::Forbidden(_) => StatusCode::FORBIDDEN,
+                Error::NotFound(_) => StatusCode::NOT_FOUND,
+                Error::TooManyProxies(_) => StatusCode::TOO_MANY_REQUESTS,
+                Error::KeyReused(_) => StatusCode::CONFLICT,
+                Error::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
+                Error::Store(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::Core(Error::Invalid(e)) => ErrorBody::invalid(self.to_string(), e),
+            _ => ErrorBody::new(self.to_string()),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+/// The request is malformed or breaks a rule; the body says which and why.
+#[derive(ToResponse)]
+pub struct BadRequest(pub ErrorBody);
+
+/// Missing or wrong bearer token (or a join token where only the admin may act).
+#[derive(ToResponse)]
+pub struct Unauthorized(pub ErrorBody);
+
+/// The join token belongs to another service.
+#[derive(ToResponse)]
+pub struct Forbidden(pub ErrorBody);
+
+/// Nothing of that name.
+#[derive(ToResponse)]
+pub struct NotFound(pub ErrorBody);
+
+/// The resource is not at the expected version (`If-Match`): read it again and retry; or the
+/// `Idempotency-Key` was first used for a different request.
+#[derive(ToResponse)]
+pub struct Conflict(pub ErrorBody);
+
+/// The service already has as many connected sidecars as it may.
+#[derive(ToResponse)]
+pub struct TooManyRequests(pub ErrorBody);
+
+/// The event store is unreachable: retry after `Retry-After` seconds.
+#[derive(ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))]
+pub struct Unavailable(pub ErrorBody);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_503_with_retry_after_and_other_store_errors_are_not() {
+        let unavailable = ApiError::from(StoreError::Unavailable {
+            context: "etcd: reading the head".into(),
+            cause: "connection refused".into(),
+        })
+        .into_response();
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "2");
+        let broken = ApiError::from(StoreError::Corrupt { seq: 3, reason: "bad".into() }).into_response();
+        assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(broken.headers().get(header::RETRY_AFTER).is_none());
+    }
+}

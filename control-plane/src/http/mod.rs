@@ -1,0 +1,26 @@
+//! The HTTP API (`/v1`, JSON) over the core: a router, one file per resource group, auth and
+//! typed bodies as extractors, and the one mapping of failures to responses.
+//!
+//! - [`router`]: the router and the OpenAPI document, built from the same list of routes.
+//! - [`doc`]: the document's frame (security scheme, reusable error responses).
+//! - [`extract`]: the caller (bearer token, proven before anything else is read), query, path,
+//!   body and headers, each failing with a JSON error.
+//! - [`error`]: failures → status and JSON body.
+//! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ops`]: the handlers.
+
+pub mod doc;
+pub mod error;
+pub mod extract;
+mod history;
+mod ops;
+mod push;
+mod registry;
+mod resources;
+pub mod router;
+mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ApiError;
+pub use router::{openapi, router};

@@ -1,0 +1,98 @@
+//! `/v1/push`, `/v1/proxies`: the sidecars' configuration streams, their ACK/NACKs, and every
+//! sidecar's sync status.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable};
+use super::extract::{Json, Path, Query, Shared};
+use crate::core::Caller;
+use crate::push::stream;
+use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushLine, PushQuery};
+
+pub fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new().routes(routes!(push)).routes(routes!(ack)).routes(routes!(proxies))
+}
+
+/// A sidecar's configuration stream
+///
+/// Newline-delimited JSON: one `PushLine` per version (the whole configuration), empty
+/// lines as keepalives. The proxy is known by its id under the service the caller's token may
+/// act for.
+#[utoipa::path(
+    get, path = "/v1/push", tag = "push",
+    params(
+        ("id" = String, Query, description = "The sidecar's id (1-253 visible ASCII characters)", min_length = 1, max_length = 253, pattern = r"^[!-~]+$"),
+        ("service" = String, Query, description = "Its service", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("namespace" = Option<String>, Query, description = "Its namespace (default: default)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("version" = Option<u64>, Query, description = "The version it already has (0: none)"),
+        ("protocol" = Option<u32>, Query, description = "The sidecar's wire protocol version (1-2)", minimum = 1, maximum = 2),
+    ),
+    responses(
+        (status = 200, description = "The stream: one PushLine per line", body = PushLine, content_type = "application/x-ndjson"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+async fn push(
+    caller: Caller,
+    State(cp): State<Shared>,
+    Query(q): Query<PushQuery>,
+) -> Result<Response, ApiError> {
+    let connection = cp.connect(&caller, &q).await?;
+    let (tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    tokio::spawn(stream::stream(cp.clone(), connection, tx));
+    let mut res = Response::new(Body::new(body));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(res)
+}
+
+/// ACK (or, with `error`, NACK) a pushed version
+#[utoipa::path(
+    post, path = "/v1/proxies/{id}/ack", tag = "push",
+    params(
+        ("id" = String, Path, description = "The sidecar's id", min_length = 1, max_length = 253, pattern = r"^[!-~]+$"),
+        ("service" = String, Query, description = "The service the proxy connected as (sidecars one release back leave it out and get their join token's)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        ("namespace" = Option<String>, Query, description = "Its namespace (default: the join token's, else default)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+    ),
+    request_body = Ack,
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = [])),
+)]
+async fn ack(
+    caller: Caller,
+    State(cp): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<AckQuery>,
+    Json(ack): Json<Ack>,
+) -> Result<impl IntoResponse, ApiError> {
+    cp.acknowledge(&caller, &id, q, ack).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every sidecar: acked version, whether it is current, its last NACK
+#[utoipa::path(
+    get, path = "/v1/proxies", tag = "push",
+    responses(
+        (status = 200, description = "The sidecars", body = ProxyList),
+        (status = 503, response = Unavailable),
+    ),
+)]
+async fn proxies(State(cp): State<Shared>) -> Result<axum::Json<ProxyList>, ApiError> {
+    Ok(axum::Json(cp.proxy_list().await?))
+}

@@ -1,0 +1,79 @@
+//! The OpenAPI document against the real server: schemathesis generates requests from it (valid
+//! and invalid, every documented operation) and checks every answer against it.
+
+use std::process::{Command, Stdio};
+
+use super::{curl, service, support, ControlPlane, TOKEN};
+
+/// Schemathesis runs every check on every operation with a bounded number of examples and finds
+/// nothing: statuses, bodies, headers and content types are as documented, valid input is
+/// accepted, invalid input refused, auth enforced, unknown methods answer 405.
+///
+/// Left out: `/v1/push`, whose answer is a stream that does not end, which schemathesis cannot
+/// read whole (its answers are tested in the crate, `http/tests.rs`, and its lines below); and
+/// the stateful check that a registered instance can then be deregistered: schemathesis sends
+/// the same registration with the same `Idempotency-Key` again after deregistering it, and the
+/// replay answers with the first registration as it was, which is what the key promises.
+#[test]
+fn schemathesis_finds_nothing_wrong_with_the_api_or_its_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let schemathesis = std::path::Path::new(&support::python()).with_file_name("schemathesis");
+    let out = Command::new(&schemathesis)
+        .current_dir(dir.path())
+        .arg("--config-file")
+        .arg(support::script("schemathesis.toml"))
+        .args(["run", &cp.url("/v1/openapi.json"), "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--checks", "all", "--exclude-checks", "ensure_resource_availability"])
+        .args(["--max-examples", "20", "--exclude-path", "/v1/push"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", schemathesis.display()));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What `/v1/push` sends is what the document says its lines are: each line is a `PushLine`.
+#[test]
+fn the_push_streams_lines_are_what_the_document_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "--data-binary",
+        &service("users", 9001),
+        &cp.url("/v1/resources"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    // The stream does not end: curl stops it, with the first snapshot read.
+    let stream = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "2", "-H", &auth, &cp.url("/v1/push?id=web-1&service=web")])
+        .output()
+        .unwrap();
+    let lines = dir.path().join("push.ndjson");
+    std::fs::write(&lines, &stream.stdout).unwrap();
+    assert!(String::from_utf8_lossy(&stream.stdout).contains("users"), "{stream:?}");
+    let doc = Command::new("curl").args(["-s", &cp.url("/v1/openapi.json")]).output().unwrap().stdout;
+    let mut validator = Command::new(support::python())
+        .arg(support::script("validate_openapi.py"))
+        .args(["PushLine".as_ref(), lines.as_os_str()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut validator.stdin.take().unwrap(), &doc).unwrap();
+    let verdict = validator.wait_with_output().unwrap();
+    assert!(
+        verdict.status.success(),
+        "a push line is not a PushLine: {}",
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+}
