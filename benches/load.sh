@@ -2,7 +2,8 @@
 # Load benchmark: the same nginx backend measured directly (the baseline), through a Pilotfish
 # sidecar, and through HAProxy (a peer plain proxy), side by side in one run, with wrk (HTTP/1.1
 # keep-alive) and h2load (HTTP/2, many streams on few connections). Prints requests/s and latency
-# per target and the ratio to the direct baseline, plus the proxies' resident memory.
+# per target and the ratio to the direct baseline, the proxies' CPU time per request (user +
+# system, from /proc), and their resident memory.
 #
 #   benches/load.sh [DURATION_SECONDS] [CONNECTIONS]
 #
@@ -144,11 +145,19 @@ done
 rss() { awk '/VmRSS/ {print $2 " KiB"}' "/proc/$1/status"; }
 echo "idle RSS: pilotfish $(rss $sidecar_pid), haproxy $(rss $haproxy_pid)"
 
-declare -A rps p50 p99
-wrk_run() { # name url
-  local out
+declare -A rps p50 p99 cpu
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+wrk_run() { # name url [pid of the proxy, whose CPU per request is measured]
+  local out before
+  [[ -z ${3:-} ]] || before=$(cpu_ticks "$3")
   out=$(wrk -t1 -c"$conns" -d"${duration}s" --latency "$2")
   rps[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  cpu[$1]=-
+  if [[ -n ${3:-} ]]; then
+    local requests
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    cpu[$1]=$(echo "($(cpu_ticks "$3") - $before) / $(getconf CLK_TCK) * 1000000 / $requests" | bc -l | xargs printf "%.2f")
+  fi
   p50[$1]=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99[$1]=$(awk '$1=="99%" {print $2}' <<<"$out")
   local errors
@@ -156,16 +165,17 @@ wrk_run() { # name url
   [[ -z $errors ]] || echo "$1: $errors"
 }
 wrk_run direct "http://127.0.0.1:$backend/"
-wrk_run pilotfish "http://127.0.0.1:$sidecar/"
-wrk_run pf-policies "http://127.0.0.1:$sidecar_full/"
-wrk_run haproxy "http://127.0.0.1:$haproxy_port/"
+wrk_run pilotfish "http://127.0.0.1:$sidecar/" "$sidecar_pid"
+wrk_run pf-policies "http://127.0.0.1:$sidecar_full/" "$sidecar_pid"
+wrk_run haproxy "http://127.0.0.1:$haproxy_port/" "$haproxy_pid"
 
 echo
 echo "HTTP/1.1 keep-alive, wrk -c$conns -d${duration}s (ratio = requests/s vs direct)"
-echo "(pilotfish: default route; pf-policies: route + filter + timeouts + retries + rate limit)"
-printf "%-12s %12s %8s %10s %10s\n" target req/s ratio p50 p99
+echo "(pilotfish: default route; pf-policies: route + filter + timeouts + retries + rate limit;"
+echo " cpu-us/req: the proxy's CPU time per request)"
+printf "%-12s %12s %8s %10s %10s %11s\n" target req/s ratio p50 p99 cpu-us/req
 for t in direct pilotfish pf-policies haproxy; do
-  printf "%-12s %12s %8.3f %10s %10s\n" "$t" "${rps[$t]}" "$(echo "${rps[$t]} / ${rps[direct]}" | bc -l)" "${p50[$t]}" "${p99[$t]}"
+  printf "%-12s %12s %8.3f %10s %10s %11s\n" "$t" "${rps[$t]}" "$(echo "${rps[$t]} / ${rps[direct]}" | bc -l)" "${p50[$t]}" "${p99[$t]}" "${cpu[$t]}"
 done
 
 h2_run() { # name url

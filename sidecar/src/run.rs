@@ -9,7 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::{accept, admin, inbound, local, outbound};
-use crate::snapshot::{BuildError, Overrides, Snapshot};
+use crate::snapshot::build::BuildError;
+use crate::snapshot::{Overrides, Snapshot};
 use crate::source::{managed, reload};
 use crate::state::Shared;
 use crate::telemetry::access_log;

@@ -85,7 +85,8 @@ impl ControlPlane {
 
     /// The typed API client, with the admin token.
     fn client(&self) -> Client {
-        Client::builder(&self.url("")).token(Some(TOKEN.into())).build()
+        // As curl's --max-time did: a stalled control plane fails the test instead of hanging it.
+        Client::builder(&self.url("")).token(Some(TOKEN.into())).timeout(Duration::from_secs(20)).build()
     }
 
     /// [`ControlPlane::client`] with a runtime of its own, for the synchronous tests.

@@ -359,7 +359,8 @@ struct FakeControlPlane {
     url: String,
     /// Push lines, each sent as it is.
     lines: tokio::sync::mpsc::UnboundedSender<String>,
-    acks: std::sync::Arc<std::sync::Mutex<Vec<Ack>>>,
+    /// ACK and NACK bodies as sent, so a test can see what the typed message would default.
+    acks: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 impl FakeControlPlane {
@@ -405,7 +406,7 @@ impl FakeControlPlane {
                             http::Response::new(body.boxed())
                         } else {
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            if let Ok(ack) = serde_json::from_slice(&body) {
+                            if let Ok(ack) = serde_json::from_slice::<serde_json::Value>(&body) {
                                 recorded.lock().unwrap().push(ack);
                             }
                             http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed())
@@ -438,8 +439,13 @@ impl FakeControlPlane {
     }
 
     async fn ack_of(&self, version: u64) -> Ack {
+        serde_json::from_value(self.sent_ack_of(version).await).expect("an ACK or NACK")
+    }
+
+    /// The body of the sidecar's report on `version`, as it was sent.
+    async fn sent_ack_of(&self, version: u64) -> serde_json::Value {
         eventually(&format!("the sidecar reported on version {version}"), async || {
-            self.acks.lock().unwrap().iter().find(|a| a.version == version).cloned()
+            self.acks.lock().unwrap().iter().find(|a| a["version"] == version).cloned()
         })
         .await
     }
@@ -512,13 +518,15 @@ async fn a_push_line_with_fields_from_the_future_is_acked_and_served() {
     }));
     let sc = cp.sidecar();
     let ack = cp.ack_of(1).await;
-    assert_eq!(ack, Ack::accepted(1), "an ACK of this sidecar's protocol");
+    assert_eq!(ack, Ack::accepted(1), "an ACK");
+    assert_eq!(cp.sent_ack_of(1).await["protocol"], PROTOCOL_VERSION, "of this sidecar's protocol");
     let target = format!("http://{}/", sc.outbound);
     assert_eq!(support::curl(&["-H", "Host: users", &target]).await.json()["backend"], "a");
 }
 
-/// A push line of a protocol too far from this sidecar's is NACKed, saying so, and the last good
-/// configuration keeps serving.
+/// A push line of a protocol too far from this sidecar's is NACKed, saying so, even when its
+/// shape has changed (here `config` is no longer a string), and the last good configuration
+/// keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_line_of_an_unsupported_protocol_is_nacked_and_the_last_good_config_serves() {
     let (a, b) = (backend("a").await, backend("b").await);
@@ -529,7 +537,7 @@ async fn a_push_line_of_an_unsupported_protocol_is_nacked_and_the_last_good_conf
     cp.push_line(serde_json::json!({
         "protocol": PROTOCOL_VERSION + 2,
         "version": 2,
-        "config": service("users", b.addr.port()),
+        "config": { "documents": [service("users", b.addr.port())] },
     }));
     let error = cp.report(2).await.expect("a NACK");
     assert!(error.contains(&format!("protocol version {}", PROTOCOL_VERSION + 2)), "{error}");

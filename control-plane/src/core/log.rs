@@ -3,9 +3,7 @@
 
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
-use pilotfish_api::wire::{Diff, Event, EventPage, RollbackResult};
-
-use crate::store;
+use pilotfish_api::wire::{Diff, EventPage, RollbackResult};
 
 /// Events in one page of `events`, at most.
 pub const PAGE_EVENTS: usize = 1000;
@@ -36,7 +34,7 @@ impl ControlPlane {
                     break 'page;
                 }
                 after = event.seq;
-                events.push(to_wire(event));
+                events.push(event);
             }
         }
         Ok(EventPage { head: self.store.head().await?, events })
@@ -66,17 +64,11 @@ impl ControlPlane {
         let batch = self.state.read().await.restore(&target, &format!("{actor} (rollback to {to_seq})"));
         let events = if batch.is_empty() { Vec::new() } else { self.store.append_batch(batch).await? };
         self.settle().await;
-        Ok(RollbackResult { rolled_back_to: to_seq, events: events.into_iter().map(to_wire).collect() })
+        Ok(RollbackResult { rolled_back_to: to_seq, events })
     }
 }
 
 /// A point of the log that is not there yet.
 fn past_the_head(seq: u64, head: u64) -> Error {
     Error::NotFound(format!("seq {seq} (the log ends at seq {head})"))
-}
-
-/// An event of the log as the API shows it.
-fn to_wire(e: store::Event) -> Event {
-    let store::Event { seq, id, at, kind, aggregate, version, data, actor } = e;
-    Event { seq, id, at, kind, aggregate, version, data, actor }
 }

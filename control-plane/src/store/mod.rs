@@ -22,23 +22,9 @@ pub use etcd::Etcd;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// One committed change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Event {
-    /// Position in the whole log: starts at 1, gap-free, strictly increasing.
-    pub seq: u64,
-    /// A UUID v4, unique across replicas.
-    pub id: String,
-    /// Commit time, RFC 3339 UTC with milliseconds.
-    pub at: String,
-    pub kind: String,
-    pub aggregate: String,
-    /// Position within `aggregate`: starts at 1.
-    pub version: u64,
-    pub data: serde_json::Value,
-    pub actor: String,
-}
+/// One committed change: stored as the API shows it, so the log and `GET /v1/events` are one
+/// shape.
+pub use pilotfish_api::wire::Event;
 
 /// A change to append; see [`EventStore::append`] for the rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use pilotfish_api::{Protocol, Resource, SidecarSpec, Warning};
 use tokio_util::sync::CancellationToken;
 
-pub use self::build::BuildError;
 pub use self::overrides::Overrides;
 use crate::telemetry::metrics::{EndpointMetrics, LiveSeries, TargetMetrics};
 use crate::upstream::app::InboundRt;

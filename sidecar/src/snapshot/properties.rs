@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 use tower::retry::budget::Budget;
 
 use crate::resilience::retry;
-use crate::snapshot::{BuildError, Overrides, Snapshot};
+use crate::snapshot::build::BuildError;
+use crate::snapshot::{Overrides, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
 const NUMBERS: &[&str] = &[

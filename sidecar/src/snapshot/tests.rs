@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use pilotfish_api::Protocol;
 
-use super::{BuildError, Overrides, Snapshot};
+use super::build::BuildError;
+use super::{Overrides, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
 const CONFIG: &str = r#"

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pilotfish_api::client::{Client, ClientError, PushStream, StreamError};
-use pilotfish_api::wire::{Ack, AckQuery, PushQuery, Registration, Versioned, PROTOCOL_VERSION};
+use pilotfish_api::wire::{Ack, AckQuery, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
 use tokio_util::sync::CancellationToken;
 
 use super::reload;
 use crate::listener::local::LocalListeners;
+use crate::snapshot::Overrides;
 use crate::state::Shared;
-use crate::Overrides;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connecting includes waiting for the response headers of the stream.
@@ -116,15 +116,12 @@ impl PushClient {
                 Ok(line) => {
                     // Only a snapshot proves the server healthy; connecting is not enough.
                     self.failures = 0;
-                    if let Err(e) = line.check_protocol() {
-                        tracing::error!(
-                            version = line.version,
-                            "push line refused, keeping the last good config: {e}"
-                        );
-                        self.ack(line.version, Some(e.to_string())).await;
-                        continue;
-                    }
                     return (line.version, self.managed.document_stream(&line.config));
+                }
+                Err(StreamError::Unsupported { version, error }) => {
+                    self.failures = 0;
+                    tracing::error!(version, "push line refused, keeping the last good config: {error}");
+                    self.ack(version, Some(error.to_string())).await;
                 }
                 Err(e @ (StreamError::Unreadable(_) | StreamError::LineTooLong(_))) => {
                     tracing::warn!(error = %e, "unusable line on the push stream; reconnecting");
