@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
@@ -37,6 +37,23 @@ async fn mutual_handshake_names_both_peers_and_the_protocol() {
         assert_eq!(outbound.peer, id("api"));
         assert_eq!((inbound.alpn, outbound.alpn), (alpn, alpn));
         exchange(&mut inbound.stream, &mut outbound.stream).await;
+    }
+}
+
+/// No session is resumed: a second connection verifies the peer again (against the bundle in
+/// force then), over TLS 1.3.
+#[tokio::test]
+async fn every_connection_is_a_full_tls13_handshake() {
+    let ca = Ca::new("mesh");
+    let (server, client) = (ca.configs("api"), ca.configs("web"));
+    for _ in 0..2 {
+        let (inbound, outbound) = handshake(&server, &client, &id("api"), MeshAlpn::Http2).await;
+        let (mut inbound, mut outbound) = (inbound.unwrap(), outbound.unwrap());
+        // Reading gives the client any ticket the server might have sent.
+        exchange(&mut inbound.stream, &mut outbound.stream).await;
+        let state = outbound.stream.get_ref().1;
+        assert_eq!(state.handshake_kind(), Some(HandshakeKind::Full));
+        assert_eq!(state.protocol_version(), Some(ProtocolVersion::TLSv1_3));
     }
 }
 
