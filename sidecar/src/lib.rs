@@ -17,7 +17,9 @@
 //!   guards (breaker, load, health), retry budgets, limit counters, active health checks;
 //! - [`source`]: where configuration comes from — a file reloaded on change or SIGHUP, or the
 //!   control plane's push stream (managed mode: ACK/NACK, registration);
-//! - [`telemetry`]: what every decision leaves behind — metrics and the access log.
+//! - [`telemetry`]: what every decision leaves behind — metrics and the access log;
+//! - [`tls`]: mesh mTLS — rustls configs from an identity and a trust bundle, the peer's SPIFFE
+//!   identity, the ClientHello sniff that tells a sidecar from other bytes, and the handshakes.
 //!
 //! Beside them: [`state`] (what every listener shares: the swappable snapshot, metrics,
 //! shutdown, readiness), [`transport`] (sockets), and `run` (start-up and drain).
@@ -56,6 +58,7 @@ pub mod source;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 
