@@ -271,3 +271,15 @@ fn supplied_files_are_used_when_they_fit_and_refused_clearly_when_not() {
     let err = Ca::from_files(&dir.join("missing.pem"), &write("k", &issuer_key)).err().unwrap();
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+#[test]
+fn an_empty_directory_gets_a_ca_and_a_partial_one_is_refused_naming_the_missing_file() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("ca");
+    std::fs::create_dir(&dir).unwrap();
+    let ca = Ca::open(&dir).unwrap();
+    std::fs::remove_file(dir.join("issuer.key")).unwrap();
+    let err = Ca::open(&dir).err().expect("a CA without its issuer key");
+    assert!(matches!(err, CaError::Io { ref path, .. } if path.ends_with("issuer.key")), "{err}");
+    assert_eq!(ca.root_fingerprints().len(), 1);
+}
