@@ -17,6 +17,9 @@
 //!   default, `store::Etcd` shares the log between replicas.
 //! - [`model`]: the read model (CQRS projection) folded from the log: resources, registered
 //!   endpoints, join tokens; diff and rollback between points of the log.
+//! - [`ca`]: the mesh CA — a root and issuer generated at first start in `<data-dir>/ca/` (keys
+//!   mode 0600) or supplied as files, signing workload leaves from CSRs for the identity the
+//!   caller's credential decides; the trust bundle. No HTTP in it.
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
 //! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
@@ -37,6 +40,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod core;
 pub mod history;
 pub mod http;

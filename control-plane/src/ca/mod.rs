@@ -1,0 +1,23 @@
+//! The mesh CA: a root and an issuer generated at first start (or supplied), kept in the CA's
+//! directory, signing short-lived workload leaves whose only name is the SPIFFE ID the caller's
+//! credential decides — never what the CSR asks for. No HTTP here; `http` serves it.
+//!
+//! # Layout
+//! - `authority`: [`Ca`] — open or load, [`Ca::issue`], the trust bundle and root fingerprints.
+//! - `params`: the root's, issuer's and leaf's certificate parameters (lifetimes, backdating,
+//!   constraints, key usages).
+//! - `chain`: checking supplied or stored certificates and key before they sign anything.
+//! - `generate`: a new root and issuer for a first start.
+//! - `files`: the CA's directory, written whole and atomically, keys mode 0600.
+
+mod authority;
+mod chain;
+mod error;
+mod files;
+mod generate;
+mod params;
+#[cfg(test)]
+mod tests;
+
+pub use authority::{Ca, Issued};
+pub use error::CaError;
