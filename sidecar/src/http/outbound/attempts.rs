@@ -204,10 +204,11 @@ pub async fn run<'s>(
                 unreachable!("only an unsent request, which brings its body back, is retried without replay")
             }
         };
-        let mut out = match &replay {
+        // Boxed: the request moves down through the endpoint stage into the pool's future.
+        let mut out = Box::new(match &replay {
             Some(_) => rebuild(&parts, attempt_body),
             None => Request::from_parts(take_parts(&mut parts), attempt_body),
-        };
+        });
         prepare(&mut out, version, admitted.endpoint, routed.authority.clone(), upgrade, None);
 
         let mut attempted = match admitted.send(cx, backend, version, out, limits).await {

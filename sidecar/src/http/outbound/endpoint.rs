@@ -140,7 +140,7 @@ impl<'s> Admitted<'s> {
         cx: &RequestContext<'_>,
         service: &ServiceRt,
         version: Version,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         limits: TryLimits,
     ) -> Result<Attempted<'s>, ProxyError> {
         let connect = Connect {
