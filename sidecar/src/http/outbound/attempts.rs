@@ -116,24 +116,25 @@ fn retry_for<'s>(service: &ServiceRt, rule: &'s Rule, idempotent: bool, grpc: bo
     rule.retry.as_ref().filter(|_| idempotent || grpc_retries)
 }
 
-/// Attempts `req` until an attempt is answered or the plan says stop (an `async` block for the
-/// reason given at [`super::to_service`]).
+/// Attempts the request (its head `parts`, which a retry copies, and its body `incoming`) until
+/// an attempt is answered or the plan says stop (an `async` block for the reason given at
+/// [`super::to_service`]).
 pub fn run<'a, 's: 'a>(
     cx: &'a RequestContext<'s>,
     routed: &'a Routed<'s>,
-    req: Request<Incoming>,
+    mut parts: Parts,
+    incoming: Incoming,
     upgrade: bool,
 ) -> impl Future<Output = Result<Answered<'s>, Failed<'s>>> + Send + 'a {
     async move {
         let (service, rule) = (routed.service, routed.rule);
         let deadline = rule.request_timeout.map(|t| (Instant::from_std(cx.started) + t, t));
-        let idempotent = retry::is_idempotent(req.method(), req.headers());
+        let idempotent = retry::is_idempotent(&parts.method, &parts.headers);
         let retry = retry_for(service, rule, idempotent, cx.grpc);
 
         // Retries need the body again: a request that may be retried keeps a body that fits the
         // replay buffer. Reading it is bounded even when the route sets no timeout: a stalled body
         // must not hold its place under maxRequests for ever.
-        let (mut parts, incoming) = req.into_parts();
         let mut body = None;
         let body_timeout = cx.snap.sidecar.timeouts.request_body.get();
         let body_deadline = Instant::from_std(cx.started) + body_timeout;

@@ -58,7 +58,8 @@ pub fn to_service<'a>(
         let upgrade = cx.conn.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        match attempts::run(&cx, &routed, req, upgrade).await {
+        let (parts, incoming) = req.into_parts();
+        match attempts::run(&cx, &routed, parts, incoming, upgrade).await {
             Ok(Answered { mut answer, endpoint, metrics }) => {
                 if let Some(mods) = &routed.rule.response_headers {
                     mods.apply(answer.0.headers_mut());
