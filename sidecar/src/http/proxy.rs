@@ -46,6 +46,10 @@ impl tower::Service<Request<Incoming>> for Proxy {
 
 /// One request, to the app or through the outbound stages (an `async` block for the reason
 /// given at [`to_service`]; this future is the one boxed per request).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+)]
 fn handle(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,

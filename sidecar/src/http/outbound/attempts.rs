@@ -119,6 +119,10 @@ fn retry_for<'s>(service: &ServiceRt, rule: &'s Rule, idempotent: bool, grpc: bo
 /// Attempts the request (its head `parts`, which a retry copies, and its body `incoming`) until
 /// an attempt is answered or the plan says stop (an `async` block for the reason given at
 /// [`super::to_service`]).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+)]
 pub fn run<'a, 's: 'a>(
     cx: &'a RequestContext<'s>,
     routed: &'a Routed<'s>,

@@ -136,6 +136,10 @@ impl<'s> Admitted<'s> {
     /// limits of `service` on connections and pending requests, and settles the attempt. `Err`
     /// when one of those service limits refused it: the sidecar's own limit, not the endpoint's
     /// failure, so no breaker verdict and no retry.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+    )]
     pub fn send<'a>(
         self,
         cx: &'a RequestContext<'a>,
@@ -147,7 +151,6 @@ impl<'s> Admitted<'s> {
     where
         's: 'a,
     {
-        // An `async` block for the reason given at `outbound::to_service`.
         async move {
             let connect = Connect {
                 timeout: cx.snap.sidecar.timeouts.connect.get(),
