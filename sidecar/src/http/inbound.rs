@@ -45,7 +45,7 @@ pub async fn to_app(
         pending: &inbound.pending,
         max_pending: usize::MAX,
     };
-    match endpoint.conns.send(downstream, out, &connect).await {
+    match endpoint.conns.send(downstream, Box::new(out), &connect).await {
         Ok(answer) => respond(&cx, answer, endpoint, &inbound.metrics, Downstream { record, on_upgrade }),
         Err(e) => cx.respond_local(ProxyError::from(e.error), &endpoint.metrics, record),
     }

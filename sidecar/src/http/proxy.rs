@@ -40,21 +40,31 @@ impl tower::Service<Request<Incoming>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let conn = self.conn.clone();
-        Box::pin(async move { Ok(handle(&conn, req).await) })
+        Box::pin(handle(self.conn.clone(), req))
     }
 }
 
-async fn handle(conn: &Connection, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let snap = conn.shared.snapshot.load_full();
-    let request_id = correlation::request_id(req.headers_mut());
-    correlation::next_hop(req.headers_mut());
-    let cx = RequestContext::new(conn, &snap, &req, started);
-    let mut res = match &conn.target {
-        HttpTarget::App(adhoc) => to_app(cx, adhoc.as_ref(), req).await,
-        _ => to_service(cx, req).await,
-    };
-    res.headers_mut().entry(&correlation::REQUEST_ID).or_insert(request_id);
-    res
+/// One request, to the app or through the outbound stages (an `async` block for the reason
+/// given at [`to_service`]; this future is the one boxed per request).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+)]
+fn handle(
+    conn: Arc<Connection>,
+    mut req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+    async move {
+        let started = Instant::now();
+        let snap = conn.shared.snapshot.load_full();
+        let request_id = correlation::request_id(req.headers_mut());
+        correlation::next_hop(req.headers_mut());
+        let cx = RequestContext::new(&conn, &snap, &req, started);
+        let mut res = match &conn.target {
+            HttpTarget::App(adhoc) => to_app(cx, adhoc.as_ref(), req).await,
+            _ => to_service(cx, req).await,
+        };
+        res.headers_mut().entry(&correlation::REQUEST_ID).or_insert(request_id);
+        Ok(res)
+    }
 }

@@ -7,6 +7,7 @@
 //! waits out an exponential backoff with full jitter, withdraws from the service's retry budget
 //! (so retries never amplify an outage), and must fit before the route's deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,129 +116,140 @@ fn retry_for<'s>(service: &ServiceRt, rule: &'s Rule, idempotent: bool, grpc: bo
     rule.retry.as_ref().filter(|_| idempotent || grpc_retries)
 }
 
-/// Attempts `req` until an attempt is answered or the plan says stop.
-pub async fn run<'s>(
-    cx: &RequestContext<'s>,
-    routed: &Routed<'s>,
-    req: Request<Incoming>,
+/// Attempts the request (its head `parts`, which a retry copies, and its body `incoming`) until
+/// an attempt is answered or the plan says stop (an `async` block for the reason given at
+/// [`super::to_service`]).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+)]
+pub fn run<'a, 's: 'a>(
+    cx: &'a RequestContext<'s>,
+    routed: &'a Routed<'s>,
+    mut parts: Parts,
+    incoming: Incoming,
     upgrade: bool,
-) -> Result<Answered<'s>, Failed<'s>> {
-    let (service, rule) = (routed.service, routed.rule);
-    let deadline = rule.request_timeout.map(|t| (Instant::from_std(cx.started) + t, t));
-    let idempotent = retry::is_idempotent(req.method(), req.headers());
-    let retry = retry_for(service, rule, idempotent, cx.grpc);
+) -> impl Future<Output = Result<Answered<'s>, Failed<'s>>> + Send + 'a {
+    async move {
+        let (service, rule) = (routed.service, routed.rule);
+        let deadline = rule.request_timeout.map(|t| (Instant::from_std(cx.started) + t, t));
+        let idempotent = retry::is_idempotent(&parts.method, &parts.headers);
+        let retry = retry_for(service, rule, idempotent, cx.grpc);
 
-    // Retries need the body again: a request that may be retried keeps a body that fits the
-    // replay buffer. Reading it is bounded even when the route sets no timeout: a stalled body
-    // must not hold its place under maxRequests for ever.
-    let (mut parts, incoming) = req.into_parts();
-    let mut body = None;
-    let body_timeout = cx.snap.sidecar.timeouts.request_body.get();
-    let body_deadline = Instant::from_std(cx.started) + body_timeout;
-    let read_until = deadline.map_or(body_deadline, |(d, _)| d.min(body_deadline));
-    let replay = match retry {
-        Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes, read_until).await {
-            Ok(Keeping::Kept(kept)) => Some(kept),
-            Ok(Keeping::TooLarge(streaming)) => {
-                body = Some(streaming);
+        // Retries need the body again: a request that may be retried keeps a body that fits the
+        // replay buffer. Reading it is bounded even when the route sets no timeout: a stalled body
+        // must not hold its place under maxRequests for ever.
+        let mut body = None;
+        let body_timeout = cx.snap.sidecar.timeouts.request_body.get();
+        let body_deadline = Instant::from_std(cx.started) + body_timeout;
+        let read_until = deadline.map_or(body_deadline, |(d, _)| d.min(body_deadline));
+        let replay = match retry {
+            Some(_) => match keep_for_replay(incoming, service.policy.max_body_bytes, read_until).await {
+                Ok(Keeping::Kept(kept)) => Some(kept),
+                Ok(Keeping::TooLarge(streaming)) => {
+                    body = Some(streaming);
+                    None
+                }
+                Err(KeepError::Timeout) => {
+                    let error = match deadline {
+                        Some((d, timeout)) if d <= body_deadline => ProxyError::Timeout(timeout),
+                        _ => ProxyError::RequestBodyTimeout(body_timeout),
+                    };
+                    return Err(Failed::Body { parts: Box::new(parts), error });
+                }
+                Err(KeepError::Body(e)) => {
+                    let error = ProxyError::RequestBody(e.to_string());
+                    return Err(Failed::Body { parts: Box::new(parts), error });
+                }
+            },
+            None => {
+                body = Some(RequestBody::streaming(incoming));
                 None
             }
-            Err(KeepError::Timeout) => {
-                let error = match deadline {
-                    Some((d, timeout)) if d <= body_deadline => ProxyError::Timeout(timeout),
-                    _ => ProxyError::RequestBodyTimeout(body_timeout),
-                };
-                return Err(Failed::Body { parts: Box::new(parts), error });
-            }
-            Err(KeepError::Body(e)) => {
-                let error = ProxyError::RequestBody(e.to_string());
-                return Err(Failed::Body { parts: Box::new(parts), error });
-            }
-        },
-        None => {
-            body = Some(RequestBody::streaming(incoming));
-            None
-        }
-    };
-    let plan = Plan {
-        max_retries: match (&replay, retry) {
-            (Some(_), Some(r)) => r.attempts,
-            _ => 0,
-        },
-        // A request that never went out comes back from the pool, so a failed connect is
-        // retried for any method and body: as often as the route allows, and at least
-        // DEFAULT_CONNECT_RETRIES times.
-        connect_retries: rule.retry.as_ref().map_or(0, |r| r.attempts).max(DEFAULT_CONNECT_RETRIES),
-        idempotent,
-        codes: retry.map_or(&[][..], |r| &r.codes),
-        conditions: &service.policy.conditions,
-        base_backoff: retry.and_then(|r| r.backoff).unwrap_or(service.policy.base_backoff),
-        max_backoff: service.policy.max_backoff,
-        deadline: deadline.map(|(d, _)| d),
-        budget: &service.budget,
-    };
-    let limits = TryLimits { per_try: rule.try_timeout, deadline };
+        };
+        let plan = Plan {
+            max_retries: match (&replay, retry) {
+                (Some(_), Some(r)) => r.attempts,
+                _ => 0,
+            },
+            // A request that never went out comes back from the pool, so a failed connect is
+            // retried for any method and body: as often as the route allows, and at least
+            // DEFAULT_CONNECT_RETRIES times.
+            connect_retries: rule.retry.as_ref().map_or(0, |r| r.attempts).max(DEFAULT_CONNECT_RETRIES),
+            idempotent,
+            codes: retry.map_or(&[][..], |r| &r.codes),
+            conditions: &service.policy.conditions,
+            base_backoff: retry.and_then(|r| r.backoff).unwrap_or(service.policy.base_backoff),
+            max_backoff: service.policy.max_backoff,
+            deadline: deadline.map(|(d, _)| d),
+            budget: &service.budget,
+        };
+        let limits = TryLimits { per_try: rule.try_timeout, deadline };
 
-    service.budget.deposit();
-    let mut retries = 0;
-    let mut avoid: Option<SocketAddr> = None;
-    loop {
-        let backend_key = rule.pick_backend();
-        let Some(backend) = cx.snap.service(backend_key) else {
-            let error = ProxyError::UnknownBackend(backend_key.to_string());
-            return Err(Failed::Local { error, local: &service.local });
-        };
-        let admitted = match endpoint::admit(backend, avoid) {
-            Ok(admitted) => admitted,
-            Err(error) => return Err(Failed::Local { error, local: &backend.local }),
-        };
-        let version = match (upgrade, routed.port.protocol(backend)) {
-            (true, _) => Version::Http1,
-            (false, Some(Protocol::Http)) => Version::Http1,
-            (false, Some(Protocol::Http2 | Protocol::Grpc)) => Version::Http2,
-            (false, _) => cx.conn.downstream,
-        };
-        let attempt_body = match (&replay, body.take()) {
-            (Some(kept), _) => RequestBody::replay(kept),
-            (None, Some(streaming)) => streaming,
-            (None, None) => {
-                unreachable!("only an unsent request, which brings its body back, is retried without replay")
-            }
-        };
-        let mut out = match &replay {
-            Some(_) => rebuild(&parts, attempt_body),
-            None => Request::from_parts(take_parts(&mut parts), attempt_body),
-        };
-        prepare(&mut out, version, admitted.endpoint, routed.authority.clone(), upgrade, None);
+        service.budget.deposit();
+        let mut retries = 0;
+        let mut avoid: Option<SocketAddr> = None;
+        loop {
+            let backend_key = rule.pick_backend();
+            let Some(backend) = cx.snap.service(backend_key) else {
+                let error = ProxyError::UnknownBackend(backend_key.to_string());
+                return Err(Failed::Local { error, local: &service.local });
+            };
+            let admitted = match endpoint::admit(backend, avoid) {
+                Ok(admitted) => admitted,
+                Err(error) => return Err(Failed::Local { error, local: &backend.local }),
+            };
+            let version = match (upgrade, routed.port.protocol(backend)) {
+                (true, _) => Version::Http1,
+                (false, Some(Protocol::Http)) => Version::Http1,
+                (false, Some(Protocol::Http2 | Protocol::Grpc)) => Version::Http2,
+                (false, _) => cx.conn.downstream,
+            };
+            let attempt_body = match (&replay, body.take()) {
+                (Some(kept), _) => RequestBody::replay(kept),
+                (None, Some(streaming)) => streaming,
+                (None, None) => {
+                    unreachable!(
+                        "only an unsent request, which brings its body back, is retried without replay"
+                    )
+                }
+            };
+            // Boxed: the request moves down through the endpoint stage into the pool's future.
+            let mut out = Box::new(match &replay {
+                Some(_) => rebuild(&parts, attempt_body),
+                None => Request::from_parts(take_parts(&mut parts), attempt_body),
+            });
+            prepare(&mut out, version, admitted.endpoint, routed.authority.clone(), upgrade, None);
 
-        let mut attempted = match admitted.send(cx, backend, version, out, limits).await {
-            Ok(attempted) => attempted,
-            Err(error) => return Err(Failed::Local { error, local: &backend.local }),
-        };
-        if let (Some(req), None) = (attempted.unsent.take(), &replay) {
-            let (back, streaming) = (*req).into_parts();
-            parts = back;
-            body = Some(streaming);
-        }
-        let resendable = replay.is_some() || body.is_some();
-        match plan.after(attempted.outcome, retries, resendable, attempted.finished) {
-            Next::Retry { reason, at } => {
-                service.resilience.retried(reason);
-                tokio::time::sleep_until(at).await;
-                retries += 1;
-                avoid = Some(attempted.endpoint.addr);
-                continue;
+            let mut attempted = match admitted.send(cx, backend, version, out, limits).await {
+                Ok(attempted) => attempted,
+                Err(error) => return Err(Failed::Local { error, local: &backend.local }),
+            };
+            if let (Some(req), None) = (attempted.unsent.take(), &replay) {
+                let (back, streaming) = (*req).into_parts();
+                parts = back;
+                body = Some(streaming);
             }
-            Next::BudgetSpent => service.resilience.budget_exhausted.inc(),
-            Next::Answer => {}
-        }
-        let endpoint: &'s Arc<EndpointRt> = attempted.endpoint;
-        return match attempted.result {
-            Ok(answer) => Ok(Answered { answer, endpoint, metrics: &backend.metrics }),
-            Err(error) => {
-                tracing::debug!(endpoint = %endpoint.addr, error = %error, "request failed");
-                Err(Failed::Local { error, local: &endpoint.metrics })
+            let resendable = replay.is_some() || body.is_some();
+            match plan.after(attempted.outcome, retries, resendable, attempted.finished) {
+                Next::Retry { reason, at } => {
+                    service.resilience.retried(reason);
+                    tokio::time::sleep_until(at).await;
+                    retries += 1;
+                    avoid = Some(attempted.endpoint.addr);
+                    continue;
+                }
+                Next::BudgetSpent => service.resilience.budget_exhausted.inc(),
+                Next::Answer => {}
             }
-        };
+            let endpoint: &'s Arc<EndpointRt> = attempted.endpoint;
+            return match attempted.result {
+                Ok(answer) => Ok(Answered { answer, endpoint, metrics: &backend.metrics }),
+                Err(error) => {
+                    tracing::debug!(endpoint = %endpoint.addr, error = %error, "request failed");
+                    Err(Failed::Local { error, local: &endpoint.metrics })
+                }
+            };
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! an endpoint whose breaker refuses this attempt (another request holds its half-open probe)
 //! is passed over for the next choice. See `resilience::balance` for why not tower's balancer.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,46 +136,55 @@ impl<'s> Admitted<'s> {
     /// limits of `service` on connections and pending requests, and settles the attempt. `Err`
     /// when one of those service limits refused it: the sidecar's own limit, not the endpoint's
     /// failure, so no breaker verdict and no retry.
-    pub async fn send(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+    )]
+    pub fn send<'a>(
         self,
-        cx: &RequestContext<'_>,
-        service: &ServiceRt,
+        cx: &'a RequestContext<'a>,
+        service: &'a ServiceRt,
         version: Version,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         limits: TryLimits,
-    ) -> Result<Attempted<'s>, ProxyError> {
-        let connect = Connect {
-            timeout: cx.snap.sidecar.timeouts.connect.get(),
-            open: &service.connections,
-            max_open: service.policy.limits.max_connections as usize,
-            pending: &service.pending,
-            max_pending: service.policy.limits.max_pending_requests as usize,
-        };
-        let sent_at = Instant::now();
-        let send = self.endpoint.conns.send(version, req, &connect);
-        let result = match limits.until(sent_at) {
-            Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| at),
-            None => Ok(send.await),
-        };
-        let finished = Instant::now();
-        let (outcome, blamed, result, unsent) = match result {
-            Ok(Ok((res, conn))) => (response_outcome(&res), true, Ok((res, conn)), None),
-            Ok(Err(SendError { error: UpstreamError::Overflow(limit), .. })) => {
-                drop(self.attempt);
-                service.resilience.overflowed(limit);
-                return Err(ProxyError::Overloaded { service: service.key.to_string(), limit });
-            }
-            Ok(Err(SendError { error, unsent })) => {
-                let outcome = if error.is_connect() { Outcome::ConnectFailure } else { Outcome::Reset };
-                // A failure shared by a queue of requests counts against the endpoint once.
-                let blamed = error.blames_endpoint();
-                (outcome, blamed, Err(ProxyError::from(error)), unsent)
-            }
-            Err(at) => (Outcome::Timeout, true, Err(limits.expired(at)), None),
-        };
-        let endpoint = self.endpoint;
-        self.settle(outcome, blamed, finished - sent_at, &service.policy.failure_on, finished);
-        Ok(Attempted { endpoint, outcome, finished, result, unsent })
+    ) -> impl Future<Output = Result<Attempted<'s>, ProxyError>> + Send + 'a
+    where
+        's: 'a,
+    {
+        async move {
+            let connect = Connect {
+                timeout: cx.snap.sidecar.timeouts.connect.get(),
+                open: &service.connections,
+                max_open: service.policy.limits.max_connections as usize,
+                pending: &service.pending,
+                max_pending: service.policy.limits.max_pending_requests as usize,
+            };
+            let sent_at = Instant::now();
+            let send = self.endpoint.conns.send(version, req, &connect);
+            let result = match limits.until(sent_at) {
+                Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| at),
+                None => Ok(send.await),
+            };
+            let finished = Instant::now();
+            let (outcome, blamed, result, unsent) = match result {
+                Ok(Ok((res, conn))) => (response_outcome(&res), true, Ok((res, conn)), None),
+                Ok(Err(SendError { error: UpstreamError::Overflow(limit), .. })) => {
+                    drop(self.attempt);
+                    service.resilience.overflowed(limit);
+                    return Err(ProxyError::Overloaded { service: service.key.to_string(), limit });
+                }
+                Ok(Err(SendError { error, unsent })) => {
+                    let outcome = if error.is_connect() { Outcome::ConnectFailure } else { Outcome::Reset };
+                    // A failure shared by a queue of requests counts against the endpoint once.
+                    let blamed = error.blames_endpoint();
+                    (outcome, blamed, Err(ProxyError::from(error)), unsent)
+                }
+                Err(at) => (Outcome::Timeout, true, Err(limits.expired(at)), None),
+            };
+            let endpoint = self.endpoint;
+            self.settle(outcome, blamed, finished - sent_at, &service.policy.failure_on, finished);
+            Ok(Attempted { endpoint, outcome, finished, result, unsent })
+        }
     }
 
     /// Records what became of the attempt: when it is the endpoint's own evidence (`blamed`),

@@ -17,12 +17,19 @@
 //! request and a new backend choice. Plain functions keep that as borrows: no `Service` clones,
 //! no boxed futures or extra `Arc`s per request, and one function to read top to bottom. A new
 //! stage is a function (or a step within one) in this folder, called in order below.
+//!
+//! Each stage's future lives inside the one above it and is moved into it, so its size is paid
+//! for at every level (`benches/instructions.sh` measures it): a stage is an `async` block that
+//! does not copy its arguments, takes large values by reference or in a `Box` (the outgoing
+//! request), and boxes the futures of rare work (opening a connection) rather than hold them.
 
 pub mod attempts;
 pub mod endpoint;
 pub mod route;
 #[cfg(test)]
 mod tests;
+
+use std::future::Future;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -36,34 +43,48 @@ use crate::http::pool::Version;
 use crate::http::respond::{respond, Downstream};
 
 /// Proxies `req` to the service it is for, or answers it locally.
-pub async fn to_service(cx: RequestContext<'_>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    let routed = match route::route(&cx, &mut req) {
-        Ok(routed) => routed,
-        Err(Unrouted::Refused { error, authority, local }) => {
-            return cx.refuse(&req, authority.as_ref(), error, local)
-        }
-        Err(Unrouted::Redirected(res)) => return *res,
-    };
-    let record = cx.record_for(&req, routed.authority.as_ref(), &routed.service.key);
-    let upgrade = cx.conn.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+///
+/// An `async` block, not an `async fn` (as [`attempts::run`] and the proxy's handler): an
+/// `async fn` copies its arguments into its future, which would then hold the request twice
+/// (rust-lang/rust#62958), and each stage's future is moved into the one above it.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (rust-lang/rust#62958)"
+)]
+pub fn to_service<'a>(
+    cx: RequestContext<'a>,
+    mut req: Request<Incoming>,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let routed = match route::route(&cx, &mut req) {
+            Ok(routed) => routed,
+            Err(Unrouted::Refused { error, authority, local }) => {
+                return cx.refuse(&req, authority.as_ref(), error, local)
+            }
+            Err(Unrouted::Redirected(res)) => return *res,
+        };
+        let record = cx.record_for(&req, routed.authority.as_ref(), &routed.service.key);
+        let upgrade = cx.conn.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    match attempts::run(&cx, &routed, req, upgrade).await {
-        Ok(Answered { mut answer, endpoint, metrics }) => {
-            if let Some(mods) = &routed.rule.response_headers {
-                mods.apply(answer.0.headers_mut());
+        let (parts, incoming) = req.into_parts();
+        match attempts::run(&cx, &routed, parts, incoming, upgrade).await {
+            Ok(Answered { mut answer, endpoint, metrics }) => {
+                if let Some(mods) = &routed.rule.response_headers {
+                    mods.apply(answer.0.headers_mut());
+                }
+                headers::add_rate_limit_headers(answer.0.headers_mut(), &routed.limited);
+                let mut res = respond(&cx, answer, endpoint, metrics, Downstream { record, on_upgrade });
+                if let ProxyBody::Upstream { done, .. } = res.body_mut() {
+                    done.hold(routed.in_flight);
+                }
+                res
             }
-            headers::add_rate_limit_headers(answer.0.headers_mut(), &routed.limited);
-            let mut res = respond(&cx, answer, endpoint, metrics, Downstream { record, on_upgrade });
-            if let ProxyBody::Upstream { done, .. } = res.body_mut() {
-                done.hold(routed.in_flight);
+            Err(Failed::Body { parts, error }) => {
+                let req = Request::from_parts(*parts, ());
+                cx.refuse(&req, routed.authority.as_ref(), error, &routed.service.local)
             }
-            res
+            Err(Failed::Local { error, local }) => cx.respond_local(error, local, record),
         }
-        Err(Failed::Body { parts, error }) => {
-            let req = Request::from_parts(*parts, ());
-            cx.refuse(&req, routed.authority.as_ref(), error, &routed.service.local)
-        }
-        Err(Failed::Local { error, local }) => cx.respond_local(error, local, record),
     }
 }

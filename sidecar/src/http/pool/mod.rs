@@ -23,6 +23,7 @@
 mod h2;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use super::request_body::RequestBody;
 use crate::resilience::limit::{Claim, Limit, OwnedClaim};
@@ -264,30 +266,34 @@ impl EndpointConns {
 
     /// Sends `req` and returns the response; for HTTP/1.1, also the connection to release once
     /// the response body is done (`None` for HTTP/2, and for upgraded or closing connections).
-    pub async fn send(
-        self: &Arc<Self>,
+    ///
+    /// Not an `async fn`, and the request boxed: this future sits inside every stage of the
+    /// request path and is moved with each, so it holds neither the request's fields nor an
+    /// extra layer around the version's own future.
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         version: Version,
-        req: Request<RequestBody>,
-        connect: &Connect<'_>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+        req: Box<Request<RequestBody>>,
+        connect: &'a Connect<'_>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Reusable>), SendError>> + 'a {
         match version {
-            Version::Http1 => self.send_h1(req, connect).await,
-            Version::Http2 => Ok((self.send_h2(req, connect).await?, None)),
+            Version::Http1 => Either::Left(self.send_h1(req, connect)),
+            Version::Http2 => Either::Right(self.send_h2(req, connect)),
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         connect: &Connect<'_>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
         loop {
             let (mut sender, state) = match self.checkout_h1(connect).await {
                 Ok(checked_out) => checked_out,
-                Err(error) => return Err(SendError::unsent(error, req)),
+                Err(error) => return Err(SendError { error, unsent: Some(req) }),
             };
             let fresh = state.is_unanswered();
-            match sender.try_send_request(req).await {
+            match sender.try_send_request(*req).await {
                 Ok(res) => {
                     if fresh {
                         self.first_answer(&state, &Dial::from(connect));
@@ -302,7 +308,7 @@ impl EndpointConns {
                         let error = UpstreamError::ClosedBeforeSend { addr: self.addr };
                         return Err(SendError::unsent(error, back));
                     }
-                    back => req = back,
+                    back => req = Box::new(back),
                 },
             }
         }

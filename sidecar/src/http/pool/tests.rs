@@ -4,10 +4,10 @@ use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn get() -> Request<RequestBody> {
+fn get() -> Box<Request<RequestBody>> {
     let mut req = Request::new(RequestBody::Replay { data: None, trailers: None });
     req.headers_mut().insert(http::header::HOST, "t".parse().unwrap());
-    req
+    Box::new(req)
 }
 
 /// A keep-alive HTTP/1.1 server with a listen backlog of 1 that starts accepting only

@@ -170,10 +170,10 @@ fn a_timeout_names_the_route_timeout_when_the_deadline_ran_out_and_else_the_per_
     assert_eq!(no_limits.until(sent), None);
 }
 
-fn request(to: SocketAddr) -> Request<RequestBody> {
+fn request(to: SocketAddr) -> Box<Request<RequestBody>> {
     let mut req = Request::new(RequestBody::Replay { data: None, trailers: None });
     req.headers_mut().insert(http::header::HOST, to.to_string().parse().unwrap());
-    req
+    Box::new(req)
 }
 
 #[tokio::test(start_paused = true)]
