@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
+use super::error::{ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use super::extract::{int64, Admin, Json, Query, Shared};
 use pilotfish_api::wire::{Diff, DiffQuery, EventPage, EventsQuery, RollbackRequest, RollbackResult};
 
@@ -62,6 +62,7 @@ async fn diff(State(cp): State<Shared>, Query(q): Query<DiffQuery>) -> Result<im
     responses(
         (status = 200, description = "Rolled back", body = RollbackResult),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 404, response = NotFound),
         (status = 401, response = Unauthorized),
         (status = 409, response = Conflict),

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable};
+use super::error::{
+    ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
+};
 use super::extract::{Json, Path, Query, Shared};
 use crate::core::Caller;
 use crate::push::stream;
@@ -68,6 +70,7 @@ async fn push(
     responses(
         (status = 204, description = "Recorded"),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),

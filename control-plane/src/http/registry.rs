@@ -6,7 +6,9 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+};
 use super::extract::{IdempotencyKey, Json, Path, Query, Shared};
 use crate::core::Caller;
 use pilotfish_api::wire::{Deregistered, EndpointList, EndpointQuery, Heartbeat, Registered, Registration};
@@ -28,6 +30,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     responses(
         (status = 201, description = "Registered", body = Registered),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 409, response = Conflict),

@@ -6,7 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::KindName;
-use super::error::{ApiError, BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
+use super::error::{ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use super::extract::{Admin, IdempotencyKey, IfMatch, Path, Query, Shared, Text};
 use pilotfish_api::wire::{ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
 use pilotfish_api::Resource;
@@ -31,6 +31,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     responses(
         (status = 200, description = "Applied", body = ApplyResult),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),

@@ -429,3 +429,14 @@ async fn an_idempotency_key_replays_its_registration_and_refuses_another() {
     let (_, _, list) = call(&cp, "GET", "/v1/endpoints", None, "").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_with_a_json_error() {
+    let (_dir, _store, cp) = empty().await;
+    let huge = "#".repeat(3 << 20);
+    for uri in ["/v1/resources", "/v1/endpoints"] {
+        let (status, _, body) = call(&cp, "POST", uri, Some(ADMIN), &huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("limit")), "{uri}: {body}");
+    }
+}
