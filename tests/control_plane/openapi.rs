@@ -60,20 +60,54 @@ fn the_push_streams_lines_are_what_the_document_says() {
     let lines = dir.path().join("push.ndjson");
     std::fs::write(&lines, &stream.stdout).unwrap();
     assert!(String::from_utf8_lossy(&stream.stdout).contains("users"), "{stream:?}");
+    let verdict = validate(&cp, "PushLine", &lines);
+    assert!(
+        verdict.status.success(),
+        "a push line is not a PushLine: {}",
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+}
+
+/// An instance at an IPv6 address registers, and the document allows that registration.
+#[test]
+fn an_ipv6_registration_the_server_takes_is_one_the_document_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    let registration = r#"{"service": "web", "address": "[::1]:8080"}"#;
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {TOKEN}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        registration,
+        &cp.url("/v1/endpoints"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+    let line = dir.path().join("registration.json");
+    std::fs::write(&line, registration).unwrap();
+    let verdict = validate(&cp, "Registration", &line);
+    assert!(
+        verdict.status.success(),
+        "the document refuses it: {}",
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+}
+
+/// `validate_openapi.py` on the served document: each JSON line of `lines` against the
+/// document's schema `schema`.
+fn validate(cp: &ControlPlane, schema: &str, lines: &std::path::Path) -> std::process::Output {
     let doc = Command::new("curl").args(["-s", &cp.url("/v1/openapi.json")]).output().unwrap().stdout;
     let mut validator = Command::new(support::python())
         .arg(support::script("validate_openapi.py"))
-        .args(["PushLine".as_ref(), lines.as_os_str()])
+        .args([schema.as_ref(), lines.as_os_str()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::io::Write::write_all(&mut validator.stdin.take().unwrap(), &doc).unwrap();
-    let verdict = validator.wait_with_output().unwrap();
-    assert!(
-        verdict.status.success(),
-        "a push line is not a PushLine: {}",
-        String::from_utf8_lossy(&verdict.stderr)
-    );
+    validator.wait_with_output().unwrap()
 }

@@ -51,7 +51,7 @@ async fn register(
 /// Registered instances and their remaining leases
 #[utoipa::path(
     get, path = "/v1/endpoints", tag = "registry",
-    params(("service" = Option<String>, Query, description = "Only this service's (`name` or `name.namespace`)")),
+    params(EndpointQuery),
     responses(
         (status = 200, description = "The registered instances", body = EndpointList),
         (status = 400, response = BadRequest),
@@ -71,6 +71,7 @@ async fn list_endpoints(
     params(("id" = String, Path, description = "The id registration returned")),
     responses(
         (status = 200, description = "Renewed", body = Heartbeat),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
@@ -91,6 +92,7 @@ async fn heartbeat(
     params(("id" = String, Path, description = "The id registration returned")),
     responses(
         (status = 200, description = "Deregistered", body = Deregistered),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
