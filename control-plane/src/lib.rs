@@ -17,6 +17,7 @@
 //!   default, `store::Etcd` shares the log between replicas.
 //! - [`model`]: the read model (CQRS projection) folded from the log: resources, registered
 //!   endpoints, join tokens; diff and rollback between points of the log.
+//! - [`names`]: a service and namespace as requests name them (DNS labels, `default`).
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
 //! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
@@ -42,5 +43,6 @@ pub mod history;
 pub mod http;
 pub mod listener;
 pub mod model;
+pub mod names;
 pub mod push;
 pub mod store;

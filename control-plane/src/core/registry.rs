@@ -11,6 +11,7 @@ use super::error::{Error, Result};
 use super::leases::Lease;
 use super::plane::ControlPlane;
 use crate::model::{endpoint_aggregate, kind, EndpointRecord};
+use crate::names::{check_service, namespace_or_default};
 use crate::store::{AppendRequest, StoreError};
 use pilotfish_api::wire::{
     Deregistered, EndpointList, EndpointStatus, Heartbeat, Registered, Registration, Versioned,
@@ -28,17 +29,14 @@ impl ControlPlane {
         reg: Registration,
         key: Option<&str>,
     ) -> Result<Registered> {
-        reg.check_protocol().map_err(|e| Error::BadRequest(e.to_string()))?;
-        let namespace = reg.namespace.unwrap_or_else(|| "default".into());
+        reg.check_protocol()?;
+        let namespace = namespace_or_default(reg.namespace);
         let actor = caller.act_for(&reg.service, &namespace)?;
         let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
         if !(1..=3600).contains(&ttl) {
             return Err(Error::BadRequest("ttlSeconds must be between 1 and 3600".into()));
         }
-        for (field, value) in [("service", &reg.service), ("namespace", &namespace)] {
-            pilotfish_api::document::validate_name(value)
-                .map_err(|e| Error::BadRequest(format!("{field}: {e}")))?;
-        }
+        check_service(&reg.service, &namespace).map_err(Error::BadRequest)?;
         // Names are DNS labels (no dots), so `service.namespace-address` is unambiguous.
         let id = format!("{}.{namespace}-{}", reg.service, reg.address).replace([':', '[', ']'], "-");
         let record = EndpointRecord {
