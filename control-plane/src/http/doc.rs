@@ -1,5 +1,6 @@
-//! The OpenAPI document's frame: title, version, the bearer security scheme, and the reusable
-//! error responses. The operations, parameters and body schemas come from the handlers'
+//! The OpenAPI document's frame: title, version, the bearer security scheme, the reusable
+//! error responses (defined in `error`) registered, and the rules the server checks that the
+//! types cannot say. The operations, parameters and body schemas come from the handlers'
 //! `#[utoipa::path]` attributes and the wire types, collected as the routes are built.
 
 use std::borrow::Cow;
