@@ -20,6 +20,7 @@
 //! - [`ca`]: the mesh CA — a root and issuer generated at first start in `<data-dir>/ca/` (keys
 //!   mode 0600) or supplied as files, signing workload leaves from CSRs for the identity the
 //!   caller's credential decides; the trust bundle. No HTTP in it.
+//! - [`names`]: a service and namespace as requests name them (DNS labels, `default`).
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
 //! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
@@ -46,5 +47,6 @@ pub mod history;
 pub mod http;
 pub mod listener;
 pub mod model;
+pub mod names;
 pub mod push;
 pub mod store;

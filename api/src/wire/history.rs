@@ -49,9 +49,9 @@ pub struct EventsQuery {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DiffQuery {
-    /// The earlier seq.
+    /// One point of the log (a seq).
     pub from: u64,
-    /// The later seq (default: the head).
+    /// The other (default: the head); before `from`, the changes come out reversed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<u64>,
 }

@@ -49,7 +49,8 @@ pub use error::ErrorBody;
 pub use history::{Change, Diff, DiffQuery, Event, EventPage, EventsQuery, RollbackRequest, RollbackResult};
 pub use identity::{CertifyRequest, CertifyResponse};
 pub use protocol::{
-    UnsupportedProtocol, Versioned, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, UNVERSIONED_PROTOCOL,
+    UnsupportedProtocol, Versioned, DEFAULT_NAMESPACE, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS,
+    UNVERSIONED_PROTOCOL,
 };
 pub use proxies::{Nack, ProxyList, ProxyStatus};
 pub use push::{Ack, AckQuery, PushLine, PushQuery};

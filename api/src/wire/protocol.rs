@@ -64,9 +64,12 @@ pub(crate) fn unversioned() -> u32 {
     UNVERSIONED_PROTOCOL
 }
 
+/// The namespace of a message (or document) that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// The serde default of a namespace left out.
 pub(crate) fn default_namespace() -> String {
-    "default".to_owned()
+    DEFAULT_NAMESPACE.to_owned()
 }
 
 #[cfg(test)]

@@ -10,10 +10,12 @@ use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSIO
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PushQuery {
-    /// The sidecar's id (its name in the proxies API).
+    /// The sidecar's id (its name in the proxies API): 1-253 visible ASCII characters.
+    #[param(min_length = 1, max_length = 253, pattern = r"^[!-~]+$")]
     pub id: String,
     /// The service it is an instance of.
     pub service: String,
+    /// Its namespace (default: `default`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// The version it already has (0: none): an unchanged configuration is not sent again.
@@ -89,8 +91,11 @@ impl Versioned for Ack {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AckQuery {
+    /// The service the proxy connected as (sidecars one release back leave it out and get
+    /// their join token's; the admin token must name it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Its namespace (default: the join token's, else `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }

@@ -4,6 +4,7 @@
 
 use crate::push::TooManyProxies;
 use crate::store::StoreError;
+use pilotfish_api::wire::UnsupportedProtocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,6 +27,14 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("{0}")]
     TooManyProxies(#[from] TooManyProxies),
+}
+
+/// A peer's protocol is outside the supported range: the request is wrong, and the message says
+/// which versions would do.
+impl From<UnsupportedProtocol> for Error {
+    fn from(e: UnsupportedProtocol) -> Self {
+        Self::BadRequest(e.to_string())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

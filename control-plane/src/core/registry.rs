@@ -11,6 +11,7 @@ use super::error::{Error, Result};
 use super::leases::Lease;
 use super::plane::ControlPlane;
 use crate::model::{endpoint_aggregate, kind, EndpointRecord};
+use crate::names::{check_service, namespace_or_default};
 use crate::store::{AppendRequest, StoreError};
 use pilotfish_api::wire::{
     Deregistered, EndpointList, EndpointStatus, Heartbeat, Registered, Registration, Versioned,
@@ -28,17 +29,14 @@ impl ControlPlane {
         reg: Registration,
         key: Option<&str>,
     ) -> Result<Registered> {
-        reg.check_protocol().map_err(|e| Error::BadRequest(e.to_string()))?;
-        let namespace = reg.namespace.unwrap_or_else(|| "default".into());
+        reg.check_protocol()?;
+        let namespace = namespace_or_default(reg.namespace);
         let actor = caller.act_for(&reg.service, &namespace)?;
         let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
         if !(1..=3600).contains(&ttl) {
             return Err(Error::BadRequest("ttlSeconds must be between 1 and 3600".into()));
         }
-        for (field, value) in [("service", &reg.service), ("namespace", &namespace)] {
-            pilotfish_api::document::validate_name(value)
-                .map_err(|e| Error::BadRequest(format!("{field}: {e}")))?;
-        }
+        check_service(&reg.service, &namespace).map_err(Error::BadRequest)?;
         // Names are DNS labels (no dots), so `service.namespace-address` is unambiguous.
         let id = format!("{}.{namespace}-{}", reg.service, reg.address).replace([':', '[', ']'], "-");
         let record = EndpointRecord {
@@ -51,32 +49,36 @@ impl ControlPlane {
             ttl_seconds: ttl,
         };
         let data = serde_json::to_value(&record).expect("records serialize");
+        let aggregate = endpoint_aggregate(&id);
+        let mut request = AppendRequest::new(&aggregate, kind::ENDPOINT_REGISTERED, data.clone(), actor);
+        if let Some(key) = key {
+            request = request.idempotency_key(format!("register:{key}"));
+        }
         let mut leases = self.leases.lock().await;
-        let event = self
-            .store
-            .append(AppendRequest {
-                aggregate: endpoint_aggregate(&id),
-                expected_version: None,
-                kind: kind::ENDPOINT_REGISTERED.to_owned(),
-                data: data.clone(),
-                actor,
-                idempotency_key: key.map(|k| format!("register:{k}")),
-            })
-            .await?;
+        let event = self.store.append(request).await?;
         // A replayed key answers with the registration it first made, which must be this one: a
         // key reused for another registration would otherwise answer with an instance that is
         // not the one asked for (and may be gone since).
         if event.data != data {
             return Err(Error::KeyReused("registration"));
         }
-        let lease_ttl = Duration::from_secs(ttl);
-        let lease = Lease {
-            deadline: Instant::now() + lease_ttl,
-            ttl: lease_ttl,
-            version: event.version,
-            owned: true,
+        // A replay may answer with a registration since superseded (deregistered, registered
+        // again): its lease would carry an old version, whose expiry conflicts and so never
+        // removes the instance. Only the aggregate's latest registration sets the lease.
+        let latest = match key {
+            Some(_) => self.store.aggregate_version(&aggregate).await? == event.version,
+            None => true,
         };
-        leases.insert(id.clone(), lease);
+        if latest {
+            let lease_ttl = Duration::from_secs(ttl);
+            let lease = Lease {
+                deadline: Instant::now() + lease_ttl,
+                ttl: lease_ttl,
+                version: event.version,
+                owned: true,
+            };
+            leases.insert(id.clone(), lease);
+        }
         drop(leases);
         self.settle().await;
         Ok(Registered { id, ttl_seconds: ttl, seq: event.seq })
@@ -184,5 +186,30 @@ impl ControlPlane {
             }
         }
         self.settle().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Settings;
+    use crate::store::testing::log_of;
+
+    #[tokio::test]
+    async fn a_replayed_registration_leaves_the_newer_lease_to_expire_the_instance() {
+        let (_dir, store) = log_of(0).await;
+        let cp = ControlPlane::open(store, Settings::new("admin".into())).await.unwrap();
+        let reg = || Registration::new("web", "default", "127.0.0.1:9001".parse().unwrap(), 1);
+        let first = cp.register(&Caller::Admin, reg(), Some("k1")).await.unwrap();
+        cp.deregister(&Caller::Admin, &first.id).await.unwrap();
+        cp.register(&Caller::Admin, reg(), None).await.unwrap();
+        // The client retries its first request: it is answered, and changes nothing.
+        let replay = cp.register(&Caller::Admin, reg(), Some("k1")).await.unwrap();
+        assert_eq!(replay.seq, first.seq);
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        cp.expire_leases().await;
+        let left = cp.endpoints(None).await.unwrap().items;
+        assert!(left.is_empty(), "the lapsed instance is still registered: {left:?}");
     }
 }

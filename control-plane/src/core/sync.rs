@@ -4,6 +4,7 @@
 use super::caller::Caller;
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
+use crate::names::namespace_or_default;
 use crate::push::ProxyKey;
 use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushQuery, Versioned};
 
@@ -19,7 +20,7 @@ impl ControlPlane {
     /// A sidecar connects as proxy `id` of `service.namespace`, holding `version` (0: nothing).
     pub async fn connect(&self, caller: &Caller, q: &PushQuery) -> Result<Connection> {
         if let Some(protocol) = q.protocol {
-            pilotfish_api::wire::protocol::check(protocol).map_err(|e| Error::BadRequest(e.to_string()))?;
+            pilotfish_api::wire::protocol::check(protocol)?;
         }
         let key = ProxyKey::new(&q.service, &q.namespace, &q.id).map_err(Error::BadRequest)?;
         caller.act_for(&key.service, &key.namespace)?;
@@ -36,10 +37,10 @@ impl ControlPlane {
         AckQuery { service, namespace }: AckQuery,
         ack: Ack,
     ) -> Result<()> {
-        ack.check_protocol().map_err(|e| Error::BadRequest(e.to_string()))?;
+        ack.check_protocol()?;
         let (service, namespace) =
             match (service, caller) {
-                (Some(service), _) => (service, namespace.unwrap_or_else(|| "default".to_owned())),
+                (Some(service), _) => (service, namespace_or_default(namespace)),
                 (None, Caller::Service(t)) => {
                     (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
                 }

@@ -5,15 +5,13 @@ use super::caller::sha256_hex;
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::model::{kind, TokenRecord};
+use crate::names::check_service;
 use crate::store::AppendRequest;
 use pilotfish_api::wire::{JoinToken, TokenRequest};
 
 impl ControlPlane {
     pub async fn create_token(&self, actor: String, req: TokenRequest) -> Result<JoinToken> {
-        for (field, value) in [("service", &req.service), ("namespace", &req.namespace)] {
-            pilotfish_api::document::validate_name(value)
-                .map_err(|e| Error::BadRequest(format!("{field}: {e}")))?;
-        }
+        check_service(&req.service, &req.namespace).map_err(Error::BadRequest)?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let record = TokenRecord {

@@ -1,5 +1,6 @@
-//! The OpenAPI document's frame: title, version, the bearer security scheme, and the reusable
-//! error responses. The operations, parameters and body schemas come from the handlers'
+//! The OpenAPI document's frame: title, version, the bearer security scheme, the reusable
+//! error responses (defined in `error`) registered, and the rules the server checks that the
+//! types cannot say. The operations, parameters and body schemas come from the handlers'
 //! `#[utoipa::path]` attributes and the wire types, collected as the routes are built.
 
 use std::borrow::Cow;
@@ -7,12 +8,14 @@ use std::borrow::Cow;
 use pilotfish_api::schema::ClosedDocuments;
 use pilotfish_api::wire::{ErrorBody, SUPPORTED_PROTOCOLS};
 use pilotfish_api::Resource;
-use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::error::{BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable};
+use super::error::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
+};
 use crate::core::KINDS;
 
 /// A service's or namespace's name: a DNS label (`pilotfish_api::document::validate_name`).
@@ -26,7 +29,16 @@ pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
     ),
     components(
         schemas(ErrorBody, KindName),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooManyRequests, Unavailable),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            TooManyRequests,
+            Unavailable
+        ),
     )
 )]
 pub struct ApiDoc;
@@ -57,15 +69,56 @@ impl Modify for Bearer {
     }
 }
 
-/// An instance's address as registrations give it: `IPv4:PORT`, as the server parses it.
-const ADDRESS_PATTERN: &str = "^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)$";
+/// An instance's address as registrations give it, as the server parses it (a `SocketAddr`):
+/// `IPv4:PORT`, or `[IPv6]:PORT` in any of its spellings (`[::1]:80`, `[::ffff:10.0.0.1]:80`).
+const ADDRESS_PATTERN: &str = concat!(
+    "^(",
+    "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}",
+    "|\\[(",
+    "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,7}:",
+    "|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}",
+    "|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+    "|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+    "|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}",
+    "|:((:[0-9a-fA-F]{1,4}){1,7}|:)",
+    "|([0-9a-fA-F]{1,4}:){6}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}",
+    "|::([0-9a-fA-F]{1,4}:){0,5}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}",
+    "|([0-9a-fA-F]{1,4}:){1,5}:(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}",
+    ")\\]",
+    "):(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)$"
+);
 
-/// The rules the server checks on request bodies beyond the wire types' shape: names are DNS
-/// labels, addresses parse, and `protocol` is one the server speaks.
+/// The operations of a proxy, whose `service` and `namespace` parameters the server checks as
+/// names (elsewhere they are filters, and any text merely matches nothing).
+const PROXY_OPERATIONS: [&str; 2] = ["/v1/push", "/v1/proxies/{id}/ack"];
+
+/// The rules the server checks beyond the wire types' shape: names are DNS labels, addresses
+/// parse, `protocol` is one the server speaks, and a kind is one it knows.
 struct ServerRules;
 
 impl Modify for ServerRules {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
+            for parameter in
+                operations.into_iter().flatten().flat_map(|op| op.parameters.iter_mut().flatten())
+            {
+                if parameter.name == "kind" {
+                    parameter.schema = Some(RefOr::Ref(Ref::from_schema_name(KindName::name())));
+                }
+                let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut() else { continue };
+                match parameter.name.as_str() {
+                    "protocol" => protocol_range(schema),
+                    "service" | "namespace" if PROXY_OPERATIONS.contains(&path.as_str()) => {
+                        schema.pattern = Some(NAME_PATTERN.to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
         let Some(components) = openapi.components.as_mut() else { return };
         if let Some(RefOr::T(Schema::Object(registration))) = components.schemas.get_mut("Registration") {
             if let Some(RefOr::T(Schema::Object(address))) = registration.properties.get_mut("address") {
@@ -83,11 +136,16 @@ impl Modify for ServerRules {
                 (ttl.minimum, ttl.maximum) = (Some(1.into()), Some(3600.into()));
             }
             if let Some(RefOr::T(Schema::Object(protocol))) = object.properties.get_mut("protocol") {
-                protocol.minimum = Some((*SUPPORTED_PROTOCOLS.start()).into());
-                protocol.maximum = Some((*SUPPORTED_PROTOCOLS.end()).into());
+                protocol_range(protocol);
             }
         }
     }
+}
+
+/// A protocol version, bounded by the ones the server accepts.
+fn protocol_range(protocol: &mut Object) {
+    protocol.minimum = Some((*SUPPORTED_PROTOCOLS.start()).into());
+    protocol.maximum = Some((*SUPPORTED_PROTOCOLS.end()).into());
 }
 
 /// A kind as the resource paths and filters take it: case-insensitive, singular or plural

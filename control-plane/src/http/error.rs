@@ -24,6 +24,9 @@ pub enum ApiError {
     /// A query, path or body that could not be read as the operation's type.
     #[error("{0}")]
     Rejected(String),
+    /// A body over the size the API reads (axum's default limit).
+    #[error("{0}: send less at a time (split the document stream)")]
+    TooLarge(String),
     #[error("no such API path (see /v1/openapi.json)")]
     NoRoute,
     #[error("this path does not take that method (the Allow header lists the ones it does)")]
@@ -37,9 +40,20 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
+    /// An extractor's rejection, by the status axum gives it: 413 for a body over the limit,
+    /// 400 for anything else that could not be read.
+    pub fn rejection(status: StatusCode, text: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::TooLarge(text)
+        } else {
+            Self::Rejected(text)
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::Rejected(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Core(e) => match e {
@@ -92,6 +106,10 @@ pub struct NotFound(pub ErrorBody);
 /// `Idempotency-Key` was first used for a different request.
 #[derive(ToResponse)]
 pub struct Conflict(pub ErrorBody);
+
+/// The body is larger than the API reads (2 MiB): send less at a time.
+#[derive(ToResponse)]
+pub struct PayloadTooLarge(pub ErrorBody);
 
 /// The service already has as many connected sidecars as it may.
 #[derive(ToResponse)]

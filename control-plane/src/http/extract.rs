@@ -64,7 +64,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let axum::Json(mut value) = axum::Json::<serde_json::Value>::from_request(req, state)
             .await
-            .map_err(|e| ApiError::Rejected(e.body_text()))?;
+            .map_err(|e| ApiError::rejection(e.status(), e.body_text()))?;
         integral_floats_as_integers(&mut value);
         serde_json::from_value(value).map(Self).map_err(|e| {
             ApiError::Rejected(format!("Failed to deserialize the JSON body into the target type: {e}"))
@@ -132,7 +132,9 @@ impl<S: Send + Sync> FromRequest<S> for Text {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let text = String::from_request(req, state).await.map_err(|e| ApiError::Rejected(e.body_text()))?;
+        let text = String::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::rejection(e.status(), e.body_text()))?;
         Ok(Self(text))
     }
 }

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
+use super::error::{ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use super::extract::{int64, Admin, Json, Query, Shared};
 use pilotfish_api::wire::{Diff, DiffQuery, EventPage, EventsQuery, RollbackRequest, RollbackResult};
 
@@ -17,10 +17,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
 /// The event log after a sequence number, one page
 #[utoipa::path(
     get, path = "/v1/events", tag = "history",
-    params(
-        ("since" = Option<u64>, Query, description = "Events after this seq (default 0)"),
-        ("limit" = Option<u64>, Query, description = "At most this many (default and most: 1000; a page also stops at about 4 MiB)"),
-    ),
+    params(EventsQuery),
     responses(
         (status = 200, description = "A page of the log", body = EventPage),
         (status = 400, response = BadRequest),
@@ -39,10 +36,7 @@ async fn events(
 /// What changed in the configuration between two points of the log
 #[utoipa::path(
     get, path = "/v1/diff", tag = "history",
-    params(
-        ("from" = u64, Query, description = "One point of the log (a seq)"),
-        ("to" = Option<u64>, Query, description = "The other (default: the head); before `from`, the changes come out reversed"),
-    ),
+    params(DiffQuery),
     responses(
         (status = 200, description = "The changed resources, before and after", body = Diff),
         (status = 400, response = BadRequest),
@@ -62,6 +56,7 @@ async fn diff(State(cp): State<Shared>, Query(q): Query<DiffQuery>) -> Result<im
     responses(
         (status = 200, description = "Rolled back", body = RollbackResult),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 404, response = NotFound),
         (status = 401, response = Unauthorized),
         (status = 409, response = Conflict),

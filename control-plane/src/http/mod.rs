@@ -2,10 +2,12 @@
 //! typed bodies as extractors, and the one mapping of failures to responses.
 //!
 //! - [`router`]: the router and the OpenAPI document, built from the same list of routes.
-//! - [`doc`]: the document's frame (security scheme, reusable error responses).
+//! - [`doc`]: the document's frame (title, security scheme) and the rules the server checks
+//!   beyond the types' shapes (name patterns, addresses, protocol range).
 //! - [`extract`]: the caller (bearer token, proven before anything else is read), query, path,
 //!   body and headers, each failing with a JSON error.
-//! - [`error`]: failures → status and JSON body.
+//! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
+//!   document them.
 //! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ops`]: the handlers.
 
 pub mod doc;

@@ -9,8 +9,10 @@ use bytes::Bytes;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable};
-use super::extract::{Json, Path, Query, Shared};
+use super::error::{
+    ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
+};
+use super::extract::{int64, Json, Path, Query, Shared};
 use crate::core::Caller;
 use crate::push::stream;
 use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushLine, PushQuery};
@@ -26,13 +28,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
 /// act for.
 #[utoipa::path(
     get, path = "/v1/push", tag = "push",
-    params(
-        ("id" = String, Query, description = "The sidecar's id (1-253 visible ASCII characters)", min_length = 1, max_length = 253, pattern = r"^[!-~]+$"),
-        ("service" = String, Query, description = "Its service", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
-        ("namespace" = Option<String>, Query, description = "Its namespace (default: default)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
-        ("version" = Option<u64>, Query, description = "The version it already has (0: none)"),
-        ("protocol" = Option<u32>, Query, description = "The sidecar's wire protocol version (1-2)", minimum = 1, maximum = 2),
-    ),
+    params(PushQuery),
     responses(
         (status = 200, description = "The stream: one PushLine per line", body = PushLine, content_type = "application/x-ndjson"),
         (status = 400, response = BadRequest),
@@ -48,6 +44,7 @@ async fn push(
     State(cp): State<Shared>,
     Query(q): Query<PushQuery>,
 ) -> Result<Response, ApiError> {
+    int64("version", q.version)?;
     let connection = cp.connect(&caller, &q).await?;
     let (tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
     tokio::spawn(stream::stream(cp.clone(), connection, tx));
@@ -61,16 +58,17 @@ async fn push(
     post, path = "/v1/proxies/{id}/ack", tag = "push",
     params(
         ("id" = String, Path, description = "The sidecar's id", min_length = 1, max_length = 253, pattern = r"^[!-~]+$"),
-        ("service" = String, Query, description = "The service the proxy connected as (sidecars one release back leave it out and get their join token's)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
-        ("namespace" = Option<String>, Query, description = "Its namespace (default: the join token's, else default)", pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"),
+        AckQuery,
     ),
     request_body = Ack,
     responses(
         (status = 204, description = "Recorded"),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
     ),
     security(("bearer" = [])),
 )]

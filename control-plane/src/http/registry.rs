@@ -6,7 +6,9 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+};
 use super::extract::{IdempotencyKey, Json, Path, Query, Shared};
 use crate::core::Caller;
 use pilotfish_api::wire::{Deregistered, EndpointList, EndpointQuery, Heartbeat, Registered, Registration};
@@ -28,6 +30,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     responses(
         (status = 201, description = "Registered", body = Registered),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 409, response = Conflict),
@@ -48,7 +51,7 @@ async fn register(
 /// Registered instances and their remaining leases
 #[utoipa::path(
     get, path = "/v1/endpoints", tag = "registry",
-    params(("service" = Option<String>, Query, description = "Only this service's (`name` or `name.namespace`)")),
+    params(EndpointQuery),
     responses(
         (status = 200, description = "The registered instances", body = EndpointList),
         (status = 400, response = BadRequest),
@@ -68,6 +71,7 @@ async fn list_endpoints(
     params(("id" = String, Path, description = "The id registration returned")),
     responses(
         (status = 200, description = "Renewed", body = Heartbeat),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
@@ -88,6 +92,7 @@ async fn heartbeat(
     params(("id" = String, Path, description = "The id registration returned")),
     responses(
         (status = 200, description = "Deregistered", body = Deregistered),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),

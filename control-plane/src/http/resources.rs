@@ -6,7 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::KindName;
-use super::error::{ApiError, BadRequest, Conflict, NotFound, Unauthorized, Unavailable};
+use super::error::{ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use super::extract::{Admin, IdempotencyKey, IfMatch, Path, Query, Shared, Text};
 use pilotfish_api::wire::{ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
 use pilotfish_api::Resource;
@@ -21,8 +21,8 @@ pub fn routes() -> OpenApiRouter<Shared> {
 #[utoipa::path(
     post, path = "/v1/resources", tag = "resources",
     request_body(
-        description = "Documents (Service, HTTPRoute, BackendPolicy, RateLimitPolicy), YAML or JSON",
-        content((Resource = "application/yaml"), (Resource = "application/json")),
+        description = "A document stream: YAML documents separated by `---` (JSON is YAML, so JSON documents too), each a `Resource` (Service, HTTPRoute, BackendPolicy, RateLimitPolicy); as `application/json`, one `Resource`",
+        content((String = "application/yaml"), (Resource = "application/json")),
     ),
     params(
         ("If-Match" = Option<u64>, Header, description = "The version the (single) document's resource must be at"),
@@ -31,6 +31,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     responses(
         (status = 200, description = "Applied", body = ApplyResult),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
@@ -52,10 +53,7 @@ async fn apply(
 /// List resources
 #[utoipa::path(
     get, path = "/v1/resources", tag = "resources",
-    params(
-        ("kind" = Option<KindName>, Query, description = "Only this kind"),
-        ("namespace" = Option<String>, Query, description = "Only this namespace"),
-    ),
+    params(ListQuery),
     responses(
         (status = 200, description = "The resources in force", body = ResourceList),
         (status = 400, response = BadRequest),

@@ -429,3 +429,44 @@ async fn an_idempotency_key_replays_its_registration_and_refuses_another() {
     let (_, _, list) = call(&cp, "GET", "/v1/endpoints", None, "").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_with_a_json_error() {
+    let (_dir, _store, cp) = empty().await;
+    let huge = "#".repeat(3 << 20);
+    for uri in ["/v1/resources", "/v1/endpoints"] {
+        let (status, _, body) = call(&cp, "POST", uri, Some(ADMIN), &huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("limit")), "{uri}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn parameters_and_answers_are_documented_as_the_server_treats_them() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let param = |path: &str, method: &str, name: &str| {
+        let op = &doc["paths"][path][method];
+        op["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
+    };
+    let ack = "/v1/proxies/{id}/ack";
+    assert_eq!(param(ack, "post", "service")["required"], false, "a join token's sidecar leaves it out");
+    assert!(doc["paths"][ack]["post"]["responses"]["503"].is_object());
+    let apply = &doc["paths"]["/v1/resources"]["post"]["requestBody"]["content"];
+    assert_eq!(apply["application/yaml"]["schema"]["type"], "string", "a stream, not one document");
+    assert_eq!(param("/v1/resources", "get", "kind")["schema"]["$ref"], "#/components/schemas/KindName");
+    let (_dir, _store, cp) = empty().await;
+    // A path that is not UTF-8 is refused before anything else is looked at.
+    for (method, path, uri) in [
+        ("put", "/v1/endpoints/{id}/heartbeat", "/v1/endpoints/%FF/heartbeat"),
+        ("delete", "/v1/endpoints/{id}", "/v1/endpoints/%FF"),
+    ] {
+        let (status, _, body) = call(&cp, &method.to_uppercase(), uri, Some(ADMIN), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(doc["paths"][path][method]["responses"]["400"].is_object(), "{method} {path}");
+    }
+    // The push stream's version is an int64 like every other.
+    assert_eq!(param("/v1/push", "get", "version")["schema"]["format"], "int64");
+    let too_far = "/v1/push?id=web-1&service=web&version=9223372036854775808";
+    let (status, _, body) = call(&cp, "GET", too_far, Some(ADMIN), "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Unauthorized, Unavailable};
+use super::error::{ApiError, BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
 use super::extract::{Admin, Json, Shared};
 use pilotfish_api::wire::{JoinToken, TokenRequest};
 
@@ -21,6 +21,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
     responses(
         (status = 201, description = "Created", body = JoinToken),
         (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
         (status = 503, response = Unavailable),
     ),

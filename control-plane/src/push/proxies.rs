@@ -18,6 +18,8 @@ use pilotfish_api::wire::{Nack, ProxyStatus};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::names::check_service;
+
 /// How long a disconnected proxy stays listed by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
 /// Connected proxies one service may have by default. A join token names any number of ids,
@@ -47,9 +49,7 @@ pub struct ProxyKey {
 impl ProxyKey {
     /// A key from a request; the id is 1-253 visible characters, the names are DNS labels.
     pub fn new(service: &str, namespace: &str, id: &str) -> Result<Self, String> {
-        for (field, value) in [("service", service), ("namespace", namespace)] {
-            pilotfish_api::document::validate_name(value).map_err(|e| format!("{field}: {e}"))?;
-        }
+        check_service(service, namespace)?;
         if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("id must be 1-253 visible ASCII characters".into());
         }

@@ -3,14 +3,16 @@
 //! line built per version.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use pilotfish_api::document::PILOTFISH_V1ALPHA1;
 use pilotfish_api::{Endpoint, Metadata, ServiceSpec};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
-use pilotfish_api::wire::PushLine;
+use pilotfish_api::wire::{PushLine, DEFAULT_NAMESPACE};
 
 use crate::model::{EndpointRecord, State};
 
@@ -41,8 +43,8 @@ fn snapshot_line(state: &State) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// A stored Service document, typed: the one kind the snapshot changes.
-#[derive(Serialize, Deserialize)]
+/// A Service document for a service known only from registrations.
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ServiceDocument {
     api_version: String,
@@ -67,20 +69,13 @@ fn config_for(state: &State) -> String {
     }
     let mut docs: Vec<String> = Vec::new();
     for resource in state.resources.values() {
-        let service = (resource.document["kind"] == "Service")
-            .then(|| serde_json::from_value::<ServiceDocument>(resource.document.clone()).ok())
-            .flatten();
-        let Some(mut service) = service else {
-            docs.push(resource.document.to_string());
-            continue;
-        };
-        let key = (service.metadata.name.clone(), service.metadata.namespace.clone());
-        if let Some(extra) = registered.remove(&key) {
-            let spec = &mut service.spec;
-            let known: Vec<_> = spec.endpoints.iter().map(|e| e.address).collect();
-            spec.endpoints.extend(extra.into_iter().filter(|e| !known.contains(&e.address)));
+        let mut document = resource.document.clone();
+        if document["kind"] == "Service" {
+            if let Some(extra) = service_key(&document).and_then(|key| registered.remove(&key)) {
+                add_endpoints(&mut document, extra);
+            }
         }
-        docs.push(serde_json::to_string(&service).expect("JSON serializes"));
+        docs.push(document.to_string());
     }
     for ((name, namespace), endpoints) in registered {
         let service = ServiceDocument {
@@ -92,6 +87,43 @@ fn config_for(state: &State) -> String {
         docs.push(serde_json::to_string(&service).expect("JSON serializes"));
     }
     docs.join("\n---\n")
+}
+
+/// The (name, namespace) of a stored Service, read as bare JSON: the rest of the document may
+/// hold what this build cannot read and still be the Service those instances registered with.
+fn service_key(document: &Value) -> Option<(String, String)> {
+    let metadata = &document["metadata"];
+    let Some(name) = metadata["name"].as_str() else {
+        tracing::warn!("a stored Service has no name; pushed as stored");
+        return None;
+    };
+    let namespace = metadata["namespace"].as_str().unwrap_or(DEFAULT_NAMESPACE);
+    Some((name.to_owned(), namespace.to_owned()))
+}
+
+/// Adds the registered `extra` endpoints to a stored Service's `spec.endpoints`, after those
+/// already there (an address listed statically stays once). Only that list is touched: fields
+/// this build does not know (written by a newer replica sharing the log) reach the sidecars as
+/// they were stored.
+fn add_endpoints(document: &mut Value, extra: Vec<Endpoint>) {
+    let Some(spec) = document.get_mut("spec").and_then(Value::as_object_mut) else {
+        tracing::warn!("a stored Service has no spec object; pushed without its registered endpoints");
+        return;
+    };
+    let Value::Array(endpoints) = spec.entry("endpoints").or_insert_with(|| Value::Array(Vec::new())) else {
+        tracing::warn!(
+            "a stored Service's endpoints are not a list; pushed without its registered endpoints"
+        );
+        return;
+    };
+    let known: Vec<SocketAddr> =
+        endpoints.iter().filter_map(|e| e["address"].as_str()?.parse().ok()).collect();
+    endpoints.extend(
+        extra
+            .into_iter()
+            .filter(|e| !known.contains(&e.address))
+            .map(|e| serde_json::to_value(e).expect("endpoints serialize")),
+    );
 }
 
 #[cfg(test)]
@@ -147,5 +179,52 @@ mod tests {
         assert_eq!(services["users"].ports[0].port, 80);
         assert_eq!(addresses("billing"), [9100]);
         assert_eq!(services["billing"].endpoints[0].identity.as_deref(), Some("spiffe://mesh/billing"));
+    }
+
+    /// The pushed documents as JSON, and a state holding `stored` as the one resource with a
+    /// `users` instance registered at port 9002.
+    fn pushed_with(stored: serde_json::Value) -> Vec<Value> {
+        let mut state = State { seq: 3, ..State::default() };
+        let stored = StoredResource { version: 1, seq: 1, document: stored };
+        state.resources.insert("Service/default/users".into(), Arc::new(stored));
+        let e = registered("users", 9002);
+        state.endpoints.insert(e.id.clone(), e);
+        config_for(&state).split("\n---\n").map(|d| serde_json::from_str(d).unwrap()).collect()
+    }
+
+    #[test]
+    fn fields_this_build_does_not_know_reach_the_sidecars_as_stored() {
+        // Written by a newer replica sharing the log, mid-upgrade.
+        let stored = serde_json::json!({
+            "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service",
+            "metadata": { "name": "users", "namespace": "default" },
+            "spec": { "ports": [{ "port": 80 }], "endpoints": [{ "address": "127.0.0.1:9001", "zone": "a" }],
+                      "futureField": { "x": 1 } },
+            "status": { "fromTheFuture": true }
+        });
+        let docs = pushed_with(stored);
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        let spec = &docs[0]["spec"];
+        assert_eq!(spec["futureField"], serde_json::json!({ "x": 1 }));
+        assert_eq!(docs[0]["status"]["fromTheFuture"], true);
+        assert_eq!(spec["endpoints"][0], serde_json::json!({ "address": "127.0.0.1:9001", "zone": "a" }));
+        assert_eq!(spec["endpoints"][1]["address"], "127.0.0.1:9002");
+        assert_eq!(spec["endpoints"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_service_this_build_cannot_read_gets_its_endpoints_and_is_pushed_once() {
+        // A port protocol from a later release: not a `ServiceSpec` this build can read.
+        let stored = serde_json::json!({
+            "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service",
+            "metadata": { "name": "users" },
+            "spec": { "ports": [{ "port": 80, "protocol": "http3" }] }
+        });
+        assert!(serde_json::from_value::<ServiceSpec>(stored["spec"].clone()).is_err());
+        let docs = pushed_with(stored);
+        let users: Vec<_> = docs.iter().filter(|d| d["metadata"]["name"] == "users").collect();
+        assert_eq!(users.len(), 1, "the Service is pushed once: {docs:?}");
+        assert_eq!(users[0]["spec"]["ports"][0]["protocol"], "http3");
+        assert_eq!(users[0]["spec"]["endpoints"][0]["address"], "127.0.0.1:9002");
     }
 }
