@@ -9,42 +9,13 @@
 #   KEEP=DIR benches/instructions.sh              keeps the callgrind profiles (callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 requests=${1:-2000}
 
-packages=()
-for p in nginx:nginx-light h2load:nghttp2-client valgrind:valgrind; do
-  command -v "${p%%:*}" >/dev/null || packages+=("${p#*:}")
-done
-if ((${#packages[@]})); then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-fi
-if [[ -z ${PILOTFISH_BIN:-} ]]; then
-  cargo build --release -q
-  PILOTFISH_BIN=target/release/pilotfish
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [[ -n ${KEEP:-} ]] && cp "$work"/callgrind.* "$KEEP"/; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+need_tools nginx:nginx-light h2load:nghttp2-client valgrind:valgrind
 backend=$(port)
 
-cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$backend; location / { return 200 "hello from the backend\n"; } }
-}
-CONF
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+start_nginx "$backend"
 wait_port "$backend"
 
 # Total instructions of one sidecar run that forwards $1 requests.

@@ -14,46 +14,14 @@
 # other one). Numbers from a shared machine are noisy: compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 duration=${1:-10}
 conns=${2:-50}
 
-packages=()
-for p in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client; do
-  command -v "${p%%:*}" >/dev/null || packages+=("${p#*:}")
-done
-if ((${#packages[@]})); then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-fi
-if [[ -z ${PILOTFISH_BIN:-} ]]; then
-  cargo build --release -q
-  PILOTFISH_BIN=target/release/pilotfish
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+need_tools nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client
 backend=$(port); backend_h2=$(port); sidecar=$(port); sidecar_h2=$(port); sidecar_full=$(port); admin=$(port); outbound=$(port); haproxy_port=$(port)
 
-cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$backend;
-    listen 127.0.0.1:$backend_h2 http2;
-    location / { return 200 "hello from the backend\n"; }
-  }
-}
-CONF
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+start_nginx "$backend" "$backend_h2"
 
 cat >"$work/sidecar.yaml" <<CONF
 apiVersion: pilotfish.io/v1alpha1
@@ -138,9 +106,7 @@ haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 haproxy_pid=$!
 
-for p in $backend $backend_h2 $sidecar $sidecar_h2 $sidecar_full $haproxy_port; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+for p in $backend $backend_h2 $sidecar $sidecar_h2 $sidecar_full $haproxy_port; do wait_port "$p"; done
 
 rss() { awk '/VmRSS/ {print $2 " KiB"}' "/proc/$1/status"; }
 echo "idle RSS: pilotfish $(rss $sidecar_pid), haproxy $(rss $haproxy_pid)"
