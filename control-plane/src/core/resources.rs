@@ -10,7 +10,8 @@ use crate::store::AppendRequest;
 use pilotfish_api::wire::{AppliedItem, Deleted, ResourceItem, ResourceList};
 
 /// The kinds the API stores (a `Sidecar` is one sidecar's local settings, not mesh config).
-pub const KINDS: [&str; 4] = ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy"];
+pub const KINDS: [&str; 5] =
+    ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"];
 
 /// What an apply did: one entry per document, and the warnings about fields accepted with a
 /// caveat (kept without effect, or dropped).
