@@ -356,7 +356,7 @@ mod tests {
         let rule = |r: &str| format!("{TARGET}  action: DENY\n  rules: [{r}]\n");
         let cases = [
             (
-                format!("  targetRef: {{kind: HTTPRoute, name: x}}\n  action: ALLOW\n"),
+                "  targetRef: {kind: HTTPRoute, name: x}\n  action: ALLOW\n".to_owned(),
                 "spec.targetRef.kind",
                 "attaches to a Service",
             ),

@@ -18,8 +18,8 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
-//! - [`authz`]: `AuthorizationPolicy` (which peers may call a service, attached by `targetRef`)
-//!   and the mesh default for services no ALLOW policy targets.
+//! - [`authz`]: the `AuthorizationPolicy` kind — which peers may call a service, attached by
+//!   `targetRef` — and the mesh default for services no ALLOW policy targets.
 //! - [`schema`]: the OpenAPI schema of a whole document (`Resource`), closed to unknown fields
 //!   as the API is; each spec type derives its own beside its serde derives.
 //! - [`field`]: `FieldError`, what every check returns: a field path and why.

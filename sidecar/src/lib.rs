@@ -17,7 +17,9 @@
 //!   guards (breaker, load, health), retry budgets, limit counters, active health checks;
 //! - [`source`]: where configuration comes from — a file reloaded on change or SIGHUP, or the
 //!   control plane's push stream (managed mode: ACK/NACK, registration);
-//! - [`telemetry`]: what every decision leaves behind — metrics and the access log.
+//! - [`telemetry`]: what every decision leaves behind — metrics and the access log;
+//! - [`authz`]: `AuthorizationPolicy` compiled per service and the decision on a call (built
+//!   with each snapshot; enforced once peers have mTLS identities).
 //!
 //! Beside them: [`state`] (what every listener shares: the swappable snapshot, metrics,
 //! shutdown, readiness), [`transport`] (sockets), and `run` (start-up and drain).
@@ -47,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod http;
 pub mod listener;
 pub mod resilience;
