@@ -17,6 +17,7 @@
 //! - [`service`]: the `Service` kind — a service's ports and (in static mode) its endpoints.
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
+//! - [`identity`]: [`SpiffeId`], a workload's mesh identity, strictly parsed.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
 //! - [`authz`]: the `AuthorizationPolicy` kind — which peers may call a service, attached by
 //!   `targetRef` — and the mesh default for services no ALLOW policy targets.
@@ -41,6 +42,7 @@ pub mod client;
 pub mod document;
 pub mod duration;
 pub mod field;
+pub mod identity;
 pub mod manifest;
 pub mod policy;
 pub mod route;
@@ -53,5 +55,6 @@ pub use document::{
     parse, parse_stream, parse_with, ConfigError, Metadata, Parsed, Resource, UnknownFields, Warning,
 };
 pub use duration::Duration;
+pub use identity::SpiffeId;
 pub use service::{Endpoint, Protocol, ServicePort, ServiceSpec};
 pub use sidecar::SidecarSpec;

@@ -1,0 +1,93 @@
+//! The mesh CA's messages: a sidecar's certificate signing request and the certificate chain,
+//! trust bundle and identity the CA answers with.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::protocol::{unversioned, Versioned, PROTOCOL_VERSION};
+use crate::identity::SpiffeId;
+
+/// `POST /v1/ca/certify` body: a CSR for a key the sidecar made and keeps. The CA takes only
+/// the CSR's public key (after checking its signature); the identity comes from the caller's
+/// credential, whatever names the CSR asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertifyRequest {
+    /// The sender's protocol version.
+    #[serde(default = "unversioned")]
+    pub protocol: u32,
+    /// A PKCS#10 request, PEM (`-----BEGIN CERTIFICATE REQUEST-----`).
+    pub csr: String,
+}
+
+impl CertifyRequest {
+    pub fn new(csr_pem: String) -> Self {
+        Self { protocol: PROTOCOL_VERSION, csr: csr_pem }
+    }
+}
+
+impl Versioned for CertifyRequest {
+    fn protocol(&self) -> u32 {
+        self.protocol
+    }
+}
+
+/// `POST /v1/ca/certify` answer: the new leaf and what a sidecar needs to verify its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertifyResponse {
+    /// PEM certificates, the leaf first, then the intermediate that signed it: what a sidecar
+    /// presents in its handshakes.
+    pub chain_pem: String,
+    /// PEM certificates of every root the mesh trusts now (two during a root rotation).
+    pub trust_bundle_pem: String,
+    /// When the leaf expires, RFC 3339 (UTC).
+    #[schema(example = "2026-01-02T03:04:05Z")]
+    pub not_after: String,
+    /// The identity written in the leaf's URI SAN.
+    #[schema(value_type = String, example = "spiffe://pilotfish.local/ns/default/sa/web")]
+    pub identity: SpiffeId,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::wire::round_trip;
+
+    #[test]
+    fn certify_requests_and_answers_round_trip() {
+        let request = round_trip::<CertifyRequest>(
+            json!({ "protocol": 1, "csr": "-----BEGIN CERTIFICATE REQUEST-----\nMII=\n-----END CERTIFICATE REQUEST-----\n" }),
+        );
+        assert_eq!(request.check_protocol(), Ok(()));
+        let old: CertifyRequest = serde_json::from_value(json!({ "csr": "x" })).unwrap();
+        assert_eq!(old.protocol, crate::wire::UNVERSIONED_PROTOCOL);
+        let answer = round_trip::<CertifyResponse>(json!({
+            "chainPem": "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n",
+            "trustBundlePem": "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n",
+            "notAfter": "2026-01-02T03:04:05Z",
+            "identity": "spiffe://pilotfish.local/ns/shop/sa/web",
+        }));
+        assert_eq!(answer.identity.service_account(), "web");
+    }
+
+    #[test]
+    fn an_answer_with_a_malformed_identity_is_refused() {
+        let err = serde_json::from_value::<CertifyResponse>(json!({
+            "chainPem": "", "trustBundlePem": "", "notAfter": "",
+            "identity": "spiffe://pilotfish.local/ns/shop/sa/admin/extra",
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("/ns/<namespace>/sa/<service-account>"), "{err}");
+    }
+
+    #[test]
+    fn the_schema_shows_the_identity_as_a_string() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(CertifyResponse::schema()).unwrap();
+        assert_eq!(schema["properties"]["identity"]["type"], "string", "{schema}");
+        assert_eq!(schema["properties"]["chainPem"]["type"], "string", "{schema}");
+    }
+}
