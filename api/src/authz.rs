@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bounds;
 use crate::field::FieldError;
+use crate::identity::SpiffeId;
 use crate::policy::TargetRef;
 use crate::route::http_method;
 
@@ -93,7 +94,7 @@ pub enum IdentityPattern {
     Any,
     /// `spiffe://...*`: identities starting with this (the `*` left off).
     Prefix(String),
-    /// One identity.
+    /// One identity, a valid [`SpiffeId`] as written (its one spelling).
     Exact(String),
 }
 
@@ -120,21 +121,14 @@ impl TryFrom<String> for IdentityPattern {
             Some("") => Ok(Self::Any),
             Some(p) if p.starts_with("spiffe://") => Ok(Self::Prefix(p.to_owned())),
             Some(_) => Err(format!("{text:?}: a prefix pattern starts with spiffe://")),
-            None if mesh_spiffe_id(&text) => Ok(Self::Exact(text)),
-            None => Err(format!(
-                "{text:?} is not a mesh identity (spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT) \
-                 nor a pattern ending in `*`"
-            )),
+            // Only the identities the mesh CA issues: an exact pattern of another spelling could
+            // never match, so it is a mistake worth naming.
+            None => match text.parse::<SpiffeId>() {
+                Ok(_) => Ok(Self::Exact(text)),
+                Err(e) => Err(format!("{e} (or end a pattern with `*`)")),
+            },
         }
     }
-}
-
-/// `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT`, the identities the mesh CA issues: an exact
-/// pattern of another shape could never match, so it is a mistake worth naming.
-fn mesh_spiffe_id(text: &str) -> bool {
-    let Some(rest) = text.strip_prefix("spiffe://") else { return false };
-    let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), [td, "ns", ns, "sa", sa] if ![td, ns, sa].iter().any(|p| p.is_empty()))
 }
 
 impl fmt::Display for IdentityPattern {
@@ -363,11 +357,20 @@ mod tests {
             (format!("{TARGET}  action: PERMIT\n"), "spec.action", "unknown variant `PERMIT`"),
             (format!("{TARGET}  action: allow\n"), "spec.action", "unknown variant `allow`"),
             (TARGET.to_owned(), "spec", "missing field `action`"),
-            (rule("{from: [{identity: web}]}"), "spec.rules[0].from[0].identity", "not a mesh identity"),
+            (
+                rule("{from: [{identity: web}]}"),
+                "spec.rules[0].from[0].identity",
+                "must start with \"spiffe://\" (or end a pattern with `*`)",
+            ),
             (
                 rule("{from: [{identity: 'spiffe://td/ns/default/sa/'}]}"),
                 "spec.rules[0].from[0].identity",
-                "not a mesh identity",
+                "the service account \"\" of a SPIFFE ID is not valid",
+            ),
+            (
+                rule("{from: [{identity: 'spiffe://TD/ns/default/sa/web'}]}"),
+                "spec.rules[0].from[0].identity",
+                "not a valid trust domain",
             ),
             (
                 rule("{from: [{identity: 'spiffe://td/ns/d/sa/w/x'}]}"),
