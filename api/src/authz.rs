@@ -9,7 +9,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::bounds;
 use crate::field::FieldError;
@@ -24,9 +25,24 @@ pub struct AuthorizationPolicySpec {
     pub target_ref: TargetRef,
     pub action: AuthorizationAction,
     /// Omitted or empty: the policy matches nothing (an ALLOW policy without rules allows nothing).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "present_rules")]
     #[schema(max_items = 1024)]
     pub rules: Vec<AuthorizationRule>,
+}
+
+/// `rules`, refusing an empty item (YAML's `- ` alone, or `null`), which serde would read as
+/// `{}`, the rule that matches every call: a policy must say so.
+fn present_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AuthorizationRule>, D::Error> {
+    struct Present(AuthorizationRule);
+    impl<'de> Deserialize<'de> for Present {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let rule = Option::<AuthorizationRule>::deserialize(d)?;
+            rule.map(Present)
+                .ok_or_else(|| D::Error::custom("an empty rule: write {} for one that matches every call"))
+        }
+    }
+    let rules = Option::<Vec<Present>>::deserialize(d)?;
+    Ok(rules.unwrap_or_default().into_iter().map(|Present(rule)| rule).collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -400,6 +416,10 @@ mod tests {
             (rule("{to: [{ports: [80, 65536]}]}"), "spec.rules[0].to[0].ports[1]", "invalid value"),
             (rule("{to: [{ports: [-1]}]}"), "spec.rules[0].to[0].ports[0]", "invalid value"),
             (rule("{}, {to: [{}]}"), "spec.rules[1].to[0]", "set at least one of paths, methods, ports"),
+            (rule("{}, null"), "spec.rules[1]", "an empty rule: write {} for one that matches every call"),
+            (format!("{TARGET}  action: DENY\n  rules:\n  -\n"), "spec.rules[0]", "an empty rule"),
+            (rule("{to: [null]}"), "spec.rules[0].to[0]", "set at least one"),
+            (rule("{to: [{paths: [null]}]}"), "spec.rules[0].to[0].paths[0]", "invalid type"),
             (rule("{to: [{hosts: [a]}]}"), "spec.rules[0].to[0].hosts", "unknown field `hosts`"),
             (
                 format!("{TARGET}  action: ALLOW\n  selector: {{}}\n"),
