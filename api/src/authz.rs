@@ -102,119 +102,116 @@ impl OperationMatch {
     }
 }
 
-/// A pattern of peer identities (SPIFFE IDs).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum IdentityPattern {
-    /// `*`: any caller with a verified identity.
-    Any,
-    /// `spiffe://...*`: identities starting with this (the `*` left off).
+/// A pattern over text as policies write it: one value, or with a trailing `*` every value
+/// starting with what precedes it (`*` alone: any value). A `*` anywhere else is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Pattern {
+    /// Values starting with this (the `*` left off).
     Prefix(String),
-    /// One identity, a valid [`SpiffeId`] as written (its one spelling).
     Exact(String),
 }
 
-impl IdentityPattern {
-    /// Whether `identity` (a verified peer's SPIFFE ID) matches.
-    pub fn matches(&self, identity: &str) -> bool {
+impl Pattern {
+    pub fn matches(&self, text: &str) -> bool {
         match self {
-            Self::Any => true,
-            Self::Prefix(prefix) => identity.starts_with(prefix.as_str()),
-            Self::Exact(exact) => identity == exact,
+            Self::Prefix(prefix) => text.starts_with(prefix.as_str()),
+            Self::Exact(exact) => text == exact,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let prefix = text.strip_suffix('*');
+        if text.matches('*').count() > usize::from(prefix.is_some()) {
+            return Err(format!("{text:?}: `*` may only end a pattern"));
+        }
+        Ok(match prefix {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Exact(text.to_owned()),
+        })
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prefix(prefix) => write!(f, "{prefix}*"),
+            Self::Exact(exact) => f.write_str(exact),
         }
     }
 }
+
+/// A pattern of peer identities: an exact [`SpiffeId`] (as written: its one spelling), a prefix
+/// starting with `spiffe://`, or `*`. A caller without an identity never reaches a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdentityPattern(Pattern);
 
 impl TryFrom<String> for IdentityPattern {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let prefix = text.strip_suffix('*');
-        if text.matches('*').count() > usize::from(prefix.is_some()) {
-            return Err(format!("{text:?}: `*` may only end a pattern"));
-        }
-        match prefix {
-            Some("") => Ok(Self::Any),
-            Some(p) if p.starts_with("spiffe://") => Ok(Self::Prefix(p.to_owned())),
-            Some(_) => Err(format!("{text:?}: a prefix pattern starts with spiffe://")),
+        match Pattern::parse(&text)? {
+            Pattern::Prefix(p) if !(p.is_empty() || p.starts_with("spiffe://")) => {
+                Err(format!("{text:?}: a prefix pattern starts with spiffe://"))
+            }
             // Only the identities the mesh CA issues: an exact pattern of another spelling could
             // never match, so it is a mistake worth naming.
-            None => match text.parse::<SpiffeId>() {
-                Ok(_) => Ok(Self::Exact(text)),
+            Pattern::Exact(id) => match id.parse::<SpiffeId>() {
+                Ok(_) => Ok(Self(Pattern::Exact(id))),
                 Err(e) => Err(format!("{e} (or end a pattern with `*`)")),
             },
+            prefix => Ok(Self(prefix)),
         }
     }
 }
 
-impl fmt::Display for IdentityPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Any => f.write_str("*"),
-            Self::Prefix(prefix) => write!(f, "{prefix}*"),
-            Self::Exact(exact) => f.write_str(exact),
-        }
-    }
-}
-
-impl From<IdentityPattern> for String {
-    fn from(pattern: IdentityPattern) -> String {
-        pattern.to_string()
-    }
-}
-
-/// A pattern of request paths.
+/// A pattern of request paths: exact, or a prefix; each starts with `/` (or is `*`), without a
+/// query, fragment, space or control character.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub enum PathPattern {
-    /// `/api/*`: paths starting with this (the `*` left off); `*` alone: any path.
-    Prefix(String),
-    Exact(String),
-}
-
-impl PathPattern {
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            Self::Exact(exact) => path == exact,
-        }
-    }
-}
+pub struct PathPattern(Pattern);
 
 impl TryFrom<String> for PathPattern {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let prefix = text.strip_suffix('*');
-        let body = prefix.unwrap_or(&text);
-        if body.contains('*') {
-            return Err(format!("{text:?}: `*` may only end a pattern"));
-        }
-        if !(body.starts_with('/') || prefix == Some("")) {
+        let pattern = Pattern::parse(&text)?;
+        let (Pattern::Prefix(body) | Pattern::Exact(body)) = &pattern;
+        if !(body.starts_with('/') || text == "*") {
             return Err(format!("{text:?}: a path starts with '/'"));
         }
         if body.contains(['?', '#']) || body.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!("{text:?}: a path has no query, fragment, spaces or control characters"));
         }
-        Ok(match prefix {
-            Some(p) => Self::Prefix(p.to_owned()),
-            None => Self::Exact(text),
-        })
+        Ok(Self(pattern))
     }
 }
 
-impl fmt::Display for PathPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Prefix(prefix) => write!(f, "{prefix}*"),
-            Self::Exact(exact) => f.write_str(exact),
-        }
+impl std::ops::Deref for IdentityPattern {
+    type Target = Pattern;
+
+    fn deref(&self) -> &Pattern {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for PathPattern {
+    type Target = Pattern;
+
+    fn deref(&self) -> &Pattern {
+        &self.0
+    }
+}
+
+impl From<IdentityPattern> for String {
+    fn from(pattern: IdentityPattern) -> String {
+        pattern.0.to_string()
     }
 }
 
 impl From<PathPattern> for String {
     fn from(pattern: PathPattern) -> String {
-        pattern.to_string()
+        pattern.0.to_string()
     }
 }
 
@@ -311,22 +308,23 @@ mod tests {
         );
         let p = policy(&spec);
         assert_eq!(p.action, AuthorizationAction::Allow);
-        let from: Vec<&IdentityPattern> = p.rules[0].from.iter().map(|s| &s.identity).collect();
+        let from: Vec<&Pattern> = p.rules[0].from.iter().map(|s| &*s.identity).collect();
         assert_eq!(
             from,
             [
-                &IdentityPattern::Exact("spiffe://pilotfish.local/ns/default/sa/web".into()),
-                &IdentityPattern::Prefix("spiffe://pilotfish.local/ns/ops/".into()),
-                &IdentityPattern::Any,
+                &Pattern::Exact("spiffe://pilotfish.local/ns/default/sa/web".into()),
+                &Pattern::Prefix("spiffe://pilotfish.local/ns/ops/".into()),
+                &Pattern::Prefix("".into()),
             ]
         );
         let to = &p.rules[0].to[0];
+        let paths: Vec<&Pattern> = to.paths.iter().map(|p| &**p).collect();
         assert_eq!(
-            to.paths,
+            paths,
             [
-                PathPattern::Prefix("/api/".into()),
-                PathPattern::Exact("/healthz".into()),
-                PathPattern::Prefix("".into())
+                &Pattern::Prefix("/api/".into()),
+                &Pattern::Exact("/healthz".into()),
+                &Pattern::Prefix("".into())
             ]
         );
         assert_eq!((to.methods.as_slice(), to.ports.as_slice()), (&["GET".to_owned()][..], &[80, 8080][..]));

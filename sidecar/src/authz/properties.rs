@@ -148,12 +148,12 @@ proptest! {
     ) {
         // From exactly this caller (any caller when plaintext), to any path, by this method
         // (a TCP connection drops it), on this port.
-        let from = peer.map(|id| SourceMatch { identity: IdentityPattern::Exact(id.to_owned()) }).into_iter().collect();
+        let from = peer.map(|id| SourceMatch { identity: IdentityPattern::try_from(id.to_owned()).unwrap() }).into_iter().collect();
         let (method, port) = match call {
             Call::Http { method, port, .. } => (method, port),
             Call::Tcp { port } => (method, port),
         };
-        let to = vec![OperationMatch { paths: vec![PathPattern::Prefix(String::new())], methods: vec![method.to_owned()], ports: vec![port] }];
+        let to = vec![OperationMatch { paths: vec![PathPattern::try_from("*".to_owned()).unwrap()], methods: vec![method.to_owned()], ports: vec![port] }];
         resources.push(document("zz-deny", AuthorizationAction::Deny, vec![AuthorizationRule { from, to }], "users"));
         let authz = Authorizer::compile(&resources, default);
         let decision = authz.evaluate(SERVICE, peer, call);
