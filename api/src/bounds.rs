@@ -26,6 +26,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The shortest non-zero duration (the API's precision).
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// Entries of one list of an `AuthorizationPolicy` (`rules`, `from`, `to`, `paths`, `methods`,
+/// `ports`): a call's evaluation walks them.
+pub const MAX_POLICY_ENTRIES: u64 = 1024;
 
 /// `value` must lie in `min..=max`.
 pub fn count(field: &str, value: u64, min: u64, max: u64) -> Result<(), FieldError> {
@@ -42,6 +45,15 @@ pub fn duration(field: &str, value: Duration, min: Duration, max: Duration) -> R
         Ok(())
     } else {
         Err(FieldError::new(field, format!("must be between {min} and {max}, not {value}")))
+    }
+}
+
+/// A list of an `AuthorizationPolicy` holds at most [`MAX_POLICY_ENTRIES`].
+pub fn entries(field: &str, len: usize) -> Result<(), FieldError> {
+    if len as u64 <= MAX_POLICY_ENTRIES {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("at most {MAX_POLICY_ENTRIES} entries, not {len}")))
     }
 }
 

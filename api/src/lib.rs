@@ -19,6 +19,8 @@
 //!   backends, timeouts, retries.
 //! - [`identity`]: [`SpiffeId`], a workload's mesh identity, strictly parsed.
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
+//! - [`authz`]: the `AuthorizationPolicy` kind — which peers may call a service, attached by
+//!   `targetRef` — and the mesh default for services no ALLOW policy targets.
 //! - [`schema`]: the OpenAPI schema of a whole document (`Resource`), closed to unknown fields
 //!   as the API is; each spec type derives its own beside its serde derives.
 //! - [`field`]: `FieldError`, what every check returns: a field path and why.
@@ -33,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod bounds;
 #[cfg(feature = "client")]
 pub mod client;

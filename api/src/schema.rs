@@ -14,6 +14,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{OpenApi, Ref, RefOr};
 use utoipa::{Modify, PartialSchema, ToSchema};
 
+use crate::authz::AuthorizationPolicySpec;
 use crate::document::{Metadata, Resource, KINDS};
 use crate::manifest::{CLUSTER_SET, UNSUPPORTED};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
@@ -28,6 +29,7 @@ impl PartialSchema for Resource {
             .item(document::<HttpRouteSpec>("HTTPRoute"))
             .item(document::<BackendPolicySpec>("BackendPolicy"))
             .item(document::<RateLimitPolicySpec>("RateLimitPolicy"))
+            .item(document::<AuthorizationPolicySpec>("AuthorizationPolicy"))
             .description(Some("A configuration document: one of the kinds, told apart by `kind`"))
             .into()
     }
@@ -41,6 +43,7 @@ impl ToSchema for Resource {
         collect::<HttpRouteSpec>(schemas);
         collect::<BackendPolicySpec>(schemas);
         collect::<RateLimitPolicySpec>(schemas);
+        collect::<AuthorizationPolicySpec>(schemas);
     }
 }
 
@@ -234,5 +237,37 @@ mod tests {
             let range = (property["minimum"].as_f64(), property["maximum"].as_f64());
             assert_eq!(range, (Some(min as f64), Some(max as f64)), "{schema}.{field}: {property}");
         }
+    }
+
+    #[test]
+    fn authorization_policy_lists_are_bounded_as_validation_bounds_them() {
+        let schemas = components();
+        let cases = [
+            ("AuthorizationPolicySpec", "rules"),
+            ("AuthorizationRule", "from"),
+            ("AuthorizationRule", "to"),
+            ("OperationMatch", "paths"),
+            ("OperationMatch", "methods"),
+            ("OperationMatch", "ports"),
+        ];
+        for (schema, field) in cases {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(
+                property["maxItems"].as_u64(),
+                Some(bounds::MAX_POLICY_ENTRIES),
+                "{schema}.{field}: {property}"
+            );
+        }
+        let port = &schemas["OperationMatch"]["properties"]["ports"]["items"];
+        assert_eq!((port["minimum"].as_u64(), port["maximum"].as_u64()), (Some(1), Some(65535)), "{port}");
+        assert_eq!(schemas["SourceMatch"]["required"], serde_json::json!(["identity"]));
+        assert_eq!(
+            schemas["AuthorizationPolicySpec"]["required"],
+            serde_json::json!(["targetRef", "action"])
+        );
+        assert_eq!(schemas["AuthorizationAction"]["enum"], serde_json::json!(["ALLOW", "DENY"]));
+        let default = &schemas["AuthorizationSettings"]["properties"]["default"];
+        assert_eq!(schemas["MeshDefault"]["enum"], serde_json::json!(["allow", "deny", "authenticated"]));
+        assert!(default.is_object(), "{default}");
     }
 }

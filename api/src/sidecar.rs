@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authz::AuthorizationSettings;
 use crate::field::FieldError;
 use crate::{bounds, Duration};
 
@@ -28,6 +29,9 @@ pub struct SidecarSpec {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub limits: Limits,
+    /// Who may call this sidecar's service when no ALLOW policy targets it (static mode).
+    #[serde(default)]
+    pub authorization: AuthorizationSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -160,6 +164,7 @@ impl Default for SidecarSpec {
             access_log: false,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            authorization: AuthorizationSettings::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::metadata::{validate_labels_and_annotations, validate_name, Metadata};
 use super::resource::{Object, Resource, KINDS};
 use super::stream::validate_stream;
+use crate::authz::AuthorizationPolicySpec;
 use crate::field::FieldError;
 use crate::manifest::{self, FieldWarning};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
@@ -190,7 +191,16 @@ fn parse_document(
         "BackendPolicy" => {
             Resource::BackendPolicy(object_of(value, unknown, &object, w, BackendPolicySpec::validate)?)
         }
-        _ => Resource::RateLimitPolicy(object_of(value, unknown, &object, w, RateLimitPolicySpec::validate)?),
+        "RateLimitPolicy" => {
+            Resource::RateLimitPolicy(object_of(value, unknown, &object, w, RateLimitPolicySpec::validate)?)
+        }
+        _ => Resource::AuthorizationPolicy(object_of(
+            value,
+            unknown,
+            &object,
+            w,
+            AuthorizationPolicySpec::validate,
+        )?),
     };
     let m = resource.metadata();
     let object = Some(resource.describe());

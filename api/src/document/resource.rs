@@ -2,6 +2,7 @@
 //! becomes, and its JSON form.
 
 use super::metadata::Metadata;
+use crate::authz::AuthorizationPolicySpec;
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
 use crate::route::{HttpRouteSpec, GATEWAY_V1};
 use crate::{ServiceSpec, SidecarSpec};
@@ -24,15 +25,17 @@ pub enum Resource {
     HttpRoute(Object<HttpRouteSpec>),
     BackendPolicy(Object<BackendPolicySpec>),
     RateLimitPolicy(Object<RateLimitPolicySpec>),
+    AuthorizationPolicy(Object<AuthorizationPolicySpec>),
 }
 
 /// Every kind, with its `apiVersion`.
-pub(crate) const KINDS: [(&str, &str); 5] = [
+pub(crate) const KINDS: [(&str, &str); 6] = [
     ("Sidecar", PILOTFISH_V1ALPHA1),
     ("Service", PILOTFISH_V1ALPHA1),
     ("HTTPRoute", GATEWAY_V1),
     ("BackendPolicy", PILOTFISH_V1ALPHA1),
     ("RateLimitPolicy", PILOTFISH_V1ALPHA1),
+    ("AuthorizationPolicy", PILOTFISH_V1ALPHA1),
 ];
 
 impl Resource {
@@ -43,6 +46,7 @@ impl Resource {
             Self::HttpRoute(_) => "HTTPRoute",
             Self::BackendPolicy(_) => "BackendPolicy",
             Self::RateLimitPolicy(_) => "RateLimitPolicy",
+            Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 
@@ -58,6 +62,7 @@ impl Resource {
             Self::HttpRoute(o) => &o.metadata,
             Self::BackendPolicy(o) => &o.metadata,
             Self::RateLimitPolicy(o) => &o.metadata,
+            Self::AuthorizationPolicy(o) => &o.metadata,
         }
     }
 
@@ -69,6 +74,7 @@ impl Resource {
             Self::HttpRoute(o) => serde_json::to_value(&o.spec),
             Self::BackendPolicy(o) => serde_json::to_value(&o.spec),
             Self::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
+            Self::AuthorizationPolicy(o) => serde_json::to_value(&o.spec),
         }
         .expect("specs serialize to JSON");
         serde_json::json!({

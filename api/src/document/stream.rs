@@ -18,7 +18,10 @@ pub(super) fn validate_stream(resources: &[Resource]) -> Result<(), (usize, Fiel
             return Err((i, FieldError::new("metadata.name", "defined twice in this stream")));
         }
         match r {
-            Resource::HttpRoute(_) | Resource::BackendPolicy(_) | Resource::RateLimitPolicy(_) => {}
+            Resource::HttpRoute(_)
+            | Resource::BackendPolicy(_)
+            | Resource::RateLimitPolicy(_)
+            | Resource::AuthorizationPolicy(_) => {}
             Resource::Sidecar(_) => {
                 sidecars += 1;
                 if sidecars > 1 {

@@ -19,5 +19,5 @@ pub use caller::{sha256_hex, Caller};
 pub use error::{Error, Result};
 pub use log::{PAGE_BYTES, PAGE_EVENTS};
 pub use plane::{ControlPlane, Settings};
-pub use resources::{canonical_kind, Applied, KINDS};
+pub use resources::{canonical_kind, plural, Applied, KINDS};
 pub use sync::Connection;

@@ -10,7 +10,8 @@ use crate::store::AppendRequest;
 use pilotfish_api::wire::{AppliedItem, Deleted, ResourceItem, ResourceList};
 
 /// The kinds the API stores (a `Sidecar` is one sidecar's local settings, not mesh config).
-pub const KINDS: [&str; 4] = ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy"];
+pub const KINDS: [&str; 5] =
+    ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"];
 
 /// What an apply did: one entry per document, and the warnings about fields accepted with a
 /// caveat (kept without effect, or dropped).
@@ -23,10 +24,18 @@ pub struct Applied {
 pub fn canonical_kind(kind: &str) -> Result<&'static str> {
     KINDS
         .into_iter()
-        .find(|k| k.eq_ignore_ascii_case(kind) || format!("{k}s").eq_ignore_ascii_case(kind))
+        .find(|k| k.eq_ignore_ascii_case(kind) || plural(k).eq_ignore_ascii_case(kind))
         .ok_or_else(|| {
             Error::BadRequest(format!("unknown kind {kind:?}: expected one of {}", KINDS.join(", ")))
         })
+}
+
+/// `HTTPRoutes`, `BackendPolicies`: a kind's plural, as the CLI and URLs accept it.
+pub fn plural(kind: &str) -> String {
+    match kind.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{kind}s"),
+    }
 }
 
 impl ControlPlane {
@@ -148,5 +157,24 @@ impl ControlPlane {
             .await?;
         self.settle().await;
         Ok(Deleted { deleted: event.aggregate, seq: event.seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kinds_are_named_in_any_case_singular_or_plural() {
+        for (name, kind) in [
+            ("Service", "Service"),
+            ("services", "Service"),
+            ("httproutes", "HTTPRoute"),
+            ("backendpolicies", "BackendPolicy"),
+            ("RateLimitPolicies", "RateLimitPolicy"),
+            ("authorizationpolicy", "AuthorizationPolicy"),
+            ("authorizationpolicies", "AuthorizationPolicy"),
+        ] {
+            assert_eq!(super::canonical_kind(name).unwrap(), kind, "{name}");
+        }
+        assert!(super::canonical_kind("authorizationpolicys").is_err());
     }
 }

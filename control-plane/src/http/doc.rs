@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use super::error::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
 };
-use crate::core::KINDS;
+use crate::core::{plural, KINDS};
 
 /// A service's or namespace's name: a DNS label (`pilotfish_api::document::validate_name`).
 pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
@@ -155,7 +155,7 @@ pub struct KindName;
 impl PartialSchema for KindName {
     fn schema() -> RefOr<Schema> {
         let spellings =
-            KINDS.iter().flat_map(|k| [k.to_string(), k.to_lowercase(), format!("{}s", k.to_lowercase())]);
+            KINDS.iter().flat_map(|k| [k.to_string(), k.to_lowercase(), plural(k).to_lowercase()]);
         ObjectBuilder::new()
             .schema_type(Type::String)
             .enum_values(Some(spellings))

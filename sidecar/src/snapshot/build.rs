@@ -22,6 +22,7 @@ use super::overrides::{OverrideConflict, Overrides};
 use super::policy::ServicePolicy;
 use super::route::{RouteSource, RouteTable};
 use super::Snapshot;
+use crate::authz::Authorizer;
 use crate::http::pool::EndpointConns;
 use crate::resilience::balance::PeakEwma;
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
@@ -152,6 +153,7 @@ impl Snapshot {
             spec,
         });
 
+        let authz = Authorizer::compile(&resources, sidecar.authorization.default);
         Ok(Self {
             version: previous.map_or(1, |p| p.version + 1),
             hash: hash_text(text),
@@ -169,6 +171,7 @@ impl Snapshot {
             by_addr,
             local_ports,
             inbound,
+            authz,
         })
     }
 }
@@ -360,7 +363,7 @@ impl<'a> Attachments<'a> {
                         a.service_limits.insert(format!("{name}.{tns}"), &p.spec);
                     }
                 }
-                Resource::Sidecar(_) | Resource::Service(_) => {}
+                Resource::Sidecar(_) | Resource::Service(_) | Resource::AuthorizationPolicy(_) => {}
             }
         }
         for routes in a.routes.values_mut() {

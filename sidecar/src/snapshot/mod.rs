@@ -27,6 +27,7 @@ use pilotfish_api::{Protocol, Resource, SidecarSpec, Warning};
 use tokio_util::sync::CancellationToken;
 
 pub use self::overrides::Overrides;
+use crate::authz::Authorizer;
 use crate::telemetry::metrics::{EndpointMetrics, LiveSeries, TargetMetrics};
 use crate::upstream::app::InboundRt;
 use crate::upstream::service::ServiceRt;
@@ -49,6 +50,8 @@ pub struct Snapshot {
     by_addr: HashMap<SocketAddr, (Arc<ServiceRt>, Option<Protocol>)>,
     pub local_ports: Vec<(u16, Arc<str>)>,
     pub inbound: Option<InboundRt>,
+    /// The `AuthorizationPolicy` documents by service, with the mesh default.
+    pub authz: Authorizer,
     pub passthrough: TargetMetrics,
     /// Labels requests refused before a service was chosen (no route).
     pub unrouted: EndpointMetrics,
