@@ -49,7 +49,7 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show resources of a kind (Service, HTTPRoute, BackendPolicy, RateLimitPolicy), or one.
+    /// Show resources of a kind (Service, HTTPRoute, BackendPolicy, RateLimitPolicy, AuthorizationPolicy), or one.
     Get {
         kind: String,
         name: Option<String>,
