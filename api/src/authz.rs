@@ -71,7 +71,7 @@ pub struct AuthorizationRule {
 #[serde(rename_all = "camelCase")]
 pub struct SourceMatch {
     /// The caller's mTLS identity: an exact SPIFFE ID
-    /// (`spiffe://pilotfish.local/ns/default/sa/web`), a prefix ending in `*`
+    /// (`spiffe://pilotfish.local/ns/default/sa/web`), a prefix ending in `/*`
     /// (`spiffe://pilotfish.local/ns/default/*`: a whole namespace), or `*` (any identity).
     #[schema(value_type = String, example = "spiffe://pilotfish.local/ns/default/sa/web")]
     pub identity: IdentityPattern,
@@ -141,7 +141,8 @@ impl fmt::Display for Pattern {
 }
 
 /// A pattern of peer identities: an exact [`SpiffeId`] (as written: its one spelling), a prefix
-/// starting with `spiffe://`, or `*`. A caller without an identity never reaches a pattern.
+/// starting with `spiffe://` and ending with `/*`, or `*`. A caller without an identity never
+/// reaches a pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct IdentityPattern(Pattern);
@@ -154,6 +155,12 @@ impl TryFrom<String> for IdentityPattern {
             Pattern::Prefix(p) if !(p.is_empty() || p.starts_with("spiffe://")) => {
                 Err(format!("{text:?}: a prefix pattern starts with spiffe://"))
             }
+            // At a segment boundary only: `spiffe://td/ns/default*` would also let in
+            // `ns/default-evil`, and `spiffe://td*` another trust domain `td.evil`.
+            Pattern::Prefix(p) if !(p.is_empty() || p.ends_with('/')) => Err(format!(
+                "{text:?}: a prefix pattern ends with `/*` (e.g. spiffe://<trust-domain>/ns/<namespace>/*), \
+                 so it cannot reach past a namespace or trust domain"
+            )),
             // Only the identities the mesh CA issues: an exact pattern of another spelling could
             // never match, so it is a mistake worth naming.
             Pattern::Exact(id) => match id.parse::<SpiffeId>() {

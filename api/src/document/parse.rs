@@ -124,6 +124,14 @@ pub fn parse_with(source: &str, text: &str, unknown: UnknownFields) -> Result<Pa
         if value.is_null() {
             continue;
         }
+        if unknown == UnknownFields::Tolerate {
+            if let Some(object) = kind_from_the_future(&value) {
+                let message = "kind not known to this version: ignored".to_owned();
+                let (origin, document) = (source.to_owned(), index + 1);
+                warnings.push(Warning { origin, document, object, field: "kind".into(), message });
+                continue;
+            }
+        }
         let (resource, caveats) = parse_document(value, unknown).map_err(|(object, e)| error(object, e))?;
         warnings.extend(caveats.into_iter().map(|w| Warning {
             origin: source.to_owned(),
@@ -146,6 +154,20 @@ pub fn parse_with(source: &str, text: &str, unknown: UnknownFields) -> Result<Pa
 }
 
 type DocumentError = (Option<String>, FieldError);
+
+/// `Kind namespace/name` of a document whose kind this version does not know (with its
+/// `apiVersion` and `kind` present): a newer control plane pushes kinds an older sidecar
+/// skips, as it skips fields it does not know, rather than refusing the whole snapshot.
+fn kind_from_the_future(value: &serde_yaml_ng::Value) -> Option<String> {
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str());
+    let kind = text("kind")?;
+    text("apiVersion")?;
+    if KINDS.iter().any(|(k, _)| *k == kind) {
+        return None;
+    }
+    let meta = |field: &str| value.get("metadata").and_then(|m| m.get(field)).and_then(|v| v.as_str());
+    Some(format!("{kind} {}/{}", meta("namespace").unwrap_or("default"), meta("name").unwrap_or("")))
+}
 
 fn parse_document(
     mut value: serde_yaml_ng::Value,
@@ -321,6 +343,20 @@ spec:
         assert_eq!(parsed.resources, tolerant, "the known fields mean what they meant");
         let fields: Vec<&str> = parsed.warnings.iter().map(|w| w.field.as_str()).collect();
         assert_eq!(fields, ["spec.endpoints[0].zone", "spec.trafficPolicy"]);
+    }
+
+    #[test]
+    fn a_newer_control_planes_kinds_are_skipped_with_a_warning_and_refused_from_users() {
+        let future = format!(
+            "{GOOD}---\napiVersion: pilotfish.io/v1beta1\nkind: TrafficMirror\nmetadata: {{name: m, namespace: shop}}\nspec: {{to: x}}\n"
+        );
+        let err = parse_stream("f", &future).unwrap_err();
+        assert_eq!((err.document, err.field.as_str()), (3, "kind"));
+        let parsed = parse_with("f", &future, UnknownFields::Tolerate).unwrap();
+        assert_eq!(parsed.resources, parse_stream("f", GOOD).unwrap());
+        let skipped: Vec<(usize, &str, &str)> =
+            parsed.warnings.iter().map(|w| (w.document, w.object.as_str(), w.field.as_str())).collect();
+        assert_eq!(skipped, [(3, "TrafficMirror shop/m", "kind")]);
     }
 
     #[test]

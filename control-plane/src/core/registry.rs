@@ -66,7 +66,14 @@ impl ControlPlane {
         // again): its lease would carry an old version, whose expiry conflicts and so never
         // removes the instance. Only the aggregate's latest registration sets the lease.
         let latest = match key {
-            Some(_) => self.store.aggregate_version(&aggregate).await? == event.version,
+            Some(_) => match self.store.aggregate_version(&aggregate).await {
+                Ok(version) => version == event.version,
+                // The registration is committed: without a lease it would never expire here.
+                Err(error) => {
+                    tracing::warn!(%aggregate, %error, "could not tell a replay from the latest registration; leasing it");
+                    true
+                }
+            },
             None => true,
         };
         if latest {

@@ -25,7 +25,7 @@ pub enum ApiError {
     #[error("{0}")]
     Rejected(String),
     /// A body over the size the API reads (axum's default limit).
-    #[error("{0}: send less at a time (split the document stream)")]
+    #[error("{0}: send a smaller body (a long document stream can be applied in parts)")]
     TooLarge(String),
     #[error("no such API path (see /v1/openapi.json)")]
     NoRoute,

@@ -106,11 +106,25 @@ fn service_key(document: &Value) -> Option<(String, String)> {
 /// this build does not know (written by a newer replica sharing the log) reach the sidecars as
 /// they were stored.
 fn add_endpoints(document: &mut Value, extra: Vec<Endpoint>) {
-    let Some(spec) = document.get_mut("spec").and_then(Value::as_object_mut) else {
-        tracing::warn!("a stored Service has no spec object; pushed without its registered endpoints");
+    // A spec or list left out (or null) means the default: none yet.
+    let empty = |v: &mut Value, with: Value| {
+        if v.is_null() {
+            *v = with;
+        }
+    };
+    let Some(service) = document.as_object_mut() else {
+        tracing::warn!("a stored Service is not an object; pushed without its registered endpoints");
         return;
     };
-    let Value::Array(endpoints) = spec.entry("endpoints").or_insert_with(|| Value::Array(Vec::new())) else {
+    let spec = service.entry("spec").or_insert(Value::Null);
+    empty(spec, Value::Object(serde_json::Map::new()));
+    let Some(spec) = spec.as_object_mut() else {
+        tracing::warn!("a stored Service's spec is not an object; pushed without its registered endpoints");
+        return;
+    };
+    let endpoints = spec.entry("endpoints").or_insert(Value::Null);
+    empty(endpoints, Value::Array(Vec::new()));
+    let Value::Array(endpoints) = endpoints else {
         tracing::warn!(
             "a stored Service's endpoints are not a list; pushed without its registered endpoints"
         );
@@ -226,5 +240,20 @@ mod tests {
         assert_eq!(users.len(), 1, "the Service is pushed once: {docs:?}");
         assert_eq!(users[0]["spec"]["ports"][0]["protocol"], "http3");
         assert_eq!(users[0]["spec"]["endpoints"][0]["address"], "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn a_spec_or_endpoint_list_left_out_or_null_still_gets_the_registered_endpoints() {
+        let meta = serde_json::json!({ "name": "users" });
+        for stored in [
+            serde_json::json!({ "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service", "metadata": meta }),
+            serde_json::json!({ "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service", "metadata": meta, "spec": null }),
+            serde_json::json!({ "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service", "metadata": meta,
+                                "spec": { "endpoints": null } }),
+        ] {
+            let docs = pushed_with(stored.clone());
+            assert_eq!(docs.len(), 1, "{docs:?}");
+            assert_eq!(docs[0]["spec"]["endpoints"][0]["address"], "127.0.0.1:9002", "{stored}");
+        }
     }
 }

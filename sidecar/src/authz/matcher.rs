@@ -74,10 +74,11 @@ fn ambiguous(path: &str) -> bool {
         || bytes.windows(3).any(|w| w[0] == b'%' && decodes_to_meaningful(w[1], w[2]))
 }
 
-/// `%XX` that decodes to a letter, digit, `-._~`, `/` or `\`: what a path pattern can name.
+/// `%XX` that decodes to a letter, digit, `-._~`, `/` or `\` (what a path pattern can name), or
+/// to `%` itself, which an app that decodes twice reads as one of those (`/%252e%252e/admin`).
 fn decodes_to_meaningful(high: u8, low: u8) -> bool {
     let hex = |b: u8| (b as char).to_digit(16);
     let (Some(high), Some(low)) = (hex(high), hex(low)) else { return false };
     let byte = (high * 16 + low) as u8;
-    byte.is_ascii_alphanumeric() || b"-._~/\\".contains(&byte)
+    byte.is_ascii_alphanumeric() || b"-._~/\\%".contains(&byte)
 }

@@ -194,6 +194,7 @@ fn a_path_the_app_may_read_otherwise_fails_closed() {
         "//admin",
         "/x/../admin",
         "/%61dmin",
+        "/%252e%252e/admin",
         "/%2e/admin",
         "/x%2F..%2Fadmin",
         "/x\\..\\admin",

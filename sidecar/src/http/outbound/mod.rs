@@ -15,7 +15,8 @@
 //! share borrowed state (the snapshot a request loaded once, the route rule it matched, the
 //! endpoint a retry must avoid) and the retry loop re-enters the endpoint stage with a rebuilt
 //! request and a new backend choice. Plain functions keep that as borrows: no `Service` clones,
-//! no boxed futures or extra `Arc`s per request, and one function to read top to bottom. A new
+//! no extra `Arc`s or boxed stage futures per request (only the outgoing request is boxed, once
+//! per attempt, to keep the futures small), and one function to read top to bottom. A new
 //! stage is a function (or a step within one) in this folder, called in order below.
 //!
 //! Each stage's future lives inside the one above it and is moved into it, so its size is paid
