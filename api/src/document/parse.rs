@@ -165,8 +165,13 @@ fn kind_from_the_future(value: &serde_yaml_ng::Value) -> Option<String> {
     if KINDS.iter().any(|(k, _)| *k == kind) {
         return None;
     }
+    Some(object_of_document(value, kind))
+}
+
+/// `Kind namespace/name` of a document, as errors and warnings name it (before it is parsed).
+fn object_of_document(value: &serde_yaml_ng::Value, kind: &str) -> String {
     let meta = |field: &str| value.get("metadata").and_then(|m| m.get(field)).and_then(|v| v.as_str());
-    Some(format!("{kind} {}/{}", meta("namespace").unwrap_or("default"), meta("name").unwrap_or("")))
+    format!("{kind} {}/{}", meta("namespace").unwrap_or("default"), meta("name").unwrap_or(""))
 }
 
 fn parse_document(
@@ -180,9 +185,7 @@ fn parse_document(
     let kind = text("kind").ok_or_else(|| {
         (None, FieldError::new("kind", "missing: every document needs apiVersion and kind"))
     })?;
-    let meta = |field: &str| value.get("metadata").and_then(|m| m.get(field)).and_then(|v| v.as_str());
-    let (name, namespace) = (meta("name").unwrap_or(""), meta("namespace").unwrap_or("default"));
-    let object = Some(format!("{kind} {namespace}/{name}"));
+    let object = Some(object_of_document(&value, &kind));
     let Some((_, expected)) = KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
         let reason = format!("unknown kind {kind:?}: expected one of {}", known.join(", "));
