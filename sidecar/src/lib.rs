@@ -53,6 +53,7 @@
 
 pub mod authz;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod resilience;
 mod run;

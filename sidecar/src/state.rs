@@ -6,10 +6,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::Identity;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
 
@@ -17,6 +18,8 @@ pub struct Shared {
     /// Swapped whole on reload; a connection or request loads it once.
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// This sidecar's mesh identity, once it has one; swapped whole on renewal.
+    pub identity: ArcSwapOption<Identity>,
     /// Cancelled when the sidecar starts draining.
     pub shutdown: CancellationToken,
     /// Every connection task, so that drain can wait for them.
@@ -32,6 +35,7 @@ impl Shared {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            identity: ArcSwapOption::empty(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),

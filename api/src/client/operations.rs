@@ -8,9 +8,10 @@ use super::error::ClientError;
 use super::push_stream::PushStream;
 use super::transport::{Call, Client};
 use crate::wire::{
-    Ack, AckQuery, ApplyResult, Deleted, Deregistered, Diff, DiffQuery, EndpointList, EndpointQuery,
-    EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery, ProxyList, PushQuery, Registered, Registration,
-    ResourceItem, ResourceList, RollbackRequest, RollbackResult, TokenRequest,
+    Ack, AckQuery, ApplyResult, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff, DiffQuery,
+    EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery, ProxyList,
+    PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest, RollbackResult,
+    TokenRequest,
 };
 
 /// What an apply asks of the store besides the documents.
@@ -98,6 +99,11 @@ impl Client {
     /// `POST /v1/tokens`: a join token for one service's sidecars.
     pub async fn create_token(&self, req: &TokenRequest) -> Result<JoinToken, ClientError> {
         self.json(Call::new(Method::POST, "/v1/tokens".into()).json(req)).await
+    }
+
+    /// `POST /v1/ca/certify`: a leaf for the caller's own identity, from a CSR of its key.
+    pub async fn certify(&self, req: &CertifyRequest) -> Result<CertifyResponse, ClientError> {
+        self.json(Call::new(Method::POST, "/v1/ca/certify".into()).json(req)).await
     }
 
     /// `GET /v1/proxies`.

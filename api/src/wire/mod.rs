@@ -53,7 +53,7 @@ pub use protocol::{
     UNVERSIONED_PROTOCOL,
 };
 pub use proxies::{Nack, ProxyList, ProxyStatus};
-pub use push::{Ack, AckQuery, PushLine, PushQuery};
+pub use push::{Ack, AckQuery, MeshSettings, PushLine, PushQuery};
 pub use registry::{
     Deregistered, EndpointList, EndpointQuery, EndpointRecord, EndpointStatus, Heartbeat, Registered,
     Registration,

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::authz::MeshDefault;
+
 use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSION, UNVERSIONED_PROTOCOL};
 
 /// `GET /v1/push` query: who the sidecar is and what it already has.
@@ -42,12 +44,32 @@ pub struct PushLine {
     pub version: u64,
     /// The configuration: a YAML/JSON document stream, parsed exactly like a static file.
     pub config: String,
+    /// The mesh's security settings (left out by control planes without a CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshSettings>,
 }
 
 impl PushLine {
     pub fn new(version: u64, config: String) -> Self {
-        Self { protocol: PROTOCOL_VERSION, version, config }
+        Self { protocol: PROTOCOL_VERSION, version, config, mesh: None }
     }
+}
+
+/// What every sidecar of the mesh shares besides its configuration: whom to trust and what a
+/// call no policy decides gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSettings {
+    /// The trust domain of every mesh identity (`spiffe://<trustDomain>/ns/../sa/..`).
+    pub trust_domain: String,
+    /// PEM certificates of every root the mesh trusts now (two during a root rotation).
+    pub trust_bundle_pem: String,
+    /// What applies to a call to a service no ALLOW policy targets.
+    pub authz_default: MeshDefault,
+    /// A sidecar whose certificate was issued before this time (RFC 3339) renews it now: set
+    /// when the CA switches to a new issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
 }
 
 impl Versioned for PushLine {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use http::header::{CONTENT_TYPE, HOST};
 use http::uri::Authority;
 use http::{Request, Response};
-use pilotfish_api::Protocol;
+use pilotfish_api::{Protocol, SpiffeId};
 
 use super::body::ProxyBody;
 use super::correlation;
@@ -44,6 +44,9 @@ pub struct Connection {
     pub downstream: Version,
     /// The connection's listener slot, shared with any tunnel an upgrade starts.
     pub slot: Arc<ConnSlot>,
+    /// The peer's verified mesh identity: set on inbound connections that arrived over mesh
+    /// mTLS, `None` for plaintext.
+    pub peer: Option<Arc<SpiffeId>>,
 }
 
 /// An access-log line waiting for its request to end (with when the request arrived).

@@ -59,6 +59,14 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
     });
     let target = HttpTarget::App(endpoint);
     let direction = Direction::Inbound;
-    let conn = Connection { shared: shared.clone(), direction, client, target, downstream: version, slot };
+    let conn = Connection {
+        shared: shared.clone(),
+        direction,
+        client,
+        target,
+        downstream: version,
+        slot,
+        peer: None,
+    };
     serve_http(conn, stream, prefix, &snap).await;
 }

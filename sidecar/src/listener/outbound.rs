@@ -134,7 +134,15 @@ pub async fn handle(
         None => HttpTarget::ByAuthority,
     };
     let direction = Direction::Outbound;
-    let conn = Connection { shared: shared.clone(), direction, client, target, downstream: version, slot };
+    let conn = Connection {
+        shared: shared.clone(),
+        direction,
+        client,
+        target,
+        downstream: version,
+        slot,
+        peer: None,
+    };
     serve_http(conn, stream, prefix, &snap).await;
 }
 

@@ -30,6 +30,7 @@ fn connection(yaml: &str, target: HttpTarget) -> Connection {
         target,
         downstream: Version::Http1,
         slot: Arc::new(ConnSlot::new(permit, gauge)),
+        peer: None,
     }
 }
 
