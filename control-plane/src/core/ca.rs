@@ -2,55 +2,16 @@
 //! (never the names its CSR asks for), the trust bundle, the CA's status, and the counters and
 //! expiry gauges `/metrics` shows.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use pilotfish_api::wire::{CaRoot, CaStatus, CertifyRequest, CertifyResponse, Versioned};
 use pilotfish_api::SpiffeId;
 
+use super::ca_counters::Refusal;
 use super::error::{Error, Result};
 use super::identity::workload_identity;
 use super::plane::ControlPlane;
 use crate::ca::CaError;
-
-/// Why a certify request was refused, as `pilotfish_ca_certify_refused_total{reason}` labels it.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    /// No valid token (401).
-    Unauthenticated,
-    /// A token with no mesh identity: the admin's (403).
-    NoIdentity,
-    /// A malformed CSR or request (400).
-    BadRequest,
-    /// The CA could not sign (its issuer expired).
-    CaError,
-}
-
-impl Refusal {
-    const ALL: [Self; 4] = [Self::Unauthenticated, Self::NoIdentity, Self::BadRequest, Self::CaError];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "unauthenticated",
-            Self::NoIdentity => "no_identity",
-            Self::BadRequest => "bad_request",
-            Self::CaError => "ca_error",
-        }
-    }
-}
-
-/// What the CA issued and refused since the control plane started.
-#[derive(Debug, Default)]
-pub struct CaCounters {
-    issued: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
-}
-
-impl CaCounters {
-    fn refused(&self, reason: Refusal) {
-        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 impl ControlPlane {
     /// The workload calling with `bearer`, as the identity its token gives: 401 without a valid
@@ -58,11 +19,11 @@ impl ControlPlane {
     pub async fn workload(&self, bearer: Option<&str>) -> Result<SpiffeId> {
         let caller = self.authenticate(bearer).await.inspect_err(|e| {
             if matches!(e, Error::Unauthorized) {
-                self.ca_counters.refused(Refusal::Unauthenticated);
+                self.ca_counters.count_refused(Refusal::Unauthenticated);
             }
         })?;
         workload_identity(&caller, &self.trust_domain)
-            .inspect_err(|_| self.ca_counters.refused(Refusal::NoIdentity))
+            .inspect_err(|_| self.ca_counters.count_refused(Refusal::NoIdentity))
     }
 
     /// A leaf for `identity` (from [`ControlPlane::workload`]) with the key of the request's CSR.
@@ -78,9 +39,9 @@ impl ControlPlane {
             })
             .inspect_err(|e| {
                 let reason = if matches!(e, Error::Ca(_)) { Refusal::CaError } else { Refusal::BadRequest };
-                self.ca_counters.refused(reason);
+                self.ca_counters.count_refused(reason);
             })?;
-        self.ca_counters.issued.fetch_add(1, Ordering::Relaxed);
+        self.ca_counters.count_issued();
         tracing::info!(%identity, not_after = %rfc3339(issued.not_after), "issued a certificate");
         Ok(issued.into())
     }
@@ -120,21 +81,13 @@ impl ControlPlane {
             "pilotfish_ca_certs_issued_total",
             "counter",
             "Workload certificates the CA issued",
-            vec![(String::new(), counters.issued.load(Ordering::Relaxed))],
+            vec![(String::new(), counters.issued())],
         );
         family(
             "pilotfish_ca_certify_refused_total",
             "counter",
             "Certify requests refused, by reason",
-            Refusal::ALL
-                .iter()
-                .map(|r| {
-                    (
-                        format!("{{reason=\"{}\"}}", r.label()),
-                        counters.refused[*r as usize].load(Ordering::Relaxed),
-                    )
-                })
-                .collect(),
+            counters.refusals().map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n)).collect(),
         );
         family(
             "pilotfish_ca_root_expiry_timestamp_seconds",

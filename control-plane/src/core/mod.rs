@@ -5,6 +5,7 @@
 mod access;
 pub mod background;
 mod ca;
+mod ca_counters;
 mod caller;
 mod error;
 mod identity;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::wire::MeshSettings;
 
-use super::ca::CaCounters;
+use super::ca_counters::CaCounters;
 use super::caller::AdminToken;
 use super::leases::{Lease, Leases};
 use crate::ca::Ca;

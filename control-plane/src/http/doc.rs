@@ -127,7 +127,7 @@ impl Modify for ServerRules {
                 address.pattern = Some(ADDRESS_PATTERN.to_owned());
             }
         }
-        for body in ["Registration", "TokenRequest", "Ack"] {
+        for body in ["Registration", "TokenRequest", "Ack", "CertifyRequest"] {
             let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(body) else { continue };
             for field in ["service", "namespace"] {
                 if let Some(RefOr::T(Schema::Object(name))) = object.properties.get_mut(field) {
