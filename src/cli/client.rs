@@ -1,5 +1,5 @@
 //! The operator commands — `apply`, `get`, `delete`, `history`, `diff`, `rollback`, `token`,
-//! `proxies` — through the typed client of the control plane's API
+//! `proxies`, `ca` — through the typed client of the control plane's API
 //! (`pilotfish_api::client`); tables come from [`super::table`].
 
 use std::io::Read;
@@ -83,6 +83,11 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// The mesh CA: `status` (roots and expiry), `bundle` (the roots' PEM).
+    Ca {
+        #[command(subcommand)]
+        action: super::ca::CaAction,
     },
     /// Every sidecar: the version it acknowledged, whether that is current, its last NACK.
     Proxies {
@@ -239,6 +244,7 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Ca { action } => super::ca::execute(&api, action).await.map_err(explain)?,
         Command::Token { action: TokenAction::Create { service, namespace } } => {
             let request = TokenRequest { service: service.clone(), namespace: namespace.clone() };
             let out = api.create_token(&request).await.map_err(explain)?;

@@ -1,5 +1,6 @@
 //! The command line: one `clap` definition for every subcommand, and the dispatch to each.
 
+mod ca;
 mod client;
 mod control_plane;
 mod sidecar;

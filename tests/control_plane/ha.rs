@@ -10,16 +10,16 @@ use crate::support::{self, backend, Sidecar};
 use crate::{service, ControlPlane, TOKEN};
 
 /// A single-member etcd cluster in a temporary directory, killed on drop.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     client: u16,
     peer: u16,
     dir: tempfile::TempDir,
 }
 
 impl Etcd {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (support::free_port(), support::free_port());
         let child = Self::spawn(dir.path(), client, peer);

@@ -14,6 +14,7 @@ use pilotfish_api::wire::{DiffQuery, EndpointQuery, EventsQuery, Registration};
 use serde_json::Value;
 
 mod authz;
+mod ca;
 mod ha;
 mod managed;
 mod openapi;
