@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use pilotfish_api::client::{Client, ClientError};
-use pilotfish_api::wire::{DiffQuery, EventsQuery, ListQuery, RollbackRequest, TokenRequest};
+use pilotfish_api::wire::{DiffQuery, EventsQuery, ListQuery, RollbackRequest, TokenKind, TokenRequest};
 use serde_json::Value;
 
 use super::table::{cell, Table};
@@ -32,13 +32,20 @@ pub enum Output {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenAction {
-    /// A token that lets one service's sidecars get configuration and register instances
-    /// (printed once; give it to `pilotfish sidecar --token`).
+    /// A join token that lets one service's sidecars get configuration, register instances and
+    /// get certificates (give it to `pilotfish sidecar --token`), or with `--read-only` a token
+    /// that reads everything and writes nothing (dashboards, CI). Printed once.
     Create {
-        #[arg(long)]
-        service: String,
+        #[arg(long, required_unless_present = "read_only", conflicts_with = "read_only")]
+        service: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// A read-only token instead of a join token.
+        #[arg(long)]
+        read_only: bool,
+        /// How long the token works (e.g. 30m, 24h); omitted: until further notice.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<pilotfish_api::Duration>,
     },
 }
 
@@ -239,10 +246,16 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Token { action: TokenAction::Create { service, namespace } } => {
-            let request = TokenRequest { service: service.clone(), namespace: namespace.clone() };
+        Command::Token { action: TokenAction::Create { service, namespace, read_only, ttl } } => {
+            let kind = if read_only { TokenKind::ReadOnly } else { TokenKind::Join };
+            let request = TokenRequest { service, namespace, kind, ttl };
             let out = api.create_token(&request).await.map_err(explain)?;
-            eprintln!("join token for {service}.{namespace} (shown once):");
+            let what = match (&out.service, &out.namespace) {
+                (Some(service), Some(namespace)) => format!("join token for {service}.{namespace}"),
+                _ => "read-only token".to_owned(),
+            };
+            let until = out.expires_at.map(|at| format!(", valid until {at}")).unwrap_or_default();
+            eprintln!("{what} (shown once{until}):");
             println!("{}", out.token);
         }
         Command::Proxies { output } => {

@@ -1,24 +1,49 @@
-//! Join tokens: one service's sidecars' credential, created by the admin. The secret is shown
-//! once; the log keeps only its hash.
+//! Tokens the admin creates: join tokens (one service's sidecars) and read-only tokens
+//! (dashboards, CI), optionally expiring. The secret is shown once; the log keeps only its hash.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::caller::sha256_hex;
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
-use crate::model::{kind, TokenRecord};
+use crate::model::{kind, TokenKind, TokenRecord};
 use crate::names::check_service;
 use crate::store::AppendRequest;
 use pilotfish_api::wire::{JoinToken, TokenRequest};
 
 impl ControlPlane {
     pub async fn create_token(&self, actor: String, req: TokenRequest) -> Result<JoinToken> {
-        check_service(&req.service, &req.namespace).map_err(Error::BadRequest)?;
+        let (service, namespace) = match (req.kind, req.service) {
+            (TokenKind::Join, Some(service)) => {
+                check_service(&service, &req.namespace).map_err(Error::BadRequest)?;
+                (service, req.namespace)
+            }
+            (TokenKind::Join, None) => {
+                return Err(Error::BadRequest("a join token names its service (`service`)".into()))
+            }
+            (TokenKind::ReadOnly, None) => (String::new(), String::new()),
+            (TokenKind::ReadOnly, Some(_)) => {
+                return Err(Error::BadRequest(
+                    "a read-only token reads every service: leave out `service`".into(),
+                ))
+            }
+        };
+        let expires_at = match req.ttl.map(|ttl| ttl.get()) {
+            None => None,
+            Some(ttl) if ttl.as_secs() == 0 => {
+                return Err(Error::BadRequest("`ttl` must be at least 1s".into()));
+            }
+            Some(ttl) => Some(SystemTime::now() + ttl),
+        };
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let record = TokenRecord {
             id: id.clone(),
-            service: req.service.clone(),
-            namespace: req.namespace.clone(),
+            kind: req.kind,
+            service: service.clone(),
+            namespace: namespace.clone(),
             secret_sha256: sha256_hex(secret.as_bytes()),
+            expires_at: expires_at.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
         };
         let data = serde_json::to_value(&record).expect("records serialize");
         let event = self
@@ -28,10 +53,13 @@ impl ControlPlane {
             )
             .await?;
         self.settle().await;
+        let named = |s: String| (!s.is_empty()).then_some(s);
         Ok(JoinToken {
             token: format!("{id}.{secret}"),
-            service: req.service,
-            namespace: req.namespace,
+            service: named(service),
+            namespace: named(namespace),
+            kind: req.kind,
+            expires_at: expires_at.map(|at| humantime::format_rfc3339_seconds(at).to_string()),
             seq: event.seq,
         })
     }
