@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pilotfish_api::client::{Client, ClientError};
+use pilotfish_api::client::{Client, ClientError, Trust};
 use pilotfish_api::wire::{DiffQuery, EventsQuery, ListQuery, RollbackRequest, TokenKind, TokenRequest};
 use serde_json::Value;
 
@@ -18,9 +18,29 @@ pub struct Server {
     /// The control plane's API.
     #[arg(long, env = "PILOTFISH_SERVER", default_value = "http://127.0.0.1:15100", global = true)]
     server: String,
-    /// Bearer token for writes.
+    /// Bearer token: the admin token, or a read-only one for reads.
     #[arg(long, env = "PILOTFISH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// An https control plane: the PEM file of the CA to verify it against (`ca.pem` in the
+    /// control plane's data directory).
+    #[arg(long, env = "PILOTFISH_CA_FILE", value_name = "FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// An https control plane: the SHA-256 of its CA's root, as a join or read-only token
+    /// carries it (a token's third part is used when neither this nor --ca-file is given).
+    #[arg(long, env = "PILOTFISH_CA_FINGERPRINT", value_name = "SHA256", global = true, conflicts_with = "ca_file")]
+    ca_fingerprint: Option<String>,
+}
+
+impl Server {
+    /// A client of the control plane with the token and trust given.
+    fn client(self) -> anyhow::Result<Client> {
+        let trust = match (&self.ca_file, &self.ca_fingerprint) {
+            (Some(path), _) => Some(Trust::ca_file(path)?),
+            (None, Some(fingerprint)) => Some(Trust::pinned(fingerprint)?),
+            (None, None) => self.token.as_deref().and_then(Trust::from_token),
+        };
+        Ok(Client::builder(&self.server).token(self.token).trust(trust).build())
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -125,7 +145,7 @@ fn print_sorted(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()>
 }
 
 async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
-    let api = Client::builder(&server.server).token(server.token).build();
+    let api = server.client()?;
     match command {
         Command::Apply { file } => {
             let text = if file.as_os_str() == "-" {

@@ -64,6 +64,12 @@ impl Trust {
         Ok(Self::Pinned(normal))
     }
 
+    /// The root a token pins (`ID.SECRET.FINGERPRINT`); `None` for a token that pins none.
+    pub fn from_token(token: &str) -> Option<Self> {
+        let parts = crate::wire::TokenParts::parse(token)?;
+        Some(Self::Pinned(parts.fingerprint?.to_owned()))
+    }
+
     /// The rustls configuration of a client with this trust: TLS 1.3, `http/1.1`.
     pub fn client_config(&self) -> ClientConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

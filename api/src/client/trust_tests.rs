@@ -97,6 +97,9 @@ fn fingerprints_are_read_as_openssl_prints_them_and_bad_ones_refused() {
     let hex = "AB:".repeat(31) + "AB";
     assert!(matches!(Trust::pinned(&hex), Ok(Trust::Pinned(p)) if p == "ab".repeat(32)));
     assert!(Trust::pinned("abc").is_err());
+    let pin = "cd".repeat(32);
+    assert!(matches!(Trust::from_token(&format!("id.secret.{pin}")), Some(Trust::Pinned(p)) if p == pin));
+    assert!(Trust::from_token("id.secret").is_none() && Trust::from_token("an-admin-token").is_none());
     let dir = std::env::temp_dir().join(format!("pilotfish-trust-{}", std::process::id()));
     std::fs::write(&dir, "not a certificate").unwrap();
     let err = Trust::ca_file(&dir).unwrap_err();
