@@ -1,7 +1,9 @@
 //! Tokens the admin creates: join tokens (one service's sidecars) and read-only tokens
 //! (dashboards, CI), optionally expiring. The secret is shown once; the log keeps only its hash.
+//! A token reads `ID.SECRET.FINGERPRINT`: the last part, the SHA-256 of the mesh CA's root, lets
+//! whoever holds the token verify the control plane's TLS certificate with nothing else.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::caller::sha256_hex;
 use super::error::{Error, Result};
@@ -28,12 +30,16 @@ impl ControlPlane {
                 ))
             }
         };
+        // Rounded up to the second, so a token lives at least its TTL.
         let expires_at = match req.ttl.map(|ttl| ttl.get()) {
             None => None,
             Some(ttl) if ttl.as_secs() == 0 => {
                 return Err(Error::BadRequest("`ttl` must be at least 1s".into()));
             }
-            Some(ttl) => Some(SystemTime::now() + ttl),
+            Some(ttl) => {
+                let at = (SystemTime::now() + ttl).duration_since(UNIX_EPOCH).unwrap_or_default();
+                Some(at.as_secs() + u64::from(at.subsec_nanos() > 0))
+            }
         };
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -43,7 +49,7 @@ impl ControlPlane {
             service: service.clone(),
             namespace: namespace.clone(),
             secret_sha256: sha256_hex(secret.as_bytes()),
-            expires_at: expires_at.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
+            expires_at,
         };
         let data = serde_json::to_value(&record).expect("records serialize");
         let event = self
@@ -54,12 +60,16 @@ impl ControlPlane {
             .await?;
         self.settle().await;
         let named = |s: String| (!s.is_empty()).then_some(s);
+        // The root a new client verifies this control plane's certificate against.
+        let pin = &self.ca.root_fingerprints()[0];
         Ok(JoinToken {
-            token: format!("{id}.{secret}"),
+            token: format!("{id}.{secret}.{pin}"),
             service: named(service),
             namespace: named(namespace),
             kind: req.kind,
-            expires_at: expires_at.map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            expires_at: expires_at.map(|at| {
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string()
+            }),
             seq: event.seq,
         })
     }
