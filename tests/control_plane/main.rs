@@ -13,6 +13,7 @@ use pilotfish_api::client::{Client, ClientError, Preconditions};
 use pilotfish_api::wire::{DiffQuery, EndpointQuery, EventsQuery, Registration};
 use serde_json::Value;
 
+mod auth;
 mod authz;
 mod ha;
 mod managed;
