@@ -1,9 +1,9 @@
 //! Serving the API: [`serve`] (plaintext) or [`serve_tls`] is the one way a control plane runs
 //! (`pilotfish control-plane` and `pilotfish up` both use it). Every accepted connection gets TCP
-//! keepalive and a TCP user timeout, so a peer that vanishes without a reset (host powered off, network partitioned) is
-//! noticed in bounded time. Without them the push stream's keepalive lines would sit in the send
-//! buffer while the kernel retransmits for about 15 minutes, and the sidecar would stay
-//! "connected".
+//! keepalive and a TCP user timeout, so a peer that vanishes without a reset (host powered off,
+//! network partitioned) is noticed in bounded time. Without them the push stream's keepalive
+//! lines would sit in the send buffer while the kernel retransmits for about 15 minutes, and the
+//! sidecar would stay "connected".
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -52,7 +52,12 @@ pub enum TlsError {
 
 /// How the API on `listen` is served: plaintext on loopback or with `insecure`, otherwise TLS
 /// with a certificate from `ca` for `names` (empty: [`default_names`]).
-pub fn transport(listen: SocketAddr, insecure: bool, names: &[String], ca: &Ca) -> Result<Transport, TlsError> {
+pub fn transport(
+    listen: SocketAddr,
+    insecure: bool,
+    names: &[String],
+    ca: &Ca,
+) -> Result<Transport, TlsError> {
     if listen.ip().to_canonical().is_loopback() {
         return Ok(Transport::Plain);
     }
@@ -106,8 +111,9 @@ fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigE
     for root in CertificateDer::pem_slice_iter(ca.trust_bundle_pem().as_bytes()) {
         roots.add(root.map_err(|e| rustls::Error::General(e.to_string()))?)?;
     }
-    let clients =
-        WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone()).allow_unauthenticated().build()?;
+    let clients = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let chain = serving.chain.into_iter().map(CertificateDer::from).collect();
     let key = PrivatePkcs8KeyDer::from(serving.key).into();
     let mut config = ServerConfig::builder_with_provider(provider)

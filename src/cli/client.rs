@@ -27,7 +27,13 @@ pub struct Server {
     ca_file: Option<PathBuf>,
     /// An https control plane: the SHA-256 of its CA's root, as a join or read-only token
     /// carries it (a token's third part is used when neither this nor --ca-file is given).
-    #[arg(long, env = "PILOTFISH_CA_FINGERPRINT", value_name = "SHA256", global = true, conflicts_with = "ca_file")]
+    #[arg(
+        long,
+        env = "PILOTFISH_CA_FINGERPRINT",
+        value_name = "SHA256",
+        global = true,
+        conflicts_with = "ca_file"
+    )]
     ca_fingerprint: Option<String>,
 }
 

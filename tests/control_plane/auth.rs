@@ -24,7 +24,9 @@ fn reads_need_a_token_and_a_read_only_token_reads_but_cannot_write() {
         assert!(body["error"].as_str().unwrap().contains("pilotfish token create"), "{path}: {body}");
     }
     for path in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
-        let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &cp.url(path)]).output();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &cp.url(path)])
+            .output();
         assert_eq!(String::from_utf8_lossy(&out.unwrap().stdout), "200", "{path} stays open");
     }
 
@@ -49,7 +51,10 @@ fn reads_need_a_token_and_a_read_only_token_reads_but_cannot_write() {
     let get = as_reader(&["get", "service", "-o", "json"]);
     assert!(String::from_utf8_lossy(&get.stdout).contains("users"), "{get:?}");
     let delete = as_reader(&["delete", "service", "users"]);
-    assert!(!delete.status.success() && String::from_utf8_lossy(&delete.stderr).contains("403"), "{delete:?}");
+    assert!(
+        !delete.status.success() && String::from_utf8_lossy(&delete.stderr).contains("403"),
+        "{delete:?}"
+    );
     assert!(cp.cli_ok(&["get", "service"]).contains("users"));
 
     // Tokens with a TTL work until it passes, then are refused like a wrong token.
@@ -80,11 +85,25 @@ fn off_loopback_the_api_is_tls_that_curl_openssl_and_the_cli_verify_against_the_
 
     // curl: verified against the CA file; without it verification fails; plaintext is no answer.
     let code = |args: &[&str]| {
-        let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"]).args(args).output().unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+            .args(args)
+            .output()
+            .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     assert_eq!(code(&["--cacert", ca, &https("/healthz")]), (Some(0), "200".to_owned()));
-    assert_eq!(code(&["--cacert", ca, "--resolve", &format!("localhost:{port}:127.0.0.1"), &format!("https://localhost:{port}/healthz")]).1, "200");
+    assert_eq!(
+        code(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/healthz")
+        ])
+        .1,
+        "200"
+    );
     assert_eq!(code(&[&https("/healthz")]).0, Some(60), "curl's own CA store does not know the mesh CA");
     assert_ne!(code(&[&format!("http://127.0.0.1:{port}/healthz")]).1, "200", "no plaintext off loopback");
     let auth = format!("Authorization: Bearer {TOKEN}");
@@ -93,7 +112,15 @@ fn off_loopback_the_api_is_tls_that_curl_openssl_and_the_cli_verify_against_the_
 
     // openssl, an independent client: TLS 1.3, and the chain verifies up to the mesh root.
     let s_client = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-CAfile", ca, "-verify_return_error", "-showcerts"])
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-CAfile",
+            ca,
+            "-verify_return_error",
+            "-showcerts",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -103,18 +130,33 @@ fn off_loopback_the_api_is_tls_that_curl_openssl_and_the_cli_verify_against_the_
 
     // The CLI: --ca-file, a token's pin, and a wrong pin.
     let cli = |args: &[&str], token: &str| {
-        Command::new(BIN).args(args).env("PILOTFISH_SERVER", https("")).env("PILOTFISH_TOKEN", token).output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .env("PILOTFISH_SERVER", https(""))
+            .env("PILOTFISH_TOKEN", token)
+            .output()
+            .unwrap()
     };
-    let out = cli(&["--ca-file", ca, "apply", "-f", &write(dir.path(), "users.yaml", &service("users", 9001))], TOKEN);
+    let out = cli(
+        &["--ca-file", ca, "apply", "-f", &write(dir.path(), "users.yaml", &service("users", 9001))],
+        TOKEN,
+    );
     assert!(out.status.success(), "{out:?}");
-    let reader = String::from_utf8(cli(&["--ca-file", ca, "token", "create", "--read-only"], TOKEN).stdout).unwrap();
+    let reader =
+        String::from_utf8(cli(&["--ca-file", ca, "token", "create", "--read-only"], TOKEN).stdout).unwrap();
     let out = cli(&["get", "service"], reader.trim());
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("users"), "the token's pin: {out:?}");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("users"),
+        "the token's pin: {out:?}"
+    );
     let out = cli(&["get", "service"], TOKEN);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--ca-file"), "{out:?}");
     let wrong = "0".repeat(64);
     let out = cli(&["--ca-fingerprint", &wrong, "get", "service"], TOKEN);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("pinned fingerprint"), "{out:?}");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("pinned fingerprint"),
+        "{out:?}"
+    );
     let pin = reader.trim().rsplit('.').next().unwrap().to_owned();
     assert!(cli(&["--ca-fingerprint", &pin, "get", "service"], TOKEN).status.success());
 }
@@ -124,14 +166,28 @@ fn plaintext_off_loopback_takes_insecure_and_without_a_certificate_it_refuses_to
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("refused");
     let out = Command::new(BIN)
-        .args(["control-plane", "--admin-token", TOKEN, "--listen", "0.0.0.0:0", "--tls-san", "ünïcode.example"])
+        .args([
+            "control-plane",
+            "--admin-token",
+            TOKEN,
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-san",
+            "ünïcode.example",
+        ])
         .args(["--data-dir", data.to_str().unwrap()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--tls-san") && err.contains("--insecure"), "{err}");
 
-    let cp = ControlPlane::launch(&["--listen", "0.0.0.0:0", "--insecure", "--data-dir", dir.path().to_str().unwrap()]);
+    let cp = ControlPlane::launch(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     let (status, _) = curl(&[&format!("http://127.0.0.1:{}/healthz", cp.addr.port())]);
     assert_eq!(status, 200);
     assert!(cp.log.lock().unwrap().contains("plaintext on a non-loopback address"));
@@ -146,9 +202,21 @@ async fn a_managed_sidecar_joins_an_https_control_plane_with_only_its_join_token
     let admin = Client::builder(&url).token(Some(TOKEN.into())).trust(Some(trust)).build();
     let users = backend("users").await;
     admin.apply(&service("users", users.addr.port())).await.unwrap();
-    let token = admin.create_token(&pilotfish_api::wire::TokenRequest::join("web", "default")).await.unwrap().token;
+    let token =
+        admin.create_token(&pilotfish_api::wire::TokenRequest::join("web", "default")).await.unwrap().token;
 
-    let args = ["--control-plane", &url, "--service", "web", "--token", &token, "--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0"];
+    let args = [
+        "--control-plane",
+        &url,
+        "--service",
+        "web",
+        "--token",
+        &token,
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+    ];
     let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
     let target = format!("http://{}/", sc.outbound);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
