@@ -32,7 +32,8 @@ pub struct TokenRequest {
     pub namespace: String,
     #[serde(default, skip_serializing_if = "is_join")]
     pub kind: TokenKind,
-    /// How long the token works (e.g. `24h`); omitted: until the log forgets it.
+    /// How long the token works (e.g. `24h`), rounded up to whole seconds; omitted: it does
+    /// not expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
 }

@@ -31,16 +31,10 @@ impl ControlPlane {
             }
         };
         // Rounded up to the second, so a token lives at least its TTL.
-        let expires_at = match req.ttl.map(|ttl| ttl.get()) {
-            None => None,
-            Some(ttl) if ttl.as_secs() == 0 => {
-                return Err(Error::BadRequest("`ttl` must be at least 1s".into()));
-            }
-            Some(ttl) => {
-                let at = (SystemTime::now() + ttl).duration_since(UNIX_EPOCH).unwrap_or_default();
-                Some(at.as_secs() + u64::from(at.subsec_nanos() > 0))
-            }
-        };
+        let expires_at = req.ttl.map(|ttl| {
+            let at = (SystemTime::now() + ttl.get()).duration_since(UNIX_EPOCH).unwrap_or_default();
+            at.as_secs() + u64::from(at.subsec_nanos() > 0)
+        });
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let record = TokenRecord {
