@@ -24,7 +24,9 @@
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
 //! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
-//!   control-plane` and `pilotfish up`).
+//!   control-plane` and `pilotfish up`), plaintext or TLS.
+//! - [`tls`]: when the API is served over TLS (not loopback only, unless `--insecure`), its
+//!   certificate from the mesh CA, and accepting TLS connections.
 //!
 //! # Where to add things
 //!
@@ -50,3 +52,4 @@ pub mod model;
 pub mod names;
 pub mod push;
 pub mod store;
+pub mod tls;

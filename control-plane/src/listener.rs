@@ -1,9 +1,9 @@
-//! Serving the API: [`serve`] is the one way a control plane runs (`pilotfish control-plane` and
-//! `pilotfish up` both use it). Every accepted connection gets TCP keepalive and a TCP user
-//! timeout, so a peer that vanishes without a reset (host powered off, network partitioned) is
-//! noticed in bounded time. Without them the push stream's keepalive lines would sit in the send
-//! buffer while the kernel retransmits for about 15 minutes, and the sidecar would stay
-//! "connected".
+//! Serving the API: [`serve`] (plaintext) or [`serve_tls`] is the one way a control plane runs
+//! (`pilotfish control-plane` and `pilotfish up` both use it). Every accepted connection gets TCP
+//! keepalive and a TCP user timeout, so a peer that vanishes without a reset (host powered off,
+//! network partitioned) is noticed in bounded time. Without them the push stream's keepalive
+//! lines would sit in the send buffer while the kernel retransmits for about 15 minutes, and the
+//! sidecar would stay "connected".
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{background, ControlPlane};
 use crate::http;
+use crate::tls::TlsListener;
 
 /// Idle time before the first keepalive probe, and between probes.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -30,13 +31,30 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_on(cp, with_keepalive(listener), shutdown).await
+}
+
+/// [`serve`] over TLS with `config` ([`crate::tls::transport`] says when).
+pub async fn serve_tls(
+    cp: Arc<ControlPlane>,
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_on(cp, TlsListener::new(with_keepalive(listener), config)?, shutdown).await
+}
+
+async fn serve_on<L>(cp: Arc<ControlPlane>, listener: L, shutdown: CancellationToken) -> std::io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
     tokio::spawn(background::run(cp.clone(), shutdown.clone()));
     let router = http::router(&cp);
     let graceful = async move {
         shutdown.cancelled().await;
         cp.stop();
     };
-    axum::serve(with_keepalive(listener), router).with_graceful_shutdown(graceful).await
+    axum::serve(listener, router).with_graceful_shutdown(graceful).await
 }
 
 /// `listener`, with keepalive and the user timeout set on each connection it accepts.

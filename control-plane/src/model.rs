@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use pilotfish_api::wire::{Change, EndpointRecord};
+pub use pilotfish_api::wire::{Change, EndpointRecord, TokenKind};
 
 use crate::store::{AppendRequest, Event, StoreError};
 
@@ -46,15 +46,26 @@ pub struct State {
     pub tokens: BTreeMap<String, TokenRecord>,
 }
 
-/// A join token: lets one service's sidecars receive configuration and register instances.
+/// A token: a join token lets one service's sidecars receive configuration, register
+/// instances and get certificates; a read-only token reads the configuration and registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
     pub id: String,
+    /// Absent in records from before read-only tokens, which were all join tokens.
+    #[serde(default)]
+    pub kind: TokenKind,
+    /// A join token's service; empty for a read-only token. Always written, so a replica a
+    /// release behind still reads the record.
+    #[serde(default)]
     pub service: String,
+    #[serde(default)]
     pub namespace: String,
     /// SHA-256 of the secret, hex.
     pub secret_sha256: String,
+    /// Seconds since the Unix epoch after which the token is refused; none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

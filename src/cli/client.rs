@@ -6,8 +6,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pilotfish_api::client::{Client, ClientError};
-use pilotfish_api::wire::{DiffQuery, EventsQuery, ListQuery, RollbackRequest, TokenRequest};
+use pilotfish_api::client::{Client, ClientError, Trust};
+use pilotfish_api::wire::{DiffQuery, EventsQuery, ListQuery, RollbackRequest, TokenKind, TokenRequest};
 use serde_json::Value;
 
 use super::table::{cell, Table};
@@ -18,9 +18,35 @@ pub struct Server {
     /// The control plane's API.
     #[arg(long, env = "PILOTFISH_SERVER", default_value = "http://127.0.0.1:15100", global = true)]
     server: String,
-    /// Bearer token for writes.
+    /// Bearer token: the admin token, or a read-only one for reads.
     #[arg(long, env = "PILOTFISH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// An https control plane: the PEM file of the CA to verify it against (`ca.pem` in the
+    /// control plane's data directory).
+    #[arg(long, env = "PILOTFISH_CA_FILE", value_name = "FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// An https control plane: the SHA-256 of its CA's root, as a join or read-only token
+    /// carries it (a token's third part is used when neither this nor --ca-file is given).
+    #[arg(
+        long,
+        env = "PILOTFISH_CA_FINGERPRINT",
+        value_name = "SHA256",
+        global = true,
+        conflicts_with = "ca_file"
+    )]
+    ca_fingerprint: Option<String>,
+}
+
+impl Server {
+    /// A client of the control plane with the token and trust given.
+    fn client(self) -> anyhow::Result<Client> {
+        let trust = match (&self.ca_file, &self.ca_fingerprint) {
+            (Some(path), _) => Some(Trust::ca_file(path)?),
+            (None, Some(fingerprint)) => Some(Trust::pinned(fingerprint)?),
+            (None, None) => self.token.as_deref().and_then(Trust::from_token),
+        };
+        Ok(Client::builder(&self.server).token(self.token).trust(trust).build())
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -32,13 +58,20 @@ pub enum Output {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenAction {
-    /// A token that lets one service's sidecars get configuration and register instances
-    /// (printed once; give it to `pilotfish sidecar --token`).
+    /// A join token that lets one service's sidecars get configuration, register instances and
+    /// get certificates (give it to `pilotfish sidecar --token`), or with `--read-only` a token
+    /// that reads everything and writes nothing (dashboards, CI). Printed once.
     Create {
-        #[arg(long)]
-        service: String,
+        #[arg(long, required_unless_present = "read_only", conflicts_with = "read_only")]
+        service: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// A read-only token instead of a join token.
+        #[arg(long)]
+        read_only: bool,
+        /// How long the token works (e.g. 30m, 24h); omitted: until further notice.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<pilotfish_api::Duration>,
     },
 }
 
@@ -123,7 +156,7 @@ fn print_sorted(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()>
 }
 
 async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
-    let api = Client::builder(&server.server).token(server.token).build();
+    let api = server.client()?;
     match command {
         Command::Apply { file } => {
             let text = if file.as_os_str() == "-" {
@@ -245,10 +278,16 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Ca { action } => super::ca::execute(&api, action).await.map_err(explain)?,
-        Command::Token { action: TokenAction::Create { service, namespace } } => {
-            let request = TokenRequest { service: service.clone(), namespace: namespace.clone() };
+        Command::Token { action: TokenAction::Create { service, namespace, read_only, ttl } } => {
+            let kind = if read_only { TokenKind::ReadOnly } else { TokenKind::Join };
+            let request = TokenRequest { service, namespace, kind, ttl };
             let out = api.create_token(&request).await.map_err(explain)?;
-            eprintln!("join token for {service}.{namespace} (shown once):");
+            let what = match (&out.service, &out.namespace) {
+                (Some(service), Some(namespace)) => format!("join token for {service}.{namespace}"),
+                _ => "read-only token".to_owned(),
+            };
+            let until = out.expires_at.map(|at| format!(", valid until {at}")).unwrap_or_default();
+            eprintln!("{what} (shown once{until}):");
             println!("{}", out.token);
         }
         Command::Proxies { output } => {

@@ -10,7 +10,9 @@ use anyhow::Context;
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_control_plane::ca::{Ca, SealKey};
 use pilotfish_control_plane::core::{ControlPlane, Settings};
+use pilotfish_control_plane::listener::{serve as serve_plain, serve_tls};
 use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
+use pilotfish_control_plane::tls::{transport, Transport};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +27,18 @@ pub struct Args {
     /// Share the log with other replicas through etcd instead: `etcd://host:port[,host:port]`.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API: plaintext on loopback, TLS (a certificate from the mesh CA)
+    /// anywhere else.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15100")]
     listen: SocketAddr,
+    /// Names (DNS or IP) the API's TLS certificate carries, repeatable; default: the listen
+    /// address, this host's name, localhost and 127.0.0.1.
+    #[arg(long, value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// Serve plaintext on a non-loopback --listen (tokens and configuration cross the network
+    /// readable by anyone on it).
+    #[arg(long)]
+    insecure: bool,
     /// Bearer token for admin writes.
     #[arg(long, env = "PILOTFISH_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -87,6 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         data_dir,
         store,
         listen,
+        tls_san,
+        insecure,
         admin_token,
         proxy_retention,
         max_proxies_per_service,
@@ -115,13 +128,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..Settings::new(token)
     };
     let ca = CaFlags { cert: ca_cert, key: ca_key, seal_key: ca_seal_key };
+    let listen = Listen { addr: listen, tls_san, insecure };
     runtime.block_on(serve(data_dir, store, listen, admin_token, ca, settings))
+}
+
+/// Where and how the API is served.
+struct Listen {
+    addr: SocketAddr,
+    tls_san: Vec<String>,
+    insecure: bool,
 }
 
 async fn serve(
     data_dir: PathBuf,
     store: Option<String>,
-    listen: SocketAddr,
+    listen: Listen,
     admin_token: Option<String>,
     ca: CaFlags,
     settings: impl FnOnce(String) -> Settings,
@@ -161,11 +182,14 @@ async fn serve(
     };
     let settings = settings(token);
     check_cert_ttl(&ca, settings.cert_ttl)?;
+    let served = transport(listen.addr, listen.insecure, &listen.tls_san, &ca)?;
     let cp = ControlPlane::open(store, settings, ca).await.context("loading the read model")?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let addr = listen.addr;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {listen}: is another control plane running?"))?;
-    tracing::info!(listen = %listener.local_addr()?, "control plane listening");
+        .with_context(|| format!("cannot listen on {addr}: is another control plane running?"))?;
+    let encrypted = matches!(served, Transport::Tls(_));
+    tracing::info!(listen = %listener.local_addr()?, tls = encrypted, "control plane listening");
 
     let stop = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -178,7 +202,10 @@ async fn serve(
         }
         shutdown.cancel();
     });
-    pilotfish_control_plane::listener::serve(cp, listener, stop).await?;
+    match served {
+        Transport::Plain => serve_plain(cp, listener, stop).await?,
+        Transport::Tls(config) => serve_tls(cp, listener, config, stop).await?,
+    }
     tracing::info!("control plane stopped");
     Ok(())
 }

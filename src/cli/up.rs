@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use pilotfish_api::wire::TokenRequest;
 use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::Embedded;
 use pilotfish_sidecar::managed::Managed;
@@ -146,7 +147,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
     let token = super::control_plane::stored_or_new_token(&data_dir)?;
     let store = Embedded::open(&data_dir.join("store")).await.context("opening the mesh's store")?;
     let ca = pilotfish_control_plane::ca::Ca::open(&data_dir.join("ca"))?;
-    let cp = ControlPlane::open(Arc::new(store), Settings::new(token.clone()), ca)
+    let cp = ControlPlane::open(Arc::new(store), Settings::new(token), ca)
         .await
         .context("loading the mesh's state")?;
     let cp_addr = port(100);
@@ -187,14 +188,25 @@ async fn up(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    // A managed sidecar beside every instance, and yours.
+    // A managed sidecar beside every instance, and yours, each on its own service's join
+    // token (so each proves its own service's identity, never the admin's).
+    let mut tokens = std::collections::BTreeMap::new();
+    for service in instances.iter().map(|i| i.service.as_str()).chain(["laptop"]) {
+        if !tokens.contains_key(service) {
+            let created = cp
+                .create_token("pilotfish up".to_owned(), TokenRequest::join(service, "default"))
+                .await
+                .map_err(|e| anyhow::anyhow!("creating {service}'s join token: {e}"))?;
+            tokens.insert(service.to_owned(), created.token);
+        }
+    }
     let cp_url = format!("http://{cp_addr}");
     let sidecar = |service: &str, app: Option<SocketAddr>, offset: u16| {
         let managed = Managed {
             servers: vec![cp_url.clone()],
             service: service.to_owned(),
             namespace: "default".to_owned(),
-            token: token.clone(),
+            token: tokens[service].clone(),
             id: format!("{service}-{}", base + offset),
             lease_ttl: Duration::from_secs(10),
         };
@@ -215,7 +227,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
         servers: vec![cp_url.clone()],
         service: "laptop".to_owned(),
         namespace: "default".to_owned(),
-        token: token.clone(),
+        token: tokens["laptop"].clone(),
         id: format!("laptop-{base}"),
         lease_ttl: Duration::from_secs(10),
     };
@@ -391,6 +403,10 @@ fn print_banner(instances: &[Instance], base: u16, data_dir: &std::path::Path, d
         println!("  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} ' -H 'Host: flaky' http://127.0.0.1:{out}/; done; echo");
     }
     println!("  curl -s http://127.0.0.1:{base}/metrics | grep -E 'pilotfish_(requests|retries)_total'");
-    println!("  PILOTFISH_SERVER=http://127.0.0.1:{} pilotfish get service", base + 100);
+    println!(
+        "  PILOTFISH_SERVER=http://127.0.0.1:{} PILOTFISH_TOKEN=$(cat {}) pilotfish get service",
+        base + 100,
+        data_dir.join("admin-token").display()
+    );
     println!("Ctrl-C stops everything.");
 }

@@ -158,7 +158,8 @@ async fn a_replica_that_cannot_reach_etcd_is_unready_and_answers_503_until_etcd_
     let cp = tokio::task::block_in_place(|| ControlPlane::start_etcd(&etcd.url));
     apply(&cp, &service("users", 9001)).await;
     let ready = async || support::curl(&[&cp.url("/readyz")]).await;
-    let resources = async || support::curl(&[&cp.url("/v1/resources")]).await;
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let resources = async || support::curl(&["-H", &auth, &cp.url("/v1/resources")]).await;
     assert_eq!(ready().await.status, 200);
 
     // etcd hangs (SIGSTOP): not ready within the probe's bound, and calls are 503, not 500.

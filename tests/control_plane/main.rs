@@ -13,6 +13,7 @@ use pilotfish_api::client::{Client, ClientError, Preconditions};
 use pilotfish_api::wire::{DiffQuery, EndpointQuery, EventsQuery, Registration};
 use serde_json::Value;
 
+mod auth;
 mod authz;
 mod ca;
 mod ha;
@@ -375,7 +376,7 @@ fn writes_need_the_token_and_bad_input_changes_nothing() {
     let (status, body) = curl(&[&cp.url("/v1/nothing-here")]);
     assert_eq!(status, 404);
     assert!(body["error"].is_string(), "{body}");
-    let (status, _) = curl(&[&cp.url("/v1/resources?kind=widget")]);
+    let (status, _) = curl(&["-H", &auth, &cp.url("/v1/resources?kind=widget")]);
     assert_eq!(status, 400, "an unknown kind is an error, not an empty list");
 }
 

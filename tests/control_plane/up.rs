@@ -115,9 +115,11 @@ fn up_runs_the_demo_mesh_whose_printed_commands_work_and_ctrl_c_cleans_up() {
 
     // A second `up` resumes from the data directory: the configuration is already there.
     let mut again = Up::start(&["--base-port", &base_arg], dir.path());
+    let admin_token = std::fs::read_to_string(dir.path().join(".pilotfish/admin-token")).unwrap();
     let history = Command::new(BIN)
         .args(["history", "-o", "json"])
         .env("PILOTFISH_SERVER", format!("http://127.0.0.1:{}", base + 100))
+        .env("PILOTFISH_TOKEN", admin_token.trim())
         .output()
         .unwrap();
     let events: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();

@@ -2,14 +2,19 @@
 //! and the tests all call the control plane through it, with the `wire` types both ends share.
 //!
 //! - `transport`: [`Client`] — base URL, bearer token, hyper-util's pooled client, timeouts.
+//! - `trust`: [`Trust`] — what an `https://` control plane is verified against (a CA file, or
+//!   the root fingerprint a join token pins).
+//! - `connect`: the connector, plain TCP or TLS.
 //! - `operations`: one method per API operation (a new API call goes here).
 //! - `push_stream`: [`PushStream`], the push stream's typed lines.
 //! - `error`: [`ClientError`], a variant per failure a caller acts on.
 
+mod connect;
 mod error;
 mod operations;
 mod push_stream;
 mod transport;
+mod trust;
 
 #[cfg(test)]
 mod tests;
@@ -18,3 +23,4 @@ pub use error::ClientError;
 pub use operations::Preconditions;
 pub use push_stream::{PushStream, StreamError, MAX_LINE, STREAM_IDLE};
 pub use transport::{Client, ClientBuilder};
+pub use trust::{Trust, TrustError};

@@ -1,6 +1,7 @@
 //! The client's plumbing: one control plane's base URL and bearer token over hyper-util's
-//! pooled legacy client, turning a call into a request and an answer into a typed value or a
-//! [`ClientError`]. The operations themselves are in `operations`.
+//! pooled legacy client (`http://`, or `https://` with a [`Trust`]), turning a call into a
+//! request and an answer into a typed value or a [`ClientError`]. The operations themselves
+//! are in `operations`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +14,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use super::connect::Connector;
 use super::error::ClientError;
+use super::trust::Trust;
 
-type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+type Http = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
 /// A client of one control plane's `/v1` API. Cloning it shares its connection pool.
 #[derive(Clone)]
@@ -42,9 +45,16 @@ pub struct ClientBuilder {
     token: Option<String>,
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
+    trust: Option<Trust>,
 }
 
 impl ClientBuilder {
+    /// What `https://` URLs are verified against (none: only `http://` URLs work).
+    pub fn trust(mut self, trust: Option<Trust>) -> Self {
+        self.trust = trust;
+        self
+    }
+
     /// The bearer token sent with every call (admin or join token).
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
@@ -67,10 +77,12 @@ impl ClientBuilder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(self.connect_timeout);
         connector.set_nodelay(true);
+        let tls = self.trust.map(|trust| Arc::new(trust.client_config()));
         Client {
             base: self.base.trim_end_matches('/').into(),
             token: self.token.map(Into::into),
-            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector),
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(Connector::new(connector, tls)),
             timeout: self.timeout,
         }
     }
@@ -97,9 +109,16 @@ impl Call {
 }
 
 impl Client {
-    /// A client of the control plane at `base` (`http://host:port`).
+    /// A client of the control plane at `base` (`http://host:port`, or `https://host:port`
+    /// with [`ClientBuilder::trust`]).
     pub fn builder(base: &str) -> ClientBuilder {
-        ClientBuilder { base: base.to_owned(), token: None, connect_timeout: None, timeout: None }
+        ClientBuilder {
+            base: base.to_owned(),
+            token: None,
+            connect_timeout: None,
+            timeout: None,
+            trust: None,
+        }
     }
 
     /// The control plane's base URL.

@@ -27,7 +27,7 @@
 //! - [`resources`]: apply results and warnings, resources listed or fetched, delete results.
 //! - [`history`]: events and pages of them, diff, rollback.
 //! - [`proxies`]: each sidecar's sync status.
-//! - [`tokens`]: join tokens.
+//! - [`tokens`]: join and read-only tokens, and how a token's text splits.
 //! - [`identity`]: the mesh CA's certify request and answer, and its status.
 //! - [`error`]: the error body.
 //!
@@ -59,7 +59,7 @@ pub use registry::{
     Registration,
 };
 pub use resources::{AppliedItem, ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
-pub use tokens::{JoinToken, TokenRequest};
+pub use tokens::{is_fingerprint, JoinToken, TokenKind, TokenParts, TokenRequest};
 
 /// Parses `value` as `T` and asserts it serializes back to exactly `value`, and that the same
 /// message with a field from a newer peer parses to the same.

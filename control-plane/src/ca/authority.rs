@@ -16,11 +16,12 @@ use crate::core::sha256_hex;
 
 /// The mesh CA: an issuer key and certificate, the chain above it, and the roots peers trust.
 pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    issuer_not_after: OffsetDateTime,
+    pub(super) issuer: Issuer<'static, KeyPair>,
+    pub(super) issuer_not_after: OffsetDateTime,
     /// PEM of the certificates sent after a leaf (the issuer and any CA below the root).
-    presented_pem: String,
-    roots: Vec<Vec<u8>>,
+    pub(super) presented_pem: String,
+    /// DER; the first is the issuer's own root.
+    pub(super) roots: Vec<Vec<u8>>,
     trust_bundle_pem: String,
 }
 

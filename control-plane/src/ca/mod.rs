@@ -10,6 +10,7 @@
 //! - `generate`: a new root and issuer for a first start.
 //! - `files`: the CA's directory, written whole and atomically, keys mode 0600.
 //! - `shared`: the CA replicas share through etcd, made by the first, its keys sealed.
+//! - `serving`: the control plane's own TLS certificate (DNS and IP names, server auth only).
 //! - `seal`: sealing keys for etcd (AES-256-GCM under HKDF-SHA256 of `--ca-seal-key`).
 
 mod authority;
@@ -19,6 +20,7 @@ mod files;
 mod generate;
 mod params;
 mod seal;
+mod serving;
 mod shared;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -28,3 +30,4 @@ mod tests;
 pub use authority::{Ca, Issued, Root};
 pub use error::CaError;
 pub use seal::{SealKey, MIN_SEAL_KEY};
+pub use serving::Serving;

@@ -1,7 +1,10 @@
-//! Proving a caller from the bearer token it presents, and what a join token may reach: its own
-//! service's instances, and nothing that tells it what other services have.
+//! Proving a caller from the bearer token it presents (an expired token is refused like a
+//! wrong one), and what a join token may reach: its own service's instances, and nothing that
+//! tells it what other services have.
 
-use super::caller::{join_token, Caller, Presented};
+use std::time::SystemTime;
+
+use super::caller::{stored_token, Caller, Presented};
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
 
@@ -15,13 +18,13 @@ impl ControlPlane {
         match bearer.and_then(|token| self.admin_token.presented(token)) {
             None => Err(Error::Unauthorized),
             Some(Presented::Admin) => Ok(Caller::Admin),
-            Some(Presented::Join { id, secret }) => {
-                if !self.state.read().await.tokens.contains_key(id) {
+            Some(Presented::Stored(parts)) => {
+                if !self.state.read().await.tokens.contains_key(parts.id) {
                     let followed = *self.store.subscribe().borrow();
                     self.refresh_to(followed).await?;
                 }
                 let state = self.state.read().await;
-                join_token(&state.tokens, id, secret).map(Caller::Service).ok_or(Error::Unauthorized)
+                stored_token(&state.tokens, &parts, SystemTime::now()).ok_or(Error::Unauthorized)
             }
         }
     }

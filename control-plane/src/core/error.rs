@@ -15,7 +15,11 @@ pub enum Error {
     /// A configuration document is invalid: which document, which field, why.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] pilotfish_api::ConfigError),
-    #[error("missing or wrong bearer token: send `Authorization: Bearer <admin token>`")]
+    #[error(
+        "missing, wrong or expired bearer token: send `Authorization: Bearer TOKEN` with the admin token \
+         (printed at the control plane's first start, kept in its data directory as `admin-token`) or one \
+         the admin made with `pilotfish token create` (`--read-only` to read, `--service NAME` for a sidecar)"
+    )]
     Unauthorized,
     #[error("this token may not do that: {0}")]
     Forbidden(String),

@@ -5,7 +5,7 @@
 
 use pilotfish_api::SpiffeId;
 
-use super::caller::Caller;
+use super::caller::{read_only_sidecar, Caller};
 use super::error::{Error, Result};
 
 /// The identity `caller`'s credential gives; the admin token has none (403).
@@ -16,6 +16,7 @@ pub(super) fn workload_identity(caller: &Caller, trust_domain: &str) -> Result<S
              token (`pilotfish token create --service NAME`)"
                 .into(),
         )),
+        Caller::ReadOnly(_) => Err(read_only_sidecar()),
         Caller::Service(t) => SpiffeId::new(trust_domain, &t.namespace, &t.service)
             .map_err(|e| Error::BadRequest(e.to_string())),
     }
@@ -31,6 +32,7 @@ pub(super) fn registered_identity(
 ) -> Result<Option<String>> {
     match caller {
         Caller::Admin => Ok(asked),
+        Caller::ReadOnly(_) => Err(read_only_sidecar()),
         Caller::Service(_) => {
             let own = workload_identity(caller, trust_domain)?.to_string();
             match asked {
@@ -55,6 +57,8 @@ mod tests {
             service: "web".into(),
             namespace: namespace.into(),
             secret_sha256: String::new(),
+            kind: crate::model::TokenKind::Join,
+            expires_at: None,
         })
     }
 

@@ -1,7 +1,7 @@
 //! The sidecars' sync: a sidecar connecting for its push stream (as a proxy of the service its
 //! token may act for), its ACK/NACK of a version, and every proxy's status.
 
-use super::caller::Caller;
+use super::caller::{read_only_sidecar, Caller};
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::names::namespace_or_default;
@@ -44,6 +44,7 @@ impl ControlPlane {
                 (None, Caller::Service(t)) => {
                     (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
                 }
+                (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
                 (None, Caller::Admin) => return Err(Error::BadRequest(
                     "service is required when the admin token ACKs: add ?service=NAME (the proxy's service)"
                         .into(),

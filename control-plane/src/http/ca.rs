@@ -10,7 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, BadRequest, Forbidden, Internal, PayloadTooLarge, Unauthorized, Unavailable};
-use super::extract::{bearer, Json, Shared};
+use super::extract::{bearer, Json, Reader, Shared};
+use crate::core::Caller;
 use pilotfish_api::wire::{CaStatus, CertifyRequest, CertifyResponse};
 
 pub fn routes() -> OpenApiRouter<Shared> {
@@ -59,20 +60,28 @@ async fn certify(
 /// The trust bundle: PEM certificates of every root the mesh trusts
 ///
 /// `text/plain`, one `CERTIFICATE` block per root (two during a root rotation), ready for
-/// `curl -o bundle.pem` and `openssl verify -CAfile`.
+/// `curl -o bundle.pem` and `openssl verify -CAfile`. Any token: a sidecar's join token too.
 #[utoipa::path(
     get, path = "/v1/ca/bundle", tag = "ca",
-    responses((status = 200, description = "The roots, PEM", body = String, content_type = "text/plain")),
+    responses(
+        (status = 200, description = "The roots, PEM", body = String, content_type = "text/plain"),
+        (status = 401, response = Unauthorized),
+    ),
+    security(("bearer" = [])),
 )]
-async fn bundle(State(cp): State<Shared>) -> impl IntoResponse {
+async fn bundle(_: Caller, State(cp): State<Shared>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], cp.ca_bundle().to_owned())
 }
 
 /// The mesh CA: trust domain, certificate lifetime, roots and expiry
 #[utoipa::path(
     get, path = "/v1/ca", tag = "ca",
-    responses((status = 200, description = "The CA's status", body = CaStatus)),
+    responses(
+        (status = 200, description = "The CA's status", body = CaStatus),
+        (status = 401, response = Unauthorized),
+    ),
+    security(("bearer" = [])),
 )]
-async fn status(State(cp): State<Shared>) -> axum::Json<CaStatus> {
+async fn status(_: Reader, State(cp): State<Shared>) -> axum::Json<CaStatus> {
     axum::Json(cp.ca_status())
 }

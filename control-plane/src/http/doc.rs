@@ -55,14 +55,17 @@ pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
     QueryAndHeaderValues.modify(openapi);
 }
 
-/// `Authorization: Bearer <token>`: the admin token, or a service's join token.
+/// `Authorization: Bearer <token>`: the admin token, a read-only token, or a service's join
+/// token.
 struct Bearer;
 
 impl Modify for Bearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
-            .description(Some("The admin token, or (for its own service's sidecars) a join token"))
+            .description(Some(
+                "The admin token; a read-only token (every read, no write); or (for its own service's sidecars) a join token",
+            ))
             .build();
         openapi
             .components

@@ -90,11 +90,13 @@ impl IntoResponse for ApiError {
 #[derive(ToResponse)]
 pub struct BadRequest(pub ErrorBody);
 
-/// Missing or wrong bearer token (or a join token where only the admin may act).
+/// Missing, wrong or expired bearer token, or a join token where only the admin or a reader
+/// may act; the body says how to get a token.
 #[derive(ToResponse)]
 pub struct Unauthorized(pub ErrorBody);
 
-/// The join token belongs to another service.
+/// The token may not do this: a join token of another service, or a read-only token asked to
+/// write.
 #[derive(ToResponse)]
 pub struct Forbidden(pub ErrorBody);
 

@@ -21,7 +21,7 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
-/// Any valid caller: the admin or a join token.
+/// Any valid caller: the admin, a read-only or a join token.
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
@@ -30,7 +30,8 @@ impl FromRequestParts<Shared> for Caller {
     }
 }
 
-/// The admin (a join token is refused like none), as the actor its events are written by.
+/// The admin (a read-only token is forbidden, a join token refused like none), as the actor
+/// its events are written by.
 pub struct Admin(pub String);
 
 impl FromRequestParts<Shared> for Admin {
@@ -38,6 +39,19 @@ impl FromRequestParts<Shared> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
         Ok(Admin(cp.authenticate(bearer(&parts.headers)).await?.admin()?))
+    }
+}
+
+/// A caller that may read the mesh's configuration, registry, log and proxies: the admin or a
+/// read-only token (a join token is refused like none).
+pub struct Reader;
+
+impl FromRequestParts<Shared> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
+        cp.authenticate(bearer(&parts.headers)).await?.reader()?;
+        Ok(Reader)
     }
 }
 

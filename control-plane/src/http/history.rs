@@ -6,8 +6,10 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
-use super::extract::{int64, Admin, Json, Query, Shared};
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+};
+use super::extract::{int64, Admin, Json, Query, Reader, Shared};
 use pilotfish_api::wire::{Diff, DiffQuery, EventPage, EventsQuery, RollbackRequest, RollbackResult};
 
 pub fn routes() -> OpenApiRouter<Shared> {
@@ -20,11 +22,14 @@ pub fn routes() -> OpenApiRouter<Shared> {
     params(EventsQuery),
     responses(
         (status = 200, description = "A page of the log", body = EventPage),
+        (status = 401, response = Unauthorized),
         (status = 400, response = BadRequest),
         (status = 503, response = Unavailable),
     ),
+    security(("bearer" = [])),
 )]
 async fn events(
+    _: Reader,
     State(cp): State<Shared>,
     Query(q): Query<EventsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -39,12 +44,18 @@ async fn events(
     params(DiffQuery),
     responses(
         (status = 200, description = "The changed resources, before and after", body = Diff),
+        (status = 401, response = Unauthorized),
         (status = 400, response = BadRequest),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
     ),
+    security(("bearer" = [])),
 )]
-async fn diff(State(cp): State<Shared>, Query(q): Query<DiffQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn diff(
+    _: Reader,
+    State(cp): State<Shared>,
+    Query(q): Query<DiffQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let to = q.to.map(|to| int64("to", to)).transpose()?;
     Ok(axum::Json(cp.diff(int64("from", q.from)?, to).await?))
 }
@@ -59,6 +70,7 @@ async fn diff(State(cp): State<Shared>, Query(q): Query<DiffQuery>) -> Result<im
         (status = 413, response = PayloadTooLarge),
         (status = 404, response = NotFound),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
     ),

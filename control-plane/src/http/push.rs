@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::error::{
     ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
 };
-use super::extract::{int64, Json, Path, Query, Shared};
+use super::extract::{int64, Json, Path, Query, Reader, Shared};
 use crate::core::Caller;
 use crate::push::stream;
 use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushLine, PushQuery};
@@ -88,9 +88,11 @@ async fn ack(
     get, path = "/v1/proxies", tag = "push",
     responses(
         (status = 200, description = "The sidecars", body = ProxyList),
+        (status = 401, response = Unauthorized),
         (status = 503, response = Unavailable),
     ),
+    security(("bearer" = [])),
 )]
-async fn proxies(State(cp): State<Shared>) -> Result<axum::Json<ProxyList>, ApiError> {
+async fn proxies(_: Reader, State(cp): State<Shared>) -> Result<axum::Json<ProxyList>, ApiError> {
     Ok(axum::Json(cp.proxy_list().await?))
 }

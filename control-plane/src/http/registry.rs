@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::error::{
     ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
 };
-use super::extract::{IdempotencyKey, Json, Path, Query, Shared};
+use super::extract::{IdempotencyKey, Json, Path, Query, Reader, Shared};
 use crate::core::Caller;
 use pilotfish_api::wire::{Deregistered, EndpointList, EndpointQuery, Heartbeat, Registered, Registration};
 
@@ -54,11 +54,14 @@ async fn register(
     params(EndpointQuery),
     responses(
         (status = 200, description = "The registered instances", body = EndpointList),
+        (status = 401, response = Unauthorized),
         (status = 400, response = BadRequest),
         (status = 503, response = Unavailable),
     ),
+    security(("bearer" = [])),
 )]
 async fn list_endpoints(
+    _: Reader,
     State(cp): State<Shared>,
     Query(q): Query<EndpointQuery>,
 ) -> Result<impl IntoResponse, ApiError> {

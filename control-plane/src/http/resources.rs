@@ -6,8 +6,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::doc::KindName;
-use super::error::{ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
-use super::extract::{Admin, IdempotencyKey, IfMatch, Path, Query, Shared, Text};
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+};
+use super::extract::{Admin, IdempotencyKey, IfMatch, Path, Query, Reader, Shared, Text};
 use pilotfish_api::wire::{ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
 use pilotfish_api::Resource;
 
@@ -33,6 +35,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
         (status = 400, response = BadRequest),
         (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
     ),
@@ -56,11 +59,14 @@ async fn apply(
     params(ListQuery),
     responses(
         (status = 200, description = "The resources in force", body = ResourceList),
+        (status = 401, response = Unauthorized),
         (status = 400, response = BadRequest),
         (status = 503, response = Unavailable),
     ),
+    security(("bearer" = [])),
 )]
 async fn list_resources(
+    _: Reader,
     State(cp): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -77,12 +83,15 @@ async fn list_resources(
     ),
     responses(
         (status = 200, description = "The resource", body = ResourceItem),
+        (status = 401, response = Unauthorized),
         (status = 400, response = BadRequest),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
     ),
+    security(("bearer" = [])),
 )]
 async fn get_resource(
+    _: Reader,
     State(cp): State<Shared>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -103,6 +112,7 @@ async fn get_resource(
         (status = 200, description = "Deleted", body = Deleted),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),

@@ -70,7 +70,7 @@ async fn every_error_is_json_even_from_routing_and_extractors() {
     assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow:?}");
     for (method, uri, token, body) in [
         ("GET", "/v1/nothing-here", None, ""),
-        ("GET", "/v1/events?since=abc", None, ""),
+        ("GET", "/v1/events?since=abc", Some(ADMIN), ""),
         ("POST", "/v1/rollback", Some(ADMIN), "{bad"),
         ("POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": "x"}"#),
     ] {
@@ -149,7 +149,7 @@ async fn a_proxy_id_claimed_under_another_service_does_not_displace_the_real_one
     let (status, _, _) =
         call(&cp, "POST", &format!("/v1/proxies/{id}/ack?service=users"), Some(&evil), ack).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (_, _, list) = call(&cp, "GET", "/v1/proxies", None, "").await;
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", Some(ADMIN), "").await;
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{list}");
     let mine = items.iter().find(|p| p["service"] == "users").unwrap();
@@ -161,16 +161,17 @@ async fn a_proxy_id_claimed_under_another_service_does_not_displace_the_real_one
 async fn a_diff_reads_a_bounded_number_of_events_however_long_the_log() {
     let (_dir, store) = log_of(10_000).await;
     let cp = control_plane(store.clone()).await;
-    let (status, _, first) = call(&cp, "GET", "/v1/diff?from=9990&to=10000", None, "").await;
+    let (status, _, first) = call(&cp, "GET", "/v1/diff?from=9990&to=10000", Some(ADMIN), "").await;
     assert_eq!(status, StatusCode::OK, "{first}");
     for (from, to) in [(9990, 10_000), (0, 10_000), (1, 2), (4321, 8765), (9999, 10_000)] {
         store.read.store(0, Ordering::Relaxed);
-        let (status, _, body) = call(&cp, "GET", &format!("/v1/diff?from={from}&to={to}"), None, "").await;
+        let (status, _, body) =
+            call(&cp, "GET", &format!("/v1/diff?from={from}&to={to}"), Some(ADMIN), "").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let read = store.read.load(Ordering::Relaxed) as u64;
         assert!(read < 2 * FIRST_SPACING, "diff {from}..{to} read {read} of 10000 events");
     }
-    let (_, _, again) = call(&cp, "GET", "/v1/diff?from=9990&to=10000", None, "").await;
+    let (_, _, again) = call(&cp, "GET", "/v1/diff?from=9990&to=10000", Some(ADMIN), "").await;
     assert_eq!(first, again);
     assert_eq!(first["changes"].as_array().unwrap().len(), 10, "{first}");
 }
@@ -179,7 +180,7 @@ async fn a_diff_reads_a_bounded_number_of_events_however_long_the_log() {
 async fn event_pages_are_bounded_in_events_and_in_bytes() {
     let (_dir, store) = log_of(1500).await;
     let cp = control_plane(store.clone()).await;
-    let (_, _, page) = call(&cp, "GET", "/v1/events?limit=5000", None, "").await;
+    let (_, _, page) = call(&cp, "GET", "/v1/events?limit=5000", Some(ADMIN), "").await;
     assert_eq!(page["events"].as_array().unwrap().len(), PAGE_EVENTS);
 
     let (_dir, store, cp) = empty().await;
@@ -189,7 +190,7 @@ async fn event_pages_are_bounded_in_events_and_in_bytes() {
         let append = AppendRequest::new(format!("Service/default/s{i}"), kind::RESOURCE_APPLIED, doc, "test");
         store.append(append).await.unwrap();
     }
-    let (_, _, page) = call(&cp, "GET", "/v1/events", None, "").await;
+    let (_, _, page) = call(&cp, "GET", "/v1/events", Some(ADMIN), "").await;
     let n = page["events"].as_array().unwrap().len();
     assert!((1..20).contains(&n), "{n} events of 500 KiB in one page");
     assert!(n * 500 * 1024 <= PAGE_BYTES, "{n}");
@@ -207,9 +208,9 @@ async fn an_unreachable_store_makes_the_replica_unready_and_calls_503_with_retry
     assert_eq!(headers[header::RETRY_AFTER], "2");
     let doc = "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n";
     for (method, uri, token, body) in [
-        ("GET", "/v1/resources", None, ""),
-        ("GET", "/v1/events", None, ""),
-        ("GET", "/v1/proxies", None, ""),
+        ("GET", "/v1/resources", Some(ADMIN), ""),
+        ("GET", "/v1/events", Some(ADMIN), ""),
+        ("GET", "/v1/proxies", Some(ADMIN), ""),
         ("POST", "/v1/resources", Some(ADMIN), doc),
         ("POST", "/v1/tokens", Some(ADMIN), r#"{"service": "web"}"#),
     ] {
@@ -228,7 +229,7 @@ async fn a_sidecar_one_version_back_acks_without_naming_its_service() {
     let web = join_token(&cp, "web").await;
     let doc = "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n";
     assert_eq!(call(&cp, "POST", "/v1/resources", Some(ADMIN), doc).await.0, StatusCode::OK);
-    let (_, _, list) = call(&cp, "GET", "/v1/proxies", None, "").await;
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", Some(ADMIN), "").await;
     let head = list["version"].as_u64().unwrap();
     let stream = send(&cp, "GET", "/v1/push?id=web-1&service=web", Some(&web), "").await;
     assert_eq!(stream.status(), StatusCode::OK);
@@ -236,7 +237,7 @@ async fn a_sidecar_one_version_back_acks_without_naming_its_service() {
     let ack = format!(r#"{{"version": {head}}}"#);
     let (status, _, body) = call(&cp, "POST", "/v1/proxies/web-1/ack", Some(&web), &ack).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    let (_, _, list) = call(&cp, "GET", "/v1/proxies", None, "").await;
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", Some(ADMIN), "").await;
     assert_eq!(list["items"][0]["current"], true, "{list}");
     // The admin may ACK for any service, so it must say which.
     let (status, _, body) = call(&cp, "POST", "/v1/proxies/web-1/ack", Some(ADMIN), &ack).await;
@@ -262,6 +263,8 @@ async fn a_made_up_join_token_is_refused_without_a_store_read() {
         service: "web".into(),
         namespace: "default".into(),
         secret_sha256: crate::core::sha256_hex(b"s3cret"),
+        kind: crate::model::TokenKind::Join,
+        expires_at: None,
     };
     let created = AppendRequest::new("Token/elsewhere", kind::TOKEN_CREATED, json!(record), "admin");
     store.append(created).await.unwrap();
@@ -279,7 +282,7 @@ async fn an_event_page_reads_at_most_one_chunk_beyond_its_bytes() {
         store.append(append).await.unwrap();
     }
     store.read.store(0, Ordering::Relaxed);
-    let (_, _, page) = call(&cp, "GET", "/v1/events", None, "").await;
+    let (_, _, page) = call(&cp, "GET", "/v1/events", Some(ADMIN), "").await;
     let n = page["events"].as_array().unwrap().len();
     let read = store.read.load(Ordering::Relaxed);
     // The page's 4 MiB and one chunk of 8 events beyond it, not a whole store read of 100.
@@ -314,7 +317,7 @@ async fn open_streams(cp: &Shared, token: &str, n: usize) -> Vec<Response> {
 #[tokio::test]
 async fn a_seq_past_the_head_is_404_and_a_diff_runs_either_way() {
     let (_dir, _store, cp) = empty().await;
-    let (status, _, body) = call(&cp, "GET", "/v1/diff?from=5", None, "").await;
+    let (status, _, body) = call(&cp, "GET", "/v1/diff?from=5", Some(ADMIN), "").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, _, body) = call(&cp, "POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": 9}"#).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -324,8 +327,8 @@ async fn a_seq_past_the_head_is_404_and_a_diff_runs_either_way() {
     for port in [80, 81] {
         assert_eq!(call(&cp, "POST", "/v1/resources", Some(ADMIN), &doc(port)).await.0, StatusCode::OK);
     }
-    let (_, _, forward) = call(&cp, "GET", "/v1/diff?from=1&to=2", None, "").await;
-    let (status, _, backward) = call(&cp, "GET", "/v1/diff?from=2&to=1", None, "").await;
+    let (_, _, forward) = call(&cp, "GET", "/v1/diff?from=1&to=2", Some(ADMIN), "").await;
+    let (status, _, backward) = call(&cp, "GET", "/v1/diff?from=2&to=1", Some(ADMIN), "").await;
     assert_eq!(status, StatusCode::OK, "{backward}");
     let change =
         |diff: &serde_json::Value, side: &str| diff["changes"][0][side]["spec"]["ports"][0]["port"].clone();
@@ -337,9 +340,12 @@ async fn a_seq_past_the_head_is_404_and_a_diff_runs_either_way() {
 async fn integers_are_int64_and_may_come_with_a_zero_fraction() {
     let (_dir, _store, cp) = empty().await;
     // The document types them as int64: beyond it is refused, not silently accepted.
-    let (status, _, body) = call(&cp, "GET", "/v1/events?since=9223372036854775808", None, "").await;
+    let (status, _, body) = call(&cp, "GET", "/v1/events?since=9223372036854775808", Some(ADMIN), "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(call(&cp, "GET", "/v1/events?since=9223372036854775807", None, "").await.0, StatusCode::OK);
+    assert_eq!(
+        call(&cp, "GET", "/v1/events?since=9223372036854775807", Some(ADMIN), "").await.0,
+        StatusCode::OK
+    );
     // JSON Schema's integer includes 0.0.
     let (status, _, body) = call(&cp, "POST", "/v1/rollback", Some(ADMIN), r#"{"toSeq": 0.0}"#).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -426,7 +432,7 @@ async fn an_idempotency_key_replays_its_registration_and_refuses_another() {
     assert_eq!(again.status(), StatusCode::CREATED, "a retry answers like the first");
     let other = register("127.0.0.1:9002").await.unwrap();
     assert_eq!(other.status(), StatusCode::CONFLICT, "the key was first used for another instance");
-    let (_, _, list) = call(&cp, "GET", "/v1/endpoints", None, "").await;
+    let (_, _, list) = call(&cp, "GET", "/v1/endpoints", Some(ADMIN), "").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
 
@@ -469,4 +475,80 @@ async fn parameters_and_answers_are_documented_as_the_server_treats_them() {
     let too_far = "/v1/push?id=web-1&service=web&version=9223372036854775808";
     let (status, _, body) = call(&cp, "GET", too_far, Some(ADMIN), "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_read_only_token_reads_and_cannot_write_and_a_join_token_reads_only_its_stream() {
+    let (_dir, _store, cp) = empty().await;
+    let (status, _, created) =
+        call(&cp, "POST", "/v1/tokens", Some(ADMIN), r#"{"kind": "readOnly", "ttl": "1h"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(created.get("service").is_none() && created["expiresAt"].is_string(), "{created}");
+    let reader = created["token"].as_str().unwrap().to_owned();
+    let web = join_token(&cp, "web").await;
+    for uri in ["/v1/resources", "/v1/events", "/v1/diff?from=0", "/v1/endpoints", "/v1/proxies"] {
+        assert_eq!(call(&cp, "GET", uri, Some(&reader), "").await.0, StatusCode::OK, "{uri}");
+        let (status, _, body) = call(&cp, "GET", uri, None, "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(body["error"].as_str().unwrap().contains("pilotfish token create"), "{body}");
+        assert_eq!(call(&cp, "GET", uri, Some(&web), "").await.0, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let doc = "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n";
+    for (method, uri, body) in [
+        ("POST", "/v1/resources", doc),
+        ("POST", "/v1/tokens", r#"{"service": "web"}"#),
+        ("POST", "/v1/rollback", r#"{"toSeq": 0}"#),
+        ("DELETE", "/v1/resources/service/default/a", ""),
+        ("POST", "/v1/endpoints", r#"{"service": "web", "address": "127.0.0.1:1"}"#),
+    ] {
+        let (status, _, out) = call(&cp, method, uri, Some(&reader), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {out}");
+        assert!(out["error"].as_str().unwrap().contains("read-only"), "{out}");
+    }
+    for (body, why) in [
+        (r#"{"kind": "readOnly", "service": "web"}"#, "a read-only token names no service"),
+        (r#"{"kind": "join"}"#, "a join token names its service"),
+    ] {
+        assert_eq!(
+            call(&cp, "POST", "/v1/tokens", Some(ADMIN), body).await.0,
+            StatusCode::BAD_REQUEST,
+            "{why}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_like_a_wrong_one() {
+    let (_dir, store, cp) = empty().await;
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let record = |id: &str, kind, expires_at: std::time::SystemTime| crate::model::TokenRecord {
+        id: id.into(),
+        kind,
+        service: "web".into(),
+        namespace: "default".into(),
+        secret_sha256: crate::core::sha256_hex(b"s3cret"),
+        expires_at: Some(expires_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()),
+    };
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    for r in [
+        record("oldjoin", crate::model::TokenKind::Join, past),
+        record("oldreader", crate::model::TokenKind::ReadOnly, past),
+        record("reader", crate::model::TokenKind::ReadOnly, later),
+    ] {
+        let id = r.id.clone();
+        store
+            .append(AppendRequest::new(format!("Token/{id}"), kind::TOKEN_CREATED, json!(r), "admin"))
+            .await
+            .unwrap();
+    }
+    cp.refresh().await.unwrap();
+    let (status, _, body) =
+        call(&cp, "GET", "/v1/push?id=web-1&service=web", Some("oldjoin.s3cret"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("expired"), "{body}");
+    assert_eq!(
+        call(&cp, "GET", "/v1/resources", Some("oldreader.s3cret"), "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(call(&cp, "GET", "/v1/resources", Some("reader.s3cret"), "").await.0, StatusCode::OK);
 }

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, PayloadTooLarge, Unauthorized, Unavailable};
+use super::error::{ApiError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized, Unavailable};
 use super::extract::{Admin, Json, Shared};
 use pilotfish_api::wire::{JoinToken, TokenRequest};
 
@@ -23,6 +23,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
         (status = 400, response = BadRequest),
         (status = 413, response = PayloadTooLarge),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 503, response = Unavailable),
     ),
     security(("bearer" = [])),

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pilotfish_api::client::{Client, ClientError, PushStream, StreamError};
+use pilotfish_api::client::{Client, ClientError, PushStream, StreamError, Trust};
 use pilotfish_api::wire::{Ack, AckQuery, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the control plane is and who this sidecar is.
 #[derive(Debug, Clone)]
 pub struct Managed {
-    /// Base URLs of the control-plane replicas (`http://host:port`).
+    /// Base URLs of the control-plane replicas (`http://host:port`, or `https://host:port`
+    /// verified against the CA root the join token pins).
     pub servers: Vec<String>,
     pub service: String,
     pub namespace: String,
@@ -61,8 +62,10 @@ impl Managed {
         self.servers
             .iter()
             .map(|server| {
+                // An https control plane is verified against the root its join token pins.
                 Client::builder(server)
                     .token(Some(self.token.clone()))
+                    .trust(Trust::from_token(&self.token))
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(CALL_TIMEOUT)
                     .build()

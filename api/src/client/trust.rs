@@ -1,0 +1,174 @@
+//! How the client comes to trust a control plane served over https, without ever being told
+//! to skip verification: the roots of a CA file (`--ca-file`), or a pinned root — the SHA-256
+//! of the mesh CA's root, as a join token carries it (`ID.SECRET.FINGERPRINT`) or
+//! `--ca-fingerprint` gives it. The server presents `[leaf, issuer, root]`; the pinned verifier
+//! takes the presented certificate whose digest is the pin as the one trust anchor and then
+//! verifies the chain and the server's name exactly as webpki does. A forged chain that copies
+//! the genuine root cannot verify against that root's key. TLS 1.3 only, with the `ring`
+//! provider passed explicitly (no process-wide default needed).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::wire::is_fingerprint;
+
+/// What the client trusts on `https://` URLs.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// These roots (a CA file's).
+    Roots(Arc<RootCertStore>),
+    /// The presented root whose SHA-256 is this (64 lowercase hex digits).
+    Pinned(String),
+}
+
+/// A CA file or fingerprint that cannot be trusted as given.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("reading the CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("the CA fingerprint must be 64 hex digits (the SHA-256 of the root's DER), not {0:?}")]
+    Fingerprint(String),
+}
+
+impl Trust {
+    /// The certificates of the PEM file at `path` as roots.
+    pub fn ca_file(path: &Path) -> Result<Self, TrustError> {
+        let error = |reason: String| TrustError::CaFile { path: path.display().to_string(), reason };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| error(e.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(error("it holds no usable CERTIFICATE block".into()));
+        }
+        Ok(Self::Roots(Arc::new(roots)))
+    }
+
+    /// The root whose SHA-256 is `fingerprint` (hex; colons, as openssl prints them, and
+    /// upper case are accepted).
+    pub fn pinned(fingerprint: &str) -> Result<Self, TrustError> {
+        let normal = fingerprint.replace(':', "").to_ascii_lowercase();
+        if !is_fingerprint(&normal) {
+            return Err(TrustError::Fingerprint(fingerprint.to_owned()));
+        }
+        Ok(Self::Pinned(normal))
+    }
+
+    /// The root a token pins (`ID.SECRET.FINGERPRINT`); `None` for a token that pins none.
+    pub fn from_token(token: &str) -> Option<Self> {
+        let parts = crate::wire::TokenParts::parse(token)?;
+        Some(Self::Pinned(parts.fingerprint?.to_owned()))
+    }
+
+    /// The rustls configuration of a client with this trust: TLS 1.3, `http/1.1`.
+    pub fn client_config(&self) -> ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("the ring provider supports TLS 1.3");
+        let mut config = match self {
+            Self::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
+            Self::Pinned(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedRoot { pin: pin.clone(), provider }))
+                .with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    }
+}
+
+/// Verifies a server's chain against the presented certificate whose SHA-256 is the pin.
+#[derive(Debug)]
+pub(crate) struct PinnedRoot {
+    pin: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedRoot {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let root = intermediates.iter().find(|c| sha256_hex(c) == self.pin).ok_or_else(|| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+                NoPinnedRoot(self.pin.clone()),
+            ))))
+        })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(root.clone().into_owned())?;
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, algorithms)?;
+        verify_server_name(&cert, server_name)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The server presented no certificate with the pinned digest: another CA (or an attacker).
+#[derive(thiserror::Error)]
+#[error("the control plane presented no root with the pinned fingerprint {0} (is the token or --ca-fingerprint from this mesh?)")]
+struct NoPinnedRoot(String);
+
+/// As the message: rustls shows a certificate error's cause with `Debug`, and this is what an
+/// operator reads.
+impl std::fmt::Debug for NoPinnedRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[path = "trust_tests.rs"]
+mod tests;
