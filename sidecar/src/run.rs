@@ -4,11 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::control_plane::ControlPlaneCa;
 use crate::identity::files::{self, Files, FilesError};
+use crate::identity::renew::Renewer;
 use crate::identity::status::Mode;
 use crate::listener::{accept, admin, inbound, local, outbound};
 use crate::snapshot::build::BuildError;
@@ -65,6 +69,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         Source::File { identity: Some(files), .. } => Some((files.clone(), files.load(&provider)?)),
         _ => None,
     };
+    // The push stream's mesh settings (trust bundle, renewBefore), for the renew loop.
+    let (mesh_tx, mesh_rx) = watch::channel(None);
     let (snap, mut push) = match &opts.source {
         Source::File { path, .. } => {
             let text =
@@ -76,7 +82,9 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             let mut push = managed::PushClient::new(m.clone());
             tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
             let snap = loop {
-                let (version, text) = push.next().await;
+                let mut pushed = push.next().await;
+                pushed.publish_mesh(&mesh_tx);
+                let (version, text) = (pushed.version, pushed.documents);
                 let tolerate = pilotfish_api::UnknownFields::Tolerate;
                 match Snapshot::build_with("control-plane", &text, &opts.overrides, None, &metrics, tolerate)
                 {
@@ -162,7 +170,15 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let mut registered = None;
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
-            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone());
+            shared.identity_status.set_mode(Mode::ControlPlane);
+            let renewer = Renewer {
+                ca: ControlPlaneCa::new(m),
+                shared: shared.clone(),
+                provider: provider.clone(),
+                clock: Arc::new(SystemTime::now),
+            };
+            shared.supervise("identity renewal", renewer.run(mesh_rx));
+            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
             if let Some(address) = advertised {
                 registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
