@@ -1,11 +1,14 @@
 //! `pilotfish control-plane`: the mesh's source of truth — the event-sourced store, the
-//! registry and the HTTP API.
+//! registry, the mesh CA and the HTTP API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use pilotfish_api::authz::MeshDefault;
+use pilotfish_control_plane::ca::{Ca, SealKey};
 use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,10 +37,70 @@ pub struct Args {
     /// Connected sidecars one service may have; beyond it a new push stream is refused (429).
     #[arg(long, value_name = "N", default_value_t = pilotfish_control_plane::push::DEFAULT_MAX_PER_SERVICE)]
     max_proxies_per_service: usize,
+    /// The mesh CA's certificates, PEM: the issuer's, then each CA above it up to the root.
+    /// Without it the CA is generated at first start, in `<data-dir>/ca` (or, with etcd, sealed
+    /// in etcd: see --ca-seal-key).
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The issuer's private key for --ca-cert, PKCS#8 PEM.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// With --store etcd://...: the secret (32+ characters, the same on every replica) that seals
+    /// the CA's keys stored in etcd; the first replica generates the CA. Or give every replica
+    /// the same --ca-cert/--ca-key.
+    #[arg(
+        long,
+        env = "PILOTFISH_CA_SEAL_KEY",
+        hide_env_values = true,
+        value_name = "SECRET",
+        requires = "store",
+        conflicts_with = "ca_cert"
+    )]
+    ca_seal_key: Option<String>,
+    /// The trust domain of every mesh identity (`spiffe://<trust domain>/ns/../sa/..`).
+    #[arg(long, value_name = "NAME", default_value = pilotfish_control_plane::core::DEFAULT_TRUST_DOMAIN,
+          value_parser = trust_domain)]
+    trust_domain: String,
+    /// How long a sidecar's certificate lives (5s at least, and less than the CA's issuer has
+    /// left); sidecars renew at about 70% of it.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    cert_ttl: pilotfish_api::Duration,
+    /// What a call to a service no ALLOW AuthorizationPolicy targets gets: every call (`allow`),
+    /// none (`deny`), or calls from a verified mesh identity (`authenticated`).
+    #[arg(long, value_name = "DEFAULT", default_value = "authenticated", value_parser = authz_default)]
+    authz_default: MeshDefault,
+}
+
+/// The shortest --cert-ttl: sidecars renew at ~70% of it, so shorter would mean a renewal
+/// every couple of seconds.
+const MIN_CERT_TTL: Duration = Duration::from_secs(5);
+
+/// Where the CA comes from.
+struct CaFlags {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    seal_key: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { data_dir, store, listen, admin_token, proxy_retention, max_proxies_per_service } = args;
+    let Args {
+        data_dir,
+        store,
+        listen,
+        admin_token,
+        proxy_retention,
+        max_proxies_per_service,
+        ca_cert,
+        ca_key,
+        ca_seal_key,
+        trust_domain,
+        cert_ttl,
+        authz_default,
+    } = args;
+    let cert_ttl = cert_ttl.get();
+    if cert_ttl < MIN_CERT_TTL {
+        anyhow::bail!("--cert-ttl {cert_ttl:?} is below the minimum of {MIN_CERT_TTL:?}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pilotfish-control-plane")
@@ -46,9 +109,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let settings = |token| Settings {
         proxy_retention: proxy_retention.get(),
         max_proxies_per_service,
+        trust_domain,
+        cert_ttl,
+        authz_default,
         ..Settings::new(token)
     };
-    runtime.block_on(serve(data_dir, store, listen, admin_token, settings))
+    let ca = CaFlags { cert: ca_cert, key: ca_key, seal_key: ca_seal_key };
+    runtime.block_on(serve(data_dir, store, listen, admin_token, ca, settings))
 }
 
 async fn serve(
@@ -56,12 +123,13 @@ async fn serve(
     store: Option<String>,
     listen: SocketAddr,
     admin_token: Option<String>,
+    ca: CaFlags,
     settings: impl FnOnce(String) -> Settings,
 ) -> anyhow::Result<()> {
     if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         anyhow::bail!("--admin-token must not be empty");
     }
-    let (store, token): (Arc<dyn EventStore>, String) = match store {
+    let (store, token, ca): (Arc<dyn EventStore>, String, Ca) = match store {
         Some(url) => {
             let endpoints = Etcd::endpoints_from_url(&url)
                 .with_context(|| format!("--store {url}: expected etcd://host:port[,host:port]"))?;
@@ -71,7 +139,8 @@ async fn serve(
             let store = Etcd::connect(&endpoints, "/pilotfish/")
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
-            (Arc::new(store), token)
+            let ca = shared_ca(&store, ca).await?;
+            (Arc::new(store), token, ca)
         }
         None => {
             std::fs::create_dir_all(&data_dir)
@@ -83,10 +152,16 @@ async fn serve(
             let store = Embedded::open(&data_dir)
                 .await
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-            (Arc::new(store), token)
+            let ca = match ca.files() {
+                Some((cert, key)) => Ca::from_files(cert, key)?,
+                None => Ca::open(&data_dir.join("ca"))?,
+            };
+            (Arc::new(store), token, ca)
         }
     };
-    let cp = ControlPlane::open(store, settings(token)).await.context("loading the read model")?;
+    let settings = settings(token);
+    check_cert_ttl(&ca, settings.cert_ttl)?;
+    let cp = ControlPlane::open(store, settings, ca).await.context("loading the read model")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}: is another control plane running?"))?;
@@ -106,6 +181,58 @@ async fn serve(
     pilotfish_control_plane::listener::serve(cp, listener, stop).await?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+impl CaFlags {
+    fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
+}
+
+/// The CA of a replica sharing etcd: the files given (the same on every replica), or the one
+/// sealed in etcd under the seal key; without either, replicas would each sign under their own
+/// root and not trust each other's sidecars.
+async fn shared_ca(store: &Etcd, ca: CaFlags) -> anyhow::Result<Ca> {
+    if let Some((cert, key)) = ca.files() {
+        return Ok(Ca::from_files(cert, key)?);
+    }
+    let Some(seal_key) = ca.seal_key else {
+        anyhow::bail!(
+            "with --store etcd://..., the replicas must share the mesh CA: give every replica the same \
+             --ca-cert/--ca-key files, or the same --ca-seal-key (env PILOTFISH_CA_SEAL_KEY; e.g. \
+             `openssl rand -hex 32`) and the first replica generates the CA and keeps it sealed in etcd"
+        );
+    };
+    Ok(Ca::shared(store, &SealKey::new(&seal_key)?).await?)
+}
+
+/// A leaf must fit in the issuer's remaining life (it would be cut short otherwise).
+fn check_cert_ttl(ca: &Ca, ttl: Duration) -> anyhow::Result<()> {
+    let left = ca.issuer_not_after().duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    if ttl >= left {
+        anyhow::bail!(
+            "--cert-ttl {}s is not below the {}s the CA's issuer has left: give a shorter --cert-ttl, \
+             or a CA whose issuer lives longer",
+            ttl.as_secs(),
+            left.as_secs(),
+        );
+    }
+    Ok(())
+}
+
+/// `--trust-domain`, checked as a SPIFFE ID's.
+fn trust_domain(s: &str) -> Result<String, String> {
+    pilotfish_api::identity::validate_trust_domain(s).map(|()| s.to_owned()).map_err(|e| e.to_string())
+}
+
+/// `--authz-default`.
+fn authz_default(s: &str) -> Result<MeshDefault, String> {
+    match s {
+        "allow" => Ok(MeshDefault::Allow),
+        "deny" => Ok(MeshDefault::Deny),
+        "authenticated" => Ok(MeshDefault::Authenticated),
+        _ => Err("expected allow, deny or authenticated".into()),
+    }
 }
 
 /// The token kept in `DIR/admin-token`, created (owner-only) on first start.

@@ -145,7 +145,8 @@ async fn up(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let token = super::control_plane::stored_or_new_token(&data_dir)?;
     let store = Embedded::open(&data_dir.join("store")).await.context("opening the mesh's store")?;
-    let cp = ControlPlane::open(Arc::new(store), Settings::new(token.clone()))
+    let ca = pilotfish_control_plane::ca::Ca::open(&data_dir.join("ca"))?;
+    let cp = ControlPlane::open(Arc::new(store), Settings::new(token.clone()), ca)
         .await
         .context("loading the mesh's state")?;
     let cp_addr = port(100);

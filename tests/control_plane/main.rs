@@ -24,6 +24,8 @@ mod up;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
 const TOKEN: &str = "test-admin-token";
+/// The seal key of the CA that replicas sharing etcd share.
+const SEAL_KEY: &str = "test-seal-key-0123456789abcdef0123456789";
 
 /// A running control plane, killed on drop.
 struct ControlPlane {
@@ -41,9 +43,9 @@ impl ControlPlane {
         Self::launch(&["--listen", listen, "--data-dir", data_dir.to_str().unwrap()])
     }
 
-    /// A replica sharing its log through etcd.
+    /// A replica sharing its log (and, sealed under [`SEAL_KEY`], its CA) through etcd.
     fn start_etcd(etcd: &str) -> Self {
-        Self::launch(&["--listen", "127.0.0.1:0", "--store", etcd])
+        Self::launch(&["--listen", "127.0.0.1:0", "--store", etcd, "--ca-seal-key", SEAL_KEY])
     }
 
     fn launch(args: &[&str]) -> Self {

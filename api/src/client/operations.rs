@@ -8,10 +8,10 @@ use super::error::ClientError;
 use super::push_stream::PushStream;
 use super::transport::{Call, Client};
 use crate::wire::{
-    Ack, AckQuery, ApplyResult, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff, DiffQuery,
-    EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery, ProxyList,
-    PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest, RollbackResult,
-    TokenRequest,
+    Ack, AckQuery, ApplyResult, CaStatus, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff,
+    DiffQuery, EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery,
+    ProxyList, PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest,
+    RollbackResult, TokenRequest,
 };
 
 /// What an apply asks of the store besides the documents.
@@ -104,6 +104,16 @@ impl Client {
     /// `POST /v1/ca/certify`: a leaf for the caller's own identity, from a CSR of its key.
     pub async fn certify(&self, req: &CertifyRequest) -> Result<CertifyResponse, ClientError> {
         self.json(Call::new(Method::POST, "/v1/ca/certify".into()).json(req)).await
+    }
+
+    /// `GET /v1/ca`: the trust domain, the leaves' lifetime, the roots and the issuer's expiry.
+    pub async fn ca_status(&self) -> Result<CaStatus, ClientError> {
+        self.json(Call::new(Method::GET, "/v1/ca".into())).await
+    }
+
+    /// `GET /v1/ca/bundle`: the PEM certificates of every root the mesh trusts.
+    pub async fn ca_bundle(&self) -> Result<String, ClientError> {
+        self.text(Call::new(Method::GET, "/v1/ca/bundle".into())).await
     }
 
     /// `GET /v1/proxies`.

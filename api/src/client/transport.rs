@@ -167,6 +167,12 @@ impl Client {
         serde_json::from_slice(&body).map_err(|source| ClientError::Unexpected { url, source })
     }
 
+    /// A call whose answer is text (a PEM bundle); bytes that are not UTF-8 are replaced.
+    pub(crate) async fn text(&self, call: Call) -> Result<String, ClientError> {
+        let (_, body) = self.answer(call).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// A call whose answer has nothing to read (204, or a plain-text `ok`).
     pub(crate) async fn empty(&self, call: Call) -> Result<(), ClientError> {
         self.answer(call).await.map(drop)

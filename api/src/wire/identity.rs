@@ -1,10 +1,11 @@
 //! The mesh CA's messages: a sidecar's certificate signing request and the certificate chain,
-//! trust bundle and identity the CA answers with.
+//! trust bundle and identity the CA answers with; the CA's status (`GET /v1/ca`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::protocol::{unversioned, Versioned, PROTOCOL_VERSION};
+use crate::authz::MeshDefault;
 use crate::identity::SpiffeId;
 
 /// `POST /v1/ca/certify` body: a CSR for a key the sidecar made and keeps. The CA takes only
@@ -49,6 +50,36 @@ pub struct CertifyResponse {
     pub identity: SpiffeId,
 }
 
+/// `GET /v1/ca` answer: what the mesh CA issues, and when its certificates expire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaStatus {
+    /// The trust domain of every identity it issues.
+    #[schema(example = "pilotfish.local")]
+    pub trust_domain: String,
+    /// How long the leaves it issues live (at most until the issuer expires).
+    pub cert_ttl_seconds: u64,
+    /// What applies to a call to a service no ALLOW policy targets, pushed to every sidecar.
+    pub authz_default: MeshDefault,
+    /// Every root the mesh trusts now (two during a root rotation).
+    pub roots: Vec<CaRoot>,
+    /// When the issuer that signs the leaves expires, RFC 3339 (UTC).
+    #[schema(example = "2027-01-02T03:04:05Z")]
+    pub issuer_not_after: String,
+}
+
+/// A root of the trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRoot {
+    /// SHA-256 of the root's DER, lowercase hex.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub fingerprint: String,
+    /// When it expires, RFC 3339 (UTC).
+    #[schema(example = "2036-01-02T03:04:05Z")]
+    pub not_after: String,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -71,6 +102,18 @@ mod tests {
             "identity": "spiffe://pilotfish.local/ns/shop/sa/web",
         }));
         assert_eq!(answer.identity.service_account(), "web");
+    }
+
+    #[test]
+    fn a_status_round_trips() {
+        let status = round_trip::<CaStatus>(json!({
+            "trustDomain": "pilotfish.local",
+            "certTtlSeconds": 86400,
+            "authzDefault": "authenticated",
+            "roots": [{ "fingerprint": "ab".repeat(32), "notAfter": "2036-01-02T03:04:05Z" }],
+            "issuerNotAfter": "2027-01-02T03:04:05Z",
+        }));
+        assert_eq!((status.authz_default, status.roots.len()), (MeshDefault::Authenticated, 1));
     }
 
     #[test]

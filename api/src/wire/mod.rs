@@ -28,7 +28,7 @@
 //! - [`history`]: events and pages of them, diff, rollback.
 //! - [`proxies`]: each sidecar's sync status.
 //! - [`tokens`]: join tokens.
-//! - [`identity`]: the mesh CA's certify request and answer.
+//! - [`identity`]: the mesh CA's certify request and answer, and its status.
 //! - [`error`]: the error body.
 //!
 //! A new API call adds its request and answer types to the file of its resource group (a new
@@ -47,7 +47,7 @@ pub mod tokens;
 
 pub use error::ErrorBody;
 pub use history::{Change, Diff, DiffQuery, Event, EventPage, EventsQuery, RollbackRequest, RollbackResult};
-pub use identity::{CertifyRequest, CertifyResponse};
+pub use identity::{CaRoot, CaStatus, CertifyRequest, CertifyResponse};
 pub use protocol::{
     UnsupportedProtocol, Versioned, DEFAULT_NAMESPACE, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS,
     UNVERSIONED_PROTOCOL,

@@ -57,7 +57,13 @@ impl Ca {
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, CaError> {
         let read = |path: &Path| std::fs::read(path).map_err(CaError::io(path));
         let origin = format!("{} and {}", cert.display(), key.display());
-        Ok(Self::from_chain(chain::check(&origin, &read(cert)?, &read(key)?)?))
+        Self::from_pem(&origin, &read(cert)?, &read(key)?)
+    }
+
+    /// A CA from PEM: `chain` as in [`Ca::from_files`], `key` the issuer's; `origin` names where
+    /// they came from in errors.
+    pub(super) fn from_pem(origin: &str, chain: &[u8], key: &[u8]) -> Result<Self, CaError> {
+        Ok(Self::from_chain(chain::check(origin, chain, key)?))
     }
 
     fn from_chain(chain: CheckedChain) -> Self {
@@ -102,10 +108,31 @@ impl Ca {
         self.roots.iter().map(|der| sha256_hex(der)).collect()
     }
 
+    /// Every trusted root: its fingerprint and when it expires.
+    pub fn roots(&self) -> Vec<Root> {
+        self.roots
+            .iter()
+            .map(|der| Root {
+                fingerprint: sha256_hex(der),
+                not_after: x509_parser::parse_x509_certificate(der)
+                    .map(|(_, cert)| cert.validity().not_after.to_datetime().into())
+                    .expect("roots are checked certificates"),
+            })
+            .collect()
+    }
+
     /// When the issuer expires: no leaf outlives it.
     pub fn issuer_not_after(&self) -> SystemTime {
         self.issuer_not_after.into()
     }
+}
+
+/// A root peers trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// SHA-256 of its DER, hex.
+    pub fingerprint: String,
+    pub not_after: SystemTime,
 }
 
 impl From<Issued> for CertifyResponse {

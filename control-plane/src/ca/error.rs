@@ -23,6 +23,13 @@ pub enum CaError {
     IssuerExpired(String),
     #[error("could not sign the certificate: {0}")]
     Sign(rcgen::Error),
+    #[error("--ca-seal-key (PILOTFISH_CA_SEAL_KEY) cannot be used: {0}")]
+    SealKey(String),
+    /// The CA shared through etcd cannot be opened with the seal key given.
+    #[error("the mesh CA stored in etcd cannot be opened: {0}")]
+    Unseal(String),
+    #[error("the mesh CA stored in etcd: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl CaError {

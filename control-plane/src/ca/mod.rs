@@ -9,6 +9,8 @@
 //! - `chain`: checking supplied or stored certificates and key before they sign anything.
 //! - `generate`: a new root and issuer for a first start.
 //! - `files`: the CA's directory, written whole and atomically, keys mode 0600.
+//! - `shared`: the CA replicas share through etcd, made by the first, its keys sealed.
+//! - `seal`: sealing keys for etcd (AES-256-GCM under HKDF-SHA256 of `--ca-seal-key`).
 
 mod authority;
 mod chain;
@@ -16,8 +18,13 @@ mod error;
 mod files;
 mod generate;
 mod params;
+mod seal;
+mod shared;
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use authority::{Ca, Issued};
+pub use authority::{Ca, Issued, Root};
 pub use error::CaError;
+pub use seal::{SealKey, MIN_SEAL_KEY};

@@ -2,6 +2,7 @@
 //! something wrong, may not do it, named nothing that exists, or the store failed. How a
 //! transport shows these (an HTTP status, a JSON body) is the transport's business (`http::error`).
 
+use crate::ca::CaError;
 use crate::push::TooManyProxies;
 use crate::store::StoreError;
 use pilotfish_api::wire::UnsupportedProtocol;
@@ -27,6 +28,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("{0}")]
     TooManyProxies(#[from] TooManyProxies),
+    /// The mesh CA cannot sign (a request's CSR problems are [`Error::BadRequest`]).
+    #[error("{0}")]
+    Ca(CaError),
 }
 
 /// A peer's protocol is outside the supported range: the request is wrong, and the message says

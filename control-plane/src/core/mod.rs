@@ -4,8 +4,10 @@
 
 mod access;
 pub mod background;
+mod ca;
 mod caller;
 mod error;
+mod identity;
 mod leases;
 mod log;
 mod plane;
@@ -18,6 +20,6 @@ mod tokens;
 pub use caller::{sha256_hex, Caller};
 pub use error::{Error, Result};
 pub use log::{PAGE_BYTES, PAGE_EVENTS};
-pub use plane::{ControlPlane, Settings};
+pub use plane::{ControlPlane, Settings, DEFAULT_CERT_TTL, DEFAULT_TRUST_DOMAIN};
 pub use resources::{canonical_kind, plural, Applied, KINDS};
 pub use sync::Connection;

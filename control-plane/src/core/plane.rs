@@ -1,6 +1,6 @@
 //! The control plane's state and its upkeep: the event store, the read model folded from it
-//! (and kept up with the log), the leases of registered instances, the sidecars' sync status
-//! and the push snapshot cache. The operations on it live beside this file, one file per
+//! (and kept up with the log), the leases of registered instances, the sidecars' sync status,
+//! the push snapshot cache and the mesh CA. The operations on it live beside this file, one file per
 //! resource group; none of them knows HTTP.
 
 use std::sync::Arc;
@@ -10,8 +10,13 @@ use tokio::sync::RwLock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use pilotfish_api::authz::MeshDefault;
+use pilotfish_api::wire::MeshSettings;
+
+use super::ca::CaCounters;
 use super::caller::AdminToken;
 use super::leases::{Lease, Leases};
+use crate::ca::Ca;
 use crate::history::History;
 use crate::model::{endpoint_aggregate, State};
 use crate::push::{self, Proxies, SnapshotCache};
@@ -29,7 +34,18 @@ pub struct Settings {
     pub proxy_retention: Duration,
     /// Connected proxies one service may have (beyond it `GET /v1/push` answers 429).
     pub max_proxies_per_service: usize,
+    /// The trust domain of every identity the CA issues (checked by the caller, e.g. the CLI).
+    pub trust_domain: String,
+    /// How long the leaves the CA issues live.
+    pub cert_ttl: Duration,
+    /// What applies to a call to a service no ALLOW policy targets, pushed to every sidecar.
+    pub authz_default: MeshDefault,
 }
+
+/// The trust domain when none is given.
+pub const DEFAULT_TRUST_DOMAIN: &str = "pilotfish.local";
+/// A leaf's lifetime when none is given.
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Settings {
     pub fn new(admin_token: String) -> Self {
@@ -37,6 +53,9 @@ impl Settings {
             admin_token,
             proxy_retention: push::DEFAULT_RETENTION,
             max_proxies_per_service: push::DEFAULT_MAX_PER_SERVICE,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            cert_ttl: DEFAULT_CERT_TTL,
+            authz_default: MeshDefault::default(),
         }
     }
 }
@@ -51,6 +70,13 @@ pub struct ControlPlane {
     pub(super) proxies: Proxies,
     /// The configuration at earlier points of the log (diff, rollback).
     pub(super) history: History,
+    /// The mesh CA; its keys never leave it.
+    pub(super) ca: Ca,
+    pub(super) trust_domain: String,
+    pub(super) cert_ttl: Duration,
+    pub(super) authz_default: MeshDefault,
+    /// What the CA issued and refused, for `/metrics`.
+    pub(super) ca_counters: CaCounters,
     /// The newest snapshot line, shared by every push stream (built once per version).
     snapshots: SnapshotCache,
     /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
@@ -61,7 +87,12 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Loads the read model (latest snapshot plus later events) and the leases of registered
     /// instances, which restart their TTL: the control plane cannot know of heartbeats it missed.
-    pub async fn open(store: Arc<dyn EventStore>, settings: Settings) -> Result<Arc<Self>, StoreError> {
+    /// `ca` signs the sidecars' certificates; its roots are pushed to every sidecar.
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        settings: Settings,
+        ca: Ca,
+    ) -> Result<Arc<Self>, StoreError> {
         let mut state = match store.latest_snapshot().await? {
             Some((_, snapshot)) => serde_json::from_value(snapshot).unwrap_or_default(),
             None => State::default(),
@@ -85,7 +116,17 @@ impl ControlPlane {
             admin_token: AdminToken::new(&settings.admin_token),
             proxies: Proxies::new(settings.proxy_retention, settings.max_proxies_per_service),
             history: History::default(),
-            snapshots: SnapshotCache::default(),
+            snapshots: SnapshotCache::new(MeshSettings {
+                trust_domain: settings.trust_domain.clone(),
+                trust_bundle_pem: ca.trust_bundle_pem().to_owned(),
+                authz_default: settings.authz_default,
+                renew_before: None,
+            }),
+            ca,
+            trust_domain: settings.trust_domain,
+            cert_ttl: settings.cert_ttl,
+            authz_default: settings.authz_default,
+            ca_counters: CaCounters::default(),
             stopping: CancellationToken::new(),
         }))
     }
@@ -104,6 +145,11 @@ impl ControlPlane {
 
     pub fn snapshots(&self) -> &SnapshotCache {
         &self.snapshots
+    }
+
+    /// The mesh CA (e.g. to issue the control plane's own serving certificate).
+    pub fn ca(&self) -> &Ca {
+        &self.ca
     }
 
     /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).

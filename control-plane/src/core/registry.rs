@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::caller::Caller;
 use super::error::{Error, Result};
+use super::identity::registered_identity;
 use super::leases::Lease;
 use super::plane::ControlPlane;
 use crate::model::{endpoint_aggregate, kind, EndpointRecord};
@@ -22,7 +23,8 @@ const DEFAULT_TTL: u64 = 30;
 
 impl ControlPlane {
     /// Registers an instance (the admin, or the service's own join token); `key` makes a retry
-    /// answer with the registration it first made.
+    /// answer with the registration it first made. A join token's instance gets the token's
+    /// identity (a registration naming another is refused); the admin names any, or none.
     pub async fn register(
         &self,
         caller: &Caller,
@@ -32,6 +34,7 @@ impl ControlPlane {
         reg.check_protocol()?;
         let namespace = namespace_or_default(reg.namespace);
         let actor = caller.act_for(&reg.service, &namespace)?;
+        let identity = registered_identity(caller, &self.trust_domain, reg.identity)?;
         let ttl = reg.ttl_seconds.unwrap_or(DEFAULT_TTL);
         if !(1..=3600).contains(&ttl) {
             return Err(Error::BadRequest("ttlSeconds must be between 1 and 3600".into()));
@@ -44,7 +47,7 @@ impl ControlPlane {
             service: reg.service,
             namespace,
             address: reg.address,
-            identity: reg.identity,
+            identity,
             labels: reg.labels,
             ttl_seconds: ttl,
         };
@@ -205,7 +208,8 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_registration_leaves_the_newer_lease_to_expire_the_instance() {
         let (_dir, store) = log_of(0).await;
-        let cp = ControlPlane::open(store, Settings::new("admin".into())).await.unwrap();
+        let cp =
+            ControlPlane::open(store, Settings::new("admin".into()), crate::ca::testing::ca()).await.unwrap();
         let reg = || Registration::new("web", "default", "127.0.0.1:9001".parse().unwrap(), 1);
         let first = cp.register(&Caller::Admin, reg(), Some("k1")).await.unwrap();
         cp.deregister(&Caller::Admin, &first.id).await.unwrap();

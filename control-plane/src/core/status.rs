@@ -49,6 +49,7 @@ impl ControlPlane {
         ] {
             text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
         }
+        text.push_str(&self.ca_metrics());
         text
     }
 }

@@ -14,7 +14,8 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::error::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
+    BadRequest, Conflict, Forbidden, Internal, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable,
 };
 use crate::core::{plural, KINDS};
 
@@ -37,6 +38,7 @@ pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
             Conflict,
             PayloadTooLarge,
             TooManyRequests,
+            Internal,
             Unavailable
         ),
     )

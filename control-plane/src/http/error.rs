@@ -65,7 +65,7 @@ impl ApiError {
                 Error::KeyReused(_) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-                Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                Error::Store(_) | Error::Ca(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -114,6 +114,11 @@ pub struct PayloadTooLarge(pub ErrorBody);
 /// The service already has as many connected sidecars as it may.
 #[derive(ToResponse)]
 pub struct TooManyRequests(pub ErrorBody);
+
+/// The control plane cannot do it (the mesh CA's issuer expired, the store is corrupt); the
+/// body says what the operator must do.
+#[derive(ToResponse)]
+pub struct Internal(pub ErrorBody);
 
 /// The event store is unreachable: retry after `Retry-After` seconds.
 #[derive(ToResponse)]

@@ -16,7 +16,8 @@ use crate::core::{Caller, ControlPlane, Error};
 /// The state every handler shares.
 pub type Shared = Arc<ControlPlane>;
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token of `Authorization`, if any.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 

@@ -8,8 +8,10 @@
 //!   body and headers, each failing with a JSON error.
 //! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
 //!   document them.
-//! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ops`]: the handlers.
+//! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`]: the
+//!   handlers.
 
+mod ca;
 pub mod doc;
 pub mod error;
 pub mod extract;

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
-use super::{history, ops, push, registry, resources, tokens};
+use super::{ca, history, ops, push, registry, resources, tokens};
 
 fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -23,6 +23,7 @@ fn api() -> OpenApiRouter<Shared> {
         .merge(registry::routes())
         .merge(push::routes())
         .merge(tokens::routes())
+        .merge(ca::routes())
 }
 
 /// The API over `cp`.

@@ -22,7 +22,7 @@ use crate::store::{AppendRequest, EventStore};
 const ADMIN: &str = "admin-secret";
 
 async fn control_plane(store: Arc<dyn EventStore>) -> Shared {
-    ControlPlane::open(store, Settings::new(ADMIN.to_owned())).await.unwrap()
+    ControlPlane::open(store, Settings::new(ADMIN.to_owned()), crate::ca::testing::ca()).await.unwrap()
 }
 
 async fn empty() -> (tempfile::TempDir, Arc<Instrumented>, Shared) {
@@ -290,7 +290,7 @@ async fn an_event_page_reads_at_most_one_chunk_beyond_its_bytes() {
 async fn one_service_cannot_hold_push_streams_without_end() {
     let (_dir, store) = log_of(0).await;
     let settings = Settings { max_proxies_per_service: 2, ..Settings::new(ADMIN.to_owned()) };
-    let cp = ControlPlane::open(store, settings).await.unwrap();
+    let cp = ControlPlane::open(store, settings, crate::ca::testing::ca()).await.unwrap();
     let web = join_token(&cp, "web").await;
     let streams: Vec<_> = open_streams(&cp, &web, 2).await;
     let refused = send(&cp, "GET", "/v1/push?id=web-3&service=web", Some(&web), "").await;

@@ -12,22 +12,29 @@ use pilotfish_api::{Endpoint, Metadata, ServiceSpec};
 use serde::Serialize;
 use serde_json::Value;
 
-use pilotfish_api::wire::{PushLine, DEFAULT_NAMESPACE};
+use pilotfish_api::wire::{MeshSettings, PushLine, DEFAULT_NAMESPACE};
 
 use crate::model::{EndpointRecord, State};
 
-/// The newest snapshot line, shared by every push stream.
-#[derive(Default)]
-pub struct SnapshotCache(Mutex<Option<(u64, Bytes)>>);
+/// The newest snapshot line, shared by every push stream, and the mesh settings every line
+/// carries.
+pub struct SnapshotCache {
+    mesh: MeshSettings,
+    line: Mutex<Option<(u64, Bytes)>>,
+}
 
 impl SnapshotCache {
+    pub fn new(mesh: MeshSettings) -> Self {
+        Self { mesh, line: Mutex::default() }
+    }
+
     /// The line for `state`: the cached one when it is of the same version, else built anew.
     pub fn line(&self, state: &State) -> (u64, Bytes) {
-        let mut cached = self.0.lock().expect("snapshot cache lock poisoned");
+        let mut cached = self.line.lock().expect("snapshot cache lock poisoned");
         match &*cached {
             Some((seq, line)) if *seq == state.seq => (*seq, line.clone()),
             _ => {
-                let line = snapshot_line(state);
+                let line = snapshot_line(state, &self.mesh);
                 *cached = Some((state.seq, line.clone()));
                 (state.seq, line)
             }
@@ -36,8 +43,8 @@ impl SnapshotCache {
 }
 
 /// One snapshot line: a [`PushLine`] as JSON, and a newline.
-fn snapshot_line(state: &State) -> Bytes {
-    let line = PushLine::new(state.seq, config_for(state));
+fn snapshot_line(state: &State, mesh: &MeshSettings) -> Bytes {
+    let line = PushLine { mesh: Some(mesh.clone()), ..PushLine::new(state.seq, config_for(state)) };
     let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
     bytes.push(b'\n');
     Bytes::from(bytes)

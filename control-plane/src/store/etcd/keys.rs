@@ -40,4 +40,8 @@ impl Keys {
     pub(super) fn snapshot(&self) -> String {
         format!("{}snapshot", self.prefix)
     }
+
+    pub(super) fn ca(&self) -> String {
+        format!("{}ca", self.prefix)
+    }
 }

@@ -10,6 +10,7 @@
 //! | `versions/<aggregate>`      | the aggregate's current version, decimal         |
 //! | `keys/<idempotency key>`    | the seq of the first event written with it       |
 //! | `snapshot`                  | `{"seq": N, "state": ...}`, only the latest      |
+//! | `ca`                        | the mesh CA replicas share: certificates, sealed keys (`ca::shared`) |
 //!
 //! An append reads the head, the versions and the idempotency keys it touches in one read-only
 //! transaction (one consistent revision), decides the outcome in memory exactly as the embedded
@@ -29,6 +30,7 @@
 //! - `watch`: the head watch, which tells this replica of every replica's commits.
 //! - `request`: one request's timeout, and etcd's errors as [`super::StoreError`]s.
 //! - `codec`: the values as stored (numbers, events, snapshots).
+//! - `shared_ca`: the one key beside the log, the CA replicas share, created by the first.
 
 mod append;
 mod client;
@@ -36,6 +38,7 @@ mod codec;
 mod keys;
 mod log;
 mod request;
+mod shared_ca;
 mod watch;
 
 #[cfg(test)]

@@ -197,3 +197,32 @@ fn store_urls_name_the_endpoints() {
     assert_eq!(Etcd::endpoints_from_url("etcd://a:1,,b:2"), None);
     assert_eq!(Etcd::endpoints_from_url("http://a:2379"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_replicas_storing_the_shared_ca_at_once_one_wins_and_all_read_it() {
+    let prefix = fresh_prefix();
+    let endpoints = [shared_etcd().endpoint()];
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        replicas.push(Etcd::connect(&endpoints, &prefix).await.unwrap());
+    }
+    assert_eq!(replicas[0].shared_ca().await.unwrap(), None);
+    let racing: Vec<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, replica)| {
+            let replica = replica.clone();
+            tokio::spawn(async move { replica.create_shared_ca(vec![i as u8; 8]).await.unwrap() })
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for task in racing {
+        stored.push(task.await.unwrap());
+    }
+    assert!(stored.windows(2).all(|w| w[0] == w[1]), "{stored:?}");
+    for replica in &replicas {
+        assert_eq!(replica.shared_ca().await.unwrap().as_ref(), Some(&stored[0]));
+    }
+    assert_eq!(replicas[0].head().await.unwrap(), 0, "the CA is not an event");
+    assert_eq!(replicas[0].shared_ca_key(), format!("{prefix}ca"));
+}

@@ -1,0 +1,165 @@
+//! The mesh CA's operations: certifying a sidecar's key for the identity its credential gives
+//! (never the names its CSR asks for), the trust bundle, the CA's status, and the counters and
+//! expiry gauges `/metrics` shows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use pilotfish_api::wire::{CaRoot, CaStatus, CertifyRequest, CertifyResponse, Versioned};
+use pilotfish_api::SpiffeId;
+
+use super::error::{Error, Result};
+use super::identity::workload_identity;
+use super::plane::ControlPlane;
+use crate::ca::CaError;
+
+/// Why a certify request was refused, as `pilotfish_ca_certify_refused_total{reason}` labels it.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// No valid token (401).
+    Unauthenticated,
+    /// A token with no mesh identity: the admin's (403).
+    NoIdentity,
+    /// A malformed CSR or request (400).
+    BadRequest,
+    /// The CA could not sign (its issuer expired).
+    CaError,
+}
+
+impl Refusal {
+    const ALL: [Self; 4] = [Self::Unauthenticated, Self::NoIdentity, Self::BadRequest, Self::CaError];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::NoIdentity => "no_identity",
+            Self::BadRequest => "bad_request",
+            Self::CaError => "ca_error",
+        }
+    }
+}
+
+/// What the CA issued and refused since the control plane started.
+#[derive(Debug, Default)]
+pub struct CaCounters {
+    issued: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl CaCounters {
+    fn refused(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ControlPlane {
+    /// The workload calling with `bearer`, as the identity its token gives: 401 without a valid
+    /// token, 403 for the admin token (which has none). Refusals are counted.
+    pub async fn workload(&self, bearer: Option<&str>) -> Result<SpiffeId> {
+        let caller = self.authenticate(bearer).await.inspect_err(|e| {
+            if matches!(e, Error::Unauthorized) {
+                self.ca_counters.refused(Refusal::Unauthenticated);
+            }
+        })?;
+        workload_identity(&caller, &self.trust_domain)
+            .inspect_err(|_| self.ca_counters.refused(Refusal::NoIdentity))
+    }
+
+    /// A leaf for `identity` (from [`ControlPlane::workload`]) with the key of the request's CSR.
+    pub fn certify(&self, identity: &SpiffeId, req: &CertifyRequest) -> Result<CertifyResponse> {
+        let issued = req
+            .check_protocol()
+            .map_err(Error::from)
+            .and_then(|()| {
+                self.ca.issue(&req.csr, identity, self.cert_ttl).map_err(|e| match e {
+                    CaError::Csr(_) => Error::BadRequest(e.to_string()),
+                    e => Error::Ca(e),
+                })
+            })
+            .inspect_err(|e| {
+                let reason = if matches!(e, Error::Ca(_)) { Refusal::CaError } else { Refusal::BadRequest };
+                self.ca_counters.refused(reason);
+            })?;
+        self.ca_counters.issued.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%identity, not_after = %rfc3339(issued.not_after), "issued a certificate");
+        Ok(issued.into())
+    }
+
+    /// PEM of every root the mesh trusts now.
+    pub fn ca_bundle(&self) -> &str {
+        self.ca.trust_bundle_pem()
+    }
+
+    /// What the CA issues, and when its certificates expire.
+    pub fn ca_status(&self) -> CaStatus {
+        CaStatus {
+            trust_domain: self.trust_domain.clone(),
+            cert_ttl_seconds: self.cert_ttl.as_secs(),
+            authz_default: self.authz_default,
+            roots: self
+                .ca
+                .roots()
+                .into_iter()
+                .map(|r| CaRoot { fingerprint: r.fingerprint, not_after: rfc3339(r.not_after) })
+                .collect(),
+            issuer_not_after: rfc3339(self.ca.issuer_not_after()),
+        }
+    }
+
+    /// The CA's metrics in the Prometheus text format.
+    pub(super) fn ca_metrics(&self) -> String {
+        let counters = &self.ca_counters;
+        let mut text = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                text.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        family(
+            "pilotfish_ca_certs_issued_total",
+            "counter",
+            "Workload certificates the CA issued",
+            vec![(String::new(), counters.issued.load(Ordering::Relaxed))],
+        );
+        family(
+            "pilotfish_ca_certify_refused_total",
+            "counter",
+            "Certify requests refused, by reason",
+            Refusal::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{{reason=\"{}\"}}", r.label()),
+                        counters.refused[*r as usize].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "pilotfish_ca_root_expiry_timestamp_seconds",
+            "gauge",
+            "When each trusted root expires (Unix time), by the first 16 hex digits of its SHA-256",
+            self.ca
+                .roots()
+                .into_iter()
+                .map(|r| (format!("{{root=\"{}\"}}", &r.fingerprint[..16]), unix(r.not_after)))
+                .collect(),
+        );
+        family(
+            "pilotfish_ca_issuer_expiry_timestamp_seconds",
+            "gauge",
+            "When the issuer signing workload certificates expires (Unix time)",
+            vec![(String::new(), unix(self.ca.issuer_not_after()))],
+        );
+        text
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
