@@ -170,7 +170,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let mut registered = None;
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
-            shared.identity_status.set_mode(Mode::ControlPlane);
+            // Readiness waits for the identity from the start when the control plane is a CA.
+            if mesh_rx.borrow().is_some() {
+                shared.identity_status.set_mode(Mode::ControlPlane);
+            }
             let renewer = Renewer {
                 ca: ControlPlaneCa::new(m),
                 shared: shared.clone(),

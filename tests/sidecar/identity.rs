@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pilotfish_api::client::Client;
+use pilotfish_api::wire::TokenRequest;
 use sha2::{Digest, Sha256};
 
 use crate::support::*;
@@ -222,4 +224,150 @@ fn unusable_identity_files_at_start_say_why_and_exit_nonzero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no usable mesh identity") && stderr.contains("web.pem"), "{stderr}");
+}
+
+const ADMIN_TOKEN: &str = "identity-test-admin";
+
+/// A real `pilotfish control-plane` (and so the mesh CA) on a fixed loopback address, so that
+/// it can be killed and started again where its sidecars look for it; killed on drop.
+struct ControlPlane {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ControlPlane {
+    fn start(data_dir: &Path, listen: &str, cert_ttl: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["control-plane", "--admin-token", ADMIN_TOKEN, "--listen", listen, "--cert-ttl", cert_ttl])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://{listen}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(listen).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("control plane exited with {status}");
+            }
+            assert!(Instant::now() < deadline, "control plane did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ControlPlane { child, url }
+    }
+
+    fn client(&self) -> Client {
+        Client::builder(&self.url).token(Some(ADMIN_TOKEN.into())).timeout(Duration::from_secs(20)).build()
+    }
+
+    /// A managed sidecar of `service`, with that service's join token.
+    async fn sidecar(&self, service: &str) -> Sidecar {
+        let request = TokenRequest { service: service.into(), namespace: "default".into() };
+        let token = self.client().create_token(&request).await.unwrap().token;
+        let args = [
+            "--control-plane",
+            &self.url,
+            "--service",
+            service,
+            "--token",
+            &token,
+            "--admin",
+            "127.0.0.1:0",
+            "--outbound",
+            "127.0.0.1:0",
+        ];
+        tokio::task::block_in_place(|| Sidecar::start_managed(&args))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn renewals(sc: &Sidecar, result: &str) -> f64 {
+    sample(&sc.metrics().await, "pilotfish_identity_cert_renewals_total", &[("result", result)])
+}
+
+/// Polls until `check` holds (generous bound), returning its value.
+async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_sidecar_gets_its_identity_from_the_control_plane_and_renews_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path(), &listen, "5s"));
+    let sc = cp.sidecar("web").await;
+    let started = Instant::now();
+    let report = identity_until(&sc, "the CA's certificate is in force", |r| !r["id"].is_null()).await;
+    assert_eq!(report["id"], "spiffe://pilotfish.local/ns/default/sa/web");
+    assert_eq!(report["mode"], "control-plane");
+    let ca = cp.client().ca_status().await.unwrap();
+    let roots: Vec<String> = ca.roots.into_iter().map(|r| r.fingerprint).collect();
+    assert_eq!(report["roots"], serde_json::json!(roots));
+    assert!(report["nextRenewal"].is_string(), "{report}");
+    assert_eq!(sc.admin_get("/ready").await.status, 200);
+    let m = sc.metrics().await;
+    assert_eq!(sample(&m, "pilotfish_identity_root_info", &[("fingerprint", &roots[0])]), 1.0);
+    let expiry = sample(&m, "pilotfish_identity_cert_expiry_timestamp_seconds", &[]);
+    assert!(expiry > now_unix() && expiry < now_unix() + 6.0, "a 5 s certificate: {expiry}");
+
+    // 5 s certificates renewed at ~3.5 s: the first and two renewals within ~12 s.
+    eventually("two renewals", Duration::from_secs(15), async || {
+        (renewals(&sc, "ok").await >= 3.0).then_some(())
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(14), "{:?}", started.elapsed());
+    assert_eq!(renewals(&sc, "error").await, 0.0);
+    let later = sc.admin_get("/identity").await.json();
+    assert_ne!(later["notAfter"], report["notAfter"]);
+    assert_eq!(later["id"], report["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_control_plane_down_the_sidecar_keeps_its_certificate_and_renews_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path(), &listen, "12s"));
+    let sc = cp.sidecar("web").await;
+    let first = identity_until(&sc, "the first certificate", |r| !r["id"].is_null()).await;
+    cp.kill();
+
+    // The renewal due at ~8 s fails; the certificate in force stays, valid, and the sidecar ready.
+    eventually("a failed renewal", Duration::from_secs(15), async || {
+        (renewals(&sc, "error").await >= 1.0).then_some(())
+    })
+    .await;
+    let report = sc.admin_get("/identity").await.json();
+    assert_eq!((&report["id"], &report["notAfter"]), (&first["id"], &first["notAfter"]));
+    assert_eq!(report["lastRenewal"]["result"], "error");
+    let expiry = sample(&sc.metrics().await, "pilotfish_identity_cert_expiry_timestamp_seconds", &[]);
+    assert!(expiry > now_unix(), "still valid: {report}");
+    assert_eq!(sc.admin_get("/ready").await.status, 200);
+
+    // Back (same data directory, so the same CA): the next retry renews.
+    let _cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path(), &listen, "12s"));
+    let renewed = identity_until(&sc, "a renewal after the outage", |r| {
+        r["notAfter"] != first["notAfter"] && r["lastRenewal"]["result"] == "ok"
+    })
+    .await;
+    assert_eq!(renewed["id"], "spiffe://pilotfish.local/ns/default/sa/web");
+    assert!(renewals(&sc, "ok").await >= 2.0);
 }

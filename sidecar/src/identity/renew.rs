@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use super::material::{self, Built, MaterialError};
 use super::publish;
 use super::schedule::{renew_after, retry_after, MIN_SPACING};
+use super::status::Mode;
 use crate::state::Shared;
 use crate::tls::Credentials;
 
@@ -64,6 +65,18 @@ struct Held {
     not_after: SystemTime,
 }
 
+/// Where the loop stands between attempts.
+struct State {
+    held: Option<Held>,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// When the next attempt is due.
+    due: Instant,
+    last_attempt: Option<Instant>,
+    /// The last `renewBefore` acted on.
+    acted_on: Option<String>,
+}
+
 /// Keeps this sidecar's identity: certifies at once, then renews until the sidecar shuts down.
 pub struct Renewer<C> {
     pub ca: C,
@@ -73,72 +86,103 @@ pub struct Renewer<C> {
 }
 
 impl<C: Certify> Renewer<C> {
-    /// Runs until shutdown, following the mesh settings of the push stream.
+    /// Runs until shutdown, following the mesh settings of the push stream. A control plane
+    /// without a CA sends none: there is nothing to ask until it does, and the sidecar serves
+    /// plaintext meanwhile.
     pub async fn run(self, mut mesh: watch::Receiver<Option<MeshSettings>>) {
-        let mut held: Option<Held> = None;
-        let mut failures = 0;
-        let mut due = Instant::now();
-        let mut last_attempt: Option<Instant> = None;
-        let mut acted_on: Option<String> = None;
-        let mut mesh_open = true;
-        loop {
-            self.shared.identity_status.next_renewal(Some(self.wall(due)));
+        while mesh.borrow_and_update().is_none() {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(due) => {
-                    last_attempt = Some(Instant::now());
-                    let result = self.attempt().await;
-                    let now = (self.clock)();
-                    self.shared.metrics.identity.renewed(result.is_ok());
-                    match result {
-                        Ok((new, built)) => {
-                            failures = 0;
-                            due = Instant::now() + renew_after(new.not_after.duration_since(now).unwrap_or_default());
-                            tracing::info!(
-                                id = %built.identity.id,
-                                not_after = %humantime::format_rfc3339_seconds(new.not_after),
-                                "mesh certificate from the control plane's CA in force"
-                            );
-                            self.shared.identity_status.renewed(now, None);
-                            publish::install(&self.shared, built);
-                            held = Some(new);
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            let remaining = held.as_ref().and_then(|h| h.not_after.duration_since(now).ok());
-                            let retry = retry_after(failures, remaining);
-                            due = Instant::now() + retry;
-                            match remaining {
-                                Some(left) => tracing::warn!(failures, ?retry, "certificate renewal failed; the current one stays in force ({}s left): {e}", left.as_secs()),
-                                None => tracing::warn!(failures, ?retry, "no mesh certificate: {e}"),
-                            }
-                            self.shared.identity_status.renewed(now, Some(e.to_string()));
+                changed = mesh.changed() => if changed.is_err() { return },
+            }
+        }
+        self.shared.identity_status.set_mode(Mode::ControlPlane);
+        let mut state = State {
+            held: None,
+            failures: 0,
+            due: Instant::now(),
+            last_attempt: None,
+            // The first certificate is asked for now, so a renewBefore already known is met.
+            acted_on: mesh.borrow().as_ref().and_then(|m| m.renew_before.clone()),
+        };
+        let mut mesh_open = true;
+        loop {
+            self.shared.identity_status.next_renewal(Some(self.wall(state.due)));
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(state.due) => self.renew(&mut state).await,
+                changed = mesh.changed(), if mesh_open => match changed {
+                    Ok(()) => {
+                        let settings = mesh.borrow_and_update().clone();
+                        if let Some(settings) = settings {
+                            self.follow(&mut state, settings);
                         }
                     }
+                    Err(_) => mesh_open = false,
+                },
+            }
+        }
+    }
+
+    /// An attempt, and what it changes: the identity in force, the metrics and status, and
+    /// when the next attempt is due.
+    async fn renew(&self, state: &mut State) {
+        state.last_attempt = Some(Instant::now());
+        let result = self.attempt().await;
+        let now = (self.clock)();
+        self.shared.metrics.identity.renewed(result.is_ok());
+        match result {
+            Ok((new, built)) => {
+                state.failures = 0;
+                let lifetime = new.not_after.duration_since(now).unwrap_or_default();
+                state.due = Instant::now() + renew_after(lifetime);
+                tracing::info!(
+                    id = %built.identity.id,
+                    not_after = %humantime::format_rfc3339_seconds(new.not_after),
+                    "mesh certificate from the control plane's CA in force"
+                );
+                self.shared.identity_status.renewed(now, None);
+                publish::install(&self.shared, built);
+                state.held = Some(new);
+            }
+            Err(e) => {
+                state.failures += 1;
+                let remaining = state.held.as_ref().and_then(|h| h.not_after.duration_since(now).ok());
+                let retry = retry_after(state.failures, remaining);
+                state.due = Instant::now() + retry;
+                let failures = state.failures;
+                match remaining {
+                    Some(left) => tracing::warn!(
+                        failures,
+                        ?retry,
+                        "certificate renewal failed; the current one stays in force ({}s left): {e}",
+                        left.as_secs()
+                    ),
+                    None => tracing::warn!(failures, ?retry, "no mesh certificate: {e}"),
                 }
-                changed = mesh.changed(), if mesh_open => {
-                    if changed.is_err() {
-                        mesh_open = false;
-                        continue;
-                    }
-                    let Some(settings) = mesh.borrow_and_update().clone() else { continue };
-                    let Some(h) = held.as_mut() else {
-                        // The first certificate is on its way and comes with the CA's bundle.
-                        acted_on = settings.renew_before;
-                        continue;
-                    };
-                    let soon = last_attempt.map_or(Instant::now(), |t| t + MIN_SPACING).max(Instant::now());
-                    if h.bundle_pem != settings.trust_bundle_pem && self.rebundle(h, settings.trust_bundle_pem) {
-                        due = due.min(soon);
-                    }
-                    if settings.renew_before.is_some() && settings.renew_before != acted_on {
-                        acted_on = settings.renew_before.clone();
-                        if renews(h.received, settings.renew_before.as_deref()) {
-                            tracing::info!("the CA asks for certificates issued before {} to be renewed; renewing", acted_on.as_deref().unwrap_or_default());
-                            due = due.min(soon);
-                        }
-                    }
-                }
+                self.shared.identity_status.renewed(now, Some(e.to_string()));
+            }
+        }
+    }
+
+    /// New mesh settings from the push stream: a changed bundle, a `renewBefore`.
+    fn follow(&self, state: &mut State, settings: MeshSettings) {
+        let Some(held) = state.held.as_mut() else {
+            // The first certificate is on its way and comes with the CA's own bundle.
+            state.acted_on = settings.renew_before;
+            return;
+        };
+        let now = Instant::now();
+        let soon = state.last_attempt.map_or(now, |t| t + MIN_SPACING).max(now);
+        if held.bundle_pem != settings.trust_bundle_pem && self.rebundle(held, settings.trust_bundle_pem) {
+            state.due = state.due.min(soon);
+        }
+        if settings.renew_before.is_some() && settings.renew_before != state.acted_on {
+            state.acted_on = settings.renew_before;
+            let before = state.acted_on.as_deref().unwrap_or_default();
+            if renews(held.received, before) {
+                tracing::info!("the CA asks for certificates issued before {before} to be renewed; renewing");
+                state.due = state.due.min(soon);
             }
         }
     }
@@ -196,8 +240,7 @@ impl<C: Certify> Renewer<C> {
 
 /// Whether a certificate that arrived at `received` must be renewed under `renew_before` (RFC
 /// 3339; an unparsable value is ignored, with a warning).
-fn renews(received: SystemTime, renew_before: Option<&str>) -> bool {
-    let Some(text) = renew_before else { return false };
+fn renews(received: SystemTime, text: &str) -> bool {
     match humantime::parse_rfc3339_weak(text) {
         Ok(before) => received < before,
         Err(e) => {

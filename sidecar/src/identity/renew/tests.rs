@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Certify, Clock, Renewer};
-use crate::identity::status::Mode;
 use crate::snapshot::{Overrides, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::metrics::Metrics;
@@ -137,17 +136,19 @@ fn start(ca: &Arc<TestCa>) -> (Arc<Shared>, watch::Sender<Option<MeshSettings>>)
     let metrics = Metrics::new();
     let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
     let shared = Shared::new(snap, metrics);
-    shared.identity_status.set_mode(Mode::ControlPlane);
     shared.set_ready();
-    let (tx, rx) = watch::channel(None);
-    let renewer = Renewer {
+    let (tx, rx) = watch::channel(settings(ca.bundle(), None));
+    tokio::spawn(renewer(ca, &shared).run(rx));
+    (shared, tx)
+}
+
+fn renewer(ca: &Arc<TestCa>, shared: &Arc<Shared>) -> Renewer<Arc<TestCa>> {
+    Renewer {
         ca: ca.clone(),
         shared: shared.clone(),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         clock: ca.clock.clone(),
-    };
-    tokio::spawn(renewer.run(rx));
-    (shared, tx)
+    }
 }
 
 fn not_after(shared: &Shared) -> Option<SystemTime> {
@@ -306,4 +307,27 @@ async fn renew_before_renews_a_certificate_that_arrived_earlier_once() {
     tokio::time::sleep(10 * SECOND).await;
     assert_eq!(ca.calls().len(), 2);
     assert_eq!(renewals(&shared, "ok"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_mesh_settings_there_is_no_ca_to_ask_and_no_identity_to_wait_for() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let metrics = Metrics::new();
+    let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
+    let shared = Shared::new(snap, metrics);
+    shared.set_ready();
+    let (push, rx) = watch::channel(None);
+    tokio::spawn(renewer(&ca, &shared).run(rx));
+    tokio::time::sleep(10 * SECOND).await;
+    assert!(ca.calls().is_empty());
+    assert!(shared.is_ready() && shared.identity.load().is_none());
+    // The control plane becomes a CA: now it is asked, and readiness waits for the answer.
+    ca.answer(Answer::Fail);
+    push.send_replace(settings(ca.bundle(), None));
+    tokio::time::sleep(SECOND / 2).await;
+    assert_eq!(ca.calls().len(), 1);
+    assert!(!shared.is_ready());
+    ca.answer(Answer::Certify);
+    tokio::time::sleep(20 * SECOND).await;
+    assert!(shared.is_ready() && shared.identity.load().is_some());
 }
