@@ -35,7 +35,7 @@ pub enum FilesError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{cert} with {key} and trust bundle {bundle}: {source}")]
-    Material { cert: PathBuf, key: PathBuf, bundle: PathBuf, source: MaterialError },
+    Material { cert: PathBuf, key: PathBuf, bundle: PathBuf, source: Box<MaterialError> },
 }
 
 impl Files {
@@ -54,7 +54,7 @@ impl Files {
             cert: self.cert.clone(),
             key: self.key.clone(),
             bundle: self.bundle.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
