@@ -4,10 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::control_plane::ControlPlaneCa;
+use crate::identity::files::{self, Files, FilesError};
+use crate::identity::renew::Renewer;
+use crate::identity::status::Mode;
 use crate::listener::{accept, admin, inbound, local, outbound};
 use crate::snapshot::build::BuildError;
 use crate::snapshot::{Overrides, Snapshot};
@@ -28,8 +34,9 @@ pub struct Options {
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP.
-    File(PathBuf),
+    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP, and the mesh
+    /// identity's files, if any (reloaded on change).
+    File { path: PathBuf, identity: Option<Files> },
     /// Managed mode: the control plane's push stream.
     ControlPlane(managed::Managed),
 }
@@ -46,6 +53,8 @@ pub enum Error {
     Local(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("no usable mesh identity: {0}")]
+    Identity(#[from] FilesError),
 }
 
 /// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
@@ -54,8 +63,16 @@ pub enum Error {
 pub async fn run(opts: Options) -> Result<(), Error> {
     let metrics = Metrics::new();
     access_log::init(metrics.access_log_dropped.clone());
+    // The one crypto provider of every mesh TLS config, never the process default.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = match &opts.source {
+        Source::File { identity: Some(files), .. } => Some((files.clone(), files.load(&provider)?)),
+        _ => None,
+    };
+    // The push stream's mesh settings (trust bundle, renewBefore), for the renew loop.
+    let (mesh_tx, mesh_rx) = watch::channel(None);
     let (snap, mut push) = match &opts.source {
-        Source::File(path) => {
+        Source::File { path, .. } => {
             let text =
                 std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
             let source = path.display().to_string();
@@ -65,7 +82,9 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             let mut push = managed::PushClient::new(m.clone());
             tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
             let snap = loop {
-                let (version, text) = push.next().await;
+                let mut pushed = push.next().await;
+                pushed.publish_mesh(&mesh_tx);
+                let (version, text) = (pushed.version, pushed.documents);
                 let tolerate = pilotfish_api::UnknownFields::Tolerate;
                 match Snapshot::build_with("control-plane", &text, &opts.overrides, None, &metrics, tolerate)
                 {
@@ -113,6 +132,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     );
     let drain = snap.sidecar.timeouts.drain.get();
     let shared = Shared::new(snap, metrics);
+    if let Some((files, built)) = identity {
+        shared.identity_status.set_mode(Mode::Files);
+        shared.supervise("identity reload", files::watch(shared.clone(), files, built, provider.clone()));
+    }
 
     shared.supervise("admin listener", admin::serve(shared.clone(), admin));
     let s = shared.clone();
@@ -147,13 +170,24 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let mut registered = None;
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
-            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone());
+            // Readiness waits for the identity from the start when the control plane is a CA.
+            if mesh_rx.borrow().is_some() {
+                shared.identity_status.set_mode(Mode::ControlPlane);
+            }
+            let renewer = Renewer {
+                ca: ControlPlaneCa::new(m),
+                shared: shared.clone(),
+                provider: provider.clone(),
+                clock: Arc::new(SystemTime::now),
+            };
+            shared.supervise("identity renewal", renewer.run(mesh_rx));
+            let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
             if let Some(address) = advertised {
                 registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
             }
         }
-        (Source::File(path), _) => {
+        (Source::File { path, .. }, _) => {
             let watch = reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone());
             shared.supervise("config reload", watch);
         }

@@ -4,6 +4,7 @@
 mod admin;
 mod grpc;
 mod http;
+mod identity;
 mod lifecycle;
 mod load;
 mod resilience;

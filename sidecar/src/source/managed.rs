@@ -8,14 +8,21 @@
 //! in turn, and resumes from the version it has. A push line of a protocol this build does not
 //! support is NACKed like a configuration it refuses. Every call goes through the typed client
 //! of `pilotfish_api::client`.
+//!
+//! Each push line also carries the mesh's security settings: the trust bundle and
+//! `renewBefore` go to the identity's renew loop (on a `watch` channel, so only the latest
+//! counts), and the mesh's authorization default becomes the synthesized `Sidecar` document's
+//! `spec.authorization.default`, so authorization reads it where static mode puts it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::client::{Client, ClientError, PushStream, StreamError, Trust};
-use pilotfish_api::wire::{Ack, AckQuery, PushQuery, Registration, PROTOCOL_VERSION};
+use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::reload;
@@ -46,19 +53,24 @@ pub struct Managed {
 
 impl Managed {
     /// The configuration as the sidecar parses it: its own `Sidecar` document (listeners come
-    /// from the command line) followed by what the control plane sent.
-    pub fn document_stream(&self, config: &str) -> String {
+    /// from the command line; the authorization default from the control plane, when it sends
+    /// one) followed by what the control plane sent.
+    pub fn document_stream(&self, config: &str, authz_default: Option<MeshDefault>) -> String {
+        let spec = match authz_default {
+            Some(default) => serde_json::json!({ "authorization": { "default": default } }),
+            None => serde_json::json!({}),
+        };
         let sidecar = serde_json::json!({
             "apiVersion": "pilotfish.io/v1alpha1",
             "kind": "Sidecar",
             "metadata": { "name": self.service, "namespace": self.namespace },
-            "spec": {},
+            "spec": spec,
         });
         format!("{sidecar}\n---\n{config}")
     }
 
     /// A client of each control-plane replica, in the order they are tried.
-    fn clients(&self) -> Vec<Client> {
+    pub fn clients(&self) -> Vec<Client> {
         self.servers
             .iter()
             .map(|server| {
@@ -71,6 +83,28 @@ impl Managed {
                     .build()
             })
             .collect()
+    }
+}
+
+/// One push line, ready for the snapshot builder.
+#[derive(Debug)]
+pub struct Pushed {
+    pub version: u64,
+    /// The configuration as a document stream ([`Managed::document_stream`]).
+    pub documents: String,
+    /// The mesh's security settings (absent from a control plane without a CA).
+    pub mesh: Option<MeshSettings>,
+}
+
+impl Pushed {
+    /// Hands the mesh settings to the identity's renew loop, waking it only when they changed.
+    pub fn publish_mesh(&mut self, to: &watch::Sender<Option<MeshSettings>>) {
+        let Some(mesh) = self.mesh.take() else { return };
+        to.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&mesh);
+            *current = Some(mesh);
+            changed
+        });
     }
 }
 
@@ -94,8 +128,8 @@ impl PushClient {
         &self.managed
     }
 
-    /// The next snapshot: `(version, document stream)`.
-    pub async fn next(&mut self) -> (u64, String) {
+    /// The next snapshot.
+    pub async fn next(&mut self) -> Pushed {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 let server = self.clients[self.server].base().to_owned();
@@ -119,7 +153,9 @@ impl PushClient {
                 Ok(line) => {
                     // Only a snapshot proves the server healthy; connecting is not enough.
                     self.failures = 0;
-                    return (line.version, self.managed.document_stream(&line.config));
+                    let authz_default = line.mesh.as_ref().map(|mesh| mesh.authz_default);
+                    let documents = self.managed.document_stream(&line.config, authz_default);
+                    return Pushed { version: line.version, documents, mesh: line.mesh };
                 }
                 Err(StreamError::Unsupported { version, error }) => {
                     self.failures = 0;
@@ -177,18 +213,22 @@ impl PushClient {
     }
 }
 
-/// Applies every snapshot after the first, until the sidecar shuts down.
+/// Applies every snapshot after the first, and passes the mesh settings on to `mesh`, until
+/// the sidecar shuts down.
 pub async fn follow(
     shared: Arc<Shared>,
     local: Arc<LocalListeners>,
     mut push: PushClient,
     overrides: Overrides,
+    mesh: watch::Sender<Option<MeshSettings>>,
 ) {
     loop {
-        let (version, text) = tokio::select! {
+        let mut pushed = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             next = push.next() => next,
         };
+        pushed.publish_mesh(&mesh);
+        let (version, text) = (pushed.version, pushed.documents);
         match reload::swap_in(&shared, &local, "control-plane", &text, &overrides, UnknownFields::Tolerate) {
             Ok(applied) => {
                 if applied.is_some() {
@@ -259,4 +299,60 @@ pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationT
 /// 100 ms up to 5 s.
 fn backoff(failures: u32) -> Duration {
     crate::resilience::retry::backoff(failures, Duration::from_millis(100), MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Snapshot;
+    use crate::telemetry::metrics::Metrics;
+
+    fn managed() -> Managed {
+        Managed {
+            servers: vec!["http://127.0.0.1:1".into()],
+            service: "web".into(),
+            namespace: "default".into(),
+            token: "t".into(),
+            id: "web-1".into(),
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+
+    fn default_in_force(documents: &str) -> MeshDefault {
+        let metrics = Metrics::new();
+        let tolerate = UnknownFields::Tolerate;
+        let snap =
+            Snapshot::build_with("cp", documents, &Overrides::default(), None, &metrics, tolerate).unwrap();
+        snap.sidecar.authorization.default
+    }
+
+    #[test]
+    fn the_mesh_authorization_default_lands_where_static_mode_puts_it() {
+        let m = managed();
+        assert_eq!(default_in_force(&m.document_stream("", Some(MeshDefault::Deny))), MeshDefault::Deny);
+        assert_eq!(default_in_force(&m.document_stream("", Some(MeshDefault::Allow))), MeshDefault::Allow);
+        // A control plane without a CA sends none: the built-in default.
+        assert_eq!(default_in_force(&m.document_stream("", None)), MeshDefault::Authenticated);
+    }
+
+    #[test]
+    fn only_changed_mesh_settings_wake_the_renew_loop() {
+        let settings = MeshSettings {
+            trust_domain: "pilotfish.local".into(),
+            trust_bundle_pem: "ROOT".into(),
+            authz_default: MeshDefault::Authenticated,
+            renew_before: None,
+        };
+        let (tx, mut rx) = watch::channel(None);
+        let pushed = |mesh| Pushed { version: 1, documents: String::new(), mesh };
+        pushed(Some(settings.clone())).publish_mesh(&tx);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        pushed(Some(settings.clone())).publish_mesh(&tx);
+        pushed(None).publish_mesh(&tx);
+        assert!(!rx.has_changed().unwrap());
+        pushed(Some(MeshSettings { renew_before: Some("2026-01-01T00:00:00Z".into()), ..settings }))
+            .publish_mesh(&tx);
+        assert!(rx.has_changed().unwrap());
+    }
 }

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use super::identity::IdentityMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
 use crate::resilience::limit::Limit;
 use crate::resilience::retry::Reason;
@@ -49,6 +50,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
     ratelimited: IntCounterVec,
+    pub identity: IdentityMetrics,
 }
 
 impl Metrics {
@@ -148,6 +150,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let identity = IdentityMetrics::register(&registry);
         Arc::new(Self {
             registry,
             requests,
@@ -163,6 +166,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             ratelimited,
+            identity,
         })
     }
 

@@ -1,0 +1,333 @@
+//! The renew loop on tokio's paused clock, against a CA the test runs itself (rcgen signing the
+//! loop's real CSRs): the schedule, backoff that keeps the valid certificate, refused answers,
+//! readiness, pushed bundles and `renewBefore`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pilotfish_api::authz::MeshDefault;
+use pilotfish_api::wire::{CertifyResponse, MeshSettings};
+use pilotfish_api::SpiffeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Certify, Clock, Renewer};
+use crate::snapshot::{Overrides, Snapshot};
+use crate::state::Shared;
+use crate::telemetry::metrics::Metrics;
+
+const SECOND: Duration = Duration::from_secs(1);
+const TTL: Duration = Duration::from_secs(100);
+
+/// What the test CA answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    /// A leaf valid for `TTL` from now.
+    Certify,
+    /// An error, as an unreachable CA.
+    Fail,
+    /// A leaf that expired a second ago.
+    Expired,
+    /// A leaf for `api` while saying it is for `web`.
+    Mislabelled,
+}
+
+/// A root that signs the loop's CSRs, on the test's clock, recording when it was asked.
+struct TestCa {
+    root: CertifiedIssuer<'static, KeyPair>,
+    clock: Clock,
+    start: Instant,
+    answer: Mutex<Answer>,
+    calls: Mutex<Vec<Duration>>,
+}
+
+impl TestCa {
+    fn new(name: &str, clock: Clock) -> Arc<TestCa> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, format!("{name} root"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = clock();
+        valid(&mut params, now - Duration::from_secs(3600), now + Duration::from_secs(86_400));
+        let root = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let answer = Mutex::new(Answer::Certify);
+        Arc::new(TestCa { root, clock, start: Instant::now(), answer, calls: Mutex::default() })
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    /// When the loop called, from the start of the test.
+    fn calls(&self) -> Vec<Duration> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn bundle(&self) -> String {
+        self.root.pem()
+    }
+
+    fn sign(&self, csr_pem: &str, account: &str, not_after: SystemTime) -> String {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(id(account).to_string().try_into().unwrap())];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        valid(&mut params, (self.clock)() - Duration::from_secs(60), not_after);
+        csr.params = params;
+        csr.signed_by(&self.root).unwrap().pem()
+    }
+}
+
+impl Certify for Arc<TestCa> {
+    type Error = &'static str;
+
+    fn certify(
+        &self,
+        csr_pem: String,
+    ) -> impl std::future::Future<Output = Result<CertifyResponse, &'static str>> + Send {
+        let ca = self.clone();
+        async move {
+            ca.calls.lock().unwrap().push(ca.start.elapsed());
+            let answer = *ca.answer.lock().unwrap();
+            let now = (ca.clock)();
+            let (account, not_after) = match answer {
+                Answer::Fail => return Err("connection refused"),
+                Answer::Certify => ("web", now + TTL),
+                Answer::Expired => ("web", now - SECOND),
+                Answer::Mislabelled => ("api", now + TTL),
+            };
+            Ok(CertifyResponse {
+                chain_pem: ca.sign(&csr_pem, account, not_after),
+                trust_bundle_pem: ca.bundle(),
+                not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
+                identity: id("web"),
+            })
+        }
+    }
+}
+
+fn id(account: &str) -> SpiffeId {
+    SpiffeId::new("pilotfish.local", "default", account).unwrap()
+}
+
+/// Sets a certificate's validity (whole seconds, as X.509 keeps it).
+fn valid(params: &mut CertificateParams, from: SystemTime, to: SystemTime) {
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let seconds = |t: SystemTime| Duration::from_secs(t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+    params.not_before = epoch + seconds(from);
+    params.not_after = epoch + seconds(to);
+}
+
+/// The wall clock, moved by tokio's paused clock.
+fn paused_clock() -> Clock {
+    let (base, start) = (SystemTime::now(), Instant::now());
+    Arc::new(move || base + start.elapsed())
+}
+
+/// A managed sidecar's shared state, its renew loop running against `ca`, and the sender of
+/// the push stream's mesh settings.
+fn start(ca: &Arc<TestCa>) -> (Arc<Shared>, watch::Sender<Option<MeshSettings>>) {
+    let metrics = Metrics::new();
+    let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
+    let shared = Shared::new(snap, metrics);
+    shared.set_ready();
+    let (tx, rx) = watch::channel(settings(ca.bundle(), None));
+    tokio::spawn(renewer(ca, &shared).run(rx));
+    (shared, tx)
+}
+
+fn renewer(ca: &Arc<TestCa>, shared: &Arc<Shared>) -> Renewer<Arc<TestCa>> {
+    Renewer {
+        ca: ca.clone(),
+        shared: shared.clone(),
+        provider: Arc::new(rustls::crypto::ring::default_provider()),
+        clock: ca.clock.clone(),
+    }
+}
+
+fn not_after(shared: &Shared) -> Option<SystemTime> {
+    shared.identity.load().as_ref().map(|i| i.not_after)
+}
+
+fn renewals(shared: &Shared, result: &str) -> u64 {
+    let text = String::from_utf8(shared.metrics.encode()).unwrap();
+    let series = format!("pilotfish_identity_cert_renewals_total{{result=\"{result}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.parse().unwrap())
+}
+
+fn settings(bundle: String, renew_before: Option<String>) -> Option<MeshSettings> {
+    Some(MeshSettings {
+        trust_domain: "pilotfish.local".into(),
+        trust_bundle_pem: bundle,
+        authz_default: MeshDefault::Authenticated,
+        renew_before,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn certifies_at_once_then_renews_at_65_to_75_percent_of_the_lifetime() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let (shared, _push) = start(&ca);
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(shared.identity.load().as_ref().unwrap().id, id("web"));
+    assert!(shared.is_ready());
+    // Renewals at 65-75 s apart: the third is due by 150 s, the fourth not before 190 s.
+    tokio::time::sleep(TTL * 19 / 10 - SECOND).await;
+    let calls = ca.calls();
+    assert!(calls[0] < SECOND, "{calls:?}");
+    for pair in calls.windows(2) {
+        let gap = pair[1] - pair[0];
+        // A second less: the certificate's NotAfter is whole seconds.
+        assert!(gap >= TTL * 65 / 100 - SECOND && gap <= TTL * 75 / 100, "{calls:?}");
+    }
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!((renewals(&shared, "ok"), renewals(&shared, "error")), (3, 0));
+    let report = shared.identity_status.report(shared.identity.load().as_deref());
+    assert_eq!(report["lastRenewal"]["result"], "ok");
+    assert!(report["nextRenewal"].is_string(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_keeps_the_valid_certificate_and_retries_with_backoff() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let (shared, _push) = start(&ca);
+    tokio::time::sleep(SECOND).await;
+    let first = not_after(&shared).unwrap();
+    ca.answer(Answer::Fail);
+    tokio::time::sleep(TTL - 2 * SECOND).await;
+    // Still the first certificate, valid to the end; every failure counted.
+    assert_eq!(not_after(&shared), Some(first));
+    let calls = ca.calls();
+    let failed = calls.len() as u64 - 1;
+    assert!(failed >= 3, "several retries before expiry: {calls:?}");
+    assert_eq!((renewals(&shared, "ok"), renewals(&shared, "error")), (1, failed));
+    for pair in calls[1..].windows(2) {
+        let gap = pair[1] - pair[0];
+        // At least a second apart; never longer than a quarter of what was left.
+        let left = TTL.saturating_sub(pair[0]);
+        assert!(gap >= SECOND && gap <= (left / 4).max(SECOND), "{calls:?}");
+    }
+    let report = shared.identity_status.report(shared.identity.load().as_deref());
+    assert_eq!(report["lastRenewal"]["error"], "the CA did not certify: connection refused");
+
+    // The CA is back: the next retry renews.
+    ca.answer(Answer::Certify);
+    tokio::time::sleep(5 * SECOND).await;
+    assert!(not_after(&shared).unwrap() > first);
+    assert_eq!(renewals(&shared, "ok"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_or_mislabelled_answer_is_refused() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let (shared, _push) = start(&ca);
+    tokio::time::sleep(SECOND).await;
+    let first = not_after(&shared).unwrap();
+    ca.answer(Answer::Expired);
+    tokio::time::sleep(TTL * 75 / 100).await;
+    assert_eq!(not_after(&shared), Some(first));
+    let report = shared.identity_status.report(shared.identity.load().as_deref());
+    let error = report["lastRenewal"]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("certificate expired at"), "{error}");
+
+    ca.answer(Answer::Mislabelled);
+    let before = renewals(&shared, "error");
+    tokio::time::sleep(10 * SECOND).await;
+    assert!(renewals(&shared, "error") > before);
+    assert_eq!(shared.identity.load().as_ref().unwrap().id, id("web"));
+    let report = shared.identity_status.report(shared.identity.load().as_deref());
+    let error = report["lastRenewal"]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("names spiffe://pilotfish.local/ns/default/sa/api"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_managed_sidecar_is_not_ready_until_its_first_certificate() {
+    let ca = TestCa::new("mesh", paused_clock());
+    ca.answer(Answer::Fail);
+    let (shared, _push) = start(&ca);
+    tokio::time::sleep(3 * SECOND).await;
+    assert!(!shared.is_ready());
+    let pending = shared.identity_pending().unwrap();
+    assert!(pending.contains("no mesh identity yet") && pending.contains("connection refused"), "{pending}");
+    ca.answer(Answer::Certify);
+    tokio::time::sleep(40 * SECOND).await;
+    assert!(shared.is_ready(), "{:?}", shared.identity_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pushed_bundle_is_put_in_force_around_the_same_certificate() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let next = TestCa::new("next", ca.clock.clone());
+    let (shared, push) = start(&ca);
+    tokio::time::sleep(SECOND).await;
+    let first = shared.identity.load_full().unwrap();
+
+    // A rotation's overlap: both roots. New configs, the same certificate, no CA call.
+    push.send_replace(settings(format!("{}{}", ca.bundle(), next.bundle()), None));
+    tokio::time::sleep(SECOND).await;
+    let now = shared.identity.load_full().unwrap();
+    assert!(!Arc::ptr_eq(&first, &now));
+    assert_eq!(now.not_after, first.not_after);
+    let report = shared.identity_status.report(Some(&now));
+    assert_eq!(report["roots"].as_array().unwrap().len(), 2);
+    assert_eq!(ca.calls().len(), 1);
+
+    // The old root retired while this certificate still chains to it: renewed at once.
+    push.send_replace(settings(next.bundle(), None));
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(ca.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renew_before_renews_a_certificate_that_arrived_earlier_once() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let (shared, push) = start(&ca);
+    tokio::time::sleep(10 * SECOND).await;
+    let bundle = ca.bundle();
+    let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+
+    // Before this certificate arrived: nothing to do.
+    push.send_replace(settings(bundle.clone(), Some(time((ca.clock)() - 20 * SECOND))));
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(ca.calls().len(), 1);
+
+    // After it: renewed now, and only once however often the push stream repeats it.
+    let switch = Some(time((ca.clock)()));
+    push.send_replace(settings(bundle.clone(), switch.clone()));
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(ca.calls().len(), 2);
+    push.send_replace(None);
+    push.send_replace(settings(bundle, switch));
+    tokio::time::sleep(10 * SECOND).await;
+    assert_eq!(ca.calls().len(), 2);
+    assert_eq!(renewals(&shared, "ok"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_mesh_settings_there_is_no_ca_to_ask_and_no_identity_to_wait_for() {
+    let ca = TestCa::new("mesh", paused_clock());
+    let metrics = Metrics::new();
+    let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
+    let shared = Shared::new(snap, metrics);
+    shared.set_ready();
+    let (push, rx) = watch::channel(None);
+    tokio::spawn(renewer(&ca, &shared).run(rx));
+    tokio::time::sleep(10 * SECOND).await;
+    assert!(ca.calls().is_empty());
+    assert!(shared.is_ready() && shared.identity.load().is_none());
+    // The control plane becomes a CA: now it is asked, and readiness waits for the answer.
+    ca.answer(Answer::Fail);
+    push.send_replace(settings(ca.bundle(), None));
+    tokio::time::sleep(SECOND / 2).await;
+    assert_eq!(ca.calls().len(), 1);
+    assert!(!shared.is_ready());
+    ca.answer(Answer::Certify);
+    tokio::time::sleep(20 * SECOND).await;
+    assert!(shared.is_ready() && shared.identity.load().is_some());
+}
