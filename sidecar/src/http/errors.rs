@@ -37,6 +37,9 @@ pub enum ProxyError {
     Overloaded { service: String, limit: Limit },
     #[error("rate limited: retry after {}s", retry_after_secs(.0))]
     RateLimited(Decision),
+    /// Denied by authorization: why, as [`crate::authz::Denial`] says it.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("the route's backend {0} is not a known Service")]
     UnknownBackend(String),
     #[error("no response within the route timeout of {0:?}")]
@@ -74,6 +77,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnknownBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
@@ -92,6 +96,7 @@ impl ProxyError {
             Self::CircuitOpen(_) => "circuit-open",
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited(_) => "rate-limited",
+            Self::Forbidden(_) => "forbidden",
             Self::UnknownBackend(_) => "no-route",
             Self::Timeout(_) | Self::RequestBodyTimeout(_) => "timeout",
             Self::RequestBody(_) => "bad-request",
@@ -100,13 +105,15 @@ impl ProxyError {
         }
     }
 
-    /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, else UNAVAILABLE).
+    /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, PERMISSION_DENIED
+    /// for authorization, else UNAVAILABLE).
     fn grpc_status(&self) -> &'static str {
         match self {
             Self::MissingAuthority | Self::InvalidHost(_) | Self::ConnectUnsupported | Self::NoRoute(_) => {
                 "12"
             }
             Self::RateLimited(_) | Self::Overloaded { .. } => "8",
+            Self::Forbidden(_) => "7",
             Self::Timeout(_) | Self::RequestBodyTimeout(_) => "4",
             _ => "14",
         }

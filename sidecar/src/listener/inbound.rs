@@ -42,6 +42,10 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         Detected::Http1 => Version::Http1,
         Detected::Http2 => Version::Http2,
         Detected::Tls | Detected::Opaque => {
+            // Authorization before a byte reaches the app: a denied connection is dropped here.
+            if !snap.authz.admit_connection(None, client, target.port(), snap.sidecar.access_log) {
+                return;
+            }
             let to = TcpTarget::Addr(target, &inbound.metrics, Some(&snap.name));
             return forward::forward(&snap, Direction::Inbound, stream, client, prefix, to).await;
         }

@@ -22,7 +22,7 @@ use super::overrides::{OverrideConflict, Overrides};
 use super::policy::ServicePolicy;
 use super::route::{RouteSource, RouteTable};
 use super::Snapshot;
-use crate::authz::Authorizer;
+use crate::authz::{Authorizer, LocalAuthz};
 use crate::http::pool::EndpointConns;
 use crate::resilience::balance::PeakEwma;
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
@@ -153,7 +153,8 @@ impl Snapshot {
             spec,
         });
 
-        let authz = Authorizer::compile(&resources, sidecar.authorization.default);
+        let authorizer = Authorizer::compile(&resources, sidecar.authorization.default);
+        let authz = LocalAuthz::new(authorizer, &name, &namespace, metrics);
         Ok(Self {
             version: previous.map_or(1, |p| p.version + 1),
             hash: hash_text(text),

@@ -49,6 +49,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
     ratelimited: IntCounterVec,
+    authz_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -129,6 +130,14 @@ impl Metrics {
             &["service", "route"],
         )
         .expect("valid metric");
+        let authz_denied = IntCounterVec::new(
+            Opts::new(
+                "pilotfish_authz_denied_total",
+                "Inbound requests and connections denied by authorization, by the AuthorizationPolicy that denied them (or `default`)",
+            ),
+            &["service", "policy"],
+        )
+        .expect("valid metric");
 
         let registry = Registry::new();
         for c in [
@@ -145,6 +154,7 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(ratelimited.clone()),
+            Box::new(authz_denied.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -163,6 +173,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             ratelimited,
+            authz_denied,
         })
     }
 
@@ -248,6 +259,7 @@ impl Metrics {
         retire_from(&self.retries, live);
         retire_from(&self.retry_budget_exhausted, live);
         retire_from(&self.ratelimited, live);
+        retire_from(&self.authz_denied, live);
     }
 
     pub fn breaker(&self, service: &str, endpoint: &str) -> BreakerMetrics {
@@ -272,6 +284,11 @@ impl Metrics {
 
     pub fn ratelimited(&self, service: &str, route: &str) -> IntCounter {
         self.ratelimited.with_label_values(&[service, route])
+    }
+
+    /// Calls into `service` denied by `policy` (a policy's name, or `default`).
+    pub fn authz_denied(&self, service: &str, policy: &str) -> IntCounter {
+        self.authz_denied.with_label_values(&[service, policy])
     }
 }
 
