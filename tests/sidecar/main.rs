@@ -2,6 +2,7 @@
 //! and real clients (curl, h2load, Python grpcio and websockets).
 
 mod admin;
+mod authz;
 mod grpc;
 mod http;
 mod lifecycle;
