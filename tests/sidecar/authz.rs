@@ -56,7 +56,8 @@ async fn plaintext_callers_meet_the_mesh_default_and_a_rewritten_policy_applies_
     assert_eq!(curl(&[&url("/hello")]).await.status, 200);
 
     let m = sc.metrics().await;
-    let denied = |policy| sample(&m, "pilotfish_authz_denied_total", &[("service", "test"), ("policy", policy)]);
+    let denied =
+        |policy| sample(&m, "pilotfish_authz_denied_total", &[("service", "test"), ("policy", policy)]);
     assert_eq!((denied("default"), denied("no-admin")), (1.0, 1.0));
     let log = sc.stdout();
     let refused = log.lines().find(|l| l.contains("/admin/users")).expect("an access-log line");

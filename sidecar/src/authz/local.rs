@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::SpiffeId;
@@ -54,14 +55,16 @@ impl LocalAuthz {
 
     /// Whether an opaque connection from `client` (`peer`: its verified identity) to the app's
     /// `port` may reach the app. A denied one is counted and logged (to the access log too when
-    /// `access_log`); the caller closes it without sending a byte to the app.
+    /// `access_log`, its error naming the peer); the caller closes it without sending a byte to
+    /// the app.
     pub fn admit_connection(
         &self,
-        peer: Option<&SpiffeId>,
+        peer: Option<&Arc<SpiffeId>>,
         client: SocketAddr,
         port: u16,
         access_log: bool,
     ) -> bool {
+        let peer = peer.map(|id| &**id);
         let decision = self.check(peer, Call::Tcp { port });
         if decision.allowed {
             return true;
@@ -72,7 +75,6 @@ impl LocalAuthz {
             access_log::tcp(&TcpRecord {
                 direction: Direction::Inbound.as_str(),
                 client,
-                peer: peer.map(SpiffeId::to_string),
                 upstream: None,
                 service: Some(self.label.to_string()),
                 duration_ms: 0.0,

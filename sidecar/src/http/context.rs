@@ -120,7 +120,6 @@ impl<'a> RequestContext<'a> {
         HttpRecord {
             direction: self.conn.direction.as_str(),
             client: self.conn.client,
-            peer: self.conn.peer.as_ref().map(|id| id.to_string()),
             method: req.method().to_string(),
             authority: authority.map(|a| a.as_str().to_owned()).unwrap_or_default(),
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),

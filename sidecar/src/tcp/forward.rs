@@ -114,7 +114,6 @@ pub async fn forward(
         access_log::tcp(&TcpRecord {
             direction: direction.as_str(),
             client: client_addr,
-            peer: None,
             upstream,
             service: service.map(str::to_owned),
             duration_ms: access_log::millis(started.elapsed()),

@@ -74,8 +74,6 @@ fn write_lines(messages: Receiver<Message>) {
 pub struct HttpRecord {
     pub direction: &'static str,
     pub client: SocketAddr,
-    /// The caller's verified mesh identity (inbound over mesh mTLS).
-    pub peer: Option<String>,
     pub method: String,
     pub authority: String,
     pub path: String,
@@ -94,8 +92,6 @@ pub struct HttpRecord {
 pub struct TcpRecord {
     pub direction: &'static str,
     pub client: SocketAddr,
-    /// The caller's verified mesh identity (inbound over mesh mTLS).
-    pub peer: Option<String>,
     pub upstream: Option<SocketAddr>,
     pub service: Option<String>,
     pub duration_ms: f64,
