@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +52,12 @@ pub enum Error {
 /// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
 /// accepting, HTTP/2 connections get GOAWAY, in-flight requests and connections get the drain
 /// grace period to finish.
-pub async fn run(opts: Options) -> Result<(), Error> {
+pub async fn run(mut opts: Options) -> Result<(), Error> {
+    if let Source::ControlPlane(_) = opts.source {
+        // Managed sidecars get an identity from the mesh CA: their inbound port is mesh mTLS
+        // only unless their Service says otherwise.
+        opts.overrides.inbound_mtls.get_or_insert(MtlsMode::Strict);
+    }
     let metrics = Metrics::new();
     access_log::init(metrics.access_log_dropped.clone());
     let (snap, mut push) = match &opts.source {

@@ -51,6 +51,10 @@ pub struct Args {
     /// Grace period for in-flight requests on shutdown (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<pilotfish_api::Duration>,
+    /// How long a mesh mTLS connection to another sidecar takes new requests (default 1h):
+    /// renewed certificates and trust bundles apply to connections opened after them.
+    #[arg(long, value_name = "DURATION")]
+    mesh_max_age: Option<pilotfish_api::Duration>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outbound,
         app,
         drain_timeout,
+        mesh_max_age,
     } = args;
     let source = match (config, service) {
         (Some(path), _) => Source::File(path),
@@ -81,7 +86,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let options = Options {
         source,
-        overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) },
+        overrides: Overrides {
+            admin,
+            inbound,
+            outbound,
+            app,
+            drain: drain_timeout.map(Into::into),
+            mesh_max_age,
+            inbound_mtls: None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

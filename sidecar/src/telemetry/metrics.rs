@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use super::mesh::MeshMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
 use crate::resilience::limit::Limit;
 use crate::resilience::retry::Reason;
@@ -49,6 +50,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
     ratelimited: IntCounterVec,
+    pub mesh: MeshMetrics,
 }
 
 impl Metrics {
@@ -148,7 +150,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let mesh = MeshMetrics::register(&registry);
         Arc::new(Self {
+            mesh,
             registry,
             requests,
             request_duration,
@@ -248,6 +252,7 @@ impl Metrics {
         retire_from(&self.retries, live);
         retire_from(&self.retry_budget_exhausted, live);
         retire_from(&self.ratelimited, live);
+        retire_from(&self.mesh.identity_mismatch, live);
     }
 
     pub fn breaker(&self, service: &str, endpoint: &str) -> BreakerMetrics {
