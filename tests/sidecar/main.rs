@@ -4,8 +4,10 @@
 mod admin;
 mod grpc;
 mod http;
+mod identity;
 mod lifecycle;
 mod load;
+mod mtls;
 mod resilience;
 mod support;
 mod tcp;

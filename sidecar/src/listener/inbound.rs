@@ -81,10 +81,11 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         }
         _ => {}
     }
+    // An opaque port stays opaque: detection above only looked for a sidecar's ClientHello.
     let version = match found {
-        Detected::Http1 => Version::Http1,
-        Detected::Http2 => Version::Http2,
-        Detected::Tls | Detected::Opaque => {
+        Detected::Http1 if !opaque => Version::Http1,
+        Detected::Http2 if !opaque => Version::Http2,
+        _ => {
             let to = TcpTarget::Addr(target, &inbound.metrics, Some(&snap.name));
             let origin = Origin { addr: client, prefix, peer: None };
             return forward::forward(&shared, &snap, Direction::Inbound, stream, origin, to).await;

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use super::identity::IdentityMetrics;
 use super::mesh::MeshMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
 use crate::resilience::limit::Limit;
@@ -51,6 +52,7 @@ pub struct Metrics {
     retry_budget_exhausted: IntCounterVec,
     ratelimited: IntCounterVec,
     pub mesh: MeshMetrics,
+    pub identity: IdentityMetrics,
 }
 
 impl Metrics {
@@ -151,6 +153,7 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let mesh = MeshMetrics::register(&registry);
+        let identity = IdentityMetrics::register(&registry);
         Arc::new(Self {
             mesh,
             registry,
@@ -167,6 +170,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             ratelimited,
+            identity,
         })
     }
 
