@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::files::{self, Files, FilesError};
+use crate::identity::status::Mode;
 use crate::listener::{accept, admin, inbound, local, outbound};
 use crate::snapshot::build::BuildError;
 use crate::snapshot::{Overrides, Snapshot};
@@ -28,8 +31,9 @@ pub struct Options {
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP.
-    File(PathBuf),
+    /// Static mode: a multi-document YAML file, reloaded on change or SIGHUP, and the mesh
+    /// identity's files, if any (reloaded on change).
+    File { path: PathBuf, identity: Option<Files> },
     /// Managed mode: the control plane's push stream.
     ControlPlane(managed::Managed),
 }
@@ -46,16 +50,29 @@ pub enum Error {
     Local(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("no usable mesh identity: {0}")]
+    Identity(#[from] FilesError),
 }
 
 /// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
 /// accepting, HTTP/2 connections get GOAWAY, in-flight requests and connections get the drain
 /// grace period to finish.
-pub async fn run(opts: Options) -> Result<(), Error> {
+pub async fn run(mut opts: Options) -> Result<(), Error> {
+    if let Source::ControlPlane(_) = opts.source {
+        // Managed sidecars get an identity from the mesh CA: their inbound port is mesh mTLS
+        // only unless their Service says otherwise.
+        opts.overrides.inbound_mtls.get_or_insert(MtlsMode::Strict);
+    }
     let metrics = Metrics::new();
     access_log::init(metrics.access_log_dropped.clone());
+    // The one crypto provider of every mesh TLS config, never the process default.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = match &opts.source {
+        Source::File { identity: Some(files), .. } => Some((files.clone(), files.load(&provider)?)),
+        _ => None,
+    };
     let (snap, mut push) = match &opts.source {
-        Source::File(path) => {
+        Source::File { path, .. } => {
             let text =
                 std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?;
             let source = path.display().to_string();
@@ -113,6 +130,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     );
     let drain = snap.sidecar.timeouts.drain.get();
     let shared = Shared::new(snap, metrics);
+    if let Some((files, built)) = identity {
+        shared.identity_status.set_mode(Mode::Files);
+        shared.supervise("identity reload", files::watch(shared.clone(), files, built, provider.clone()));
+    }
 
     shared.supervise("admin listener", admin::serve(shared.clone(), admin));
     let s = shared.clone();
@@ -153,7 +174,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
                 registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
             }
         }
-        (Source::File(path), _) => {
+        (Source::File { path, .. }, _) => {
             let watch = reload::watch(shared.clone(), local, path.clone(), opts.overrides.clone());
             shared.supervise("config reload", watch);
         }

@@ -10,6 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::status::Status as IdentityStatus;
 use crate::identity::Identity;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -20,6 +21,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// This sidecar's mesh identity, once it has one; swapped whole on renewal.
     pub identity: ArcSwapOption<Identity>,
+    /// Where the identity comes from, its roots and renewals (`GET /identity`).
+    pub identity_status: IdentityStatus,
     /// Cancelled when the sidecar starts draining.
     pub shutdown: CancellationToken,
     /// Every connection task, so that drain can wait for them.
@@ -36,6 +39,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             identity: ArcSwapOption::empty(),
+            identity_status: IdentityStatus::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),
@@ -43,10 +47,18 @@ impl Shared {
         })
     }
 
-    /// Ready once config is loaded and the listeners are bound, until drain starts or a
-    /// long-lived task dies.
+    /// Ready once config is loaded, the listeners are bound and (managed mode) the mesh
+    /// identity is in hand, until drain starts or a long-lived task dies.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled() && self.died.get().is_none()
+        self.ready.load(Ordering::Acquire)
+            && !self.shutdown.is_cancelled()
+            && self.died.get().is_none()
+            && self.identity_pending().is_none()
+    }
+
+    /// Why readiness waits for the mesh identity, if it does.
+    pub fn identity_pending(&self) -> Option<String> {
+        self.identity_status.waiting(self.identity.load().as_deref())
     }
 
     /// Which long-lived task died, and how.

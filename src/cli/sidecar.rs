@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use pilotfish_sidecar::identity::files::Files;
 use pilotfish_sidecar::managed::Managed;
 use pilotfish_sidecar::{Options, Overrides, Source};
 
@@ -51,6 +52,20 @@ pub struct Args {
     /// Grace period for in-flight requests on shutdown (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<pilotfish_api::Duration>,
+    /// How long a mesh mTLS connection to another sidecar takes new requests (default 1h):
+    /// renewed certificates and trust bundles apply to connections opened after them.
+    #[arg(long, value_name = "DURATION")]
+    mesh_max_age: Option<pilotfish_api::Duration>,
+    /// Static mode: this sidecar's mesh certificate, PEM (the leaf, then intermediates); with
+    /// --tls-key and --trust-bundle. Reloaded on change. Managed mode gets one from the CA.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "trust_bundle"], conflicts_with = "control_plane")]
+    tls_cert: Option<PathBuf>,
+    /// Static mode: the private key of --tls-cert, PEM.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "trust_bundle"])]
+    tls_key: Option<PathBuf>,
+    /// Static mode: the roots the mesh trusts, PEM.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    trust_bundle: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -66,9 +81,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outbound,
         app,
         drain_timeout,
+        mesh_max_age,
+        tls_cert,
+        tls_key,
+        trust_bundle,
     } = args;
+    // clap has checked that the three come together.
+    let identity = match (tls_cert, tls_key, trust_bundle) {
+        (Some(cert), Some(key), Some(bundle)) => Some(Files { cert, key, bundle }),
+        _ => None,
+    };
     let source = match (config, service) {
-        (Some(path), _) => Source::File(path),
+        (Some(path), _) => Source::File { path, identity },
         (None, Some(service)) => Source::ControlPlane(Managed {
             servers: control_plane.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect(),
             id: format!("{service}.{namespace}-{}", std::process::id()),
@@ -81,7 +105,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let options = Options {
         source,
-        overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) },
+        overrides: Overrides {
+            admin,
+            inbound,
+            outbound,
+            app,
+            drain: drain_timeout.map(Into::into),
+            mesh_max_age,
+            inbound_mtls: None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

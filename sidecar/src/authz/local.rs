@@ -14,7 +14,7 @@ use prometheus::IntCounter;
 
 use super::evaluate::{Authorizer, Decision, DEFAULT_POLICY};
 use super::matcher::Call;
-use crate::telemetry::access_log::{self, TcpRecord};
+use crate::telemetry::access_log::{self, TcpRecord, Tls};
 use crate::telemetry::metrics::{Direction, Metrics};
 
 /// Calls into this sidecar's service, decided and counted.
@@ -55,8 +55,7 @@ impl LocalAuthz {
 
     /// Whether an opaque connection from `client` (`peer`: its verified identity) to the app's
     /// `port` may reach the app. A denied one is counted and logged (to the access log too when
-    /// `access_log`, its error naming the peer); the caller closes it without sending a byte to
-    /// the app.
+    /// `access_log`); the caller closes it without sending a byte to the app.
     pub fn admit_connection(
         &self,
         peer: Option<&Arc<SpiffeId>>,
@@ -64,12 +63,12 @@ impl LocalAuthz {
         port: u16,
         access_log: bool,
     ) -> bool {
-        let peer = peer.map(|id| &**id);
-        let decision = self.check(peer, Call::Tcp { port });
+        let id = peer.map(|id| &**id);
+        let decision = self.check(id, Call::Tcp { port });
         if decision.allowed {
             return true;
         }
-        let denial = self.explain(decision, peer);
+        let denial = self.explain(decision, id);
         tracing::debug!(%client, %denial, "inbound connection denied");
         if access_log {
             access_log::tcp(&TcpRecord {
@@ -80,6 +79,8 @@ impl LocalAuthz {
                 duration_ms: 0.0,
                 bytes_client_to_server: 0,
                 bytes_server_to_client: 0,
+                tls: Tls::of(peer.is_some()),
+                peer: peer.cloned(),
                 error: Some(format!("forbidden: {denial}")),
             });
         }

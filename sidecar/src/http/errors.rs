@@ -52,6 +52,12 @@ pub enum ProxyError {
     UpstreamConnect(#[source] UpstreamError),
     #[error("the endpoint failed the request: {0}")]
     UpstreamReset(#[source] UpstreamError),
+    /// A meshed endpoint proved another identity than the registry holds for it.
+    #[error("the endpoint is not who the registry says (check its registration and certificate): {0}")]
+    UpstreamIdentity(#[source] UpstreamError),
+    /// The endpoint is reached only over mesh mTLS, and this sidecar has no identity yet.
+    #[error("{0}; the sidecar gets one from the control plane or --tls-cert/--tls-key")]
+    NoIdentity(#[source] UpstreamError),
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -62,6 +68,9 @@ impl From<UpstreamError> for ProxyError {
             | UpstreamError::Handshake { .. }
             | UpstreamError::ClosedBeforeSend { .. }
             | UpstreamError::QueuedBehind { .. } => Self::UpstreamConnect(e),
+            UpstreamError::Mesh(ref dial) if dial.is_identity_mismatch() => Self::UpstreamIdentity(e),
+            UpstreamError::Mesh(ref dial) if !dial.blames_endpoint() => Self::NoIdentity(e),
+            UpstreamError::Mesh(_) => Self::UpstreamConnect(e),
             UpstreamError::Request { .. } => Self::UpstreamReset(e),
         }
     }
@@ -73,7 +82,7 @@ impl ProxyError {
             Self::MissingAuthority | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
             Self::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
-            Self::NoEndpoints(_) | Self::CircuitOpen(_) | Self::Overloaded { .. } => {
+            Self::NoEndpoints(_) | Self::CircuitOpen(_) | Self::Overloaded { .. } | Self::NoIdentity(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -82,7 +91,9 @@ impl ProxyError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamIdentity(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -102,6 +113,8 @@ impl ProxyError {
             Self::RequestBody(_) => "bad-request",
             Self::UpstreamConnect(_) => "upstream-connect",
             Self::UpstreamReset(_) => "upstream-reset",
+            Self::UpstreamIdentity(_) => "upstream-identity",
+            Self::NoIdentity(_) => "no-identity",
         }
     }
 

@@ -15,6 +15,7 @@ use super::context::{authority_of, RequestContext};
 use super::errors::ProxyError;
 use super::headers;
 use super::next_hop::prepare;
+use super::orig_proto;
 use super::pool::{Connect, Version};
 use super::request_body::RequestBody;
 use super::respond::{respond, Downstream};
@@ -38,7 +39,9 @@ pub async fn to_app(
         Err(e) => return cx.refuse(&req, None, e, &inbound.local),
     };
     let endpoint = adhoc.unwrap_or(&inbound.app);
-    let downstream = cx.conn.downstream;
+    // The version the calling app spoke, when a peer sidecar carried it over the mesh.
+    let downstream =
+        orig_proto::take(req.headers_mut(), cx.conn.peer.is_some()).unwrap_or(cx.conn.downstream);
     let record = cx.record_for(&req, authority.as_ref(), &cx.snap.name);
     let peer = cx.conn.peer.as_deref();
     let call =
@@ -61,6 +64,7 @@ pub async fn to_app(
         max_open: usize::MAX,
         pending: &inbound.pending,
         max_pending: usize::MAX,
+        mesh: None,
     };
     match endpoint.conns.send(downstream, Box::new(out), &connect).await {
         Ok(answer) => respond(&cx, answer, endpoint, &inbound.metrics, Downstream { record, on_upgrade }),

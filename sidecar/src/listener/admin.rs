@@ -1,5 +1,6 @@
 //! The admin listener: `GET /live`, `GET /ready`, `GET /metrics` (Prometheus text 0.0.4),
-//! `GET /config` (the version and resources in force, JSON) and `POST /shutdown` (drain, exit).
+//! `GET /config` (the version and resources in force, JSON), `GET /identity` (the mesh identity,
+//! its roots and renewals, JSON) and `POST /shutdown` (drain, exit).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ fn route(
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {died}\n"))
             } else if shared.shutdown.is_cancelled() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "draining\n")
+            } else if let Some(pending) = shared.identity_pending() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {pending}\n"))
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready: starting\n")
             }
@@ -77,6 +80,11 @@ fn route(
         (&Method::GET | &Method::HEAD, "/config") => {
             let body = serde_json::to_vec_pretty(&shared.snapshot.load().to_json())
                 .expect("config serializes to JSON");
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (&Method::GET | &Method::HEAD, "/identity") => {
+            let report = shared.identity_status.report(shared.identity.load().as_deref());
+            let body = serde_json::to_vec_pretty(&report).expect("the identity report serializes to JSON");
             reply(StatusCode::OK, "application/json", body)
         }
         (&Method::POST, "/shutdown") if !peer.ip().is_loopback() => reply(
@@ -91,7 +99,7 @@ fn route(
             res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             res
         }
-        (_, "/live" | "/ready" | "/metrics" | "/config") => {
+        (_, "/live" | "/ready" | "/metrics" | "/config" | "/identity") => {
             let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");
             res.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             res
@@ -104,7 +112,7 @@ fn route(
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
-            "not found: try /live, /ready, /metrics, /config or POST /shutdown\n",
+            "not found: try /live, /ready, /metrics, /config, /identity or POST /shutdown\n",
         ),
     }
 }

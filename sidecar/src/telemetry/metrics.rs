@@ -5,6 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use super::identity::IdentityMetrics;
+use super::mesh::MeshMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
 use crate::resilience::limit::Limit;
 use crate::resilience::retry::Reason;
@@ -50,6 +52,8 @@ pub struct Metrics {
     retry_budget_exhausted: IntCounterVec,
     ratelimited: IntCounterVec,
     authz_denied: IntCounterVec,
+    pub mesh: MeshMetrics,
+    pub identity: IdentityMetrics,
 }
 
 impl Metrics {
@@ -158,7 +162,10 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let mesh = MeshMetrics::register(&registry);
+        let identity = IdentityMetrics::register(&registry);
         Arc::new(Self {
+            mesh,
             registry,
             requests,
             request_duration,
@@ -174,6 +181,7 @@ impl Metrics {
             retry_budget_exhausted,
             ratelimited,
             authz_denied,
+            identity,
         })
     }
 
@@ -260,6 +268,7 @@ impl Metrics {
         retire_from(&self.retry_budget_exhausted, live);
         retire_from(&self.ratelimited, live);
         retire_from(&self.authz_denied, live);
+        retire_from(&self.mesh.identity_mismatch, live);
     }
 
     pub fn breaker(&self, service: &str, endpoint: &str) -> BreakerMetrics {

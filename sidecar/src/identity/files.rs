@@ -1,0 +1,107 @@
+//! Static mode's identity: a certificate chain, its private key and a trust bundle read from
+//! files (`--tls-cert/--tls-key/--trust-bundle`), loaded at start and reloaded when any of them
+//! changes (polled each second, as config reload does). A set of files that does not make a
+//! valid identity — unreadable, mismatched key, expired, or not chaining to the bundle —
+//! changes nothing: the reason is logged and the identity in force stays.
+//!
+//! The files are usually replaced one at a time, so a reload may see the new certificate with
+//! the old bundle and refuse it; the next poll sees the rest and succeeds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+
+use super::material::{self, Built, MaterialError};
+use super::publish;
+use crate::state::Shared;
+use crate::tls::Credentials;
+
+/// Where static mode reads the identity from.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// PEM: the leaf first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// PEM: every root the mesh trusts.
+    pub bundle: PathBuf,
+}
+
+/// Why the files do not make an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{cert} with {key} and trust bundle {bundle}: {source}")]
+    Material { cert: PathBuf, key: PathBuf, bundle: PathBuf, source: MaterialError },
+}
+
+impl Files {
+    /// Reads and checks the three files.
+    pub fn load(&self, provider: &Arc<CryptoProvider>) -> Result<Built, FilesError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| FilesError::Read { path: path.to_owned(), source })
+        };
+        let (cert, key, bundle) = (read(&self.cert)?, read(&self.key)?, read(&self.bundle)?);
+        let material = || -> Result<Built, MaterialError> {
+            let credentials = Credentials::from_pem(&cert, &key)?;
+            material::check(&credentials, &bundle, SystemTime::now(), provider)?;
+            material::build(&credentials, &bundle, provider)
+        };
+        material().map_err(|source| FilesError::Material {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            bundle: self.bundle.clone(),
+            source,
+        })
+    }
+
+    /// What tells a changed file from an unchanged one (modification time and length).
+    fn fingerprint(&self) -> [Option<(SystemTime, u64)>; 3] {
+        [&self.cert, &self.key, &self.bundle].map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+    }
+}
+
+/// Publishes the identity `built` and reloads the files on change until the sidecar shuts
+/// down.
+pub async fn watch(shared: Arc<Shared>, files: Files, built: Built, provider: Arc<CryptoProvider>) {
+    let mut seen = files.fingerprint();
+    loaded(&shared, built);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = files.fingerprint();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match files.load(&provider) {
+            Ok(built) => loaded(&shared, built),
+            Err(e) => {
+                shared.identity_status.renewed(SystemTime::now(), Some(e.to_string()));
+                let kept = shared.identity.load().as_ref().map(|i| i.id.to_string()).unwrap_or_default();
+                tracing::error!(kept, "identity files rejected, the identity in force stays: {e}");
+            }
+        }
+    }
+}
+
+fn loaded(shared: &Shared, built: Built) {
+    tracing::info!(
+        id = %built.identity.id,
+        not_after = %humantime::format_rfc3339_seconds(built.identity.not_after),
+        roots = built.roots.len(),
+        "mesh identity loaded from files"
+    );
+    shared.identity_status.renewed(SystemTime::now(), None);
+    publish::install(shared, built);
+}

@@ -1,0 +1,15 @@
+//! Putting an identity in force: [`crate::state::Shared::identity`] for the data path, and the
+//! metrics and status report that describe it — always together, so `/identity` and
+//! `/metrics` show what the handshakes use.
+
+use std::sync::Arc;
+
+use super::material::Built;
+use crate::state::Shared;
+
+/// Publishes `built`; new connections use it from now on, open ones keep what they have.
+pub fn install(shared: &Shared, built: Built) {
+    shared.metrics.identity.installed(built.identity.not_after, &built.roots);
+    shared.identity_status.installed(&built.roots);
+    shared.identity.store(Some(Arc::new(built.identity)));
+}
