@@ -16,23 +16,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-const TRUST_DOMAIN: &str = "spiffe://pilotfish.local/ns/default/sa";
+pub const TRUST_DOMAIN: &str = "spiffe://pilotfish.local/ns/default/sa";
 
 /// A root and the intermediate that issues leaves, with their files in a temporary directory.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
     intermediate: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A leaf's files: the certificate alone, the chain (leaf then intermediate), the key.
-struct Leaf {
+pub struct Leaf {
     cert: PathBuf,
     chain: PathBuf,
     key: PathBuf,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub fn new(name: &str) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let mut params = ca_params(&format!("{name} root"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -73,12 +73,12 @@ impl Pki {
     }
 
     /// A leaf for `account`, backdated a minute and valid for a day, as the mesh CA issues.
-    fn fresh(&self, account: &str) -> Leaf {
+    pub fn fresh(&self, account: &str) -> Leaf {
         self.leaf(account, -60, 24 * 3600)
     }
 
     /// The flags that give a static sidecar this identity.
-    fn args(&self, leaf: &Leaf) -> Vec<String> {
+    pub fn args(&self, leaf: &Leaf) -> Vec<String> {
         let path = |p: &PathBuf| p.display().to_string();
         vec![
             "--tls-cert".into(),
@@ -106,14 +106,14 @@ fn set_validity(params: &mut CertificateParams, not_before: i64, not_after: i64)
     params.not_after = epoch + Duration::from_secs((now + not_after) as u64);
 }
 
-fn start(config: &str, args: &[String]) -> Sidecar {
+pub fn start(config: &str, args: &[String]) -> Sidecar {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Sidecar::start_in(config, &args, None)
 }
 
 /// B: the `api` service's sidecar, in front of `app`, its inbound port in `mode`, with the
 /// identity `sa/api`. `extra`: more YAML lines under `spec:`.
-fn callee(pki: &Pki, app: SocketAddr, mode: &str, extra: &str) -> Sidecar {
+pub fn callee(pki: &Pki, app: SocketAddr, mode: &str, extra: &str) -> Sidecar {
     let config = format!(
         "apiVersion: pilotfish.io/v1alpha1\nkind: Sidecar\nmetadata: {{name: api}}\nspec:\n  admin: 127.0.0.1:0\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0, app: {app}, mtls: {{mode: {mode}}}}}\n  accessLog: true\n{extra}"
     );
