@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients and tools the end-to-end tests drive: curl, nghttp/h2load, iptables, ip, setpriv.
+# Real clients and tools the end-to-end tests drive: curl, nghttp/h2load, iptables, ip, setpriv,
+# openssl, tcpdump.
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
 need curl curl
@@ -15,6 +16,7 @@ need iptables iptables
 need ip iproute2
 need setpriv util-linux
 need openssl openssl
+need tcpdump tcpdump
 need etcd etcd-server
 need protoc protobuf-compiler
 # protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs, are only

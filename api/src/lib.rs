@@ -18,6 +18,7 @@
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
 //! - [`identity`]: [`SpiffeId`], a workload's mesh identity, strictly parsed.
+//! - [`mtls`]: mesh mTLS modes of an inbound port (`strict`, `permissive`, `disabled`).
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
 //! - [`authz`]: the `AuthorizationPolicy` kind — which peers may call a service, attached by
 //!   `targetRef` — and the mesh default for services no ALLOW policy targets.
@@ -44,6 +45,7 @@ pub mod duration;
 pub mod field;
 pub mod identity;
 pub mod manifest;
+pub mod mtls;
 pub mod policy;
 pub mod route;
 pub mod schema;

@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::field::FieldError;
+use crate::identity::SpiffeId;
+use crate::mtls::MtlsSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +28,10 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 65535)]
     pub local_port: Option<u16>,
+    /// Mesh mTLS on the inbound port of this service's own sidecars (how managed mode sets it;
+    /// a static sidecar's `spec.inbound.mtls` takes precedence).
+    #[serde(default, skip_serializing_if = "MtlsSettings::is_empty")]
+    pub mtls: MtlsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -56,6 +62,8 @@ pub struct Endpoint {
     /// `IP:PORT` of the instance (its sidecar's inbound listener when it has one).
     #[schema(value_type = String, example = "10.0.0.7:8080")]
     pub address: SocketAddr,
+    /// The instance's mesh identity (`spiffe://<trust-domain>/ns/<namespace>/sa/<account>`):
+    /// when set, callers' sidecars reach it over mesh mTLS and require exactly this identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -99,6 +107,9 @@ impl ServiceSpec {
                     "0.0.0.0 / :: is not an address a connection can be made to",
                 ));
             }
+            if let Some(Err(e)) = e.identity.as_deref().map(str::parse::<SpiffeId>) {
+                return Err(FieldError::new(format!("spec.endpoints[{i}].identity"), e.to_string()));
+            }
             if !seen.insert(e.address) {
                 return Err(FieldError::new(
                     format!("spec.endpoints[{i}].address"),
@@ -106,6 +117,7 @@ impl ServiceSpec {
                 ));
             }
         }
+        self.mtls.validate("spec.mtls")?;
         if self.local_port == Some(0) {
             return Err(FieldError::new("spec.localPort", "must be 1-65535"));
         }

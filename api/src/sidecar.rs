@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authz::AuthorizationSettings;
 use crate::field::FieldError;
+use crate::mtls::MtlsSettings;
 use crate::{bounds, Duration};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -47,6 +48,10 @@ pub struct InboundSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(schema_with = ports)]
     pub opaque_ports: Vec<u16>,
+    /// Whether connections from other sidecars must (`strict`), may (`permissive`) or never
+    /// (`disabled`) arrive over mesh mTLS, for every app port or per port.
+    #[serde(default, skip_serializing_if = "MtlsSettings::is_empty")]
+    pub mtls: MtlsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -56,6 +61,10 @@ pub struct OutboundSpec {
     #[serde(default = "default_outbound")]
     #[schema(value_type = String)]
     pub listen: SocketAddr,
+    /// How long a mesh mTLS connection to another sidecar is used for new requests: a renewed
+    /// certificate or a changed trust bundle takes effect on connections opened after it.
+    #[serde(default = "default_mesh_max_age")]
+    pub mesh_max_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -122,6 +131,9 @@ fn default_inbound() -> SocketAddr {
 fn default_outbound() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15001))
 }
+fn default_mesh_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
 /// Covers a SYN retransmit (1 s, then 3 s) to an endpoint whose listen backlog overflowed, as
 /// Envoy's default does.
 fn default_connect() -> Duration {
@@ -171,7 +183,7 @@ impl Default for SidecarSpec {
 
 impl Default for OutboundSpec {
     fn default() -> Self {
-        Self { listen: default_outbound() }
+        Self { listen: default_outbound(), mesh_max_age: default_mesh_max_age() }
     }
 }
 
@@ -209,7 +221,14 @@ impl SidecarSpec {
             if let Some(i) = inbound.opaque_ports.iter().position(|p| *p == 0) {
                 return Err(FieldError::new(format!("spec.inbound.opaquePorts[{i}]"), "must be 1-65535"));
             }
+            inbound.mtls.validate("spec.inbound.mtls")?;
         }
+        bounds::duration(
+            "spec.outbound.meshMaxAge",
+            self.outbound.mesh_max_age,
+            Duration::from_secs(1),
+            bounds::MAX_DURATION,
+        )?;
         for (field, d) in [
             ("spec.timeouts.connect", self.timeouts.connect),
             ("spec.timeouts.detect", self.timeouts.detect),

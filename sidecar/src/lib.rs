@@ -20,8 +20,8 @@
 //! - [`telemetry`]: what every decision leaves behind — metrics and the access log;
 //! - [`tls`]: mesh mTLS — rustls configs from an identity and a trust bundle, the peer's SPIFFE
 //!   identity, the ClientHello sniff that tells a sidecar from other bytes, and the handshakes.
-//! - [`authz`]: `AuthorizationPolicy` compiled per service and the decision on a call (built
-//!   with each snapshot; enforced once peers have mTLS identities).
+//! - [`authz`]: `AuthorizationPolicy` compiled per service with each snapshot, and the decision
+//!   on a call into this sidecar's service (enforced by the inbound HTTP and TCP paths).
 //!
 //! Beside them: [`state`] (what every listener shares: the swappable snapshot, metrics,
 //! shutdown, readiness), [`transport`] (sockets), and `run` (start-up and drain).

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +61,12 @@ pub enum Error {
 /// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
 /// accepting, HTTP/2 connections get GOAWAY, in-flight requests and connections get the drain
 /// grace period to finish.
-pub async fn run(opts: Options) -> Result<(), Error> {
+pub async fn run(mut opts: Options) -> Result<(), Error> {
+    if let Source::ControlPlane(_) = opts.source {
+        // Managed sidecars get an identity from the mesh CA: their inbound port is mesh mTLS
+        // only unless their Service says otherwise.
+        opts.overrides.inbound_mtls.get_or_insert(MtlsMode::Strict);
+    }
     let metrics = Metrics::new();
     access_log::init(metrics.access_log_dropped.clone());
     // The one crypto provider of every mesh TLS config, never the process default.

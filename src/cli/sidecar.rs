@@ -52,6 +52,10 @@ pub struct Args {
     /// Grace period for in-flight requests on shutdown (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<pilotfish_api::Duration>,
+    /// How long a mesh mTLS connection to another sidecar takes new requests (default 1h):
+    /// renewed certificates and trust bundles apply to connections opened after them.
+    #[arg(long, value_name = "DURATION")]
+    mesh_max_age: Option<pilotfish_api::Duration>,
     /// Static mode: this sidecar's mesh certificate, PEM (the leaf, then intermediates); with
     /// --tls-key and --trust-bundle. Reloaded on change. Managed mode gets one from the CA.
     #[arg(long, value_name = "FILE", requires_all = ["tls_key", "trust_bundle"], conflicts_with = "control_plane")]
@@ -77,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outbound,
         app,
         drain_timeout,
+        mesh_max_age,
         tls_cert,
         tls_key,
         trust_bundle,
@@ -100,7 +105,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let options = Options {
         source,
-        overrides: Overrides { admin, inbound, outbound, app, drain: drain_timeout.map(Into::into) },
+        overrides: Overrides {
+            admin,
+            inbound,
+            outbound,
+            app,
+            drain: drain_timeout.map(Into::into),
+            mesh_max_age,
+            inbound_mtls: None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -216,6 +216,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
             outbound: Some(port(offset + 200)),
             app,
             drain: Some(Duration::from_secs(3)),
+            ..Overrides::default()
         };
         tokio::spawn(pilotfish_sidecar::run(Options { source: Source::ControlPlane(managed), overrides }))
     };

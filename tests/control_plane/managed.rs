@@ -206,9 +206,17 @@ async fn managed_sidecars_register_their_apps_and_route_to_each_other() {
     let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
     let app = backend("greeter-app").await;
     let app_addr = app.addr.to_string();
-    let mut greeter =
-        managed(&cp, "greeter", &["--app", &app_addr, "--inbound", "127.0.0.1:0", "--lease-ttl", "60s"]);
-    let client = managed(&cp, "client", &[]);
+    // Each sidecar on its own service's join token, so each gets its identity from the mesh CA
+    // and the call crosses the mesh over mTLS (a managed inbound port takes nothing else).
+    let token = |service: &str| {
+        tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", service]))
+            .trim()
+            .to_owned()
+    };
+    let (greeter_token, client_token) = (token("greeter"), token("client"));
+    let greeter_args = ["--app", &app_addr, "--inbound", "127.0.0.1:0", "--lease-ttl", "60s"];
+    let mut greeter = managed_with_token(&cp, "greeter", &greeter_token, &greeter_args);
+    let client = managed_with_token(&cp, "client", &client_token, &[]);
     let url = format!("http://{}/hi", client.outbound);
     let r = eventually("the client's sidecar learned of greeter", async || {
         let r = support::curl(&["-H", "Host: greeter", &url]).await;
@@ -221,6 +229,12 @@ async fn managed_sidecars_register_their_apps_and_route_to_each_other() {
         j["headers"]["x-forwarded-for"].is_string(),
         "the request came through greeter's inbound sidecar"
     );
+    let opened = support::sample(
+        &greeter.metrics().await,
+        "pilotfish_mesh_connections_opened_total",
+        &[("direction", "inbound")],
+    );
+    assert!(opened >= 1.0, "the call reached greeter over mesh mTLS");
 
     // A draining sidecar deregisters its app at once (its 60 s lease cannot lapse meanwhile);
     // greeter was known only from its registration, so it is gone from the client's view.

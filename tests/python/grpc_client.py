@@ -1,6 +1,7 @@
-"""A gRPC client for the tests: python grpc_client.py TARGET AUTHORITY [--unary-only]. Exits 0
-only if unary calls (ok and failing), trailers and bidirectional streaming all behave; with
---unary-only, only if 20 plain unary calls all succeed."""
+"""A gRPC client for the tests: python grpc_client.py TARGET AUTHORITY [--unary-only | --expect-code
+CODE]. Exits 0 only if unary calls (ok and failing), trailers and bidirectional streaming all
+behave; with --unary-only, only if 20 plain unary calls all succeed; with --expect-code, only if a
+unary call fails with that status (e.g. PERMISSION_DENIED), whose details it prints."""
 import sys
 
 import grpc
@@ -9,6 +10,16 @@ target, authority = sys.argv[1], sys.argv[2]
 channel = grpc.insecure_channel(target, options=[("grpc.default_authority", authority)])
 unary = channel.unary_unary("/echo.Echo/Unary")
 chat = channel.stream_stream("/echo.Echo/Chat")
+
+if sys.argv[3:4] == ["--expect-code"]:
+    expected = grpc.StatusCode[sys.argv[4]]
+    try:
+        unary(b"hello", timeout=10)
+        raise SystemExit("expected %s, the call succeeded" % expected)
+    except grpc.RpcError as e:
+        assert e.code() == expected, (e.code(), e.details())
+        print("ok", e.details(), flush=True)
+    raise SystemExit(0)
 
 if "--unary-only" in sys.argv[3:]:
     for i in range(20):

@@ -5,7 +5,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_bidi_streaming_through_a_sidecar_pair() {
     let app = App::python("grpc_server.py");
-    let b = Sidecar::start(&sidecar_doc(Some(app.addr()), ""));
+    let b = Sidecar::start(&sidecar_doc(Some(app.addr()), PLAINTEXT_INBOUND));
     let b_inbound = b.inbound.unwrap();
     let config = format!(
         "{}{}",

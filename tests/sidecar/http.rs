@@ -76,7 +76,7 @@ async fn local_port_sends_everything_to_its_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_forwards_to_the_app_and_records_the_peer() {
     let app = backend("app").await;
-    let sc = Sidecar::start(&sidecar_doc(Some(app.addr), ""));
+    let sc = Sidecar::start(&sidecar_doc(Some(app.addr), PLAINTEXT_INBOUND));
     let inbound = sc.inbound.expect("inbound listener");
     let url = format!("http://{inbound}/hello");
 

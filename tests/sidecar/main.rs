@@ -2,11 +2,13 @@
 //! and real clients (curl, h2load, Python grpcio and websockets).
 
 mod admin;
+mod authz;
 mod grpc;
 mod http;
 mod identity;
 mod lifecycle;
 mod load;
+mod mtls;
 mod resilience;
 mod support;
 mod tcp;

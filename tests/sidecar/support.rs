@@ -58,6 +58,10 @@ pub struct Sidecar {
     stdout: Arc<Mutex<String>>,
 }
 
+/// `Sidecar` spec lines for a sidecar whose inbound callers are plaintext (no mesh certificates
+/// here): the mesh default `authenticated` would refuse them all, so it admits every caller.
+pub const PLAINTEXT_INBOUND: &str = "  authorization: {default: allow}\n";
+
 /// The `Sidecar` document for tests: every listener on an ephemeral port.
 pub fn sidecar_doc(app: Option<SocketAddr>, extra: &str) -> String {
     let inbound = match app {

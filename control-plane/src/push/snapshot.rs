@@ -89,7 +89,13 @@ fn config_for(state: &State) -> String {
             api_version: PILOTFISH_V1ALPHA1.to_owned(),
             kind: "Service".to_owned(),
             metadata: Metadata { name, namespace, labels: BTreeMap::new(), annotations: BTreeMap::new() },
-            spec: ServiceSpec { ports: Vec::new(), addresses: Vec::new(), endpoints, local_port: None },
+            spec: ServiceSpec {
+                ports: Vec::new(),
+                addresses: Vec::new(),
+                endpoints,
+                local_port: None,
+                mtls: Default::default(),
+            },
         };
         docs.push(serde_json::to_string(&service).expect("JSON serializes"));
     }

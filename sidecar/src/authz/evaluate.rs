@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use pilotfish_api::authz::{AuthorizationAction, AuthorizationRule, MeshDefault};
-use pilotfish_api::Resource;
+use pilotfish_api::{Resource, SpiffeId};
 
 use super::matcher::{rules_match, Call};
 
@@ -70,7 +70,7 @@ impl Authorizer {
 
     /// The decision on `call` to `service` (`name.namespace`) from `peer`: its verified
     /// identity, `None` for a plaintext caller.
-    pub fn evaluate(&self, service: &str, peer: Option<&str>, call: Call<'_>) -> Decision<'_> {
+    pub fn evaluate(&self, service: &str, peer: Option<&SpiffeId>, call: Call<'_>) -> Decision<'_> {
         let Some(policies) = self.services.get(service) else { return self.mesh_default(peer) };
         if let Some(policy) = first_match(&policies.deny, AuthorizationAction::Deny, peer, call) {
             return Decision { allowed: false, policy };
@@ -84,7 +84,24 @@ impl Authorizer {
         }
     }
 
-    fn mesh_default(&self, peer: Option<&str>) -> Decision<'_> {
+    /// The mesh default, for services no ALLOW policy targets.
+    pub fn default(&self) -> MeshDefault {
+        self.default
+    }
+
+    /// Whether ALLOW policies target `service`: then a call none of them allows is denied,
+    /// whatever the mesh default.
+    pub fn has_allow_policies(&self, service: &str) -> bool {
+        self.services.get(service).is_some_and(|p| !p.allow.is_empty())
+    }
+
+    /// The names of the DENY policies that target `service`: what a denial can be counted under,
+    /// besides [`DEFAULT_POLICY`].
+    pub fn deny_policies<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a str> + 'a {
+        self.services.get(service).into_iter().flat_map(|p| p.deny.iter().map(|policy| &*policy.name))
+    }
+
+    fn mesh_default(&self, peer: Option<&SpiffeId>) -> Decision<'_> {
         let allowed = match self.default {
             MeshDefault::Allow => true,
             MeshDefault::Deny => false,
@@ -98,7 +115,7 @@ impl Authorizer {
 fn first_match<'p>(
     policies: &'p [Policy],
     action: AuthorizationAction,
-    peer: Option<&str>,
+    peer: Option<&SpiffeId>,
     call: Call<'_>,
 ) -> Option<&'p str> {
     policies.iter().find(|p| rules_match(&p.rules, action, peer, call)).map(|p| &*p.name)

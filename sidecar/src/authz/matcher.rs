@@ -7,8 +7,12 @@
 //! fails closed: a DENY rule counts it as matched, an ALLOW rule as not. So a DENY on `/admin*`
 //! cannot be walked around by spelling the path differently, and a TCP connection is denied by
 //! any DENY rule its caller and port match.
+//!
+//! A caller's identity is matched part by part against a pattern's text, so a check never
+//! formats the identity (no allocation per call).
 
-use pilotfish_api::authz::{AuthorizationAction, AuthorizationRule, OperationMatch, SourceMatch};
+use pilotfish_api::authz::{AuthorizationAction, AuthorizationRule, OperationMatch, Pattern, SourceMatch};
+use pilotfish_api::SpiffeId;
 
 /// A call to authorize, as the inbound path sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +36,35 @@ impl Call<'_> {
 pub fn rules_match(
     rules: &[AuthorizationRule],
     action: AuthorizationAction,
-    peer: Option<&str>,
+    peer: Option<&SpiffeId>,
     call: Call<'_>,
 ) -> bool {
     rules.iter().any(|rule| from_matches(&rule.from, peer) && to_matches(&rule.to, action, call))
 }
 
 /// A caller without an identity matches no identity pattern, not even `*`.
-fn from_matches(from: &[SourceMatch], peer: Option<&str>) -> bool {
-    from.is_empty() || peer.is_some_and(|id| from.iter().any(|source| source.identity.matches(id)))
+fn from_matches(from: &[SourceMatch], peer: Option<&SpiffeId>) -> bool {
+    from.is_empty() || peer.is_some_and(|id| from.iter().any(|source| identity_matches(&source.identity, id)))
+}
+
+/// Whether `id`, spelled as its SPIFFE ID, is `pattern`'s text (exact) or starts with it
+/// (prefix): the text is walked against the ID's parts in the order they are spelled.
+fn identity_matches(pattern: &Pattern, id: &SpiffeId) -> bool {
+    let (mut rest, exact) = match pattern {
+        Pattern::Exact(text) => (text.as_str(), true),
+        Pattern::Prefix(text) => (text.as_str(), false),
+    };
+    let parts = ["spiffe://", id.trust_domain(), "/ns/", id.namespace(), "/sa/", id.service_account()];
+    for part in parts {
+        if !exact && rest.len() <= part.len() {
+            return part.starts_with(rest);
+        }
+        match rest.strip_prefix(part) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 fn to_matches(to: &[OperationMatch], action: AuthorizationAction, call: Call<'_>) -> bool {

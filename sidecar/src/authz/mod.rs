@@ -6,11 +6,16 @@
 //! otherwise a matching ALLOW policy allows, and nothing else is allowed.
 //!
 //! - [`evaluate`]: [`Authorizer`], the policies by service, and the [`Decision`] on a call;
-//! - [`matcher`]: whether a policy's rules match a [`Call`] (HTTP request or TCP connection).
+//! - [`matcher`]: whether a policy's rules match a [`Call`] (HTTP request or TCP connection);
+//! - [`local`]: [`LocalAuthz`], what the inbound path asks about a call into this sidecar's own
+//!   service, with denials counted; and [`Denial`], why, as the caller reads it.
 //!
-//! Not enforced yet: the request path calls it once peers have mTLS identities.
+//! The inbound HTTP path (`http::inbound`) answers a denial with 403 `forbidden` (gRPC:
+//! PERMISSION_DENIED); the inbound TCP path closes a denied connection before connecting to
+//! the app.
 
 pub mod evaluate;
+pub mod local;
 pub mod matcher;
 #[cfg(test)]
 mod properties;
@@ -18,4 +23,5 @@ mod properties;
 mod tests;
 
 pub use evaluate::{Authorizer, Decision, DEFAULT_POLICY};
+pub use local::{Denial, LocalAuthz};
 pub use matcher::Call;

@@ -11,7 +11,7 @@ use pilotfish_api::authz::{
 };
 use pilotfish_api::document::Object;
 use pilotfish_api::policy::TargetRef;
-use pilotfish_api::{Metadata, Resource};
+use pilotfish_api::{Metadata, Resource, SpiffeId};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -110,6 +110,10 @@ fn mesh_default() -> impl Strategy<Value = MeshDefault> {
     select(&[MeshDefault::Allow, MeshDefault::Deny, MeshDefault::Authenticated][..])
 }
 
+fn identity(peer: Option<&str>) -> Option<SpiffeId> {
+    peer.map(|p| p.parse().unwrap())
+}
+
 /// The action of the `users` policy named `name`.
 fn action_of(resources: &[Resource], name: &str) -> Option<AuthorizationAction> {
     resources.iter().find_map(|r| match r {
@@ -131,7 +135,7 @@ proptest! {
         call in call(),
     ) {
         let authz = Authorizer::compile(&resources, default);
-        let decision = authz.evaluate(SERVICE, peer, call);
+        let decision = authz.evaluate(SERVICE, identity(peer).as_ref(), call);
         if decision.policy != DEFAULT_POLICY {
             let action = if decision.allowed { AuthorizationAction::Allow } else { AuthorizationAction::Deny };
             prop_assert_eq!(action_of(&resources, decision.policy), Some(action), "{:?}", decision);
@@ -156,7 +160,7 @@ proptest! {
         let to = vec![OperationMatch { paths: vec![PathPattern::try_from("*".to_owned()).unwrap()], methods: vec![method.to_owned()], ports: vec![port] }];
         resources.push(document("zz-deny", AuthorizationAction::Deny, vec![AuthorizationRule { from, to }], "users"));
         let authz = Authorizer::compile(&resources, default);
-        let decision = authz.evaluate(SERVICE, peer, call);
+        let decision = authz.evaluate(SERVICE, identity(peer).as_ref(), call);
         prop_assert!(!decision.allowed, "{:?}", decision);
         prop_assert_eq!(action_of(&resources, decision.policy), Some(AuthorizationAction::Deny));
     }
@@ -174,10 +178,11 @@ proptest! {
             .cloned()
             .collect();
         let denies = Authorizer::compile(&denies, default);
-        let alone = denies.evaluate(SERVICE, peer, call);
+        let peer = identity(peer);
+        let alone = denies.evaluate(SERVICE, peer.as_ref(), call);
         if alone.policy != DEFAULT_POLICY {
             let all = Authorizer::compile(&resources, default);
-            prop_assert_eq!(all.evaluate(SERVICE, peer, call), alone);
+            prop_assert_eq!(all.evaluate(SERVICE, peer.as_ref(), call), alone);
         }
     }
 }

@@ -31,7 +31,8 @@ type Case<'a> = (&'a str, String, MeshDefault, Option<&'a str>, Call<'a>, bool, 
 fn check(cases: Vec<Case<'_>>) {
     for (case, docs, default, peer, call, allowed, policy) in cases {
         let authz = authorizer(&docs, default);
-        let decision = authz.evaluate("users.default", peer, call);
+        let id = peer.map(|p| p.parse().unwrap());
+        let decision = authz.evaluate("users.default", id.as_ref(), call);
         assert_eq!(decision, Decision { allowed, policy }, "{case}: {peer:?} {call:?}\n{docs}");
     }
 }
@@ -237,7 +238,38 @@ fn the_first_matching_policy_by_name_is_named() {
     );
     let authz = authorizer(&docs, MeshDefault::Allow);
     assert_eq!(
-        authz.evaluate("users.default", Some(WEB), get("/")),
+        authz.evaluate("users.default", Some(&WEB.parse().unwrap()), get("/")),
         Decision { allowed: false, policy: "a-deny" }
     );
+}
+
+#[test]
+fn an_identity_is_matched_part_by_part_as_it_is_spelled() {
+    use MeshDefault::Deny;
+    let allow = |identity: &str| policy("p", "ALLOW", &format!("[{{from: [{{identity: '{identity}'}}]}}]"));
+    let d = DEFAULT_POLICY;
+    let caller = |ns: &str| format!("spiffe://pilotfish.local/ns/{ns}/sa/web");
+    let (default, evil, other_td) = (
+        caller("default"),
+        caller("default-evil"),
+        "spiffe://pilotfish.local.evil/ns/default/sa/web".to_owned(),
+    );
+    let namespace = "spiffe://pilotfish.local/ns/default/*";
+    let domain = "spiffe://pilotfish.local/*";
+    check(vec![
+        ("exact", allow(WEB), Deny, Some(&default), get("/"), true, "p"),
+        (
+            "exact is not a prefix",
+            allow(WEB),
+            Deny,
+            Some("spiffe://pilotfish.local/ns/default/sa/webx"),
+            get("/"),
+            false,
+            d,
+        ),
+        ("namespace", allow(namespace), Deny, Some(&default), get("/"), true, "p"),
+        ("a longer namespace", allow(namespace), Deny, Some(&evil), get("/"), false, d),
+        ("trust domain", allow(domain), Deny, Some(OPS), get("/"), true, "p"),
+        ("a longer trust domain", allow(domain), Deny, Some(&other_td), get("/"), false, d),
+    ]);
 }

@@ -19,7 +19,7 @@ use super::pool::Version;
 use crate::listener::accept::ConnSlot;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
-use crate::telemetry::access_log::{self, HttpRecord};
+use crate::telemetry::access_log::{self, HttpRecord, Tls};
 use crate::telemetry::metrics::{Direction, EndpointMetrics};
 use crate::upstream::endpoint::EndpointRt;
 
@@ -138,6 +138,9 @@ impl<'a> RequestContext<'a> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             traceparent: req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            // Outbound, the endpoint decides (see `respond`).
+            tls: Tls::of(self.conn.peer.is_some()),
+            peer: self.conn.peer.clone(),
             error: None,
         }
     }

@@ -37,6 +37,9 @@ pub enum ProxyError {
     Overloaded { service: String, limit: Limit },
     #[error("rate limited: retry after {}s", retry_after_secs(.0))]
     RateLimited(Decision),
+    /// Denied by authorization: why, as [`crate::authz::Denial`] says it.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("the route's backend {0} is not a known Service")]
     UnknownBackend(String),
     #[error("no response within the route timeout of {0:?}")]
@@ -49,6 +52,12 @@ pub enum ProxyError {
     UpstreamConnect(#[source] UpstreamError),
     #[error("the endpoint failed the request: {0}")]
     UpstreamReset(#[source] UpstreamError),
+    /// A meshed endpoint proved another identity than the registry holds for it.
+    #[error("the endpoint is not who the registry says (check its registration and certificate): {0}")]
+    UpstreamIdentity(#[source] UpstreamError),
+    /// The endpoint is reached only over mesh mTLS, and this sidecar has no identity yet.
+    #[error("{0}; the sidecar gets one from the control plane or --tls-cert/--tls-key")]
+    NoIdentity(#[source] UpstreamError),
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -59,6 +68,9 @@ impl From<UpstreamError> for ProxyError {
             | UpstreamError::Handshake { .. }
             | UpstreamError::ClosedBeforeSend { .. }
             | UpstreamError::QueuedBehind { .. } => Self::UpstreamConnect(e),
+            UpstreamError::Mesh(ref dial) if dial.is_identity_mismatch() => Self::UpstreamIdentity(e),
+            UpstreamError::Mesh(ref dial) if !dial.blames_endpoint() => Self::NoIdentity(e),
+            UpstreamError::Mesh(_) => Self::UpstreamConnect(e),
             UpstreamError::Request { .. } => Self::UpstreamReset(e),
         }
     }
@@ -70,15 +82,18 @@ impl ProxyError {
             Self::MissingAuthority | Self::InvalidHost(_) => StatusCode::BAD_REQUEST,
             Self::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
-            Self::NoEndpoints(_) | Self::CircuitOpen(_) | Self::Overloaded { .. } => {
+            Self::NoEndpoints(_) | Self::CircuitOpen(_) | Self::Overloaded { .. } | Self::NoIdentity(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnknownBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::UpstreamConnect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamIdentity(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -92,21 +107,26 @@ impl ProxyError {
             Self::CircuitOpen(_) => "circuit-open",
             Self::Overloaded { .. } => "overloaded",
             Self::RateLimited(_) => "rate-limited",
+            Self::Forbidden(_) => "forbidden",
             Self::UnknownBackend(_) => "no-route",
             Self::Timeout(_) | Self::RequestBodyTimeout(_) => "timeout",
             Self::RequestBody(_) => "bad-request",
             Self::UpstreamConnect(_) => "upstream-connect",
             Self::UpstreamReset(_) => "upstream-reset",
+            Self::UpstreamIdentity(_) => "upstream-identity",
+            Self::NoIdentity(_) => "no-identity",
         }
     }
 
-    /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, else UNAVAILABLE).
+    /// The gRPC status a gRPC caller sees instead (UNIMPLEMENTED for no route, PERMISSION_DENIED
+    /// for authorization, else UNAVAILABLE).
     fn grpc_status(&self) -> &'static str {
         match self {
             Self::MissingAuthority | Self::InvalidHost(_) | Self::ConnectUnsupported | Self::NoRoute(_) => {
                 "12"
             }
             Self::RateLimited(_) | Self::Overloaded { .. } => "8",
+            Self::Forbidden(_) => "7",
             Self::Timeout(_) | Self::RequestBodyTimeout(_) => "4",
             _ => "14",
         }

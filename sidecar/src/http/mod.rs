@@ -6,7 +6,8 @@
 //! - [`inbound`]: the inbound path, to the local app;
 //! - [`next_hop`], [`respond`]: the request as the next hop gets it, the response on its way
 //!   back;
-//! - [`pool`]: pooled connections to one endpoint;
+//! - [`pool`]: pooled connections to one endpoint (plain, or mesh mTLS);
+//! - [`orig_proto`]: the app's HTTP version, carried across the mesh's HTTP/2;
 //! - [`body`], [`request_body`]: response and request bodies;
 //! - [`errors`]: failures as HTTP (and gRPC) responses; [`headers`], [`correlation`]: header
 //!   rules.
@@ -18,6 +19,7 @@ pub mod errors;
 pub mod headers;
 pub mod inbound;
 pub mod next_hop;
+pub mod orig_proto;
 pub mod outbound;
 pub mod pool;
 pub mod proxy;

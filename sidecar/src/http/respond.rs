@@ -16,6 +16,7 @@ use super::headers;
 use super::pool::Reusable;
 use crate::listener::accept::ConnSlot;
 use crate::tcp::splice;
+use crate::telemetry::access_log::Tls;
 use crate::telemetry::metrics::TargetMetrics;
 use crate::upstream::endpoint::EndpointRt;
 
@@ -61,6 +62,9 @@ pub fn respond(
     if let Some(r) = record.as_mut() {
         r.0.status = res.status().as_u16();
         r.0.upstream = Some(endpoint.addr);
+        if endpoint.conns.identity().is_some() {
+            r.0.tls = Tls::Mtls;
+        }
     }
     res.map(|body| ProxyBody::upstream(body, Completion::new(conn, record)))
 }

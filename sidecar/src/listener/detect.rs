@@ -1,6 +1,7 @@
 //! Protocol detection: read the first bytes of a connection and decide HTTP/1.x, HTTP/2 (prior
-//! knowledge), TLS or opaque TCP. The bytes read are replayed to whoever handles the connection
-//! through [`PrefixedIo`].
+//! knowledge), TLS or opaque TCP, and for TLS on the inbound port read on until the ClientHello
+//! tells a sidecar's mesh mTLS from other TLS ([`read_hello`]). The bytes read are replayed to
+//! whoever handles the connection through [`PrefixedIo`].
 
 use std::io;
 use std::pin::Pin;
@@ -9,6 +10,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::tls::sniff::{sniff, Sniff, MAX_HELLO};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A request line longer than this is not worth waiting for: the connection is opaque.
@@ -68,6 +72,31 @@ async fn peek<I: AsyncRead + Unpin>(
                     return Ok((found, buf.freeze(), false));
                 }
             }
+        }
+    }
+}
+
+/// After [`detect`] found TLS: reads on until the ClientHello can be judged — its first record
+/// complete, never more than [`MAX_HELLO`] bytes — or `deadline` passes or the peer stops
+/// (then it is not a sidecar's: [`Sniff::OtherTls`]). Returns the verdict and every byte read,
+/// `prefix` first, for a passthrough or the handshake to replay.
+pub async fn read_hello<I: AsyncRead + Unpin>(
+    io: &mut I,
+    prefix: Bytes,
+    deadline: Instant,
+) -> io::Result<(Sniff, Bytes)> {
+    let mut buf = BytesMut::from(prefix);
+    loop {
+        let need = match sniff(&buf) {
+            Sniff::Incomplete { need } => need.min(MAX_HELLO),
+            found => return Ok((found, buf.freeze())),
+        };
+        // Exactly what the record still needs: a peer cannot make this buffer grow past it.
+        let missing = need.saturating_sub(buf.len()) as u64;
+        match tokio::time::timeout_at(deadline, (&mut *io).take(missing).read_buf(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) => return Ok((Sniff::OtherTls, buf.freeze())),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) => {}
         }
     }
 }
@@ -182,6 +211,8 @@ impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
     }
 }
 
+#[cfg(test)]
+mod hello_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

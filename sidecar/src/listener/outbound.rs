@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pilotfish_api::Protocol;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::accept::ConnSlot;
@@ -18,7 +19,7 @@ use crate::http::proxy::Proxy;
 use crate::http::server;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
-use crate::tcp::forward::{self, TcpTarget};
+use crate::tcp::forward::{self, Origin, TcpTarget};
 use crate::telemetry::metrics::Direction;
 use crate::transport;
 
@@ -50,15 +51,9 @@ pub async fn handle(
                 None => {
                     // Not a service we know: pass through untouched to where the app dialled.
                     let target = TcpTarget::Addr(orig, &snap.passthrough, None);
-                    return forward::forward(
-                        &snap,
-                        Direction::Outbound,
-                        stream,
-                        client,
-                        Bytes::new(),
-                        target,
-                    )
-                    .await;
+                    let origin = Origin { addr: client, prefix: Bytes::new(), peer: None };
+                    return forward::forward(&shared, &snap, Direction::Outbound, stream, origin, target)
+                        .await;
                 }
             },
             None => None,
@@ -75,15 +70,9 @@ pub async fn handle(
 
     if protocol == Some(Protocol::Tcp) {
         if let Some(svc) = &service {
-            return forward::forward(
-                &snap,
-                Direction::Outbound,
-                stream,
-                client,
-                Bytes::new(),
-                TcpTarget::Service(svc),
-            )
-            .await;
+            let origin = Origin { addr: client, prefix: Bytes::new(), peer: None };
+            let target = TcpTarget::Service(svc);
+            return forward::forward(&shared, &snap, Direction::Outbound, stream, origin, target).await;
         }
     }
     let mut stream = stream;
@@ -116,7 +105,8 @@ pub async fn handle(
         (Detected::Http2, _) => Version::Http2,
         (Detected::Tls | Detected::Opaque, Some(svc)) => {
             let target = TcpTarget::Service(svc);
-            return forward::forward(&snap, Direction::Outbound, stream, client, prefix, target).await;
+            let origin = Origin { addr: client, prefix, peer: None };
+            return forward::forward(&shared, &snap, Direction::Outbound, stream, origin, target).await;
         }
         (Detected::Tls, None) => {
             tracing::info!(
@@ -156,7 +146,10 @@ async fn request_timeout(mut stream: TcpStream) {
 }
 
 /// Serves a connection detected as HTTP, `prefix` holding the bytes detection read.
-pub(crate) async fn serve_http(conn: Connection, stream: TcpStream, prefix: Bytes, snap: &Snapshot) {
+pub(crate) async fn serve_http<S>(conn: Connection, stream: S, prefix: Bytes, snap: &Snapshot)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (version, shutdown) = (conn.downstream, conn.shared.shutdown.clone());
     let io = PrefixedIo::new(prefix, stream);
     server::serve(io, version, Proxy::new(conn), &snap.sidecar, shutdown).await;

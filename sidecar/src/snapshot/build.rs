@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pilotfish_api::policy::{BackendPolicySpec, CircuitBreaker, RateLimitPolicySpec, RetryBudget, TargetRef};
 use pilotfish_api::route::HttpRouteSpec;
-use pilotfish_api::{Metadata, Resource, ServiceSpec, SidecarSpec, UnknownFields, Warning};
+use pilotfish_api::{Metadata, Resource, ServiceSpec, SidecarSpec, SpiffeId, UnknownFields, Warning};
 use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
 
@@ -22,13 +22,13 @@ use super::overrides::{OverrideConflict, Overrides};
 use super::policy::ServicePolicy;
 use super::route::{RouteSource, RouteTable};
 use super::Snapshot;
-use crate::authz::Authorizer;
+use crate::authz::{Authorizer, LocalAuthz};
 use crate::http::pool::EndpointConns;
 use crate::resilience::balance::PeakEwma;
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
 use crate::resilience::ratelimit::policy::RateLimit;
 use crate::telemetry::metrics::{Direction, Metrics};
-use crate::upstream::app::InboundRt;
+use crate::upstream::app::{InboundMtls, InboundRt};
 use crate::upstream::endpoint::{EndpointGuard, EndpointRt};
 use crate::upstream::service::ServiceRt;
 
@@ -144,8 +144,16 @@ impl Snapshot {
             services.insert(svc.key.clone(), svc);
         }
 
+        // The sidecar's own Service may set its inbound mTLS (managed mode has no other way).
+        let own_service = resources.iter().find_map(|r| match r {
+            Resource::Service(s) if s.metadata.name == name && s.metadata.namespace == namespace => {
+                Some(&s.spec.mtls)
+            }
+            _ => None,
+        });
         let inbound = sidecar.inbound.clone().map(|spec| InboundRt {
-            app: endpoints.endpoint(Direction::Inbound, &name, spec.app, |_| None),
+            app: endpoints.endpoint(Direction::Inbound, &name, (spec.app, None), |_| None),
+            mtls: InboundMtls::new(&spec.mtls, own_service, overrides.inbound_mtls),
             metrics: metrics.target(Direction::Inbound, &name),
             local: metrics.endpoint(Direction::Inbound, &name, ""),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -153,7 +161,8 @@ impl Snapshot {
             spec,
         });
 
-        let authz = Authorizer::compile(&resources, sidecar.authorization.default);
+        let authorizer = Authorizer::compile(&resources, sidecar.authorization.default);
+        let authz = LocalAuthz::new(authorizer, &name, &namespace, metrics);
         Ok(Self {
             version: previous.map_or(1, |p| p.version + 1),
             hash: hash_text(text),
@@ -201,7 +210,12 @@ fn service(
     let endpoint_list = spec
         .endpoints
         .iter()
-        .map(|e| endpoints.endpoint(Direction::Outbound, &key, e.address, |label| guard(label, e.address)))
+        .map(|e| {
+            // Validation parsed every identity already.
+            let identity = e.identity.as_deref().and_then(|id| id.parse().ok()).map(Arc::new);
+            endpoints
+                .endpoint(Direction::Outbound, &key, (e.address, identity), |label| guard(label, e.address))
+        })
         .collect();
     let carried = |route: &str, spec: &RateLimitPolicySpec| {
         prev.and_then(|old| old.routes.limiters().find(|(r, l)| &***r == route && l.spec == *spec))
@@ -242,6 +256,7 @@ fn service(
             .filter(|old| old.retry_budget == retry_budget)
             .map_or_else(|| Arc::new(tps_budget(&retry_budget)), |old| old.budget.clone()),
         resilience: metrics.resilience(&key),
+        identity_mismatch: metrics.mesh.identity_mismatch(&key),
         rate_limit: attached.service_limits.get(&*key).map(|p| {
             prev.and_then(|old| old.rate_limit.clone().filter(|l| l.spec == **p))
                 .unwrap_or_else(|| Arc::new(RateLimit::new(p, metrics.ratelimited(&key, ""))))
@@ -281,7 +296,8 @@ fn new_guard(
 /// Makes endpoints, reusing the connection pools of the previous snapshot's endpoints so that a
 /// reload keeps warm connections.
 struct Endpoints<'m> {
-    pools: HashMap<SocketAddr, Arc<EndpointConns>>,
+    /// By address and the identity the endpoint must prove: a changed identity gets a new pool.
+    pools: HashMap<(SocketAddr, Option<Arc<SpiffeId>>), Arc<EndpointConns>>,
     metrics: &'m Metrics,
 }
 
@@ -291,29 +307,31 @@ impl<'m> Endpoints<'m> {
         if let Some(prev) = previous {
             for svc in prev.services.values() {
                 for ep in &svc.endpoints {
-                    pools.insert(ep.addr, ep.conns.clone());
+                    pools.insert((ep.addr, ep.conns.identity().cloned()), ep.conns.clone());
                 }
             }
             if let Some(inbound) = &prev.inbound {
-                pools.insert(inbound.app.addr, inbound.app.conns.clone());
+                pools.insert((inbound.app.addr, None), inbound.app.conns.clone());
             }
         }
         Self { pools, metrics }
     }
 
-    /// An endpoint of `service`, with the guard `guard` makes for it given its label (outbound
-    /// endpoints have one).
+    /// An endpoint of `service` (meshed when it has an `identity`), with the guard `guard`
+    /// makes for it given its label (outbound endpoints have one).
     fn endpoint(
         &mut self,
         direction: Direction,
         service: &str,
-        addr: SocketAddr,
+        (addr, identity): (SocketAddr, Option<Arc<SpiffeId>>),
         guard: impl FnOnce(&str) -> Option<Arc<EndpointGuard>>,
     ) -> Arc<EndpointRt> {
         let label = addr.to_string();
+        let pool =
+            self.pools.entry((addr, identity.clone())).or_insert_with(|| EndpointConns::new(addr, identity));
         Arc::new(EndpointRt {
             addr,
-            conns: self.pools.entry(addr).or_insert_with(|| EndpointConns::new(addr)).clone(),
+            conns: pool.clone(),
             metrics: self.metrics.endpoint(direction, service, &label),
             guard: guard(&label),
             label,

@@ -27,7 +27,7 @@ use pilotfish_api::{Protocol, Resource, SidecarSpec, Warning};
 use tokio_util::sync::CancellationToken;
 
 pub use self::overrides::Overrides;
-use crate::authz::Authorizer;
+use crate::authz::LocalAuthz;
 use crate::telemetry::metrics::{EndpointMetrics, LiveSeries, TargetMetrics};
 use crate::upstream::app::InboundRt;
 use crate::upstream::service::ServiceRt;
@@ -50,8 +50,9 @@ pub struct Snapshot {
     by_addr: HashMap<SocketAddr, (Arc<ServiceRt>, Option<Protocol>)>,
     pub local_ports: Vec<(u16, Arc<str>)>,
     pub inbound: Option<InboundRt>,
-    /// The `AuthorizationPolicy` documents by service, with the mesh default.
-    pub authz: Authorizer,
+    /// The `AuthorizationPolicy` documents by service with the mesh default, as this sidecar's
+    /// inbound path checks calls into its service.
+    pub authz: LocalAuthz,
     pub passthrough: TargetMetrics,
     /// Labels requests refused before a service was chosen (no route).
     pub unrouted: EndpointMetrics,

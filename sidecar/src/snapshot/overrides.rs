@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use pilotfish_api::mtls::MtlsMode;
 use pilotfish_api::sidecar::InboundSpec;
 use pilotfish_api::SidecarSpec;
 
@@ -13,6 +14,9 @@ pub struct Overrides {
     pub outbound: Option<SocketAddr>,
     pub app: Option<SocketAddr>,
     pub drain: Option<std::time::Duration>,
+    pub mesh_max_age: Option<pilotfish_api::Duration>,
+    /// The inbound mTLS mode of ports the configuration leaves unset (managed mode: strict).
+    pub inbound_mtls: Option<MtlsMode>,
 }
 
 /// Overrides that cannot apply to the `Sidecar` document they were given with.
@@ -36,6 +40,7 @@ impl Overrides {
                     listen: SocketAddr::from(([0, 0, 0, 0], 15006)),
                     app,
                     opaque_ports: Vec::new(),
+                    mtls: Default::default(),
                 })
             }
             _ => {}
@@ -52,6 +57,9 @@ impl Overrides {
         }
         if let Some(drain) = self.drain {
             sidecar.timeouts.drain = pilotfish_api::Duration::from_millis(drain.as_millis() as u64);
+        }
+        if let Some(age) = self.mesh_max_age {
+            sidecar.outbound.mesh_max_age = age;
         }
         sidecar.validate().map_err(|e| {
             OverrideConflict(format!("with the command-line overrides applied, {}: {}", e.field, e.reason))

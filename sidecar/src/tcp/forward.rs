@@ -1,5 +1,6 @@
 //! The L4 path: forwarding an opaque connection to an endpoint, a service's endpoints, or the
-//! original destination, with the bytes already read during detection sent first.
+//! original destination, with the bytes already read during detection sent first. A meshed
+//! endpoint is reached over mesh mTLS (`pilotfish.io/tcp`, after a transport header).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,16 +9,24 @@ use std::time::Instant as StdInstant;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use pilotfish_api::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
+use super::header::{Carried, TransportHeader};
 use super::splice;
+use crate::identity::Identity;
 use crate::resilience::retry::Outcome;
 use crate::snapshot::Snapshot;
-use crate::telemetry::access_log::{self, TcpRecord};
+use crate::state::Shared;
+use crate::telemetry::access_log::{self, TcpRecord, Tls};
 use crate::telemetry::metrics::{Direction, TargetMetrics};
+use crate::tls::MeshAlpn;
 use crate::transport;
 use crate::upstream::endpoint::EndpointRt;
+use crate::upstream::mesh;
 use crate::upstream::service::ServiceRt;
 
 /// Where an opaque connection goes.
@@ -29,10 +38,26 @@ pub enum TcpTarget<'a> {
     Addr(SocketAddr, &'a TargetMetrics, Option<&'a str>),
 }
 
+/// The downstream side of an opaque connection: where it came from, the bytes detection
+/// already read from it, and (inbound over mesh mTLS) the peer's verified identity.
+pub struct Origin<'a> {
+    pub addr: SocketAddr,
+    pub prefix: Bytes,
+    pub peer: Option<&'a Arc<SpiffeId>>,
+}
+
+/// A connection to where the bytes go: plain, or mesh mTLS to a meshed endpoint.
+type Upstream = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// Connects to one of a service's endpoints: round-robin over those that are healthy and whose
 /// circuit breaker admits a connection, trying up to three; a failed connect counts against the
-/// endpoint's breaker as it does for HTTP.
-async fn connect_to_service(svc: &ServiceRt, timeout: std::time::Duration) -> std::io::Result<TcpStream> {
+/// endpoint's breaker as it does for HTTP. A meshed endpoint is dialled as `identity`.
+async fn connect_to_service(
+    svc: &ServiceRt,
+    timeout: std::time::Duration,
+    identity: Option<&Arc<Identity>>,
+    opened: &prometheus::IntCounter,
+) -> std::io::Result<Upstream> {
     let mut tried = Vec::new();
     let mut last = None;
     while tried.len() < MAX_CONNECT_ATTEMPTS {
@@ -41,7 +66,26 @@ async fn connect_to_service(svc: &ServiceRt, timeout: std::time::Duration) -> st
         tried.push(endpoint.addr);
         let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
         let Some(attempt) = guard.admit(now) else { continue };
-        let connected = transport::connect(endpoint.addr, timeout).await;
+        let connected = match endpoint.conns.identity() {
+            None => transport::connect(endpoint.addr, timeout).await.map(Either::Left),
+            Some(expected) => {
+                let header = TransportHeader { carried: Carried::Opaque, port: 0 };
+                let dialled =
+                    mesh::dial(identity, endpoint.addr, expected, MeshAlpn::Tcp, Some(header), timeout).await;
+                match dialled {
+                    Ok(stream) => {
+                        opened.inc();
+                        Ok(Either::Right(stream))
+                    }
+                    Err(e) => {
+                        if e.is_identity_mismatch() {
+                            svc.identity_mismatch.inc();
+                        }
+                        Err(std::io::Error::other(e))
+                    }
+                }
+            }
+        };
         let outcome = if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailure };
         let done = Instant::now();
         guard.settle(attempt, outcome, done - now, &svc.policy.failure_on, done);
@@ -68,22 +112,28 @@ pub fn pick<'s>(svc: &'s ServiceRt, now: Instant, tried: &[SocketAddr]) -> Optio
 /// Endpoints one opaque connection tries before giving up.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-pub async fn forward(
+pub async fn forward<C>(
+    shared: &Shared,
     snap: &Snapshot,
     direction: Direction,
-    mut client: TcpStream,
-    client_addr: SocketAddr,
-    prefix: Bytes,
+    mut client: C,
+    origin: Origin<'_>,
     target: TcpTarget<'_>,
-) {
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let Origin { addr: client_addr, prefix, peer } = origin;
     let started = StdInstant::now();
     let connect_timeout = snap.sidecar.timeouts.connect.get();
     let (server, metrics, service) = match target {
         TcpTarget::Service(svc) => {
-            (connect_to_service(svc, connect_timeout).await, &svc.metrics, Some(&*svc.key))
+            let identity = shared.identity.load_full();
+            let opened = &shared.metrics.mesh.opened_outbound;
+            let server = connect_to_service(svc, connect_timeout, identity.as_ref(), opened).await;
+            (server, &svc.metrics, Some(&*svc.key))
         }
         TcpTarget::Addr(addr, metrics, service) => {
-            (transport::connect(addr, connect_timeout).await, metrics, service)
+            (transport::connect(addr, connect_timeout).await.map(Either::Left), metrics, service)
         }
     };
     let mut server = match server {
@@ -94,7 +144,10 @@ pub async fn forward(
             return;
         }
     };
-    let upstream = server.peer_addr().ok();
+    let (upstream, tls) = match &server {
+        Either::Left(tcp) => (tcp.peer_addr().ok(), Tls::of(peer.is_some())),
+        Either::Right(mesh) => (mesh.get_ref().0.peer_addr().ok(), Tls::Mtls),
+    };
     let mut result = Ok(());
     if !prefix.is_empty() {
         result = server.write_all(&prefix).await;
@@ -119,6 +172,8 @@ pub async fn forward(
             duration_ms: access_log::millis(started.elapsed()),
             bytes_client_to_server: moved.client_to_server,
             bytes_server_to_client: moved.server_to_client,
+            tls,
+            peer: peer.cloned(),
             error: result.err().map(|e| e.to_string()),
         });
     }

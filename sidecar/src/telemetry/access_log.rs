@@ -7,9 +7,10 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use pilotfish_api::SpiffeId;
 use prometheus::IntCounter;
 use serde::Serialize;
 
@@ -85,6 +86,12 @@ pub struct HttpRecord {
     pub service: Option<String>,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
+    /// Whether the hop to the next sidecar (outbound) or from the calling one (inbound) was
+    /// mesh mTLS.
+    pub tls: Tls,
+    /// The caller's verified identity (inbound over mesh mTLS).
+    #[serde(serialize_with = "peer")]
+    pub peer: Option<Arc<SpiffeId>>,
     pub error: Option<&'static str>,
 }
 
@@ -97,7 +104,36 @@ pub struct TcpRecord {
     pub duration_ms: f64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
+    pub tls: Tls,
+    #[serde(serialize_with = "peer")]
+    pub peer: Option<Arc<SpiffeId>>,
     pub error: Option<String>,
+}
+
+/// A peer's identity as its SPIFFE ID (the identity is shared, not copied, until written).
+fn peer<S: serde::Serializer>(peer: &Option<Arc<SpiffeId>>, s: S) -> Result<S::Ok, S::Error> {
+    match peer {
+        Some(id) => s.serialize_some(&**id),
+        None => s.serialize_none(),
+    }
+}
+
+/// How a hop between sidecars was secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    Mtls,
+    Plaintext,
+}
+
+impl Tls {
+    pub fn of(mtls: bool) -> Tls {
+        if mtls {
+            Tls::Mtls
+        } else {
+            Tls::Plaintext
+        }
+    }
 }
 
 #[derive(Serialize)]

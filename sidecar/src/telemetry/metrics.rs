@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use super::identity::IdentityMetrics;
+use super::mesh::MeshMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
 use crate::resilience::limit::Limit;
 use crate::resilience::retry::Reason;
@@ -50,6 +51,8 @@ pub struct Metrics {
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
     ratelimited: IntCounterVec,
+    authz_denied: IntCounterVec,
+    pub mesh: MeshMetrics,
     pub identity: IdentityMetrics,
 }
 
@@ -131,6 +134,14 @@ impl Metrics {
             &["service", "route"],
         )
         .expect("valid metric");
+        let authz_denied = IntCounterVec::new(
+            Opts::new(
+                "pilotfish_authz_denied_total",
+                "Inbound requests and connections denied by authorization, by the AuthorizationPolicy that denied them (or `default`)",
+            ),
+            &["service", "policy"],
+        )
+        .expect("valid metric");
 
         let registry = Registry::new();
         for c in [
@@ -147,11 +158,14 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(ratelimited.clone()),
+            Box::new(authz_denied.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let mesh = MeshMetrics::register(&registry);
         let identity = IdentityMetrics::register(&registry);
         Arc::new(Self {
+            mesh,
             registry,
             requests,
             request_duration,
@@ -166,6 +180,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             ratelimited,
+            authz_denied,
             identity,
         })
     }
@@ -252,6 +267,8 @@ impl Metrics {
         retire_from(&self.retries, live);
         retire_from(&self.retry_budget_exhausted, live);
         retire_from(&self.ratelimited, live);
+        retire_from(&self.authz_denied, live);
+        retire_from(&self.mesh.identity_mismatch, live);
     }
 
     pub fn breaker(&self, service: &str, endpoint: &str) -> BreakerMetrics {
@@ -276,6 +293,11 @@ impl Metrics {
 
     pub fn ratelimited(&self, service: &str, route: &str) -> IntCounter {
         self.ratelimited.with_label_values(&[service, route])
+    }
+
+    /// Calls into `service` denied by `policy` (a policy's name, or `default`).
+    pub fn authz_denied(&self, service: &str, policy: &str) -> IntCounter {
+        self.authz_denied.with_label_values(&[service, policy])
     }
 }
 

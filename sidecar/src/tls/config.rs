@@ -80,7 +80,7 @@ impl MeshConfigs {
 
 /// The name handed to rustls when dialling. SNI is off and resumption too, so it is never sent
 /// nor used as a cache key; the peer is judged by its SPIFFE ID instead.
-pub(super) fn unused_server_name() -> ServerName<'static> {
+pub(crate) fn unused_server_name() -> ServerName<'static> {
     ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into())
 }
 

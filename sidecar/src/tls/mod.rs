@@ -29,4 +29,4 @@ pub use reason::FailureReason;
 pub use sniff::{sniff, Sniff};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -23,11 +23,26 @@ pub enum FailureReason {
     BadIdentity,
     /// TLS, but not the mesh's: no mesh ALPN, or a TLS version or feature the mesh does not speak.
     NonMeshTls,
+    /// This sidecar has no identity yet, so a strict port cannot terminate mesh mTLS.
+    NoLocalIdentity,
     /// Anything else: the peer reset or closed mid-handshake, a malformed message.
     Other,
 }
 
 impl FailureReason {
+    /// Every reason, in the order of their labels' handles.
+    pub const ALL: [FailureReason; 9] = [
+        FailureReason::Plaintext,
+        FailureReason::NoClientCert,
+        FailureReason::UnknownCa,
+        FailureReason::Expired,
+        FailureReason::NotYetValid,
+        FailureReason::BadIdentity,
+        FailureReason::NonMeshTls,
+        FailureReason::NoLocalIdentity,
+        FailureReason::Other,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,6 +53,7 @@ impl FailureReason {
             FailureReason::NotYetValid => "not_yet_valid",
             FailureReason::BadIdentity => "bad_identity",
             FailureReason::NonMeshTls => "non_mesh_tls",
+            FailureReason::NoLocalIdentity => "no_local_identity",
             FailureReason::Other => "other",
         }
     }

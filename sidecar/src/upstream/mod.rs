@@ -3,10 +3,12 @@
 //! - [`service`]: a service — its endpoints, retry budget, limit counters, compiled routes;
 //! - [`endpoint`]: an endpoint — its pool, metrics, breaker, load and health, and the admission
 //!   and bookkeeping of one attempt on it;
-//! - [`app`]: the local app, the inbound path's one endpoint;
-//! - [`health`]: active health checks that take endpoints out of the balancer and put them back.
+//! - [`app`]: the local app, the inbound path's one endpoint, and its ports' mTLS modes;
+//! - [`health`]: active health checks that take endpoints out of the balancer and put them back;
+//! - [`mesh`]: dialling a meshed endpoint over mTLS, requiring the identity the registry holds.
 
 pub mod app;
 pub mod endpoint;
 pub mod health;
+pub mod mesh;
 pub mod service;

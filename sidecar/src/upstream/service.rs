@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use pilotfish_api::policy::{CircuitBreaker, RetryBudget};
 use pilotfish_api::ServiceSpec;
+use prometheus::IntCounter;
 use tower::retry::budget::TpsBudget;
 
 use super::endpoint::EndpointRt;
@@ -37,6 +38,8 @@ pub struct ServiceRt {
     /// What the endpoints' breakers were made from: a reload that keeps it keeps their state.
     pub(crate) breaker_config: CircuitBreaker,
     pub resilience: ResilienceMetrics,
+    /// Mesh dials to its endpoints whose server proved another identity than the registry's.
+    pub identity_mismatch: IntCounter,
     /// A `RateLimitPolicy` attached to the service.
     pub rate_limit: Option<Arc<RateLimit>>,
     /// Requests to this service now in flight, until their response ends (for `maxRequests`).

@@ -24,6 +24,7 @@ use super::route::Routed;
 use crate::http::context::RequestContext;
 use crate::http::errors::ProxyError;
 use crate::http::next_hop::{prepare, rebuild, take_parts};
+use crate::http::orig_proto;
 use crate::http::pool::Version;
 use crate::http::request_body::{keep_for_replay, KeepError, Keeping, RequestBody};
 use crate::http::respond::Answer;
@@ -219,9 +220,17 @@ pub fn run<'a, 's: 'a>(
                 Some(_) => rebuild(&parts, attempt_body),
                 None => Request::from_parts(take_parts(&mut parts), attempt_body),
             });
-            prepare(&mut out, version, admitted.endpoint, routed.authority.clone(), upgrade, None);
+            // A meshed endpoint gets HTTP/2 whatever the app speaks (many requests on one
+            // connection), marked with the version its app gets; an upgrade keeps HTTP/1.1 on a
+            // connection of its own.
+            let wire = match admitted.endpoint.conns.identity() {
+                Some(_) if !upgrade => Version::Http2,
+                _ => version,
+            };
+            prepare(&mut out, wire, admitted.endpoint, routed.authority.clone(), upgrade, None);
+            orig_proto::mark(out.headers_mut(), version, wire);
 
-            let mut attempted = match admitted.send(cx, backend, version, out, limits).await {
+            let mut attempted = match admitted.send(cx, backend, wire, out, limits).await {
                 Ok(attempted) => attempted,
                 Err(error) => return Err(Failed::Local { error, local: &backend.local }),
             };

@@ -27,6 +27,7 @@ use crate::resilience::attempt::Attempt;
 use crate::resilience::balance::p2c;
 use crate::resilience::retry::Outcome;
 use crate::upstream::endpoint::{EndpointGuard, EndpointRt};
+use crate::upstream::mesh::MeshClient;
 use crate::upstream::service::ServiceRt;
 
 /// The balancer: an endpoint that is healthy, whose breaker lets traffic through, that is not
@@ -152,12 +153,19 @@ impl<'s> Admitted<'s> {
         's: 'a,
     {
         async move {
+            // Only a meshed endpoint needs this sidecar's identity: one atomic load, no more.
+            let mesh = self.endpoint.conns.identity().map(|_| MeshClient {
+                identity: cx.conn.shared.identity.load_full(),
+                max_age: cx.snap.sidecar.outbound.mesh_max_age.get(),
+                opened: cx.conn.shared.metrics.mesh.opened_outbound.clone(),
+            });
             let connect = Connect {
                 timeout: cx.snap.sidecar.timeouts.connect.get(),
                 open: &service.connections,
                 max_open: service.policy.limits.max_connections as usize,
                 pending: &service.pending,
                 max_pending: service.policy.limits.max_pending_requests as usize,
+                mesh: mesh.as_ref(),
             };
             let sent_at = Instant::now();
             let send = self.endpoint.conns.send(version, req, &connect);
@@ -174,6 +182,9 @@ impl<'s> Admitted<'s> {
                     return Err(ProxyError::Overloaded { service: service.key.to_string(), limit });
                 }
                 Ok(Err(SendError { error, unsent })) => {
+                    if error.is_identity_mismatch() {
+                        service.identity_mismatch.inc();
+                    }
                     let outcome = if error.is_connect() { Outcome::ConnectFailure } else { Outcome::Reset };
                     // A failure shared by a queue of requests counts against the endpoint once.
                     let blamed = error.blames_endpoint();

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, LOCATION};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri};
-use pilotfish_api::Protocol;
+use pilotfish_api::{Protocol, SpiffeId};
 use tokio::time::Instant;
 
 use crate::http::body::ProxyBody;
@@ -81,11 +81,12 @@ pub fn route<'s, B>(cx: &RequestContext<'s>, req: &mut Request<B>) -> Result<Rou
     };
     let local = &service.local;
     let client = cx.conn.client.ip();
+    let peer = cx.conn.peer.as_deref();
 
     // Rate limit on the service, then route, then rate limit on the route.
     let mut limited = Vec::new();
     if let Some(limit) = &service.rate_limit {
-        match check_rate(limit, client, req) {
+        match check_rate(limit, client, peer, req) {
             Ok(d) => limited.push(d),
             Err(e) => return Err(refused(e, authority, local)),
         }
@@ -97,7 +98,7 @@ pub fn route<'s, B>(cx: &RequestContext<'s>, req: &mut Request<B>) -> Result<Rou
     };
     let rule = selected.rule;
     if let Some(limit) = &rule.rate_limit {
-        match check_rate(limit, client, req) {
+        match check_rate(limit, client, peer, req) {
             Ok(d) => limited.push(d),
             Err(e) => return Err(refused(e, authority, local)),
         }
@@ -147,19 +148,34 @@ fn service_for<'s>(
 }
 
 /// Counts the request against `limit`, keyed as the policy says: its decision, or the refusal.
-fn check_rate<B>(limit: &RateLimit, client: IpAddr, req: &Request<B>) -> Result<Decision, ProxyError> {
-    let peer;
+/// `{peer: true}` keys by the caller's mesh identity (`peer`) when it has one, else by its
+/// address `client`.
+fn check_rate<B>(
+    limit: &RateLimit,
+    client: IpAddr,
+    peer: Option<&SpiffeId>,
+    req: &Request<B>,
+) -> Result<Decision, ProxyError> {
+    let (identity, address);
     let key = match &limit.key {
         LimitKey::Global => None,
         LimitKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
-        LimitKey::Peer => {
-            // An IPv4 peer and the same address mapped into IPv6 are one peer.
-            peer = match client {
-                IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
-                IpAddr::V6(ip) => ip.octets(),
-            };
-            Some(&peer[..])
-        }
+        // An identity is never 16 bytes long (it starts with `spiffe://`), so it cannot share a
+        // budget with an address.
+        LimitKey::Peer => match peer {
+            Some(id) => {
+                identity = id.to_string();
+                Some(identity.as_bytes())
+            }
+            None => {
+                // An IPv4 peer and the same address mapped into IPv6 are one peer.
+                address = match client {
+                    IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+                    IpAddr::V6(ip) => ip.octets(),
+                };
+                Some(&address[..])
+            }
+        },
     };
     let decision = limit.limiter.check(key, Instant::now());
     if decision.allowed {

@@ -4,15 +4,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Connect, EndpointConns, H2Failure, Reusable, SendError, UpstreamError};
+use super::{Connect, EndpointConns, H2Failure, Reusable, SendError, UpstreamError, Version};
 use crate::http::request_body::RequestBody;
 use crate::resilience::limit::{Claim, Limit, OwnedClaim};
-use crate::transport;
 
 impl EndpointConns {
     pub(super) async fn send_h2(
@@ -20,7 +21,8 @@ impl EndpointConns {
         mut req: Box<Request<RequestBody>>,
         connect: &Connect<'_>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
-        if let Some(mut sender) = self.shared_h2() {
+        let max_age = self.max_age(connect.mesh);
+        if let Some(mut sender) = self.shared_h2(max_age) {
             match sender.try_send_request(*req).await {
                 Ok(res) => return Ok((res, None)),
                 Err(e) => req = Box::new(self.unsent(e)?),
@@ -42,9 +44,12 @@ impl EndpointConns {
         Ok((res, None))
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+    /// The shared connection, unless it closed or is past `max_age` (then requests in flight
+    /// finish on it, and it closes once the last of them drops it).
+    fn shared_h2(&self, max_age: Option<Duration>) -> Option<http2::SendRequest<RequestBody>> {
         let h2 = self.h2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+        let young = |opened: &Instant| max_age.is_none_or(|age| opened.elapsed() < age);
+        h2.as_ref().filter(|(s, opened)| !s.is_closed() && young(opened)).map(|(s, _)| s.clone())
     }
 
     async fn connect_h2(
@@ -58,7 +63,7 @@ impl EndpointConns {
         // fail with it.
         let queued_at = self.h2_attempts.load(Ordering::Acquire);
         let _connecting = self.h2_connecting.lock().await;
-        if let Some(sender) = self.shared_h2() {
+        if let Some(sender) = self.shared_h2(self.max_age(connect.mesh)) {
             return Ok(sender);
         }
         if let Some((attempt, why)) = &*self.h2_failed.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -82,7 +87,7 @@ impl EndpointConns {
     async fn open_h2(&self, connect: &Connect<'_>) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let open = OwnedClaim::take(connect.open, connect.max_open)
             .ok_or(UpstreamError::Overflow(Limit::MaxConnections))?;
-        let stream = transport::connect(self.addr, connect.timeout).await.map_err(UpstreamError::Connect)?;
+        let stream = self.open_stream(connect.timeout, connect.mesh, Version::Http2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -98,7 +103,8 @@ impl EndpointConns {
             }
             drop(open);
         });
-        *self.h2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+        *self.h2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((sender.clone(), Instant::now()));
         Ok(sender)
     }
 }

@@ -20,6 +20,8 @@
 //! choosing the endpoint itself. Built on hyper's connection API instead, the pool is keyed by
 //! endpoint and the request keeps its authority.
 
+mod dial;
+mod error;
 mod h2;
 
 use std::collections::VecDeque;
@@ -29,6 +31,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pilotfish_api::SpiffeId;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
@@ -37,9 +41,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
+pub use self::error::{SendError, UpstreamError};
 use super::request_body::RequestBody;
 use crate::resilience::limit::{Claim, Limit, OwnedClaim};
-use crate::transport;
+use crate::upstream::mesh::MeshClient;
 
 /// Idle HTTP/1.1 connections older than this are closed rather than reused: servers commonly drop
 /// idle keep-alive connections after a minute or two, and a request sent on one would be lost.
@@ -68,64 +73,20 @@ pub struct Connect<'a> {
     /// Requests waiting for a connection, bounded by `maxPendingRequests`.
     pub pending: &'a AtomicUsize,
     pub max_pending: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// A service limit refused a new connection or a place in the queue for one.
-    #[error("the service is at its {} limit", .0.as_str())]
-    Overflow(Limit),
-    #[error("{0}")]
-    Connect(#[source] std::io::Error),
-    #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
-    #[error("the connection to {addr} closed before the request was sent")]
-    ClosedBeforeSend { addr: SocketAddr },
-    /// The connection attempt this request waited for failed (the endpoint's failure was
-    /// counted once, for the request it was delivered to).
-    #[error("no connection to {addr}: {reason}")]
-    QueuedBehind { addr: SocketAddr, reason: String },
-    #[error("request to {addr} failed: {source}")]
-    Request { addr: SocketAddr, source: hyper::Error },
-}
-
-impl UpstreamError {
-    /// Whether the endpoint never saw the request: no connection could be had for it.
-    pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect(_)
-                | Self::Handshake { .. }
-                | Self::ClosedBeforeSend { .. }
-                | Self::QueuedBehind { .. }
-        )
-    }
-
-    /// Whether the failure is this request's own evidence against the endpoint (for its circuit
-    /// breaker and load), not one shared with the requests queued behind it.
-    pub fn blames_endpoint(&self) -> bool {
-        !matches!(self, Self::QueuedBehind { .. } | Self::Overflow(_))
-    }
-}
-
-/// A failed send: why, and the request when it never went out.
-pub struct SendError {
-    pub error: UpstreamError,
-    pub unsent: Option<Box<Request<RequestBody>>>,
-}
-
-impl SendError {
-    fn unsent(error: UpstreamError, req: Request<RequestBody>) -> Self {
-        Self { error, unsent: Some(Box::new(req)) }
-    }
+    /// This sidecar's identity and mesh settings, for an endpoint reached over mesh mTLS.
+    pub mesh: Option<&'a MeshClient>,
 }
 
 /// Connections to one endpoint. Shared by every snapshot that lists the endpoint, so a config
 /// reload keeps warm connections.
 pub struct EndpointConns {
     addr: SocketAddr,
+    /// The identity the registry holds for the endpoint: it is reached over mesh mTLS (HTTP/2
+    /// on `pilotfish.io/h2`; HTTP/1.1 only for upgrades, on `pilotfish.io/tcp`).
+    identity: Option<Arc<SpiffeId>>,
     h1: Mutex<Http1Pool>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The shared HTTP/2 connection, with when it was opened (a mesh connection has a max age).
+    h2: Mutex<Option<(http2::SendRequest<RequestBody>, Instant)>>,
     h2_connecting: tokio::sync::Mutex<()>,
     /// HTTP/2 connection attempts made, and the number of the last one that failed: requests
     /// that queued behind a failed attempt fail with it instead of each trying in turn.
@@ -240,18 +201,21 @@ struct Dial {
     timeout: Duration,
     open: Arc<AtomicUsize>,
     max_open: usize,
+    mesh: Option<MeshClient>,
 }
 
 impl From<&Connect<'_>> for Dial {
     fn from(c: &Connect<'_>) -> Self {
-        Self { timeout: c.timeout, open: c.open.clone(), max_open: c.max_open }
+        Self { timeout: c.timeout, open: c.open.clone(), max_open: c.max_open, mesh: c.mesh.cloned() }
     }
 }
 
 impl EndpointConns {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    /// A pool for the endpoint at `addr`; with `identity`, reached over mesh mTLS.
+    pub fn new(addr: SocketAddr, identity: Option<Arc<SpiffeId>>) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            identity,
             h1: Mutex::default(),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -262,6 +226,11 @@ impl EndpointConns {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The identity the endpoint must prove, when it is meshed.
+    pub fn identity(&self) -> Option<&Arc<SpiffeId>> {
+        self.identity.as_ref()
     }
 
     /// Sends `req` and returns the response; for HTTP/1.1, also the connection to release once
@@ -426,7 +395,7 @@ impl EndpointConns {
     }
 
     async fn connect_h1(self: &Arc<Self>, open: OwnedClaim, dial: &Dial) -> Result<Conn, UpstreamError> {
-        let stream = transport::connect(self.addr, dial.timeout).await.map_err(UpstreamError::Connect)?;
+        let stream = self.open_stream(dial.timeout, dial.mesh.as_ref(), Version::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

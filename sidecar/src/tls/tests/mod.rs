@@ -5,5 +5,5 @@ mod credentials;
 mod handshake;
 mod openssl;
 mod peer;
-mod pki;
+pub(crate) mod pki;
 mod sniff;

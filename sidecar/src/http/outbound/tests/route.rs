@@ -210,3 +210,33 @@ spec:
     let service = snap.service("users.default").unwrap();
     assert_eq!(service.in_flight.load(std::sync::atomic::Ordering::SeqCst), 0, "a redirect holds no place");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_keyed_limit_budgets_each_mesh_identity_and_else_each_address() {
+    let config = format!(
+        "{SERVICE}---
+apiVersion: pilotfish.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: service}}
+spec: {{targetRef: {{kind: Service, name: users}}, perMinute: 1, key: {{peer: true}}}}
+"
+    );
+    // Three connections from one address: two with mesh identities, one plaintext.
+    let with_peer = |peer: Option<&str>| {
+        let mut conn = connection(&config, HttpTarget::ByAuthority);
+        conn.peer = peer.map(|p| std::sync::Arc::new(p.parse().unwrap()));
+        conn
+    };
+    let web = with_peer(Some("spiffe://pilotfish.local/ns/default/sa/web"));
+    let snap = snapshot(&web);
+    let (ops, plain) = (with_peer(Some("spiffe://pilotfish.local/ns/ops/sa/admin")), with_peer(None));
+    let limited = |conn| {
+        let cx = RequestContext::new(conn, &snap, &get("/", None), Instant::now());
+        matches!(routed(&cx, &mut get("/", Some("users"))), Err(ProxyError::RateLimited(_)))
+    };
+    assert!(!limited(&web));
+    assert!(limited(&web), "the identity's budget is spent");
+    assert!(!limited(&ops), "another identity from the same address has its own");
+    assert!(!limited(&plain), "a plaintext caller is keyed by its address");
+    assert!(limited(&plain));
+}

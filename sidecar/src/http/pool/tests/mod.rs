@@ -1,5 +1,7 @@
 //! The pool against real sockets: bursts, the slow-start window, failed attempts, refused connects.
 
+mod mesh;
+
 use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -49,7 +51,7 @@ async fn sleepy_server(asleep: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn connect<'a>(open: &'a Arc<AtomicUsize>, pending: &'a AtomicUsize, timeout: Duration) -> Connect<'a> {
-    Connect { timeout, open, max_open: usize::MAX, pending, max_pending: usize::MAX }
+    Connect { timeout, open, max_open: usize::MAX, pending, max_pending: usize::MAX, mesh: None }
 }
 
 /// `n` concurrent GETs, each releasing its connection once its body is read; their bodies,
@@ -78,7 +80,7 @@ async fn a_burst_waits_for_released_connections_instead_of_opening_one_each() {
     // Two connections get through the backlog and the rest of the burst waits, within the
     // slow-start window, for them to answer: released and reused, they carry the burst, and
     // no request waits out a SYN retransmit (a second) as one connection per request would.
-    let (bodies, pending) = burst(&EndpointConns::new(addr), 20).await;
+    let (bodies, pending) = burst(&EndpointConns::new(addr, None), 20).await;
     assert!(bodies.iter().all(|body| body == "ok"));
     let made = accepted.load(Ordering::SeqCst);
     assert!(made < 20, "{made} connections for 20 requests");
@@ -88,7 +90,7 @@ async fn a_burst_waits_for_released_connections_instead_of_opening_one_each() {
 #[tokio::test]
 async fn the_window_follows_the_connections_that_answer() {
     let (addr, accepted) = sleepy_server(Duration::ZERO).await;
-    let conns = EndpointConns::new(addr);
+    let conns = EndpointConns::new(addr, None);
     let (bodies, _) = burst(&conns, 40).await;
     assert_eq!(bodies.len(), 40);
     // Every connection is accounted for once the burst is over — answered, or made for the
@@ -123,7 +125,7 @@ async fn a_failed_attempt_fails_the_queue_when_nothing_else_can_serve_it() {
         let attempt = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr));
         queued.extend(attempt.await.ok().and_then(Result::ok));
     }
-    let conns = EndpointConns::new(addr);
+    let conns = EndpointConns::new(addr, None);
     let (open, pending) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -145,7 +147,7 @@ async fn a_failed_attempt_fails_the_queue_when_nothing_else_can_serve_it() {
 #[tokio::test]
 async fn a_refused_connect_hands_the_request_back() {
     let unused = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let conns = EndpointConns::new(unused);
+    let conns = EndpointConns::new(unused, None);
     let (open, pending) = (Arc::new(AtomicUsize::new(0)), AtomicUsize::new(0));
     let connect = Connect {
         timeout: Duration::from_secs(1),
@@ -153,6 +155,7 @@ async fn a_refused_connect_hands_the_request_back() {
         max_open: 10,
         pending: &pending,
         max_pending: 10,
+        mesh: None,
     };
     for version in [Version::Http1, Version::Http2] {
         let err = conns.send(version, get(), &connect).await.err().unwrap();
