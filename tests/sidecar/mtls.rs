@@ -162,7 +162,9 @@ async fn the_callee_app_gets_the_call_over_mtls_and_the_wire_between_sidecars_sh
 
     let pcap = tempfile::NamedTempFile::new().unwrap();
     let mut capture = tokio::process::Command::new("tcpdump")
-        .args(["-i", "lo", "-U", "-w"])
+        // Immediate mode: packets are handed over as they come, not in blocks that a stop
+        // before the block's timeout would leave unwritten.
+        .args(["-i", "lo", "--immediate-mode", "-U", "-w"])
         .arg(pcap.path())
         .args(["tcp", "port", &port.to_string()])
         .stderr(Stdio::piped())
@@ -176,6 +178,8 @@ async fn the_callee_app_gets_the_call_over_mtls_and_the_wire_between_sidecars_sh
         assert!(n > 0, "tcpdump did not start: {}", String::from_utf8_lossy(&said));
         said.extend_from_slice(&buf[..n]);
     }
+    // "listening" comes a moment before the first packet is seen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let marker = format!("x-marker: pilotfish-plaintext-{}", std::process::id());
     let r = curl(&["-H", "Host: api", "-H", &marker, &format!("http://{}/hello", a.outbound)]).await;
@@ -192,9 +196,11 @@ async fn the_callee_app_gets_the_call_over_mtls_and_the_wire_between_sidecars_sh
         std::process::Command::new("kill").args(["-INT", &capture.id().unwrap().to_string()]).status();
     assert!(status.unwrap().success());
     capture.wait().await.unwrap();
+    stderr.read_to_end(&mut said).await.unwrap();
     let wire = std::fs::read(pcap.path()).unwrap();
     // ...while the packets between the sidecars carry bytes, none of them the marker.
-    assert!(wire.len() > 1000, "the capture holds the exchange ({} bytes)", wire.len());
+    let said = String::from_utf8_lossy(&said);
+    assert!(wire.len() > 1000, "the capture holds the exchange ({} bytes): {said}", wire.len());
     let needle = b"pilotfish-plaintext-";
     assert!(!wire.windows(needle.len()).any(|w| w == needle), "the marker crossed the wire in plaintext");
 
