@@ -39,7 +39,7 @@ fn greedy_csr(dir: &Path) -> String {
 
 /// A join token for `service` in the default namespace.
 async fn join_token(cp: &ControlPlane, service: &str) -> String {
-    let request = TokenRequest { service: service.into(), namespace: "default".into() };
+    let request = TokenRequest::join(service, "default");
     cp.client().create_token(&request).await.unwrap().token
 }
 

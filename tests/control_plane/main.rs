@@ -18,6 +18,7 @@ mod authz;
 mod ca;
 mod ha;
 mod managed;
+mod mesh;
 mod openapi;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]

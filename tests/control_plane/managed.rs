@@ -16,7 +16,7 @@ fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
     managed_with_token(cp, service, TOKEN, extra)
 }
 
-fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, extra: &[&str]) -> Sidecar {
+pub(crate) fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, extra: &[&str]) -> Sidecar {
     let url = cp.url("");
     let mut args = vec![
         "--control-plane",
@@ -35,7 +35,7 @@ fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, extra: &[&s
 }
 
 /// Polls until `check` holds (generous bound), returning its last good value.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = check().await {

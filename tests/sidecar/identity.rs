@@ -264,7 +264,7 @@ impl ControlPlane {
 
     /// A managed sidecar of `service`, with that service's join token.
     async fn sidecar(&self, service: &str) -> Sidecar {
-        let request = TokenRequest { service: service.into(), namespace: "default".into() };
+        let request = TokenRequest::join(service, "default");
         let token = self.client().create_token(&request).await.unwrap().token;
         let args = [
             "--control-plane",
