@@ -83,7 +83,8 @@ async fn certify_gives_the_token_identity_whatever_the_csr_asks_and_refuses_othe
     let (ok, out) =
         openssl(dir.path(), &["verify", "-CAfile", "bundle.pem", "-untrusted", "chain.pem", "chain.pem"]);
     assert!(ok && out.contains("chain.pem: OK"), "{out}");
-    let raw = crate::support::curl(&[&cp.url("/v1/ca/bundle")]).await;
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let raw = crate::support::curl(&["-H", &bearer, &cp.url("/v1/ca/bundle")]).await;
     assert_eq!(raw.header("content-type"), Some("text/plain; charset=utf-8"));
 
     // A bad token, the admin token (no identity), a CSR that is not one: refused, and counted.

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use pilotfish_api::schema::ClosedDocuments;
 use pilotfish_api::wire::{ErrorBody, SUPPORTED_PROTOCOLS};
 use pilotfish_api::Resource;
-use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{AllOfBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -144,7 +144,25 @@ impl Modify for ServerRules {
                 protocol_range(protocol);
             }
         }
+        if let Some(RefOr::T(Schema::Object(token))) = components.schemas.remove("TokenRequest") {
+            components.schemas.insert("TokenRequest".to_owned(), token_request_shapes(token).into());
+        }
     }
+}
+
+/// `POST /v1/tokens` has two shapes the server tells apart by `kind`: a join token names its
+/// service, a read-only token names none.
+fn token_request_shapes(base: Object) -> Schema {
+    let kind = |name: &str| ObjectBuilder::new().schema_type(Type::String).enum_values(Some([name]));
+    let join = ObjectBuilder::new()
+        .property("kind", kind("join"))
+        .property("service", ObjectBuilder::new().schema_type(Type::String))
+        .required("service");
+    let read_only = ObjectBuilder::new()
+        .property("kind", kind("readOnly"))
+        .property("service", ObjectBuilder::new().schema_type(Type::Null))
+        .required("kind");
+    AllOfBuilder::new().item(base).item(OneOfBuilder::new().item(join).item(read_only)).into()
 }
 
 /// A protocol version, bounded by the ones the server accepts.
