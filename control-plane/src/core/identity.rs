@@ -24,14 +24,21 @@ pub(super) fn workload_identity(caller: &Caller, trust_domain: &str) -> Result<S
 
 /// The identity an instance registered by `caller` is recorded with: a join token's own, whether
 /// or not the registration names it (naming another is refused, 403); whatever the admin names
-/// (the operator vouches for it), or none.
+/// (the operator vouches for it, but it must be a SPIFFE ID: every sidecar checks the pushed
+/// identities, and one it cannot read would make all of them refuse the configuration), or none.
 pub(super) fn registered_identity(
     caller: &Caller,
     trust_domain: &str,
     asked: Option<String>,
 ) -> Result<Option<String>> {
     match caller {
-        Caller::Admin => Ok(asked),
+        Caller::Admin => match asked {
+            Some(asked) => match asked.parse::<SpiffeId>() {
+                Ok(id) => Ok(Some(id.to_string())),
+                Err(e) => Err(Error::BadRequest(format!("identity: {e}"))),
+            },
+            None => Ok(None),
+        },
         Caller::ReadOnly(_) => Err(read_only_sidecar()),
         Caller::Service(_) => {
             let own = workload_identity(caller, trust_domain)?.to_string();

@@ -21,6 +21,10 @@ use crate::core::{plural, KINDS};
 
 /// A service's or namespace's name: a DNS label (`pilotfish_api::document::validate_name`).
 pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A SPIFFE ID the server takes as an endpoint's identity (stricter than the server: one label
+/// as the service account).
+pub const IDENTITY_PATTERN: &str =
+    "^spiffe://[a-z0-9._-]{1,255}/ns/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/sa/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -128,6 +132,9 @@ impl Modify for ServerRules {
         if let Some(RefOr::T(Schema::Object(registration))) = components.schemas.get_mut("Registration") {
             if let Some(RefOr::T(Schema::Object(address))) = registration.properties.get_mut("address") {
                 address.pattern = Some(ADDRESS_PATTERN.to_owned());
+            }
+            if let Some(RefOr::T(Schema::Object(identity))) = registration.properties.get_mut("identity") {
+                identity.pattern = Some(IDENTITY_PATTERN.to_owned());
             }
         }
         for body in ["Registration", "TokenRequest", "Ack", "CertifyRequest"] {

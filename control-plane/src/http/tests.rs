@@ -379,8 +379,12 @@ fn the_document_types_every_body_and_parameter_and_says_what_the_server_checks()
     assert_eq!(param(&op("/v1/diff", "get"), "from")["type"], "integer");
     let kinds = doc["components"]["schemas"]["KindName"]["enum"].as_array().unwrap().clone();
     assert!(kinds.contains(&json!("HTTPRoute")) && kinds.contains(&json!("httproutes")), "{kinds:?}");
-    let name = &doc["components"]["schemas"]["TokenRequest"]["properties"]["service"]["pattern"];
-    assert_eq!(name, super::doc::NAME_PATTERN);
+    let token = &doc["components"]["schemas"]["TokenRequest"];
+    assert_eq!(token["allOf"][0]["properties"]["service"]["pattern"], super::doc::NAME_PATTERN);
+    let shapes = token["allOf"][1]["oneOf"].as_array().unwrap();
+    assert_eq!(shapes[0]["required"], json!(["service"]), "a join token names its service");
+    let identity = &doc["components"]["schemas"]["Registration"]["properties"]["identity"]["pattern"];
+    assert_eq!(identity, super::doc::IDENTITY_PATTERN);
     // The push stream documents its lines; its protocol range is the one the server accepts.
     let push = op("/v1/push", "get");
     let line = &push["responses"]["200"]["content"]["application/x-ndjson"]["schema"]["$ref"];

@@ -168,7 +168,7 @@ mod tests {
             service: service.to_owned(),
             namespace: "default".to_owned(),
             address: format!("127.0.0.1:{port}").parse().unwrap(),
-            identity: Some(format!("spiffe://mesh/{service}")),
+            identity: Some(format!("spiffe://mesh/ns/default/sa/{service}")),
             labels: BTreeMap::new(),
             ttl_seconds: 30,
         }
@@ -205,7 +205,10 @@ mod tests {
         assert_eq!(addresses("users"), [9001, 9002]);
         assert_eq!(services["users"].ports[0].port, 80);
         assert_eq!(addresses("billing"), [9100]);
-        assert_eq!(services["billing"].endpoints[0].identity.as_deref(), Some("spiffe://mesh/billing"));
+        assert_eq!(
+            services["billing"].endpoints[0].identity.as_deref(),
+            Some("spiffe://mesh/ns/default/sa/billing")
+        );
     }
 
     /// The pushed documents as JSON, and a state holding `stored` as the one resource with a
