@@ -225,7 +225,9 @@ async fn over_mtls_a_denied_tcp_connection_ends_before_the_app_sees_it() {
     assert_eq!(read_before_end(local(other_port), b"").await, b"", "EOF before any byte");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(accepted.try_recv().is_err(), "the app was never connected to");
-    assert_eq!(read_before_end(local(web_port), b"ping").await, b"ping");
+    // A line that is no HTTP request line: detected as opaque at once (B's app port is not
+    // declared opaque, so B checks the bytes are not HTTP before they go to the app raw).
+    assert_eq!(read_before_end(local(web_port), b"ping\n").await, b"ping\n");
     assert!(accepted.try_recv().is_ok());
     let m = b.metrics().await;
     assert_eq!(sample(&m, "pilotfish_authz_denied_total", &[("service", "api"), ("policy", "default")]), 1.0);

@@ -398,3 +398,27 @@ async fn permissive_inbound_takes_mesh_mtls_and_plaintext_alike() {
     assert!(tls.contains(&"plaintext".to_owned()) && tls.contains(&"mtls".to_owned()), "{tls:?}");
     assert_eq!(sample(&b.metrics().await, "pilotfish_inbound_tls_refused_total", &[]), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_a_caller_sends_as_opaque_tcp_still_takes_the_callees_l7_path() {
+    // A caller that declares B's HTTP port `tcp` (by mistake, or to get past B's HTTP checks)
+    // must not reach B's app raw: B detects the HTTP, strips the claimed identity header and
+    // sets the verified one, as for any meshed request.
+    let pki = Pki::new("mesh");
+    let app = backend("api-app").await;
+    let b = callee(&pki, app.addr, "strict", "  authorization: {default: allow}\n");
+    let local = free_port();
+    let _a = caller(
+        &pki,
+        &b,
+        "api",
+        "api",
+        &format!("  ports: [{{port: 7000, protocol: tcp}}]\n  localPort: {local}\n"),
+    );
+    let spoof = format!("x-pilotfish-peer-identity: {TRUST_DOMAIN}/admin");
+    let r = curl(&["-H", &spoof, &format!("http://127.0.0.1:{local}/hello")]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = r.json();
+    assert_eq!(seen["backend"], "api-app");
+    assert_eq!(seen["headers"]["x-pilotfish-peer-identity"], format!("{TRUST_DOMAIN}/web"), "{seen}");
+}

@@ -13,6 +13,9 @@ use crate::names::check_service;
 use crate::store::AppendRequest;
 use pilotfish_api::wire::{JoinToken, TokenRequest};
 
+/// The longest a token's TTL may be: every expiry then stays a printable date.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl ControlPlane {
     pub async fn create_token(&self, actor: String, req: TokenRequest) -> Result<JoinToken> {
         let (service, namespace) = match (req.kind, req.service) {
@@ -30,6 +33,12 @@ impl ControlPlane {
                 ))
             }
         };
+        if req.ttl.is_some_and(|ttl| ttl.get() > MAX_TOKEN_TTL) {
+            return Err(Error::BadRequest(format!(
+                "a token's ttl is at most {} (10 years): leave it out for a token that does not expire",
+                humantime::format_duration(MAX_TOKEN_TTL)
+            )));
+        }
         // Rounded up to the second, so a token lives at least its TTL.
         let expires_at = req.ttl.map(|ttl| {
             let at = (SystemTime::now() + ttl.get()).duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -92,11 +92,18 @@ pub async fn read_hello<I: AsyncRead + Unpin>(
             found => return Ok((found, buf.freeze())),
         };
         // Exactly what the record still needs: a peer cannot make this buffer grow past it.
-        let missing = need.saturating_sub(buf.len()) as u64;
-        match tokio::time::timeout_at(deadline, (&mut *io).take(missing).read_buf(&mut buf)).await {
-            Err(_) | Ok(Ok(0)) => return Ok((Sniff::OtherTls, buf.freeze())),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(_)) => {}
+        // Sniffed again only once it is all here, so a peer trickling bytes costs one parse.
+        if buf.len() >= need {
+            // A hello larger than any sidecar sends: not one.
+            return Ok((Sniff::OtherTls, buf.freeze()));
+        }
+        while buf.len() < need {
+            let missing = (need - buf.len()) as u64;
+            match tokio::time::timeout_at(deadline, (&mut *io).take(missing).read_buf(&mut buf)).await {
+                Err(_) | Ok(Ok(0)) => return Ok((Sniff::OtherTls, buf.freeze())),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) => {}
+            }
         }
     }
 }

@@ -4,7 +4,9 @@
 //! - `pilotfish.io/h2`: HTTP/2 between the sidecars; each request reaches the app in the HTTP
 //!   version its caller's app spoke (see [`crate::http::orig_proto`]);
 //! - `pilotfish.io/tcp`: a transport header, then opaque bytes forwarded to the app, or raw
-//!   HTTP/1.1 (an upgrade such as WebSocket) served like any HTTP/1.1 connection.
+//!   HTTP/1.1 (an upgrade such as WebSocket) served like any HTTP/1.1 connection. Bytes the
+//!   caller calls opaque are detected like a plaintext connection's unless the port is declared
+//!   opaque: HTTP found there is served as HTTP, so no caller reaches the app past the L7 path.
 //!
 //! A handshake that fails is counted in `pilotfish_inbound_tls_refused_total` by reason.
 
@@ -16,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::accept::ConnSlot;
+use super::detect::{self, Detected};
 use super::outbound::serve_http;
 use crate::http::context::{Connection, HttpTarget};
 use crate::http::pool::Version;
@@ -67,19 +70,40 @@ pub async fn serve(
         };
     shared.metrics.mesh.opened_inbound.inc();
     let (mut stream, peer) = (established.stream, Arc::new(established.peer));
-    let version = match established.alpn {
-        MeshAlpn::Http2 => Version::Http2,
+    let (version, prefix) = match established.alpn {
+        MeshAlpn::Http2 => (Version::Http2, Bytes::new()),
         MeshAlpn::Tcp => match tokio::time::timeout_at(deadline, TransportHeader::read(&mut stream)).await {
-            Ok(Ok(TransportHeader { carried: Carried::Http1, port: 0 })) => Version::Http1,
+            Ok(Ok(TransportHeader { carried: Carried::Http1, port: 0 })) => (Version::Http1, Bytes::new()),
             Ok(Ok(TransportHeader { carried: Carried::Opaque, port: 0 })) => {
                 let Some(inbound) = &snap.inbound else { return };
-                // Authorization before a byte reaches the app: a denied connection is dropped here.
-                if !snap.authz.admit_connection(Some(&peer), client, target.port(), snap.sidecar.access_log) {
+                // Authorization before a byte reaches the app: a denied connection is dropped
+                // here, at once.
+                let access_log = snap.sidecar.access_log;
+                if !snap.authz.admit_connection(Some(&peer), client, target.port(), access_log) {
                     return;
                 }
-                let to = TcpTarget::Addr(target, &inbound.metrics, Some(&snap.name));
-                let origin = Origin { addr: client, prefix: Bytes::new(), peer: Some(&peer) };
-                return forward::forward(shared, snap, Direction::Inbound, stream, origin, to).await;
+                // What the caller calls opaque is then checked like a plaintext connection: HTTP
+                // to a port not declared opaque goes through the L7 path (authorization by path,
+                // the peer header stripped and set), never raw to the app.
+                let (found, prefix) = if inbound.spec.opaque_ports.contains(&target.port()) {
+                    (Detected::Opaque, Bytes::new())
+                } else {
+                    match detect::detect(&mut stream, snap.sidecar.timeouts.detect.get()).await {
+                        Ok(detected) => detected,
+                        Err(e) => {
+                            return tracing::debug!(%client, %peer, error = %e, "mesh TCP failed in detection")
+                        }
+                    }
+                };
+                match found {
+                    Detected::Http1 => (Version::Http1, prefix),
+                    Detected::Http2 => (Version::Http2, prefix),
+                    Detected::Tls | Detected::Opaque => {
+                        let to = TcpTarget::Addr(target, &inbound.metrics, Some(&snap.name));
+                        let origin = Origin { addr: client, prefix, peer: Some(&peer) };
+                        return forward::forward(shared, snap, Direction::Inbound, stream, origin, to).await;
+                    }
+                }
             }
             // A port other than the one the connection reached would let a peer pick any
             // port of the app's host (the sidecar's own admin port among them): not taken.
@@ -99,5 +123,5 @@ pub async fn serve(
         slot,
         peer: Some(peer),
     };
-    serve_http(conn, stream, Bytes::new(), snap).await;
+    serve_http(conn, stream, prefix, snap).await;
 }

@@ -66,6 +66,9 @@ async fn connect_to_service(
         tried.push(endpoint.addr);
         let guard = endpoint.guard.as_ref().expect("outbound endpoints have guards");
         let Some(attempt) = guard.admit(now) else { continue };
+        // A dial that failed for this sidecar's own reason (no identity yet) is not the
+        // endpoint's fault: it is not counted against it.
+        let mut blamed = true;
         let connected = match endpoint.conns.identity() {
             None => transport::connect(endpoint.addr, timeout).await.map(Either::Left),
             Some(expected) => {
@@ -81,6 +84,7 @@ async fn connect_to_service(
                         if e.is_identity_mismatch() {
                             svc.identity_mismatch.inc();
                         }
+                        blamed = e.blames_endpoint();
                         Err(std::io::Error::other(e))
                     }
                 }
@@ -88,7 +92,9 @@ async fn connect_to_service(
         };
         let outcome = if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailure };
         let done = Instant::now();
-        guard.settle(attempt, outcome, done - now, &svc.policy.failure_on, done);
+        if blamed {
+            guard.settle(attempt, outcome, done - now, &svc.policy.failure_on, done);
+        }
         match connected {
             Ok(stream) => return Ok(stream),
             Err(e) => last = Some(e),
