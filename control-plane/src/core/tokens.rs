@@ -13,8 +13,8 @@ use crate::names::check_service;
 use crate::store::AppendRequest;
 use pilotfish_api::wire::{JoinToken, TokenRequest};
 
-/// The longest a token's TTL may be: every expiry then stays a printable date.
-const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 writes: the latest a token can expire.
+const LAST_EXPIRY: u64 = 253_402_300_799;
 
 impl ControlPlane {
     pub async fn create_token(&self, actor: String, req: TokenRequest) -> Result<JoinToken> {
@@ -33,16 +33,12 @@ impl ControlPlane {
                 ))
             }
         };
-        if req.ttl.is_some_and(|ttl| ttl.get() > MAX_TOKEN_TTL) {
-            return Err(Error::BadRequest(format!(
-                "a token's ttl is at most {} (10 years): leave it out for a token that does not expire",
-                humantime::format_duration(MAX_TOKEN_TTL)
-            )));
-        }
-        // Rounded up to the second, so a token lives at least its TTL.
+        // Rounded up to the second, so a token lives at least its TTL; one reaching past the
+        // last second an RFC 3339 date can name ends then (no arithmetic can overflow).
         let expires_at = req.ttl.map(|ttl| {
-            let at = (SystemTime::now() + ttl.get()).duration_since(UNIX_EPOCH).unwrap_or_default();
-            at.as_secs() + u64::from(at.subsec_nanos() > 0)
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let at = now.saturating_add(ttl.get());
+            at.as_secs().saturating_add(u64::from(at.subsec_nanos() > 0)).min(LAST_EXPIRY)
         });
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());

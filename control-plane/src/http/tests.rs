@@ -556,3 +556,17 @@ async fn an_expired_token_is_refused_like_a_wrong_one() {
     );
     assert_eq!(call(&cp, "GET", "/v1/resources", Some("reader.s3cret"), "").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_token_ttl_of_a_decade_is_taken() {
+    let (_dir, _store, cp) = empty().await;
+    for ttl in ["2966s89314h", "99999h"] {
+        let body = format!(r#"{{"kind": "readOnly", "ttl": "{ttl}"}}"#);
+        let (status, _, created) = call(&cp, "POST", "/v1/tokens", Some(ADMIN), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let at = created["expiresAt"].as_str().unwrap();
+        assert!(at > "2036" && at <= "9999-12-31T23:59:59Z", "{created}");
+        let reader = created["token"].as_str().unwrap();
+        assert_eq!(call(&cp, "GET", "/v1/events", Some(reader), "").await.0, StatusCode::OK);
+    }
+}
