@@ -92,18 +92,15 @@ b_pid=$!
 sidecar a
 a_pid=$!
 
+# One thread, keep-alive both ways: as the sidecars run.
+haproxy_preamble() {
+  printf '%s\n' global '  nbthread 1' '  maxconn 4096' defaults '  mode http' '  timeout connect 1s' \
+    '  timeout client 30s' '  timeout server 30s' '  option http-keep-alive'
+}
 # The HAProxy pair: HA1 (the caller's side) → HA2 (the callee's side) → nginx, once in
 # plaintext and once with mutual TLS 1.3 between the two.
-cat >"$work/haproxy1.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
+haproxy_preamble >"$work/haproxy1.cfg"
+cat >>"$work/haproxy1.cfg" <<CONF
 frontend plain
   bind 127.0.0.1:$ha1_plain
   default_backend to_ha2_plain
@@ -115,16 +112,8 @@ backend to_ha2_plain
 backend to_ha2_tls
   server ha2 127.0.0.1:$ha2_tls ssl crt $work/a.haproxy.pem ca-file $work/ca.pem verify required ssl-min-ver TLSv1.3
 CONF
-cat >"$work/haproxy2.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
+haproxy_preamble >"$work/haproxy2.cfg"
+cat >>"$work/haproxy2.cfg" <<CONF
 frontend plain
   bind 127.0.0.1:$ha2_plain
   default_backend nginx
