@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use http::header::{CONTENT_TYPE, HOST};
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use pilotfish_api::{Protocol, SpiffeId};
 
 use super::body::ProxyBody;
@@ -47,6 +47,9 @@ pub struct Connection {
     /// The peer's verified mesh identity: set on inbound connections that arrived over mesh
     /// mTLS, `None` for plaintext.
     pub peer: Option<Arc<SpiffeId>>,
+    /// `peer` as the app reads it in `x-pilotfish-peer-identity`, made once per connection
+    /// (see [`super::inbound::peer_header`]) so no request allocates it.
+    pub peer_header: Option<HeaderValue>,
 }
 
 /// An access-log line waiting for its request to end (with when the request arrived).

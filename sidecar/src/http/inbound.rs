@@ -57,7 +57,7 @@ pub async fn to_app(
     let (parts, body) = req.into_parts();
     let mut out = Request::from_parts(parts, RequestBody::streaming(body));
     prepare(&mut out, downstream, endpoint, authority, upgrade, Some(cx.conn.client.ip()));
-    set_peer_identity(out.headers_mut(), peer);
+    set_peer_identity(out.headers_mut(), cx.conn.peer_header.as_ref());
     let connect = Connect {
         timeout: cx.snap.sidecar.timeouts.connect.get(),
         open: &inbound.connections,
@@ -72,14 +72,18 @@ pub async fn to_app(
     }
 }
 
-/// Replaces whatever the client sent as [`PEER_IDENTITY`] with `peer`'s SPIFFE ID (nothing for
-/// a plaintext caller). After the hop-by-hop fields are gone, so a client's `Connection` header
+/// The [`PEER_IDENTITY`] value of a connection from `peer`.
+pub fn peer_header(peer: &SpiffeId) -> HeaderValue {
+    HeaderValue::try_from(peer.to_string()).expect("a SPIFFE ID is a valid header value")
+}
+
+/// Replaces whatever the client sent as [`PEER_IDENTITY`] with the peer's (nothing for a
+/// plaintext caller). After the hop-by-hop fields are gone, so a client's `Connection` header
 /// cannot name it away.
-fn set_peer_identity(headers: &mut HeaderMap, peer: Option<&SpiffeId>) {
+fn set_peer_identity(headers: &mut HeaderMap, peer: Option<&HeaderValue>) {
     headers.remove(PEER_IDENTITY);
-    if let Some(id) = peer {
-        let value = HeaderValue::try_from(id.to_string()).expect("a SPIFFE ID is a valid header value");
-        headers.insert(PEER_IDENTITY, value);
+    if let Some(value) = peer {
+        headers.insert(PEER_IDENTITY, value.clone());
     }
 }
 

@@ -103,6 +103,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         downstream: version,
         slot,
         peer: None,
+        peer_header: None,
     };
     serve_http(conn, stream, prefix, &snap).await;
 }

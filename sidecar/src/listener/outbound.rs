@@ -132,6 +132,7 @@ pub async fn handle(
         downstream: version,
         slot,
         peer: None,
+        peer_header: None,
     };
     serve_http(conn, stream, prefix, &snap).await;
 }

@@ -21,6 +21,7 @@ use super::accept::ConnSlot;
 use super::detect::{self, Detected};
 use super::outbound::serve_http;
 use crate::http::context::{Connection, HttpTarget};
+use crate::http::inbound::peer_header;
 use crate::http::pool::Version;
 use crate::identity::Identity;
 use crate::snapshot::Snapshot;
@@ -121,6 +122,7 @@ pub async fn serve(
         target: HttpTarget::App(app),
         downstream: version,
         slot,
+        peer_header: Some(peer_header(&peer)),
         peer: Some(peer),
     };
     serve_http(conn, stream, prefix, snap).await;

@@ -16,7 +16,7 @@ use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::PEER_IDENTITY;
+use super::{peer_header, PEER_IDENTITY};
 use crate::http::context::{Connection, HttpTarget};
 use crate::http::pool::Version;
 use crate::http::proxy::Proxy;
@@ -91,6 +91,7 @@ impl Inbound {
                     target: HttpTarget::App(None),
                     downstream: Version::Http1,
                     slot: Arc::new(ConnSlot::new(permit, IntGauge::new("open", "open").unwrap())),
+                    peer_header: peer.as_deref().map(peer_header),
                     peer: peer.clone(),
                 };
                 let spec = serving.snapshot.load().sidecar.clone();

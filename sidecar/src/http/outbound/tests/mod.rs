@@ -31,6 +31,7 @@ fn connection(yaml: &str, target: HttpTarget) -> Connection {
         downstream: Version::Http1,
         slot: Arc::new(ConnSlot::new(permit, gauge)),
         peer: None,
+        peer_header: None,
     }
 }
 
