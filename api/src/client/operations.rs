@@ -11,7 +11,7 @@ use crate::wire::{
     Ack, AckQuery, ApplyResult, CaStatus, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff,
     DiffQuery, EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery,
     ProxyList, PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest,
-    RollbackResult, TokenRequest,
+    RollbackResult, RotateRequest, TokenRequest,
 };
 
 /// What an apply asks of the store besides the documents.
@@ -109,6 +109,11 @@ impl Client {
     /// `GET /v1/ca`: the trust domain, the leaves' lifetime, the roots and the issuer's expiry.
     pub async fn ca_status(&self) -> Result<CaStatus, ClientError> {
         self.json(Call::new(Method::GET, "/v1/ca".into())).await
+    }
+
+    /// `POST /v1/ca/rotate`: starts a root rotation; the CA's status as it begins.
+    pub async fn ca_rotate(&self, req: &RotateRequest) -> Result<CaStatus, ClientError> {
+        self.json(Call::new(Method::POST, "/v1/ca/rotate".into()).json(req)).await
     }
 
     /// `GET /v1/ca/bundle`: the PEM certificates of every root the mesh trusts.

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::protocol::{unversioned, Versioned, PROTOCOL_VERSION};
 use crate::authz::MeshDefault;
 use crate::identity::SpiffeId;
+use crate::Duration;
 
 /// `POST /v1/ca/certify` body: a CSR for a key the sidecar made and keeps. The CA takes only
 /// the CSR's public key (after checking its signature); the identity comes from the caller's
@@ -66,6 +67,9 @@ pub struct CaStatus {
     /// When the issuer that signs the leaves expires, RFC 3339 (UTC).
     #[schema(example = "2027-01-02T03:04:05Z")]
     pub issuer_not_after: String,
+    /// The root rotation under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<CaRotation>,
 }
 
 /// A root of the trust bundle.
@@ -78,6 +82,70 @@ pub struct CaRoot {
     /// When it expires, RFC 3339 (UTC).
     #[schema(example = "2036-01-02T03:04:05Z")]
     pub not_after: String,
+    /// Whether the issuer signing new leaves chains to this root.
+    #[serde(default)]
+    pub active: bool,
+}
+
+/// Where a root rotation stands. It moves through three phases, each an event in the log:
+/// the new root is added to the bundle (`CaRootAdded`) and the control plane waits until every
+/// connected sidecar acknowledged a configuration that trusts it; the new issuer signs from then
+/// on (`CaIssuerActivated`) and sidecars renew at once (`renewBefore`); once every connected
+/// sidecar holds a certificate under the new root and the overlap has passed, the old roots
+/// leave the bundle (`CaRootRetired`) and the rotation is over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotation {
+    pub phase: RotationPhase,
+    /// SHA-256 of the new root's DER, lowercase hex.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub new_root: String,
+    /// The roots it replaces (retired at the end).
+    pub old_roots: Vec<String>,
+    /// How long both roots stay trusted once every sidecar renewed.
+    pub overlap_seconds: u64,
+    /// When the rotation started, RFC 3339 (UTC).
+    pub started_at: String,
+    /// When the current phase began, RFC 3339 (UTC).
+    pub phase_since: String,
+    /// What the rotation waits for before its next phase, in words.
+    pub waiting_for: String,
+}
+
+/// A root rotation's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RotationPhase {
+    /// The new root is in the bundle; sidecars are being told to trust it.
+    Distributing,
+    /// The new issuer signs; sidecars are renewing under it, then the overlap runs.
+    Renewing,
+}
+
+/// `POST /v1/ca/rotate` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateRequest {
+    /// How long both roots stay trusted after every connected sidecar renewed under the new
+    /// one (e.g. `10m`; default 1m), for sidecars that were disconnected meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<Duration>,
+}
+
+/// What a sidecar reports of the certificate it holds (with every ACK, and again after each
+/// renewal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateReport {
+    /// The SPIFFE ID in its leaf.
+    pub identity: String,
+    /// When the leaf expires, RFC 3339 (UTC).
+    #[schema(example = "2026-01-02T03:04:05Z")]
+    pub not_after: String,
+    /// SHA-256 (lowercase hex) of the bundle root its chain verifies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub root: Option<String>,
 }
 
 #[cfg(test)]
@@ -110,10 +178,28 @@ mod tests {
             "trustDomain": "pilotfish.local",
             "certTtlSeconds": 86400,
             "authzDefault": "authenticated",
-            "roots": [{ "fingerprint": "ab".repeat(32), "notAfter": "2036-01-02T03:04:05Z" }],
+            "roots": [{ "fingerprint": "ab".repeat(32), "notAfter": "2036-01-02T03:04:05Z", "active": true }],
             "issuerNotAfter": "2027-01-02T03:04:05Z",
         }));
         assert_eq!((status.authz_default, status.roots.len()), (MeshDefault::Authenticated, 1));
+        let rotating = round_trip::<CaStatus>(json!({
+            "trustDomain": "pilotfish.local",
+            "certTtlSeconds": 86400,
+            "authzDefault": "authenticated",
+            "roots": [
+                { "fingerprint": "ab".repeat(32), "notAfter": "2036-01-02T03:04:05Z", "active": false },
+                { "fingerprint": "cd".repeat(32), "notAfter": "2036-06-02T03:04:05Z", "active": true },
+            ],
+            "issuerNotAfter": "2027-01-02T03:04:05Z",
+            "rotation": {
+                "phase": "renewing", "newRoot": "cd".repeat(32), "oldRoots": ["ab".repeat(32)],
+                "overlapSeconds": 60, "startedAt": "2026-12-02T03:04:05Z",
+                "phaseSince": "2026-12-02T03:04:06Z", "waitingFor": "2 of 3 sidecars to renew",
+            },
+        }));
+        assert_eq!(rotating.rotation.map(|r| r.phase), Some(RotationPhase::Renewing));
+        let rotate: RotateRequest = serde_json::from_value(json!({ "overlap": "10m" })).unwrap();
+        assert_eq!(rotate.overlap.map(std::time::Duration::from), Some(std::time::Duration::from_secs(600)));
     }
 
     #[test]

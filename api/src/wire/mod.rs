@@ -47,7 +47,10 @@ pub mod tokens;
 
 pub use error::ErrorBody;
 pub use history::{Change, Diff, DiffQuery, Event, EventPage, EventsQuery, RollbackRequest, RollbackResult};
-pub use identity::{CaRoot, CaStatus, CertifyRequest, CertifyResponse};
+pub use identity::{
+    CaRoot, CaRotation, CaStatus, CertificateReport, CertifyRequest, CertifyResponse, RotateRequest,
+    RotationPhase,
+};
 pub use protocol::{
     UnsupportedProtocol, Versioned, DEFAULT_NAMESPACE, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS,
     UNVERSIONED_PROTOCOL,

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::identity::CertificateReport;
+
 /// One sidecar in `GET /v1/proxies`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +28,13 @@ pub struct ProxyStatus {
     pub current: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<Nack>,
+    /// The mesh certificate it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateReport>,
+    /// Why its certificate needs attention: near expiry (not renewing), expired, or not under
+    /// the root the CA issues from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_warning: Option<String>,
 }
 
 /// A version a sidecar refused, and why.

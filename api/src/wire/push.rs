@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::identity::CertificateReport;
 use crate::authz::MeshDefault;
 
 use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSION, UNVERSIONED_PROTOCOL};
@@ -88,17 +89,26 @@ pub struct Ack {
     /// Why the version was refused (a NACK); `null` or absent: an ACK.
     #[serde(default)]
     pub error: Option<String>,
+    /// The mesh certificate the sidecar holds now (absent: none, or a sidecar that predates
+    /// the report). A sidecar ACKs its current version again after every renewal to report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateReport>,
 }
 
 impl Ack {
     /// The version was swapped in.
     pub fn accepted(version: u64) -> Self {
-        Self { protocol: PROTOCOL_VERSION, version, error: None }
+        Self { protocol: PROTOCOL_VERSION, version, error: None, certificate: None }
     }
 
     /// The version was refused; the sidecar keeps its last good one.
     pub fn refused(version: u64, error: String) -> Self {
-        Self { protocol: PROTOCOL_VERSION, version, error: Some(error) }
+        Self { protocol: PROTOCOL_VERSION, version, error: Some(error), certificate: None }
+    }
+
+    /// With the certificate the sidecar holds.
+    pub fn with_certificate(self, certificate: Option<CertificateReport>) -> Self {
+        Self { certificate, ..self }
     }
 }
 

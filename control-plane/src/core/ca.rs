@@ -61,9 +61,10 @@ impl ControlPlane {
                 .ca
                 .roots()
                 .into_iter()
-                .map(|r| CaRoot { fingerprint: r.fingerprint, not_after: rfc3339(r.not_after) })
+                .map(|r| CaRoot { fingerprint: r.fingerprint, not_after: rfc3339(r.not_after), active: true })
                 .collect(),
             issuer_not_after: rfc3339(self.ca.issuer_not_after()),
+            rotation: None,
         }
     }
 

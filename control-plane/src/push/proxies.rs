@@ -119,6 +119,8 @@ impl Proxies {
             acked_version: resume,
             current: false,
             last_nack: None,
+            certificate: None,
+            certificate_warning: None,
         };
         let previous = by_key.insert(key.clone(), Proxy { status, gone_since: None, generation });
         // A reconnecting sidecar keeps what it had acknowledged.
