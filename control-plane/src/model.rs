@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use pilotfish_api::wire::{Change, EndpointRecord, TokenKind};
+pub use pilotfish_api::wire::{Change, EndpointRecord, RotationPhase, TokenKind};
 
 use crate::store::{AppendRequest, Event, StoreError};
 
@@ -19,7 +19,13 @@ pub mod kind {
     pub const ENDPOINT_DEREGISTERED: &str = "EndpointDeregistered";
     pub const ENDPOINT_EXPIRED: &str = "EndpointExpired";
     pub const TOKEN_CREATED: &str = "TokenCreated";
+    pub const CA_ROOT_ADDED: &str = "CaRootAdded";
+    pub const CA_ISSUER_ACTIVATED: &str = "CaIssuerActivated";
+    pub const CA_ROOT_RETIRED: &str = "CaRootRetired";
 }
+
+/// The aggregate of the mesh CA's rotation events.
+pub const CA_AGGREGATE: &str = "CertificateAuthority/mesh";
 
 /// The aggregate a resource's events belong to: `Kind/namespace/name`.
 pub fn resource_aggregate(kind: &str, namespace: &str, name: &str) -> String {
@@ -44,6 +50,121 @@ pub struct State {
     /// Per-service join tokens, by token id (only a hash of each secret is kept).
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// What root rotations did to the mesh CA.
+    #[serde(default)]
+    pub ca: CaLog,
+}
+
+/// The mesh CA as the log knows it: the roots rotations added and retired, the issuer in force
+/// and the rotation under way. Only certificates and fingerprints, never a key: the keys stay
+/// with the CA (its directory, or sealed in etcd). A log without rotations leaves this empty and
+/// the CA opened at start trusted and issuing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaLog {
+    /// The aggregate's version (rotation events expect it, so of replicas driving one rotation
+    /// each phase is written once).
+    pub version: u64,
+    /// Roots rotations added, in order.
+    pub added: Vec<AddedRoot>,
+    /// Fingerprints of retired roots (the CA opened at start's too, once rotated away).
+    pub retired: Vec<String>,
+    /// The root whose issuer signs; none: the CA opened at start's.
+    pub active: Option<String>,
+    /// Sidecars whose certificate arrived before this (RFC 3339) renew it.
+    pub renew_before: Option<String>,
+    pub rotation: Option<Rotation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddedRoot {
+    pub fingerprint: String,
+    pub root_pem: String,
+}
+
+/// A rotation under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    pub new_root: String,
+    pub old_roots: Vec<String>,
+    pub overlap_seconds: u64,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub phase: RotationPhase,
+    /// Unix seconds.
+    pub phase_since: u64,
+    /// The seq of the event that began the phase: sidecars that acknowledged it hold its bundle.
+    pub phase_seq: u64,
+}
+
+/// `CaRootAdded`: a rotation begins; its new root joins the trust bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootAdded {
+    pub fingerprint: String,
+    pub root_pem: String,
+    pub old_roots: Vec<String>,
+    pub overlap_seconds: u64,
+    pub at: u64,
+}
+
+/// `CaIssuerActivated`: the issuer under `fingerprint` signs from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerActivated {
+    pub fingerprint: String,
+    /// RFC 3339.
+    pub renew_before: String,
+    pub at: u64,
+}
+
+/// `CaRootRetired`: these roots leave the trust bundle; the rotation is over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootsRetired {
+    pub fingerprints: Vec<String>,
+    pub at: u64,
+}
+
+impl CaLog {
+    fn apply(&mut self, event: &Event) -> Result<(), String> {
+        let data = |e: serde_json::Error| e.to_string();
+        match event.kind.as_str() {
+            kind::CA_ROOT_ADDED => {
+                let added: RootAdded = serde_json::from_value(event.data.clone()).map_err(data)?;
+                self.rotation = Some(Rotation {
+                    new_root: added.fingerprint.clone(),
+                    old_roots: added.old_roots,
+                    overlap_seconds: added.overlap_seconds,
+                    started_at: added.at,
+                    phase: RotationPhase::Distributing,
+                    phase_since: added.at,
+                    phase_seq: event.seq,
+                });
+                self.added.push(AddedRoot { fingerprint: added.fingerprint, root_pem: added.root_pem });
+            }
+            kind::CA_ISSUER_ACTIVATED => {
+                let activated: IssuerActivated = serde_json::from_value(event.data.clone()).map_err(data)?;
+                if let Some(rotation) = &mut self.rotation {
+                    rotation.phase = RotationPhase::Renewing;
+                    rotation.phase_since = activated.at;
+                    rotation.phase_seq = event.seq;
+                }
+                self.active = Some(activated.fingerprint);
+                self.renew_before = Some(activated.renew_before);
+            }
+            kind::CA_ROOT_RETIRED => {
+                let retired: RootsRetired = serde_json::from_value(event.data.clone()).map_err(data)?;
+                self.retired.extend(retired.fingerprints);
+                self.rotation = None;
+            }
+            other => return Err(format!("unknown event kind {other:?}")),
+        }
+        self.version = event.version;
+        Ok(())
+    }
 }
 
 /// A token: a join token lets one service's sidecars receive configuration, register
@@ -119,6 +240,9 @@ impl State {
             kind::ENDPOINT_DEREGISTERED | kind::ENDPOINT_EXPIRED => {
                 let id = event.aggregate.strip_prefix("Endpoint/").unwrap_or(&event.aggregate);
                 self.endpoints.remove(id);
+            }
+            kind::CA_ROOT_ADDED | kind::CA_ISSUER_ACTIVATED | kind::CA_ROOT_RETIRED => {
+                self.ca.apply(event).map_err(corrupt)?;
             }
             other => return Err(corrupt(format!("unknown event kind {other:?}"))),
         }

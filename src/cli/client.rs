@@ -297,20 +297,43 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 Output::Yaml => print_sorted(&out.items, true)?,
                 Output::Table => {
                     println!("current version: {}", out.version);
-                    let mut table =
-                        Table::new(&["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"]);
+                    let mut table = Table::new(&[
+                        "ID",
+                        "SERVICE",
+                        "CONNECTED",
+                        "ACKED",
+                        "CURRENT",
+                        "CERT EXPIRES",
+                        "ROOT",
+                        "LAST NACK",
+                    ]);
+                    let mut warnings = Vec::new();
                     for p in out.items {
                         let nack = p.last_nack.map(|n| format!("v{}: {}", n.version, n.error));
+                        let cert = p.certificate.as_ref();
+                        let root =
+                            cert.and_then(|c| c.root.as_deref()).map(|r| r[..r.len().min(16)].to_owned());
+                        if let Some(warning) = p.certificate_warning {
+                            warnings.push(format!(
+                                "warning: {} ({}.{}): {warning}",
+                                p.id, p.service, p.namespace
+                            ));
+                        }
                         table.row([
                             p.id,
                             format!("{}.{}", p.service, p.namespace),
                             p.connected.to_string(),
                             p.acked_version.to_string(),
                             p.current.to_string(),
+                            cert.map(|c| c.not_after.clone()).unwrap_or_else(|| "-".into()),
+                            root.unwrap_or_else(|| "-".into()),
                             nack.unwrap_or_default(),
                         ]);
                     }
                     print!("{table}");
+                    for warning in warnings {
+                        eprintln!("{warning}");
+                    }
                 }
             }
         }

@@ -182,8 +182,9 @@ async fn serve(
     };
     let settings = settings(token);
     check_cert_ttl(&ca, settings.cert_ttl)?;
-    let served = transport(listen.addr, listen.insecure, &listen.tls_san, &ca)?;
     let cp = ControlPlane::open(store, settings, ca).await.context("loading the read model")?;
+    // The issuer in force, after any root rotation in the log, signs the serving certificate.
+    let served = transport(listen.addr, listen.insecure, &listen.tls_san, &cp.ca())?;
     let addr = listen.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

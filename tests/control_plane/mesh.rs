@@ -2,7 +2,7 @@
 //! get their identities from it with their own join tokens, and mutual TLS between them. What
 //! the app behind a sidecar learns of its caller, what a capture of the wire shows,
 //! authorization by identity, and what must hold over time under continuous load: short-lived
-//! leaf certificates renewed, and the CA down for 30 s, with no failed request.
+//! leaf certificates renewed, a root rotation, and the CA down for 30 s, with no failed request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -276,4 +276,81 @@ async fn traffic_continues_while_the_ca_is_down_and_renewal_resumes_after() {
     }
     load.stop_without_failures(200).await;
     drop(cp);
+}
+
+/// The roots `GET /v1/ca` lists, and which of them issues.
+async fn roots(cp: &ControlPlane) -> Vec<(String, bool)> {
+    let status = cp.client().ca_status().await.unwrap();
+    status.roots.into_iter().map(|r| (r.fingerprint, r.active)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_under_continuous_load_fails_no_request_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Day-long leaves: only the rotation makes the sidecars renew. Mesh connections live 1 s, so
+    // new handshakes keep proving each phase's certificates and bundles.
+    let mut cp = control_plane(dir.path(), &[]);
+    let (_app, greeter, client) = greeter_and_client(&cp, &["--mesh-max-age", "1s"]).await;
+    call_until(&client, "greeter", 200, &[]).await;
+    let old = roots(&cp).await;
+    assert_eq!(old.len(), 1);
+    let old_root = old[0].0.clone();
+    let renewed_before = [renewals(&greeter, "ok").await, renewals(&client, "ok").await];
+
+    let load = Load::start(&client, "greeter", 8);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rotate = ["ca", "rotate", "--overlap", "3s", "--wait"];
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::task::block_in_place(|| cp.cli_ok(&rotate))
+    })
+    .await
+    .expect("the rotation ends within a minute");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ok = load.stop_without_failures(200).await;
+
+    assert!(
+        out.contains("distributing the new root") && out.contains("renewing under the new root"),
+        "{out}"
+    );
+    let new = roots(&cp).await;
+    assert_eq!(new.len(), 1, "the old root is retired: {new:?}");
+    let (new_root, active) = &new[0];
+    assert!(*active && *new_root != old_root, "{new:?}");
+    assert!(
+        out.contains(&format!("rotation done: every sidecar trusts and presents root {new_root}")),
+        "{out}"
+    );
+    for (sidecar, before) in [(&greeter, renewed_before[0]), (&client, renewed_before[1])] {
+        let renewed = renewals(sidecar, "ok").await - before;
+        assert!(renewed >= 1.0, "the sidecar renewed under the new root: {}", sidecar.stderr());
+        let root = metric(sidecar, "pilotfish_identity_root_info", &[("fingerprint", new_root)]).await;
+        assert_eq!(root, 1.0, "the sidecar trusts the new root: {}", sidecar.stderr());
+    }
+    let proxies = cp.client().proxies().await.unwrap();
+    for p in proxies.items.iter().filter(|p| p.connected) {
+        let root = p.certificate.as_ref().and_then(|c| c.root.clone());
+        assert_eq!(
+            root.as_deref(),
+            Some(new_root.as_str()),
+            "{} reports its certificate under the new root",
+            p.id
+        );
+        assert_eq!(p.certificate_warning, None);
+    }
+    let log = cp.client().events(&Default::default()).await.unwrap().events;
+    let phases: Vec<_> = log.iter().filter(|e| e.kind.starts_with("Ca")).map(|e| e.kind.as_str()).collect();
+    assert_eq!(phases, ["CaRootAdded", "CaIssuerActivated", "CaRootRetired"]);
+    assert!(log.iter().all(|e| !e.data.to_string().contains("PRIVATE KEY")), "no key in the log");
+    println!("{ok} requests, 0 failed, across a root rotation");
+
+    // A restarted control plane resumes from the log: the new root alone, issuing.
+    let addr = cp.addr.to_string();
+    tokio::task::block_in_place(|| cp.kill());
+    let cp = tokio::task::block_in_place(|| ControlPlane::start_on(dir.path(), &addr));
+    assert_eq!(roots(&cp).await, new);
+    let conflict = tokio::task::block_in_place(|| cp.cli(&["ca", "rotate"]));
+    assert!(conflict.status.success(), "a second rotation may start once the first ended");
+    let again = tokio::task::block_in_place(|| cp.cli(&["ca", "rotate"]));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && stderr.contains("under way"), "one rotation at a time: {stderr}");
 }

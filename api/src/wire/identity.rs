@@ -138,14 +138,30 @@ pub struct RotateRequest {
 #[serde(rename_all = "camelCase")]
 pub struct CertificateReport {
     /// The SPIFFE ID in its leaf.
+    #[schema(max_length = 2048)]
     pub identity: String,
     /// When the leaf expires, RFC 3339 (UTC).
-    #[schema(example = "2026-01-02T03:04:05Z")]
+    #[schema(example = "2026-01-02T03:04:05Z", max_length = 64)]
     pub not_after: String,
     /// SHA-256 (lowercase hex) of the bundle root its chain verifies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub root: Option<String>,
+}
+
+impl CertificateReport {
+    /// Whether it keeps within what the schema says (the proxies view stores it as sent).
+    pub fn check(&self) -> Result<(), String> {
+        if self.identity.len() > 2048 || self.not_after.len() > 64 {
+            return Err("certificate: identity is at most 2048 bytes and notAfter at most 64".into());
+        }
+        match &self.root {
+            Some(root) if !super::is_fingerprint(root) => {
+                Err("certificate.root must be 64 lowercase hex digits (a SHA-256)".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::chain::{self, CheckedChain};
 use super::error::CaError;
+use super::keystore::Keystore;
 use super::{files, generate, params};
 use crate::core::sha256_hex;
 
@@ -23,6 +24,8 @@ pub struct Ca {
     /// DER; the first is the issuer's own root.
     pub(super) roots: Vec<Vec<u8>>,
     trust_bundle_pem: String,
+    /// Where a rotation keeps the CAs it makes.
+    pub(super) keystore: Keystore,
 }
 
 /// A leaf the CA issued, with what its holder needs to verify peers.
@@ -50,7 +53,8 @@ impl Ca {
                 })?
             }
         };
-        Ok(Self::from_chain(chain::check(&dir.display().to_string(), &stored.chain, &stored.key)?))
+        let keystore = Keystore::Dir(dir.to_owned());
+        Ok(Self::from_chain(chain::check(&dir.display().to_string(), &stored.chain, &stored.key)?, keystore))
     }
 
     /// A CA supplied by the operator (`--ca-cert/--ca-key`): `cert` holds the issuer's
@@ -58,16 +62,21 @@ impl Ca {
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, CaError> {
         let read = |path: &Path| std::fs::read(path).map_err(CaError::io(path));
         let origin = format!("{} and {}", cert.display(), key.display());
-        Self::from_pem(&origin, &read(cert)?, &read(key)?)
+        Self::from_pem(&origin, &read(cert)?, &read(key)?, Keystore::Supplied)
     }
 
     /// A CA from PEM: `chain` as in [`Ca::from_files`], `key` the issuer's; `origin` names where
     /// they came from in errors.
-    pub(super) fn from_pem(origin: &str, chain: &[u8], key: &[u8]) -> Result<Self, CaError> {
-        Ok(Self::from_chain(chain::check(origin, chain, key)?))
+    pub(super) fn from_pem(
+        origin: &str,
+        chain: &[u8],
+        key: &[u8],
+        keystore: Keystore,
+    ) -> Result<Self, CaError> {
+        Ok(Self::from_chain(chain::check(origin, chain, key)?, keystore))
     }
 
-    fn from_chain(chain: CheckedChain) -> Self {
+    pub(super) fn from_chain(chain: CheckedChain, keystore: Keystore) -> Self {
         let presented_pem = chain.presented().iter().map(|der| cert_pem(der)).collect();
         let roots = vec![chain.root().to_vec()];
         let trust_bundle_pem = roots.iter().map(|der| cert_pem(der)).collect();
@@ -77,7 +86,23 @@ impl Ca {
             roots,
             trust_bundle_pem,
             issuer: chain.issuer,
+            keystore,
         }
+    }
+
+    /// SHA-256 of the issuer's root, hex: the name a rotation knows this CA by.
+    pub fn fingerprint(&self) -> String {
+        sha256_hex(&self.roots[0])
+    }
+
+    /// The issuer's root, PEM.
+    pub fn root_pem(&self) -> String {
+        cert_pem(&self.roots[0])
+    }
+
+    /// Where rotations keep the CAs they make.
+    pub fn keystore(&self) -> &Keystore {
+        &self.keystore
     }
 
     /// Signs a leaf for `identity` with the public key of `csr_pem`, valid for `ttl` (never
@@ -147,7 +172,7 @@ impl From<Issued> for CertifyResponse {
     }
 }
 
-fn cert_pem(der: &[u8]) -> String {
+pub(super) fn cert_pem(der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
 }

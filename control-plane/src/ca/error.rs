@@ -30,6 +30,16 @@ pub enum CaError {
     Unseal(String),
     #[error("the mesh CA stored in etcd: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// An operator-supplied CA (`--ca-cert/--ca-key`) is the operator's to replace.
+    #[error(
+        "the CA was supplied with --ca-cert/--ca-key, so the control plane cannot make its next root: \
+         supply the new CA's files to every replica instead (or run without --ca-cert/--ca-key and let \
+         the control plane keep its own CA)"
+    )]
+    Supplied,
+    /// A CA a rotation made is not where it was stored.
+    #[error("the CA under root {fingerprint} is missing from {origin}")]
+    Missing { fingerprint: String, origin: String },
 }
 
 impl CaError {

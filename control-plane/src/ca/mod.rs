@@ -4,6 +4,9 @@
 //!
 //! # Layout
 //! - `authority`: [`Ca`] — open or load, [`Ca::issue`], the trust bundle and root fingerprints.
+//! - `mesh`: [`MeshCa`] — the CA at a point of the log: the roots root rotations added and
+//!   retired, and the issuer they activated.
+//! - `keystore`: where a rotation keeps the roots and issuers it makes (directory or etcd).
 //! - `params`: the root's, issuer's and leaf's certificate parameters (lifetimes, backdating,
 //!   constraints, key usages).
 //! - `chain`: checking supplied or stored certificates and key before they sign anything.
@@ -18,6 +21,8 @@ mod chain;
 mod error;
 mod files;
 mod generate;
+mod keystore;
+mod mesh;
 mod params;
 mod seal;
 mod serving;
@@ -29,5 +34,7 @@ mod tests;
 
 pub use authority::{Ca, Issued, Root};
 pub use error::CaError;
+pub use keystore::Keystore;
+pub use mesh::{MeshCa, TrustedRoot, View};
 pub use seal::{SealKey, MIN_SEAL_KEY};
 pub use serving::Serving;

@@ -21,6 +21,7 @@ const SALT_LEN: usize = 32;
 pub const MIN_SEAL_KEY: usize = 32;
 
 /// The operator's seal key (`--ca-seal-key`), shared by every replica.
+#[derive(Clone)]
 pub struct SealKey(Vec<u8>);
 
 impl SealKey {

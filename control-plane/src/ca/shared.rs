@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::authority::Ca;
 use super::error::CaError;
 use super::generate::{self, NewCa};
+use super::keystore::Keystore;
 use super::seal::{seal, unseal, SealKey, Sealed};
 use crate::store::Etcd;
 
@@ -38,18 +39,24 @@ impl Ca {
                 stored
             }
         };
-        let origin = format!("etcd key {}", store.shared_ca_key());
-        let stored: Stored = serde_json::from_slice(&stored).map_err(|e| CaError::Invalid {
-            origin: origin.clone(),
-            reason: format!("it is not a stored CA ({e})"),
-        })?;
-        let issuer_key = unseal(key, &stored.issuer_key, stored.issuer_pem.as_bytes())?;
-        Self::from_pem(&origin, (stored.issuer_pem + &stored.root_pem).as_bytes(), &issuer_key)
+        let keystore = Keystore::Etcd { store: store.clone(), key: key.clone() };
+        opened(&format!("etcd key {}", store.shared_ca_key()), &stored, keystore)
     }
 }
 
+/// The CA stored as `stored` (at `origin`), its issuer key unsealed with the keystore's key.
+pub(super) fn opened(origin: &str, stored: &[u8], keystore: Keystore) -> Result<Ca, CaError> {
+    let Keystore::Etcd { key, .. } = &keystore else { unreachable!("only etcd keeps sealed CAs") };
+    let stored: Stored = serde_json::from_slice(stored).map_err(|e| CaError::Invalid {
+        origin: origin.to_owned(),
+        reason: format!("it is not a stored CA ({e})"),
+    })?;
+    let issuer_key = unseal(key, &stored.issuer_key, stored.issuer_pem.as_bytes())?;
+    Ca::from_pem(origin, (stored.issuer_pem + &stored.root_pem).as_bytes(), &issuer_key, keystore)
+}
+
 /// `ca` as stored: JSON, its keys sealed under `key`.
-fn sealed(ca: &NewCa, key: &SealKey) -> Result<Vec<u8>, CaError> {
+pub(super) fn sealed(ca: &NewCa, key: &SealKey) -> Result<Vec<u8>, CaError> {
     let stored = Stored {
         root_key: seal(key, ca.root_key.as_bytes(), ca.root_cert.as_bytes())?,
         issuer_key: seal(key, ca.issuer_key.as_bytes(), ca.issuer_cert.as_bytes())?,
@@ -75,7 +82,7 @@ mod tests {
         let issuer_key = unseal(&key, &stored.issuer_key, stored.issuer_pem.as_bytes()).unwrap();
         assert_eq!(issuer_key, ca.issuer_key.as_bytes());
         let chain = stored.issuer_pem + &stored.root_pem;
-        let opened = Ca::from_pem("test", chain.as_bytes(), &issuer_key).unwrap();
+        let opened = Ca::from_pem("test", chain.as_bytes(), &issuer_key, Keystore::Supplied).unwrap();
         let root = pem::parse(&ca.root_cert).unwrap();
         assert_eq!(opened.root_fingerprints(), [crate::core::sha256_hex(root.contents())]);
     }

@@ -1,5 +1,6 @@
 //! The control plane's background work while it serves: following the log (other writers, e.g.
-//! another replica), expiring lapsed leases and forgetting long-gone proxies.
+//! another replica), expiring lapsed leases, forgetting long-gone proxies and moving a root
+//! rotation on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub async fn run(cp: Arc<ControlPlane>, stop: CancellationToken) {
             _ = tick.tick() => {
                 cp.expire_leases().await;
                 cp.proxies().forget_disconnected().await;
+                cp.drive_rotation().await;
             }
         }
     }

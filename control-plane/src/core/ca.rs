@@ -11,7 +11,7 @@ use super::ca_counters::Refusal;
 use super::error::{Error, Result};
 use super::identity::workload_identity;
 use super::plane::ControlPlane;
-use crate::ca::CaError;
+use crate::ca::{CaError, Issued};
 
 impl ControlPlane {
     /// The workload calling with `bearer`, as the identity its token gives: 401 without a valid
@@ -26,17 +26,23 @@ impl ControlPlane {
             .inspect_err(|_| self.ca_counters.count_refused(Refusal::NoIdentity))
     }
 
-    /// A leaf for `identity` (from [`ControlPlane::workload`]) with the key of the request's CSR.
-    pub fn certify(&self, identity: &SpiffeId, req: &CertifyRequest) -> Result<CertifyResponse> {
+    /// A leaf for `identity` (from [`ControlPlane::workload`]) with the key of the request's CSR,
+    /// signed by the issuer in force and answered with the bundle in force.
+    pub async fn certify(&self, identity: &SpiffeId, req: &CertifyRequest) -> Result<CertifyResponse> {
+        // Under the read model's lock, so the issuer is the one of the log's point it holds (a
+        // rotation's switch of issuer is followed under the write lock).
+        let _state = self.state.read().await;
+        let view = self.ca.view();
         let issued = req
             .check_protocol()
             .map_err(Error::from)
             .and_then(|()| {
-                self.ca.issue(&req.csr, identity, self.cert_ttl).map_err(|e| match e {
+                view.issuer.issue(&req.csr, identity, self.cert_ttl).map_err(|e| match e {
                     CaError::Csr(_) => Error::BadRequest(e.to_string()),
                     e => Error::Ca(e),
                 })
             })
+            .map(|issued| Issued { trust_bundle_pem: view.bundle_pem.clone(), ..issued })
             .inspect_err(|e| {
                 let reason = if matches!(e, Error::Ca(_)) { Refusal::CaError } else { Refusal::BadRequest };
                 self.ca_counters.count_refused(reason);
@@ -47,24 +53,28 @@ impl ControlPlane {
     }
 
     /// PEM of every root the mesh trusts now.
-    pub fn ca_bundle(&self) -> &str {
-        self.ca.trust_bundle_pem()
+    pub fn ca_bundle(&self) -> String {
+        self.ca.view().bundle_pem.clone()
     }
 
-    /// What the CA issues, and when its certificates expire.
-    pub fn ca_status(&self) -> CaStatus {
+    /// What the CA issues, when its certificates expire, and the rotation under way.
+    pub async fn ca_status(&self) -> CaStatus {
+        let view = self.ca.view();
         CaStatus {
             trust_domain: self.trust_domain.clone(),
             cert_ttl_seconds: self.cert_ttl.as_secs(),
             authz_default: self.authz_default,
-            roots: self
-                .ca
-                .roots()
-                .into_iter()
-                .map(|r| CaRoot { fingerprint: r.fingerprint, not_after: rfc3339(r.not_after), active: true })
+            roots: view
+                .roots
+                .iter()
+                .map(|r| CaRoot {
+                    fingerprint: r.fingerprint.clone(),
+                    not_after: rfc3339(r.not_after),
+                    active: r.active,
+                })
                 .collect(),
-            issuer_not_after: rfc3339(self.ca.issuer_not_after()),
-            rotation: None,
+            issuer_not_after: rfc3339(view.issuer.issuer_not_after()),
+            rotation: self.rotation_status().await,
         }
     }
 
@@ -95,6 +105,7 @@ impl ControlPlane {
             "gauge",
             "When each trusted root expires (Unix time), by the first 16 hex digits of its SHA-256",
             self.ca
+                .view()
                 .roots()
                 .into_iter()
                 .map(|r| (format!("{{root=\"{}\"}}", &r.fingerprint[..16]), unix(r.not_after)))
@@ -104,7 +115,7 @@ impl ControlPlane {
             "pilotfish_ca_issuer_expiry_timestamp_seconds",
             "gauge",
             "When the issuer signing workload certificates expires (Unix time)",
-            vec![(String::new(), unix(self.ca.issuer_not_after()))],
+            vec![(String::new(), unix(self.ca.view().issuer.issuer_not_after()))],
         );
         text
     }

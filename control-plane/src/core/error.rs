@@ -25,6 +25,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// The request conflicts with what is under way (e.g. a second root rotation).
+    #[error("{0}")]
+    Conflict(String),
     /// An `Idempotency-Key` sent again with a different request.
     #[error("this Idempotency-Key was first used for a different {0}: use a new key for a new request")]
     KeyReused(&'static str),

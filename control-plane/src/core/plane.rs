@@ -16,7 +16,7 @@ use pilotfish_api::wire::MeshSettings;
 use super::ca_counters::CaCounters;
 use super::caller::AdminToken;
 use super::leases::{Lease, Leases};
-use crate::ca::Ca;
+use crate::ca::{Ca, MeshCa};
 use crate::history::History;
 use crate::model::{endpoint_aggregate, State};
 use crate::push::{self, Proxies, SnapshotCache};
@@ -70,8 +70,11 @@ pub struct ControlPlane {
     pub(super) proxies: Proxies,
     /// The configuration at earlier points of the log (diff, rollback).
     pub(super) history: History,
-    /// The mesh CA; its keys never leave it.
-    pub(super) ca: Ca,
+    /// The mesh CA as the log has it (root rotations); its keys never leave it.
+    pub(super) ca: MeshCa,
+    /// The root the control plane's own serving certificate chains to (the issuer in force
+    /// when it started): what the join tokens it makes pin.
+    pub(super) serving_root: String,
     pub(super) trust_domain: String,
     pub(super) cert_ttl: Duration,
     pub(super) authz_default: MeshDefault,
@@ -98,6 +101,8 @@ impl ControlPlane {
             None => State::default(),
         };
         catch_up(&*store, &mut state).await?;
+        let ca = MeshCa::new(ca);
+        ca.follow(&state.ca).await;
         let now = Instant::now();
         let leases = Leases::default();
         {
@@ -118,10 +123,11 @@ impl ControlPlane {
             history: History::default(),
             snapshots: SnapshotCache::new(MeshSettings {
                 trust_domain: settings.trust_domain.clone(),
-                trust_bundle_pem: ca.trust_bundle_pem().to_owned(),
+                trust_bundle_pem: String::new(),
                 authz_default: settings.authz_default,
                 renew_before: None,
             }),
+            serving_root: ca.view().issuer.fingerprint(),
             ca,
             trust_domain: settings.trust_domain,
             cert_ttl: settings.cert_ttl,
@@ -143,13 +149,14 @@ impl ControlPlane {
         &self.proxies
     }
 
-    pub fn snapshots(&self) -> &SnapshotCache {
-        &self.snapshots
+    /// The mesh CA issuing now (e.g. to issue the control plane's own serving certificate).
+    pub fn ca(&self) -> Arc<Ca> {
+        self.ca.view().issuer.clone()
     }
 
-    /// The mesh CA (e.g. to issue the control plane's own serving certificate).
-    pub fn ca(&self) -> &Ca {
-        &self.ca
+    /// The push line of `state`, with the trust bundle and `renewBefore` of its point of the log.
+    pub fn snapshot_line(&self, state: &State) -> (u64, bytes::Bytes) {
+        self.snapshots.line(state, &self.ca.view().bundle_pem)
     }
 
     /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).
@@ -178,7 +185,13 @@ impl ControlPlane {
         }
         let mut state = self.state.write().await;
         let before = state.seq;
+        let ca_before = state.ca.version;
         catch_up(&*self.store, &mut state).await?;
+        // Under the write lock: no push line or certificate of the new point of the log goes
+        // out before the CA follows it.
+        if state.ca.version != ca_before {
+            self.ca.follow(&state.ca).await;
+        }
         if state.seq / SNAPSHOT_EVERY > before / SNAPSHOT_EVERY {
             let snapshot = serde_json::to_value(&*state).expect("the read model serializes");
             // A missed snapshot only makes the next start-up replay more of the log.

@@ -6,7 +6,9 @@ use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::names::namespace_or_default;
 use crate::push::ProxyKey;
-use pilotfish_api::wire::{Ack, AckQuery, ProxyList, PushQuery, Versioned};
+use std::time::{Duration, SystemTime};
+
+use pilotfish_api::wire::{Ack, AckQuery, CertificateReport, ProxyList, PushQuery, Versioned};
 
 /// A push stream the control plane accepted: which proxy, which of its connections, and the
 /// version the sidecar already has.
@@ -38,6 +40,9 @@ impl ControlPlane {
         ack: Ack,
     ) -> Result<()> {
         ack.check_protocol()?;
+        if let Some(certificate) = &ack.certificate {
+            certificate.check().map_err(Error::BadRequest)?;
+        }
         let (service, namespace) =
             match (service, caller) {
                 (Some(service), _) => (service, namespace_or_default(namespace)),
@@ -55,7 +60,7 @@ impl ControlPlane {
         if let Some(error) = &ack.error {
             tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
         }
-        if !self.proxies.acknowledged(&key, ack.version, ack.error).await {
+        if !self.proxies.acknowledged(&key, ack.version, ack.error, ack.certificate).await {
             return Err(Error::NotFound(format!("proxy {id} of {}.{}", key.service, key.namespace)));
         }
         Ok(())
@@ -64,7 +69,43 @@ impl ControlPlane {
     /// Every sidecar, the version it acknowledged, and whether that is the one in force.
     pub async fn proxy_list(&self) -> Result<ProxyList> {
         let head = self.refresh().await?;
-        let items = self.proxies.list(head).await;
+        let mut items = self.proxies.list(head).await;
+        let now = std::time::SystemTime::now();
+        let view = self.ca.view();
+        for item in items.iter_mut().filter(|p| p.connected) {
+            item.certificate_warning = item
+                .certificate
+                .as_ref()
+                .and_then(|c| certificate_warning(c, now, self.cert_ttl, |root| view.is_active(root)));
+        }
         Ok(ProxyList { version: head, items })
+    }
+}
+
+/// What needs attention in a connected sidecar's certificate: expired; within a fifth of the
+/// certificate lifetime of expiry (sidecars renew at 65-75%, so it is not renewing); or chaining
+/// to a root other than the one the CA issues under (a rotation waits for it).
+pub(super) fn certificate_warning(
+    cert: &CertificateReport,
+    now: SystemTime,
+    ttl: Duration,
+    active: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let Ok(not_after) = humantime::parse_rfc3339_weak(&cert.not_after) else {
+        return Some(format!("its certificate's expiry {:?} cannot be read", cert.not_after));
+    };
+    match not_after.duration_since(now) {
+        Err(_) => return Some(format!("its certificate expired at {}", cert.not_after)),
+        Ok(left) if left < ttl / 5 => {
+            return Some(format!("its certificate expires in {}s and was not renewed", left.as_secs()))
+        }
+        Ok(_) => {}
+    }
+    match &cert.root {
+        Some(root) if !active(root) => Some(format!(
+            "its certificate chains to root {}, not the one the CA issues under",
+            &root[..root.len().min(16)]
+        )),
+        _ => None,
     }
 }

@@ -60,7 +60,7 @@ impl ControlPlane {
         self.settle().await;
         let named = |s: String| (!s.is_empty()).then_some(s);
         // The root a new client verifies this control plane's certificate against.
-        let pin = &self.ca.root_fingerprints()[0];
+        let pin = &self.serving_root;
         Ok(JoinToken {
             token: format!("{id}.{secret}.{pin}"),
             service: named(service),

@@ -9,13 +9,19 @@ use pilotfish_api::SpiffeId;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, BadRequest, Forbidden, Internal, PayloadTooLarge, Unauthorized, Unavailable};
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, Internal, PayloadTooLarge, Unauthorized, Unavailable,
+};
 use super::extract::{bearer, Json, Reader, Shared};
 use crate::core::Caller;
-use pilotfish_api::wire::{CaStatus, CertifyRequest, CertifyResponse};
+use pilotfish_api::wire::{CaStatus, CertifyRequest, CertifyResponse, RotateRequest};
 
 pub fn routes() -> OpenApiRouter<Shared> {
-    OpenApiRouter::new().routes(routes!(certify)).routes(routes!(bundle)).routes(routes!(status))
+    OpenApiRouter::new()
+        .routes(routes!(certify))
+        .routes(routes!(bundle))
+        .routes(routes!(status))
+        .routes(routes!(rotate))
 }
 
 /// The caller as the workload its join token names, proven before the body is read (so refused
@@ -54,7 +60,7 @@ async fn certify(
     State(cp): State<Shared>,
     Json(req): Json<CertifyRequest>,
 ) -> Result<axum::Json<CertifyResponse>, ApiError> {
-    Ok(axum::Json(cp.certify(&identity, &req)?))
+    Ok(axum::Json(cp.certify(&identity, &req).await?))
 }
 
 /// The trust bundle: PEM certificates of every root the mesh trusts
@@ -70,7 +76,7 @@ async fn certify(
     security(("bearer" = [])),
 )]
 async fn bundle(_: Caller, State(cp): State<Shared>) -> impl IntoResponse {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], cp.ca_bundle().to_owned())
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], cp.ca_bundle())
 }
 
 /// The mesh CA: trust domain, certificate lifetime, roots and expiry
@@ -83,5 +89,37 @@ async fn bundle(_: Caller, State(cp): State<Shared>) -> impl IntoResponse {
     security(("bearer" = [])),
 )]
 async fn status(_: Reader, State(cp): State<Shared>) -> axum::Json<CaStatus> {
-    axum::Json(cp.ca_status())
+    axum::Json(cp.ca_status().await)
+}
+
+/// Rotate the mesh's root: a new root and issuer, with no failed request
+///
+/// Starts a rotation and answers at once (202) with the CA's status; the control plane then
+/// drives it through three phases, each an event in the log: the new root joins the trust
+/// bundle (`CaRootAdded`); once every connected sidecar acknowledged that bundle, the new issuer
+/// signs and sidecars renew at once (`CaIssuerActivated`); once every connected sidecar holds a
+/// certificate under the new root and `overlap` has passed since the switch, the old root leaves
+/// the bundle (`CaRootRetired`). `GET /v1/ca` shows the phase and what it waits for. 409 while a
+/// rotation is under way, or when the CA was supplied with `--ca-cert/--ca-key`.
+#[utoipa::path(
+    post, path = "/v1/ca/rotate", tag = "ca",
+    request_body = RotateRequest,
+    responses(
+        (status = 202, description = "The rotation started; the CA's status", body = CaStatus),
+        (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+async fn rotate(
+    caller: Caller,
+    State(cp): State<Shared>,
+    Json(req): Json<RotateRequest>,
+) -> Result<(StatusCode, axum::Json<CaStatus>), ApiError> {
+    Ok((StatusCode::ACCEPTED, axum::Json(cp.rotate(&caller, req).await?)))
 }

@@ -62,7 +62,7 @@ impl ApiError {
                 Error::Forbidden(_) => StatusCode::FORBIDDEN,
                 Error::NotFound(_) => StatusCode::NOT_FOUND,
                 Error::TooManyProxies(_) => StatusCode::TOO_MANY_REQUESTS,
-                Error::KeyReused(_) => StatusCode::CONFLICT,
+                Error::KeyReused(_) | Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
                 Error::Store(_) | Error::Ca(_) => StatusCode::INTERNAL_SERVER_ERROR,

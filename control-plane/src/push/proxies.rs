@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pilotfish_api::wire::{Nack, ProxyStatus};
+use pilotfish_api::wire::{CertificateReport, Nack, ProxyStatus};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -127,6 +127,7 @@ impl Proxies {
         if let (Some(old), Some(new)) = (previous, by_key.get_mut(key)) {
             new.status.acked_version = new.status.acked_version.max(old.status.acked_version);
             new.status.last_nack = old.status.last_nack;
+            new.status.certificate = old.status.certificate;
         }
         Ok(generation)
     }
@@ -148,13 +149,23 @@ impl Proxies {
         }
     }
 
-    /// Records an ACK (`error: None`) or a NACK; false if the proxy is unknown.
-    pub async fn acknowledged(&self, key: &ProxyKey, version: u64, error: Option<String>) -> bool {
+    /// Records an ACK (`error: None`) or a NACK, and the certificate it reports; false if the
+    /// proxy is unknown.
+    pub async fn acknowledged(
+        &self,
+        key: &ProxyKey,
+        version: u64,
+        error: Option<String>,
+        certificate: Option<CertificateReport>,
+    ) -> bool {
         let mut by_key = self.by_key.lock().await;
         let Some(p) = by_key.get_mut(key) else { return false };
         match error {
             None => p.status.acked_version = p.status.acked_version.max(version),
             Some(error) => p.status.last_nack = Some(Nack { version, error }),
+        }
+        if certificate.is_some() {
+            p.status.certificate = certificate;
         }
         true
     }
@@ -192,7 +203,7 @@ mod tests {
         let (real, claimed) = (key("users", "users.default-1"), key("evil", "users.default-1"));
         proxies.connected(&real, 0).await.unwrap();
         proxies.connected(&claimed, 0).await.unwrap();
-        assert!(proxies.acknowledged(&real, 7, None).await, "the real sidecar's ACK still lands");
+        assert!(proxies.acknowledged(&real, 7, None, None).await, "the real sidecar's ACK still lands");
         let all = proxies.list(0).await;
         assert_eq!(all.len(), 2);
         let users = all.iter().find(|p| p.service == "users").unwrap();

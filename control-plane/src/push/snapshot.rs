@@ -28,13 +28,19 @@ impl SnapshotCache {
         Self { mesh, line: Mutex::default() }
     }
 
-    /// The line for `state`: the cached one when it is of the same version, else built anew.
-    pub fn line(&self, state: &State) -> (u64, Bytes) {
+    /// The line for `state`, whose trust bundle is `bundle_pem`: the cached one when it is of
+    /// the same version (the bundle changes only with events), else built anew.
+    pub fn line(&self, state: &State, bundle_pem: &str) -> (u64, Bytes) {
         let mut cached = self.line.lock().expect("snapshot cache lock poisoned");
         match &*cached {
             Some((seq, line)) if *seq == state.seq => (*seq, line.clone()),
             _ => {
-                let line = snapshot_line(state, &self.mesh);
+                let mesh = MeshSettings {
+                    trust_bundle_pem: bundle_pem.to_owned(),
+                    renew_before: state.ca.renew_before.clone(),
+                    ..self.mesh.clone()
+                };
+                let line = snapshot_line(state, &mesh);
                 *cached = Some((state.seq, line.clone()));
                 (state.seq, line)
             }

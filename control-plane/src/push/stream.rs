@@ -31,7 +31,7 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
         let head = *heads.borrow_and_update();
         match cp.refresh_to(head).await {
             Ok(_) => {
-                let (version, line) = cp.snapshots().line(&*cp.state().read().await);
+                let (version, line) = cp.snapshot_line(&*cp.state().read().await);
                 if last_sent != Some(version) {
                     match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
                         Ok(Ok(())) => {}
