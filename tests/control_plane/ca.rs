@@ -12,6 +12,7 @@ use pilotfish_api::client::{Client, ClientError};
 use pilotfish_api::wire::{CertifyRequest, EndpointQuery, PushQuery, Registration, TokenRequest};
 
 use crate::ha::Etcd;
+use crate::managed::eventually;
 use crate::{ControlPlane, BIN, SEAL_KEY, TOKEN};
 
 /// What the CSR asks for: the admin's identity, which the CA must not give.
@@ -214,4 +215,35 @@ async fn replicas_on_etcd_with_one_seal_key_issue_under_one_root_and_one_without
     assert!(!out.status.success());
     assert!(stderr.contains("seal key the first one used"), "{stderr}");
     assert_ne!(wrong, SEAL_KEY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_on_one_etcd_replica_reaches_the_other_which_then_issues_under_the_new_root() {
+    let etcd = tokio::task::block_in_place(Etcd::start);
+    let a = tokio::task::block_in_place(|| ControlPlane::start_etcd(&etcd.url));
+    let b = tokio::task::block_in_place(|| ControlPlane::start_etcd(&etcd.url));
+    let old = roots(&a).await;
+    // No sidecar is connected: nothing to wait for but the overlap.
+    let out = tokio::task::block_in_place(|| a.cli_ok(&["ca", "rotate", "--overlap", "1s", "--wait"]));
+    assert!(out.contains("rotation done"), "{out}");
+    let new = roots(&a).await;
+    assert_eq!(new.len(), 1);
+    assert_ne!(new, old);
+    eventually("the other replica follows the log to the new root", async || {
+        (roots(&b).await == new).then_some(())
+    })
+    .await;
+
+    // The other replica signs with the new issuer, unsealed from etcd.
+    let dir = tempfile::tempdir().unwrap();
+    let csr = greedy_csr(dir.path());
+    let token = join_token(&a, "web").await;
+    std::fs::write(dir.path().join("bundle.pem"), b.client().ca_bundle().await.unwrap()).unwrap();
+    let issued = as_caller(&b, &token).certify(&CertifyRequest::new(csr)).await.unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), &issued.chain_pem).unwrap();
+    let (ok, out) =
+        openssl(dir.path(), &["verify", "-CAfile", "bundle.pem", "-untrusted", "leaf.pem", "leaf.pem"]);
+    assert!(ok, "the leaf chains to the new root: {out}");
+    let events = a.client().events(&Default::default()).await.unwrap().events;
+    assert!(events.iter().all(|e| !e.data.to_string().contains("PRIVATE")), "no key in the log");
 }

@@ -570,3 +570,74 @@ async fn a_token_ttl_of_a_decade_is_taken() {
         assert_eq!(call(&cp, "GET", "/v1/events", Some(reader), "").await.0, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn a_root_rotation_moves_through_its_phases_and_only_the_admin_starts_one() {
+    let (dir, store) = log_of(0).await;
+    let ca = crate::ca::Ca::open(&dir.path().join("ca")).unwrap();
+    let cp = ControlPlane::open(store, Settings::new(ADMIN.to_owned()), ca).await.unwrap();
+    let web = join_token(&cp, "web").await;
+    let (status, _, _) = call(&cp, "POST", "/v1/ca/rotate", Some(&web), "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a join token cannot rotate");
+    let (_, _, before) = call(&cp, "GET", "/v1/ca", Some(ADMIN), "").await;
+    let old = before["roots"][0]["fingerprint"].as_str().unwrap().to_owned();
+
+    let (status, _, started) = call(&cp, "POST", "/v1/ca/rotate", Some(ADMIN), r#"{"overlap": "0s"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["rotation"]["phase"], "distributing", "{started}");
+    let new = started["rotation"]["newRoot"].as_str().unwrap().to_owned();
+    let roots: Vec<_> = started["roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["fingerprint"].clone(), r["active"].clone()))
+        .collect();
+    assert_eq!(
+        roots,
+        [(json!(old), json!(true)), (json!(new), json!(false))],
+        "both trusted, the old one issuing"
+    );
+    let (_, line) = cp.snapshot_line(&*cp.state().read().await);
+    let pushed: pilotfish_api::wire::PushLine = serde_json::from_slice(&line).unwrap();
+    let mesh = pushed.mesh.unwrap();
+    assert_eq!(mesh.trust_bundle_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    assert_eq!(mesh.renew_before, None, "nobody renews before the new issuer signs");
+
+    let (status, _, again) = call(&cp, "POST", "/v1/ca/rotate", Some(ADMIN), "{}").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert!(again["error"].as_str().unwrap().contains("under way"), "{again}");
+
+    // No sidecar is connected: each phase moves on at the next tick.
+    cp.drive_rotation().await;
+    let (_, _, renewing) = call(&cp, "GET", "/v1/ca", Some(ADMIN), "").await;
+    assert_eq!(renewing["rotation"]["phase"], "renewing", "{renewing}");
+    assert_eq!(renewing["roots"][1]["active"], true, "the new root issues: {renewing}");
+    let (_, line) = cp.snapshot_line(&*cp.state().read().await);
+    let pushed: pilotfish_api::wire::PushLine = serde_json::from_slice(&line).unwrap();
+    assert!(pushed.mesh.unwrap().renew_before.is_some(), "sidecars are told to renew");
+
+    cp.drive_rotation().await;
+    let (_, _, done) = call(&cp, "GET", "/v1/ca", Some(ADMIN), "").await;
+    assert_eq!(done["rotation"], serde_json::Value::Null, "{done}");
+    assert_eq!(
+        done["roots"],
+        json!([{ "fingerprint": new, "notAfter": done["roots"][0]["notAfter"], "active": true }])
+    );
+    let (_, _, log) = call(&cp, "GET", "/v1/events", Some(ADMIN), "").await;
+    let kinds: Vec<_> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| k.starts_with("Ca"))
+        .collect();
+    assert_eq!(kinds, ["CaRootAdded", "CaIssuerActivated", "CaRootRetired"]);
+}
+
+#[tokio::test]
+async fn a_supplied_ca_is_not_rotated_by_the_control_plane() {
+    let (_dir, _store, cp) = empty().await;
+    let (status, _, out) = call(&cp, "POST", "/v1/ca/rotate", Some(ADMIN), "{}").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("--ca-cert/--ca-key"), "{out}");
+}
