@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use pilotfish_api::wire::{CaRoot, CaStatus, CertifyRequest, CertifyResponse, Versioned};
+use pilotfish_api::wire::{CaRoot, CaStatus, CertifyRequest, CertifyResponse, RotationPhase, Versioned};
 use pilotfish_api::SpiffeId;
 
 use super::ca_counters::Refusal;
@@ -78,8 +78,9 @@ impl ControlPlane {
         }
     }
 
-    /// The CA's metrics in the Prometheus text format.
-    pub(super) fn ca_metrics(&self) -> String {
+    /// The CA's metrics in the Prometheus text format; `rotation`: the phase of the rotation
+    /// under way.
+    pub(super) fn ca_metrics(&self, rotation: Option<RotationPhase>) -> String {
         let counters = &self.ca_counters;
         let mut text = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
@@ -116,6 +117,17 @@ impl ControlPlane {
             "gauge",
             "When the issuer signing workload certificates expires (Unix time)",
             vec![(String::new(), unix(self.ca.view().issuer.issuer_not_after()))],
+        );
+        let phase = match rotation {
+            None => 0,
+            Some(RotationPhase::Distributing) => 1,
+            Some(RotationPhase::Renewing) => 2,
+        };
+        family(
+            "pilotfish_ca_rotation_phase",
+            "gauge",
+            "The root rotation under way: 0 none, 1 distributing the new root, 2 renewing under it",
+            vec![(String::new(), phase)],
         );
         text
     }

@@ -25,9 +25,10 @@ impl ControlPlane {
 
     /// The metrics in the Prometheus text format.
     pub async fn metrics(&self) -> String {
-        let (seq, resources, endpoints) = {
+        let (seq, resources, endpoints, rotation) = {
             let state = self.state.read().await;
-            (state.seq, state.resources.len(), state.endpoints.len())
+            let rotation = state.ca.rotation.as_ref().map(|r| r.phase);
+            (state.seq, state.resources.len(), state.endpoints.len(), rotation)
         };
         let proxies = self.proxies.list(seq).await;
         let connected = proxies.iter().filter(|p| p.connected).count();
@@ -49,7 +50,7 @@ impl ControlPlane {
         ] {
             text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
         }
-        text.push_str(&self.ca_metrics());
+        text.push_str(&self.ca_metrics(rotation));
         text
     }
 }

@@ -603,6 +603,12 @@ async fn a_root_rotation_moves_through_its_phases_and_only_the_admin_starts_one(
     assert_eq!(mesh.trust_bundle_pem.matches("BEGIN CERTIFICATE").count(), 2);
     assert_eq!(mesh.renew_before, None, "nobody renews before the new issuer signs");
 
+    let metrics = send(&cp, "GET", "/metrics", None, "").await.into_body();
+    let metrics = http_body_util::BodyExt::collect(metrics).await.unwrap().to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("\npilotfish_ca_rotation_phase 1\n"), "{metrics}");
+    assert_eq!(metrics.matches("pilotfish_ca_root_expiry_timestamp_seconds{root=").count(), 2);
+
     let (status, _, again) = call(&cp, "POST", "/v1/ca/rotate", Some(ADMIN), "{}").await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
     assert!(again["error"].as_str().unwrap().contains("under way"), "{again}");
