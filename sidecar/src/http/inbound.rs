@@ -1,6 +1,6 @@
 //! The inbound request path: from another sidecar straight to the local app (the app's own
 //! port, or the port a redirected connection originally dialled) once authorization admits the
-//! call, the peer recorded in `x-forwarded-for` and `forwarded`, and its verified mesh identity
+//! call and the caller is within its `{peer: true}` rate limit, the peer recorded in `x-forwarded-for` and `forwarded`, and its verified mesh identity
 //! in `x-pilotfish-peer-identity` (never a value the client sent).
 
 use std::sync::Arc;
@@ -51,6 +51,11 @@ pub async fn to_app(
         let denial = cx.snap.authz.explain(decision, peer);
         tracing::debug!(client = %cx.conn.client, %denial, "inbound request denied");
         return cx.respond_local(ProxyError::Forbidden(denial.to_string()), &inbound.local, record);
+    }
+    if let Some(limit) = &inbound.rate_limit {
+        if let Err(refused) = limit.check(cx.conn.client.ip(), peer, &req) {
+            return cx.respond_local(ProxyError::RateLimited(refused), &inbound.local, record);
+        }
     }
     let upgrade = downstream == Version::Http1 && headers::wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -151,7 +151,17 @@ impl Snapshot {
             }
             _ => None,
         });
+        // A `{peer: true}` limit on the sidecar's own Service is also enforced here, on the way
+        // in, where the caller's identity is known (callers' sidecars only know their app).
+        let own_key = format!("{name}.{namespace}");
+        let inbound_limit =
+            attached.service_limits.get(&own_key).filter(|p| RateLimit::by_peer(p)).map(|p| {
+                previous
+                    .and_then(|old| old.inbound.as_ref()?.rate_limit.clone().filter(|l| l.spec == **p))
+                    .unwrap_or_else(|| Arc::new(RateLimit::new(p, metrics.ratelimited(&own_key, "inbound"))))
+            });
         let inbound = sidecar.inbound.clone().map(|spec| InboundRt {
+            rate_limit: inbound_limit,
             app: endpoints.endpoint(Direction::Inbound, &name, (spec.app, None), |_| None),
             mtls: InboundMtls::new(&spec.mtls, own_service, overrides.inbound_mtls),
             metrics: metrics.target(Direction::Inbound, &name),

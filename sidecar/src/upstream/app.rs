@@ -8,6 +8,7 @@ use pilotfish_api::mtls::{MtlsMode, MtlsSettings};
 use pilotfish_api::sidecar::InboundSpec;
 
 use super::endpoint::EndpointRt;
+use crate::resilience::ratelimit::policy::RateLimit;
 use crate::telemetry::metrics::{EndpointMetrics, TargetMetrics};
 
 pub struct InboundRt {
@@ -19,6 +20,9 @@ pub struct InboundRt {
     pub connections: Arc<AtomicUsize>,
     pub pending: AtomicUsize,
     pub mtls: InboundMtls,
+    /// The `{peer: true}` RateLimitPolicy on the sidecar's own Service: each caller's budget,
+    /// keyed by the identity mTLS verified (its address when plaintext).
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 /// The mesh mTLS mode of each app port, from the `Sidecar` document, the sidecar's own

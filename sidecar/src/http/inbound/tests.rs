@@ -64,44 +64,51 @@ fn allow(identity: &str) -> String {
     )
 }
 
-/// The inbound side of sidecar `users`: each connection accepted on `addr` is served as the
-/// inbound listener serves it, as if mTLS had verified `peer`.
+/// The inbound side of sidecar `users`: each connection accepted on `addrs[i]` is served as
+/// the inbound listener serves it, as if mTLS had verified the `i`th peer.
 struct Inbound {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
 }
 
 impl Inbound {
     async fn start(yaml: &str, peer: Option<&str>) -> Self {
+        Self::start_peers(yaml, &[peer]).await
+    }
+
+    async fn start_peers(yaml: &str, peers: &[Option<&str>]) -> Self {
         let metrics = Metrics::new();
         let snap = Snapshot::build("test.yaml", yaml, &Overrides::default(), None, &metrics).unwrap();
         let shared = Shared::new(snap, metrics);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let peer: Option<Arc<SpiffeId>> = peer.map(|p| Arc::new(p.parse().unwrap()));
-        let serving = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, client) = listener.accept().await.unwrap();
-                let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-                let conn = Connection {
-                    shared: serving.clone(),
-                    direction: Direction::Inbound,
-                    client,
-                    target: HttpTarget::App(None),
-                    downstream: Version::Http1,
-                    slot: Arc::new(ConnSlot::new(permit, IntGauge::new("open", "open").unwrap())),
-                    peer_header: peer.as_deref().map(peer_header),
-                    peer: peer.clone(),
-                };
-                let spec = serving.snapshot.load().sidecar.clone();
-                let shutdown = serving.shutdown.clone();
-                tokio::spawn(async move {
-                    server::serve(stream, Version::Http1, Proxy::new(conn), &spec, shutdown).await
-                });
-            }
-        });
-        Self { addr, shared }
+        let mut addrs = Vec::new();
+        for peer in peers {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let peer: Option<Arc<SpiffeId>> = peer.map(|p| Arc::new(p.parse().unwrap()));
+            let serving = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (stream, client) = listener.accept().await.unwrap();
+                    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+                    let conn = Connection {
+                        shared: serving.clone(),
+                        direction: Direction::Inbound,
+                        client,
+                        target: HttpTarget::App(None),
+                        downstream: Version::Http1,
+                        slot: Arc::new(ConnSlot::new(permit, IntGauge::new("open", "open").unwrap())),
+                        peer_header: peer.as_deref().map(peer_header),
+                        peer: peer.clone(),
+                    };
+                    let spec = serving.snapshot.load().sidecar.clone();
+                    let shutdown = serving.shutdown.clone();
+                    tokio::spawn(async move {
+                        server::serve(stream, Version::Http1, Proxy::new(conn), &spec, shutdown).await
+                    });
+                }
+            });
+        }
+        Self { addrs, shared }
     }
 
     /// Swaps in the configuration `yaml`, as a reload or a push does.
@@ -113,9 +120,14 @@ impl Inbound {
         self.shared.snapshot.store(Arc::new(snap));
     }
 
-    /// A client connection to it.
+    /// A client connection to it (as the first peer).
     async fn connect(&self) -> Client {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
+        self.connect_as(0).await
+    }
+
+    /// A client connection as the `i`th peer.
+    async fn connect_as(&self, i: usize) -> Client {
+        let stream = TcpStream::connect(self.addrs[i]).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         Client(sender)
@@ -250,4 +262,35 @@ async fn a_policy_change_applies_to_the_next_request_on_the_same_connection() {
     inbound.apply(&config(app, "", &allow(WEB)));
     assert_eq!(client.get().await.status, StatusCode::FORBIDDEN);
     assert_eq!(inbound.denied("default"), Some(2));
+}
+
+#[tokio::test]
+async fn a_peer_keyed_limit_on_the_own_service_budgets_each_calling_identity_on_the_way_in() {
+    let app = app().await;
+    let limit = "---\napiVersion: pilotfish.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: per-caller}\nspec: {targetRef: {kind: Service, name: users}, perMinute: 2, key: {peer: true}}\n";
+    let yaml = config(app, "  authorization: {default: allow}\n", limit);
+    // Two connections as `web`, one as another identity, one plaintext.
+    let inbound = Inbound::start_peers(&yaml, &[Some(WEB), Some(WEB), Some(OTHER), None]).await;
+    let (mut web, mut web_again) = (inbound.connect_as(0).await, inbound.connect_as(1).await);
+    assert_eq!(web.get().await.status, StatusCode::OK);
+    assert_eq!(web_again.get().await.status, StatusCode::OK);
+    let refused = web.get().await;
+    assert_eq!((refused.status, refused.error()), (StatusCode::TOO_MANY_REQUESTS, Some("rate-limited")));
+    assert!(refused.headers.contains_key("retry-after"), "{:?}", refused.headers);
+    assert_eq!(web_again.get().await.status, StatusCode::TOO_MANY_REQUESTS, "one budget per identity");
+    for i in [2, 3] {
+        let mut other = inbound.connect_as(i).await;
+        assert_eq!(other.get().await.status, StatusCode::OK, "caller {i} has a budget of its own");
+    }
+    let text = String::from_utf8(inbound.shared.metrics.encode()).unwrap();
+    assert!(
+        text.contains("pilotfish_ratelimited_total{route=\"inbound\",service=\"users.default\"} 2"),
+        "{text}"
+    );
+
+    // A limit keyed otherwise stays with the callers' sidecars.
+    inbound.apply(&yaml.replace("key: {peer: true}", "key: {header: x-api-key}"));
+    for _ in 0..3 {
+        assert_eq!(web.get().await.status, StatusCode::OK);
+    }
 }

@@ -10,14 +10,13 @@ use http::header::{HeaderValue, LOCATION};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri};
 use pilotfish_api::{Protocol, SpiffeId};
-use tokio::time::Instant;
 
 use crate::http::body::ProxyBody;
 use crate::http::context::{authority_of, HttpTarget, RequestContext};
 use crate::http::errors::ProxyError;
 use crate::resilience::limit::{Limit, OwnedClaim};
 use crate::resilience::ratelimit::limiter::Decision;
-use crate::resilience::ratelimit::policy::{LimitKey, RateLimit};
+use crate::resilience::ratelimit::policy::RateLimit;
 use crate::snapshot::route::{self, Redirect, Rewrite, Rule};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::EndpointMetrics;
@@ -147,42 +146,14 @@ fn service_for<'s>(
     }
 }
 
-/// Counts the request against `limit`, keyed as the policy says: its decision, or the refusal.
-/// `{peer: true}` keys by the caller's mesh identity (`peer`) when it has one, else by its
-/// address `client`.
+/// Counts the request against `limit` ([`RateLimit::check`]): its decision, or the refusal.
 fn check_rate<B>(
     limit: &RateLimit,
     client: IpAddr,
     peer: Option<&SpiffeId>,
     req: &Request<B>,
 ) -> Result<Decision, ProxyError> {
-    let (identity, address);
-    let key = match &limit.key {
-        LimitKey::Global => None,
-        LimitKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
-        // An identity is never 16 bytes long (it starts with `spiffe://`), so it cannot share a
-        // budget with an address.
-        LimitKey::Peer => match peer {
-            Some(id) => {
-                identity = id.to_string();
-                Some(identity.as_bytes())
-            }
-            None => {
-                // An IPv4 peer and the same address mapped into IPv6 are one peer.
-                address = match client {
-                    IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
-                    IpAddr::V6(ip) => ip.octets(),
-                };
-                Some(&address[..])
-            }
-        },
-    };
-    let decision = limit.limiter.check(key, Instant::now());
-    if decision.allowed {
-        return Ok(decision);
-    }
-    limit.refused.inc();
-    Err(ProxyError::RateLimited(decision))
+    limit.check(client, peer, req).map_err(ProxyError::RateLimited)
 }
 
 fn redirect_response<B>(
