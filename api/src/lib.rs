@@ -17,7 +17,8 @@
 //! - [`service`]: the `Service` kind — a service's ports and (in static mode) its endpoints.
 //! - [`route`]: the `HTTPRoute` kind (Gateway API v1 shape): matches, filters, weighted
 //!   backends, timeouts, retries.
-//! - [`identity`]: [`SpiffeId`], a workload's mesh identity, strictly parsed.
+//! - [`identity`]: [`SpiffeId`], a workload's mesh identity, strictly parsed; `certificate`
+//!   (feature `x509`): reading it from a certificate's URI SAN.
 //! - [`mtls`]: mesh mTLS modes of an inbound port (`strict`, `permissive`, `disabled`).
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
 //! - [`authz`]: the `AuthorizationPolicy` kind — which peers may call a service, attached by
@@ -38,6 +39,8 @@
 
 pub mod authz;
 pub mod bounds;
+#[cfg(feature = "x509")]
+pub mod certificate;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod document;

@@ -5,6 +5,7 @@
 //! lines would sit in the send buffer while the kernel retransmits for about 15 minutes, and the
 //! sidecar would stay "connected".
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{background, ControlPlane};
 use crate::http;
-use crate::tls::TlsListener;
+use crate::tls::{TlsListener, TlsPeer};
 
 /// Idle time before the first keepalive probe, and between probes.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -41,20 +42,27 @@ pub async fn serve_tls(
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_on(cp, TlsListener::new(with_keepalive(listener), config)?, shutdown).await
+    let listener = TlsListener::new(with_keepalive(listener), config)?;
+    let router = http::router(&cp).into_make_service_with_connect_info::<TlsPeer>();
+    axum::serve(listener, router).with_graceful_shutdown(running(cp, shutdown)).await
 }
 
 async fn serve_on<L>(cp: Arc<ControlPlane>, listener: L, shutdown: CancellationToken) -> std::io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
 {
-    tokio::spawn(background::run(cp.clone(), shutdown.clone()));
     let router = http::router(&cp);
-    let graceful = async move {
+    axum::serve(listener, router).with_graceful_shutdown(running(cp, shutdown)).await
+}
+
+/// Starts the control plane's background work, until `shutdown`; answers what a graceful
+/// shutdown of the server waits for: `shutdown`, after which the push streams end.
+fn running(cp: Arc<ControlPlane>, shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+    tokio::spawn(background::run(cp.clone(), shutdown.clone()));
+    async move {
         shutdown.cancelled().await;
         cp.stop();
-    };
-    axum::serve(listener, router).with_graceful_shutdown(graceful).await
+    }
 }
 
 /// `listener`, with keepalive and the user timeout set on each connection it accepts.

@@ -8,7 +8,8 @@
 //! on a non-loopback address takes `--insecure`; when the certificate cannot be made, the
 //! control plane refuses to start and says both ways out. Client certificates are asked for but
 //! optional (the CLI and dashboards use bearer tokens); one that is sent must chain to the
-//! mesh's roots.
+//! mesh's roots in force (they change with a root rotation), and its SPIFFE ID reaches the
+//! handlers as [`TlsPeer`]: a sidecar whose join token expired goes on with its mesh identity.
 //!
 //! Handshakes run in tasks of their own, bounded in time, so a client that stalls in one holds
 //! up no other.
@@ -18,11 +19,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::Listener;
+use std::sync::RwLock;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use pilotfish_api::SpiffeId;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -50,13 +58,18 @@ pub enum TlsError {
     Refused { listen: SocketAddr, reason: String },
 }
 
+/// The PEM bundle of the mesh's roots in force, asked at each handshake.
+pub type Roots = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// How the API on `listen` is served: plaintext on loopback or with `insecure`, otherwise TLS
-/// with a certificate from `ca` for `names` (empty: [`default_names`]).
+/// with a certificate from `ca` for `names` (empty: [`default_names`]), verifying client
+/// certificates against `roots`.
 pub fn transport(
     listen: SocketAddr,
     insecure: bool,
     names: &[String],
     ca: &Ca,
+    roots: Roots,
 ) -> Result<Transport, TlsError> {
     if listen.ip().to_canonical().is_loopback() {
         return Ok(Transport::Plain);
@@ -67,7 +80,7 @@ pub fn transport(
     }
     let names = if names.is_empty() { default_names(listen.ip(), hostname()) } else { names.to_vec() };
     let refused = |reason: String| TlsError::Refused { listen, reason };
-    let config = server_config(ca, &names).map_err(|e| refused(e.to_string()))?;
+    let config = server_config(ca, &names, roots).map_err(|e| refused(e.to_string()))?;
     tracing::info!(names = ?names, root = %ca.root_fingerprints()[0], "serving the API over TLS");
     Ok(Transport::Tls(config))
 }
@@ -104,24 +117,154 @@ enum ConfigError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigError> {
+fn server_config(ca: &Ca, names: &[String], roots: Roots) -> Result<Arc<ServerConfig>, ConfigError> {
     let serving = ca.serving(names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for root in CertificateDer::pem_slice_iter(ca.trust_bundle_pem().as_bytes()) {
-        roots.add(root.map_err(|e| rustls::Error::General(e.to_string()))?)?;
-    }
-    let clients = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let clients = MeshClients::new(roots, provider.clone())?;
     let chain = serving.chain.into_iter().map(CertificateDer::from).collect();
     let key = PrivatePkcs8KeyDer::from(serving.key).into();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(clients)
+        .with_client_cert_verifier(Arc::new(clients))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Optional client certificates, verified against the mesh's roots in force: the verifier is
+/// rebuilt when the bundle changes (a root rotation), so a sidecar renewed under a new root is
+/// never refused by the control plane that issued its certificate.
+struct MeshClients {
+    roots: Roots,
+    provider: Arc<CryptoProvider>,
+    /// The bundle the verifier was built for, and the verifier.
+    current: RwLock<(String, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl MeshClients {
+    fn new(roots: Roots, provider: Arc<CryptoProvider>) -> Result<Self, ConfigError> {
+        let bundle = roots();
+        let verifier = verifier(&bundle, &provider)?;
+        Ok(Self { roots, provider, current: RwLock::new((bundle, verifier)) })
+    }
+
+    /// The verifier of the bundle in force (rebuilt when it changed; the last good one when the
+    /// new bundle cannot be read).
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        let bundle = (self.roots)();
+        {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if current.0 == bundle {
+                return current.1.clone();
+            }
+        }
+        match verifier(&bundle, &self.provider) {
+            Ok(verifier) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = (bundle, verifier.clone());
+                verifier
+            }
+            Err(e) => {
+                tracing::error!(
+                    "the mesh's roots cannot verify client certificates, keeping the last ones: {e}"
+                );
+                self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+            }
+        }
+    }
+}
+
+fn verifier(
+    bundle: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(root.map_err(|e| rustls::Error::General(e.to_string()))?)?;
+    }
+    Ok(WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+        .allow_unauthenticated()
+        .build()?)
+}
+
+impl std::fmt::Debug for MeshClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshClients").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for MeshClients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints would have to outlive a bundle change; clients send their one certificate anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Who is at the other end of a TLS connection to the API: its address, and the mesh identity
+/// of the client certificate it presented (verified during the handshake), if any.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    pub identity: Option<SpiffeId>,
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let (_, session) = stream.io().get_ref();
+        let identity = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| pilotfish_api::certificate::spiffe_id(leaf).ok());
+        Self { addr: *stream.remote_addr(), identity }
+    }
 }
 
 /// TCP connections from `inner`, each handed on once its TLS handshake completed.
@@ -187,7 +330,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::open(&dir.path().join("ca")).unwrap();
         let plain = |listen: &str, insecure| {
-            matches!(transport(listen.parse().unwrap(), insecure, &[], &ca).unwrap(), Transport::Plain)
+            let roots: Roots = Arc::new(String::new);
+            matches!(transport(listen.parse().unwrap(), insecure, &[], &ca, roots).unwrap(), Transport::Plain)
         };
         assert!(plain("127.0.0.1:15100", false));
         assert!(plain("127.3.4.5:15100", false), "all of 127/8 is loopback");
@@ -204,7 +348,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::open(&dir.path().join("ca")).unwrap();
         let bad = ["ünïcode.example".to_owned()];
-        let Err(e) = transport("0.0.0.0:15100".parse().unwrap(), false, &bad, &ca) else {
+        let bundle = ca.trust_bundle_pem().to_owned();
+        let Err(e) =
+            transport("0.0.0.0:15100".parse().unwrap(), false, &bad, &ca, Arc::new(move || bundle.clone()))
+        else {
             panic!("a certificate for a name it cannot carry");
         };
         let message = e.to_string();

@@ -247,3 +247,96 @@ async fn a_rotation_on_one_etcd_replica_reaches_the_other_which_then_issues_unde
     let events = a.client().events(&Default::default()).await.unwrap().events;
     assert!(events.iter().all(|e| !e.data.to_string().contains("PRIVATE")), "no key in the log");
 }
+
+#[test]
+fn over_tls_a_sidecar_goes_on_with_its_mesh_certificate_once_its_join_token_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_on(dir.path(), "0.0.0.0:0");
+    let https = format!("https://127.0.0.1:{}", cp.addr.port());
+    let ca = dir.path().join("ca/root.pem");
+    // curl, an independent client: (HTTP status, body).
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--max-time", "5", "--cacert", ca.to_str().unwrap()])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.to_owned(), body.to_owned())
+    };
+    let admin = format!("Authorization: Bearer {TOKEN}");
+    let (status, body) = curl(&[
+        "-H",
+        &admin,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"service": "web", "ttl": "3s"}"#,
+        &format!("{https}/v1/tokens"),
+    ]);
+    assert_eq!(status, "201", "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let join = format!("Authorization: Bearer {}", token["token"].as_str().unwrap());
+
+    // Certified with the join token while it lasts.
+    let certify_body = serde_json::json!({ "csr": greedy_csr(dir.path()) }).to_string();
+    let certify = |extra: &[&str]| {
+        let url = format!("{https}/v1/ca/certify");
+        let mut args = vec!["-H", "content-type: application/json", "-d", &certify_body];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
+    let (status, body) = certify(&["-H", &join]);
+    assert_eq!(status, "200", "{body}");
+    let issued: serde_json::Value = serde_json::from_str(&body).unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), issued["chainPem"].as_str().unwrap()).unwrap();
+    let own = "spiffe://pilotfish.local/ns/default/sa/web";
+
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(certify(&["-H", &join]).0, "401", "the join token expired");
+    let with_cert = ["--cert", "leaf.pem", "--key", "leaf.key"];
+    let (status, body) = certify(&with_cert);
+    assert_eq!(status, "200", "renewed with the mesh certificate: {body}");
+    assert!(body.contains(own), "{body}");
+    let push = format!("{https}/v1/push?id=web-1&service=web");
+    let mut args = with_cert.to_vec();
+    args.extend(["--max-time", "1", &push]);
+    let (status, _) = curl(&args);
+    assert_eq!(status, "200", "its push stream opens");
+    let other = format!("{https}/v1/push?id=pay-1&service=payments");
+    let (status, _) = curl(&[with_cert.as_slice(), &[&other]].concat());
+    assert_eq!(status, "403", "as its own service only");
+    let (status, _) = curl(&[with_cert.as_slice(), &[&format!("{https}/v1/resources")]].concat());
+    assert_eq!(status, "401", "no more than its join token could");
+    assert_eq!(certify(&[]).0, "401", "nothing proven, nothing given");
+
+    // A certificate from another CA never gets through the handshake.
+    let (ok, out) = openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "rogue.key",
+            "-out",
+            "rogue.pem",
+            "-subj",
+            "/CN=rogue",
+            "-days",
+            "1",
+            "-addext",
+            &format!("subjectAltName=URI:{own}"),
+        ],
+    );
+    assert!(ok, "{out}");
+    let (status, _) = certify(&["--cert", "rogue.pem", "--key", "rogue.key"]);
+    assert_eq!(status, "000", "the handshake fails");
+}

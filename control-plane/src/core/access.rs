@@ -1,8 +1,11 @@
 //! Proving a caller from the bearer token it presents (an expired token is refused like a
-//! wrong one), and what a join token may reach: its own service's instances, and nothing that
-//! tells it what other services have.
+//! wrong one) or, failing that, from the mesh certificate its TLS connection presented; and what
+//! a join token may reach: its own service's instances, and nothing that tells it what other
+//! services have.
 
 use std::time::SystemTime;
+
+use pilotfish_api::SpiffeId;
 
 use super::caller::{stored_token, Caller, Presented};
 use super::error::{Error, Result};
@@ -14,7 +17,21 @@ impl ControlPlane {
     /// token is not known yet — only up to the head the store's watch has announced, so a
     /// made-up token costs no store read (it would be one per unauthenticated request) and hears
     /// 401, not 503, while the store is down.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+    ///
+    /// Without a valid token, a verified client certificate of this trust domain proves its
+    /// workload as its service's join token would: a sidecar bootstraps with its join token and
+    /// goes on with its mesh identity once the token expires (renewals included).
+    pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Caller> {
+        match self.by_token(credentials.bearer).await {
+            Err(Error::Unauthorized) => match credentials.peer {
+                Some(peer) if peer.trust_domain() == self.trust_domain => Ok(Caller::workload(peer)),
+                _ => Err(Error::Unauthorized),
+            },
+            proven => proven,
+        }
+    }
+
+    async fn by_token(&self, bearer: Option<&str>) -> Result<Caller> {
         match bearer.and_then(|token| self.admin_token.presented(token)) {
             None => Err(Error::Unauthorized),
             Some(Presented::Admin) => Ok(Caller::Admin),
@@ -42,4 +59,14 @@ impl ControlPlane {
             ))),
         }
     }
+}
+
+/// What a request proves its caller with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The bearer token of `Authorization`.
+    pub bearer: Option<&'a str>,
+    /// The mesh identity of the client certificate its TLS connection presented (verified
+    /// against the mesh's roots during the handshake).
+    pub peer: Option<&'a SpiffeId>,
 }

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use pilotfish_api::wire::{CaRoot, CaStatus, CertifyRequest, CertifyResponse, RotationPhase, Versioned};
 use pilotfish_api::SpiffeId;
 
+use super::access::Credentials;
 use super::ca_counters::Refusal;
 use super::error::{Error, Result};
 use super::identity::workload_identity;
@@ -16,8 +17,8 @@ use crate::ca::{CaError, Issued};
 impl ControlPlane {
     /// The workload calling with `bearer`, as the identity its token gives: 401 without a valid
     /// token, 403 for the admin token (which has none). Refusals are counted.
-    pub async fn workload(&self, bearer: Option<&str>) -> Result<SpiffeId> {
-        let caller = self.authenticate(bearer).await.inspect_err(|e| {
+    pub async fn workload(&self, credentials: Credentials<'_>) -> Result<SpiffeId> {
+        let caller = self.authenticate(credentials).await.inspect_err(|e| {
             if matches!(e, Error::Unauthorized) {
                 self.ca_counters.count_refused(Refusal::Unauthenticated);
             }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pilotfish_api::wire::TokenParts;
+use pilotfish_api::SpiffeId;
 
 use super::error::{Error, Result};
 use crate::model::{TokenKind, TokenRecord};
@@ -27,11 +28,25 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// A workload proven by its mesh certificate: it may do what its service's join token may.
+    pub fn workload(id: &SpiffeId) -> Self {
+        Self::Service(TokenRecord {
+            id: id.to_string(),
+            kind: TokenKind::Join,
+            service: id.service_account().to_owned(),
+            namespace: id.namespace().to_owned(),
+            secret_sha256: String::new(),
+            expires_at: None,
+        })
+    }
+
     /// How the caller appears as the actor of the events it writes.
     pub fn actor(&self) -> String {
         match self {
             Self::Admin => "admin".to_owned(),
             Self::ReadOnly(t) => format!("read-only token {}", t.id),
+            // A workload proven by its certificate: the record's id is its SPIFFE ID.
+            Self::Service(t) if t.secret_sha256.is_empty() => format!("mesh identity {}", t.id),
             Self::Service(t) => format!("token {} ({}.{})", t.id, t.service, t.namespace),
         }
     }

@@ -19,6 +19,7 @@ mod status;
 mod sync;
 mod tokens;
 
+pub use access::Credentials;
 pub use caller::{sha256_hex, Caller};
 pub use error::{Error, Result};
 pub use log::{PAGE_BYTES, PAGE_EVENTS};

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::error::{
     ApiError, BadRequest, Conflict, Forbidden, Internal, PayloadTooLarge, Unauthorized, Unavailable,
 };
-use super::extract::{bearer, Json, Reader, Shared};
+use super::extract::{credentials, Json, Reader, Shared};
 use crate::core::Caller;
 use pilotfish_api::wire::{CaStatus, CertifyRequest, CertifyResponse, RotateRequest};
 
@@ -32,7 +32,7 @@ impl FromRequestParts<Shared> for Workload {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
-        Ok(Self(cp.workload(bearer(&parts.headers)).await?))
+        Ok(Self(cp.workload(credentials(parts)).await?))
     }
 }
 

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::core::{Caller, ControlPlane, Error};
+use crate::core::{Caller, ControlPlane, Credentials, Error};
+use crate::tls::TlsPeer;
 
 /// The state every handler shares.
 pub type Shared = Arc<ControlPlane>;
@@ -21,12 +22,19 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
+/// What the request proves its caller with: its bearer token, and the mesh identity of its TLS
+/// connection's client certificate (only served over TLS).
+pub(super) fn credentials(parts: &Parts) -> Credentials<'_> {
+    let peer = parts.extensions.get::<ConnectInfo<TlsPeer>>().and_then(|info| info.0.identity.as_ref());
+    Credentials { bearer: bearer(&parts.headers), peer }
+}
+
 /// Any valid caller: the admin, a read-only or a join token.
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
-        Ok(cp.authenticate(bearer(&parts.headers)).await?)
+        Ok(cp.authenticate(credentials(parts)).await?)
     }
 }
 
@@ -38,7 +46,7 @@ impl FromRequestParts<Shared> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
-        Ok(Admin(cp.authenticate(bearer(&parts.headers)).await?.admin()?))
+        Ok(Admin(cp.authenticate(credentials(parts)).await?.admin()?))
     }
 }
 
@@ -50,7 +58,7 @@ impl FromRequestParts<Shared> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, cp: &Shared) -> Result<Self, Self::Rejection> {
-        cp.authenticate(bearer(&parts.headers)).await?.reader()?;
+        cp.authenticate(credentials(parts)).await?.reader()?;
         Ok(Reader)
     }
 }
