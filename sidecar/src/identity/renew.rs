@@ -197,7 +197,7 @@ impl<C: Certify> Renewer<C> {
         let bundle = answer.trust_bundle_pem.as_bytes();
         let now = (self.clock)();
         material::check(&credentials, bundle, now, &self.provider)?;
-        let built = material::build(&credentials, bundle, &self.provider)?;
+        let built = material::build(&credentials, bundle, now, &self.provider)?;
         if built.identity.id != answer.identity {
             let (said, named) = (answer.identity.to_string(), built.identity.id.to_string());
             return Err(RenewError::WrongIdentity { said, named });
@@ -214,15 +214,15 @@ impl<C: Certify> Renewer<C> {
     /// Puts a new bundle in force around the certificate held; whether the certificate must be
     /// renewed now because the new bundle does not trust it.
     fn rebundle(&self, held: &mut Held, bundle_pem: String) -> bool {
-        let built = match material::build(&held.credentials, bundle_pem.as_bytes(), &self.provider) {
+        let now = (self.clock)();
+        let built = match material::build(&held.credentials, bundle_pem.as_bytes(), now, &self.provider) {
             Ok(built) => built,
             Err(e) => {
                 tracing::error!("the pushed trust bundle is unusable, the current one stays: {e}");
                 return false;
             }
         };
-        let trusted =
-            material::check(&held.credentials, bundle_pem.as_bytes(), (self.clock)(), &self.provider);
+        let trusted = material::check(&held.credentials, bundle_pem.as_bytes(), now, &self.provider);
         tracing::info!(roots = built.roots.len(), "new trust bundle in force");
         publish::install(&self.shared, built);
         held.bundle_pem = bundle_pem;
