@@ -8,11 +8,11 @@ use std::time::SystemTime;
 
 use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::control_plane::ControlPlaneCa;
 use crate::identity::files::{self, Files, FilesError};
+use crate::identity::mesh_feed;
 use crate::identity::renew::Renewer;
 use crate::identity::status::Mode;
 use crate::listener::{accept, admin, inbound, local, outbound};
@@ -76,7 +76,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         _ => None,
     };
     // The push stream's mesh settings (trust bundle, renewBefore), for the renew loop.
-    let (mesh_tx, mesh_rx) = watch::channel(None);
+    let (mesh_tx, mesh_rx) = mesh_feed::channel();
     let (snap, mut push) = match &opts.source {
         Source::File { path, .. } => {
             let text =
@@ -89,6 +89,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
             let snap = loop {
                 let mut pushed = push.next().await;
+                // No renew loop yet, nor any certificate: the first one goes in force with
+                // this bundle, so the ACK need not wait.
                 pushed.publish_mesh(&mesh_tx);
                 let (version, text) = (pushed.version, pushed.documents);
                 let tolerate = pilotfish_api::UnknownFields::Tolerate;
@@ -177,7 +179,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
             // Readiness waits for the identity from the start when the control plane is a CA.
-            if mesh_rx.borrow().is_some() {
+            if mesh_rx.settings.borrow().is_some() {
                 shared.identity_status.set_mode(Mode::ControlPlane);
             }
             let renewer = Renewer {
