@@ -178,12 +178,14 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     let mut registered = None;
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
+            // Every control-plane client also trusts the roots the push stream brings.
+            let roots = push.pushed_roots().clone();
             // Readiness waits for the identity from the start when the control plane is a CA.
             if mesh_rx.settings.borrow().is_some() {
                 shared.identity_status.set_mode(Mode::ControlPlane);
             }
             let renewer = Renewer {
-                ca: ControlPlaneCa::new(m),
+                ca: ControlPlaneCa::new(m, &roots),
                 shared: shared.clone(),
                 provider: provider.clone(),
                 clock: Arc::new(SystemTime::now),
@@ -192,7 +194,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
             if let Some(address) = advertised {
-                registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
+                let register = managed::register(m.clone(), roots, address, registration.clone());
+                registered = Some(tokio::spawn(register));
             }
         }
         (Source::File { path, .. }, _) => {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pilotfish_api::authz::MeshDefault;
-use pilotfish_api::client::{Client, ClientError, PushStream, StreamError, Trust};
+use pilotfish_api::client::{Client, ClientError, PushStream, SharedRoots, StreamError, Trust};
 use pilotfish_api::wire::{
     Ack, AckQuery, CertificateReport, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION,
 };
@@ -52,7 +52,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Managed {
     /// Base URLs of the control-plane replicas (`http://host:port`, or `https://host:port`
-    /// verified against the CA root the join token pins).
+    /// verified against the CA root the join token pins, or a root the push stream brought).
     pub servers: Vec<String>,
     pub service: String,
     pub namespace: String,
@@ -82,14 +82,17 @@ impl Managed {
     }
 
     /// A client of each control-plane replica, in the order they are tried.
-    pub fn clients(&self) -> Vec<Client> {
+    pub fn clients(&self, pushed: &SharedRoots) -> Vec<Client> {
         self.servers
             .iter()
             .map(|server| {
-                // An https control plane is verified against the root its join token pins.
+                // An https control plane is verified against the root its join token pins, or
+                // against the mesh's latest pushed bundle: after a root rotation its serving
+                // certificate chains to a root the token does not pin.
+                let trust = Trust::from_token(&self.token).map(|pin| pin.or_roots(pushed.clone()));
                 Client::builder(server)
                     .token(Some(self.token.clone()))
-                    .trust(Trust::from_token(&self.token))
+                    .trust(trust)
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(CALL_TIMEOUT)
                     .build()
@@ -135,12 +138,15 @@ pub struct PushClient {
     certificate: Option<watch::Receiver<Option<CertificateReport>>>,
     /// What the control plane connected to was last told of it.
     reported: Option<CertificateReport>,
+    /// The roots of the latest pushed trust bundle, which every control-plane client trusts.
+    roots: SharedRoots,
 }
 
 impl PushClient {
     pub fn new(managed: Managed) -> Self {
+        let roots = SharedRoots::default();
         Self {
-            clients: managed.clients(),
+            clients: managed.clients(&roots),
             managed,
             server: 0,
             stream: None,
@@ -149,7 +155,13 @@ impl PushClient {
             retry_at: None,
             certificate: None,
             reported: None,
+            roots,
         }
+    }
+
+    /// The roots of the latest pushed trust bundle, for the other control-plane clients.
+    pub fn pushed_roots(&self) -> &SharedRoots {
+        &self.roots
     }
 
     /// Reports the certificate of `certificate` on every ACK from now on.
@@ -194,6 +206,9 @@ impl PushClient {
                 Ok(line) => {
                     // Only a snapshot proves the server healthy; connecting is not enough.
                     self.failures = 0;
+                    if let Some(mesh) = &line.mesh {
+                        self.roots.set_pem(&mesh.trust_bundle_pem);
+                    }
                     let authz_default = line.mesh.as_ref().map(|mesh| mesh.authz_default);
                     let documents = self.managed.document_stream(&line.config, authz_default);
                     return Pushed { version: line.version, documents, mesh: line.mesh };
@@ -335,9 +350,9 @@ pub async fn follow(
 }
 
 /// Registers `address` as an instance of the service and renews its lease until `stop`, then
-/// deregisters it.
-pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationToken) {
-    let clients = managed.clients();
+/// deregisters it; `roots` as [`Managed::clients`].
+pub async fn register(managed: Managed, roots: SharedRoots, address: SocketAddr, stop: CancellationToken) {
+    let clients = managed.clients(&roots);
     let ttl = managed.lease_ttl.as_secs().max(1);
     let registration = Registration::new(&managed.service, &managed.namespace, address, ttl);
     let mut server = 0;

@@ -255,3 +255,19 @@ async fn a_version_is_acked_only_once_its_trust_bundle_is_in_force() {
     cp.push(PushLine::new(3, "# v3".into()));
     assert_eq!(cp.ack(QUIET).await.unwrap().version, 3);
 }
+
+#[tokio::test]
+async fn a_pushed_bundle_is_what_every_control_plane_client_trusts_besides_the_pin() {
+    let cp = StandIn::start().await;
+    let mut push = PushClient::new(Managed { servers: vec![cp.url.clone()], ..managed() });
+    let roots = push.pushed_roots().clone();
+    assert!(roots.is_empty());
+    let next = tokio::spawn(async move { push.next().await.version });
+    cp.connected().await;
+    let (ca, rotated) = (Ca::new("mesh"), Ca::new("next"));
+    let mut line = PushLine::new(4, String::new());
+    line.mesh = Some(settings(&format!("{}{}", ca.root_pem(), rotated.root_pem())));
+    cp.push(line);
+    assert_eq!(next.await.unwrap(), 4);
+    assert_eq!(roots.len(), 2);
+}
