@@ -37,6 +37,8 @@ enum Answer {
     Mislabelled,
     /// Nothing, ever: a CA that hangs.
     Hang,
+    /// As `Certify`, after five seconds.
+    Slow,
 }
 
 /// A root that signs the loop's CSRs, on the test's clock, recording when it was asked.
@@ -115,6 +117,10 @@ impl Certify for Arc<TestCa> {
             let now = (ca.clock)();
             let (account, not_after) = match answer {
                 Answer::Hang => std::future::pending().await,
+                Answer::Slow => {
+                    tokio::time::sleep(5 * SECOND).await;
+                    ("web", now + TTL)
+                }
                 Answer::Fail => return Err("connection refused"),
                 Answer::Certify => ("web", now + TTL),
                 Answer::Expired => ("web", now - SECOND),
@@ -462,4 +468,21 @@ async fn when_the_push_is_behind_the_ca_its_answers_bundle_is_used_until_the_nex
     tokio::time::sleep(SECOND / 2).await;
     assert!(shared.identity.load().is_none());
     assert_eq!(renewals(&shared, "error"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renew_before_that_comes_while_an_attempt_is_on_its_way_renews_again_after_it() {
+    let (ca, _next, shared, push) = certified_before_a_rotation().await;
+    ca.answer(Answer::Slow);
+    push.publish(settings(ca.bundle(), Some(rfc3339((ca.clock)()))));
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(ca.calls().len(), 2);
+    // The CA switches issuers meanwhile: the answer on its way may be the old issuer's.
+    push.publish(settings(ca.bundle(), Some(rfc3339((ca.clock)()))));
+    tokio::time::sleep(10 * SECOND).await;
+    assert_eq!(ca.calls().len(), 3, "{:?}", ca.calls());
+    // Once.
+    tokio::time::sleep(20 * SECOND).await;
+    assert_eq!(ca.calls().len(), 3, "{:?}", ca.calls());
+    assert_eq!(renewals(&shared, "ok"), 3);
 }
