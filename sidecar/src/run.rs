@@ -8,11 +8,11 @@ use std::time::SystemTime;
 
 use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::control_plane::ControlPlaneCa;
 use crate::identity::files::{self, Files, FilesError};
+use crate::identity::mesh_feed;
 use crate::identity::renew::Renewer;
 use crate::identity::status::Mode;
 use crate::listener::{accept, admin, inbound, local, outbound};
@@ -76,7 +76,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         _ => None,
     };
     // The push stream's mesh settings (trust bundle, renewBefore), for the renew loop.
-    let (mesh_tx, mesh_rx) = watch::channel(None);
+    let (mesh_tx, mesh_rx) = mesh_feed::channel();
     let (snap, mut push) = match &opts.source {
         Source::File { path, .. } => {
             let text =
@@ -89,6 +89,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
             let snap = loop {
                 let mut pushed = push.next().await;
+                // No renew loop yet, nor any certificate: the first one goes in force with
+                // this bundle, so the ACK need not wait.
                 pushed.publish_mesh(&mesh_tx);
                 let (version, text) = (pushed.version, pushed.documents);
                 let tolerate = pilotfish_api::UnknownFields::Tolerate;
@@ -176,12 +178,14 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     let mut registered = None;
     match (&opts.source, push.take()) {
         (Source::ControlPlane(m), Some(push)) => {
+            // Every control-plane client also trusts the roots the push stream brings.
+            let roots = push.pushed_roots().clone();
             // Readiness waits for the identity from the start when the control plane is a CA.
-            if mesh_rx.borrow().is_some() {
+            if mesh_rx.settings.borrow().is_some() {
                 shared.identity_status.set_mode(Mode::ControlPlane);
             }
             let renewer = Renewer {
-                ca: ControlPlaneCa::new(m),
+                ca: ControlPlaneCa::new(m, &roots),
                 shared: shared.clone(),
                 provider: provider.clone(),
                 clock: Arc::new(SystemTime::now),
@@ -190,7 +194,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
             if let Some(address) = advertised {
-                registered = Some(tokio::spawn(managed::register(m.clone(), address, registration.clone())));
+                let register = managed::register(m.clone(), roots, address, registration.clone());
+                registered = Some(tokio::spawn(register));
             }
         }
         (Source::File { path, .. }, _) => {

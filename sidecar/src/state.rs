@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use pilotfish_api::wire::CertificateReport;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +25,9 @@ pub struct Shared {
     pub identity: ArcSwapOption<Identity>,
     /// Where the identity comes from, its roots and renewals (`GET /identity`).
     pub identity_status: IdentityStatus,
+    /// What the control plane is told of the certificate in force: set with every identity
+    /// installed, changed only when the report does (the push client re-ACKs on a change).
+    pub certificate: watch::Sender<Option<CertificateReport>>,
     /// Cancelled when the sidecar starts draining.
     pub shutdown: CancellationToken,
     /// Every connection task, so that drain can wait for them.
@@ -40,6 +45,7 @@ impl Shared {
             metrics,
             identity: ArcSwapOption::empty(),
             identity_status: IdentityStatus::default(),
+            certificate: watch::Sender::new(None),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),

@@ -3,7 +3,7 @@
 //!
 //! - `transport`: [`Client`] — base URL, bearer token, hyper-util's pooled client, timeouts.
 //! - `trust`: [`Trust`] — what an `https://` control plane is verified against (a CA file, or
-//!   the root fingerprint a join token pins).
+//!   the root fingerprint a join token pins, perhaps widened by [`SharedRoots`]).
 //! - `connect`: the connector, plain TCP or TLS.
 //! - `operations`: one method per API operation (a new API call goes here).
 //! - `push_stream`: [`PushStream`], the push stream's typed lines.
@@ -23,4 +23,4 @@ pub use error::ClientError;
 pub use operations::Preconditions;
 pub use push_stream::{PushStream, StreamError, MAX_LINE, STREAM_IDLE};
 pub use transport::{Client, ClientBuilder};
-pub use trust::{Trust, TrustError};
+pub use trust::{SharedRoots, Trust, TrustError};

@@ -6,9 +6,14 @@
 //! verifies the chain and the server's name exactly as webpki does. A forged chain that copies
 //! the genuine root cannot verify against that root's key. TLS 1.3 only, with the `ring`
 //! provider passed explicitly (no process-wide default needed).
+//!
+//! A managed sidecar widens its pin with [`SharedRoots`]: the mesh's trust bundle as the push
+//! stream last brought it. After a root rotation the control plane's serving certificate
+//! chains to the new root, which the join token does not pin; a sidecar that learned the new
+//! root from the push stream still trusts a restarted control plane.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
@@ -27,6 +32,54 @@ pub enum Trust {
     Roots(Arc<RootCertStore>),
     /// The presented root whose SHA-256 is this (64 lowercase hex digits).
     Pinned(String),
+    /// The pinned root, or any root of `roots` as they are when a connection is made.
+    PinnedOrRoots { pin: String, roots: SharedRoots },
+}
+
+/// Roots that change while a client runs (the mesh's pushed trust bundle); every new
+/// connection verifies against the latest. Clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct SharedRoots {
+    latest: Arc<RwLock<Latest>>,
+}
+
+#[derive(Debug)]
+struct Latest {
+    pem: String,
+    roots: Arc<RootCertStore>,
+}
+
+impl Default for Latest {
+    fn default() -> Self {
+        Latest { pem: String::new(), roots: Arc::new(RootCertStore::empty()) }
+    }
+}
+
+impl SharedRoots {
+    /// Replaces the roots with the certificates of `pem` (unchanged PEM: nothing to do);
+    /// blocks that are not usable roots are skipped. How many roots are trusted now.
+    pub fn set_pem(&self, pem: &str) -> usize {
+        let mut latest = self.latest.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if latest.pem != pem {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(CertificateDer::pem_slice_iter(pem.as_bytes()).flatten());
+            *latest = Latest { pem: pem.to_owned(), roots: Arc::new(roots) };
+        }
+        latest.roots.len()
+    }
+
+    /// How many roots are trusted now.
+    pub fn len(&self) -> usize {
+        self.roots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        self.latest.read().unwrap_or_else(|poisoned| poisoned.into_inner()).roots.clone()
+    }
 }
 
 /// A CA file or fingerprint that cannot be trusted as given.
@@ -70,6 +123,15 @@ impl Trust {
         Some(Self::Pinned(parts.fingerprint?.to_owned()))
     }
 
+    /// A pin widened to any root of `roots` too; the roots of a CA file stay as they are (they
+    /// are what the operator chose to trust).
+    pub fn or_roots(self, roots: SharedRoots) -> Self {
+        match self {
+            Self::Pinned(pin) | Self::PinnedOrRoots { pin, .. } => Self::PinnedOrRoots { pin, roots },
+            Self::Roots(roots) => Self::Roots(roots),
+        }
+    }
+
     /// The rustls configuration of a client with this trust: TLS 1.3, `http/1.1`.
     pub fn client_config(&self) -> ClientConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -80,19 +142,64 @@ impl Trust {
             Self::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
             Self::Pinned(pin) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedRoot { pin: pin.clone(), provider }))
+                .with_custom_certificate_verifier(Arc::new(PinnedRoot {
+                    pin: pin.clone(),
+                    provider,
+                    or: None,
+                }))
                 .with_no_client_auth(),
+            Self::PinnedOrRoots { pin, roots } => {
+                let verifier = PinnedRoot { pin: pin.clone(), provider, or: Some(roots.clone()) };
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+            }
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config
     }
 }
 
-/// Verifies a server's chain against the presented certificate whose SHA-256 is the pin.
+/// Verifies a server's chain against the presented certificate whose SHA-256 is the pin, or
+/// else against the roots of `or`.
 #[derive(Debug)]
 pub(crate) struct PinnedRoot {
     pin: String,
     provider: Arc<CryptoProvider>,
+    or: Option<SharedRoots>,
+}
+
+impl PinnedRoot {
+    /// The chain verified against `roots`, and the server's name.
+    fn verify_with(
+        &self,
+        roots: &RootCertStore,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, algorithms)?;
+        verify_server_name(&cert, server_name)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn pinned(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let root = intermediates.iter().find(|c| sha256_hex(c) == self.pin).ok_or_else(|| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+                NoPinnedRoot(self.pin.clone()),
+            ))))
+        })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(root.clone().into_owned())?;
+        self.verify_with(&roots, end_entity, intermediates, server_name, now)
+    }
 }
 
 impl ServerCertVerifier for PinnedRoot {
@@ -104,18 +211,17 @@ impl ServerCertVerifier for PinnedRoot {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let root = intermediates.iter().find(|c| sha256_hex(c) == self.pin).ok_or_else(|| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-                NoPinnedRoot(self.pin.clone()),
-            ))))
-        })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(root.clone().into_owned())?;
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        let algorithms = self.provider.signature_verification_algorithms.all;
-        verify_server_cert_signed_by_trust_anchor(&cert, &roots, intermediates, now, algorithms)?;
-        verify_server_name(&cert, server_name)?;
-        Ok(ServerCertVerified::assertion())
+        let pinned = self.pinned(end_entity, intermediates, server_name, now);
+        match &self.or {
+            Some(or) if pinned.is_err() => {
+                let roots = or.roots();
+                if roots.is_empty() {
+                    return pinned;
+                }
+                self.verify_with(&roots, end_entity, intermediates, server_name, now)
+            }
+            _ => pinned,
+        }
     }
 
     fn verify_tls12_signature(

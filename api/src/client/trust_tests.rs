@@ -1,18 +1,21 @@
 //! The pinned-root verifier against real chains: the genuine one verifies, and a wrong pin, a
 //! forged chain that copies the genuine root, a name the certificate lacks, and a mesh leaf
-//! with only a SPIFFE ID are each refused.
+//! with only a SPIFFE ID are each refused. A pin widened by pushed roots, against the
+//! verifier and against an https server on a real socket.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls::client::danger::ServerCertVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use super::*;
 
 /// A root, an issuer under it, and a server leaf for `localhost` and 127.0.0.1 under that.
 struct Chain {
     root: CertificateDer<'static>,
+    root_pem: String,
     issuer: CertificateDer<'static>,
     leaf: CertificateDer<'static>,
+    leaf_key: KeyPair,
     issuer_ca: Issuer<'static, KeyPair>,
 }
 
@@ -34,12 +37,28 @@ fn chain() -> Chain {
     let issuer = issuer_params.signed_by(&issuer_key, &root_ca).unwrap();
     let issuer_ca = Issuer::new(issuer_params, issuer_key);
     let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let leaf = leaf_params.signed_by(&KeyPair::generate().unwrap(), &issuer_ca).unwrap();
-    Chain { root: root.der().clone(), issuer: issuer.der().clone(), leaf: leaf.der().clone(), issuer_ca }
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer_ca).unwrap();
+    Chain {
+        root: root.der().clone(),
+        root_pem: root.pem(),
+        issuer: issuer.der().clone(),
+        leaf: leaf.der().clone(),
+        leaf_key,
+        issuer_ca,
+    }
 }
 
 fn verifier(pin: &str) -> PinnedRoot {
-    PinnedRoot { pin: pin.to_owned(), provider: Arc::new(rustls::crypto::ring::default_provider()) }
+    PinnedRoot { pin: pin.to_owned(), provider: Arc::new(rustls::crypto::ring::default_provider()), or: None }
+}
+
+/// A leaf of `c`'s issuer naming only a sidecar's SPIFFE ID.
+fn mesh_leaf(c: &Chain) -> CertificateDer<'static> {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names =
+        vec![SanType::URI("spiffe://pilotfish.local/ns/default/sa/web".try_into().unwrap())];
+    params.signed_by(&KeyPair::generate().unwrap(), &c.issuer_ca).unwrap().der().clone()
 }
 
 fn verify(
@@ -83,12 +102,8 @@ fn another_root_or_a_forged_chain_copying_the_pinned_root_is_refused() {
 #[test]
 fn a_mesh_leaf_of_the_same_ca_cannot_pose_as_the_control_plane() {
     let c = chain();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names =
-        vec![SanType::URI("spiffe://pilotfish.local/ns/default/sa/web".try_into().unwrap())];
-    let sidecar = params.signed_by(&KeyPair::generate().unwrap(), &c.issuer_ca).unwrap();
     let v = verifier(&sha256_hex(&c.root));
-    let err = verify(&v, sidecar.der(), &[c.issuer.clone(), c.root.clone()], "127.0.0.1").unwrap_err();
+    let err = verify(&v, &mesh_leaf(&c), &[c.issuer.clone(), c.root.clone()], "127.0.0.1").unwrap_err();
     assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err}");
 }
 
@@ -105,4 +120,81 @@ fn fingerprints_are_read_as_openssl_prints_them_and_bad_ones_refused() {
     let err = Trust::ca_file(&dir).unwrap_err();
     assert!(err.to_string().contains("no usable CERTIFICATE"), "{err}");
     std::fs::remove_file(&dir).unwrap();
+}
+
+#[test]
+fn a_pin_widened_by_pushed_roots_trusts_the_latest_of_them_too() {
+    let (pinned, rotated, later) = (chain(), chain(), chain());
+    let roots = SharedRoots::default();
+    let v = PinnedRoot { or: Some(roots.clone()), ..verifier(&sha256_hex(&pinned.root)) };
+    // Nothing pushed yet: the pin alone.
+    verify(&v, &pinned.leaf, &[pinned.issuer.clone(), pinned.root.clone()], "localhost").unwrap();
+    assert!(verify(&v, &rotated.leaf, &[rotated.issuer.clone(), rotated.root.clone()], "localhost").is_err());
+
+    // A rotation's bundle: a control plane serving from the new root verifies, root presented or not.
+    assert_eq!(roots.set_pem(&format!("{}{}", pinned.root_pem, rotated.root_pem)), 2);
+    verify(&v, &rotated.leaf, &[rotated.issuer.clone(), rotated.root.clone()], "localhost").unwrap();
+    verify(&v, &rotated.leaf, std::slice::from_ref(&rotated.issuer), "127.0.0.1").unwrap();
+    // Its name still counts, and a sidecar's leaf still cannot pose as the control plane.
+    assert!(verify(&v, &rotated.leaf, std::slice::from_ref(&rotated.issuer), "elsewhere.example").is_err());
+    assert!(verify(&v, &mesh_leaf(&rotated), std::slice::from_ref(&rotated.issuer), "127.0.0.1").is_err());
+
+    // The next push is what counts: a root it dropped is no longer trusted; the pin still is.
+    assert_eq!(roots.set_pem(&later.root_pem), 1);
+    assert!(verify(&v, &rotated.leaf, std::slice::from_ref(&rotated.issuer), "localhost").is_err());
+    verify(&v, &pinned.leaf, &[pinned.issuer.clone(), pinned.root.clone()], "localhost").unwrap();
+    // Only a pin is widened: a CA file's roots stay what the operator chose.
+    assert!(matches!(
+        Trust::pinned(&"ab".repeat(32)).unwrap().or_roots(roots.clone()),
+        Trust::PinnedOrRoots { .. }
+    ));
+    let file = Trust::Roots(Arc::new(RootCertStore::empty())).or_roots(roots);
+    assert!(matches!(file, Trust::Roots(_)));
+}
+
+/// An https server on a real socket presenting `c`'s leaf and issuer, answering 200 to all.
+async fn serve_tls(c: &Chain) -> String {
+    use hyper_util::rt::TokioIo;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = PrivatePkcs8KeyDer::from(c.leaf_key.serialize_der()).into();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![c.leaf.clone(), c.issuer.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(socket).await else { return };
+                let ok = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), ok).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_control_plane_restarted_on_the_new_root_is_reached_once_the_root_was_pushed() {
+    let (pinned, rotated) = (chain(), chain());
+    let url = serve_tls(&rotated).await;
+    let roots = SharedRoots::default();
+    let trust = Trust::pinned(&sha256_hex(&pinned.root)).unwrap().or_roots(roots.clone());
+    let client = crate::client::Client::builder(&url).trust(Some(trust)).build();
+    let refused = client.readyz().await.unwrap_err();
+    assert!(format!("{refused:?}").contains("pinned fingerprint"), "{refused:?}");
+    roots.set_pem(&format!("{}{}", pinned.root_pem, rotated.root_pem));
+    client.readyz().await.unwrap();
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pilotfish_api::client::{Client, ClientError};
+use pilotfish_api::client::{Client, ClientError, SharedRoots};
 use pilotfish_api::wire::{CertifyRequest, CertifyResponse};
 
 use super::renew::Certify;
@@ -18,8 +18,9 @@ pub struct ControlPlaneCa {
 }
 
 impl ControlPlaneCa {
-    pub fn new(managed: &Managed) -> ControlPlaneCa {
-        ControlPlaneCa { clients: managed.clients(), next: AtomicUsize::new(0) }
+    /// `roots` as [`Managed::clients`].
+    pub fn new(managed: &Managed, roots: &SharedRoots) -> ControlPlaneCa {
+        ControlPlaneCa { clients: managed.clients(roots), next: AtomicUsize::new(0) }
     }
 }
 

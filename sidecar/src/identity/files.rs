@@ -47,8 +47,9 @@ impl Files {
         let (cert, key, bundle) = (read(&self.cert)?, read(&self.key)?, read(&self.bundle)?);
         let material = || -> Result<Built, MaterialError> {
             let credentials = Credentials::from_pem(&cert, &key)?;
-            material::check(&credentials, &bundle, SystemTime::now(), provider)?;
-            material::build(&credentials, &bundle, provider)
+            let now = SystemTime::now();
+            material::check(&credentials, &bundle, now, provider)?;
+            material::build(&credentials, &bundle, now, provider)
         };
         material().map_err(|source| FilesError::Material {
             cert: self.cert.clone(),
@@ -104,4 +105,40 @@ fn loaded(shared: &Shared, built: Built) {
     );
     shared.identity_status.renewed(SystemTime::now(), None);
     publish::install(shared, built);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Overrides, Snapshot};
+    use crate::telemetry::metrics::Metrics;
+    use crate::tls::tests::pki::{provider, Ca, Validity};
+
+    #[tokio::test]
+    async fn static_files_report_their_certificate_too() {
+        let ca = Ca::new("mesh");
+        let dir = tempfile::tempdir().unwrap();
+        let [leaf, key, intermediate] = ca.leaf_pem("web", Validity::FRESH);
+        let files = Files {
+            cert: dir.path().join("c.pem"),
+            key: dir.path().join("k.pem"),
+            bundle: dir.path().join("b.pem"),
+        };
+        std::fs::write(&files.cert, leaf + &intermediate).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        std::fs::write(&files.bundle, ca.root_pem()).unwrap();
+        let built = files.load(&provider()).unwrap();
+
+        let metrics = Metrics::new();
+        let shared =
+            Shared::new(Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap(), metrics);
+        let mut installed = shared.certificate.subscribe();
+        tokio::spawn(watch(shared.clone(), files, built, provider()));
+        tokio::time::timeout(Duration::from_secs(5), installed.changed()).await.unwrap().unwrap();
+        let report = installed.borrow().clone().unwrap();
+        assert_eq!(report.identity, "spiffe://pilotfish.local/ns/default/sa/web");
+        let status = shared.identity_status.report(shared.identity.load().as_deref());
+        assert_eq!(report.root.as_deref(), status["roots"][0].as_str());
+        assert!(report.root.is_some());
+    }
 }

@@ -7,6 +7,8 @@
 //! - [`files`]: static mode's certificate, key and bundle files, reloaded on change;
 //! - [`renew`]: managed mode's key, CSR and certificate from the control plane's CA, renewed on
 //!   the schedule of [`schedule`]; [`control_plane`] is that CA over the API client;
+//!   [`mesh_feed`] brings it the push stream's trust bundle and `renewBefore`, and tells the
+//!   push client when a bundle is in force;
 //!
 //! and what every source shares:
 //! - [`material`]: certificate material to an [`Identity`], and the checks a new certificate
@@ -18,6 +20,7 @@
 pub mod control_plane;
 pub mod files;
 pub mod material;
+pub mod mesh_feed;
 pub mod publish;
 pub mod renew;
 pub mod schedule;

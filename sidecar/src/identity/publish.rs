@@ -1,6 +1,6 @@
 //! Putting an identity in force: [`crate::state::Shared::identity`] for the data path, and the
-//! metrics and status report that describe it — always together, so `/identity` and
-//! `/metrics` show what the handshakes use.
+//! metrics, status and certificate report that describe it — always together, so `/identity`,
+//! `/metrics` and the control plane see what the handshakes use.
 
 use std::sync::Arc;
 
@@ -12,4 +12,10 @@ pub fn install(shared: &Shared, built: Built) {
     shared.metrics.identity.installed(built.identity.not_after, &built.roots);
     shared.identity_status.installed(&built.roots);
     shared.identity.store(Some(Arc::new(built.identity)));
+    let report = built.report;
+    shared.certificate.send_if_modified(|current| {
+        let changed = current.as_ref() != Some(&report);
+        *current = Some(report);
+        changed
+    });
 }

@@ -10,22 +10,34 @@
 //! of `pilotfish_api::client`.
 //!
 //! Each push line also carries the mesh's security settings: the trust bundle and
-//! `renewBefore` go to the identity's renew loop (on a `watch` channel, so only the latest
-//! counts), and the mesh's authorization default becomes the synthesized `Sidecar` document's
-//! `spec.authorization.default`, so authorization reads it where static mode puts it.
+//! `renewBefore` go to the identity's renew loop (through [`crate::identity::mesh_feed`], so
+//! only the latest counts), and the mesh's authorization default becomes the synthesized
+//! `Sidecar` document's `spec.authorization.default`, so authorization reads it where static
+//! mode puts it. A version is ACKed only once its trust bundle is in force (or a few seconds
+//! passed): a root rotation takes the ACK as proof that this sidecar trusts the new root.
+//!
+//! Every ACK carries the certificate in force ([`Shared::certificate`]). When it changes — a
+//! renewal, or a bundle that moves it to another root — the last ACKed version is ACKed again
+//! at once, so the control plane sees the renewal without waiting for a new version; and after
+//! every (re)connection, since a control plane forgets a proxy's certificate when its stream
+//! ends. Nothing is sent while the certificate stays the same, nor before the first ACK.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pilotfish_api::authz::MeshDefault;
-use pilotfish_api::client::{Client, ClientError, PushStream, StreamError, Trust};
-use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
+use pilotfish_api::client::{Client, ClientError, PushStream, SharedRoots, StreamError, Trust};
+use pilotfish_api::wire::{
+    Ack, AckQuery, CertificateReport, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION,
+};
 use pilotfish_api::UnknownFields;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reload;
+use crate::identity::mesh_feed::{MeshSender, IN_FORCE_WITHIN};
 use crate::listener::local::LocalListeners;
 use crate::snapshot::Overrides;
 use crate::state::Shared;
@@ -40,7 +52,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Managed {
     /// Base URLs of the control-plane replicas (`http://host:port`, or `https://host:port`
-    /// verified against the CA root the join token pins).
+    /// verified against the CA root the join token pins, or a root the push stream brought).
     pub servers: Vec<String>,
     pub service: String,
     pub namespace: String,
@@ -70,14 +82,17 @@ impl Managed {
     }
 
     /// A client of each control-plane replica, in the order they are tried.
-    pub fn clients(&self) -> Vec<Client> {
+    pub fn clients(&self, pushed: &SharedRoots) -> Vec<Client> {
         self.servers
             .iter()
             .map(|server| {
-                // An https control plane is verified against the root its join token pins.
+                // An https control plane is verified against the root its join token pins, or
+                // against the mesh's latest pushed bundle: after a root rotation its serving
+                // certificate chains to a root the token does not pin.
+                let trust = Trust::from_token(&self.token).map(|pin| pin.or_roots(pushed.clone()));
                 Client::builder(server)
                     .token(Some(self.token.clone()))
-                    .trust(Trust::from_token(&self.token))
+                    .trust(trust)
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(CALL_TIMEOUT)
                     .build()
@@ -97,14 +112,13 @@ pub struct Pushed {
 }
 
 impl Pushed {
-    /// Hands the mesh settings to the identity's renew loop, waking it only when they changed.
-    pub fn publish_mesh(&mut self, to: &watch::Sender<Option<MeshSettings>>) {
-        let Some(mesh) = self.mesh.take() else { return };
-        to.send_if_modified(|current| {
-            let changed = current.as_ref() != Some(&mesh);
-            *current = Some(mesh);
-            changed
-        });
+    /// Hands the mesh settings to the identity's renew loop; the trust bundle whose being in
+    /// force the ACK waits for.
+    pub fn publish_mesh(&mut self, to: &MeshSender) -> Option<String> {
+        let mesh = self.mesh.take()?;
+        let bundle = mesh.trust_bundle_pem.clone();
+        to.publish(mesh);
+        Some(bundle)
     }
 }
 
@@ -114,37 +128,76 @@ pub struct PushClient {
     clients: Vec<Client>,
     server: usize,
     stream: Option<PushStream>,
-    /// The last version swapped in (sent on reconnect so an unchanged config is not resent).
-    version: u64,
+    /// The last version swapped in and ACKed (sent on reconnect so an unchanged config is not
+    /// resent).
+    acked: Option<u64>,
     failures: u32,
+    /// No connection attempt before this (a backoff outlives a cancelled [`PushClient::next`]).
+    retry_at: Option<Instant>,
+    /// The certificate in force ([`Shared::certificate`]), once the sidecar has its state.
+    certificate: Option<watch::Receiver<Option<CertificateReport>>>,
+    /// What the control plane connected to was last told of it.
+    reported: Option<CertificateReport>,
+    /// The roots of the latest pushed trust bundle, which every control-plane client trusts.
+    roots: SharedRoots,
 }
 
 impl PushClient {
     pub fn new(managed: Managed) -> Self {
-        Self { clients: managed.clients(), managed, server: 0, stream: None, version: 0, failures: 0 }
+        let roots = SharedRoots::default();
+        Self {
+            clients: managed.clients(&roots),
+            managed,
+            server: 0,
+            stream: None,
+            acked: None,
+            failures: 0,
+            retry_at: None,
+            certificate: None,
+            reported: None,
+            roots,
+        }
+    }
+
+    /// The roots of the latest pushed trust bundle, for the other control-plane clients.
+    pub fn pushed_roots(&self) -> &SharedRoots {
+        &self.roots
+    }
+
+    /// Reports the certificate of `certificate` on every ACK from now on.
+    pub fn report_from(&mut self, certificate: watch::Receiver<Option<CertificateReport>>) {
+        self.certificate = Some(certificate);
     }
 
     pub fn managed(&self) -> &Managed {
         &self.managed
     }
 
-    /// The next snapshot.
+    /// The next snapshot. Cancelling it loses no line and no backoff; a connection attempt
+    /// under way starts over.
     pub async fn next(&mut self) -> Pushed {
         loop {
             let Some(stream) = self.stream.as_mut() else {
+                if let Some(at) = self.retry_at {
+                    tokio::time::sleep_until(at).await;
+                    self.retry_at = None;
+                }
                 let server = self.clients[self.server].base().to_owned();
                 match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
                     Ok(Ok(stream)) => {
                         tracing::info!(%server, "connected to the control plane");
                         self.stream = Some(stream);
+                        // This control plane may know nothing of the certificate.
+                        self.reported = None;
+                        self.report().await;
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(%server, error = %e, "control plane unreachable; serving the last good config");
-                        self.fail_over().await;
+                        self.fail_over();
                     }
                     Err(_) => {
                         tracing::warn!(%server, "control plane did not answer within {CONNECT_TIMEOUT:?}; trying the next");
-                        self.fail_over().await;
+                        self.fail_over();
                     }
                 }
                 continue;
@@ -153,6 +206,9 @@ impl PushClient {
                 Ok(line) => {
                     // Only a snapshot proves the server healthy; connecting is not enough.
                     self.failures = 0;
+                    if let Some(mesh) = &line.mesh {
+                        self.roots.set_pem(&mesh.trust_bundle_pem);
+                    }
                     let authz_default = line.mesh.as_ref().map(|mesh| mesh.authz_default);
                     let documents = self.managed.document_stream(&line.config, authz_default);
                     return Pushed { version: line.version, documents, mesh: line.mesh };
@@ -164,11 +220,11 @@ impl PushClient {
                 }
                 Err(e @ (StreamError::Unreadable(_) | StreamError::LineTooLong(_))) => {
                     tracing::warn!(error = %e, "unusable line on the push stream; reconnecting");
-                    self.fail_over().await;
+                    self.fail_over();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "push stream ended; reconnecting");
-                    self.fail_over().await;
+                    self.fail_over();
                 }
             }
         }
@@ -176,11 +232,11 @@ impl PushClient {
 
     /// Drops the stream, moves to the next control-plane URL, and backs off — longer with every
     /// failure in a row, so a server that accepts and then fails cannot cause a reconnect storm.
-    async fn fail_over(&mut self) {
+    fn fail_over(&mut self) {
         self.stream = None;
         self.server = (self.server + 1) % self.clients.len();
         self.failures += 1;
-        tokio::time::sleep(backoff(self.failures)).await;
+        self.retry_at = Some(Instant::now() + backoff(self.failures));
     }
 
     async fn connect(&self) -> Result<PushStream, ClientError> {
@@ -189,7 +245,7 @@ impl PushClient {
             id: m.id.clone(),
             service: m.service.clone(),
             namespace: m.namespace.clone(),
-            version: self.version,
+            version: self.acked.unwrap_or(0),
             protocol: Some(PROTOCOL_VERSION),
         };
         self.clients[self.server].push(&query).await
@@ -199,42 +255,78 @@ impl PushClient {
     pub async fn ack(&mut self, version: u64, error: Option<String>) {
         let ack = match error {
             None => {
-                self.version = version;
+                self.acked = Some(version);
                 Ack::accepted(version)
             }
             Some(error) => Ack::refused(version, error),
         };
+        self.send(ack).await;
+    }
+
+    /// ACKs the last ACKed version again if the certificate in force is not the one the
+    /// control plane was last told of.
+    pub async fn report(&mut self) {
+        let Some(version) = self.acked else { return };
+        if self.certificate() == self.reported {
+            return;
+        }
+        tracing::info!(version, "reporting the certificate in force to the control plane");
+        self.send(Ack::accepted(version)).await;
+    }
+
+    fn certificate(&self) -> Option<CertificateReport> {
+        self.certificate.as_ref().and_then(|rx| rx.borrow().clone())
+    }
+
+    /// Sends `ack` with the certificate in force.
+    async fn send(&mut self, ack: Ack) {
+        let certificate = self.certificate();
+        let ack = ack.with_certificate(certificate.clone());
         // The proxy is the id under the service it connected as (see `connect`).
         let m = &self.managed;
         let query = AckQuery { service: Some(m.service.clone()), namespace: Some(m.namespace.clone()) };
-        if let Err(e) = self.clients[self.server].ack(&m.id, &query, &ack).await {
-            tracing::warn!(version, error = %e, "cannot report to the control plane");
+        match self.clients[self.server].ack(&m.id, &query, &ack).await {
+            Ok(()) => self.reported = certificate,
+            Err(e) => tracing::warn!(version = ack.version, error = %e, "cannot report to the control plane"),
         }
     }
 }
 
-/// Applies every snapshot after the first, and passes the mesh settings on to `mesh`, until
-/// the sidecar shuts down.
+/// Applies every snapshot after the first, passes the mesh settings on to `mesh`, and
+/// reports every new certificate, until the sidecar shuts down.
 pub async fn follow(
     shared: Arc<Shared>,
     local: Arc<LocalListeners>,
     mut push: PushClient,
     overrides: Overrides,
-    mesh: watch::Sender<Option<MeshSettings>>,
+    mesh: MeshSender,
 ) {
+    push.report_from(shared.certificate.subscribe());
+    let mut installed = shared.certificate.subscribe();
     loop {
         let mut pushed = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             next = push.next() => next,
+            Ok(()) = installed.changed() => {
+                push.report().await;
+                continue;
+            }
         };
-        pushed.publish_mesh(&mesh);
+        let bundle = pushed.publish_mesh(&mesh);
         let (version, text) = (pushed.version, pushed.documents);
-        match reload::swap_in(&shared, &local, "control-plane", &text, &overrides, UnknownFields::Tolerate) {
+        let verdict = match reload::swap_in(
+            &shared,
+            &local,
+            "control-plane",
+            &text,
+            &overrides,
+            UnknownFields::Tolerate,
+        ) {
             Ok(applied) => {
                 if applied.is_some() {
                     tracing::info!(version, "configuration from the control plane applied");
                 }
-                push.ack(version, None).await;
+                None
             }
             Err(e) => {
                 shared.metrics.config_errors.inc();
@@ -242,16 +334,25 @@ pub async fn follow(
                     version,
                     "configuration from the control plane rejected, keeping the last good one: {e}"
                 );
-                push.ack(version, Some(e)).await;
+                Some(e)
+            }
+        };
+        if let Some(bundle) = bundle {
+            if !mesh.in_force(&bundle).await {
+                tracing::warn!(
+                    version,
+                    "this version's trust bundle is not in force after {IN_FORCE_WITHIN:?}; answering anyway"
+                );
             }
         }
+        push.ack(version, verdict).await;
     }
 }
 
 /// Registers `address` as an instance of the service and renews its lease until `stop`, then
-/// deregisters it.
-pub async fn register(managed: Managed, address: SocketAddr, stop: CancellationToken) {
-    let clients = managed.clients();
+/// deregisters it; `roots` as [`Managed::clients`].
+pub async fn register(managed: Managed, roots: SharedRoots, address: SocketAddr, stop: CancellationToken) {
+    let clients = managed.clients(&roots);
     let ttl = managed.lease_ttl.as_secs().max(1);
     let registration = Registration::new(&managed.service, &managed.namespace, address, ttl);
     let mut server = 0;
@@ -302,57 +403,4 @@ fn backoff(failures: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::snapshot::Snapshot;
-    use crate::telemetry::metrics::Metrics;
-
-    fn managed() -> Managed {
-        Managed {
-            servers: vec!["http://127.0.0.1:1".into()],
-            service: "web".into(),
-            namespace: "default".into(),
-            token: "t".into(),
-            id: "web-1".into(),
-            lease_ttl: Duration::from_secs(30),
-        }
-    }
-
-    fn default_in_force(documents: &str) -> MeshDefault {
-        let metrics = Metrics::new();
-        let tolerate = UnknownFields::Tolerate;
-        let snap =
-            Snapshot::build_with("cp", documents, &Overrides::default(), None, &metrics, tolerate).unwrap();
-        snap.sidecar.authorization.default
-    }
-
-    #[test]
-    fn the_mesh_authorization_default_lands_where_static_mode_puts_it() {
-        let m = managed();
-        assert_eq!(default_in_force(&m.document_stream("", Some(MeshDefault::Deny))), MeshDefault::Deny);
-        assert_eq!(default_in_force(&m.document_stream("", Some(MeshDefault::Allow))), MeshDefault::Allow);
-        // A control plane without a CA sends none: the built-in default.
-        assert_eq!(default_in_force(&m.document_stream("", None)), MeshDefault::Authenticated);
-    }
-
-    #[test]
-    fn only_changed_mesh_settings_wake_the_renew_loop() {
-        let settings = MeshSettings {
-            trust_domain: "pilotfish.local".into(),
-            trust_bundle_pem: "ROOT".into(),
-            authz_default: MeshDefault::Authenticated,
-            renew_before: None,
-        };
-        let (tx, mut rx) = watch::channel(None);
-        let pushed = |mesh| Pushed { version: 1, documents: String::new(), mesh };
-        pushed(Some(settings.clone())).publish_mesh(&tx);
-        assert!(rx.has_changed().unwrap());
-        rx.borrow_and_update();
-        pushed(Some(settings.clone())).publish_mesh(&tx);
-        pushed(None).publish_mesh(&tx);
-        assert!(!rx.has_changed().unwrap());
-        pushed(Some(MeshSettings { renew_before: Some("2026-01-01T00:00:00Z".into()), ..settings }))
-            .publish_mesh(&tx);
-        assert!(rx.has_changed().unwrap());
-    }
-}
+mod tests;

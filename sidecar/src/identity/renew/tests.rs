@@ -1,6 +1,7 @@
 //! The renew loop on tokio's paused clock, against a CA the test runs itself (rcgen signing the
 //! loop's real CSRs): the schedule, backoff that keeps the valid certificate, refused answers,
-//! readiness, pushed bundles and `renewBefore`.
+//! readiness, pushed bundles (in force before their ACK, and over the CA's older one),
+//! `renewBefore`, and the certificate report.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,10 +13,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Certify, Clock, Renewer};
+use crate::identity::mesh_feed::{self, MeshSender};
 use crate::snapshot::{Overrides, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::metrics::Metrics;
@@ -34,6 +35,10 @@ enum Answer {
     Expired,
     /// A leaf for `api` while saying it is for `web`.
     Mislabelled,
+    /// Nothing, ever: a CA that hangs.
+    Hang,
+    /// As `Certify`, after five seconds.
+    Slow,
 }
 
 /// A root that signs the loop's CSRs, on the test's clock, recording when it was asked.
@@ -42,6 +47,8 @@ struct TestCa {
     clock: Clock,
     start: Instant,
     answer: Mutex<Answer>,
+    /// The bundle it answers with, when not its own root.
+    answer_bundle: Mutex<Option<String>>,
     calls: Mutex<Vec<Duration>>,
 }
 
@@ -55,11 +62,23 @@ impl TestCa {
         valid(&mut params, now - Duration::from_secs(3600), now + Duration::from_secs(86_400));
         let root = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let answer = Mutex::new(Answer::Certify);
-        Arc::new(TestCa { root, clock, start: Instant::now(), answer, calls: Mutex::default() })
+        let start = Instant::now();
+        Arc::new(TestCa {
+            root,
+            clock,
+            start,
+            answer,
+            answer_bundle: Mutex::default(),
+            calls: Mutex::default(),
+        })
     }
 
     fn answer(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
+    }
+
+    fn answer_bundle(&self, bundle: String) {
+        *self.answer_bundle.lock().unwrap() = Some(bundle);
     }
 
     /// When the loop called, from the start of the test.
@@ -97,6 +116,11 @@ impl Certify for Arc<TestCa> {
             let answer = *ca.answer.lock().unwrap();
             let now = (ca.clock)();
             let (account, not_after) = match answer {
+                Answer::Hang => std::future::pending().await,
+                Answer::Slow => {
+                    tokio::time::sleep(5 * SECOND).await;
+                    ("web", now + TTL)
+                }
                 Answer::Fail => return Err("connection refused"),
                 Answer::Certify => ("web", now + TTL),
                 Answer::Expired => ("web", now - SECOND),
@@ -104,7 +128,7 @@ impl Certify for Arc<TestCa> {
             };
             Ok(CertifyResponse {
                 chain_pem: ca.sign(&csr_pem, account, not_after),
-                trust_bundle_pem: ca.bundle(),
+                trust_bundle_pem: ca.answer_bundle.lock().unwrap().clone().unwrap_or_else(|| ca.bundle()),
                 not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
                 identity: id("web"),
             })
@@ -130,14 +154,20 @@ fn paused_clock() -> Clock {
     Arc::new(move || base + start.elapsed())
 }
 
-/// A managed sidecar's shared state, its renew loop running against `ca`, and the sender of
-/// the push stream's mesh settings.
-fn start(ca: &Arc<TestCa>) -> (Arc<Shared>, watch::Sender<Option<MeshSettings>>) {
+/// A managed sidecar's shared state, its renew loop running against `ca` with `ca`'s root
+/// pushed, and the push stream's end of the mesh settings.
+fn start(ca: &Arc<TestCa>) -> (Arc<Shared>, MeshSender) {
+    start_pushed(ca, ca.bundle())
+}
+
+/// As [`start`], with `bundle` pushed.
+fn start_pushed(ca: &Arc<TestCa>, bundle: String) -> (Arc<Shared>, MeshSender) {
     let metrics = Metrics::new();
     let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
     let shared = Shared::new(snap, metrics);
     shared.set_ready();
-    let (tx, rx) = watch::channel(settings(ca.bundle(), None));
+    let (tx, rx) = mesh_feed::channel();
+    tx.publish(settings(bundle, None));
     tokio::spawn(renewer(ca, &shared).run(rx));
     (shared, tx)
 }
@@ -161,13 +191,39 @@ fn renewals(shared: &Shared, result: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.parse().unwrap())
 }
 
-fn settings(bundle: String, renew_before: Option<String>) -> Option<MeshSettings> {
-    Some(MeshSettings {
+fn settings(bundle: String, renew_before: Option<String>) -> MeshSettings {
+    MeshSettings {
         trust_domain: "pilotfish.local".into(),
         trust_bundle_pem: bundle,
         authz_default: MeshDefault::Authenticated,
         renew_before,
-    })
+    }
+}
+
+/// A sidecar holding its first certificate from a CA, and the CA of the root a rotation will
+/// bring.
+async fn certified_before_a_rotation() -> (Arc<TestCa>, Arc<TestCa>, Arc<Shared>, MeshSender) {
+    let ca = TestCa::new("mesh", paused_clock());
+    let next = TestCa::new("next", ca.clock.clone());
+    let (shared, push) = start(&ca);
+    tokio::time::sleep(SECOND).await;
+    assert!(shared.identity.load().is_some());
+    (ca, next, shared, push)
+}
+
+/// The fingerprints of the roots in force.
+fn roots(shared: &Shared) -> Vec<String> {
+    let report = shared.identity_status.report(shared.identity.load().as_deref());
+    report["roots"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+}
+
+/// The root the certificate report names.
+fn reported_root(shared: &Shared) -> Option<String> {
+    shared.certificate.borrow().as_ref().and_then(|r| r.root.clone())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[tokio::test(start_paused = true)]
@@ -262,14 +318,11 @@ async fn a_managed_sidecar_is_not_ready_until_its_first_certificate() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pushed_bundle_is_put_in_force_around_the_same_certificate() {
-    let ca = TestCa::new("mesh", paused_clock());
-    let next = TestCa::new("next", ca.clock.clone());
-    let (shared, push) = start(&ca);
-    tokio::time::sleep(SECOND).await;
+    let (ca, next, shared, push) = certified_before_a_rotation().await;
     let first = shared.identity.load_full().unwrap();
 
     // A rotation's overlap: both roots. New configs, the same certificate, no CA call.
-    push.send_replace(settings(format!("{}{}", ca.bundle(), next.bundle()), None));
+    push.publish(settings(format!("{}{}", ca.bundle(), next.bundle()), None));
     tokio::time::sleep(SECOND).await;
     let now = shared.identity.load_full().unwrap();
     assert!(!Arc::ptr_eq(&first, &now));
@@ -279,7 +332,7 @@ async fn a_pushed_bundle_is_put_in_force_around_the_same_certificate() {
     assert_eq!(ca.calls().len(), 1);
 
     // The old root retired while this certificate still chains to it: renewed at once.
-    push.send_replace(settings(next.bundle(), None));
+    push.publish(settings(next.bundle(), None));
     tokio::time::sleep(2 * SECOND).await;
     assert_eq!(ca.calls().len(), 2);
 }
@@ -293,17 +346,18 @@ async fn renew_before_renews_a_certificate_that_arrived_earlier_once() {
     let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
 
     // Before this certificate arrived: nothing to do.
-    push.send_replace(settings(bundle.clone(), Some(time((ca.clock)() - 20 * SECOND))));
+    push.publish(settings(bundle.clone(), Some(time((ca.clock)() - 20 * SECOND))));
     tokio::time::sleep(2 * SECOND).await;
     assert_eq!(ca.calls().len(), 1);
 
     // After it: renewed now, and only once however often the push stream repeats it.
     let switch = Some(time((ca.clock)()));
-    push.send_replace(settings(bundle.clone(), switch.clone()));
+    push.publish(settings(bundle.clone(), switch.clone()));
     tokio::time::sleep(2 * SECOND).await;
     assert_eq!(ca.calls().len(), 2);
-    push.send_replace(None);
-    push.send_replace(settings(bundle, switch));
+    // Repeated with another bundle (the push stream wakes the loop only on a change).
+    let next = TestCa::new("next", ca.clock.clone());
+    push.publish(settings(format!("{bundle}{}", next.bundle()), switch));
     tokio::time::sleep(10 * SECOND).await;
     assert_eq!(ca.calls().len(), 2);
     assert_eq!(renewals(&shared, "ok"), 2);
@@ -316,18 +370,119 @@ async fn without_mesh_settings_there_is_no_ca_to_ask_and_no_identity_to_wait_for
     let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
     let shared = Shared::new(snap, metrics);
     shared.set_ready();
-    let (push, rx) = watch::channel(None);
+    let (push, rx) = mesh_feed::channel();
     tokio::spawn(renewer(&ca, &shared).run(rx));
     tokio::time::sleep(10 * SECOND).await;
     assert!(ca.calls().is_empty());
     assert!(shared.is_ready() && shared.identity.load().is_none());
     // The control plane becomes a CA: now it is asked, and readiness waits for the answer.
     ca.answer(Answer::Fail);
-    push.send_replace(settings(ca.bundle(), None));
+    push.publish(settings(ca.bundle(), None));
     tokio::time::sleep(SECOND / 2).await;
     assert_eq!(ca.calls().len(), 1);
     assert!(!shared.is_ready());
     ca.answer(Answer::Certify);
     tokio::time::sleep(20 * SECOND).await;
     assert!(shared.is_ready() && shared.identity.load().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_certificate_report_names_the_leaf_and_the_root_it_chains_to() {
+    let (ca, next, shared, push) = certified_before_a_rotation().await;
+    let installed = shared.certificate.subscribe();
+    let report = shared.certificate.borrow().clone().unwrap();
+    assert_eq!(report.identity, "spiffe://pilotfish.local/ns/default/sa/web");
+    let not_after = not_after(&shared).unwrap();
+    assert_eq!(report.not_after, humantime::format_rfc3339_seconds(not_after).to_string());
+    let old_root = roots(&shared).pop();
+    assert_eq!(report.root, old_root);
+
+    // A second root in the bundle: the same report, and the push client is not woken.
+    let overlap = format!("{}{}", next.bundle(), ca.bundle());
+    push.publish(settings(overlap.clone(), None));
+    assert!(push.in_force(&overlap).await);
+    assert_eq!(roots(&shared).len(), 2);
+    assert!(!installed.has_changed().unwrap());
+    assert_eq!(shared.certificate.borrow().as_ref(), Some(&report));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bundle_pushed_while_the_ca_hangs_is_in_force_before_its_ack() {
+    let (ca, next, shared, push) = certified_before_a_rotation().await;
+    // A renewal that never comes back.
+    ca.answer(Answer::Hang);
+    push.publish(settings(ca.bundle(), Some(rfc3339((ca.clock)()))));
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(ca.calls().len(), 2);
+
+    // A rotation adds a root meanwhile: in force as soon as it is pushed.
+    let start = Instant::now();
+    let overlap = format!("{}{}", ca.bundle(), next.bundle());
+    push.publish(settings(overlap.clone(), None));
+    assert!(push.in_force(&overlap).await);
+    assert!(start.elapsed() < SECOND, "{:?}", start.elapsed());
+    assert_eq!(roots(&shared).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_certificate_goes_in_force_with_the_newest_pushed_bundle_not_the_cas_older_one() {
+    // The old root is retired (pushed: the new root alone), but the CA's answer still lists it.
+    let old = TestCa::new("old", paused_clock());
+    let ca = TestCa::new("next", old.clock.clone());
+    ca.answer_bundle(format!("{}{}", old.bundle(), ca.bundle()));
+    let (shared, _push) = start(&ca);
+    tokio::time::sleep(SECOND).await;
+    let in_force = roots(&shared);
+    assert_eq!(in_force.len(), 1, "the retired root came back: {in_force:?}");
+    assert_eq!(reported_root(&shared).as_ref(), in_force.first());
+    // And on every renewal.
+    tokio::time::sleep(TTL * 8 / 10).await;
+    assert_eq!(ca.calls().len(), 2);
+    assert_eq!(roots(&shared), in_force);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_push_is_behind_the_ca_its_answers_bundle_is_used_until_the_next_push() {
+    // The CA issues from the new root; the push stream has not brought it yet.
+    let old = TestCa::new("old", paused_clock());
+    let ca = TestCa::new("next", old.clock.clone());
+    let both = format!("{}{}", old.bundle(), ca.bundle());
+    ca.answer_bundle(both.clone());
+    let (shared, push) = start_pushed(&ca, old.bundle());
+    tokio::time::sleep(SECOND).await;
+    assert!(shared.identity.load().is_some());
+    let in_force = roots(&shared);
+    assert_eq!(in_force.len(), 2);
+    assert_eq!(reported_root(&shared).as_ref(), in_force.get(1));
+
+    // The next push puts its bundle in force; the certificate chains to it, so no renewal.
+    push.publish(settings(ca.bundle(), None));
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(roots(&shared), in_force[1..]);
+    assert_eq!(ca.calls().len(), 1);
+
+    // A certificate that chains to neither bundle is refused.
+    let stranger = TestCa::new("stranger", old.clock.clone());
+    stranger.answer_bundle(old.bundle());
+    let (shared, _push) = start_pushed(&stranger, old.bundle());
+    tokio::time::sleep(SECOND / 2).await;
+    assert!(shared.identity.load().is_none());
+    assert_eq!(renewals(&shared, "error"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renew_before_that_comes_while_an_attempt_is_on_its_way_renews_again_after_it() {
+    let (ca, _next, shared, push) = certified_before_a_rotation().await;
+    ca.answer(Answer::Slow);
+    push.publish(settings(ca.bundle(), Some(rfc3339((ca.clock)()))));
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(ca.calls().len(), 2);
+    // The CA switches issuers meanwhile: the answer on its way may be the old issuer's.
+    push.publish(settings(ca.bundle(), Some(rfc3339((ca.clock)()))));
+    tokio::time::sleep(10 * SECOND).await;
+    assert_eq!(ca.calls().len(), 3, "{:?}", ca.calls());
+    // Once.
+    tokio::time::sleep(20 * SECOND).await;
+    assert_eq!(ca.calls().len(), 3, "{:?}", ca.calls());
+    assert_eq!(renewals(&shared, "ok"), 3);
 }
