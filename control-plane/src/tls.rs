@@ -128,6 +128,10 @@ fn server_config(ca: &Ca, names: &[String], roots: Roots) -> Result<Arc<ServerCo
         .with_client_cert_verifier(Arc::new(clients))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No resumption: a resumed session would carry the client certificate of the handshake it
+    // resumes — perhaps none, or one since renewed or expired — and the caller is judged by it.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
@@ -330,7 +334,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::open(&dir.path().join("ca")).unwrap();
         let plain = |listen: &str, insecure| {
-            let roots: Roots = Arc::new(String::new);
+            let bundle = ca.trust_bundle_pem().to_owned();
+            let roots: Roots = Arc::new(move || bundle.clone());
             matches!(transport(listen.parse().unwrap(), insecure, &[], &ca, roots).unwrap(), Transport::Plain)
         };
         assert!(plain("127.0.0.1:15100", false));

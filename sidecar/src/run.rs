@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use pilotfish_api::client::SharedClientCert;
 use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         Source::File { identity: Some(files), .. } => Some((files.clone(), files.load(&provider)?)),
         _ => None,
     };
+    // What the control-plane clients present over https: the mesh identity, once in force.
+    let client_cert = SharedClientCert::default();
     // The push stream's mesh settings (trust bundle, renewBefore), for the renew loop.
     let (mesh_tx, mesh_rx) = mesh_feed::channel();
     let (snap, mut push) = match &opts.source {
@@ -85,7 +88,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             (Snapshot::build(&source, &text, &opts.overrides, None, &metrics).map_err(Error::Config)?, None)
         }
         Source::ControlPlane(m) => {
-            let mut push = managed::PushClient::new(m.clone());
+            let mut push = managed::PushClient::new(m.clone(), &client_cert);
             tracing::info!(servers = ?m.servers, service = %m.service, "waiting for configuration from the control plane");
             let snap = loop {
                 let mut pushed = push.next().await;
@@ -139,7 +142,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         "sidecar listening"
     );
     let drain = snap.sidecar.timeouts.drain.get();
-    let shared = Shared::new(snap, metrics);
+    let shared = Shared::with_client_cert(snap, metrics, client_cert);
     if let Some((files, built)) = identity {
         shared.identity_status.set_mode(Mode::Files);
         shared.supervise("identity reload", files::watch(shared.clone(), files, built, provider.clone()));
@@ -185,7 +188,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
                 shared.identity_status.set_mode(Mode::ControlPlane);
             }
             let renewer = Renewer {
-                ca: ControlPlaneCa::new(m, &roots),
+                ca: ControlPlaneCa::new(m, &roots, &shared.client_cert),
                 shared: shared.clone(),
                 provider: provider.clone(),
                 clock: Arc::new(SystemTime::now),
@@ -194,7 +197,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
             if let Some(address) = advertised {
-                let register = managed::register(m.clone(), roots, address, registration.clone());
+                let cert = shared.client_cert.clone();
+                let register = managed::register(m.clone(), roots, cert, address, registration.clone());
                 registered = Some(tokio::spawn(register));
             }
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use pilotfish_api::client::SharedClientCert;
 use pilotfish_api::wire::CertificateReport;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,9 @@ pub struct Shared {
     /// What the control plane is told of the certificate in force: set with every identity
     /// installed, changed only when the report does (the push client re-ACKs on a change).
     pub certificate: watch::Sender<Option<CertificateReport>>,
+    /// The certificate presented to an https control plane: the mesh identity's, so the
+    /// sidecar goes on after its join token expires.
+    pub client_cert: SharedClientCert,
     /// Cancelled when the sidecar starts draining.
     pub shutdown: CancellationToken,
     /// Every connection task, so that drain can wait for them.
@@ -39,6 +43,16 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_client_cert(snapshot, metrics, SharedClientCert::default())
+    }
+
+    /// [`Shared::new`], putting its identity in force in `client_cert` too (the control-plane
+    /// clients made before it present that).
+    pub fn with_client_cert(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        client_cert: SharedClientCert,
+    ) -> Arc<Self> {
         metrics.config_version.set(snapshot.version as i64);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -46,6 +60,7 @@ impl Shared {
             identity: ArcSwapOption::empty(),
             identity_status: IdentityStatus::default(),
             certificate: watch::Sender::new(None),
+            client_cert,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),

@@ -194,16 +194,25 @@ fn plaintext_off_loopback_takes_insecure_and_without_a_certificate_it_refuses_to
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_managed_sidecar_joins_an_https_control_plane_with_only_its_join_token() {
+async fn a_managed_sidecar_joins_an_https_control_plane_with_its_join_token_and_goes_on_with_its_certificate()
+{
     let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start_on(dir.path(), "0.0.0.0:0"));
+    let data = dir.path().to_str().unwrap();
+    // 6 s leaves renew every ~4 s: after the join token below has expired.
+    let cp = tokio::task::block_in_place(|| {
+        ControlPlane::launch(&["--listen", "0.0.0.0:0", "--data-dir", data, "--cert-ttl", "6s"])
+    });
     let url = format!("https://127.0.0.1:{}", cp.addr.port());
     let trust = Trust::ca_file(&dir.path().join("ca/root.pem")).unwrap();
     let admin = Client::builder(&url).token(Some(TOKEN.into())).trust(Some(trust)).build();
     let users = backend("users").await;
     admin.apply(&service("users", users.addr.port())).await.unwrap();
-    let token =
-        admin.create_token(&pilotfish_api::wire::TokenRequest::join("web", "default")).await.unwrap().token;
+    let request = pilotfish_api::wire::TokenRequest {
+        ttl: Some("3s".parse().unwrap()),
+        ..pilotfish_api::wire::TokenRequest::join("web", "default")
+    };
+    let token = admin.create_token(&request).await.unwrap().token;
+    let expired_at = std::time::Instant::now() + Duration::from_secs(3);
 
     let args = [
         "--control-plane",
@@ -226,6 +235,37 @@ async fn a_managed_sidecar_joins_an_https_control_plane_with_only_its_join_token
     }
     let proxies = admin.proxies().await.unwrap();
     assert!(proxies.items.iter().any(|p| p.service == "web" && p.connected), "{proxies:?}");
+
+    // Once the token has expired, the sidecar renews and ACKs with its mesh certificate.
+    tokio::time::sleep(expired_at.saturating_duration_since(std::time::Instant::now())).await;
+    let renewals = async || {
+        support::sample(&sc.metrics().await, "pilotfish_identity_cert_renewals_total", &[("result", "ok")])
+    };
+    let before = renewals().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while renewals().await < before + 2.0 {
+        assert!(std::time::Instant::now() < deadline, "no renewal after the token expired: {}", sc.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failed = support::sample(
+        &sc.metrics().await,
+        "pilotfish_identity_cert_renewals_total",
+        &[("result", "error")],
+    );
+    assert_eq!(failed, 0.0, "no renewal was refused: {}", sc.stderr());
+    let applied = admin.apply(&service("users", users.addr.port()).replace("users", "users2")).await.unwrap();
+    let version = applied.applied.iter().filter_map(|a| a.seq).max().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let proxies = admin.proxies().await.unwrap();
+        let web = proxies.items.iter().find(|p| p.service == "web").unwrap();
+        if web.acked_version >= version {
+            assert!(web.certificate.is_some(), "{web:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ACK after the token expired: {web:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -23,4 +23,4 @@ pub use error::ClientError;
 pub use operations::Preconditions;
 pub use push_stream::{PushStream, StreamError, MAX_LINE, STREAM_IDLE};
 pub use transport::{Client, ClientBuilder};
-pub use trust::{SharedRoots, Trust, TrustError};
+pub use trust::{SharedClientCert, SharedRoots, Trust, TrustError};

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
 use super::connect::Connector;
 use super::error::ClientError;
+use rustls::client::ResolvesClientCert;
+
 use super::trust::Trust;
 
 type Http = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
@@ -29,6 +31,8 @@ pub struct Client {
     /// Bounds each call, from sending it to the last byte of the answer (not a push stream's
     /// lines, which come for as long as the stream lasts).
     timeout: Option<Duration>,
+    /// What https connections present when asked for a client certificate.
+    client_cert: Option<Arc<dyn ResolvesClientCert>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -46,9 +50,24 @@ pub struct ClientBuilder {
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
     trust: Option<Trust>,
+    client_cert: Option<Arc<dyn ResolvesClientCert>>,
+    pool_idle_timeout: Option<Duration>,
 }
 
 impl ClientBuilder {
+    /// The client certificate presented on `https://` connections when the server asks for one
+    /// (resolved at each handshake, so a renewed certificate is used by new connections).
+    pub fn client_cert(mut self, resolver: Arc<dyn ResolvesClientCert>) -> Self {
+        self.client_cert = Some(resolver);
+        self
+    }
+
+    /// How long an idle connection is kept for reuse (default: hyper's 90 s).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = Some(timeout);
+        self
+    }
+
     /// What `https://` URLs are verified against (none: only `http://` URLs work).
     pub fn trust(mut self, trust: Option<Trust>) -> Self {
         self.trust = trust;
@@ -77,12 +96,17 @@ impl ClientBuilder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(self.connect_timeout);
         connector.set_nodelay(true);
-        let tls = self.trust.map(|trust| Arc::new(trust.client_config()));
+        let client_cert = self.client_cert;
+        let tls = self.trust.map(|trust| Arc::new(trust.client_config_with(client_cert.clone())));
+        let mut http = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        if let Some(timeout) = self.pool_idle_timeout {
+            http.pool_idle_timeout(timeout);
+        }
         Client {
             base: self.base.trim_end_matches('/').into(),
             token: self.token.map(Into::into),
-            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build(Connector::new(connector, tls)),
+            http: http.build(Connector::new(connector, tls)),
+            client_cert,
             timeout: self.timeout,
         }
     }
@@ -118,6 +142,8 @@ impl Client {
             connect_timeout: None,
             timeout: None,
             trust: None,
+            client_cert: None,
+            pool_idle_timeout: None,
         }
     }
 
@@ -130,27 +156,18 @@ impl Client {
     /// its [`ClientError`]. Not bounded by the timeout: the caller bounds what it reads.
     pub(crate) async fn send(&self, call: Call) -> Result<Response<Incoming>, ClientError> {
         let url = format!("{}{}", self.base, call.path);
-        let mut req = Request::builder().method(call.method).uri(&url);
-        if let Some(token) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        for (name, value) in call.headers {
-            req = req.header(name, value);
-        }
-        let body = match call.body {
-            Some((media, bytes)) => {
-                req = req.header(header::CONTENT_TYPE, media);
-                bytes
+        let (res, connection) = self.exchange(&url, &call).await?;
+        let res = if res.status() == StatusCode::UNAUTHORIZED && self.presents_certificate() {
+            // The connection may predate the client certificate (opened while there was none,
+            // or with one since renewed), and the server judged the request by what it
+            // presented then: once more over a new connection, which presents the current one.
+            if let Some(connected) = connection.connection_metadata().as_ref() {
+                connected.poison();
             }
-            None => Bytes::new(),
+            self.exchange(&url, &call).await?.0
+        } else {
+            res
         };
-        let req =
-            req.body(Full::new(body)).map_err(|source| ClientError::Request { url: url.clone(), source })?;
-        let res = self
-            .http
-            .request(req)
-            .await
-            .map_err(|source| ClientError::Unreachable { base: self.base.to_string(), source })?;
         if res.status().is_success() {
             return Ok(res);
         }
@@ -162,6 +179,43 @@ impl Client {
             .map(Duration::from_secs);
         let body = read(&url, res).await?;
         Err(ClientError::answer(status, &body, retry_after))
+    }
+
+    /// Whether a client certificate is there to present over https.
+    fn presents_certificate(&self) -> bool {
+        self.base.starts_with("https://") && self.client_cert.as_ref().is_some_and(|c| c.has_certs())
+    }
+
+    /// One request and its response, with a handle on the connection it went over.
+    async fn exchange(
+        &self,
+        url: &str,
+        call: &Call,
+    ) -> Result<(Response<Incoming>, CaptureConnection), ClientError> {
+        let mut req = Request::builder().method(call.method.clone()).uri(url);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in &call.headers {
+            req = req.header(name, value);
+        }
+        let body = match &call.body {
+            Some((media, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, *media);
+                bytes.clone()
+            }
+            None => Bytes::new(),
+        };
+        let mut req = req
+            .body(Full::new(body))
+            .map_err(|source| ClientError::Request { url: url.to_owned(), source })?;
+        let connection = capture_connection(&mut req);
+        let res = self
+            .http
+            .request(req)
+            .await
+            .map_err(|source| ClientError::Unreachable { base: self.base.to_string(), source })?;
+        Ok((res, connection))
     }
 
     /// [`Client::send`] and the whole answer, within the timeout.

@@ -16,11 +16,12 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name, ResolvesClientCert};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::wire::is_fingerprint;
@@ -34,6 +35,34 @@ pub enum Trust {
     Pinned(String),
     /// The pinned root, or any root of `roots` as they are when a connection is made.
     PinnedOrRoots { pin: String, roots: SharedRoots },
+}
+
+/// A client certificate that changes while a client runs (a sidecar's mesh certificate,
+/// renewed): every new connection that is asked for one presents the latest. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct SharedClientCert {
+    latest: Arc<RwLock<Option<Arc<CertifiedKey>>>>,
+}
+
+impl SharedClientCert {
+    /// The certificate new connections present from now on (`None`: none).
+    pub fn set(&self, certified: Option<Arc<CertifiedKey>>) {
+        *self.latest.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = certified;
+    }
+
+    fn latest(&self) -> Option<Arc<CertifiedKey>> {
+        self.latest.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+impl ResolvesClientCert for SharedClientCert {
+    fn resolve(&self, _hints: &[&[u8]], schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.latest().filter(|certified| certified.key.choose_scheme(schemes).is_some())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.latest().is_some()
+    }
 }
 
 /// Roots that change while a client runs (the mesh's pushed trust bundle); every new
@@ -134,24 +163,38 @@ impl Trust {
 
     /// The rustls configuration of a client with this trust: TLS 1.3, `http/1.1`.
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(None)
+    }
+
+    /// [`Trust::client_config`], presenting the certificate `client_cert` resolves when the
+    /// server asks for one (a sidecar's mesh certificate: the control plane takes it as the
+    /// sidecar's credential once its join token expired).
+    pub fn client_config_with(&self, client_cert: Option<Arc<dyn ResolvesClientCert>>) -> ClientConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the ring provider supports TLS 1.3");
-        let mut config = match self {
-            Self::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
-            Self::Pinned(pin) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedRoot {
-                    pin: pin.clone(),
-                    provider,
-                    or: None,
-                }))
-                .with_no_client_auth(),
+        let verified = match self {
+            Self::Roots(roots) => builder.with_root_certificates(roots.clone()),
+            Self::Pinned(pin) => builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedRoot {
+                pin: pin.clone(),
+                provider,
+                or: None,
+            })),
             Self::PinnedOrRoots { pin, roots } => {
                 let verifier = PinnedRoot { pin: pin.clone(), provider, or: Some(roots.clone()) };
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
             }
+        };
+        let mut config = match client_cert {
+            Some(resolver) => {
+                let mut config = verified.with_client_cert_resolver(resolver);
+                // Every handshake presents the certificate as it is now, never a resumed
+                // session's.
+                config.resumption = rustls::client::Resumption::disabled();
+                config
+            }
+            None => verified.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config

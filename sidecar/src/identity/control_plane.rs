@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pilotfish_api::client::{Client, ClientError, SharedRoots};
+use pilotfish_api::client::{Client, ClientError, SharedClientCert, SharedRoots};
 use pilotfish_api::wire::{CertifyRequest, CertifyResponse};
 
 use super::renew::Certify;
@@ -18,9 +18,9 @@ pub struct ControlPlaneCa {
 }
 
 impl ControlPlaneCa {
-    /// `roots` as [`Managed::clients`].
-    pub fn new(managed: &Managed, roots: &SharedRoots) -> ControlPlaneCa {
-        ControlPlaneCa { clients: managed.clients(roots), next: AtomicUsize::new(0) }
+    /// `roots` and `cert` as [`Managed::clients`].
+    pub fn new(managed: &Managed, roots: &SharedRoots, cert: &SharedClientCert) -> ControlPlaneCa {
+        ControlPlaneCa { clients: managed.clients(roots, cert), next: AtomicUsize::new(0) }
     }
 }
 

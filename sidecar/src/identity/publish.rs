@@ -1,5 +1,6 @@
-//! Putting an identity in force: [`crate::state::Shared::identity`] for the data path, and the
-//! metrics, status and certificate report that describe it — always together, so `/identity`,
+//! Putting an identity in force: [`crate::state::Shared::identity`] for the data path and
+//! [`crate::state::Shared::client_cert`] for the control plane's clients, and the metrics,
+//! status and certificate report that describe it — always together, so `/identity`,
 //! `/metrics` and the control plane see what the handshakes use.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::state::Shared;
 pub fn install(shared: &Shared, built: Built) {
     shared.metrics.identity.installed(built.identity.not_after, &built.roots);
     shared.identity_status.installed(&built.roots);
+    shared.client_cert.set(Some(built.identity.configs.certified().clone()));
     shared.identity.store(Some(Arc::new(built.identity)));
     let report = built.report;
     shared.certificate.send_if_modified(|current| {

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pilotfish_api::authz::MeshDefault;
-use pilotfish_api::client::{Client, ClientError, PushStream, SharedRoots, StreamError, Trust};
+use pilotfish_api::client::{
+    Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
+};
 use pilotfish_api::wire::{
     Ack, AckQuery, CertificateReport, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION,
 };
@@ -47,6 +49,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Registration, heartbeat, deregistration and ACK calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle connection to the control plane is kept.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// Where the control plane is and who this sidecar is.
 #[derive(Debug, Clone)]
@@ -82,7 +86,12 @@ impl Managed {
     }
 
     /// A client of each control-plane replica, in the order they are tried.
-    pub fn clients(&self, pushed: &SharedRoots) -> Vec<Client> {
+    ///
+    /// Each presents `cert` (the mesh identity, once the sidecar has one) to an https control
+    /// plane, which takes it as the sidecar's credential once the join token expired. Idle
+    /// connections are not kept long, so a connection opened before the sidecar had a
+    /// certificate (or with an old one) is soon replaced by one presenting the current one.
+    pub fn clients(&self, pushed: &SharedRoots, cert: &SharedClientCert) -> Vec<Client> {
         self.servers
             .iter()
             .map(|server| {
@@ -93,6 +102,8 @@ impl Managed {
                 Client::builder(server)
                     .token(Some(self.token.clone()))
                     .trust(trust)
+                    .client_cert(Arc::new(cert.clone()))
+                    .pool_idle_timeout(POOL_IDLE)
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(CALL_TIMEOUT)
                     .build()
@@ -143,10 +154,11 @@ pub struct PushClient {
 }
 
 impl PushClient {
-    pub fn new(managed: Managed) -> Self {
+    /// `cert` as [`Managed::clients`].
+    pub fn new(managed: Managed, cert: &SharedClientCert) -> Self {
         let roots = SharedRoots::default();
         Self {
-            clients: managed.clients(&roots),
+            clients: managed.clients(&roots, cert),
             managed,
             server: 0,
             stream: None,
@@ -351,8 +363,14 @@ pub async fn follow(
 
 /// Registers `address` as an instance of the service and renews its lease until `stop`, then
 /// deregisters it; `roots` as [`Managed::clients`].
-pub async fn register(managed: Managed, roots: SharedRoots, address: SocketAddr, stop: CancellationToken) {
-    let clients = managed.clients(&roots);
+pub async fn register(
+    managed: Managed,
+    roots: SharedRoots,
+    cert: SharedClientCert,
+    address: SocketAddr,
+    stop: CancellationToken,
+) {
+    let clients = managed.clients(&roots, &cert);
     let ttl = managed.lease_ttl.as_secs().max(1);
     let registration = Registration::new(&managed.service, &managed.namespace, address, ttl);
     let mut server = 0;

@@ -15,6 +15,7 @@ use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
 use rustls::{ClientConfig, ServerConfig};
 
@@ -37,6 +38,8 @@ pub struct MeshConfigs {
     server: Arc<ServerConfig>,
     http2: Arc<ClientConfig>,
     tcp: Arc<ClientConfig>,
+    /// The certificate and key as a client presents them (to an https control plane).
+    certified: Arc<CertifiedKey>,
 }
 
 impl MeshConfigs {
@@ -61,7 +64,17 @@ impl MeshConfigs {
             server: Arc::new(server_config(credentials, bundle, provider, clock.clone())?),
             http2: Arc::new(client(MeshAlpn::Http2)?),
             tcp: Arc::new(client(MeshAlpn::Tcp)?),
+            certified: Arc::new(CertifiedKey::from_der(
+                credentials.chain.clone(),
+                credentials.key.clone_key(),
+                provider,
+            )?),
         })
+    }
+
+    /// The certificate chain and key, for clients that present them (the control plane's).
+    pub fn certified(&self) -> &Arc<CertifiedKey> {
+        &self.certified
     }
 
     /// Terminates mesh mTLS: client certificates are required and verified against the bundle.

@@ -163,7 +163,7 @@ async fn follow_stand_in(cp: &StandIn) -> (Arc<Shared>, MeshReceiver) {
     let snap = Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap();
     let shared = Shared::new(snap, metrics);
     let (mesh_tx, mesh_rx) = mesh_feed::channel();
-    let push = PushClient::new(Managed { servers: vec![cp.url.clone()], ..managed() });
+    let push = PushClient::new(Managed { servers: vec![cp.url.clone()], ..managed() }, &Default::default());
     let local = Arc::new(LocalListeners::default());
     tokio::spawn(follow(shared.clone(), local, push, Overrides::default(), mesh_tx));
     cp.connected().await;
@@ -259,7 +259,8 @@ async fn a_version_is_acked_only_once_its_trust_bundle_is_in_force() {
 #[tokio::test]
 async fn a_pushed_bundle_is_what_every_control_plane_client_trusts_besides_the_pin() {
     let cp = StandIn::start().await;
-    let mut push = PushClient::new(Managed { servers: vec![cp.url.clone()], ..managed() });
+    let mut push =
+        PushClient::new(Managed { servers: vec![cp.url.clone()], ..managed() }, &Default::default());
     let roots = push.pushed_roots().clone();
     assert!(roots.is_empty());
     let next = tokio::spawn(async move { push.next().await.version });
