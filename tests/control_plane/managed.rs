@@ -93,9 +93,15 @@ async fn a_managed_sidecar_serves_pushed_config_and_acks_it() {
     let (version, table) = out.split_once('\n').unwrap();
     assert_eq!(version, format!("current version: {current}"));
     let table = crate::table_cells(table);
-    assert_eq!(table[0], ["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"]);
+    assert_eq!(
+        table[0],
+        ["ID", "SERVICE", "CONNECTED", "ACKED", "CURRENT", "CERT EXPIRES", "ROOT", "LAST NACK"]
+    );
     let acked = current.to_string();
-    assert_eq!(table[1][1..], ["web.default", "true", acked.as_str(), "true", "<none>"], "{out}");
+    assert_eq!(table[1][1..5], ["web.default", "true", acked.as_str(), "true"], "{out}");
+    assert_eq!(table[1][7], "<none>", "{out}");
+    // On the admin token the sidecar has no mesh identity, so no certificate to show.
+    assert_eq!(table[1][5..7], ["-", "-"], "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +135,7 @@ async fn a_config_the_sidecar_cannot_take_is_nacked_and_the_old_one_keeps_servin
     assert!(support::sample(&m, "pilotfish_config_errors_total", &[]) >= 1.0);
     let out = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
     let table = crate::table_cells(out.split_once('\n').unwrap().1);
-    let nack = &table[1][5];
+    let nack = &table[1][7];
     assert!(nack.starts_with(&format!("v{}: ", nacked.version)), "{out}");
     assert!(nack.contains("spec.addresses"), "{out}");
 }

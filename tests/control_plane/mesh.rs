@@ -337,6 +337,8 @@ async fn a_root_rotation_under_continuous_load_fails_no_request_and_survives_a_r
         );
         assert_eq!(p.certificate_warning, None);
     }
+    let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
+    assert_eq!(table.matches(&new_root[..16]).count(), 2, "both sidecars under the new root:\n{table}");
     let log = cp.client().events(&Default::default()).await.unwrap().events;
     let phases: Vec<_> = log.iter().filter(|e| e.kind.starts_with("Ca")).map(|e| e.kind.as_str()).collect();
     assert_eq!(phases, ["CaRootAdded", "CaIssuerActivated", "CaRootRetired"]);

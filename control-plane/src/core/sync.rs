@@ -109,3 +109,36 @@ pub(super) fn certificate_warning(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(not_after: &str, root: Option<&str>) -> CertificateReport {
+        CertificateReport {
+            identity: "spiffe://pilotfish.local/ns/default/sa/web".into(),
+            not_after: not_after.into(),
+            root: root.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_flagged_when_expired_not_renewing_or_under_an_old_root() {
+        let now = humantime::parse_rfc3339("2026-12-02T10:00:00Z").unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let (active, old) = ("a".repeat(64), "b".repeat(64));
+        let warn = |not_after: &str, root: &str| {
+            certificate_warning(&report(not_after, Some(root)), now, day, |r: &str| r == active)
+        };
+        assert_eq!(warn("2026-12-02T20:00:00Z", &active), None, "10 h of 24 left: renewing on time");
+        let late = warn("2026-12-02T14:00:00Z", &active).unwrap();
+        assert!(late.contains("expires in 14400s and was not renewed"), "{late}");
+        let expired = warn("2026-12-02T09:59:59Z", &active).unwrap();
+        assert!(expired.contains("expired at 2026-12-02T09:59:59Z"), "{expired}");
+        let stale = warn("2026-12-02T20:00:00Z", &old).unwrap();
+        assert!(stale.contains("chains to root bbbbbbbbbbbbbbbb"), "{stale}");
+        let unreadable = certificate_warning(&report("soon", None), now, day, |_| true).unwrap();
+        assert!(unreadable.contains("cannot be read"), "{unreadable}");
+        assert_eq!(certificate_warning(&report("2026-12-03T00:00:00Z", None), now, day, |_| false), None);
+    }
+}
