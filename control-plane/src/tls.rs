@@ -7,9 +7,11 @@
 //! root's fingerprint (its join token's third part) finds the root to verify against. Plaintext
 //! on a non-loopback address takes `--insecure`; when the certificate cannot be made, the
 //! control plane refuses to start and says both ways out. Client certificates are asked for but
-//! optional (the CLI and dashboards use bearer tokens); one that is sent must chain to the
-//! mesh's roots in force (they change with a root rotation), and its SPIFFE ID reaches the
-//! handlers as [`TlsPeer`]: a sidecar whose join token expired goes on with its mesh identity.
+//! optional (the CLI and dashboards use bearer tokens). One that is sent passes the handshake
+//! whatever it is (its signature still proves the key) and reaches the handlers as [`TlsPeer`];
+//! each request judges it against the mesh's roots in force at that moment (`ca::MeshCa`): a
+//! sidecar whose join token expired goes on with its mesh identity, and an expired certificate,
+//! or one under a retired root, proves nothing but locks nobody out of the handshake.
 //!
 //! Handshakes run in tasks of their own, bounded in time, so a client that stalls in one holds
 //! up no other.
@@ -19,18 +21,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::RwLock;
-
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use pilotfish_api::SpiffeId;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -58,18 +55,13 @@ pub enum TlsError {
     Refused { listen: SocketAddr, reason: String },
 }
 
-/// The PEM bundle of the mesh's roots in force, asked at each handshake.
-pub type Roots = Arc<dyn Fn() -> String + Send + Sync>;
-
 /// How the API on `listen` is served: plaintext on loopback or with `insecure`, otherwise TLS
-/// with a certificate from `ca` for `names` (empty: [`default_names`]), verifying client
-/// certificates against `roots`.
+/// with a certificate from `ca` for `names` (empty: [`default_names`]).
 pub fn transport(
     listen: SocketAddr,
     insecure: bool,
     names: &[String],
     ca: &Ca,
-    roots: Roots,
 ) -> Result<Transport, TlsError> {
     if listen.ip().to_canonical().is_loopback() {
         return Ok(Transport::Plain);
@@ -80,7 +72,7 @@ pub fn transport(
     }
     let names = if names.is_empty() { default_names(listen.ip(), hostname()) } else { names.to_vec() };
     let refused = |reason: String| TlsError::Refused { listen, reason };
-    let config = server_config(ca, &names, roots).map_err(|e| refused(e.to_string()))?;
+    let config = server_config(ca, &names).map_err(|e| refused(e.to_string()))?;
     tracing::info!(names = ?names, root = %ca.root_fingerprints()[0], "serving the API over TLS");
     Ok(Transport::Tls(config))
 }
@@ -113,81 +105,30 @@ enum ConfigError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Rustls(#[from] rustls::Error),
-    #[error("the mesh's roots cannot verify client certificates: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn server_config(ca: &Ca, names: &[String], roots: Roots) -> Result<Arc<ServerConfig>, ConfigError> {
+fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigError> {
     let serving = ca.serving(names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let clients = MeshClients::new(roots, provider.clone())?;
     let chain = serving.chain.into_iter().map(CertificateDer::from).collect();
     let key = PrivatePkcs8KeyDer::from(serving.key).into();
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(clients))
+        .with_client_cert_verifier(Arc::new(MeshClients { provider }))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // No resumption: a resumed session would carry the client certificate of the handshake it
-    // resumes — perhaps none, or one since renewed or expired — and the caller is judged by it.
+    // resumes — perhaps none, or one since renewed — and the caller is judged by it.
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
-/// Optional client certificates, verified against the mesh's roots in force: the verifier is
-/// rebuilt when the bundle changes (a root rotation), so a sidecar renewed under a new root is
-/// never refused by the control plane that issued its certificate.
+/// Optional client certificates, taken at the handshake whatever they chain to: each request
+/// judges the certificate against the roots in force then (see the module's documentation). The
+/// handshake's signature checks still prove the client holds the certificate's key.
 struct MeshClients {
-    roots: Roots,
     provider: Arc<CryptoProvider>,
-    /// The bundle the verifier was built for, and the verifier.
-    current: RwLock<(String, Arc<dyn ClientCertVerifier>)>,
-}
-
-impl MeshClients {
-    fn new(roots: Roots, provider: Arc<CryptoProvider>) -> Result<Self, ConfigError> {
-        let bundle = roots();
-        let verifier = verifier(&bundle, &provider)?;
-        Ok(Self { roots, provider, current: RwLock::new((bundle, verifier)) })
-    }
-
-    /// The verifier of the bundle in force (rebuilt when it changed; the last good one when the
-    /// new bundle cannot be read).
-    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        let bundle = (self.roots)();
-        {
-            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-            if current.0 == bundle {
-                return current.1.clone();
-            }
-        }
-        match verifier(&bundle, &self.provider) {
-            Ok(verifier) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = (bundle, verifier.clone());
-                verifier
-            }
-            Err(e) => {
-                tracing::error!(
-                    "the mesh's roots cannot verify client certificates, keeping the last ones: {e}"
-                );
-                self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
-            }
-        }
-    }
-}
-
-fn verifier(
-    bundle: &str,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
-    let mut roots = RootCertStore::empty();
-    for root in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
-        roots.add(root.map_err(|e| rustls::Error::General(e.to_string()))?)?;
-    }
-    Ok(WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-        .allow_unauthenticated()
-        .build()?)
 }
 
 impl std::fmt::Debug for MeshClients {
@@ -212,11 +153,11 @@ impl ClientCertVerifier for MeshClients {
 
     fn verify_client_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verifier().verify_client_cert(end_entity, intermediates, now)
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -252,22 +193,19 @@ impl ClientCertVerifier for MeshClients {
     }
 }
 
-/// Who is at the other end of a TLS connection to the API: its address, and the mesh identity
-/// of the client certificate it presented (verified during the handshake), if any.
+/// Who is at the other end of a TLS connection to the API: its address, and the certificate
+/// chain it presented, if any (not yet judged: each request does, against the roots in force).
 #[derive(Debug, Clone)]
 pub struct TlsPeer {
     pub addr: SocketAddr,
-    pub identity: Option<SpiffeId>,
+    pub chain: Option<Arc<[CertificateDer<'static>]>>,
 }
 
 impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
         let (_, session) = stream.io().get_ref();
-        let identity = session
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| pilotfish_api::certificate::spiffe_id(leaf).ok());
-        Self { addr: *stream.remote_addr(), identity }
+        let chain = session.peer_certificates().filter(|chain| !chain.is_empty()).map(Arc::from);
+        Self { addr: *stream.remote_addr(), chain }
     }
 }
 
@@ -334,9 +272,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::open(&dir.path().join("ca")).unwrap();
         let plain = |listen: &str, insecure| {
-            let bundle = ca.trust_bundle_pem().to_owned();
-            let roots: Roots = Arc::new(move || bundle.clone());
-            matches!(transport(listen.parse().unwrap(), insecure, &[], &ca, roots).unwrap(), Transport::Plain)
+            matches!(transport(listen.parse().unwrap(), insecure, &[], &ca).unwrap(), Transport::Plain)
         };
         assert!(plain("127.0.0.1:15100", false));
         assert!(plain("127.3.4.5:15100", false), "all of 127/8 is loopback");
@@ -353,10 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::open(&dir.path().join("ca")).unwrap();
         let bad = ["ünïcode.example".to_owned()];
-        let bundle = ca.trust_bundle_pem().to_owned();
-        let Err(e) =
-            transport("0.0.0.0:15100".parse().unwrap(), false, &bad, &ca, Arc::new(move || bundle.clone()))
-        else {
+        let Err(e) = transport("0.0.0.0:15100".parse().unwrap(), false, &bad, &ca) else {
             panic!("a certificate for a name it cannot carry");
         };
         let message = e.to_string();

@@ -184,11 +184,7 @@ async fn serve(
     check_cert_ttl(&ca, settings.cert_ttl)?;
     let cp = ControlPlane::open(store, settings, ca).await.context("loading the read model")?;
     // The issuer in force, after any root rotation in the log, signs the serving certificate.
-    let roots = {
-        let cp = cp.clone();
-        Arc::new(move || cp.ca_bundle())
-    };
-    let served = transport(listen.addr, listen.insecure, &listen.tls_san, &cp.ca(), roots)?;
+    let served = transport(listen.addr, listen.insecure, &listen.tls_san, &cp.ca())?;
     let addr = listen.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -3,8 +3,14 @@
 //! signs. The roots come from the log itself (certificates are public); only the issuer that
 //! signs needs its key, loaded from the [`Keystore`] when a rotation activates it.
 
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pilotfish_api::SpiffeId;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
 
 use super::authority::{cert_pem, Ca, Root};
 use super::keystore::Keystore;
@@ -23,6 +29,8 @@ pub struct View {
     pub roots: Vec<TrustedRoot>,
     /// PEM of every root.
     pub bundle_pem: String,
+    /// Verifies client certificates against these roots; made at first use.
+    clients: OnceLock<Option<Arc<dyn ClientCertVerifier>>>,
 }
 
 /// A root of the trust bundle.
@@ -99,7 +107,32 @@ impl View {
             })
             .collect();
         let bundle_pem = roots.iter().map(|r| cert_pem(&r.der)).collect();
-        Self { issuer, roots, bundle_pem }
+        Self { issuer, roots, bundle_pem, clients: OnceLock::new() }
+    }
+
+    /// The mesh identity `chain` (a client certificate, then the CAs above it) proves at `now`:
+    /// the leaf's SPIFFE ID, when the chain verifies up to one of these roots, unexpired, for
+    /// client authentication.
+    pub fn verify_client(&self, chain: &[CertificateDer<'_>], now: SystemTime) -> Option<SpiffeId> {
+        let verifier = self.clients.get_or_init(|| self.client_verifier()).as_ref()?;
+        let (leaf, intermediates) = chain.split_first()?;
+        let now = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).ok()?);
+        verifier.verify_client_cert(leaf, intermediates, now).ok()?;
+        pilotfish_api::certificate::spiffe_id(leaf).ok()
+    }
+
+    fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        let mut roots = RootCertStore::empty();
+        for root in &self.roots {
+            if let Err(e) = roots.add(CertificateDer::from(root.der.clone())) {
+                tracing::error!(root = %root.fingerprint, "a root cannot verify client certificates: {e}");
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .inspect_err(|e| tracing::error!("the mesh's roots cannot verify client certificates: {e}"))
+            .ok()
     }
 
     /// Every trusted root: its fingerprint and when it expires.

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use pilotfish_api::SpiffeId;
+use rustls::pki_types::CertificateDer;
 
 use super::caller::{stored_token, Caller, Presented};
 use super::error::{Error, Result};
@@ -23,10 +23,16 @@ impl ControlPlane {
     /// goes on with its mesh identity once the token expires (renewals included).
     pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Caller> {
         match self.by_token(credentials.bearer).await {
-            Err(Error::Unauthorized) => match credentials.peer {
-                Some(peer) if peer.trust_domain() == self.trust_domain => Ok(Caller::workload(peer)),
-                _ => Err(Error::Unauthorized),
-            },
+            Err(Error::Unauthorized) => {
+                // Judged now, against the roots in force: an expired certificate, or one under
+                // a retired root, proves nothing.
+                let peer =
+                    credentials.peer.and_then(|chain| self.ca.view().verify_client(chain, SystemTime::now()));
+                match peer {
+                    Some(peer) if peer.trust_domain() == self.trust_domain => Ok(Caller::workload(&peer)),
+                    _ => Err(Error::Unauthorized),
+                }
+            }
             proven => proven,
         }
     }
@@ -66,7 +72,7 @@ impl ControlPlane {
 pub struct Credentials<'a> {
     /// The bearer token of `Authorization`.
     pub bearer: Option<&'a str>,
-    /// The mesh identity of the client certificate its TLS connection presented (verified
-    /// against the mesh's roots during the handshake).
-    pub peer: Option<&'a SpiffeId>,
+    /// The client certificate chain its TLS connection presented, the leaf first (not yet
+    /// verified: [`ControlPlane::authenticate`] does, against the roots in force).
+    pub peer: Option<&'a [CertificateDer<'static>]>,
 }

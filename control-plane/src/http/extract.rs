@@ -22,10 +22,10 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
-/// What the request proves its caller with: its bearer token, and the mesh identity of its TLS
-/// connection's client certificate (only served over TLS).
+/// What the request proves its caller with: its bearer token, and its TLS connection's client
+/// certificate (only served over TLS).
 pub(super) fn credentials(parts: &Parts) -> Credentials<'_> {
-    let peer = parts.extensions.get::<ConnectInfo<TlsPeer>>().and_then(|info| info.0.identity.as_ref());
+    let peer = parts.extensions.get::<ConnectInfo<TlsPeer>>().and_then(|info| info.0.chain.as_deref());
     Credentials { bearer: bearer(&parts.headers), peer }
 }
 
