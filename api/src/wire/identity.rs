@@ -126,8 +126,9 @@ pub enum RotationPhase {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotateRequest {
-    /// How long both roots stay trusted after every connected sidecar renewed under the new
-    /// one (e.g. `10m`; default 1m), for sidecars that were disconnected meanwhile.
+    /// How long both roots stay trusted after the switch of issuer, at least (e.g. `10m`;
+    /// default 1m): the old root is retired once this has passed and every connected sidecar
+    /// renewed under the new one. A margin for sidecars that were disconnected meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap: Option<Duration>,
 }
@@ -152,8 +153,8 @@ pub struct CertificateReport {
 impl CertificateReport {
     /// Whether it keeps within what the schema says (the proxies view stores it as sent).
     pub fn check(&self) -> Result<(), String> {
-        if self.identity.len() > 2048 || self.not_after.len() > 64 {
-            return Err("certificate: identity is at most 2048 bytes and notAfter at most 64".into());
+        if self.identity.chars().count() > 2048 || self.not_after.chars().count() > 64 {
+            return Err("certificate: identity is at most 2048 characters and notAfter at most 64".into());
         }
         match &self.root {
             Some(root) if !super::is_fingerprint(root) => {

@@ -14,12 +14,16 @@ use rustls::RootCertStore;
 
 use super::authority::{cert_pem, Ca, Root};
 use super::keystore::Keystore;
+use crate::core::sha256_hex;
 use crate::model::CaLog;
 
 /// The CA opened at start and the view the log gives of it now.
 pub struct MeshCa {
     initial: Arc<Ca>,
     view: RwLock<Arc<View>>,
+    /// The version of the log's CA record the view fully follows (`None`: not yet, or the
+    /// last attempt could not load the issuer it activated, so the next one tries again).
+    followed: RwLock<Option<u64>>,
 }
 
 /// The roots trusted and the issuer signing, at one point of the log.
@@ -46,7 +50,7 @@ impl MeshCa {
     pub fn new(ca: Ca) -> Self {
         let initial = Arc::new(ca);
         let view = View::of(initial.clone(), vec![(initial.fingerprint(), initial.roots[0].clone())]);
-        Self { initial, view: RwLock::new(Arc::new(view)) }
+        Self { initial, view: RwLock::new(Arc::new(view)), followed: RwLock::new(None) }
     }
 
     /// The view in force.
@@ -54,17 +58,26 @@ impl MeshCa {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether the view fully follows version `version` of the log's CA record.
+    pub fn follows(&self, version: u64) -> bool {
+        *self.followed.read().unwrap_or_else(|p| p.into_inner()) == Some(version)
+    }
+
     /// Where rotations keep the CAs they make.
     pub fn keystore(&self) -> &Keystore {
         self.initial.keystore()
     }
 
-    /// Follows `log`: the bundle becomes the CA opened at start's root plus the roots rotations
+    /// Follows `log` (at once when it is the version already followed): the bundle becomes the CA opened at start's root plus the roots rotations
     /// added, less those retired; the issuer, the one the log last activated. An issuer that
     /// cannot be loaded (its keys missing from the keystore) leaves the one in force, and a root
     /// that cannot be read is left out, each with an error in the log.
     pub async fn follow(&self, log: &CaLog) {
+        if self.follows(log.version) {
+            return;
+        }
         let current = self.view();
+        let mut complete = true;
         let issuer = match &log.active {
             None => self.initial.clone(),
             Some(fp) if *fp == current.issuer.fingerprint() => current.issuer.clone(),
@@ -72,7 +85,8 @@ impl MeshCa {
             Some(fp) => match self.keystore().load(fp).await {
                 Ok(ca) => Arc::new(ca),
                 Err(e) => {
-                    tracing::error!(root = %fp, "cannot load the issuer a root rotation activated; the current one keeps signing: {e}");
+                    tracing::error!(root = %fp, "cannot load the issuer a root rotation activated; the current one keeps signing until it can: {e}");
+                    complete = false;
                     current.issuer.clone()
                 }
             },
@@ -82,8 +96,14 @@ impl MeshCa {
             if roots.iter().any(|(fp, _)| *fp == added.fingerprint) {
                 continue;
             }
+            // The fingerprint is the DER's, whatever the event says.
             match pem::parse(&added.root_pem) {
-                Ok(der) => roots.push((added.fingerprint.clone(), der.contents().to_vec())),
+                Ok(der) if sha256_hex(der.contents()) == added.fingerprint => {
+                    roots.push((added.fingerprint.clone(), der.contents().to_vec()));
+                }
+                Ok(_) => {
+                    tracing::error!(root = %added.fingerprint, "a root in the log is not the certificate its fingerprint names; left out")
+                }
                 Err(e) => tracing::error!(root = %added.fingerprint, "a root in the log cannot be read: {e}"),
             }
         }
@@ -91,6 +111,7 @@ impl MeshCa {
         let active = issuer.fingerprint();
         roots.retain(|(fp, _)| !log.retired.contains(fp) || *fp == active);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(View::of(issuer, roots));
+        *self.followed.write().unwrap_or_else(|p| p.into_inner()) = complete.then_some(log.version);
     }
 }
 

@@ -185,13 +185,11 @@ impl ControlPlane {
         }
         let mut state = self.state.write().await;
         let before = state.seq;
-        let ca_before = state.ca.version;
-        catch_up(&*self.store, &mut state).await?;
+        let caught_up = catch_up(&*self.store, &mut state).await;
         // Under the write lock: no push line or certificate of the new point of the log goes
-        // out before the CA follows it.
-        if state.ca.version != ca_before {
-            self.ca.follow(&state.ca).await;
-        }
+        // out before the CA follows it (also after a page that failed half-way).
+        self.ca.follow(&state.ca).await;
+        caught_up?;
         if state.seq / SNAPSHOT_EVERY > before / SNAPSHOT_EVERY {
             let snapshot = serde_json::to_value(&*state).expect("the read model serializes");
             // A missed snapshot only makes the next start-up replay more of the log.
@@ -200,6 +198,16 @@ impl ControlPlane {
             }
         }
         Ok(state.seq)
+    }
+
+    /// Follows the log's CA record again if the last attempt could not (its keys were not
+    /// readable then): called by the background loop.
+    pub async fn follow_ca(&self) {
+        if self.ca.follows(self.state.read().await.ca.version) {
+            return;
+        }
+        let state = self.state.write().await;
+        self.ca.follow(&state.ca).await;
     }
 
     /// After a committed write: fold it in, but never turn a durable write into an error
