@@ -28,27 +28,11 @@ impl Pki {
     pub fn create(dir: &Path) -> Result<Pki> {
         let ca = dir.join("ca.pem");
         let ca_key = dir.join("ca.key");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=bench root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            path(&ca_key),
-            "-out",
-            path(&ca),
-        ])?;
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        openssl(
+            &format!("req -x509 {ec} -days 2 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"),
+            &["-subj", "/CN=bench root", "-keyout", path(&ca_key), "-out", path(&ca)],
+        )?;
         let leaf = |name: &str, account: &str| -> Result<Leaf> {
             let (key, csr, ext, cert) = (
                 dir.join(format!("{name}.key")),
@@ -56,42 +40,17 @@ impl Pki {
                 dir.join(format!("{name}.ext")),
                 dir.join(format!("{name}.pem")),
             );
-            openssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                "/",
-                "-keyout",
-                path(&key),
-                "-out",
-                path(&csr),
-            ])?;
+            openssl(&format!("req {ec} -subj /"), &["-keyout", path(&key), "-out", path(&csr)])?;
             let identity = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{account}");
             std::fs::write(
                 &ext,
                 format!("subjectAltName=critical,URI:{identity}\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n"),
             )?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                path(&csr),
-                "-CA",
-                path(&ca),
-                "-CAkey",
-                path(&ca_key),
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                path(&ext),
-                "-out",
-                path(&cert),
-            ])?;
+            let [csr, ca, ca_key, ext, out] = [&csr, &ca, &ca_key, &ext, &cert].map(|f| path(f));
+            openssl(
+                "x509 -req -CAcreateserial -days 1",
+                &["-in", csr, "-CA", ca, "-CAkey", ca_key, "-extfile", ext, "-out", out],
+            )?;
             let combined = dir.join(format!("{name}.combined.pem"));
             std::fs::write(&combined, [std::fs::read(&cert)?, std::fs::read(&key)?].concat())?;
             Ok(Leaf { cert, key, combined, identity })
@@ -104,10 +63,12 @@ pub fn path(p: &Path) -> &str {
     p.to_str().expect("the scratch directory's path is UTF-8")
 }
 
-fn openssl(args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).stdin(Stdio::null()).output()?;
+/// `openssl` with the space-separated `words`, then `args` (which may hold spaces).
+fn openssl(words: &str, args: &[&str]) -> Result<()> {
+    let out =
+        Command::new("openssl").args(words.split_whitespace()).args(args).stdin(Stdio::null()).output()?;
     if !out.status.success() {
-        bail!("openssl {}: {}", args[0], String::from_utf8_lossy(&out.stderr));
+        bail!("openssl {words}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

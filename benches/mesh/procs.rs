@@ -101,7 +101,8 @@ pub fn wait_port(addr: SocketAddr, procs: &mut [Proc]) -> Result<()> {
 /// Installs the Debian packages of the commands that are missing (`(command, package)` pairs),
 /// as `benches/common.sh` does; refreshes the package lists once if the install fails.
 pub fn need_tools(tools: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = tools.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> =
+        tools.iter().filter(|(cmd, _)| !tool(cmd).is_absolute()).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -123,9 +124,15 @@ pub fn need_tools(tools: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(cmd).is_file()))
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(cmd).is_file())
+/// Where `cmd` is installed: on `PATH` or in the sbin directories a user's `PATH` may lack
+/// (Debian puts nginx and haproxy there); just `cmd` if nowhere.
+pub fn tool(cmd: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(cmd))
+        .find(|file| file.is_file())
+        .unwrap_or_else(|| cmd.into())
 }
 
 /// Pins every thread of this process to [`LOAD_CPU`]; threads started later inherit it.

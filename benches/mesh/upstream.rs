@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::pki::path;
-use crate::procs::{free_port, wait_port, Proc};
+use crate::procs::{free_port, tool, wait_port, Proc};
 
 /// The response body's size.
 pub const BODY_BYTES: usize = 1024;
@@ -35,7 +35,7 @@ impl Upstream {
                 dir = path(dir),
             ),
         )?;
-        let nginx = Proc::spawn(dir, "upstream-nginx", Path::new("nginx"), &["-c", path(&conf)], &[])?;
+        let nginx = Proc::spawn(dir, "upstream-nginx", &tool("nginx"), &["-c", path(&conf)], &[])?;
         let exe = std::env::current_exe()?;
         let sink = Proc::spawn(dir, "tcp-sink", &exe, &[crate::options::TCP_SINK, &tcp.to_string()], &[])?;
         let mut procs = vec![nginx, sink];

@@ -3,29 +3,23 @@
 //! mTLS), mutual TLS 1.3 with the mesh leaves when the pair is encrypted; `mode tcp` for TCP.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Hop, Setup};
+use super::{Route, Setup};
 use crate::pki::path;
-use crate::procs::Proc;
+use crate::procs::{tool, Proc};
 use crate::scenario::Protocol;
 
-pub fn start(
-    setup: &Setup,
-    protocol: Protocol,
-    entry: SocketAddr,
-    hop: Option<&Hop>,
-    target: SocketAddr,
-) -> Result<Vec<Proc>> {
+pub fn start(setup: &Setup, route: &Route) -> Result<Vec<Proc>> {
+    let Route { protocol, entry, target, .. } = *route;
     let pki = setup.pki;
     let (ca, h2) = (path(&pki.ca), protocol == Protocol::Http2);
-    let Some(hop) = hop else {
+    let Some(hop) = &route.hop else {
         let a = haproxy(
             setup,
             "haproxy-a",
-            &config(protocol, &bind(entry, h2, None), &server(target, h2, None)),
+            &config(protocol, &line("bind", entry, h2, None), &line("server next", target, h2, None)),
         )?;
         return Ok(vec![a]);
     };
@@ -38,32 +32,24 @@ pub fn start(
     let b = haproxy(
         setup,
         "haproxy-b",
-        &config(protocol, &bind(hop.listen, h2, callee_tls), &server(target, h2, None)),
+        &config(protocol, &line("bind", hop.listen, h2, callee_tls), &line("server next", target, h2, None)),
     )?;
     let a = haproxy(
         setup,
         "haproxy-a",
-        &config(protocol, &bind(entry, h2, None), &server(hop.listen, h2, caller_tls)),
+        &config(protocol, &line("bind", entry, h2, None), &line("server next", hop.listen, h2, caller_tls)),
     )?;
     Ok(vec![a, b])
 }
 
-/// A `bind` line; HTTP/2 is h2c in plaintext and ALPN `h2` over TLS.
-fn bind(addr: SocketAddr, h2: bool, tls: Option<String>) -> String {
+/// A `bind` (`keyword` "bind") or `server` ("server next") line; HTTP/2 is h2c in plaintext
+/// and ALPN `h2` over TLS.
+fn line(keyword: &str, addr: SocketAddr, h2: bool, tls: Option<String>) -> String {
     match (h2, tls) {
-        (false, None) => format!("bind {addr}"),
-        (true, None) => format!("bind {addr} proto h2"),
-        (false, Some(tls)) => format!("bind {addr} {tls}"),
-        (true, Some(tls)) => format!("bind {addr} {tls} alpn h2"),
-    }
-}
-
-fn server(addr: SocketAddr, h2: bool, tls: Option<String>) -> String {
-    match (h2, tls) {
-        (false, None) => format!("server next {addr}"),
-        (true, None) => format!("server next {addr} proto h2"),
-        (false, Some(tls)) => format!("server next {addr} {tls}"),
-        (true, Some(tls)) => format!("server next {addr} {tls} alpn h2"),
+        (false, None) => format!("{keyword} {addr}"),
+        (true, None) => format!("{keyword} {addr} proto h2"),
+        (false, Some(tls)) => format!("{keyword} {addr} {tls}"),
+        (true, Some(tls)) => format!("{keyword} {addr} {tls} alpn h2"),
     }
 }
 
@@ -77,5 +63,5 @@ fn config(protocol: Protocol, bind: &str, server: &str) -> String {
 fn haproxy(setup: &Setup, name: &str, config: &str) -> Result<Proc> {
     let file = setup.dir.join(format!("{name}.cfg"));
     std::fs::write(&file, config)?;
-    Proc::spawn(setup.dir, name, Path::new("haproxy"), &["-f", path(&file), "-db"], &[])
+    Proc::spawn(setup.dir, name, &tool("haproxy"), &["-f", path(&file), "-db"], &[])
 }

@@ -37,6 +37,15 @@ impl Running {
     }
 }
 
+/// Where one scenario's traffic goes: into `entry`, through the pair's `hop` if any, to
+/// `target` in the upstream.
+pub struct Route {
+    pub protocol: Protocol,
+    pub entry: SocketAddr,
+    pub hop: Option<Hop>,
+    pub target: SocketAddr,
+}
+
 /// The hop a pair's second proxy listens on and the first one dials.
 pub struct Hop {
     pub listen: SocketAddr,
@@ -57,15 +66,17 @@ pub fn start(setup: &Setup, scenario: &Scenario) -> Result<Running> {
     let entry = loopback(free_port());
     let hop = (scenario.topology == Topology::Pair)
         .then(|| Hop { listen: loopback(free_port()), tls: scenario.tls });
+    let listens: Vec<SocketAddr> = std::iter::once(entry).chain(hop.as_ref().map(|h| h.listen)).collect();
+    let route = Route { protocol: scenario.protocol, entry, hop, target };
     let mut procs = match scenario.proxy {
-        Proxy::Pilotfish => pilotfish::start(setup, scenario.protocol, entry, hop.as_ref(), target)?,
-        Proxy::Haproxy => haproxy::start(setup, scenario.protocol, entry, hop.as_ref(), target)?,
+        Proxy::Pilotfish => pilotfish::start(setup, &route)?,
+        Proxy::Haproxy => haproxy::start(setup, &route)?,
         // nginx proxies to its upstream in HTTP/1.1 only: its HTTP/2 scenarios take h2c from the
         // load generator and call the upstream's HTTP/1.1 port.
-        Proxy::Nginx => nginx::start(setup, scenario.protocol, entry, hop.as_ref(), setup.upstream.http1)?,
+        Proxy::Nginx => nginx::start(setup, &Route { target: setup.upstream.http1, ..route })?,
         Proxy::Direct => unreachable!("direct has no proxy"),
     };
-    for addr in std::iter::once(entry).chain(hop.as_ref().map(|h| h.listen)) {
+    for addr in listens {
         wait_port(addr, &mut procs)?;
     }
     Ok(Running { entry, procs })

@@ -6,25 +6,20 @@
 //! URI), so the pair's handshake costs what HAProxy's does but proves one side.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Hop, Setup};
+use super::{Route, Setup};
 use crate::pki::path;
-use crate::procs::Proc;
+use crate::procs::{tool, Proc};
 use crate::scenario::Protocol;
 
-pub fn start(
-    setup: &Setup,
-    protocol: Protocol,
-    entry: SocketAddr,
-    hop: Option<&Hop>,
-    http1: SocketAddr,
-) -> Result<Vec<Proc>> {
+/// `route.target` is the upstream's HTTP/1.1 port whatever the protocol.
+pub fn start(setup: &Setup, route: &Route) -> Result<Vec<Proc>> {
+    let Route { protocol, entry, target: http1, .. } = *route;
     let pki = setup.pki;
     let h2 = if protocol == Protocol::Http2 { " http2" } else { "" };
-    let Some(hop) = hop else {
+    let Some(hop) = &route.hop else {
         return Ok(vec![nginx(setup, "nginx-a", &format!("listen {entry}{h2};"), http1, "")?]);
     };
     let (b_listen, a_calls) = match hop.tls {
@@ -59,5 +54,5 @@ fn nginx(setup: &Setup, name: &str, listen: &str, next: SocketAddr, tls: &str) -
     );
     let file = setup.dir.join(format!("{name}.conf"));
     std::fs::write(&file, config)?;
-    Proc::spawn(setup.dir, name, Path::new("nginx"), &["-c", path(&file)], &[])
+    Proc::spawn(setup.dir, name, &tool("nginx"), &["-c", path(&file)], &[])
 }

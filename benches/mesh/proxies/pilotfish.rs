@@ -6,25 +6,20 @@
 use anyhow::Result;
 use std::net::SocketAddr;
 
-use super::{Hop, Setup};
+use super::{Route, Setup};
 use crate::pki::{path, Leaf};
 use crate::procs::{free_port, Proc};
 use crate::scenario::Protocol;
 use crate::upstream::loopback;
 
-pub fn start(
-    setup: &Setup,
-    protocol: Protocol,
-    entry: SocketAddr,
-    hop: Option<&Hop>,
-    target: SocketAddr,
-) -> Result<Vec<Proc>> {
-    let protocol = match protocol {
+pub fn start(setup: &Setup, route: &Route) -> Result<Vec<Proc>> {
+    let Route { entry, target, .. } = *route;
+    let protocol = match route.protocol {
         Protocol::Http1 => "http",
         Protocol::Http2 => "http2",
         Protocol::Tcp => "tcp",
     };
-    let Some(hop) = hop else {
+    let Some(hop) = &route.hop else {
         let endpoint = format!("{{address: {target}}}");
         let a = sidecar(setup, "pilotfish-a", &caller("client", protocol, &endpoint, entry), None)?;
         return Ok(vec![a]);
