@@ -11,14 +11,15 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::load::Plan;
-use crate::procs::cpu_ticks;
+use crate::procs::{cpu_ticks, cpu_ticks_between};
 
 const CHUNK: usize = 128 * 1024;
 
 pub struct Outcome {
     /// Bytes written in the window.
     pub bytes: u64,
-    pub cpu_ticks: u64,
+    /// CPU clock ticks each proxy spent in the window.
+    pub cpu_ticks: Vec<u64>,
 }
 
 pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome> {
@@ -26,7 +27,7 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
     let chunk = vec![0u8; CHUNK];
     let start = Instant::now() + plan.warmup;
     let end = start + plan.window;
-    let (mut total, mut at_start, mut before) = (0u64, None, 0);
+    let (mut total, mut at_start, mut before) = (0u64, None, Vec::new());
     while Instant::now() < end {
         if at_start.is_none() && Instant::now() >= start {
             at_start = Some(total);
@@ -35,7 +36,7 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
         stream.write_all(&chunk).await?;
         total += CHUNK as u64;
     }
-    let cpu = cpu_ticks(pids) - before;
+    let cpu = cpu_ticks_between(&before, &cpu_ticks(pids));
     let bytes = total - at_start.unwrap_or(total);
     check_sink(&mut stream, total).await?;
     Ok(Outcome { bytes, cpu_ticks: cpu })

@@ -26,8 +26,12 @@ def check(row):
     else:
         assert (row["achieved_rps"] or 0) > 0 and row["p99_ms"] is not None, f"{name}: made no requests"
         assert row["errors"] == 0, f"{name}: {row['errors']} failed requests"
-    if row["proxy"] != "direct":
+    proxies = {"direct": 0, "single": 1, "pair": 2}[row["topology"]]
+    for field in ("proxies_cpu_s", "proxies_rss_peak_kib"):
+        assert len(row.get(field, ())) == proxies, f"{name}: {field} = {row.get(field)!r}"
+    if proxies:
         assert (row["rss_peak_kib"] or 0) > 0, f"{name}: no peak RSS"
+        assert row["rss_peak_kib"] == max(row["proxies_rss_peak_kib"]), f"{name}: rss_peak_kib is not the largest"
 
 
 def main(path):

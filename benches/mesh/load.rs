@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::procs::cpu_ticks;
+use crate::procs::{cpu_ticks, cpu_ticks_between};
 use crate::upstream::BODY_BYTES;
 
 /// How one scenario's load is offered and measured.
@@ -51,8 +51,8 @@ pub struct Outcome {
     pub completed: u64,
     /// Failed requests (a status other than 200, a short body, a broken connection).
     pub errors: u64,
-    /// CPU clock ticks the proxies spent in the window.
-    pub cpu_ticks: u64,
+    /// CPU clock ticks each proxy spent in the window.
+    pub cpu_ticks: Vec<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -82,7 +82,7 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
     tokio::time::sleep_until(window.start).await;
     let before = cpu_ticks(pids);
     tokio::time::sleep_until(window.end).await;
-    let cpu = cpu_ticks(pids) - before;
+    let cpu = cpu_ticks_between(&before, &cpu_ticks(pids));
 
     let mut outcome = Outcome { latency: histogram(), completed: 0, errors: 0, cpu_ticks: cpu };
     for task in tasks {

@@ -148,8 +148,8 @@ pub fn pin_self() -> Result<()> {
     Ok(())
 }
 
-/// CPU time (user + system, in clock ticks) of `pids` together.
-pub fn cpu_ticks(pids: &[u32]) -> u64 {
+/// CPU time (user + system, in clock ticks) of each of `pids`.
+pub fn cpu_ticks(pids: &[u32]) -> Vec<u64> {
     pids.iter()
         .map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -160,7 +160,12 @@ pub fn cpu_ticks(pids: &[u32]) -> u64 {
             let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
             field(11) + field(12)
         })
-        .sum()
+        .collect()
+}
+
+/// Each process's CPU ticks from `before` to `after` (two [`cpu_ticks`] readings).
+pub fn cpu_ticks_between(before: &[u64], after: &[u64]) -> Vec<u64> {
+    before.iter().zip(after).map(|(b, a)| a.saturating_sub(*b)).collect()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; Linux's USER_HZ is 100 everywhere).
@@ -182,13 +187,13 @@ pub fn reset_peak_rss(pids: &[u32]) {
     }
 }
 
-/// The largest peak resident set size (`VmHWM`, KiB) among `pids`.
-pub fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
+/// The peak resident set size (`VmHWM`, KiB) of each of `pids` (0 if unreadable).
+pub fn peak_rss_kib(pids: &[u32]) -> Vec<u64> {
     pids.iter()
-        .filter_map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default();
+            line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or(0)
         })
-        .max()
+        .collect()
 }

@@ -34,6 +34,10 @@ pub struct Row {
     pub rss_peak_kib: Option<u64>,
     /// TCP only.
     pub throughput_mib_s: Option<f64>,
+    /// Each proxy's CPU seconds in the window, the caller's first.
+    pub proxies_cpu_s: Vec<f64>,
+    /// Each proxy's peak RSS, KiB, the caller's first.
+    pub proxies_rss_peak_kib: Vec<u64>,
     /// Successful requests in the window (TCP: 0).
     pub requests: u64,
     pub errors: u64,
@@ -59,6 +63,8 @@ impl Row {
             cpu_s_per_gib: None,
             rss_peak_kib: None,
             throughput_mib_s: None,
+            proxies_cpu_s: Vec::new(),
+            proxies_rss_peak_kib: Vec::new(),
             requests: 0,
             errors: 0,
             window_s,

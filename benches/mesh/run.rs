@@ -169,14 +169,16 @@ async fn measure(setup: &Setup<'_>, s: &Scenario, plan: load::Plan) -> Result<Ro
     }
     reset_peak_rss(&pids);
     let mut row = Row::new(s, plan.rate, plan.window.as_secs_f64());
-    let cpu_seconds = |ticks: u64| ticks as f64 / ticks_per_second();
     let window = plan.window.as_secs_f64();
+    let ticks = ticks_per_second();
+    let cpu_seconds = |each: &[u64]| each.iter().map(|&t| t as f64 / ticks).collect::<Vec<f64>>();
     if s.protocol == Protocol::Tcp {
         let out = bulk::run(running.entry, plan, &pids).await?;
         let mib = out.bytes as f64 / (1024.0 * 1024.0);
         row.throughput_mib_s = Some(mib / window);
-        row.cpu_s_per_gib =
-            (!pids.is_empty() && mib > 0.0).then(|| cpu_seconds(out.cpu_ticks) / (mib / 1024.0));
+        row.proxies_cpu_s = cpu_seconds(&out.cpu_ticks);
+        let total: f64 = row.proxies_cpu_s.iter().sum();
+        row.cpu_s_per_gib = (!pids.is_empty() && mib > 0.0).then(|| total / (mib / 1024.0));
     } else {
         let out = load::run(running.entry, plan, &pids).await?;
         let ms = |q: f64| out.latency.value_at_quantile(q) as f64 / 1000.0;
@@ -187,10 +189,13 @@ async fn measure(setup: &Setup<'_>, s: &Scenario, plan: load::Plan) -> Result<Ro
             (row.p50_ms, row.p90_ms, row.p99_ms, row.p999_ms) =
                 (Some(ms(0.5)), Some(ms(0.9)), Some(ms(0.99)), Some(ms(0.999)));
         }
-        row.cpu_s_per_100k = (!pids.is_empty() && out.completed > 0)
-            .then(|| cpu_seconds(out.cpu_ticks) * 100_000.0 / out.completed as f64);
+        row.proxies_cpu_s = cpu_seconds(&out.cpu_ticks);
+        let total: f64 = row.proxies_cpu_s.iter().sum();
+        row.cpu_s_per_100k =
+            (!pids.is_empty() && out.completed > 0).then(|| total * 100_000.0 / out.completed as f64);
     }
-    row.rss_peak_kib = peak_rss_kib(&pids);
+    row.proxies_rss_peak_kib = peak_rss_kib(&pids);
+    row.rss_peak_kib = row.proxies_rss_peak_kib.iter().copied().max();
     running.procs.iter_mut().try_for_each(|p| p.check_alive())?;
     Ok(row)
 }
