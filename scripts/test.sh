@@ -49,11 +49,12 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-# The side-by-side benchmark's quick run (debug build, ~1 s per scenario), so it never rots:
-# every scenario must answer, and its JSON must have the documented fields.
+# The side-by-side benchmark's quick run (debug build, ~1 s per scenario, 20 s in all), so it
+# never rots: every scenario must answer, its JSON must have the documented fields, and a sidecar
+# with 10 and 1,000 services must get ready.
 echo "==> cargo bench --bench mesh -- --quick"
 mesh_json=$(mktemp)
-cargo bench --profile dev --bench mesh -- --quick --json "$mesh_json"
+cargo bench --profile dev --bench mesh -- --quick --scale --json "$mesh_json"
 python3 benches/mesh/check_json.py "$mesh_json"
 rm -f "$mesh_json"
 echo "==> cargo test"

@@ -15,6 +15,7 @@
 //! - `proxies`: Pilotfish, HAProxy and nginx configurations for each topology.
 //! - `load`: the HTTP load generator (closed and open loop, HDR histograms).
 //! - `bulk`: the opaque TCP load.
+//! - `scale`: one idle sidecar's start-to-ready time and memory with many services.
 //! - `report`, `chart`: the table, the JSON and the SVG.
 
 mod bulk;
@@ -26,6 +27,7 @@ mod procs;
 mod proxies;
 mod report;
 mod run;
+mod scale;
 mod scenario;
 mod upstream;
 

@@ -13,10 +13,12 @@ usage: cargo bench --bench mesh -- [OPTIONS]
 
   --quick           ~1 s per scenario, a reduced set (the test command's smoke run)
   --scenario NAME   run NAME instead of the standard set; repeatable. NAME is a scenario name,
-                    a part of one, a pattern with * (http1-*-pair-mtls-*), `standard` or `all`
+                    a part of one, a pattern with * (http1-*-pair-mtls-*), `standard`, `all` or `none`
   --list            list the scenarios NAME can pick, then exit
   --json PATH       write the results as a JSON list
   --svg PATH        write a chart of the latency percentiles
+  --scale           also measure one idle sidecar with 10, 1,000 and 10,000 services: start
+                    to ready, RSS, KiB per service (--scenario none: only that)
   --rate R          the open loop's rate in req/s (default: half the lowest HAProxy HTTP/1.1
                     closed-loop rate of this run)
   --seconds S       the measured window of each scenario (default 5; --quick 0.7)
@@ -26,6 +28,7 @@ PILOTFISH_BIN=PATH measures that binary (default: the one cargo built for this b
 #[derive(Debug, Default)]
 pub struct Options {
     pub quick: bool,
+    pub scale: bool,
     pub list: bool,
     pub json: Option<PathBuf>,
     pub svg: Option<PathBuf>,
@@ -46,6 +49,7 @@ impl Options {
                 // cargo bench passes --bench to every bench binary.
                 "--bench" => {}
                 "--quick" => o.quick = true,
+                "--scale" => o.scale = true,
                 "--list" => o.list = true,
                 "--json" => o.json = Some(value()?.into()),
                 "--svg" => o.svg = Some(value()?.into()),

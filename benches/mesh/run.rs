@@ -16,7 +16,7 @@ use crate::proxies::{self, Setup};
 use crate::report::{self, Row};
 use crate::scenario::{self, Load, Protocol, Proxy, Scenario};
 use crate::upstream::{serve_tcp_sink, Upstream};
-use crate::{bulk, chart, load};
+use crate::{bulk, chart, load, scale};
 
 /// Connections of the HTTP/1.1 load (as `wrk -c32`).
 const HTTP1_CONNECTIONS: usize = 32;
@@ -38,7 +38,7 @@ pub fn main(options: Options) -> Result<ExitCode> {
         scenario::all().iter().for_each(|s| println!("{s}"));
         return Ok(ExitCode::SUCCESS);
     }
-    if scenarios.is_empty() {
+    if scenarios.is_empty() && !options.scale {
         bail!("no scenario matches {:?} (--list shows them)", options.scenarios);
     }
     need_tools(&[
@@ -91,13 +91,22 @@ pub fn main(options: Options) -> Result<ExitCode> {
     progress.finish();
     report::add_direct_deltas(&mut rows);
 
-    print!("{}", report::table(&rows));
-    println!("\n{}", report::LEGEND);
+    if !rows.is_empty() {
+        print!("{}", report::table(&rows));
+        println!("\n{}", report::LEGEND);
+    }
     if let Some(file) = &options.json {
         report::write_json(&rows, file).with_context(|| format!("writing {}", file.display()))?;
     }
     if let Some(file) = &options.svg {
         std::fs::write(file, chart::svg(&rows)).with_context(|| format!("writing {}", file.display()))?;
+    }
+    if options.scale {
+        let counts: &[usize] = if options.quick { &[10, 1000] } else { &[10, 1000, 10_000] };
+        eprintln!("mesh bench: scale, one idle sidecar with {counts:?} services");
+        let scale = scale::run(&setup, counts)?;
+        println!("\nOne idle Pilotfish sidecar with N services (2 endpoints and an HTTPRoute each):");
+        print!("{}", scale::table(&scale));
     }
     let idle: Vec<&str> = rows.iter().filter(|r| !r.made_progress()).map(|r| r.name.as_str()).collect();
     if !failed.is_empty() || !idle.is_empty() {

@@ -150,7 +150,7 @@ pub fn quick() -> Vec<Scenario> {
     all().into_iter().filter(|s| names.contains(&s.to_string().as_str())).collect()
 }
 
-/// The scenarios `--scenario` patterns pick: `standard`, `all`, or a scenario name where `*`
+/// The scenarios `--scenario` patterns pick: `standard`, `all`, `none`, or a scenario name where `*`
 /// matches any run of characters (`http1-nginx-*`, `*-pair-mtls-*`); a pattern without `*`
 /// matches names that contain it.
 pub fn select(patterns: &[String]) -> Vec<Scenario> {
@@ -159,6 +159,7 @@ pub fn select(patterns: &[String]) -> Vec<Scenario> {
         let set = match pattern.as_str() {
             "standard" => standard(),
             "all" => all(),
+            "none" => Vec::new(),
             _ => all().into_iter().filter(|s| matches(pattern, &s.to_string())).collect(),
         };
         picked.extend(set.into_iter().filter(|s| !picked.contains(s)).collect::<Vec<_>>());
