@@ -8,7 +8,7 @@ use crate::report::Row;
 const LABEL_W: f64 = 330.0;
 const PLOT_W: f64 = 560.0;
 const ROW_H: f64 = 20.0;
-const TOP: f64 = 56.0;
+const TOP: f64 = 72.0;
 const MARKS: [(&str, &str); 4] =
     [("p50", "#1f77b4"), ("p90", "#2ca02c"), ("p99", "#ff7f0e"), ("p99.9", "#d62728")];
 
@@ -19,7 +19,9 @@ pub fn svg(rows: &[Row]) -> String {
     let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (lo, hi) = if rows.is_empty() { (0.01, 1.0) } else { (lo.max(0.001), hi.max(lo * 10.0)) };
     let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
-    let x = |ms: f64| LABEL_W + (ms.max(lo).log10() - first as f64) / (last - first) as f64 * PLOT_W;
+    let x = |ms: f64| {
+        LABEL_W + (ms.max(10f64.powi(first)).log10() - first as f64) / (last - first) as f64 * PLOT_W
+    };
     let height = TOP + ROW_H * rows.len() as f64 + 30.0;
     let width = LABEL_W + PLOT_W + 30.0;
 
@@ -34,10 +36,10 @@ pub fn svg(rows: &[Row]) -> String {
         r#"<text x="10" y="18" font-size="14">Latency percentiles per scenario (ms, log scale)</text>"#
     );
     for (i, (name, color)) in MARKS.iter().enumerate() {
-        let lx = LABEL_W + i as f64 * 80.0;
+        let lx = 14.0 + i as f64 * 80.0;
         let _ = writeln!(
             out,
-            r#"<circle cx="{lx}" cy="14" r="4" fill="{color}"/><text x="{}" y="18">{name}</text>"#,
+            r#"<circle cx="{lx}" cy="36" r="4" fill="{color}"/><text x="{}" y="40">{name}</text>"#,
             lx + 8.0
         );
     }
