@@ -87,7 +87,7 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
     let mut outcome = Outcome { latency: histogram(), completed: 0, errors: 0, cpu_ticks: cpu };
     for task in tasks {
         // Requests still in flight get a grace period; a worker stuck past it is abandoned.
-        match tokio::time::timeout(Duration::from_secs(10), task).await {
+        match tokio::time::timeout_at(window.end + Duration::from_secs(10), task).await {
             Ok(done) => {
                 let w = done?;
                 outcome.latency.add(&w.latency)?;
