@@ -85,16 +85,20 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
     let cpu = cpu_ticks_between(&before, &cpu_ticks(pids));
 
     let mut outcome = Outcome { latency: histogram(), completed: 0, errors: 0, cpu_ticks: cpu };
-    for task in tasks {
-        // Requests still in flight get a grace period; a worker stuck past it is abandoned.
-        match tokio::time::timeout_at(window.end + Duration::from_secs(10), task).await {
+    for mut task in tasks {
+        // Requests still in flight get a grace period; a worker stuck past it is stopped (so it
+        // sends nothing into the next scenario) and counted as an error.
+        match tokio::time::timeout_at(window.end + Duration::from_secs(10), &mut task).await {
             Ok(done) => {
                 let w = done?;
                 outcome.latency.add(&w.latency)?;
                 outcome.completed += w.completed;
                 outcome.errors += w.errors;
             }
-            Err(_) => outcome.errors += 1,
+            Err(_) => {
+                task.abort();
+                outcome.errors += 1;
+            }
         }
     }
     Ok(outcome)
