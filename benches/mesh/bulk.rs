@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -14,6 +14,7 @@ use crate::load::Plan;
 use crate::procs::{cpu_ticks, cpu_ticks_between};
 
 const CHUNK: usize = 128 * 1024;
+const STALL: Duration = Duration::from_secs(10);
 
 pub struct Outcome {
     /// Bytes written in the window.
@@ -33,7 +34,10 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
             at_start = Some(total);
             before = cpu_ticks(pids);
         }
-        stream.write_all(&chunk).await?;
+        // A path that stops taking bytes fails the scenario instead of hanging the run.
+        tokio::time::timeout_at(end + STALL, stream.write_all(&chunk))
+            .await
+            .context("the path stopped taking bytes")??;
         total += CHUNK as u64;
     }
     let cpu = cpu_ticks_between(&before, &cpu_ticks(pids));
@@ -53,7 +57,9 @@ pub async fn probe(entry: SocketAddr) -> Result<()> {
 async fn check_sink(stream: &mut TcpStream, sent: u64) -> Result<()> {
     stream.shutdown().await?;
     let mut count = [0u8; 8];
-    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut count)).await??;
+    tokio::time::timeout(2 * STALL, stream.read_exact(&mut count))
+        .await
+        .context("the sink never answered")??;
     let received = u64::from_be_bytes(count);
     if received != sent {
         bail!("the sink received {received} bytes of {sent}");
