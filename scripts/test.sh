@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients and tools the end-to-end tests drive: curl, nghttp/h2load, iptables, ip, setpriv,
-# openssl, tcpdump.
+# openssl, tcpdump; nginx and HAProxy for the mesh benchmark's smoke run.
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
 need curl curl
@@ -17,6 +17,8 @@ need ip iproute2
 need setpriv util-linux
 need openssl openssl
 need tcpdump tcpdump
+need nginx nginx-light
+need haproxy haproxy
 need etcd etcd-server
 need protoc protobuf-compiler
 # protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs, are only
@@ -47,5 +49,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The side-by-side benchmark's quick run (debug build, ~1 s per scenario, 20 s in all), so it
+# never rots: every scenario must answer, its JSON must have the documented fields, and a sidecar
+# with 10 and 1,000 services must get ready.
+echo "==> cargo bench --bench mesh -- --quick"
+mesh_json=$(mktemp)
+cargo bench --profile dev --bench mesh -- --quick --scale --json "$mesh_json"
+python3 benches/mesh/check_json.py "$mesh_json"
+rm -f "$mesh_json"
 echo "==> cargo test"
 cargo test --workspace
