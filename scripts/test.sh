@@ -17,6 +17,7 @@ need ip iproute2
 need setpriv util-linux
 need openssl openssl
 need tcpdump tcpdump
+need faketime faketime
 need nginx nginx-light
 need haproxy haproxy
 need etcd etcd-server

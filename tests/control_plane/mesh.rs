@@ -356,3 +356,58 @@ async fn a_root_rotation_under_continuous_load_fails_no_request_and_survives_a_r
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success() && stderr.contains("under way"), "one rotation at a time: {stderr}");
 }
+
+/// libfaketime's preload library, as Debian's `faketime` package installs it.
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib").unwrap().flatten().find_map(|dir| {
+        let lib = dir.path().join("faketime/libfaketime.so.1");
+        lib.exists().then(|| lib.to_str().unwrap().to_owned())
+    });
+    found.expect("libfaketime is installed (Debian package faketime)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_whose_clock_is_30_s_behind_takes_fresh_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path(), &[]);
+    let app = backend("greeter-app").await;
+    let app_addr = app.addr.to_string();
+    // The callee's node clock is 30 s behind the CA's: a certificate that started at the moment
+    // it was issued would not be valid yet there. Leaves start a minute early.
+    let token = tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", "greeter"]));
+    let url = cp.url("");
+    let args = [
+        "--control-plane",
+        &url,
+        "--service",
+        "greeter",
+        "--token",
+        token.trim(),
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+        "--app",
+        &app_addr,
+        "--inbound",
+        "127.0.0.1:0",
+        "--lease-ttl",
+        "120s",
+    ];
+    let lib = libfaketime();
+    let behind = [("LD_PRELOAD", lib.as_str()), ("FAKETIME", "-30s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    let greeter = tokio::task::block_in_place(|| Sidecar::start_managed_with_env(&args, &behind));
+    let client = joined(&cp, "client", &[]);
+    let r = call_until(&client, "greeter", 200, &[]).await;
+    let peer = r.json()["headers"]["x-pilotfish-peer-identity"].clone();
+    assert_eq!(peer, format!("{TRUST_DOMAIN}/client"), "the call went over mesh mTLS");
+
+    // The greeter really lives 30 s in the past: its log's clock says so.
+    let first = greeter.stderr().lines().next().unwrap().split_whitespace().next().unwrap().to_owned();
+    let logged =
+        humantime::parse_rfc3339_weak(first.trim_end_matches('Z').split('.').next().unwrap()).unwrap();
+    let lag = std::time::SystemTime::now().duration_since(logged).unwrap();
+    assert!(lag >= Duration::from_secs(25), "the greeter's clock is {lag:?} behind: {first}");
+    let early = metric(&greeter, "pilotfish_inbound_tls_refused_total", &[("reason", "not_yet_valid")]).await;
+    assert_eq!(early, 0.0, "no certificate was refused as not yet valid: {}", greeter.stderr());
+}

@@ -96,17 +96,24 @@ impl Sidecar {
 
     /// Starts a sidecar, optionally inside a network namespace, and waits until it listens.
     pub fn start_in(config: &str, args: &[&str], netns: Option<&str>) -> Self {
-        Self::launch(Some(config), args, netns)
+        Self::launch(Some(config), args, netns, &[])
     }
 
     /// Starts a sidecar configured by its command line alone (managed mode; the control-plane
     /// tests share this module).
     #[allow(dead_code)]
     pub fn start_managed(args: &[&str]) -> Self {
-        Self::launch(None, args, None)
+        Self::launch(None, args, None, &[])
     }
 
-    fn launch(config: Option<&str>, args: &[&str], netns: Option<&str>) -> Self {
+    /// [`Sidecar::start_managed`] with more environment variables (e.g. a clock moved by
+    /// libfaketime).
+    #[allow(dead_code)]
+    pub fn start_managed_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(None, args, None, env)
+    }
+
+    fn launch(config: Option<&str>, args: &[&str], netns: Option<&str>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.yaml");
         let mut cmd = match netns {
@@ -124,6 +131,7 @@ impl Sidecar {
         }
         cmd.args(args);
         cmd.env("RUST_LOG", "info,pilotfish_sidecar=debug");
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = cmd.spawn().expect("start pilotfish");
         let stderr = Arc::new(Mutex::new(String::new()));
