@@ -8,11 +8,11 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use pilotfish_api::client::SharedClientCert;
-use pilotfish_api::wire::CertificateReport;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::publish::Reported;
 use crate::identity::status::Status as IdentityStatus;
 use crate::identity::Identity;
 use crate::snapshot::Snapshot;
@@ -26,9 +26,10 @@ pub struct Shared {
     pub identity: ArcSwapOption<Identity>,
     /// Where the identity comes from, its roots and renewals (`GET /identity`).
     pub identity_status: IdentityStatus,
-    /// What the control plane is told of the certificate in force: set with every identity
-    /// installed, changed only when the report does (the push client re-ACKs on a change).
-    pub certificate: watch::Sender<Option<CertificateReport>>,
+    /// What the control plane is told of the identity in force (its certificate and the roots
+    /// it trusts): set with every identity installed, changed only when the report does (the
+    /// push client re-ACKs on a change).
+    pub reported: watch::Sender<Option<Reported>>,
     /// The certificate presented to an https control plane: the mesh identity's, so the
     /// sidecar goes on after its join token expires.
     pub client_cert: SharedClientCert,
@@ -59,7 +60,7 @@ impl Shared {
             metrics,
             identity: ArcSwapOption::empty(),
             identity_status: IdentityStatus::default(),
-            certificate: watch::Sender::new(None),
+            reported: watch::Sender::new(None),
             client_cert,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -336,6 +336,8 @@ async fn a_root_rotation_under_continuous_load_fails_no_request_and_survives_a_r
             p.id
         );
         assert_eq!(p.certificate_warning, None);
+        let trusted = p.trusted_roots.as_deref().unwrap_or_default();
+        assert!(trusted.contains(new_root), "{} reports trusting the new root: {trusted:?}", p.id);
     }
     let table = tokio::task::block_in_place(|| cp.cli_ok(&["proxies"]));
     assert_eq!(table.matches(&new_root[..16]).count(), 2, "both sidecars under the new root:\n{table}");

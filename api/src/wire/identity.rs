@@ -89,10 +89,11 @@ pub struct CaRoot {
 
 /// Where a root rotation stands. It moves through three phases, each an event in the log:
 /// the new root is added to the bundle (`CaRootAdded`) and the control plane waits until every
-/// connected sidecar acknowledged a configuration that trusts it; the new issuer signs from then
-/// on (`CaIssuerActivated`) and sidecars renew at once (`renewBefore`); once every connected
-/// sidecar holds a certificate under the new root and the overlap has passed, the old roots
-/// leave the bundle (`CaRootRetired`) and the rotation is over.
+/// connected sidecar reports it among the roots it trusts (`trustedRoots` of its ACKs; a sidecar
+/// that reports none: until it acknowledged a configuration carrying it); the new issuer signs
+/// from then on (`CaIssuerActivated`) and sidecars renew at once (`renewBefore`); once every
+/// connected sidecar holds a certificate under the new root and the overlap has passed, the old
+/// roots leave the bundle (`CaRootRetired`) and the rotation is over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CaRotation {
@@ -165,12 +166,56 @@ impl CertificateReport {
     }
 }
 
+/// Roots a sidecar reports trusting at most (`trustedRoots`): a bundle holds one root, two
+/// during a rotation.
+pub const MAX_TRUSTED_ROOTS: usize = 16;
+
+/// Whether a sidecar's `trustedRoots` keeps within what the schema says (the proxies view
+/// stores it as sent, and a root rotation reads it).
+pub fn check_trusted_roots(roots: &[String]) -> Result<(), String> {
+    if roots.len() > MAX_TRUSTED_ROOTS {
+        return Err(format!(
+            "trustedRoots holds at most {MAX_TRUSTED_ROOTS} fingerprints, not {}",
+            roots.len()
+        ));
+    }
+    match roots.iter().all(|root| super::is_fingerprint(root)) {
+        true => Ok(()),
+        false => Err("trustedRoots must be 64 lowercase hex digits each (SHA-256s)".into()),
+    }
+}
+
+/// The schema of `trustedRoots`: SHA-256 fingerprints, at most [`MAX_TRUSTED_ROOTS`].
+pub(super) fn trusted_roots_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let fingerprint = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9a-f]{64}$"));
+    ArrayBuilder::new()
+        .items(fingerprint)
+        .max_items(Some(MAX_TRUSTED_ROOTS))
+        .description(Some(
+            "SHA-256 fingerprints (lowercase hex of the DER) of the roots the sidecar trusts in mesh handshakes now",
+        ))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
     use crate::wire::round_trip;
+
+    #[test]
+    fn trusted_roots_are_a_few_fingerprints() {
+        assert_eq!(check_trusted_roots(&[]), Ok(()));
+        assert_eq!(check_trusted_roots(&["ab".repeat(32), "cd".repeat(32)]), Ok(()));
+        for bad in ["AB".repeat(32), "ab".repeat(31), "zz".repeat(32), String::new()] {
+            let err = check_trusted_roots(&[bad]).unwrap_err();
+            assert!(err.contains("64 lowercase hex digits"), "{err}");
+        }
+        let many = vec!["ab".repeat(32); MAX_TRUSTED_ROOTS + 1];
+        assert!(check_trusted_roots(&many).unwrap_err().contains("at most 16"));
+    }
 
     #[test]
     fn certify_requests_and_answers_round_trip() {

@@ -48,8 +48,8 @@ pub mod tokens;
 pub use error::ErrorBody;
 pub use history::{Change, Diff, DiffQuery, Event, EventPage, EventsQuery, RollbackRequest, RollbackResult};
 pub use identity::{
-    CaRoot, CaRotation, CaStatus, CertificateReport, CertifyRequest, CertifyResponse, RotateRequest,
-    RotationPhase,
+    check_trusted_roots, CaRoot, CaRotation, CaStatus, CertificateReport, CertifyRequest, CertifyResponse,
+    RotateRequest, RotationPhase, MAX_TRUSTED_ROOTS,
 };
 pub use protocol::{
     UnsupportedProtocol, Versioned, DEFAULT_NAMESPACE, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::identity::CertificateReport;
+use super::identity::{trusted_roots_schema, CertificateReport};
 
 /// One sidecar in `GET /v1/proxies`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -35,6 +35,10 @@ pub struct ProxyStatus {
     /// the root the CA issues from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_warning: Option<String>,
+    /// The roots it last reported trusting in mesh handshakes (SHA-256, lowercase hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = trusted_roots_schema)]
+    pub trusted_roots: Option<Vec<String>>,
 }
 
 /// A version a sidecar refused, and why.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::identity::CertificateReport;
+use super::identity::{trusted_roots_schema, CertificateReport};
 use crate::authz::MeshDefault;
 
 use super::protocol::{default_namespace, unversioned, Versioned, PROTOCOL_VERSION, UNVERSIONED_PROTOCOL};
@@ -81,6 +81,7 @@ impl Versioned for PushLine {
 
 /// `POST /v1/proxies/{id}/ack` body: the sidecar's verdict on a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Ack {
     /// The sender's protocol version.
     #[serde(default = "unversioned")]
@@ -93,22 +94,34 @@ pub struct Ack {
     /// the report). A sidecar ACKs its current version again after every renewal to report it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateReport>,
+    /// SHA-256 fingerprints (lowercase hex of the DER) of the roots in force for mesh
+    /// handshakes now, whatever version this answers (absent: the sidecar has no mesh identity,
+    /// or predates the report). A sidecar ACKs its current version again whenever they change;
+    /// a root rotation waits until every sidecar names the new root here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = trusted_roots_schema)]
+    pub trusted_roots: Option<Vec<String>>,
 }
 
 impl Ack {
     /// The version was swapped in.
     pub fn accepted(version: u64) -> Self {
-        Self { protocol: PROTOCOL_VERSION, version, error: None, certificate: None }
+        Self { protocol: PROTOCOL_VERSION, version, error: None, certificate: None, trusted_roots: None }
     }
 
     /// The version was refused; the sidecar keeps its last good one.
     pub fn refused(version: u64, error: String) -> Self {
-        Self { protocol: PROTOCOL_VERSION, version, error: Some(error), certificate: None }
+        Self { error: Some(error), ..Self::accepted(version) }
     }
 
     /// With the certificate the sidecar holds.
     pub fn with_certificate(self, certificate: Option<CertificateReport>) -> Self {
         Self { certificate, ..self }
+    }
+
+    /// With the fingerprints of the roots the sidecar trusts now.
+    pub fn with_trusted_roots(self, trusted_roots: Option<Vec<String>>) -> Self {
+        Self { trusted_roots, ..self }
     }
 }
 
@@ -179,6 +192,30 @@ mod tests {
         for today in [json!({ "version": 3, "error": null }), json!({ "version": 3 })] {
             assert_eq!(serde_json::from_value::<Ack>(today).unwrap(), Ack::accepted(3));
         }
+    }
+
+    #[test]
+    fn an_ack_names_the_roots_in_force_when_there_are_any() {
+        let roots = vec!["ab".repeat(32), "cd".repeat(32)];
+        let ack = Ack::refused(5, "bad".into()).with_trusted_roots(Some(roots.clone()));
+        let json = serde_json::to_value(&ack).unwrap();
+        assert_eq!(json["trustedRoots"], json!(roots));
+        assert_eq!(serde_json::from_value::<Ack>(json).unwrap(), ack);
+        assert!(serde_json::to_value(Ack::accepted(5)).unwrap().get("trustedRoots").is_none());
+    }
+
+    #[test]
+    fn the_schema_bounds_trusted_roots() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(Ack::schema()).unwrap();
+        let roots = &schema["properties"]["trustedRoots"];
+        assert_eq!(
+            (roots["type"].as_str(), roots["maxItems"].as_u64()),
+            (Some("array"), Some(16)),
+            "{schema}"
+        );
+        assert_eq!(roots["items"]["pattern"], "^[0-9a-f]{64}$", "{schema}");
+        assert!(!schema["required"].as_array().unwrap().contains(&json!("trustedRoots")), "{schema}");
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! 1. `CaRootAdded` (`POST /v1/ca/rotate`): a new root and issuer are made and stored beside the
 //!    CA (keys never enter the log); the root joins the pushed trust bundle. Old certificates
 //!    stay valid and new ones are still signed by the old issuer.
-//! 2. `CaIssuerActivated`, once every connected sidecar acknowledged a configuration that
-//!    carries the new root (so each trusts certificates under it): the new issuer signs, and the
-//!    push carries `renewBefore` so every sidecar renews now, once.
+//! 2. `CaIssuerActivated`, once every connected sidecar reports the new root among the roots in
+//!    force for its handshakes (`trustedRoots`, on every ACK and NACK, and again whenever they
+//!    change): the new issuer signs, and the push carries `renewBefore` so every sidecar renews
+//!    now, once. An ACK alone proves nothing here — a sidecar may ACK a version whose bundle it
+//!    could not use, and one that NACKs an unrelated configuration never ACKs the version
+//!    carrying the root — so only a sidecar that reports no roots at all (no mesh identity, or
+//!    one that predates the report) is taken at its ACK of a version carrying the new root.
 //! 3. `CaRootRetired`, once every connected sidecar reports a certificate under the new root and
 //!    the overlap has passed since step 2: the old roots leave the bundle.
 //!
@@ -143,9 +147,13 @@ fn waiting_for(rotation: &Rotation, proxies: &[ProxyStatus], now: SystemTime) ->
     let connected = proxies.iter().filter(|p| p.connected);
     match rotation.phase {
         RotationPhase::Distributing => {
-            let behind: Vec<_> = connected.filter(|p| p.acked_version < rotation.phase_seq).collect();
-            (!behind.is_empty())
-                .then(|| format!("{} to acknowledge the trust bundle with the new root", sidecars(&behind)))
+            let behind: Vec<_> = connected
+                .filter(|p| match &p.trusted_roots {
+                    Some(roots) => !roots.contains(&rotation.new_root),
+                    None => p.acked_version < rotation.phase_seq,
+                })
+                .collect();
+            (!behind.is_empty()).then(|| format!("{} to trust the new root", sidecars(&behind)))
         }
         RotationPhase::Renewing => {
             // A sidecar without a certificate (plaintext, or one that predates the report) has
@@ -234,19 +242,44 @@ mod tests {
                 root: Some(root.into()),
             }),
             certificate_warning: None,
+            trusted_roots: None,
         }
     }
 
+    fn trusting(proxy: ProxyStatus, roots: &[&str]) -> ProxyStatus {
+        ProxyStatus { trusted_roots: Some(roots.iter().map(|r| r.to_string()).collect()), ..proxy }
+    }
+
     #[test]
-    fn the_issuer_switches_once_every_connected_sidecar_acknowledged_the_new_bundle() {
+    fn a_sidecar_reporting_no_roots_is_taken_at_its_ack_of_the_new_bundle() {
         let distributing = rotation(RotationPhase::Distributing, 1000);
         let now = UNIX_EPOCH + Duration::from_secs(1001);
         let behind = [proxy("web-1", true, 10, None), proxy("web-2", true, 9, None)];
         let waiting = waiting_for(&distributing, &behind, now).unwrap();
-        assert!(waiting.starts_with("1 sidecar (web/web-2) to acknowledge"), "{waiting}");
+        assert_eq!(waiting, "1 sidecar (web/web-2) to trust the new root");
         // A disconnected sidecar does not hold it up: it catches up when it reconnects.
         let caught_up = [proxy("web-1", true, 10, None), proxy("web-2", false, 9, None)];
         assert_eq!(waiting_for(&distributing, &caught_up, now), None);
+    }
+
+    #[test]
+    fn a_sidecar_that_reports_its_roots_is_judged_by_them_not_by_its_acks() {
+        let distributing = rotation(RotationPhase::Distributing, 1000);
+        let now = UNIX_EPOCH + Duration::from_secs(1001);
+        let (old, new) = ("a".repeat(64), "b".repeat(64));
+        // ACKed the version with the new root, but its bundle is not in force: waiting.
+        let acked_untrusted = [trusting(proxy("web-1", true, 10, None), &[&old])];
+        let waiting = waiting_for(&distributing, &acked_untrusted, now).unwrap();
+        assert_eq!(waiting, "1 sidecar (web/web-1) to trust the new root");
+        // Trusts the new root, though it NACKed an unrelated configuration since: not waiting.
+        let nacked_trusting = [trusting(proxy("web-1", true, 9, None), &[&old, &new])];
+        assert_eq!(waiting_for(&distributing, &nacked_trusting, now), None);
+        // No roots reported at all (plaintext, or an older sidecar): its ACK is what counts.
+        let mixed = [trusting(proxy("web-1", true, 9, None), &[&new]), proxy("plain", true, 9, None)];
+        let waiting = waiting_for(&distributing, &mixed, now).unwrap();
+        assert_eq!(waiting, "1 sidecar (web/plain) to trust the new root");
+        let mixed = [trusting(proxy("web-1", true, 9, None), &[&new]), proxy("plain", true, 10, None)];
+        assert_eq!(waiting_for(&distributing, &mixed, now), None);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::names::namespace_or_default;
 use crate::push::ProxyKey;
 use std::time::{Duration, SystemTime};
 
-use pilotfish_api::wire::{Ack, AckQuery, CertificateReport, ProxyList, PushQuery, Versioned};
+use pilotfish_api::wire::{
+    check_trusted_roots, Ack, AckQuery, CertificateReport, ProxyList, PushQuery, Versioned,
+};
 
 /// A push stream the control plane accepted: which proxy, which of its connections, and the
 /// version the sidecar already has.
@@ -43,6 +45,9 @@ impl ControlPlane {
         if let Some(certificate) = &ack.certificate {
             certificate.check().map_err(Error::BadRequest)?;
         }
+        if let Some(roots) = &ack.trusted_roots {
+            check_trusted_roots(roots).map_err(Error::BadRequest)?;
+        }
         let (service, namespace) =
             match (service, caller) {
                 (Some(service), _) => (service, namespace_or_default(namespace)),
@@ -60,7 +65,7 @@ impl ControlPlane {
         if let Some(error) = &ack.error {
             tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
         }
-        if !self.proxies.acknowledged(&key, ack.version, ack.error, ack.certificate).await {
+        if !self.proxies.acknowledged(&key, ack).await {
             return Err(Error::NotFound(format!("proxy {id} of {}.{}", key.service, key.namespace)));
         }
         Ok(())

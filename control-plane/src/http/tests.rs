@@ -247,6 +247,30 @@ async fn a_sidecar_one_version_back_acks_without_naming_its_service() {
 }
 
 #[tokio::test]
+async fn an_ack_with_malformed_trusted_roots_is_refused_and_a_good_one_is_listed() {
+    let (_dir, _store, cp) = empty().await;
+    let web = join_token(&cp, "web").await;
+    let stream = send(&cp, "GET", "/v1/push?id=web-1&service=web", Some(&web), "").await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let ack = |roots: serde_json::Value| json!({ "version": 0, "trustedRoots": roots }).to_string();
+    let (root, other) = ("ab".repeat(32), "cd".repeat(32));
+    for bad in [json!(["AB".repeat(32)]), json!(["ab"]), json!(vec![root.clone(); 17])] {
+        let (status, _, body) =
+            call(&cp, "POST", "/v1/proxies/web-1/ack?service=web", Some(&web), &ack(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("trustedRoots"), "{bad}: {body}");
+    }
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", Some(ADMIN), "").await;
+    assert!(list["items"][0].get("trustedRoots").is_none(), "nothing refused is stored: {list}");
+    let good = ack(json!([root, other]));
+    let (status, _, body) = call(&cp, "POST", "/v1/proxies/web-1/ack?service=web", Some(&web), &good).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (_, _, list) = call(&cp, "GET", "/v1/proxies", Some(ADMIN), "").await;
+    assert_eq!(list["items"][0]["trustedRoots"], json!([root, other]), "{list}");
+    drop(stream);
+}
+
+#[tokio::test]
 async fn a_made_up_join_token_is_refused_without_a_store_read() {
     let (_dir, store, cp) = empty().await;
     store.down.store(true, Ordering::Relaxed);

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pilotfish_api::wire::{CertificateReport, Nack, ProxyStatus};
+use pilotfish_api::wire::{Ack, Nack, ProxyStatus};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -121,6 +121,7 @@ impl Proxies {
             last_nack: None,
             certificate: None,
             certificate_warning: None,
+            trusted_roots: None,
         };
         let previous = by_key.insert(key.clone(), Proxy { status, gone_since: None, generation });
         // A reconnecting sidecar keeps what it had acknowledged.
@@ -128,6 +129,7 @@ impl Proxies {
             new.status.acked_version = new.status.acked_version.max(old.status.acked_version);
             new.status.last_nack = old.status.last_nack;
             new.status.certificate = old.status.certificate;
+            new.status.trusted_roots = old.status.trusted_roots;
         }
         Ok(generation)
     }
@@ -149,23 +151,21 @@ impl Proxies {
         }
     }
 
-    /// Records an ACK (`error: None`) or a NACK, and the certificate it reports; false if the
-    /// proxy is unknown.
-    pub async fn acknowledged(
-        &self,
-        key: &ProxyKey,
-        version: u64,
-        error: Option<String>,
-        certificate: Option<CertificateReport>,
-    ) -> bool {
+    /// Records an ACK (`error: None`) or a NACK, and the certificate and trusted roots it
+    /// reports (what it leaves out stays as last reported); false if the proxy is unknown.
+    pub async fn acknowledged(&self, key: &ProxyKey, ack: Ack) -> bool {
         let mut by_key = self.by_key.lock().await;
         let Some(p) = by_key.get_mut(key) else { return false };
-        match error {
+        let version = ack.version;
+        match ack.error {
             None => p.status.acked_version = p.status.acked_version.max(version),
             Some(error) => p.status.last_nack = Some(Nack { version, error }),
         }
-        if certificate.is_some() {
-            p.status.certificate = certificate;
+        if ack.certificate.is_some() {
+            p.status.certificate = ack.certificate;
+        }
+        if ack.trusted_roots.is_some() {
+            p.status.trusted_roots = ack.trusted_roots;
         }
         true
     }
@@ -203,11 +203,36 @@ mod tests {
         let (real, claimed) = (key("users", "users.default-1"), key("evil", "users.default-1"));
         proxies.connected(&real, 0).await.unwrap();
         proxies.connected(&claimed, 0).await.unwrap();
-        assert!(proxies.acknowledged(&real, 7, None, None).await, "the real sidecar's ACK still lands");
+        assert!(proxies.acknowledged(&real, Ack::accepted(7)).await, "the real sidecar's ACK still lands");
         let all = proxies.list(0).await;
         assert_eq!(all.len(), 2);
         let users = all.iter().find(|p| p.service == "users").unwrap();
         assert_eq!((users.connected, users.acked_version), (true, 7));
+    }
+
+    #[tokio::test]
+    async fn the_trusted_roots_reported_last_are_kept_across_reconnection() {
+        let proxies = Proxies::new(DEFAULT_RETENTION, DEFAULT_MAX_PER_SERVICE);
+        let web = key("web", "web-1");
+        let (old, new) = ("a".repeat(64), "b".repeat(64));
+        let generation = proxies.connected(&web, 0).await.unwrap();
+        assert!(!proxies.acknowledged(&key("web", "web-2"), Ack::accepted(1)).await, "unknown proxy");
+        assert!(
+            proxies.acknowledged(&web, Ack::accepted(1).with_trusted_roots(Some(vec![old.clone()]))).await
+        );
+        assert_eq!(proxies.list(1).await[0].trusted_roots, Some(vec![old.clone()]));
+        // A NACK reports them too; an ACK without them (an older sidecar) leaves them be.
+        let both = vec![old.clone(), new.clone()];
+        let nack = Ack::refused(2, "bad".into()).with_trusted_roots(Some(both.clone()));
+        assert!(proxies.acknowledged(&web, nack).await);
+        assert!(proxies.acknowledged(&web, Ack::accepted(1)).await);
+        let listed = &proxies.list(2).await[0];
+        assert_eq!((listed.acked_version, listed.trusted_roots.as_ref()), (1, Some(&both)));
+        proxies.disconnected(&web, generation).await;
+        proxies.connected(&web, 1).await.unwrap();
+        let listed = &proxies.list(2).await[0];
+        assert!(listed.connected);
+        assert_eq!(listed.trusted_roots, Some(both));
     }
 
     #[tokio::test(start_paused = true)]

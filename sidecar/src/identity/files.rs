@@ -132,13 +132,15 @@ mod tests {
         let metrics = Metrics::new();
         let shared =
             Shared::new(Snapshot::build("t", "", &Overrides::default(), None, &metrics).unwrap(), metrics);
-        let mut installed = shared.certificate.subscribe();
+        let mut installed = shared.reported.subscribe();
         tokio::spawn(watch(shared.clone(), files, built, provider()));
         tokio::time::timeout(Duration::from_secs(5), installed.changed()).await.unwrap().unwrap();
-        let report = installed.borrow().clone().unwrap();
+        let reported = installed.borrow().clone().unwrap();
+        let report = reported.certificate;
         assert_eq!(report.identity, "spiffe://pilotfish.local/ns/default/sa/web");
         let status = shared.identity_status.report(shared.identity.load().as_deref());
         assert_eq!(report.root.as_deref(), status["roots"][0].as_str());
         assert!(report.root.is_some());
+        assert_eq!(reported.trusted_roots, [report.root.unwrap()]);
     }
 }

@@ -1,9 +1,10 @@
 //! The push stream's mesh settings on their way to the renew loop, and the word back that a
 //! pushed trust bundle is in force. The push client ACKs a version only once the renew loop has
 //! acted on that version's bundle — put it in force for handshakes, or refused it as unusable —
-//! because a root rotation takes the ACKs of a version carrying a new root as proof that every
-//! sidecar trusts it, and only then issues certificates that chain to it. The wait is bounded
-//! ([`IN_FORCE_WITHIN`]): a stuck renew loop must not stop every ACK for good.
+//! so the roots every ACK reports already include those the version brings (a root rotation
+//! goes by those roots, not by the ACK itself; without the wait the new roots would reach the
+//! control plane in a second ACK a moment later). The wait is bounded ([`IN_FORCE_WITHIN`]): a
+//! stuck renew loop must not stop every ACK for good.
 //!
 //! Both directions are `watch` channels: only the latest settings count, and only the latest
 //! bundle acted on.

@@ -13,14 +13,18 @@
 //! `renewBefore` go to the identity's renew loop (through [`crate::identity::mesh_feed`], so
 //! only the latest counts), and the mesh's authorization default becomes the synthesized
 //! `Sidecar` document's `spec.authorization.default`, so authorization reads it where static
-//! mode puts it. A version is ACKed only once its trust bundle is in force (or a few seconds
-//! passed): a root rotation takes the ACK as proof that this sidecar trusts the new root.
+//! mode puts it.
 //!
-//! Every ACK carries the certificate in force ([`Shared::certificate`]). When it changes — a
-//! renewal, or a bundle that moves it to another root — the last ACKed version is ACKed again
-//! at once, so the control plane sees the renewal without waiting for a new version; and after
-//! every (re)connection, since a control plane forgets a proxy's certificate when its stream
-//! ends. Nothing is sent while the certificate stays the same, nor before the first ACK.
+//! Every ACK and NACK carries the certificate in force and the fingerprints of the roots its
+//! handshakes trust ([`Shared::reported`]): a root rotation goes by those roots, not by which
+//! versions were ACKed, since an ACK says nothing of a bundle the renew loop could not use, and
+//! a sidecar NACKing an unrelated configuration never ACKs the version carrying a new root.
+//! When the report changes — a renewal, a bundle put in force — the last ACKed version is ACKed
+//! again at once, so the control plane sees it without waiting for a new version; and after
+//! every (re)connection, since the control plane may not know it. Nothing is sent while the
+//! report stays the same, nor before the first ACK. A version carrying a trust bundle is
+//! answered once that bundle is in force (or a few seconds passed), so its ACK already names
+//! the roots it brings instead of leaving them to a second ACK a moment later.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,9 +34,7 @@ use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::client::{
     Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
 };
-use pilotfish_api::wire::{
-    Ack, AckQuery, CertificateReport, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION,
-};
+use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::reload;
 use crate::identity::mesh_feed::{MeshSender, IN_FORCE_WITHIN};
+use crate::identity::publish::Reported;
 use crate::listener::local::LocalListeners;
 use crate::snapshot::Overrides;
 use crate::state::Shared;
@@ -145,10 +148,11 @@ pub struct PushClient {
     failures: u32,
     /// No connection attempt before this (a backoff outlives a cancelled [`PushClient::next`]).
     retry_at: Option<Instant>,
-    /// The certificate in force ([`Shared::certificate`]), once the sidecar has its state.
-    certificate: Option<watch::Receiver<Option<CertificateReport>>>,
+    /// What the control plane is told of the identity in force ([`Shared::reported`]), once
+    /// the sidecar has its state.
+    in_force: Option<watch::Receiver<Option<Reported>>>,
     /// What the control plane connected to was last told of it.
-    reported: Option<CertificateReport>,
+    reported: Option<Reported>,
     /// The roots of the latest pushed trust bundle, which every control-plane client trusts.
     roots: SharedRoots,
 }
@@ -165,7 +169,7 @@ impl PushClient {
             acked: None,
             failures: 0,
             retry_at: None,
-            certificate: None,
+            in_force: None,
             reported: None,
             roots,
         }
@@ -176,9 +180,9 @@ impl PushClient {
         &self.roots
     }
 
-    /// Reports the certificate of `certificate` on every ACK from now on.
-    pub fn report_from(&mut self, certificate: watch::Receiver<Option<CertificateReport>>) {
-        self.certificate = Some(certificate);
+    /// Reports what `in_force` holds on every ACK and NACK from now on.
+    pub fn report_from(&mut self, in_force: watch::Receiver<Option<Reported>>) {
+        self.in_force = Some(in_force);
     }
 
     pub fn managed(&self) -> &Managed {
@@ -199,7 +203,7 @@ impl PushClient {
                     Ok(Ok(stream)) => {
                         tracing::info!(%server, "connected to the control plane");
                         self.stream = Some(stream);
-                        // This control plane may know nothing of the certificate.
+                        // This control plane may know nothing of the identity in force.
                         self.reported = None;
                         self.report().await;
                     }
@@ -275,37 +279,39 @@ impl PushClient {
         self.send(ack).await;
     }
 
-    /// ACKs the last ACKed version again if the certificate in force is not the one the
+    /// ACKs the last ACKed version again if the certificate or roots in force are not what the
     /// control plane was last told of.
     pub async fn report(&mut self) {
         let Some(version) = self.acked else { return };
-        if self.certificate() == self.reported {
+        if self.in_force() == self.reported {
             return;
         }
-        tracing::info!(version, "reporting the certificate in force to the control plane");
+        tracing::info!(version, "reporting the certificate and roots in force to the control plane");
         self.send(Ack::accepted(version)).await;
     }
 
-    fn certificate(&self) -> Option<CertificateReport> {
-        self.certificate.as_ref().and_then(|rx| rx.borrow().clone())
+    fn in_force(&self) -> Option<Reported> {
+        self.in_force.as_ref().and_then(|rx| rx.borrow().clone())
     }
 
-    /// Sends `ack` with the certificate in force.
+    /// Sends `ack` with the certificate and roots in force.
     async fn send(&mut self, ack: Ack) {
-        let certificate = self.certificate();
-        let ack = ack.with_certificate(certificate.clone());
+        let in_force = self.in_force();
+        let ack = ack
+            .with_certificate(in_force.as_ref().map(|r| r.certificate.clone()))
+            .with_trusted_roots(in_force.as_ref().map(|r| r.trusted_roots.clone()));
         // The proxy is the id under the service it connected as (see `connect`).
         let m = &self.managed;
         let query = AckQuery { service: Some(m.service.clone()), namespace: Some(m.namespace.clone()) };
         match self.clients[self.server].ack(&m.id, &query, &ack).await {
-            Ok(()) => self.reported = certificate,
+            Ok(()) => self.reported = in_force,
             Err(e) => tracing::warn!(version = ack.version, error = %e, "cannot report to the control plane"),
         }
     }
 }
 
 /// Applies every snapshot after the first, passes the mesh settings on to `mesh`, and
-/// reports every new certificate, until the sidecar shuts down.
+/// reports every new certificate and set of roots in force, until the sidecar shuts down.
 pub async fn follow(
     shared: Arc<Shared>,
     local: Arc<LocalListeners>,
@@ -313,8 +319,8 @@ pub async fn follow(
     overrides: Overrides,
     mesh: MeshSender,
 ) {
-    push.report_from(shared.certificate.subscribe());
-    let mut installed = shared.certificate.subscribe();
+    push.report_from(shared.reported.subscribe());
+    let mut installed = shared.reported.subscribe();
     loop {
         let mut pushed = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -353,7 +359,7 @@ pub async fn follow(
             if !mesh.in_force(&bundle).await {
                 tracing::warn!(
                     version,
-                    "this version's trust bundle is not in force after {IN_FORCE_WITHIN:?}; answering anyway"
+                    "this version's trust bundle is not in force after {IN_FORCE_WITHIN:?}; answering with the roots in force"
                 );
             }
         }

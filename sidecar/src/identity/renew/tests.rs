@@ -219,7 +219,7 @@ fn roots(shared: &Shared) -> Vec<String> {
 
 /// The root the certificate report names.
 fn reported_root(shared: &Shared) -> Option<String> {
-    shared.certificate.borrow().as_ref().and_then(|r| r.root.clone())
+    shared.reported.borrow().as_ref().and_then(|r| r.certificate.root.clone())
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -387,23 +387,27 @@ async fn without_mesh_settings_there_is_no_ca_to_ask_and_no_identity_to_wait_for
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_certificate_report_names_the_leaf_and_the_root_it_chains_to() {
+async fn the_report_names_the_leaf_the_root_it_chains_to_and_the_roots_trusted() {
     let (ca, next, shared, push) = certified_before_a_rotation().await;
-    let installed = shared.certificate.subscribe();
-    let report = shared.certificate.borrow().clone().unwrap();
+    let mut installed = shared.reported.subscribe();
+    let reported = shared.reported.borrow().clone().unwrap();
+    assert_eq!(reported.trusted_roots, roots(&shared));
+    let report = reported.certificate;
     assert_eq!(report.identity, "spiffe://pilotfish.local/ns/default/sa/web");
     let not_after = not_after(&shared).unwrap();
     assert_eq!(report.not_after, humantime::format_rfc3339_seconds(not_after).to_string());
     let old_root = roots(&shared).pop();
     assert_eq!(report.root, old_root);
 
-    // A second root in the bundle: the same report, and the push client is not woken.
+    // A second root in the bundle: the same certificate, trusting both roots; the push client
+    // is woken to report them.
     let overlap = format!("{}{}", next.bundle(), ca.bundle());
     push.publish(settings(overlap.clone(), None));
     assert!(push.in_force(&overlap).await);
     assert_eq!(roots(&shared).len(), 2);
-    assert!(!installed.has_changed().unwrap());
-    assert_eq!(shared.certificate.borrow().as_ref(), Some(&report));
+    assert!(installed.has_changed().unwrap());
+    let reported = installed.borrow_and_update().clone().unwrap();
+    assert_eq!((&reported.certificate, &reported.trusted_roots), (&report, &roots(&shared)));
 }
 
 #[tokio::test(start_paused = true)]

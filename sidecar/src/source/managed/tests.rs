@@ -1,7 +1,7 @@
 //! Managed mode against a stand-in control plane on a real socket: the authorization default
-//! of the synthesized `Sidecar` document, and what the ACKs say and when — the certificate in
-//! force on every one, a renewal reported at once, and a version ACKed only once its trust
-//! bundle is in force.
+//! of the synthesized `Sidecar` document, and what the ACKs say and when — the certificate and
+//! roots in force on every ACK and NACK, a renewal or new bundle reported at once, and a version
+//! ACKed only once its trust bundle is in force.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -24,7 +24,7 @@ use super::*;
 use crate::identity::material;
 use crate::identity::mesh_feed::tests::settings;
 use crate::identity::mesh_feed::{self, MeshReceiver};
-use crate::identity::publish;
+use crate::identity::publish::{self, Reported};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::tests::pki::{provider, Ca, Validity};
@@ -170,49 +170,93 @@ async fn follow_stand_in(cp: &StandIn) -> (Arc<Shared>, MeshReceiver) {
     (shared, mesh_rx)
 }
 
-/// Installs `credentials`, trusting `bundle`; their report.
-fn install(shared: &Shared, credentials: &Credentials, bundle: &str) -> CertificateReport {
+/// Installs `credentials`, trusting `bundle`; what the control plane is to be told of them.
+fn install(shared: &Shared, credentials: &Credentials, bundle: &str) -> Reported {
     let built = material::build(credentials, bundle.as_bytes(), SystemTime::now(), &provider()).unwrap();
-    let report = built.report.clone();
+    let reported = Reported { certificate: built.report.clone(), trusted_roots: built.roots.clone() };
     publish::install(shared, built);
-    report
+    reported
+}
+
+/// What `ack` tells of the identity in force.
+fn reported(ack: &Ack) -> Option<Reported> {
+    Some(Reported { certificate: ack.certificate.clone()?, trusted_roots: ack.trusted_roots.clone()? })
 }
 
 const QUIET: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
-async fn every_ack_carries_the_certificate_and_a_renewal_is_reported_at_once() {
+async fn every_ack_carries_the_certificate_and_roots_and_a_change_is_reported_at_once() {
     let mut cp = StandIn::start().await;
     let (shared, _mesh) = follow_stand_in(&cp).await;
     let (ca, next) = (Ca::new("mesh"), Ca::new("next"));
 
-    // A certificate before any version was ACKed: nothing to report it with yet.
-    let leaf = ca.leaf("web", Validity::FRESH);
-    let first = install(&shared, &leaf, &ca.root_pem());
-    assert_eq!(cp.ack(QUIET).await, None);
+    // A version ACKed before the sidecar has an identity: nothing to report.
     cp.push(PushLine::new(1, String::new()));
     let ack = cp.ack(QUIET).await.unwrap();
-    assert_eq!((ack.version, ack.error.as_deref()), (1, None));
-    assert_eq!(ack.certificate.as_ref(), Some(&first));
+    assert_eq!((ack.version, ack.certificate, ack.trusted_roots), (1, None, None));
 
-    // The same certificate with a second root in the bundle: nothing changed, nothing sent.
+    // A certificate: version 1 again, with it and the one root it is trusted under.
+    let leaf = ca.leaf("web", Validity::FRESH);
+    let first = install(&shared, &leaf, &ca.root_pem());
+    assert_eq!(first.trusted_roots, [first.certificate.root.clone().unwrap()]);
+    let ack = cp.ack(QUIET).await.unwrap();
+    assert_eq!((ack.version, ack.error.as_deref()), (1, None));
+    assert_eq!(reported(&ack), Some(first.clone()));
+
+    // The same certificate with a second root in the bundle: version 1 again, at once,
+    // trusting both.
     let overlap = format!("{}{}", ca.root_pem(), next.root_pem());
-    assert_eq!(install(&shared, &leaf, &overlap), first);
+    let both = install(&shared, &leaf, &overlap);
+    assert_eq!((&both.certificate, both.trusted_roots.len()), (&first.certificate, 2));
+    let start = Instant::now();
+    let ack = cp.ack(QUIET).await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert_eq!((ack.version, reported(&ack)), (1, Some(both.clone())));
+    // Installed again as it is: nothing changed, nothing sent.
+    assert_eq!(install(&shared, &leaf, &overlap), both);
     assert_eq!(cp.ack(QUIET).await, None);
 
     // A renewal: version 1 again, with the new certificate, at once.
     let renewed = install(&shared, &next.leaf("web", Validity::FRESH), &overlap);
-    assert_ne!(renewed.root, first.root);
+    assert_ne!(renewed.certificate.root, first.certificate.root);
     let start = Instant::now();
     let ack = cp.ack(QUIET).await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
-    assert_eq!((ack.version, ack.certificate.as_ref()), (1, Some(&renewed)));
+    assert_eq!((ack.version, reported(&ack)), (1, Some(renewed.clone())));
     assert_eq!(cp.ack(QUIET).await, None);
 
     // The stream was not disturbed: the next version comes through, with the new certificate.
     cp.push(PushLine::new(2, "# v2".into()));
     let ack = cp.ack(QUIET).await.unwrap();
-    assert_eq!((ack.version, ack.certificate.as_ref()), (2, Some(&renewed)));
+    assert_eq!((ack.version, reported(&ack)), (2, Some(renewed)));
+}
+
+#[tokio::test]
+async fn a_nack_reports_the_roots_its_versions_bundle_put_in_force() {
+    let mut cp = StandIn::start().await;
+    let (shared, mut mesh) = follow_stand_in(&cp).await;
+    let (ca, next) = (Ca::new("mesh"), Ca::new("next"));
+    let leaf = ca.leaf("web", Validity::FRESH);
+    let first = install(&shared, &leaf, &ca.root_pem());
+    cp.push(PushLine::new(1, String::new()));
+    assert_eq!(reported(&cp.ack(QUIET).await.unwrap()), Some(first));
+
+    // A rotation's bundle, in a version whose configuration this sidecar refuses: the NACK
+    // names the new root once the renew loop put the bundle in force.
+    let overlap = format!("{}{}", ca.root_pem(), next.root_pem());
+    let mut line = PushLine::new(2, "kind: [unclosed".into());
+    line.mesh = Some(settings(&overlap));
+    cp.push(line);
+    mesh.settings.changed().await.unwrap();
+    let both = install(&shared, &leaf, &overlap);
+    mesh.settled(&overlap);
+    let nack = cp.ack(QUIET).await.unwrap();
+    assert_eq!(nack.version, 2);
+    assert!(nack.error.is_some(), "{nack:?}");
+    assert_eq!(reported(&nack), Some(both));
+    // The NACK told it already: no second report.
+    assert_eq!(cp.ack(QUIET).await, None);
 }
 
 #[tokio::test]
@@ -224,10 +268,10 @@ async fn a_reconnection_reports_the_certificate_again() {
     cp.push(PushLine::new(3, String::new()));
     assert_eq!(cp.ack(QUIET).await.unwrap().version, 3);
 
-    // A control plane forgets a proxy's certificate with its stream: told again, unasked.
+    // The control plane reconnected to may not know the report: told again, unasked.
     cp.hang_up();
     let ack = cp.ack(Duration::from_secs(5)).await.unwrap();
-    assert_eq!((ack.version, ack.certificate), (3, Some(report)));
+    assert_eq!((ack.version, reported(&ack)), (3, Some(report)));
     assert_eq!(cp.ack(QUIET).await, None);
 }
 
