@@ -27,7 +27,8 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -105,6 +106,8 @@ enum ConfigError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Rustls(#[from] rustls::Error),
+    #[error("the mesh's root cannot check client signatures: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigError> {
@@ -114,7 +117,7 @@ fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigE
     let key = PrivatePkcs8KeyDer::from(serving.key).into();
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(MeshClients { provider }))
+        .with_client_cert_verifier(Arc::new(MeshClients::new(ca, provider.clone())?))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // No resumption: a resumed session would carry the client certificate of the handshake it
@@ -126,14 +129,19 @@ fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigE
 
 /// Optional client certificates, taken at the handshake whatever they chain to: each request
 /// judges the certificate against the roots in force then (see the module's documentation). The
-/// handshake's signature checks still prove the client holds the certificate's key.
+/// handshake's signatures are still checked (by webpki's verifier, whose roots are otherwise
+/// unused), so the client proves it holds the certificate's key.
+#[derive(Debug)]
 struct MeshClients {
-    provider: Arc<CryptoProvider>,
+    signatures: Arc<dyn ClientCertVerifier>,
 }
 
-impl std::fmt::Debug for MeshClients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshClients").finish_non_exhaustive()
+impl MeshClients {
+    fn new(ca: &Ca, provider: Arc<CryptoProvider>) -> Result<Self, ConfigError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.root_der().to_vec()))?;
+        let signatures = WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build()?;
+        Ok(Self { signatures })
     }
 }
 
@@ -147,7 +155,7 @@ impl ClientCertVerifier for MeshClients {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // Hints would have to outlive a bundle change; clients send their one certificate anyway.
+        // Hints would go stale with a rotation; clients send their one certificate anyway.
         &[]
     }
 
@@ -166,12 +174,7 @@ impl ClientCertVerifier for MeshClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -180,16 +183,11 @@ impl ClientCertVerifier for MeshClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

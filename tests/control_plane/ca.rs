@@ -291,28 +291,10 @@ fn over_tls_a_sidecar_goes_on_with_its_mesh_certificate_once_its_join_token_expi
     };
     // A certificate the mesh does not trust (another CA's, or an expired one) locks nobody out:
     // it passes the handshake, and the join token still counts.
-    let (ok, out) = openssl(
-        dir.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "rogue.key",
-            "-out",
-            "rogue.pem",
-            "-subj",
-            "/CN=rogue",
-            "-days",
-            "1",
-            "-addext",
-            "subjectAltName=URI:spiffe://pilotfish.local/ns/default/sa/web",
-        ],
-    );
+    let rogue = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -out rogue.pem -subj /CN=rogue -days 1";
+    let mut args: Vec<&str> = rogue.split(' ').collect();
+    args.extend(["-addext", "subjectAltName=URI:spiffe://pilotfish.local/ns/default/sa/web"]);
+    let (ok, out) = openssl(dir.path(), &args);
     assert!(ok, "{out}");
     let (status, body) = certify(&["-H", &join, "--cert", "rogue.pem", "--key", "rogue.key"]);
     assert_eq!(status, "200", "{body}");

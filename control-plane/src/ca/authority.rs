@@ -97,7 +97,12 @@ impl Ca {
 
     /// The issuer's root, PEM.
     pub fn root_pem(&self) -> String {
-        cert_pem(&self.roots[0])
+        cert_pem(self.root_der())
+    }
+
+    /// The issuer's root, DER.
+    pub fn root_der(&self) -> &[u8] {
+        &self.roots[0]
     }
 
     /// Where rotations keep the CAs they make.
