@@ -116,10 +116,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     // On one CPU (a sidecar pinned beside its app, or a pod with a one-core limit) a
-    // current-thread runtime does the work without handing it between threads: 0.8x the CPU per
-    // request of a one-worker multi-thread runtime, HTTP/1.1 through one sidecar (median of 3
-    // alternating runs of `cargo bench --bench mesh -- --scenario 'http1-*-single-closed'`,
-    // 1.20x HAProxy's against 1.53x). With more CPUs, a worker per CPU.
+    // current-thread runtime, as linkerd2-proxy runs on one core: the work is not handed between
+    // threads. Measured against a one-worker multi-thread runtime (three alternating runs each of
+    // `cargo bench --bench mesh -- --scenario 'http1-*-single-closed'` and `'http1-*-pair-closed'`,
+    // CPU per request over HAProxy's, medians): one sidecar 1.20x against 1.53x, a pair 1.55x
+    // against 1.44x (within this machine's noise). With more CPUs, a worker per CPU.
     let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut builder = if one_cpu {
         tokio::runtime::Builder::new_current_thread()
