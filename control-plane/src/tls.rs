@@ -74,7 +74,7 @@ pub fn transport(
     let names = if names.is_empty() { default_names(listen.ip(), hostname()) } else { names.to_vec() };
     let refused = |reason: String| TlsError::Refused { listen, reason };
     let config = server_config(ca, &names).map_err(|e| refused(e.to_string()))?;
-    tracing::info!(names = ?names, root = %ca.root_fingerprints()[0], "serving the API over TLS");
+    tracing::info!(names = ?names, root = %ca.fingerprint(), "serving the API over TLS");
     Ok(Transport::Tls(config))
 }
 

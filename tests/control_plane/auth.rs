@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pilotfish_api::client::{Client, Trust};
 
-use crate::support::{self, backend, Sidecar};
+use crate::support::{self, backend};
 use crate::{curl, service, ControlPlane, BIN, TOKEN};
 
 #[test]
@@ -214,19 +214,7 @@ async fn a_managed_sidecar_joins_an_https_control_plane_with_its_join_token_and_
     let token = admin.create_token(&request).await.unwrap().token;
     let expired_at = std::time::Instant::now() + Duration::from_secs(3);
 
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "web",
-        "--token",
-        &token,
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-    ];
-    let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
+    let sc = crate::managed::managed_at(&url, "web", &token, &[], &[]);
     let target = format!("http://{}/", sc.outbound);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while support::curl(&["-H", "Host: users", &target]).await.status != 200 {

@@ -17,10 +17,21 @@ fn managed(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
 }
 
 pub(crate) fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, extra: &[&str]) -> Sidecar {
-    let url = cp.url("");
+    managed_at(&cp.url(""), service, token, extra, &[])
+}
+
+/// A managed sidecar of `service` on the control plane at `url` (http or https), with `extra`
+/// arguments and `env` in its environment.
+pub(crate) fn managed_at(
+    url: &str,
+    service: &str,
+    token: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Sidecar {
     let mut args = vec![
         "--control-plane",
-        &url,
+        url,
         "--service",
         service,
         "--token",
@@ -31,7 +42,7 @@ pub(crate) fn managed_with_token(cp: &ControlPlane, service: &str, token: &str, 
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    tokio::task::block_in_place(|| Sidecar::start_managed(&args))
+    tokio::task::block_in_place(|| Sidecar::start_managed_with_env(&args, env))
 }
 
 /// Polls until `check` holds (generous bound), returning its last good value.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
-use crate::managed::{eventually, managed_with_token};
+use crate::managed::{eventually, managed_at, managed_with_token};
 use crate::support::{self, backend, Sidecar};
 use crate::ControlPlane;
 
@@ -377,28 +377,10 @@ async fn a_sidecar_whose_clock_is_30_s_behind_takes_fresh_certificates() {
     // The callee's node clock is 30 s behind the CA's: a certificate that started at the moment
     // it was issued would not be valid yet there. Leaves start a minute early.
     let token = tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", "greeter"]));
-    let url = cp.url("");
-    let args = [
-        "--control-plane",
-        &url,
-        "--service",
-        "greeter",
-        "--token",
-        token.trim(),
-        "--admin",
-        "127.0.0.1:0",
-        "--outbound",
-        "127.0.0.1:0",
-        "--app",
-        &app_addr,
-        "--inbound",
-        "127.0.0.1:0",
-        "--lease-ttl",
-        "120s",
-    ];
+    let args = ["--app", &app_addr, "--inbound", "127.0.0.1:0", "--lease-ttl", "120s"];
     let lib = libfaketime();
     let behind = [("LD_PRELOAD", lib.as_str()), ("FAKETIME", "-30s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
-    let greeter = tokio::task::block_in_place(|| Sidecar::start_managed_with_env(&args, &behind));
+    let greeter = managed_at(&cp.url(""), "greeter", token.trim(), &args, &behind);
     let client = joined(&cp, "client", &[]);
     let r = call_until(&client, "greeter", 200, &[]).await;
     let peer = r.json()["headers"]["x-pilotfish-peer-identity"].clone();

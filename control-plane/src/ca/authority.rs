@@ -134,24 +134,6 @@ impl Ca {
         &self.trust_bundle_pem
     }
 
-    /// SHA-256 of each trusted root's DER, hex: what a join token pins.
-    pub fn root_fingerprints(&self) -> Vec<String> {
-        self.roots.iter().map(|der| sha256_hex(der)).collect()
-    }
-
-    /// Every trusted root: its fingerprint and when it expires.
-    pub fn roots(&self) -> Vec<Root> {
-        self.roots
-            .iter()
-            .map(|der| Root {
-                fingerprint: sha256_hex(der),
-                not_after: x509_parser::parse_x509_certificate(der)
-                    .map(|(_, cert)| cert.validity().not_after.to_datetime().into())
-                    .expect("roots are checked certificates"),
-            })
-            .collect()
-    }
-
     /// When the issuer expires: no leaf outlives it.
     pub fn issuer_not_after(&self) -> SystemTime {
         self.issuer_not_after.into()

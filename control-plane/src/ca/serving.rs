@@ -75,7 +75,7 @@ mod tests {
         let names = ["127.0.0.1".to_owned(), "localhost".to_owned(), "cp.example".to_owned()];
         let serving = ca.serving(&names).unwrap();
         assert_eq!(serving.chain.len(), 3, "leaf, issuer, root");
-        assert_eq!(sha256_hex(&serving.chain[2]), ca.root_fingerprints()[0]);
+        assert_eq!(sha256_hex(&serving.chain[2]), ca.fingerprint());
         let (_, leaf) = x509_parser::parse_x509_certificate(&serving.chain[0]).unwrap();
         let sans = leaf.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
         assert!(sans.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])), "{sans:?}");

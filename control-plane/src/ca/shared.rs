@@ -84,6 +84,6 @@ mod tests {
         let chain = stored.issuer_pem + &stored.root_pem;
         let opened = Ca::from_pem("test", chain.as_bytes(), &issuer_key, Keystore::Supplied).unwrap();
         let root = pem::parse(&ca.root_cert).unwrap();
-        assert_eq!(opened.root_fingerprints(), [crate::core::sha256_hex(root.contents())]);
+        assert_eq!(opened.fingerprint(), crate::core::sha256_hex(root.contents()));
     }
 }
