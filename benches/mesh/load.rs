@@ -19,14 +19,15 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::procs::{cpu_ticks, cpu_ticks_between};
-use crate::upstream::BODY_BYTES;
+use crate::scenario::Protocol;
+use crate::upstream::{BODY_BYTES, GRPC_FRAME, GRPC_METHOD};
 
 /// How one scenario's load is offered and measured.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +41,8 @@ pub struct Plan {
     pub connections: usize,
     /// Concurrent requests per connection (HTTP/2 streams; 1 for HTTP/1.1).
     pub streams: usize,
-    pub http2: bool,
+    /// HTTP/1.1, HTTP/2 or gRPC (not TCP: that is [`crate::bulk`]'s).
+    pub protocol: Protocol,
 }
 
 /// What the window saw.
@@ -69,7 +71,7 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
     let workers = plan.connections * plan.streams;
     let mut tasks = Vec::with_capacity(workers);
     for c in 0..plan.connections {
-        let conn = Conn::open(entry, plan.http2).await?;
+        let conn = Conn::open(entry, plan.protocol).await?;
         for (s, conn) in conn.streams(plan.streams).into_iter().enumerate() {
             let i = c * plan.streams + s;
             let schedule = plan.rate.map(|rate| {
@@ -105,11 +107,11 @@ pub async fn run(entry: SocketAddr, plan: Plan, pids: &[u32]) -> Result<Outcome>
 }
 
 /// One request through `entry` that must succeed: the path is up end to end.
-pub async fn probe(entry: SocketAddr, http2: bool) -> Result<()> {
-    let mut conn = Conn::open(entry, http2).await?;
+pub async fn probe(entry: SocketAddr, protocol: Protocol) -> Result<()> {
+    let mut conn = Conn::open(entry, protocol).await?;
     match conn.send().await? {
         true => Ok(()),
-        false => bail!("{entry} did not answer 200 with a {BODY_BYTES}-byte body"),
+        false => bail!("{entry} did not answer 200 with a {BODY_BYTES}-byte body (gRPC: status 0)"),
     }
 }
 
@@ -153,7 +155,7 @@ async fn worker(mut conn: Conn, entry: SocketAddr, mut schedule: Option<Schedule
                 // A broken connection: a new one for the next request, after a pause so a path
                 // that refuses connections is not hammered.
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                if let Ok(fresh) = Conn::open(entry, conn.is_http2()).await {
+                if let Ok(fresh) = Conn::open(entry, conn.protocol()).await {
                     conn = fresh;
                 }
                 false
@@ -202,21 +204,32 @@ enum Conn {
     Http1(http1::SendRequest<Empty<Bytes>>),
     /// The sender and the request's URI (HTTP/2 carries scheme and authority).
     Http2(http2::SendRequest<Empty<Bytes>>, Uri),
+    /// The sender and the method's URI.
+    Grpc(http2::SendRequest<Full<Bytes>>, Uri),
 }
 
 impl Conn {
-    async fn open(entry: SocketAddr, http2: bool) -> Result<Conn> {
+    async fn open(entry: SocketAddr, protocol: Protocol) -> Result<Conn> {
         let stream = TcpStream::connect(entry).await.with_context(|| format!("connecting to {entry}"))?;
         stream.set_nodelay(true)?;
         let io = TokioIo::new(stream);
-        if http2 {
-            let (send, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
-            tokio::spawn(conn);
-            Ok(Conn::Http2(send, format!("http://{entry}/").parse()?))
-        } else {
-            let (send, conn) = http1::handshake(io).await?;
-            tokio::spawn(conn);
-            Ok(Conn::Http1(send))
+        let http2 = http2::Builder::new(TokioExecutor::new());
+        match protocol {
+            Protocol::Http1 | Protocol::Tcp => {
+                let (send, conn) = http1::handshake(io).await?;
+                tokio::spawn(conn);
+                Ok(Conn::Http1(send))
+            }
+            Protocol::Http2 => {
+                let (send, conn) = http2.handshake(io).await?;
+                tokio::spawn(conn);
+                Ok(Conn::Http2(send, format!("http://{entry}/").parse()?))
+            }
+            Protocol::Grpc => {
+                let (send, conn) = http2.handshake(io).await?;
+                tokio::spawn(conn);
+                Ok(Conn::Grpc(send, format!("http://{entry}{GRPC_METHOD}").parse()?))
+            }
         }
     }
 
@@ -225,14 +238,20 @@ impl Conn {
         match self {
             Conn::Http1(_) => vec![self],
             Conn::Http2(send, uri) => (0..n).map(|_| Conn::Http2(send.clone(), uri.clone())).collect(),
+            Conn::Grpc(send, uri) => (0..n).map(|_| Conn::Grpc(send.clone(), uri.clone())).collect(),
         }
     }
 
-    fn is_http2(&self) -> bool {
-        matches!(self, Conn::Http2(..))
+    fn protocol(&self) -> Protocol {
+        match self {
+            Conn::Http1(_) => Protocol::Http1,
+            Conn::Http2(..) => Protocol::Http2,
+            Conn::Grpc(..) => Protocol::Grpc,
+        }
     }
 
-    /// One GET; `Ok(false)` for an answer that is not 200 with the whole body.
+    /// One GET, or one unary call; `Ok(false)` for an answer that is not 200 with the whole
+    /// body (gRPC: and `grpc-status: 0` in the trailers).
     async fn send(&mut self) -> Result<bool> {
         let response = match self {
             Conn::Http1(send) => {
@@ -245,9 +264,28 @@ impl Conn {
                 let req = Request::get(uri.clone()).body(Empty::new())?;
                 send.send_request(req).await?
             }
+            Conn::Grpc(send, uri) => {
+                send.ready().await?;
+                let req = Request::post(uri.clone())
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(Full::new(grpc_request()))?;
+                let response = send.send_request(req).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?;
+                let ok = body.trailers().and_then(|t| t.get("grpc-status")).is_some_and(|s| s == "0");
+                return Ok(status == StatusCode::OK
+                    && ok
+                    && body.to_bytes().len() == GRPC_FRAME + BODY_BYTES);
+            }
         };
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok(status == StatusCode::OK && body.len() == BODY_BYTES)
     }
+}
+
+/// A unary call's request: one length-prefixed message of 16 bytes.
+fn grpc_request() -> Bytes {
+    Bytes::from_static(b"\0\0\0\0\x10pilotfish-bench!")
 }

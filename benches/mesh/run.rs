@@ -15,7 +15,7 @@ use crate::procs::{need_tools, peak_rss_kib, pin_self, reset_peak_rss, ticks_per
 use crate::proxies::{self, Setup};
 use crate::report::{self, Row};
 use crate::scenario::{self, Load, Protocol, Proxy, Scenario};
-use crate::upstream::{serve_tcp_sink, Upstream};
+use crate::upstream::{serve_grpc, serve_tcp_sink, Upstream};
 use crate::{bulk, chart, load, scale};
 
 /// Connections of the HTTP/1.1 load (as `wrk -c32`).
@@ -27,6 +27,10 @@ const HTTP2_STREAMS: usize = 32;
 pub fn main(options: Options) -> Result<ExitCode> {
     if let Some(addr) = &options.tcp_sink {
         serve_tcp_sink(addr)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(addr) = &options.grpc_server {
+        serve_grpc(addr)?;
         return Ok(ExitCode::SUCCESS);
     }
     let scenarios = match (&options.scenarios[..], options.quick) {
@@ -56,44 +60,64 @@ pub fn main(options: Options) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (warmup, window) = match options.quick {
         true => (Duration::from_millis(300), options.seconds.unwrap_or(0.7)),
-        false => (Duration::from_secs(1), options.seconds.unwrap_or(5.0)),
+        false => (Duration::from_millis(500), options.seconds.unwrap_or(3.0)),
     };
     let window = Duration::from_secs_f64(window);
+    let runs = options.runs.unwrap_or(if options.quick { 1 } else { 3 }).max(1);
     eprintln!(
-        "mesh bench: {} scenarios, {:.1} s each, pilotfish = {}",
+        "mesh bench: {} scenarios, {runs} run(s) of {:.1} s each, pilotfish = {}",
         scenarios.len(),
         (warmup + window).as_secs_f64(),
         pilotfish.display()
     );
 
-    let progress =
-        Progress { total: scenarios.len(), started: Instant::now(), tty: std::io::stderr().is_terminal() };
-    let mut rows: Vec<Row> = Vec::new();
-    let mut failed = Vec::new();
-    let mut rate = options.rate;
-    for (i, s) in scenarios.iter().enumerate() {
-        if s.load == Load::Fixed && rate.is_none() {
-            rate = Some(fixed_rate(&rows));
-        }
-        progress.starting(i, s);
-        let plan = plan(s, warmup, window, rate);
-        match runtime.block_on(measure(&setup, s, plan)) {
-            Ok(row) => {
-                progress.done(&row);
-                rows.push(row);
+    let mut progress = Progress {
+        total: scenarios.len() * runs,
+        done: 0,
+        started: Instant::now(),
+        tty: std::io::stderr().is_terminal(),
+    };
+    // Runs go round the whole set, so a burst of noise on this shared machine lands in one run
+    // of several scenarios rather than in every run of one.
+    let mut results: Vec<Vec<Row>> = vec![Vec::new(); scenarios.len()];
+    let mut failed: Vec<String> = Vec::new();
+    let mut bases = BaseRates { fixed: options.base_rate, found: Vec::new() };
+    for run in 0..runs {
+        for (i, s) in scenarios.iter().enumerate() {
+            if failed.contains(&s.to_string()) {
+                continue;
             }
-            Err(e) => {
-                progress.failed(s, &e);
-                failed.push(s.to_string());
+            let rate = match s.load {
+                Load::Closed => None,
+                Load::Fixed(percent) => {
+                    Some((bases.of(s.protocol, &results) * f64::from(percent) / 100.0).round())
+                }
+            };
+            progress.starting(s, run, runs);
+            let plan = plan(s, warmup, window, rate);
+            match runtime.block_on(measure(&setup, s, plan)) {
+                Ok(row) => {
+                    progress.done(&row);
+                    results[i].push(row);
+                }
+                Err(e) => {
+                    progress.failed(s, &e);
+                    failed.push(s.to_string());
+                }
             }
         }
     }
     progress.finish();
+    let mut rows: Vec<Row> = results.iter().filter(|r| !r.is_empty()).map(|r| report::median(r)).collect();
     report::add_direct_deltas(&mut rows);
 
     if !rows.is_empty() {
         print!("{}", report::table(&rows));
         println!("\n{}", report::LEGEND);
+        let comparison = report::comparison(&rows);
+        if !comparison.is_empty() {
+            print!("\n{comparison}");
+        }
     }
     if let Some(file) = &options.json {
         report::write_json(&rows, file).with_context(|| format!("writing {}", file.display()))?;
@@ -128,31 +152,49 @@ fn pilotfish_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The open loop's rate: half of the slowest HAProxy HTTP/1.1 closed loop of this run (every
-/// proxy then gets the same offered load, one most of them can carry); without one, half of
-/// the slowest HTTP/1.1 closed loop; without any, 1,000 req/s.
-fn fixed_rate(rows: &[Row]) -> f64 {
-    let closed = |proxy: Option<Proxy>| {
-        rows.iter()
-            .filter(|r| r.protocol == Protocol::Http1 && r.rate_rps.is_none())
-            .filter(|r| proxy.is_none_or(|p| r.proxy == p))
-            .filter_map(|r| r.achieved_rps)
-            .filter(|&rps| rps > 0.0)
-            .reduce(f64::min)
-    };
-    let slowest = closed(Some(Proxy::Haproxy)).or_else(|| closed(None));
-    slowest.map_or(1000.0, |rps| (rps / 2.0).round())
+/// The base (100%) of each protocol's open-loop rates, fixed the first time a protocol needs
+/// it, so every run of a scenario is offered the same load: `--base-rate`, else the slowest
+/// HAProxy closed loop of the protocol in this run's first round (every proxy then gets an
+/// offered load that one of them has shown it can carry), else the slowest closed loop of the
+/// protocol, else 1,000 req/s.
+struct BaseRates {
+    fixed: Option<f64>,
+    found: Vec<(Protocol, f64)>,
+}
+
+impl BaseRates {
+    fn of(&mut self, protocol: Protocol, results: &[Vec<Row>]) -> f64 {
+        if let Some(rate) = self.fixed {
+            return rate;
+        }
+        if let Some(&(_, rate)) = self.found.iter().find(|(p, _)| *p == protocol) {
+            return rate;
+        }
+        let slowest = |proxy: Option<Proxy>| {
+            results
+                .iter()
+                .filter_map(|runs| runs.first())
+                .filter(|r| r.protocol == protocol && r.rate_rps.is_none())
+                .filter(|r| proxy.is_none_or(|p| r.proxy == p))
+                .filter_map(|r| r.achieved_rps)
+                .filter(|&rps| rps > 0.0)
+                .reduce(f64::min)
+        };
+        let rate = slowest(Some(Proxy::Haproxy)).or_else(|| slowest(None)).unwrap_or(1000.0).round();
+        self.found.push((protocol, rate));
+        rate
+    }
 }
 
 fn plan(s: &Scenario, warmup: Duration, window: Duration, rate: Option<f64>) -> load::Plan {
-    let http2 = s.protocol == Protocol::Http2;
+    let multiplexed = matches!(s.protocol, Protocol::Http2 | Protocol::Grpc);
     load::Plan {
         warmup,
         window,
-        rate: rate.filter(|_| s.load == Load::Fixed),
-        connections: if http2 { HTTP2_CONNECTIONS } else { HTTP1_CONNECTIONS },
-        streams: if http2 { HTTP2_STREAMS } else { 1 },
-        http2,
+        rate,
+        connections: if multiplexed { HTTP2_CONNECTIONS } else { HTTP1_CONNECTIONS },
+        streams: if multiplexed { HTTP2_STREAMS } else { 1 },
+        protocol: s.protocol,
     }
 }
 
@@ -164,7 +206,7 @@ async fn measure(setup: &Setup<'_>, s: &Scenario, plan: load::Plan) -> Result<Ro
     loop {
         let probed = match s.protocol {
             Protocol::Tcp => bulk::probe(running.entry).await,
-            _ => load::probe(running.entry, plan.http2).await,
+            _ => load::probe(running.entry, plan.protocol).await,
         };
         match probed {
             Ok(()) => break,
@@ -209,30 +251,33 @@ async fn measure(setup: &Setup<'_>, s: &Scenario, plan: load::Plan) -> Result<Ro
     Ok(row)
 }
 
-/// The progress line on stderr: rewritten in place on a terminal, a line per scenario otherwise.
+/// The progress line on stderr: rewritten in place on a terminal, a line per measurement
+/// otherwise.
 struct Progress {
     total: usize,
+    done: usize,
     started: Instant,
     tty: bool,
 }
 
 impl Progress {
-    fn starting(&self, i: usize, s: &Scenario) {
+    fn starting(&self, s: &Scenario, run: usize, runs: usize) {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let left = if i == 0 {
-            String::new()
-        } else {
-            format!(", ~{:.0} s left", elapsed / i as f64 * (self.total - i) as f64)
+        let left = match self.done {
+            0 => String::new(),
+            done => format!(", ~{:.0} s left", elapsed / done as f64 * (self.total - done) as f64),
         };
+        let run = if runs > 1 { format!(" (run {}/{runs})", run + 1) } else { String::new() };
         if self.tty {
-            eprint!("\r\x1b[K[{}/{}] {s}{left}", i + 1, self.total);
+            eprint!("\r\x1b[K[{}/{}] {s}{run}{left}", self.done + 1, self.total);
             let _ = std::io::stderr().flush();
         } else {
-            eprintln!("[{}/{}] {s}{left}", i + 1, self.total);
+            eprintln!("[{}/{}] {s}{run}{left}", self.done + 1, self.total);
         }
     }
 
-    fn done(&self, row: &Row) {
+    fn done(&mut self, row: &Row) {
+        self.done += 1;
         if !self.tty {
             return;
         }
@@ -244,7 +289,8 @@ impl Progress {
         eprint!(" — {what}");
     }
 
-    fn failed(&self, s: &Scenario, e: &anyhow::Error) {
+    fn failed(&mut self, s: &Scenario, e: &anyhow::Error) {
+        self.done += 1;
         eprintln!("\n{s} failed: {e:#}");
     }
 

@@ -33,6 +33,8 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 prior knowledge, many streams on few connections.
     Http2,
+    /// Unary gRPC calls (a 1 KiB reply) multiplexed as HTTP/2 is.
+    Grpc,
     /// Opaque bytes one way, as fast as they go.
     Tcp,
 }
@@ -41,9 +43,21 @@ pub enum Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Load {
     Closed,
-    /// The run's fixed rate (see [`crate::options::Options::rate`]).
-    Fixed,
+    /// This percentage of the protocol's base rate: HAProxy's slowest closed loop of the run
+    /// (see [`crate::run`]), or `--base-rate`.
+    Fixed(u8),
 }
+
+impl Load {
+    pub fn is_fixed(self) -> bool {
+        matches!(self, Load::Fixed(_))
+    }
+}
+
+/// The open loops' rates, in percent of the base rate.
+const RATES: [u8; 3] = [20, 50, 80];
+/// The open loop of the standard set.
+const STANDARD_RATE: u8 = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scenario {
@@ -56,11 +70,12 @@ pub struct Scenario {
 }
 
 impl fmt::Display for Scenario {
-    /// `PROTOCOL-PROXY[-TOPOLOGY][-mtls]-closed|rate`, e.g. `http1-pilotfish-pair-mtls-rate`.
+    /// `PROTOCOL-PROXY[-TOPOLOGY][-mtls]-closed|rateP`, e.g. `http1-pilotfish-pair-mtls-rate50`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let protocol = match self.protocol {
             Protocol::Http1 => "http1",
             Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
             Protocol::Tcp => "tcp",
         };
         let proxy = match self.proxy {
@@ -81,7 +96,7 @@ impl fmt::Display for Scenario {
         match (self.protocol, self.load) {
             (Protocol::Tcp, _) => Ok(()),
             (_, Load::Closed) => write!(f, "-closed"),
-            (_, Load::Fixed) => write!(f, "-rate"),
+            (_, Load::Fixed(percent)) => write!(f, "-rate{percent}"),
         }
     }
 }
@@ -103,28 +118,32 @@ fn with(
     list.into_iter().map(move |(proxy, topology, tls)| Scenario { proxy, topology, tls, protocol, load })
 }
 
-/// Every scenario the harness knows, closed loops first (the fixed rate derives from them).
+/// Every scenario the harness knows, closed loops first (the fixed rates derive from them).
 /// nginx has no TCP scenarios: Debian's nginx-light has no `stream` module.
 pub fn all() -> Vec<Scenario> {
     let everyone = [Proxy::Pilotfish, Proxy::Haproxy, Proxy::Nginx];
     let tcp = [Proxy::Pilotfish, Proxy::Haproxy];
-    let mut out: Vec<Scenario> = with(Protocol::Http1, Load::Closed, topologies(&everyone))
-        .chain(with(Protocol::Http2, Load::Closed, topologies(&everyone)))
-        .chain(with(Protocol::Tcp, Load::Closed, topologies(&tcp)))
-        .chain(with(Protocol::Http1, Load::Fixed, topologies(&everyone)))
-        .chain(with(Protocol::Http2, Load::Fixed, topologies(&everyone)))
-        .collect();
-    out.sort_by_key(|s| s.load == Load::Fixed);
+    let requests = [Protocol::Http1, Protocol::Http2, Protocol::Grpc];
+    let mut out: Vec<Scenario> =
+        requests.iter().flat_map(|&p| with(p, Load::Closed, topologies(&everyone))).collect();
+    out.extend(with(Protocol::Tcp, Load::Closed, topologies(&tcp)));
+    for rate in RATES {
+        out.extend(requests.iter().flat_map(|&p| with(p, Load::Fixed(rate), topologies(&everyone))));
+    }
+    out.sort_by_key(|s| s.load.is_fixed());
     out
 }
 
-/// The standard set (under 5 minutes): HTTP/1.1 closed loop and the fixed rate, HTTP/2 closed
-/// loop and TCP, for direct and Pilotfish's and HAProxy's single, pair and mTLS pair.
+/// The standard set (under 5 minutes): HTTP/1.1 closed loop and at half HAProxy's rate, HTTP/2
+/// closed loop and TCP, for direct and Pilotfish's and HAProxy's single, pair and mTLS pair.
 pub fn standard() -> Vec<Scenario> {
     all()
         .into_iter()
         .filter(|s| s.proxy != Proxy::Nginx)
-        .filter(|s| s.load == Load::Closed || s.protocol == Protocol::Http1)
+        .filter(|s| match s.load {
+            Load::Closed => s.protocol != Protocol::Grpc,
+            Load::Fixed(rate) => s.protocol == Protocol::Http1 && rate == STANDARD_RATE,
+        })
         .collect()
 }
 
@@ -141,11 +160,14 @@ pub fn quick() -> Vec<Scenario> {
         "http2-pilotfish-pair-mtls-closed",
         "http2-haproxy-single-closed",
         "http2-nginx-single-closed",
+        "grpc-direct-closed",
+        "grpc-pilotfish-pair-mtls-closed",
+        "grpc-nginx-single-closed",
         "tcp-direct",
         "tcp-pilotfish-pair-mtls",
         "tcp-haproxy-pair",
-        "http1-direct-rate",
-        "http1-pilotfish-pair-rate",
+        "http1-direct-rate50",
+        "http1-pilotfish-pair-rate50",
     ];
     all().into_iter().filter(|s| names.contains(&s.to_string().as_str())).collect()
 }
@@ -164,7 +186,7 @@ pub fn select(patterns: &[String]) -> Vec<Scenario> {
         };
         picked.extend(set.into_iter().filter(|s| !picked.contains(s)).collect::<Vec<_>>());
     }
-    picked.sort_by_key(|s| s.load == Load::Fixed);
+    picked.sort_by_key(|s| s.load.is_fixed());
     picked
 }
 

@@ -1,6 +1,6 @@
 //! HAProxy (Debian's 2.6), `nbthread 1`, keep-alive both ways: the peer a user would otherwise
 //! build by hand. A pair speaks the load's protocol between the two (HTTP/2 over ALPN with
-//! mTLS), mutual TLS 1.3 with the mesh leaves when the pair is encrypted; `mode tcp` for TCP.
+//! mTLS; gRPC is HTTP/2), mutual TLS 1.3 with the mesh leaves when the pair is encrypted; `mode tcp` for TCP.
 
 use std::net::SocketAddr;
 
@@ -14,7 +14,7 @@ use crate::scenario::Protocol;
 pub fn start(setup: &Setup, route: &Route) -> Result<Vec<Proc>> {
     let Route { protocol, entry, target, .. } = *route;
     let pki = setup.pki;
-    let (ca, h2) = (path(&pki.ca), protocol == Protocol::Http2);
+    let (ca, h2) = (path(&pki.ca), matches!(protocol, Protocol::Http2 | Protocol::Grpc));
     let Some(hop) = &route.hop else {
         let a = haproxy(
             setup,

@@ -58,6 +58,7 @@ pub fn start(setup: &Setup, scenario: &Scenario) -> Result<Running> {
     let target = match scenario.protocol {
         Protocol::Http1 => setup.upstream.http1,
         Protocol::Http2 => setup.upstream.http2,
+        Protocol::Grpc => setup.upstream.grpc,
         Protocol::Tcp => setup.upstream.tcp,
     };
     if scenario.topology == Topology::Direct {
@@ -71,9 +72,12 @@ pub fn start(setup: &Setup, scenario: &Scenario) -> Result<Running> {
     let mut procs = match scenario.proxy {
         Proxy::Pilotfish => pilotfish::start(setup, &route)?,
         Proxy::Haproxy => haproxy::start(setup, &route)?,
-        // nginx proxies to its upstream in HTTP/1.1 only: its HTTP/2 scenarios take h2c from the
-        // load generator and call the upstream's HTTP/1.1 port.
-        Proxy::Nginx => nginx::start(setup, &Route { target: setup.upstream.http1, ..route })?,
+        // nginx proxies HTTP in HTTP/1.1 only: its HTTP/2 scenarios take h2c from the load
+        // generator and call the upstream's HTTP/1.1 port. gRPC it proxies in HTTP/2.
+        Proxy::Nginx if scenario.protocol == Protocol::Http2 => {
+            nginx::start(setup, &Route { target: setup.upstream.http1, ..route })?
+        }
+        Proxy::Nginx => nginx::start(setup, &route)?,
         Proxy::Direct => unreachable!("direct has no proxy"),
     };
     for addr in listens {

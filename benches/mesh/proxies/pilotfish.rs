@@ -17,6 +17,7 @@ pub fn start(setup: &Setup, route: &Route) -> Result<Vec<Proc>> {
     let protocol = match route.protocol {
         Protocol::Http1 => "http",
         Protocol::Http2 => "http2",
+        Protocol::Grpc => "grpc",
         Protocol::Tcp => "tcp",
     };
     let Some(hop) = &route.hop else {

@@ -38,9 +38,15 @@ pub fn prepare(
             parts.scheme = None;
             parts.authority = None;
             *req.version_mut() = http::Version::HTTP_11;
-            let host =
-                HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value");
-            req.headers_mut().insert(HOST, host);
+            // Most requests were routed by their own (single) `Host`: it stays as it is.
+            let mut hosts = req.headers().get_all(HOST).iter();
+            let same = hosts.next().is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes())
+                && hosts.next().is_none();
+            if !same {
+                let host =
+                    HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value");
+                req.headers_mut().insert(HOST, host);
+            }
         }
         Version::Http2 => {
             parts.scheme = Some(Scheme::HTTP);
