@@ -210,22 +210,32 @@ fn parse_document(
     }
     let w = &mut warnings;
     let resource = match kind.as_str() {
-        "Sidecar" => Resource::Sidecar(object_of(value, unknown, &object, w, SidecarSpec::validate)?),
+        "Sidecar" => {
+            Resource::Sidecar(Box::new(object_of(value, unknown, &object, w, SidecarSpec::validate)?))
+        }
         "Service" => Resource::Service(object_of(value, unknown, &object, w, ServiceSpec::validate)?),
         "HTTPRoute" => Resource::HttpRoute(object_of(value, unknown, &object, w, HttpRouteSpec::validate)?),
-        "BackendPolicy" => {
-            Resource::BackendPolicy(object_of(value, unknown, &object, w, BackendPolicySpec::validate)?)
-        }
-        "RateLimitPolicy" => {
-            Resource::RateLimitPolicy(object_of(value, unknown, &object, w, RateLimitPolicySpec::validate)?)
-        }
-        _ => Resource::AuthorizationPolicy(object_of(
+        "BackendPolicy" => Resource::BackendPolicy(Box::new(object_of(
+            value,
+            unknown,
+            &object,
+            w,
+            BackendPolicySpec::validate,
+        )?)),
+        "RateLimitPolicy" => Resource::RateLimitPolicy(Box::new(object_of(
+            value,
+            unknown,
+            &object,
+            w,
+            RateLimitPolicySpec::validate,
+        )?)),
+        _ => Resource::AuthorizationPolicy(Box::new(object_of(
             value,
             unknown,
             &object,
             w,
             AuthorizationPolicySpec::validate,
-        )?),
+        )?)),
     };
     let m = resource.metadata();
     let object = Some(resource.describe());

@@ -17,15 +17,16 @@ pub struct Object<S> {
     pub spec: S,
 }
 
-/// Every kind Pilotfish understands.
+/// Every kind Pilotfish understands. The kinds with large specs are boxed, so that the enum is
+/// the size of a Service or an HTTPRoute, the kinds a mesh has thousands of (and sidecars keep).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
-    Sidecar(Object<SidecarSpec>),
+    Sidecar(Box<Object<SidecarSpec>>),
     Service(Object<ServiceSpec>),
     HttpRoute(Object<HttpRouteSpec>),
-    BackendPolicy(Object<BackendPolicySpec>),
-    RateLimitPolicy(Object<RateLimitPolicySpec>),
-    AuthorizationPolicy(Object<AuthorizationPolicySpec>),
+    BackendPolicy(Box<Object<BackendPolicySpec>>),
+    RateLimitPolicy(Box<Object<RateLimitPolicySpec>>),
+    AuthorizationPolicy(Box<Object<AuthorizationPolicySpec>>),
 }
 
 /// Every kind, with its `apiVersion`.

@@ -92,10 +92,10 @@ fn document(
         annotations: BTreeMap::new(),
     };
     let target_ref = TargetRef { group: None, kind: "Service".into(), name: target.into(), namespace: None };
-    Resource::AuthorizationPolicy(Object {
+    Resource::AuthorizationPolicy(Box::new(Object {
         metadata,
         spec: AuthorizationPolicySpec { target_ref, action, rules },
-    })
+    }))
 }
 
 fn call() -> impl Strategy<Value = Call<'static>> {

@@ -47,7 +47,7 @@ pub async fn handle(
         },
         Listener::Main => match transport::original_dst(&stream) {
             Some(orig) => match snap.service_by_addr(orig) {
-                Some((svc, protocol)) => Some((svc, *protocol)),
+                Some((svc, protocol)) => Some((svc, protocol)),
                 None => {
                     // Not a service we know: pass through untouched to where the app dialled.
                     let target = TcpTarget::Addr(orig, &snap.passthrough, None);

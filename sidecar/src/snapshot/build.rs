@@ -1,19 +1,24 @@
 //! Building a [`Snapshot`] from configuration text: parse and validate (in `api`), apply the
-//! command-line overrides, attach routes and policies to their services, compile route tables,
-//! and make the runtime state — carrying over from the previous snapshot what must survive a
-//! reload: connection pools, endpoint breakers and load, retry budgets, rate limiters, and the
-//! counters behind service limits.
+//! command-line overrides, attach routes and policies to their services, and make the runtime
+//! state — carrying over from the previous snapshot what must survive a reload: connection
+//! pools, endpoint breakers and load, retry budgets, rate limiters, and the counters behind
+//! service limits.
+//!
+//! A service's runtime state (route table, endpoints, breakers, budgets, metric series) is built
+//! the first time a request needs it ([`Builder::service`]): a sidecar holds state only for what
+//! its app calls, so a mesh of 10,000 services does not cost every sidecar 10,000 services. The
+//! snapshot builds eagerly what has state to keep — the services the previous snapshot had
+//! built — and what must run without requests: services with active health checks.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pilotfish_api::policy::{BackendPolicySpec, CircuitBreaker, RateLimitPolicySpec, RetryBudget, TargetRef};
-use pilotfish_api::route::HttpRouteSpec;
 use pilotfish_api::{Metadata, Resource, ServiceSpec, SidecarSpec, SpiffeId, UnknownFields, Warning};
 use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
@@ -21,7 +26,7 @@ use tower::retry::budget::TpsBudget;
 use super::overrides::{OverrideConflict, Overrides};
 use super::policy::ServicePolicy;
 use super::route::{RouteSource, RouteTable};
-use super::Snapshot;
+use super::{ServiceSlot, Snapshot};
 use crate::authz::{Authorizer, LocalAuthz};
 use crate::http::pool::EndpointConns;
 use crate::resilience::balance::PeakEwma;
@@ -53,7 +58,7 @@ impl Snapshot {
         text: &str,
         overrides: &Overrides,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, BuildError> {
         Self::build_with(source, text, overrides, previous, metrics, UnknownFields::Refuse)
     }
@@ -65,7 +70,7 @@ impl Snapshot {
         text: &str,
         overrides: &Overrides,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         unknown: UnknownFields,
     ) -> Result<Self, BuildError> {
         // Unwind safety: a panic leaves nothing half-changed that anyone reads afterwards — the
@@ -88,10 +93,14 @@ impl Snapshot {
         text: &str,
         overrides: &Overrides,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         unknown: UnknownFields,
     ) -> Result<Self, BuildError> {
-        let pilotfish_api::Parsed { resources, warnings } = pilotfish_api::parse_with(source, text, unknown)?;
+        let pilotfish_api::Parsed { mut resources, warnings } =
+            pilotfish_api::parse_with(source, text, unknown)?;
+        // Kept for the snapshot's life (`/config`, services built on first use), so without the
+        // spare room parsing grew it by: up to half of it, at a few hundred bytes a resource.
+        resources.shrink_to_fit();
         // Logged when they first appear, not again with every reload or push that keeps them.
         let same =
             |a: &Warning, b: &Warning| (&a.object, &a.field, &a.message) == (&b.object, &b.field, &b.message);
@@ -111,39 +120,41 @@ impl Snapshot {
             .unwrap_or_else(|| ("sidecar".into(), "default".into(), SidecarSpec::default()));
         overrides.apply(&mut sidecar)?;
 
-        let mut endpoints = Endpoints::carried_from(previous, metrics);
-        let attached = Attachments::collect(&resources);
+        let mut pools = Pools::carried_from(previous);
+        let mut attached = Attachments::collect(&resources);
+        let mut slots = Vec::new();
         let mut services = HashMap::new();
-        let mut by_host = HashMap::new();
         let mut by_addr = HashMap::new();
         let mut local_ports = Vec::new();
-        for r in &resources {
+        for (i, r) in resources.iter().enumerate() {
             let Resource::Service(s) = r else { continue };
             let (svc_name, svc_ns) = (&s.metadata.name, &s.metadata.namespace);
-            let svc = service(&s.metadata, &s.spec, &attached, previous, &mut endpoints);
-            // Host names as Kubernetes DNS would resolve them; the short name only within the
-            // sidecar's own namespace.
-            for host in [
-                format!("{svc_name}.{svc_ns}"),
-                format!("{svc_name}.{svc_ns}.svc"),
-                format!("{svc_name}.{svc_ns}.svc.cluster.local"),
-            ] {
-                by_host.insert(host, svc.clone());
-            }
-            if *svc_ns == namespace {
-                by_host.insert(svc_name.clone(), svc.clone());
-            }
+            let key: Arc<str> = format!("{svc_name}.{svc_ns}").into();
+            let slot = slots.len() as u32;
             for ip in &s.spec.addresses {
                 for p in &s.spec.ports {
-                    by_addr.insert(SocketAddr::new(*ip, p.port), (svc.clone(), p.protocol));
+                    by_addr.insert(SocketAddr::new(*ip, p.port), (slot, p.protocol));
                 }
             }
             if let Some(port) = s.spec.local_port {
-                local_ports.push((port, svc.key.clone()));
+                local_ports.push((port, key.clone()));
             }
-            services.insert(svc.key.clone(), svc);
+            slots.push(ServiceSlot {
+                service: i as u32,
+                routes: attached
+                    .routes
+                    .remove(&*key)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .collect(),
+                backend: attached.backend.get(&*key).copied(),
+                rate_limit: attached.service_limits.get(&*key).copied(),
+                built: OnceLock::new(),
+                key: key.clone(),
+            });
+            services.insert(key, slot);
         }
-
         // The sidecar's own Service may set its inbound mTLS (managed mode has no other way).
         let own_service = resources.iter().find_map(|r| match r {
             Resource::Service(s) if s.metadata.name == name && s.metadata.namespace == namespace => {
@@ -154,15 +165,19 @@ impl Snapshot {
         // A `{peer: true}` limit on the sidecar's own Service is also enforced here, on the way
         // in, where the caller's identity is known (callers' sidecars only know their app).
         let own_key = format!("{name}.{namespace}");
-        let inbound_limit =
-            attached.service_limits.get(&own_key).filter(|p| RateLimit::by_peer(p)).map(|p| {
+        let inbound_limit = attached
+            .service_limits
+            .get(&own_key)
+            .map(|&i| rate_limit_spec(&resources, i))
+            .filter(|p| RateLimit::by_peer(p))
+            .map(|p| {
                 previous
-                    .and_then(|old| old.inbound.as_ref()?.rate_limit.clone().filter(|l| l.spec == **p))
+                    .and_then(|old| old.inbound.as_ref()?.rate_limit.clone().filter(|l| l.spec == *p))
                     .unwrap_or_else(|| Arc::new(RateLimit::new(p, metrics.ratelimited(&own_key, "inbound"))))
             });
         let inbound = sidecar.inbound.clone().map(|spec| InboundRt {
             rate_limit: inbound_limit,
-            app: endpoints.endpoint(Direction::Inbound, &name, (spec.app, None), |_| None),
+            app: pools.endpoint(metrics, Direction::Inbound, &name, (spec.app, None), |_| None),
             mtls: InboundMtls::new(&spec.mtls, own_service, overrides.inbound_mtls),
             metrics: metrics.target(Direction::Inbound, &name),
             local: metrics.endpoint(Direction::Inbound, &name, ""),
@@ -173,7 +188,7 @@ impl Snapshot {
 
         let authorizer = Authorizer::compile(&resources, sidecar.authorization.default);
         let authz = LocalAuthz::new(authorizer, &name, &namespace, metrics);
-        Ok(Self {
+        let snap = Self {
             version: previous.map_or(1, |p| p.version + 1),
             hash: hash_text(text),
             source: source.to_owned(),
@@ -185,33 +200,99 @@ impl Snapshot {
             retired: CancellationToken::new(),
             name,
             namespace,
+            slots: slots.into_boxed_slice(),
             services,
-            by_host,
             by_addr,
             local_ports,
             inbound,
             authz,
-        })
+            builder: Builder {
+                metrics: metrics.clone(),
+                route_limits: attached.route_limits,
+                pools: Mutex::new(pools),
+            },
+        };
+        for slot in &snap.slots {
+            let used = previous.is_some_and(|p| p.built(&slot.key).is_some());
+            let probed =
+                slot.backend.is_some_and(|i| backend_spec(&snap.resources, i).health_check.is_some());
+            if used || probed {
+                let svc = snap.builder.service(&snap.resources, slot, previous);
+                let _ = slot.built.set(svc);
+            }
+        }
+        // Pools of services the previous snapshot had and this one did not build need not
+        // outlive the build: those services are gone, or will start cold when first called.
+        let mut pools = Pools::default();
+        pools.add(snap.built_services().flat_map(|svc| svc.endpoints.iter()));
+        pools.add(snap.inbound.iter().map(|i| &i.app));
+        *snap.builder.pools.lock().unwrap_or_else(|e| e.into_inner()) = pools;
+        Ok(snap)
+    }
+}
+
+/// What building a service on first use needs, kept in the snapshot.
+pub(super) struct Builder {
+    metrics: Arc<Metrics>,
+    /// Route `namespace/name` → its `RateLimitPolicy` (a position in the resources).
+    route_limits: HashMap<String, u32>,
+    /// Endpoints of different services at the same address share one pool.
+    pools: Mutex<Pools>,
+}
+
+impl Builder {
+    /// One service's runtime state, with what `previous` had for it carried over.
+    pub(super) fn service(
+        &self,
+        resources: &[Resource],
+        slot: &ServiceSlot,
+        previous: Option<&Snapshot>,
+    ) -> Arc<ServiceRt> {
+        // A panic while another thread held the lock left the map whole: inserts are atomic.
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        service(resources, slot, &self.route_limits, previous, &self.metrics, &mut pools)
+    }
+}
+
+fn service_spec(resources: &[Resource], i: u32) -> (&Metadata, &ServiceSpec) {
+    match &resources[i as usize] {
+        Resource::Service(s) => (&s.metadata, &s.spec),
+        _ => unreachable!("a service slot points at a Service"),
+    }
+}
+
+fn backend_spec(resources: &[Resource], i: u32) -> &BackendPolicySpec {
+    match &resources[i as usize] {
+        Resource::BackendPolicy(p) => &p.spec,
+        _ => unreachable!("a backend attachment points at a BackendPolicy"),
+    }
+}
+
+fn rate_limit_spec(resources: &[Resource], i: u32) -> &RateLimitPolicySpec {
+    match &resources[i as usize] {
+        Resource::RateLimitPolicy(p) => &p.spec,
+        _ => unreachable!("a rate limit attachment points at a RateLimitPolicy"),
     }
 }
 
 /// One service's runtime state, with what the previous snapshot had for it carried over.
 fn service(
-    meta: &Metadata,
-    spec: &ServiceSpec,
-    attached: &Attachments<'_>,
+    resources: &[Resource],
+    slot: &ServiceSlot,
+    route_limits: &HashMap<String, u32>,
     previous: Option<&Snapshot>,
-    endpoints: &mut Endpoints<'_>,
+    metrics: &Metrics,
+    pools: &mut Pools,
 ) -> Arc<ServiceRt> {
-    let metrics = endpoints.metrics;
-    let key: Arc<str> = format!("{}.{}", meta.name, meta.namespace).into();
-    let backend_policy = attached.backend.get(&*key).copied();
+    let (meta, spec) = service_spec(resources, slot.service);
+    let key = slot.key.clone();
+    let backend_policy = slot.backend.map(|i| backend_spec(resources, i));
     let cb = backend_policy.map(|p| p.circuit_breaker.clone()).unwrap_or_default();
     let budget = EjectionBudget::new(spec.endpoints.len(), cb.max_ejection_percent);
     // Endpoint state (breaker, load, health) survives a reload that leaves the breaker
     // settings and the number of endpoints alone; otherwise a reload would readmit ejected
     // endpoints.
-    let prev = previous.and_then(|p| p.service(&key));
+    let prev = previous.and_then(|p| p.built(&key));
     let kept = prev.filter(|old| old.breaker_config == cb && old.endpoints.len() == spec.endpoints.len());
     let guard = |label: &str, addr: SocketAddr| {
         let old = kept.and_then(|old| old.endpoint(addr)).and_then(|e| e.guard.clone());
@@ -223,32 +304,35 @@ fn service(
         .map(|e| {
             // Validation parsed every identity already.
             let identity = e.identity.as_deref().and_then(|id| id.parse().ok()).map(Arc::new);
-            endpoints
-                .endpoint(Direction::Outbound, &key, (e.address, identity), |label| guard(label, e.address))
+            pools.endpoint(metrics, Direction::Outbound, &key, (e.address, identity), |label| {
+                guard(label, e.address)
+            })
         })
         .collect();
     let carried = |route: &str, spec: &RateLimitPolicySpec| {
         prev.and_then(|old| old.routes.limiters().find(|(r, l)| &***r == route && l.spec == *spec))
             .map(|(_, l)| l.clone())
     };
-    let sources: Vec<RouteSource<'_>> = attached
+    let sources: Vec<RouteSource<'_>> = slot
         .routes
-        .get(&*key)
-        .map(|routes| {
-            routes
-                .iter()
-                .map(|(route_name, spec)| RouteSource {
-                    name: route_name.clone(),
-                    spec,
-                    rate_limit: attached.route_limits.get(&**route_name).map(|p| {
-                        carried(route_name, p).unwrap_or_else(|| {
-                            Arc::new(RateLimit::new(p, metrics.ratelimited(&key, route_name)))
-                        })
-                    }),
-                })
-                .collect()
+        .iter()
+        .map(|&i| {
+            let Resource::HttpRoute(route) = &resources[i as usize] else {
+                unreachable!("a route attachment points at an HTTPRoute")
+            };
+            let route_name: Arc<str> = format!("{}/{}", route.metadata.namespace, route.metadata.name).into();
+            RouteSource {
+                rate_limit: route_limits.get(&*route_name).map(|&p| {
+                    let p = rate_limit_spec(resources, p);
+                    carried(&route_name, p).unwrap_or_else(|| {
+                        Arc::new(RateLimit::new(p, metrics.ratelimited(&key, &route_name)))
+                    })
+                }),
+                name: route_name,
+                spec: &route.spec,
+            }
         })
-        .unwrap_or_default();
+        .collect();
     let routes = if sources.is_empty() {
         RouteTable::default_for(key.clone())
     } else {
@@ -267,8 +351,8 @@ fn service(
             .map_or_else(|| Arc::new(tps_budget(&retry_budget)), |old| old.budget.clone()),
         resilience: metrics.resilience(&key),
         identity_mismatch: metrics.mesh.identity_mismatch(&key),
-        rate_limit: attached.service_limits.get(&*key).map(|p| {
-            prev.and_then(|old| old.rate_limit.clone().filter(|l| l.spec == **p))
+        rate_limit: slot.rate_limit.map(|i| rate_limit_spec(resources, i)).map(|p| {
+            prev.and_then(|old| old.rate_limit.clone().filter(|l| l.spec == *p))
                 .unwrap_or_else(|| Arc::new(RateLimit::new(p, metrics.ratelimited(&key, ""))))
         }),
         // Counters of requests and connections in flight span snapshots, like the requests
@@ -303,64 +387,67 @@ fn new_guard(
     }
 }
 
-/// Makes endpoints, reusing the connection pools of the previous snapshot's endpoints so that a
-/// reload keeps warm connections.
-struct Endpoints<'m> {
+/// Connection pools by endpoint: the previous snapshot's, so that a reload keeps warm
+/// connections, and those made since.
+#[derive(Default)]
+struct Pools {
     /// By address and the identity the endpoint must prove: a changed identity gets a new pool.
-    pools: HashMap<(SocketAddr, Option<Arc<SpiffeId>>), Arc<EndpointConns>>,
-    metrics: &'m Metrics,
+    by_endpoint: HashMap<(SocketAddr, Option<Arc<SpiffeId>>), Arc<EndpointConns>>,
 }
 
-impl<'m> Endpoints<'m> {
-    fn carried_from(previous: Option<&Snapshot>, metrics: &'m Metrics) -> Self {
-        let mut pools = HashMap::new();
+impl Pools {
+    fn carried_from(previous: Option<&Snapshot>) -> Self {
+        let mut pools = Pools::default();
         if let Some(prev) = previous {
-            for svc in prev.services.values() {
-                for ep in &svc.endpoints {
-                    pools.insert((ep.addr, ep.conns.identity().cloned()), ep.conns.clone());
-                }
-            }
-            if let Some(inbound) = &prev.inbound {
-                pools.insert((inbound.app.addr, None), inbound.app.conns.clone());
-            }
+            pools.add(prev.built_services().flat_map(|svc| svc.endpoints.iter()));
+            pools.add(prev.inbound.iter().map(|i| &i.app));
         }
-        Self { pools, metrics }
+        pools
+    }
+
+    fn add<'e>(&mut self, endpoints: impl Iterator<Item = &'e Arc<EndpointRt>>) {
+        for ep in endpoints {
+            self.by_endpoint.insert((ep.addr, ep.conns.identity().cloned()), ep.conns.clone());
+        }
     }
 
     /// An endpoint of `service` (meshed when it has an `identity`), with the guard `guard`
     /// makes for it given its label (outbound endpoints have one).
     fn endpoint(
         &mut self,
+        metrics: &Metrics,
         direction: Direction,
         service: &str,
         (addr, identity): (SocketAddr, Option<Arc<SpiffeId>>),
         guard: impl FnOnce(&str) -> Option<Arc<EndpointGuard>>,
     ) -> Arc<EndpointRt> {
         let label = addr.to_string();
-        let pool =
-            self.pools.entry((addr, identity.clone())).or_insert_with(|| EndpointConns::new(addr, identity));
+        let pool = self
+            .by_endpoint
+            .entry((addr, identity.clone()))
+            .or_insert_with(|| EndpointConns::new(addr, identity));
         Arc::new(EndpointRt {
             addr,
             conns: pool.clone(),
-            metrics: self.metrics.endpoint(direction, service, &label),
+            metrics: metrics.endpoint(direction, service, &label),
             guard: guard(&label),
             label,
         })
     }
 }
 
-/// Routes and policies by what they attach to.
-struct Attachments<'a> {
-    /// Service key → its HTTPRoutes (`namespace/name`, spec), in name order.
-    routes: HashMap<String, Vec<(Arc<str>, &'a HttpRouteSpec)>>,
-    backend: HashMap<String, &'a BackendPolicySpec>,
-    service_limits: HashMap<String, &'a RateLimitPolicySpec>,
+/// Routes and policies by what they attach to, as positions in the resources.
+struct Attachments {
+    /// Service key → its HTTPRoutes (`namespace/name`, position), in name order.
+    routes: HashMap<String, Vec<(String, u32)>>,
+    backend: HashMap<String, u32>,
+    service_limits: HashMap<String, u32>,
     /// Route `namespace/name` → its rate limit.
-    route_limits: HashMap<String, &'a RateLimitPolicySpec>,
+    route_limits: HashMap<String, u32>,
 }
 
-impl<'a> Attachments<'a> {
-    fn collect(resources: &'a [Resource]) -> Self {
+impl Attachments {
+    fn collect(resources: &[Resource]) -> Self {
         let mut a = Attachments {
             routes: HashMap::new(),
             backend: HashMap::new(),
@@ -369,26 +456,27 @@ impl<'a> Attachments<'a> {
         };
         let target =
             |t: &TargetRef, ns: &str| (t.name.clone(), t.namespace.clone().unwrap_or_else(|| ns.to_owned()));
-        for r in resources {
+        for (i, r) in resources.iter().enumerate() {
+            let i = i as u32;
             let ns = &r.metadata().namespace;
             match r {
                 Resource::HttpRoute(route) => {
-                    let name: Arc<str> = format!("{ns}/{}", route.metadata.name).into();
+                    let name = format!("{ns}/{}", route.metadata.name);
                     for parent in &route.spec.parent_refs {
                         let key = format!("{}.{}", parent.name, parent.namespace.as_deref().unwrap_or(ns));
-                        a.routes.entry(key).or_default().push((name.clone(), &route.spec));
+                        a.routes.entry(key).or_default().push((name.clone(), i));
                     }
                 }
                 Resource::BackendPolicy(p) => {
                     let (name, tns) = target(&p.spec.target_ref, ns);
-                    a.backend.insert(format!("{name}.{tns}"), &p.spec);
+                    a.backend.insert(format!("{name}.{tns}"), i);
                 }
                 Resource::RateLimitPolicy(p) => {
                     let (name, tns) = target(&p.spec.target_ref, ns);
                     if p.spec.target_ref.kind == "HTTPRoute" {
-                        a.route_limits.insert(format!("{tns}/{name}"), &p.spec);
+                        a.route_limits.insert(format!("{tns}/{name}"), i);
                     } else {
-                        a.service_limits.insert(format!("{name}.{tns}"), &p.spec);
+                        a.service_limits.insert(format!("{name}.{tns}"), i);
                     }
                 }
                 Resource::Sidecar(_) | Resource::Service(_) | Resource::AuthorizationPolicy(_) => {}

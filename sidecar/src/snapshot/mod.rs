@@ -1,7 +1,9 @@
 //! The configuration in force, as one immutable snapshot built off the hot path from validated
 //! `api` resources and swapped in atomically. Lookups a request needs (service by host name, by
-//! `ADDRESS:PORT`, by local port) are precomputed maps; metric handles and endpoint connection
-//! pools are resolved when it is built.
+//! `ADDRESS:PORT`, by local port) are precomputed maps; a service's runtime state — metric
+//! handles, endpoint connection pools, route table — is built once, when the snapshot is built
+//! or the first time a request needs it, and after that a lookup is a map read and an atomic
+//! load.
 //! - [`build`]: building one from configuration text, carrying state over from the previous one;
 //! - [`overrides`]: command-line settings over the `Sidecar` document;
 //! - [`route`]: route tables, `HTTPRoute` rules compiled into matchers;
@@ -21,11 +23,12 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pilotfish_api::{Protocol, Resource, SidecarSpec, Warning};
 use tokio_util::sync::CancellationToken;
 
+use self::build::Builder;
 pub use self::overrides::Overrides;
 use crate::authz::LocalAuthz;
 use crate::telemetry::metrics::{EndpointMetrics, LiveSeries, TargetMetrics};
@@ -45,9 +48,11 @@ pub struct Snapshot {
     pub sidecar: SidecarSpec,
     pub name: String,
     pub namespace: String,
-    services: HashMap<Arc<str>, Arc<ServiceRt>>,
-    by_host: HashMap<String, Arc<ServiceRt>>,
-    by_addr: HashMap<SocketAddr, (Arc<ServiceRt>, Option<Protocol>)>,
+    /// Every configured service; the maps below point into it.
+    slots: Box<[ServiceSlot]>,
+    /// By key, `name.namespace` (host names are resolved to a key, not kept per service).
+    services: HashMap<Arc<str>, u32>,
+    by_addr: HashMap<SocketAddr, (u32, Option<Protocol>)>,
     pub local_ports: Vec<(u16, Arc<str>)>,
     pub inbound: Option<InboundRt>,
     /// The `AuthorizationPolicy` documents by service with the mesh default, as this sidecar's
@@ -58,38 +63,103 @@ pub struct Snapshot {
     pub unrouted: EndpointMetrics,
     /// Cancelled when this snapshot is replaced: stops its active health checks.
     pub retired: CancellationToken,
+    builder: Builder,
+}
+
+/// A configured service: where its configuration is, and its runtime state once built.
+struct ServiceSlot {
+    /// `name.namespace`.
+    key: Arc<str>,
+    /// Positions in the snapshot's resources: the Service, its HTTPRoutes (in name order), its
+    /// BackendPolicy and its service-wide RateLimitPolicy.
+    service: u32,
+    routes: Box<[u32]>,
+    backend: Option<u32>,
+    rate_limit: Option<u32>,
+    built: OnceLock<Arc<ServiceRt>>,
 }
 
 impl Snapshot {
+    /// The service with key `name.namespace`, built if this is the first time it is needed.
     pub fn service(&self, key: &str) -> Option<&Arc<ServiceRt>> {
-        self.services.get(key)
+        self.services.get(key).map(|&slot| self.slot(slot))
     }
 
+    /// The service in `slot`; only its first use builds it (once, whoever asks at the same
+    /// time), every later one is an atomic load.
+    fn slot(&self, slot: u32) -> &Arc<ServiceRt> {
+        let slot = &self.slots[slot as usize];
+        slot.built.get_or_init(|| self.builder.service(&self.resources, slot, None))
+    }
+
+    /// The service with key `name.namespace` if something has needed it (never builds it).
+    fn built(&self, key: &str) -> Option<&Arc<ServiceRt>> {
+        self.slots[*self.services.get(key)? as usize].built.get()
+    }
+
+    /// The services built so far: those requests have needed, and those with health checks.
+    pub fn built_services(&self) -> impl Iterator<Item = &Arc<ServiceRt>> {
+        self.slots.iter().filter_map(|s| s.built.get())
+    }
+
+    /// Every configured service, building those not built yet.
+    #[cfg(test)]
     pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRt>> {
-        self.services.values()
+        (0..self.slots.len() as u32).map(|slot| self.slot(slot))
     }
 
     /// The service an HTTP authority (`users`, `users.default:80`, ...) names.
     pub fn service_by_authority(&self, authority: &str) -> Option<&Arc<ServiceRt>> {
         let host = strip_port(authority).trim_end_matches('.');
-        if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.by_host.get(&host.to_ascii_lowercase())
+        let slot = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.slot_by_host(&host.to_ascii_lowercase())
         } else {
-            self.by_host.get(host)
+            self.slot_by_host(host)
+        };
+        slot.map(|slot| self.slot(slot))
+    }
+
+    /// Host names as Kubernetes DNS resolves them: `name.namespace`, with `.svc` or
+    /// `.svc.cluster.local` after it, and the bare name within the sidecar's own namespace.
+    /// (Names and namespaces are DNS labels, without dots.)
+    fn slot_by_host(&self, host: &str) -> Option<u32> {
+        let dots = |s: &str| s.bytes().filter(|b| *b == b'.').count();
+        for suffix in [".svc.cluster.local", ".svc"] {
+            let key = host.strip_suffix(suffix).filter(|key| dots(key) == 1);
+            if let Some(&slot) = key.and_then(|key| self.services.get(key)) {
+                return Some(slot);
+            }
+        }
+        match dots(host) {
+            0 => {
+                // `name.namespace` assembled on the stack: no allocation per request.
+                let mut key = [0u8; 128];
+                let len = host.len() + 1 + self.namespace.len();
+                let key = key.get_mut(..len)?;
+                key[..host.len()].copy_from_slice(host.as_bytes());
+                key[host.len()] = b'.';
+                key[host.len() + 1..].copy_from_slice(self.namespace.as_bytes());
+                self.services.get(std::str::from_utf8(key).ok()?).copied()
+            }
+            1 => self.services.get(host).copied(),
+            _ => None,
         }
     }
 
     /// The service dialled as `ADDRESS:PORT` (transparent mode), with the port's protocol.
-    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&(Arc<ServiceRt>, Option<Protocol>)> {
-        self.by_addr.get(&addr)
+    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<(&Arc<ServiceRt>, Option<Protocol>)> {
+        self.by_addr.get(&addr).map(|&(slot, protocol)| (self.slot(slot), protocol))
     }
 
     /// The metric series this configuration uses; the rest are retired when it takes over
-    /// ([`Metrics::retire`](crate::telemetry::metrics::Metrics::retire)).
+    /// ([`Metrics::retire`](crate::telemetry::metrics::Metrics::retire)). A service not built
+    /// yet has no series of its own to keep, but its name stays live.
     pub fn live_series(&self) -> LiveSeries {
         let mut live = LiveSeries::default();
-        for svc in self.services.values() {
-            live.service(&svc.key);
+        for slot in &self.slots {
+            live.service(&slot.key);
+        }
+        for svc in self.built_services() {
             for endpoint in &svc.endpoints {
                 live.endpoint(&svc.key, &endpoint.label);
             }

@@ -51,13 +51,18 @@ fn resolves_service_host_names_like_cluster_dns() {
     assert!(snap.service_by_authority("billing").is_none());
     assert!(snap.service_by_authority("billing.other").is_some());
     assert!(snap.service_by_authority("nobody").is_none());
+    for host in
+        ["users.svc", "users.svc.cluster.local", "users.shop.cluster.local", "x.users.shop", "users..shop"]
+    {
+        assert!(snap.service_by_authority(host).is_none(), "{host}");
+    }
 }
 
 #[test]
 fn maps_virtual_addresses_and_local_ports() {
     let snap = build();
     let (svc, proto) = snap.service_by_addr("10.96.0.10:80".parse().unwrap()).unwrap();
-    assert_eq!((&*svc.key, *proto), ("users.shop", Some(Protocol::Http)));
+    assert_eq!((&*svc.key, proto), ("users.shop", Some(Protocol::Http)));
     assert!(snap.service_by_addr("10.96.0.10:81".parse().unwrap()).is_none());
     assert_eq!(snap.local_ports, vec![(18081, Arc::from("users.shop"))]);
 }
@@ -66,11 +71,27 @@ fn maps_virtual_addresses_and_local_ports() {
 fn reload_keeps_endpoint_pools_and_bumps_version() {
     let metrics = Metrics::new();
     let first = Snapshot::build("t", CONFIG, &Overrides::default(), None, &metrics).unwrap();
+    let a = &first.service("users.shop").unwrap().endpoints[0].conns;
     let second = Snapshot::build("t", CONFIG, &Overrides::default(), Some(&first), &metrics).unwrap();
     assert_eq!(second.version, 2);
-    let a = &first.service("users.shop").unwrap().endpoints[0].conns;
-    let b = &second.service("users.shop").unwrap().endpoints[0].conns;
+    let b = &second.built_services().next().expect("a service in use is built on reload").endpoints[0].conns;
     assert!(Arc::ptr_eq(a, b));
+}
+
+#[test]
+fn builds_a_service_when_first_needed() {
+    let metrics = Metrics::new();
+    let snap = Snapshot::build("t", CONFIG, &Overrides::default(), None, &metrics).unwrap();
+    let series = || String::from_utf8_lossy(&metrics.encode()).contains("users.shop");
+    assert_eq!(snap.built_services().count(), 0);
+    assert!(!series(), "no series for a service nothing called");
+    let users = snap.service_by_authority("users").unwrap();
+    assert!(Arc::ptr_eq(users, snap.service("users.shop").unwrap()), "built once");
+    assert_eq!(snap.built_services().count(), 1);
+    assert!(series());
+    let reloaded = Snapshot::build("t", CONFIG, &Overrides::default(), Some(&snap), &metrics).unwrap();
+    let keys: Vec<_> = reloaded.built_services().map(|s| s.key.clone()).collect();
+    assert_eq!(keys, [Arc::from("users.shop")], "a reload builds what was in use, and only that");
 }
 
 #[test]

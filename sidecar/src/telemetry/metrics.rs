@@ -1,6 +1,8 @@
 //! The sidecar's Prometheus metrics: the families, and the per-target handles that the request
-//! path uses. Label values are resolved when a config snapshot is built, never per request
-//! (status codes are resolved once, the first time each code is seen on an endpoint).
+//! path uses. Label values are resolved when a service's runtime state is built (with the
+//! snapshot, or when a request first needs the service), never per request (status codes are
+//! resolved once, the first time each code is seen on an endpoint). So a service's series
+//! appear once something has called it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};

@@ -21,7 +21,7 @@ use crate::upstream::endpoint::EndpointRt;
 
 /// Starts the probes of every service in `snap` that asks for them.
 pub fn spawn(snap: &Snapshot) {
-    for service in snap.services() {
+    for service in snap.built_services() {
         let Some(check) = &service.policy.health_check else { continue };
         for endpoint in &service.endpoints {
             let probe = Probe { endpoint: endpoint.clone(), check: check.clone(), host: service.key.clone() };
