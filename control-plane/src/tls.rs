@@ -119,7 +119,10 @@ fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, ConfigE
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(MeshClients::new(ca, provider.clone())?))
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 for clients that offer it: a sidecar's push stream and its ACKs then share one
+    // connection, so 10,000 sidecars are 10,000 connections and an ACK costs no handshake.
+    // Clients from before it offer only `http/1.1`, and get it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No resumption: a resumed session would carry the client certificate of the handshake it
     // resumes — perhaps none, or one since renewed — and the caller is judged by it.
     config.send_tls13_tickets = 0;

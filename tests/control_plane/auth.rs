@@ -109,6 +109,18 @@ fn off_loopback_the_api_is_tls_that_curl_openssl_and_the_cli_verify_against_the_
     let auth = format!("Authorization: Bearer {TOKEN}");
     assert_eq!(code(&["--cacert", ca, &https("/v1/resources")]).1, "401");
     assert_eq!(code(&["--cacert", ca, "-H", &auth, &https("/v1/resources")]).1, "200");
+    // HTTP/2 for a client that offers it (a sidecar's push stream and ACKs then share one
+    // connection), HTTP/1.1 for one that does not.
+    let version = |flag: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_version}", "--max-time", "5", "--cacert", ca, flag])
+            .arg(https("/healthz"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(version("--http2"), "2");
+    assert_eq!(version("--http1.1"), "1.1");
 
     // openssl, an independent client: TLS 1.3, and the chain verifies up to the mesh root.
     let s_client = Command::new("openssl")

@@ -84,7 +84,16 @@ impl Connection for Stream {
     fn connected(&self) -> Connected {
         match self {
             Self::Plain(tcp) => tcp.connected(),
-            Self::Tls(tls) => tls.get_ref().0.connected(),
+            Self::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                let connected = tcp.connected();
+                // The server chose HTTP/2 (see `Trust::client_config`): every call to it then
+                // shares this one connection, push stream and ACKs alike.
+                match session.alpn_protocol() {
+                    Some(b"h2") => connected.negotiated_h2(),
+                    _ => connected,
+                }
+            }
         }
     }
 }

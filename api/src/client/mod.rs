@@ -4,7 +4,8 @@
 //! - `transport`: [`Client`] — base URL, bearer token, hyper-util's pooled client, timeouts.
 //! - `trust`: [`Trust`] — what an `https://` control plane is verified against (a CA file, or
 //!   the root fingerprint a join token pins, perhaps widened by [`SharedRoots`]).
-//! - `connect`: the connector, plain TCP or TLS.
+//! - `connect`: the connector, plain TCP or TLS (HTTP/2 when the server picks `h2`: then every
+//!   call, a push stream and its ACKs too, shares one connection).
 //! - `operations`: one method per API operation (a new API call goes here).
 //! - `push_stream`: [`PushStream`], the push stream's typed lines.
 //! - `error`: [`ClientError`], a variant per failure a caller acts on.

@@ -161,7 +161,7 @@ impl Trust {
         }
     }
 
-    /// The rustls configuration of a client with this trust: TLS 1.3, `http/1.1`.
+    /// The rustls configuration of a client with this trust: TLS 1.3, `h2` or `http/1.1`.
     pub fn client_config(&self) -> ClientConfig {
         self.client_config_with(None)
     }
@@ -196,7 +196,9 @@ impl Trust {
             }
             None => verified.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 where the control plane speaks it, so a sidecar's push stream and its ACKs
+        // share one connection (and one handshake); HTTP/1.1 with one that does not.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config
     }
 }

@@ -152,44 +152,78 @@ fn a_pin_widened_by_pushed_roots_trusts_the_latest_of_them_too() {
     assert!(matches!(file, Trust::Roots(_)));
 }
 
-/// An https server on a real socket presenting `c`'s leaf and issuer, answering 200 to all.
-async fn serve_tls(c: &Chain) -> String {
-    use hyper_util::rt::TokioIo;
+/// An https server on a real socket presenting `c`'s leaf and issuer and offering `alpn`; it
+/// answers 200 to all, with the HTTP version the request came in, and counts its connections.
+async fn serve_tls(c: &Chain, alpn: &[&[u8]]) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = PrivatePkcs8KeyDer::from(c.leaf_key.serialize_der()).into();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![c.leaf.clone(), c.issuer.clone()], key)
         .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
     tokio::spawn(async move {
         loop {
             let (socket, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(socket).await else { return };
-                let ok = hyper::service::service_fn(|_| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"ok"),
+                let ok = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| {
+                    let version = bytes::Bytes::from(format!("{:?}", req.version()));
+                    std::future::ready(Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(version),
                     )))
                 });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), ok).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), ok)
+                    .await;
             });
         }
     });
-    url
+    (url, connections)
+}
+
+#[tokio::test]
+async fn calls_share_one_http2_connection_where_the_server_offers_h2_and_use_http1_where_not() {
+    use crate::client::transport::Call;
+
+    let c = chain();
+    let trust = || {
+        let mut roots = RootCertStore::empty();
+        roots.add(c.root.clone()).unwrap();
+        Some(Trust::Roots(Arc::new(roots)))
+    };
+    let version = async |client: &crate::client::Client| {
+        client.text(Call::new(http::Method::GET, "/".into())).await.unwrap()
+    };
+    let (url, connections) = serve_tls(&c, &[b"h2", b"http/1.1"]).await;
+    let client = crate::client::Client::builder(&url).trust(trust()).build();
+    assert_eq!(version(&client).await, "HTTP/2.0");
+    // Calls side by side, as a sidecar's ACK beside its push stream: over the same connection.
+    let (a, b) = tokio::join!(version(&client), version(&client));
+    assert_eq!((a.as_str(), b.as_str()), ("HTTP/2.0", "HTTP/2.0"));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A control plane from before HTTP/2 offers only `http/1.1`.
+    let (url, _) = serve_tls(&c, &[b"http/1.1"]).await;
+    let client = crate::client::Client::builder(&url).trust(trust()).build();
+    assert_eq!(version(&client).await, "HTTP/1.1");
 }
 
 #[tokio::test]
 async fn a_control_plane_restarted_on_the_new_root_is_reached_once_the_root_was_pushed() {
     let (pinned, rotated) = (chain(), chain());
-    let url = serve_tls(&rotated).await;
+    let (url, _) = serve_tls(&rotated, &[]).await;
     let roots = SharedRoots::default();
     let trust = Trust::pinned(&sha256_hex(&pinned.root)).unwrap().or_roots(roots.clone());
     let client = crate::client::Client::builder(&url).trust(Some(trust)).build();

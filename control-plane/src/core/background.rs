@@ -29,7 +29,7 @@ pub async fn run(cp: Arc<ControlPlane>, stop: CancellationToken) {
             }
             _ = tick.tick() => {
                 cp.expire_leases().await;
-                cp.proxies().forget_disconnected().await;
+                cp.proxies().forget_disconnected();
                 cp.follow_ca().await;
                 cp.drive_rotation().await;
             }

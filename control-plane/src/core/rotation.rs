@@ -90,7 +90,7 @@ impl ControlPlane {
         };
         let Some(rotation) = rotation else { return };
         let now = SystemTime::now();
-        if waiting_for(&rotation, &self.proxies.list(0).await, now).is_some() {
+        if waiting_for(&rotation, &self.proxies.list(0), now).is_some() {
             return;
         }
         let at = unix(now);
@@ -117,7 +117,7 @@ impl ControlPlane {
     /// The rotation under way as `GET /v1/ca` shows it.
     pub(super) async fn rotation_status(&self) -> Option<CaRotation> {
         let rotation = self.state.read().await.ca.rotation.clone()?;
-        let waiting = waiting_for(&rotation, &self.proxies.list(0).await, SystemTime::now());
+        let waiting = waiting_for(&rotation, &self.proxies.list(0), SystemTime::now());
         Some(CaRotation {
             phase: rotation.phase,
             new_root: rotation.new_root,

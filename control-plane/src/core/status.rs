@@ -30,7 +30,7 @@ impl ControlPlane {
             let rotation = state.ca.rotation.as_ref().map(|r| r.phase);
             (state.seq, state.resources.len(), state.endpoints.len(), rotation)
         };
-        let proxies = self.proxies.list(seq).await;
+        let proxies = self.proxies.list(seq);
         let connected = proxies.iter().filter(|p| p.connected).count();
         let current = proxies.iter().filter(|p| p.connected && p.current).count();
         let pushes = self.proxies.pushes.load(Ordering::Relaxed);

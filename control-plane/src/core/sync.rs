@@ -28,7 +28,7 @@ impl ControlPlane {
         }
         let key = ProxyKey::new(&q.service, &q.namespace, &q.id).map_err(Error::BadRequest)?;
         caller.act_for(&key.service, &key.namespace)?;
-        let generation = self.proxies.connected(&key, q.version).await?;
+        let generation = self.proxies.connected(&key, q.version)?;
         Ok(Connection { key, generation, resume: q.version })
     }
 
@@ -65,7 +65,7 @@ impl ControlPlane {
         if let Some(error) = &ack.error {
             tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
         }
-        if !self.proxies.acknowledged(&key, ack).await {
+        if !self.proxies.acknowledged(&key, ack) {
             return Err(Error::NotFound(format!("proxy {id} of {}.{}", key.service, key.namespace)));
         }
         Ok(())
@@ -74,7 +74,7 @@ impl ControlPlane {
     /// Every sidecar, the version it acknowledged, and whether that is the one in force.
     pub async fn proxy_list(&self) -> Result<ProxyList> {
         let head = self.refresh().await?;
-        let mut items = self.proxies.list(head).await;
+        let mut items = self.proxies.list(head);
         let now = std::time::SystemTime::now();
         let view = self.ca.view();
         for item in items.iter_mut().filter(|p| p.connected) {

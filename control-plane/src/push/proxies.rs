@@ -12,10 +12,10 @@
 //! connected proxies, so one token cannot open push streams without end under made-up ids.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use pilotfish_api::wire::{Ack, Nack, ProxyStatus};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::names::check_service;
@@ -89,11 +89,18 @@ impl Proxies {
         }
     }
 
+    /// The table. Held only for a lookup or an update, never across an await: every push
+    /// stream and every ACK takes it, so with thousands of sidecars a blocking lock costs far
+    /// less than queueing each of them as a waiting task.
+    fn table(&self) -> MutexGuard<'_, HashMap<ProxyKey, Proxy>> {
+        self.by_key.lock().expect("proxies lock poisoned")
+    }
+
     /// Records a (re)connection; returns its generation. `resume` is the version the sidecar
     /// says it already has (acknowledged earlier, perhaps to another replica). A reconnection
     /// replaces its proxy's old connection, so it is never refused.
-    pub async fn connected(&self, key: &ProxyKey, resume: u64) -> Result<u64, TooManyProxies> {
-        let mut by_key = self.by_key.lock().await;
+    pub fn connected(&self, key: &ProxyKey, resume: u64) -> Result<u64, TooManyProxies> {
+        let mut by_key = self.table();
         let others = by_key
             .iter()
             .filter(|(k, p)| {
@@ -134,16 +141,16 @@ impl Proxies {
         Ok(generation)
     }
 
-    pub async fn sent(&self, key: &ProxyKey, version: u64) {
+    pub fn sent(&self, key: &ProxyKey, version: u64) {
         self.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(p) = self.by_key.lock().await.get_mut(key) {
+        if let Some(p) = self.table().get_mut(key) {
             p.status.sent_version = version;
         }
     }
 
     /// Marks a connection gone, unless a newer connection of the same sidecar replaced it.
-    pub async fn disconnected(&self, key: &ProxyKey, generation: u64) {
-        if let Some(p) = self.by_key.lock().await.get_mut(key).filter(|p| p.generation == generation) {
+    pub fn disconnected(&self, key: &ProxyKey, generation: u64) {
+        if let Some(p) = self.table().get_mut(key).filter(|p| p.generation == generation) {
             p.status.connected = false;
             p.status.disconnected_at =
                 Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
@@ -153,8 +160,8 @@ impl Proxies {
 
     /// Records an ACK (`error: None`) or a NACK, and the certificate and trusted roots it
     /// reports (what it leaves out stays as last reported); false if the proxy is unknown.
-    pub async fn acknowledged(&self, key: &ProxyKey, ack: Ack) -> bool {
-        let mut by_key = self.by_key.lock().await;
+    pub fn acknowledged(&self, key: &ProxyKey, ack: Ack) -> bool {
+        let mut by_key = self.table();
         let Some(p) = by_key.get_mut(key) else { return false };
         let version = ack.version;
         match ack.error {
@@ -171,17 +178,15 @@ impl Proxies {
     }
 
     /// Forgets the proxies that have been disconnected for longer than the retention period.
-    pub async fn forget_disconnected(&self) {
+    pub fn forget_disconnected(&self) {
         let now = Instant::now();
-        self.by_key
-            .lock()
-            .await
+        self.table()
             .retain(|_, p| p.gone_since.is_none_or(|since| now.duration_since(since) < self.retention));
     }
 
     /// Every proxy's status, `current` when it acknowledged `head`.
-    pub async fn list(&self, head: u64) -> Vec<ProxyStatus> {
-        let statuses = self.by_key.lock().await.values().map(|p| p.status.clone()).collect::<Vec<_>>();
+    pub fn list(&self, head: u64) -> Vec<ProxyStatus> {
+        let statuses = self.table().values().map(|p| p.status.clone()).collect::<Vec<_>>();
         let mut all: Vec<_> =
             statuses.into_iter().map(|p| ProxyStatus { current: p.acked_version == head, ..p }).collect();
         all.sort_by(|a, b| (&a.id, &a.service, &a.namespace).cmp(&(&b.id, &b.service, &b.namespace)));
@@ -197,40 +202,38 @@ mod tests {
         ProxyKey::new(service, "default", id).unwrap()
     }
 
-    #[tokio::test]
-    async fn the_same_id_under_two_services_is_two_proxies() {
+    #[test]
+    fn the_same_id_under_two_services_is_two_proxies() {
         let proxies = Proxies::new(DEFAULT_RETENTION, DEFAULT_MAX_PER_SERVICE);
         let (real, claimed) = (key("users", "users.default-1"), key("evil", "users.default-1"));
-        proxies.connected(&real, 0).await.unwrap();
-        proxies.connected(&claimed, 0).await.unwrap();
-        assert!(proxies.acknowledged(&real, Ack::accepted(7)).await, "the real sidecar's ACK still lands");
-        let all = proxies.list(0).await;
+        proxies.connected(&real, 0).unwrap();
+        proxies.connected(&claimed, 0).unwrap();
+        assert!(proxies.acknowledged(&real, Ack::accepted(7)), "the real sidecar's ACK still lands");
+        let all = proxies.list(0);
         assert_eq!(all.len(), 2);
         let users = all.iter().find(|p| p.service == "users").unwrap();
         assert_eq!((users.connected, users.acked_version), (true, 7));
     }
 
-    #[tokio::test]
-    async fn the_trusted_roots_reported_last_are_kept_across_reconnection() {
+    #[test]
+    fn the_trusted_roots_reported_last_are_kept_across_reconnection() {
         let proxies = Proxies::new(DEFAULT_RETENTION, DEFAULT_MAX_PER_SERVICE);
         let web = key("web", "web-1");
         let (old, new) = ("a".repeat(64), "b".repeat(64));
-        let generation = proxies.connected(&web, 0).await.unwrap();
-        assert!(!proxies.acknowledged(&key("web", "web-2"), Ack::accepted(1)).await, "unknown proxy");
-        assert!(
-            proxies.acknowledged(&web, Ack::accepted(1).with_trusted_roots(Some(vec![old.clone()]))).await
-        );
-        assert_eq!(proxies.list(1).await[0].trusted_roots, Some(vec![old.clone()]));
+        let generation = proxies.connected(&web, 0).unwrap();
+        assert!(!proxies.acknowledged(&key("web", "web-2"), Ack::accepted(1)), "unknown proxy");
+        assert!(proxies.acknowledged(&web, Ack::accepted(1).with_trusted_roots(Some(vec![old.clone()]))));
+        assert_eq!(proxies.list(1)[0].trusted_roots, Some(vec![old.clone()]));
         // A NACK reports them too; an ACK without them (an older sidecar) leaves them be.
         let both = vec![old.clone(), new.clone()];
         let nack = Ack::refused(2, "bad".into()).with_trusted_roots(Some(both.clone()));
-        assert!(proxies.acknowledged(&web, nack).await);
-        assert!(proxies.acknowledged(&web, Ack::accepted(1)).await);
-        let listed = &proxies.list(2).await[0];
+        assert!(proxies.acknowledged(&web, nack));
+        assert!(proxies.acknowledged(&web, Ack::accepted(1)));
+        let listed = &proxies.list(2)[0];
         assert_eq!((listed.acked_version, listed.trusted_roots.as_ref()), (1, Some(&both)));
-        proxies.disconnected(&web, generation).await;
-        proxies.connected(&web, 1).await.unwrap();
-        let listed = &proxies.list(2).await[0];
+        proxies.disconnected(&web, generation);
+        proxies.connected(&web, 1).unwrap();
+        let listed = &proxies.list(2)[0];
         assert!(listed.connected);
         assert_eq!(listed.trusted_roots, Some(both));
     }
@@ -239,42 +242,42 @@ mod tests {
     async fn a_disconnected_proxy_is_listed_until_the_retention_period_ends() {
         let proxies = Proxies::new(Duration::from_secs(60), DEFAULT_MAX_PER_SERVICE);
         let (gone, staying) = (key("web", "web.default-1"), key("web", "web.default-2"));
-        let generation = proxies.connected(&gone, 0).await.unwrap();
-        proxies.connected(&staying, 0).await.unwrap();
-        proxies.disconnected(&gone, generation).await;
+        let generation = proxies.connected(&gone, 0).unwrap();
+        proxies.connected(&staying, 0).unwrap();
+        proxies.disconnected(&gone, generation);
         tokio::time::advance(Duration::from_secs(59)).await;
-        proxies.forget_disconnected().await;
-        let listed = proxies.list(0).await;
+        proxies.forget_disconnected();
+        let listed = proxies.list(0);
         assert_eq!(listed.len(), 2);
         assert!(!listed[0].connected && listed[0].disconnected_at.is_some(), "{listed:?}");
         tokio::time::advance(Duration::from_secs(2)).await;
-        proxies.forget_disconnected().await;
-        let listed = proxies.list(0).await;
+        proxies.forget_disconnected();
+        let listed = proxies.list(0);
         assert_eq!(listed.len(), 1, "forgotten after the retention period");
         assert_eq!(listed[0].id, "web.default-2", "a connected proxy is never forgotten");
         // A sidecar that reconnects within the period is listed as connected again.
-        let generation = proxies.connected(&gone, 3).await.unwrap();
+        let generation = proxies.connected(&gone, 3).unwrap();
         tokio::time::advance(Duration::from_secs(120)).await;
-        proxies.forget_disconnected().await;
-        assert_eq!(proxies.list(0).await.len(), 2);
-        proxies.disconnected(&gone, generation - 1).await;
-        assert!(proxies.list(0).await.iter().all(|p| p.connected), "an older connection's end is ignored");
+        proxies.forget_disconnected();
+        assert_eq!(proxies.list(0).len(), 2);
+        proxies.disconnected(&gone, generation - 1);
+        assert!(proxies.list(0).iter().all(|p| p.connected), "an older connection's end is ignored");
     }
 
-    #[tokio::test]
-    async fn a_service_has_at_most_its_cap_of_connected_proxies() {
+    #[test]
+    fn a_service_has_at_most_its_cap_of_connected_proxies() {
         let proxies = Proxies::new(DEFAULT_RETENTION, 2);
-        let first = proxies.connected(&key("web", "web-1"), 0).await.unwrap();
-        proxies.connected(&key("web", "web-2"), 0).await.unwrap();
-        let refused = proxies.connected(&key("web", "web-3"), 0).await.unwrap_err();
+        let first = proxies.connected(&key("web", "web-1"), 0).unwrap();
+        proxies.connected(&key("web", "web-2"), 0).unwrap();
+        let refused = proxies.connected(&key("web", "web-3"), 0).unwrap_err();
         assert!(refused.to_string().contains("web.default already has 2 connected proxies"), "{refused}");
         // Other services have caps of their own, and a reconnection replaces its old connection.
-        proxies.connected(&key("users", "users-1"), 0).await.unwrap();
-        proxies.connected(&key("web", "web-2"), 0).await.unwrap();
+        proxies.connected(&key("users", "users-1"), 0).unwrap();
+        proxies.connected(&key("web", "web-2"), 0).unwrap();
         // A disconnected proxy, though still listed, leaves room.
-        proxies.disconnected(&key("web", "web-1"), first).await;
-        proxies.connected(&key("web", "web-3"), 0).await.unwrap();
-        assert_eq!(proxies.list(0).await.len(), 4);
+        proxies.disconnected(&key("web", "web-1"), first);
+        proxies.connected(&key("web", "web-3"), 0).unwrap();
+        assert_eq!(proxies.list(0).len(), 4);
     }
 
     #[test]
