@@ -147,8 +147,8 @@ pub fn standard() -> Vec<Scenario> {
         .collect()
 }
 
-/// `--quick` (the test command's smoke run): each proxy, topology, protocol and load at least
-/// once, the rest left out.
+/// `--quick` (the test command's smoke run): each proxy, topology, protocol and kind of load at
+/// least once (one open-loop rate: the others differ only in their number), the rest left out.
 pub fn quick() -> Vec<Scenario> {
     let names = [
         "http1-direct-closed",

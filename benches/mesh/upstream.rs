@@ -5,12 +5,11 @@
 //! binary in a hidden mode (nginx cannot answer gRPC itself, and a Python or Go server would
 //! measure its runtime more than the proxies).
 
+use std::convert::Infallible;
+use std::future::Ready;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-
-use std::convert::Infallible;
-use std::future::Ready;
 
 use anyhow::Result;
 use bytes::Bytes;

@@ -11,7 +11,7 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 
 use super::connect::Connector;
@@ -41,6 +41,11 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client").field("base", &self.base).field("timeout", &self.timeout).finish()
     }
 }
+
+/// How often an idle HTTP/2 connection is pinged, and how long a ping may go unanswered before
+/// the connection is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a [`Client`] is set up; [`Client::builder`].
 #[derive(Debug, Clone)]
@@ -99,6 +104,14 @@ impl ClientBuilder {
         let client_cert = self.client_cert;
         let tls = self.trust.map(|trust| Arc::new(trust.client_config_with(client_cert.clone())));
         let mut http = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        // An HTTP/2 connection carries a sidecar's push stream and its ACKs for as long as it
+        // lives, and a stream given up on does not close it: pings notice a peer that went away
+        // without a FIN (a partition, a replica's host lost), so the pool drops the connection
+        // and the next call dials again instead of waiting out TCP's retransmissions.
+        http.timer(TokioTimer::new())
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .http2_keep_alive_while_idle(true);
         if let Some(timeout) = self.pool_idle_timeout {
             http.pool_idle_timeout(timeout);
         }

@@ -93,7 +93,9 @@ impl Proxies {
     /// stream and every ACK takes it, so with thousands of sidecars a blocking lock costs far
     /// less than queueing each of them as a waiting task.
     fn table(&self) -> MutexGuard<'_, HashMap<ProxyKey, Proxy>> {
-        self.by_key.lock().expect("proxies lock poisoned")
+        // A panic elsewhere under this lock leaves the table as consistent as each
+        // single-step update made it: keep serving rather than fail every push and ACK.
+        self.by_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records a (re)connection; returns its generation. `resume` is the version the sidecar

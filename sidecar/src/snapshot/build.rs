@@ -52,7 +52,9 @@ pub enum BuildError {
 impl Snapshot {
     /// Validates `text` and builds the snapshot it describes. Never panics: validation bounds
     /// every value to what the runtime accepts, and a panic that happens anyway is caught and
-    /// returned as [`BuildError::Panicked`], a rejected configuration like any other.
+    /// returned as [`BuildError::Panicked`], a rejected configuration like any other. (A
+    /// service first called later is built then, from the same validated values; a panic there
+    /// would fail that request, not the process.)
     pub fn build(
         source: &str,
         text: &str,

@@ -97,6 +97,18 @@ impl Snapshot {
         self.slots[*self.services.get(key)? as usize].built.get()
     }
 
+    /// Builds the services `old` built after this snapshot was made from it (a first call that
+    /// raced the reload), carrying their breakers, budgets and counters over as the build did
+    /// for the rest. Called once this snapshot is in force and before `old`'s series are
+    /// retired, so no service in use starts afresh or loses its series.
+    pub fn catch_up(&self, old: &Snapshot) {
+        for slot in self.slots.iter().filter(|s| s.built.get().is_none()) {
+            if old.built(&slot.key).is_some() {
+                let _ = slot.built.set(self.builder.service(&self.resources, slot, Some(old)));
+            }
+        }
+    }
+
     /// The services built so far: those requests have needed, and those with health checks.
     pub fn built_services(&self) -> impl Iterator<Item = &Arc<ServiceRt>> {
         self.slots.iter().filter_map(|s| s.built.get())

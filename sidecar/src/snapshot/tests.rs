@@ -137,3 +137,18 @@ fn overrides_win_over_the_file() {
     let o = Overrides { inbound: o.inbound, ..Overrides::default() };
     assert!(matches!(Snapshot::build("t", CONFIG, &o, None, &Metrics::new()), Err(BuildError::Conflict(_))));
 }
+
+#[test]
+fn a_service_first_called_during_a_reload_keeps_its_state() {
+    let metrics = Metrics::new();
+    let old = Snapshot::build("test.yaml", CONFIG, &Overrides::default(), None, &metrics).unwrap();
+    let text = format!("{CONFIG}# changed\n");
+    let new = Snapshot::build("test.yaml", &text, &Overrides::default(), Some(&old), &metrics).unwrap();
+    // The first call lands on the old snapshot after the new one was built from it.
+    let first = old.service("users.shop").unwrap().clone();
+    new.catch_up(&old);
+    let carried = new.built("users.shop").expect("built by the catch-up");
+    assert!(Arc::ptr_eq(&first.budget, &carried.budget), "the retry budget carries over");
+    assert!(Arc::ptr_eq(&first.in_flight, &carried.in_flight), "in-flight requests carry over");
+    assert!(new.built("billing.other").is_none(), "what nothing called stays unbuilt");
+}

@@ -103,6 +103,7 @@ pub fn swap_in(
     let bound = local.bind_new(&snap).map_err(|e| e.to_string())?;
     let snap = Arc::new(snap);
     shared.snapshot.store(snap.clone());
+    snap.catch_up(&old);
     old.retired.cancel();
     crate::upstream::health::spawn(&snap);
     shared.metrics.config_version.set(snap.version as i64);
