@@ -56,15 +56,12 @@ pub fn start(setup: &Setup, route: &Route) -> Result<Vec<Proc>> {
 /// is not empty.
 fn nginx(setup: &Setup, name: &str, listen: &str, next: SocketAddr, grpc: bool, tls: &str) -> Result<Proc> {
     let dir = path(setup.dir);
-    let pass = match (grpc, tls.is_empty()) {
-        (false, true) => {
-            "proxy_pass http://next;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";"
-        }
-        (false, false) => {
-            "proxy_pass https://next;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";"
-        }
-        (true, true) => "grpc_pass grpc://next;",
-        (true, false) => "grpc_pass grpcs://next;",
+    let s = if tls.is_empty() { "" } else { "s" };
+    let pass = match grpc {
+        false => format!(
+            "proxy_pass http{s}://next;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";"
+        ),
+        true => format!("grpc_pass grpc{s}://next;"),
     };
     let config = format!(
         "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  http2_max_concurrent_streams 1024;\n  upstream next {{\n    server {next};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n  server {{\n    {listen}\n    location / {{\n      {pass}\n      {tls}\n    }}\n  }}\n}}\n"

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::resilience::ratelimit::limiter::Decision;
 
+/// How many [`HOP_BY_HOP`] names there are (a const array of `HeaderName`s has no const `len`).
 const HOP_BY_HOP_COUNT: usize = 6;
 
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
@@ -155,6 +156,21 @@ mod tests {
         let mut untouched = map(&[("x-kept", "yes"), ("content-length", "3")]);
         strip_hop_by_hop(&mut untouched, false);
         assert_eq!(untouched.len(), 2);
+    }
+
+    #[test]
+    fn every_connection_line_counts_and_te_trailers_survives_being_named() {
+        let mut h = map(&[
+            ("connection", "x-one"),
+            ("connection", "TE, x-two"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!((h["x-kept"].to_str().unwrap(), h["te"].to_str().unwrap()), ("yes", "trailers"));
     }
 
     #[test]

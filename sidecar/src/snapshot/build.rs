@@ -214,13 +214,12 @@ impl Snapshot {
                 pools: Mutex::new(pools),
             },
         };
-        for slot in &snap.slots {
-            let used = previous.is_some_and(|p| p.built(&slot.key).is_some());
-            let probed =
-                slot.backend.is_some_and(|i| backend_spec(&snap.resources, i).health_check.is_some());
-            if used || probed {
-                let svc = snap.builder.service(&snap.resources, slot, previous);
-                let _ = slot.built.set(svc);
+        if let Some(previous) = previous {
+            snap.catch_up(previous);
+        }
+        for slot in snap.slots.iter().filter(|s| s.built.get().is_none()) {
+            if slot.backend.is_some_and(|i| backend_spec(&snap.resources, i).health_check.is_some()) {
+                let _ = slot.built.set(snap.builder.service(&snap.resources, slot, previous));
             }
         }
         // Pools of services the previous snapshot had and this one did not build need not

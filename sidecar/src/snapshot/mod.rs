@@ -97,10 +97,10 @@ impl Snapshot {
         self.slots[*self.services.get(key)? as usize].built.get()
     }
 
-    /// Builds the services `old` built after this snapshot was made from it (a first call that
-    /// raced the reload), carrying their breakers, budgets and counters over as the build did
-    /// for the rest. Called once this snapshot is in force and before `old`'s series are
-    /// retired, so no service in use starts afresh or loses its series.
+    /// Builds the services `old` has built and this snapshot has not, carrying their breakers,
+    /// budgets and counters over. Called by the build, and again once this snapshot is in force
+    /// and before `old`'s series are retired (for a first call that raced the reload), so no
+    /// service in use starts afresh or loses its series.
     pub fn catch_up(&self, old: &Snapshot) {
         for slot in self.slots.iter().filter(|s| s.built.get().is_none()) {
             if old.built(&slot.key).is_some() {
