@@ -2,11 +2,14 @@
 //!
 //! Lines go through a bounded queue to a writer thread, so a slow reader of stdout never blocks
 //! the proxy: when the queue is full, lines are dropped and counted in
-//! `pilotfish_access_log_dropped_total`.
+//! `pilotfish_access_log_dropped_total`. The thread starts with the first line, and the queue
+//! holds memory only for the lines in it: a sidecar whose access log is off pays nothing (a
+//! preallocated array of 16k slots was half a MiB resident in every sidecar).
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -14,30 +17,40 @@ use pilotfish_api::SpiffeId;
 use prometheus::IntCounter;
 use serde::Serialize;
 
+/// Lines queued and not yet written, at most.
 const QUEUE_LINES: usize = 16 * 1024;
 
 enum Message {
     Line(Vec<u8>),
-    Flush(SyncSender<()>),
+    Flush(std::sync::mpsc::SyncSender<()>),
 }
 
 struct Writer {
-    queue: SyncSender<Message>,
-    dropped: IntCounter,
+    queue: Sender<Message>,
+    /// Lines in `queue`: the bound the unbounded channel does not keep itself.
+    queued: Arc<AtomicUsize>,
 }
 
+static DROPPED: OnceLock<IntCounter> = OnceLock::new();
 static WRITER: OnceLock<Writer> = OnceLock::new();
 
-/// Starts the writer thread (once per process); before this, records are discarded.
+/// Names the counter of dropped lines (once per process); before this, records are discarded.
 pub fn init(dropped: IntCounter) {
+    let _ = DROPPED.set(dropped);
+}
+
+/// The writer, its thread started on first use.
+fn writer() -> &'static Writer {
     WRITER.get_or_init(|| {
-        let (queue, lines) = sync_channel(QUEUE_LINES);
+        let (queue, lines) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let count = queued.clone();
         std::thread::Builder::new()
             .name("pilotfish-access-log".into())
-            .spawn(move || write_lines(lines))
+            .spawn(move || write_lines(lines, &count))
             .expect("spawn the access log writer");
-        Writer { queue, dropped }
-    });
+        Writer { queue, queued }
+    })
 }
 
 /// Waits (briefly) until every line queued so far is written: called before the process exits.
@@ -49,9 +62,10 @@ pub fn flush() {
     }
 }
 
-fn write_lines(messages: Receiver<Message>) {
+fn write_lines(messages: Receiver<Message>, queued: &AtomicUsize) {
     let handle = |message, out: &mut std::io::StdoutLock<'_>| match message {
         Message::Line(line) => {
+            queued.fetch_sub(1, Ordering::Relaxed);
             let _ = out.write_all(&line);
         }
         Message::Flush(done) => {
@@ -162,8 +176,15 @@ fn write<T: Serialize>(kind: &'static str, record: &T) {
         return;
     };
     line.push(b'\n');
-    let Some(writer) = WRITER.get() else { return };
-    if let Err(TrySendError::Full(_)) = writer.queue.try_send(Message::Line(line)) {
-        writer.dropped.inc();
+    let Some(dropped) = DROPPED.get() else { return };
+    let writer = writer();
+    // Reserve a place first, so concurrent writers never take the queue past its bound.
+    if writer.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE_LINES {
+        writer.queued.fetch_sub(1, Ordering::Relaxed);
+        dropped.inc();
+        return;
+    }
+    if writer.queue.send(Message::Line(line)).is_err() {
+        writer.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
