@@ -186,6 +186,11 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
             let n = this.prefix.len().min(out.remaining());
             out.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if !this.prefix.has_remaining() {
+                // Replayed: let the detection buffer (8 KiB) go now, not when the connection
+                // ends — 32 open connections held 256 KiB of spent prefixes.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, out)
