@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,14 +38,16 @@ def kubectl():
     found = shutil.which("kubectl")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "kubectl"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        for step in (["update", "-qq"], ["install", "-y", "-qq", "kubectl"]):
+            subprocess.run(["apt-get", *step], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
         found = shutil.which("kubectl")
     if found is None:
         raise AssertionError(
-            "kubectl is needed to render deploy/ (kubectl kustomize) and is not installed, and "
-            "`apt-get install kubectl` did not install it: install kubectl 1.27 or later (kustomize "
-            "v5) from the Kubernetes package repository, then run the tests again")
+            "kubectl is needed to render deploy/ (kubectl kustomize) and is not installed, nor could "
+            "`apt-get install kubectl` install it (that needs root and a package source that has "
+            "kubectl): install kubectl 1.27 or later (kustomize v5), e.g. from the Kubernetes "
+            "project's package repository, then run the tests again")
     return found
 
 

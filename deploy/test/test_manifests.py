@@ -64,6 +64,8 @@ class Contract(unittest.TestCase):
         for variant in VARIANTS:
             docs = rendered(variant)
             find(docs, "Namespace", NAMESPACE)
+            workloads = [d["kind"] for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+            self.assertEqual(workloads, [{"embedded": "StatefulSet", "etcd": "Deployment"}[variant]])
             self.assertEqual(find(docs, "ServiceAccount", NAME)["metadata"]["namespace"], NAMESPACE)
             service = find(docs, "Service", NAME)
             self.assertEqual(service["metadata"]["namespace"], NAMESPACE)
