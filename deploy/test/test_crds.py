@@ -186,11 +186,12 @@ class AgainstTheControlPlane(unittest.TestCase):
         cls.cp.close()
 
     def test_each_crd_has_the_fields_types_enums_ranges_and_defaults_of_the_api_type(self):
-        for kind in KINDS - {"Rollout"}:
+        # Rollout joins once the API has it (issue 13).
+        checked = KINDS & set(self.api_specs)
+        self.assertLessEqual({"BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"}, checked)
+        for kind in checked:
             problems = drift(kind, self.components, crd_schema(kind)["properties"]["spec"], self.api_specs[kind])
             self.assertEqual(problems, [], kind)
-        self.assertNotIn("Rollout", self.api_specs,
-                         "the API has a Rollout now: hold its CRD to it here too (issue 13)")
 
     def test_the_drift_check_finds_a_changed_crd(self):
         kind = "BackendPolicy"

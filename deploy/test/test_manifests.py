@@ -193,6 +193,14 @@ class Pod(unittest.TestCase):
                 flag = arg.split("=", 1)[0]
                 self.assertRegex(help_text, rf"\s{re.escape(flag)}\b", f"{variant}: {flag}")
 
+    def test_every_environment_variable_is_one_the_binary_reads(self):
+        help_text = subprocess.run([str(binary()), "control-plane", "--help"], capture_output=True, text=True,
+                                   check=True).stdout
+        for variant in VARIANTS:
+            for env in control_plane_container(variant)["env"]:
+                if env["name"] != "RUST_LOG":
+                    self.assertIn(f"[env: {env['name']}", help_text, f"{variant}: {env['name']}")
+
     def test_the_kustomizations_list_files_that_exist(self):
         for kustomization in DEPLOY.rglob("kustomization.yaml"):
             for resource in yaml.safe_load(kustomization.read_text())["resources"]:
