@@ -53,6 +53,10 @@ def problems(text):
         found.append("the first stage is not named `builder`")
     if not any(i == "RUN" and re.search(r"cargo build --release --locked --bin pilotfish\b", a) for i, a in builder):
         found.append("the builder does not build the pilotfish binary (--release --locked)")
+    toolchain = re.match(r"rust:(\d+)\.(\d+)", builder_from)
+    rust_version = re.search(r'^rust-version = "(\d+)\.(\d+)"', (REPO / "Cargo.toml").read_text(), re.M)
+    if not toolchain or tuple(map(int, toolchain.groups())) < tuple(map(int, rust_version.groups())):
+        found.append(f"the builder is not a Rust toolchain of at least the workspace's rust-version {rust_version[1]}.{rust_version[2]}")
     final_from, final = all_stages[-1]
     if final_from.split()[0].startswith("rust:"):
         found.append("the final image is the Rust toolchain's")
@@ -97,6 +101,7 @@ class Rules(unittest.TestCase):
         )
         found = "\n".join(problems(careless))
         for expected in ["FROM rust:latest: not pinned", "FROM debian: not pinned", "not named `builder`",
+                         "not a Rust toolchain of at least the workspace's rust-version",
                          "does not build the pilotfish binary", "ADD https://", "COPY . /src",
                          "does not COPY --from=builder", "USER root: not a numeric non-root UID",
                          "RUN after USER", "lacks iptables", "ENTRYPOINT is not", f"no user {IMAGE_UID}"]:

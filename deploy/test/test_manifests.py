@@ -109,7 +109,7 @@ GRANTS = {
     ("authentication.k8s.io", "tokenreviews", ("create",), ()),
     ("", "configmaps", ("create",), ()),
     ("", "configmaps", ("get", "patch", "update"), ("pilotfish-ca",)),
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("get", "patch"), ("pilotfish-injector",)),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("get", "patch", "update"), ("pilotfish-injector",)),
 }
 
 
