@@ -156,9 +156,12 @@ class ControlPlane:
         self.close()
         raise AssertionError(f"the control plane did not start:\n{self.log.read()}")
 
-    def get(self, path):
+    def text(self, path):
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return json.load(response)
+            return response.read().decode()
+
+    def get(self, path):
+        return json.loads(self.text(path))
 
     def apply(self, doc):
         """POST /v1/resources with one document: (HTTP status, body)."""

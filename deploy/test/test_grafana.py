@@ -6,7 +6,7 @@ import json
 import re
 import unittest
 
-from support import DEPLOY, REPO
+from support import DEPLOY, REPO, ControlPlane
 
 DASHBOARD = DEPLOY / "grafana" / "pilotfish.json"
 SOURCES = [REPO / "sidecar" / "src", REPO / "control-plane" / "src"]
@@ -145,6 +145,18 @@ class Dashboard(unittest.TestCase):
             if variable["type"] == "query":
                 metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
                 self.assertIn(label, self.known[metric])
+
+    def test_the_control_plane_serves_every_family_the_dashboard_reads_from_it(self):
+        # Its families are written by hand into the text format: read them from a running one.
+        used = {name for p in self.panels for t in p["targets"]
+                for name in re.findall(r"\b(pilotfish_(?:cp|ca)_[a-z0-9_]+)", t["expr"])}
+        self.assertGreater(len(used), 5)
+        cp = ControlPlane()
+        try:
+            served = set(re.findall(r"^# TYPE (\S+) ", cp.text("/metrics"), re.M))
+        finally:
+            cp.close()
+        self.assertEqual(used - served, set())
 
     def test_the_query_check_finds_made_up_names(self):
         cases = {
