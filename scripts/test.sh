@@ -60,3 +60,5 @@ python3 benches/mesh/check_json.py "$mesh_json"
 rm -f "$mesh_json"
 echo "==> cargo test"
 cargo test --workspace
+echo "==> deploy/ tests (kustomize, kubernetes-validate, CRDs, Dockerfile, Grafana)"
+"$PILOTFISH_TEST_PYTHON" deploy/test/run.py
