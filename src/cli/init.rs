@@ -1,0 +1,116 @@
+//! `pilotfish init`: traffic interception in a pod's network namespace (the `pilotfish-init`
+//! init container). Inbound TCP goes to the sidecar's inbound listener, the app's outbound TCP
+//! to its outbound listener, through nat chains of our own (`PILOTFISH_*`), for IPv4 and IPv6.
+//!
+//! # Layout
+//! - [`plan`]: the rules, as pure text — what is redirected, what goes direct, and why.
+//! - [`apply`]: reads and changes the current namespace's tables with the iptables tools.
+
+mod apply;
+mod plan;
+
+use plan::{Cidr, Family, Interception, PortRange};
+
+/// Redirects the pod's TCP through the sidecar: run once in the pod's network namespace, as
+/// root with NET_ADMIN and NET_RAW, before the app starts. Running it again replaces the rules
+/// with exactly one set; `--cleanup` removes them. The sidecar's UID, its admin and status
+/// ports, loopback traffic between the pod's containers, and the ports and CIDRs given here are
+/// not redirected.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The sidecar's UID: its own connections go direct (else they would loop into it).
+    #[arg(long, value_name = "UID", default_value_t = 2102)]
+    proxy_uid: u32,
+    /// The sidecar's inbound listener port: where connections into the pod are redirected.
+    #[arg(long, value_name = "PORT", default_value_t = 15006)]
+    inbound_port: u16,
+    /// The sidecar's outbound listener port: where the app's connections are redirected.
+    #[arg(long, value_name = "PORT", default_value_t = 15001)]
+    outbound_port: u16,
+    /// The sidecar's admin port, never redirected inbound.
+    #[arg(long, value_name = "PORT", default_value_t = 15000)]
+    admin_port: u16,
+    /// The sidecar's status port (the kubelet's probes), never redirected inbound.
+    #[arg(long, value_name = "PORT", default_value_t = 15021)]
+    status_port: u16,
+    /// Inbound ports (or ranges, 8000-8100) that reach the app directly, comma-separated.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',')]
+    exclude_inbound_ports: Vec<PortRange>,
+    /// Destination ports (or ranges) the app reaches directly, comma-separated.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',')]
+    exclude_outbound_ports: Vec<PortRange>,
+    /// Destination address blocks (10.0.0.0/8, fd00::/8) the app reaches directly,
+    /// comma-separated.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<Cidr>,
+    /// Print the rules (iptables-restore input, per family) instead of applying them; needs no
+    /// root and no network namespace.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove every rule and chain of ours instead (with --dry-run: print what would be removed
+    /// after an install with these options).
+    #[arg(long)]
+    cleanup: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        proxy_uid,
+        inbound_port,
+        outbound_port,
+        admin_port,
+        status_port,
+        exclude_inbound_ports,
+        exclude_outbound_ports,
+        exclude_outbound_cidrs,
+        dry_run,
+        cleanup,
+    } = args;
+    let mut skip_inbound_ports = vec![PortRange::port(admin_port), PortRange::port(status_port)];
+    skip_inbound_ports.extend(exclude_inbound_ports);
+    let plan = Interception {
+        proxy_uid,
+        inbound_port,
+        outbound_port,
+        skip_inbound_ports,
+        skip_outbound_ports: exclude_outbound_ports,
+        skip_outbound_cidrs: exclude_outbound_cidrs,
+    };
+    for family in Family::ALL {
+        if dry_run {
+            let rules = if cleanup {
+                plan::remove(&plan.installed(family)).unwrap_or_default()
+            } else {
+                plan.install(family, &Default::default())
+            };
+            print!("# {family}: {}-restore --noflush\n{rules}", family.tool());
+            continue;
+        }
+        let installed = match apply::read(family)? {
+            apply::Table::Present(installed) => installed,
+            apply::Table::Unavailable(why) if family == Family::V6 => {
+                tracing::warn!("IPv6 left alone: {why}");
+                continue;
+            }
+            apply::Table::Unavailable(why) => anyhow::bail!(
+                "{why}: pilotfish init needs the iptables tools and NET_ADMIN in the pod's network namespace (run it as root)"
+            ),
+        };
+        if cleanup {
+            match plan::remove(&installed) {
+                Some(rules) => {
+                    apply::restore(family, &rules)?;
+                    tracing::info!("{family}: removed pilotfish's rules");
+                }
+                None => tracing::info!("{family}: no pilotfish rules to remove"),
+            }
+        } else {
+            apply::restore(family, &plan.install(family, &installed))?;
+            tracing::info!(
+                replaced = !installed.is_empty(),
+                "{family}: TCP redirected (inbound to port {inbound_port}, outbound to port {outbound_port}, UID {proxy_uid} direct)"
+            );
+        }
+    }
+    Ok(())
+}
