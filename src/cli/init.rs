@@ -43,6 +43,9 @@ pub struct Args {
     /// comma-separated.
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<Cidr>,
+    /// Which iptables tools to use: the image's default, or the legacy or nf_tables backend.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t)]
+    iptables_mode: apply::Backend,
     /// Print the rules (iptables-restore input, per family) instead of applying them; needs no
     /// root and no network namespace.
     #[arg(long)]
@@ -63,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         exclude_inbound_ports,
         exclude_outbound_ports,
         exclude_outbound_cidrs,
+        iptables_mode,
         dry_run,
         cleanup,
     } = args;
@@ -83,10 +87,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 plan.install(family, &Default::default())
             };
-            print!("# {family}: {}-restore --noflush\n{rules}", family.tool());
+            print!("# {family}: {} --noflush\n{rules}", iptables_mode.tool(family, "restore"));
             continue;
         }
-        let installed = match apply::read(family)? {
+        let installed = match apply::read(iptables_mode, family)? {
             apply::Table::Present(installed) => installed,
             apply::Table::Unavailable(why) if family == Family::V6 => {
                 tracing::warn!("IPv6 left alone: {why}");
@@ -99,13 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if cleanup {
             match plan::remove(&installed) {
                 Some(rules) => {
-                    apply::restore(family, &rules)?;
+                    apply::restore(iptables_mode, family, &rules)?;
                     tracing::info!("{family}: removed pilotfish's rules");
                 }
                 None => tracing::info!("{family}: no pilotfish rules to remove"),
             }
         } else {
-            apply::restore(family, &plan.install(family, &installed))?;
+            apply::restore(iptables_mode, family, &plan.install(family, &installed))?;
             tracing::info!(
                 replaced = !installed.is_empty(),
                 "{family}: TCP redirected (inbound to port {inbound_port}, outbound to port {outbound_port}, UID {proxy_uid} direct)"

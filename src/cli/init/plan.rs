@@ -83,13 +83,6 @@ impl Family {
         }
     }
 
-    /// The tool's name prefix: `iptables` or `ip6tables`.
-    pub fn tool(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
 }
 
 impl fmt::Display for Family {
