@@ -150,7 +150,8 @@ fn sidecar(ns: &str, name: &str, pki: &Pki, certs: &Path, services: &str) -> Sid
     // The test CA's files are root's alone; the sidecar's user gets copies it can read.
     let mut args = pki.args(&pki.fresh(name));
     for path in args.iter_mut().filter(|a| !a.starts_with("--")) {
-        let copy = certs.join(format!("{name}-{}", Path::new(path.as_str()).file_name().unwrap().to_str().unwrap()));
+        let copy =
+            certs.join(format!("{name}-{}", Path::new(path.as_str()).file_name().unwrap().to_str().unwrap()));
         std::fs::copy(&*path, &copy).unwrap();
         *path = copy.display().to_string();
     }
@@ -172,8 +173,10 @@ fn get_as(ns: &str, uid: &str, url: &str) -> Reply {
 
 /// The sidecar's metrics in pod `ns`, fetched over loopback there.
 async fn metrics(ns: &str) -> Vec<Sample> {
-    parse_metrics(in_ns(ns, &["curl", "-s", "-S", "--max-time", "10", "http://127.0.0.1:15000/metrics"]).as_bytes())
-        .await
+    parse_metrics(
+        in_ns(ns, &["curl", "-s", "-S", "--max-time", "10", "http://127.0.0.1:15000/metrics"]).as_bytes(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +258,9 @@ async fn pods_talk_through_both_sidecars_over_mtls_and_skipped_traffic_goes_dire
     let (v4, v6) = (nat_table(a, "iptables-save"), nat_table(a, "ip6tables-save"));
     // Two jumps, then 3 + 7 rules in our chains; IPv6 has no rule for the (IPv4) CIDR.
     assert_eq!((ours(&v4), ours(&v6)), (12, 11), "{v4}\n{v6}");
-    assert!(v6.contains("-A PILOTFISH_OUTPUT ! -d ::1/128 -o lo -m owner --uid-owner 2102 -j PILOTFISH_INBOUND"));
+    assert!(
+        v6.contains("-A PILOTFISH_OUTPUT ! -d ::1/128 -o lo -m owner --uid-owner 2102 -j PILOTFISH_INBOUND")
+    );
     init(&pod_a, POD_FLAGS, &[]);
     assert_eq!(nat_table(a, "iptables-save"), v4);
     assert_eq!(nat_table(a, "ip6tables-save"), v6);
@@ -280,7 +285,8 @@ async fn pods_talk_through_both_sidecars_over_mtls_and_skipped_traffic_goes_dire
 fn dry_run_needs_no_root_and_prints_exactly_what_init_installs() {
     let flags = ["--exclude-outbound-ports", "25", "--exclude-outbound-cidrs", "10.0.0.0/8,fd00::/8"];
     // An unprivileged user, outside any pod's namespace.
-    let mut dry = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN, "init", "--dry-run"];
+    let mut dry =
+        vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN, "init", "--dry-run"];
     dry.extend(flags);
     let printed = run(&dry);
     let (v4, v6) = printed.split_once("# IPv6: ip6tables-restore --noflush\n").expect(&printed);
@@ -302,4 +308,36 @@ fn dry_run_needs_no_root_and_prints_exactly_what_init_installs() {
     assert_eq!(ours(&nat_table(&ns.0, "iptables-save")), 0);
     init(&ns, &flags, &[]);
     assert_eq!(nat_table(&ns.0, "iptables-save"), by_hand);
+}
+
+#[test]
+fn without_ip6tables_init_warns_and_intercepts_ipv4_and_other_backends_are_chosen_by_flag() {
+    let ns = Netns::new("tools");
+    // Tools with iptables alone, as in an image without ip6tables.
+    let tools = tempfile::tempdir().unwrap();
+    for tool in ["iptables-save", "iptables-restore"] {
+        let path = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
+        let path = String::from_utf8(path.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), tools.path().join(tool)).unwrap();
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "env"])
+        .arg(format!("PATH={}", tools.path().display()))
+        .args([BIN, "init"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("IPv6 left alone: ip6tables-save is not installed"), "{said}");
+    assert_eq!(ours(&nat_table(&ns.0, "iptables-save")), 10);
+    assert_eq!(ours(&nat_table(&ns.0, "ip6tables-save")), 0);
+    init(&ns, &[], &["--cleanup"]);
+
+    // The legacy backend's tables are apart from nf_tables' (which the default tools here use).
+    init(&ns, &["--iptables-mode", "legacy"], &[]);
+    assert_eq!(ours(&nat_table(&ns.0, "iptables-legacy-save")), 10);
+    assert_eq!(ours(&nat_table(&ns.0, "ip6tables-legacy-save")), 10);
+    assert_eq!(ours(&nat_table(&ns.0, "iptables-save")), 0);
+    init(&ns, &["--iptables-mode", "legacy"], &["--cleanup"]);
+    assert_eq!(ours(&nat_table(&ns.0, "iptables-legacy-save")), 0);
 }

@@ -82,7 +82,6 @@ impl Family {
             Family::V6 => "::1/128",
         }
     }
-
 }
 
 impl fmt::Display for Family {
