@@ -9,7 +9,7 @@
 mod apply;
 mod plan;
 
-use plan::{Cidr, Family, Interception, PortRange};
+use plan::{Cidr, Family, Installed, Interception, PortRange};
 
 /// Redirects the pod's TCP through the sidecar: run once in the pod's network namespace, as
 /// root with NET_ADMIN and NET_RAW, before the app starts. Running it again replaces the rules
@@ -63,58 +63,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outbound_port,
         admin_port,
         status_port,
-        exclude_inbound_ports,
+        exclude_inbound_ports: listed,
         exclude_outbound_ports,
         exclude_outbound_cidrs,
         iptables_mode,
         dry_run,
         cleanup,
     } = args;
-    let mut skip_inbound_ports = vec![PortRange::port(admin_port), PortRange::port(status_port)];
-    skip_inbound_ports.extend(exclude_inbound_ports);
+    let mut exclude_inbound_ports = vec![PortRange::port(admin_port), PortRange::port(status_port)];
+    exclude_inbound_ports.extend(listed);
     let plan = Interception {
         proxy_uid,
         inbound_port,
         outbound_port,
-        skip_inbound_ports,
-        skip_outbound_ports: exclude_outbound_ports,
-        skip_outbound_cidrs: exclude_outbound_cidrs,
+        exclude_inbound_ports,
+        exclude_outbound_ports,
+        exclude_outbound_cidrs,
     };
     for family in Family::ALL {
         if dry_run {
             let rules = if cleanup {
                 plan::remove(&plan.installed(family)).unwrap_or_default()
             } else {
-                plan.install(family, &Default::default())
+                plan.install(family, &Installed::default())
             };
             print!("# {family}: {} --noflush\n{rules}", iptables_mode.tool(family, "restore"));
-            continue;
-        }
-        let installed = match apply::read(iptables_mode, family)? {
-            apply::Table::Present(installed) => installed,
-            apply::Table::Unavailable(why) if family == Family::V6 => {
-                tracing::warn!("IPv6 left alone: {why}");
-                continue;
-            }
-            apply::Table::Unavailable(why) => anyhow::bail!(
-                "{why}: pilotfish init needs the iptables tools and NET_ADMIN in the pod's network namespace (run it as root)"
-            ),
-        };
-        if cleanup {
-            match plan::remove(&installed) {
-                Some(rules) => {
-                    apply::restore(iptables_mode, family, &rules)?;
-                    tracing::info!("{family}: removed pilotfish's rules");
-                }
-                None => tracing::info!("{family}: no pilotfish rules to remove"),
-            }
         } else {
-            apply::restore(iptables_mode, family, &plan.install(family, &installed))?;
-            tracing::info!(
-                replaced = !installed.is_empty(),
-                "{family}: TCP redirected (inbound to port {inbound_port}, outbound to port {outbound_port}, UID {proxy_uid} direct)"
-            );
+            change(&plan, iptables_mode, family, cleanup)?;
         }
+    }
+    Ok(())
+}
+
+/// Installs `plan` (or with `cleanup` removes ours) in one family's nat table; a missing IPv6
+/// is a warning, a missing IPv4 an error.
+fn change(plan: &Interception, mode: apply::Backend, family: Family, cleanup: bool) -> anyhow::Result<()> {
+    let installed = match apply::read(mode, family)? {
+        apply::Table::Present(installed) => installed,
+        apply::Table::Unavailable(why) if family == Family::V6 => {
+            tracing::warn!("IPv6 left alone: {why}");
+            return Ok(());
+        }
+        apply::Table::Unavailable(why) => anyhow::bail!(
+            "{why}: pilotfish init needs the iptables tools and NET_ADMIN in the pod's network namespace (run it as root)"
+        ),
+    };
+    if !cleanup {
+        apply::restore(mode, family, &plan.install(family, &installed))?;
+        let (inbound, outbound, uid) = (plan.inbound_port, plan.outbound_port, plan.proxy_uid);
+        tracing::info!(
+            replaced = !installed.is_empty(),
+            "{family}: TCP redirected (inbound to port {inbound}, outbound to port {outbound}, UID {uid} direct)"
+        );
+    } else if let Some(rules) = plan::remove(&installed) {
+        apply::restore(mode, family, &rules)?;
+        tracing::info!("{family}: removed pilotfish's rules");
+    } else {
+        tracing::info!("{family}: no pilotfish rules to remove");
     }
     Ok(())
 }

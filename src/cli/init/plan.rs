@@ -194,11 +194,11 @@ pub struct Interception {
     pub outbound_port: u16,
     /// Inbound ports that reach the pod directly (the sidecar's admin and status ports among
     /// them).
-    pub skip_inbound_ports: Vec<PortRange>,
+    pub exclude_inbound_ports: Vec<PortRange>,
     /// Destination ports the app reaches directly.
-    pub skip_outbound_ports: Vec<PortRange>,
+    pub exclude_outbound_ports: Vec<PortRange>,
     /// Destinations the app reaches directly (each in its own family's table).
-    pub skip_outbound_cidrs: Vec<Cidr>,
+    pub exclude_outbound_cidrs: Vec<Cidr>,
 }
 
 impl Interception {
@@ -235,7 +235,7 @@ impl Interception {
     fn rules(&self, family: Family) -> Vec<String> {
         let uid = self.proxy_uid;
         let mut rules = vec![format!("PREROUTING -p tcp -j {INBOUND}"), format!("OUTPUT -p tcp -j {OUTPUT}")];
-        for ports in multiport(&self.skip_inbound_ports) {
+        for ports in multiport(&self.exclude_inbound_ports) {
             rules.push(format!("{INBOUND} -p tcp -m multiport --dports {ports} -j RETURN"));
         }
         rules.push(format!("{INBOUND} -p tcp -j {REDIRECT_IN}"));
@@ -244,10 +244,10 @@ impl Interception {
         rules.push(format!("{OUTPUT} ! -d {lo} -o lo -m owner --uid-owner {uid} -j {INBOUND}"));
         rules.push(format!("{OUTPUT} -o lo -m owner ! --uid-owner {uid} -j RETURN"));
         rules.push(format!("{OUTPUT} -m owner --uid-owner {uid} -j RETURN"));
-        for ports in multiport(&self.skip_outbound_ports) {
+        for ports in multiport(&self.exclude_outbound_ports) {
             rules.push(format!("{OUTPUT} -p tcp -m multiport --dports {ports} -j RETURN"));
         }
-        for cidr in self.skip_outbound_cidrs.iter().filter(|c| c.family() == family) {
+        for cidr in self.exclude_outbound_cidrs.iter().filter(|c| c.family() == family) {
             rules.push(format!("{OUTPUT} -d {cidr} -j RETURN"));
         }
         rules.push(format!("{OUTPUT} -p tcp -j {REDIRECT_OUT}"));

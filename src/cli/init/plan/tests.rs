@@ -9,9 +9,9 @@ fn pod() -> Interception {
         proxy_uid: 2102,
         inbound_port: 15006,
         outbound_port: 15001,
-        skip_inbound_ports: vec![PortRange::port(15000), PortRange::port(15021)],
-        skip_outbound_ports: vec![],
-        skip_outbound_cidrs: vec![],
+        exclude_inbound_ports: vec![PortRange::port(15000), PortRange::port(15021)],
+        exclude_outbound_ports: vec![],
+        exclude_outbound_cidrs: vec![],
     }
 }
 
@@ -65,7 +65,7 @@ fn the_proxy_uid_and_ports_land_in_their_rules() {
 
 #[test]
 fn skipped_inbound_ports_return_before_the_redirect() {
-    let plan = Interception { skip_inbound_ports: ports("15000,15021,22,8000-8100,15000"), ..pod() };
+    let plan = Interception { exclude_inbound_ports: ports("15000,15021,22,8000-8100,15000"), ..pod() };
     let rules = plan.install(Family::V4, &Installed::default());
     assert!(rules.contains(
         "-A PILOTFISH_INBOUND -p tcp -m multiport --dports 15000,15021,22,8000:8100 -j RETURN\n\
@@ -75,7 +75,7 @@ fn skipped_inbound_ports_return_before_the_redirect() {
 
 #[test]
 fn skipped_outbound_ports_return_after_the_uid_and_before_the_redirect() {
-    let plan = Interception { skip_outbound_ports: ports("25,3306"), ..pod() };
+    let plan = Interception { exclude_outbound_ports: ports("25,3306"), ..pod() };
     let rules = plan.install(Family::V4, &Installed::default());
     assert!(rules.contains(
         "-A PILOTFISH_OUTPUT -m owner --uid-owner 2102 -j RETURN\n\
@@ -88,7 +88,7 @@ fn skipped_outbound_ports_return_after_the_uid_and_before_the_redirect() {
 fn a_long_port_list_is_split_at_multiports_fifteen_slots() {
     // Seven ranges (fourteen slots) and two ports: fifteen slots, then one more rule.
     let list = "1-2,3-4,5-6,7-8,9-10,11-12,13-14,20,21";
-    let plan = Interception { skip_outbound_ports: ports(list), ..pod() };
+    let plan = Interception { exclude_outbound_ports: ports(list), ..pod() };
     let rules = plan.install(Family::V4, &Installed::default());
     assert!(rules.contains(
         "-A PILOTFISH_OUTPUT -p tcp -m multiport --dports 1:2,3:4,5:6,7:8,9:10,11:12,13:14,20 -j RETURN\n\
@@ -99,7 +99,7 @@ fn a_long_port_list_is_split_at_multiports_fifteen_slots() {
 #[test]
 fn skipped_cidrs_go_to_their_own_familys_table() {
     let cidrs = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"].map(|c| c.parse().unwrap()).to_vec();
-    let plan = Interception { skip_outbound_cidrs: cidrs, ..pod() };
+    let plan = Interception { exclude_outbound_cidrs: cidrs, ..pod() };
     let v4 = plan.install(Family::V4, &Installed::default());
     assert!(v4.contains(
         "-A PILOTFISH_OUTPUT -d 10.0.0.0/8 -j RETURN\n\
