@@ -17,6 +17,8 @@ const PROXY_UID: u32 = 2102;
 const APP_UID: &str = "1000";
 const A_IP: &str = "10.99.0.1";
 const B_IP: &str = "10.99.0.2";
+/// The address A's app calls service `a` (its own) by, as a ClusterIP.
+const A_SERVICE_IP: &str = "10.99.0.10";
 /// B's second address, which A's rules skip (`--exclude-outbound-cidrs`).
 const B_SKIPPED_IP: &str = "10.99.0.3";
 /// The app port the mesh carries, and one both pods skip.
@@ -161,12 +163,7 @@ fn sidecar(ns: &str, name: &str, pki: &Pki, certs: &Path, services: &str) -> Sid
 
 /// `GET url` by the app's user in pod `ns`.
 fn app_get(ns: &str, url: &str) -> Reply {
-    get_as(ns, APP_UID, url)
-}
-
-/// `GET url` by the user `uid` in pod `ns`.
-fn get_as(ns: &str, uid: &str, url: &str) -> Reply {
-    let user = ["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"];
+    let user = ["setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups"];
     let out = in_ns(ns, &[&user[..], &["curl", "-s", "-S", "-i", "--max-time", "10", url]].concat());
     parse_reply(out.as_bytes())
 }
@@ -193,11 +190,13 @@ async fn pods_talk_through_both_sidecars_over_mtls_and_skipped_traffic_goes_dire
     init(&pod_a, POD_FLAGS, &[]);
     init(&pod_b, POD_FLAGS, &[]);
     // A knows B's pod address as the endpoint of service `b` (headless, as Kubernetes would
-    // say), and which identity B must prove.
-    let b_service = format!(
-        "---\napiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  ports: [{{port: {APP_PORT}, protocol: http}}]\n  addresses: [{B_IP}]\n  endpoints: [{{address: '{B_IP}:{APP_PORT}', identity: '{TRUST_DOMAIN}/b'}}]\n"
-    );
-    let _a_sidecar = sidecar(a, "a", &pki, certs.path(), &b_service);
+    // say), and which identity B must prove; and its own service `a`, behind a virtual IP.
+    let services = [("b", B_IP, B_IP), ("a", A_SERVICE_IP, A_IP)].map(|(name, address, pod)| {
+        format!(
+            "---\napiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: {APP_PORT}, protocol: http}}]\n  addresses: [{address}]\n  endpoints: [{{address: '{pod}:{APP_PORT}', identity: '{TRUST_DOMAIN}/{name}'}}]\n"
+        )
+    });
+    let _a_sidecar = sidecar(a, "a", &pki, certs.path(), &services.concat());
     let _b_sidecar = sidecar(b, "b", &pki, certs.path(), "");
     let _a_app = app(a, "a");
     let _b_app = app(b, "b");
@@ -233,26 +232,30 @@ async fn pods_talk_through_both_sidecars_over_mtls_and_skipped_traffic_goes_dire
     assert_eq!((seen["port"].as_u64(), seen["peer"].as_str()), (Some(SKIPPED_PORT.into()), Some(A_IP)));
     assert!(seen["headers"].get("x-forwarded-for").is_none(), "{seen}");
 
-    // Loopback inside a pod: the app calling its own pod IP goes direct; the sidecar doing so
-    // (its balancer picked its own pod) goes through its inbound listener, as other pods' calls
-    // do. Curl as the sidecar's user stands in for the sidecar: in plaintext, so A's strict
-    // inbound listener refuses it, and counts it.
-    let own = format!("http://{A_IP}:{APP_PORT}/self");
-    let seen = app_get(a, &own).json();
+    // Loopback inside a pod: the app calling its own pod IP goes direct...
+    let seen = app_get(a, &format!("http://{A_IP}:{APP_PORT}/self")).json();
     assert_eq!((seen["app"].as_str(), seen["peer"].as_str()), (Some("a"), Some(A_IP)));
-    let r = get_as(a, &PROXY_UID.to_string(), &own);
-    assert_eq!((r.status, r.header("pilotfish-error")), (403, Some("forbidden")));
-    let refused = "pilotfish_inbound_tls_refused_total";
-    assert_eq!(sample(&metrics(a).await, refused, &[("reason", "plaintext")]), 1.0);
+    // ...while its call to a service whose endpoint is its own pod goes out through its sidecar
+    // and back in through the same sidecar's inbound listener, over mTLS, as another pod's would.
+    let seen = app_get(a, &format!("http://{A_SERVICE_IP}:{APP_PORT}/self")).json();
+    assert_eq!((seen["app"].as_str(), seen["peer"].as_str()), (Some("a"), Some("127.0.0.1")));
+    assert_eq!(seen["headers"]["x-forwarded-for"], A_IP);
+    let at_a = metrics(a).await;
+    assert_eq!(sample(&at_a, requests, &[("direction", "outbound"), ("service", "a.default")]), 1.0);
+    assert_eq!(sample(&at_a, mesh, &[("direction", "inbound")]), 1.0);
 
     // A skipped CIDR leaves A's sidecar out: the plaintext reaches B's sidecar, which intercepts
     // it (the port is not skipped there) and refuses it, as a strict port does.
     let r = app_get(a, &format!("http://{B_SKIPPED_IP}:{APP_PORT}/"));
     assert_eq!((r.status, r.header("pilotfish-error")), (403, Some("forbidden")));
+    let refused = "pilotfish_inbound_tls_refused_total";
     assert_eq!(sample(&metrics(b).await, refused, &[("reason", "plaintext")]), 1.0);
-    let at_a = metrics(a).await;
-    assert_eq!(sample(&at_a, requests, &[("direction", "outbound")]), 1.0);
-    assert_eq!(sample(&at_a, "pilotfish_tcp_bytes_total", &[]), 0.0);
+    // Everything A's sidecar counts stayed as it was.
+    let counted = |m: &[Sample]| {
+        ["pilotfish_requests_total", "pilotfish_tcp_bytes_total", mesh, refused]
+            .map(|name| sample(m, name, &[]))
+    };
+    assert_eq!(counted(&metrics(a).await), counted(&at_a), "A's sidecar saw the call to a skipped CIDR");
 
     // Running init again leaves exactly one set of rules, in both families, and it still works.
     let (v4, v6) = (nat_table(a, "iptables-save"), nat_table(a, "ip6tables-save"));
@@ -278,7 +281,7 @@ async fn pods_talk_through_both_sidecars_over_mtls_and_skipped_traffic_goes_dire
     let r = app_get(a, &format!("http://{B_IP}:{APP_PORT}/"));
     assert_eq!((r.status, r.header("pilotfish-error")), (403, Some("forbidden")));
     assert_eq!(sample(&metrics(b).await, refused, &[("reason", "plaintext")]), 2.0);
-    assert_eq!(sample(&metrics(a).await, requests, &[("direction", "outbound")]), 2.0);
+    assert_eq!(sample(&metrics(a).await, requests, &[("service", "b.default")]), 2.0);
 }
 
 #[test]

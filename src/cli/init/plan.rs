@@ -19,8 +19,10 @@
 //!   -p tcp -j PILOTFISH_REDIRECT_OUT                -> REDIRECT --to-ports OUTBOUND
 //! ```
 //!
-//! Loopback follows Istio's `istio-iptables`, which is more careful here than Linkerd's
-//! proxy-init (that one returns everything on `lo`):
+//! Loopback follows Istio's `istio-iptables`. Linkerd's proxy-init returns everything on `lo`,
+//! which suits a proxy that dials other proxies' inbound port itself; ours dial the endpoint's
+//! own address (the app's port) and rely on the callee's rules, which (1) gives a pod calling
+//! itself:
 //! (1) the sidecar dialling its own pod's IP — the app called a service and the balancer picked
 //!     this very pod — goes through the inbound listener, as a call from another pod would:
 //!     mTLS is terminated and policy applies, instead of a ClientHello reaching the app's port.
