@@ -3,6 +3,7 @@
 mod ca;
 mod client;
 mod control_plane;
+mod init;
 mod sidecar;
 mod table;
 mod up;
@@ -31,6 +32,8 @@ enum Command {
     ControlPlane(control_plane::Args),
     /// A local mesh in one command: control plane, sidecars, and a demo (or your services).
     Up(up::Args),
+    /// Kubernetes: redirect a pod's TCP through its sidecar (iptables; the init container).
+    Init(init::Args),
     #[command(flatten)]
     Client(client::Command),
 }
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Sidecar(args) => sidecar::run(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::Up(args) => up::run(args),
+        Command::Init(args) => init::run(args),
         Command::Client(command) => client::run(cli.server, command),
     };
     match result {

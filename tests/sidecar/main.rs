@@ -6,6 +6,7 @@ mod authz;
 mod grpc;
 mod http;
 mod identity;
+mod interception;
 mod lifecycle;
 mod load;
 mod mtls;

@@ -96,30 +96,53 @@ impl Sidecar {
 
     /// Starts a sidecar, optionally inside a network namespace, and waits until it listens.
     pub fn start_in(config: &str, args: &[&str], netns: Option<&str>) -> Self {
-        Self::launch(Some(config), args, netns, &[])
+        Self::launch(Some(config), args, netns, None, &[])
+    }
+
+    /// [`Sidecar::start_in`] as the user `uid` (as a pod runs its sidecar), which must be able
+    /// to read every file `args` names.
+    pub fn start_in_as(config: &str, args: &[&str], netns: &str, uid: u32) -> Self {
+        Self::launch(Some(config), args, Some(netns), Some(uid), &[])
     }
 
     /// Starts a sidecar configured by its command line alone (managed mode; the control-plane
     /// tests share this module).
     #[allow(dead_code)]
     pub fn start_managed(args: &[&str]) -> Self {
-        Self::launch(None, args, None, &[])
+        Self::launch(None, args, None, None, &[])
     }
 
     /// [`Sidecar::start_managed`] with more environment variables (e.g. a clock moved by
     /// libfaketime).
     #[allow(dead_code)]
     pub fn start_managed_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::launch(None, args, None, env)
+        Self::launch(None, args, None, None, env)
     }
 
-    fn launch(config: Option<&str>, args: &[&str], netns: Option<&str>, env: &[(&str, &str)]) -> Self {
+    fn launch(
+        config: Option<&str>,
+        args: &[&str],
+        netns: Option<&str>,
+        uid: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.yaml");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+        let mut prefix: Vec<String> = Vec::new();
+        if let Some(ns) = netns {
+            prefix.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            // The config file is written below; the user must be able to reach it.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            prefix.extend(["setpriv".into(), format!("--reuid={uid}"), format!("--regid={uid}")]);
+            prefix.push("--clear-groups".into());
+        }
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
                 c
             }
             None => Command::new(BIN),
@@ -315,7 +338,8 @@ pub async fn curl(args: &[&str]) -> Reply {
     parse_reply(&out.stdout)
 }
 
-fn parse_reply(mut raw: &[u8]) -> Reply {
+/// Parses what `curl -i` printed: the final response's status, headers and body.
+pub fn parse_reply(mut raw: &[u8]) -> Reply {
     loop {
         let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
         let head = std::str::from_utf8(&raw[..end]).unwrap();

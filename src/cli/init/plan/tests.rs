@@ -1,0 +1,212 @@
+//! Golden tests of the planned rules: each option's lines, the reconcile against what is
+//! installed, and removal.
+
+use super::*;
+
+/// What `pilotfish inject` asks for: the contract's ports, nothing else skipped.
+fn pod() -> Interception {
+    Interception {
+        proxy_uid: 2102,
+        inbound_port: 15006,
+        outbound_port: 15001,
+        exclude_inbound_ports: vec![PortRange::port(15000), PortRange::port(15021)],
+        exclude_outbound_ports: vec![],
+        exclude_outbound_cidrs: vec![],
+    }
+}
+
+fn ports(list: &str) -> Vec<PortRange> {
+    list.split(',').map(|p| p.parse().unwrap()).collect()
+}
+
+const V4: &str = "\
+*nat
+:PILOTFISH_INBOUND - [0:0]
+:PILOTFISH_REDIRECT_IN - [0:0]
+:PILOTFISH_OUTPUT - [0:0]
+:PILOTFISH_REDIRECT_OUT - [0:0]
+-A PREROUTING -p tcp -j PILOTFISH_INBOUND
+-A OUTPUT -p tcp -j PILOTFISH_OUTPUT
+-A PILOTFISH_INBOUND -p tcp -m multiport --dports 15000,15021 -j RETURN
+-A PILOTFISH_INBOUND -p tcp -j PILOTFISH_REDIRECT_IN
+-A PILOTFISH_REDIRECT_IN -p tcp -j REDIRECT --to-ports 15006
+-A PILOTFISH_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 2102 -j PILOTFISH_INBOUND
+-A PILOTFISH_OUTPUT -o lo -m owner ! --uid-owner 2102 -j RETURN
+-A PILOTFISH_OUTPUT -m owner --uid-owner 2102 -j RETURN
+-A PILOTFISH_OUTPUT -p tcp -j PILOTFISH_REDIRECT_OUT
+-A PILOTFISH_REDIRECT_OUT -p tcp -j REDIRECT --to-ports 15001
+COMMIT
+";
+
+#[test]
+fn a_fresh_pod_gets_the_four_chains_and_two_jumps() {
+    assert_eq!(pod().install(Family::V4, &Installed::default()), V4);
+}
+
+#[test]
+fn ipv6_differs_only_in_the_loopback_address() {
+    let v6 = pod().install(Family::V6, &Installed::default());
+    assert_eq!(v6, V4.replace("! -d 127.0.0.1/32", "! -d ::1/128"));
+}
+
+#[test]
+fn the_proxy_uid_and_ports_land_in_their_rules() {
+    let plan = Interception { proxy_uid: 1337, inbound_port: 4143, outbound_port: 4140, ..pod() };
+    let rules = plan.install(Family::V4, &Installed::default());
+    assert!(rules.contains("-A PILOTFISH_REDIRECT_IN -p tcp -j REDIRECT --to-ports 4143\n"));
+    assert!(rules.contains("-A PILOTFISH_REDIRECT_OUT -p tcp -j REDIRECT --to-ports 4140\n"));
+    assert!(rules.contains(
+        "-A PILOTFISH_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j PILOTFISH_INBOUND\n\
+         -A PILOTFISH_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN\n\
+         -A PILOTFISH_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"
+    ));
+    assert!(!rules.contains("2102") && !rules.contains("15006") && !rules.contains("15001"));
+}
+
+#[test]
+fn skipped_inbound_ports_return_before_the_redirect() {
+    let plan = Interception { exclude_inbound_ports: ports("15000,15021,22,8000-8100,15000"), ..pod() };
+    let rules = plan.install(Family::V4, &Installed::default());
+    assert!(rules.contains(
+        "-A PILOTFISH_INBOUND -p tcp -m multiport --dports 15000,15021,22,8000:8100 -j RETURN\n\
+         -A PILOTFISH_INBOUND -p tcp -j PILOTFISH_REDIRECT_IN\n"
+    ));
+}
+
+#[test]
+fn skipped_outbound_ports_return_after_the_uid_and_before_the_redirect() {
+    let plan = Interception { exclude_outbound_ports: ports("25,3306"), ..pod() };
+    let rules = plan.install(Family::V4, &Installed::default());
+    assert!(rules.contains(
+        "-A PILOTFISH_OUTPUT -m owner --uid-owner 2102 -j RETURN\n\
+         -A PILOTFISH_OUTPUT -p tcp -m multiport --dports 25,3306 -j RETURN\n\
+         -A PILOTFISH_OUTPUT -p tcp -j PILOTFISH_REDIRECT_OUT\n"
+    ));
+}
+
+#[test]
+fn a_long_port_list_is_split_at_multiports_fifteen_slots() {
+    // Seven ranges (fourteen slots) and two ports: fifteen slots, then one more rule.
+    let list = "1-2,3-4,5-6,7-8,9-10,11-12,13-14,20,21";
+    let plan = Interception { exclude_outbound_ports: ports(list), ..pod() };
+    let rules = plan.install(Family::V4, &Installed::default());
+    assert!(rules.contains(
+        "-A PILOTFISH_OUTPUT -p tcp -m multiport --dports 1:2,3:4,5:6,7:8,9:10,11:12,13:14,20 -j RETURN\n\
+         -A PILOTFISH_OUTPUT -p tcp -m multiport --dports 21 -j RETURN\n"
+    ));
+}
+
+#[test]
+fn skipped_cidrs_go_to_their_own_familys_table() {
+    let cidrs = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"].map(|c| c.parse().unwrap()).to_vec();
+    let plan = Interception { exclude_outbound_cidrs: cidrs, ..pod() };
+    let v4 = plan.install(Family::V4, &Installed::default());
+    assert!(v4.contains(
+        "-A PILOTFISH_OUTPUT -d 10.0.0.0/8 -j RETURN\n\
+         -A PILOTFISH_OUTPUT -d 192.168.1.7/32 -j RETURN\n\
+         -A PILOTFISH_OUTPUT -p tcp -j PILOTFISH_REDIRECT_OUT\n"
+    ));
+    assert!(!v4.contains("fd00"));
+    let v6 = plan.install(Family::V6, &Installed::default());
+    assert!(v6.contains("-A PILOTFISH_OUTPUT -d fd00::/8 -j RETURN\n-A PILOTFISH_OUTPUT -p tcp"));
+    assert!(!v6.contains("10.0.0.0") && !v6.contains("192.168"));
+}
+
+/// `iptables-save -t nat` of a pod where `pod()` is installed beside someone else's rules, and
+/// a chain an older version of ours left.
+const SAVED: &str = "\
+# Generated by iptables-save v1.8.9 (nf_tables) on Wed Dec  2 16:07:50 2026
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:OTHER - [0:0]
+:PILOTFISH_INBOUND - [0:0]
+:PILOTFISH_OLD - [0:0]
+:PILOTFISH_OUTPUT - [0:0]
+:PILOTFISH_REDIRECT_IN - [0:0]
+:PILOTFISH_REDIRECT_OUT - [0:0]
+-A PREROUTING -p tcp -j PILOTFISH_INBOUND
+-A OUTPUT -p udp -j OTHER
+-A OUTPUT -p tcp -j PILOTFISH_OUTPUT
+-A OUTPUT -p tcp --dport 9 -j PILOTFISH_OLD
+-A OTHER -j RETURN
+-A PILOTFISH_INBOUND -p tcp -j PILOTFISH_REDIRECT_IN
+-A PILOTFISH_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 2102 -j PILOTFISH_INBOUND
+-A PILOTFISH_REDIRECT_IN -p tcp -j REDIRECT --to-ports 15006
+COMMIT
+# Completed on Wed Dec  2 16:07:50 2026
+";
+
+#[test]
+fn installing_again_replaces_our_jumps_and_chains_and_leaves_the_rest() {
+    let installed = Installed::parse(SAVED);
+    let rules = pod().install(Family::V4, &installed);
+    let expected = V4
+        .replace(
+            ":PILOTFISH_REDIRECT_OUT - [0:0]\n",
+            ":PILOTFISH_REDIRECT_OUT - [0:0]\n\
+             :PILOTFISH_OLD - [0:0]\n\
+             -D PREROUTING -p tcp -j PILOTFISH_INBOUND\n\
+             -D OUTPUT -p tcp -j PILOTFISH_OUTPUT\n\
+             -D OUTPUT -p tcp --dport 9 -j PILOTFISH_OLD\n",
+        )
+        .replace("COMMIT\n", "-X PILOTFISH_OLD\nCOMMIT\n");
+    assert_eq!(rules, expected);
+}
+
+#[test]
+fn cleanup_flushes_and_deletes_every_chain_of_ours_and_only_ours() {
+    let rules = remove(&Installed::parse(SAVED)).unwrap();
+    assert_eq!(
+        rules,
+        "*nat
+:PILOTFISH_INBOUND - [0:0]
+:PILOTFISH_OLD - [0:0]
+:PILOTFISH_OUTPUT - [0:0]
+:PILOTFISH_REDIRECT_IN - [0:0]
+:PILOTFISH_REDIRECT_OUT - [0:0]
+-D PREROUTING -p tcp -j PILOTFISH_INBOUND
+-D OUTPUT -p tcp -j PILOTFISH_OUTPUT
+-D OUTPUT -p tcp --dport 9 -j PILOTFISH_OLD
+-X PILOTFISH_INBOUND
+-X PILOTFISH_OLD
+-X PILOTFISH_OUTPUT
+-X PILOTFISH_REDIRECT_IN
+-X PILOTFISH_REDIRECT_OUT
+COMMIT
+"
+    );
+}
+
+#[test]
+fn cleanup_of_a_clean_table_has_nothing_to_do() {
+    let clean = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j OTHER\nCOMMIT\n";
+    assert_eq!(remove(&Installed::parse(clean)), None);
+}
+
+#[test]
+fn the_dry_run_cleanup_removes_exactly_what_an_install_adds() {
+    // What an install leaves, read back as iptables-save prints it (the same lines).
+    assert_eq!(pod().installed(Family::V4), Installed::parse(V4));
+    let rules = remove(&pod().installed(Family::V4)).unwrap();
+    assert!(
+        rules.contains("-D PREROUTING -p tcp -j PILOTFISH_INBOUND\n-D OUTPUT -p tcp -j PILOTFISH_OUTPUT\n")
+    );
+    assert_eq!(rules.matches("\n-X ").count(), 4, "{rules}");
+}
+
+#[test]
+fn bad_ports_and_cidrs_say_what_is_expected() {
+    for bad in ["0", "65536", "http", "9-8", "1-"] {
+        let e = bad.parse::<PortRange>().unwrap_err();
+        assert!(e.contains(bad), "{e}");
+    }
+    for bad in ["10.0.0.0/33", "fd00::/129", "10.0.0", "10.0.0.0/x"] {
+        let e = bad.parse::<Cidr>().unwrap_err();
+        assert!(e.contains("10.0.0.0/8"), "{e}");
+    }
+    assert_eq!("8000:8100".parse::<PortRange>().unwrap().to_string(), "8000:8100");
+    assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
+}
