@@ -1,5 +1,6 @@
 //! The command line: one `clap` definition for every subcommand, and the dispatch to each.
 
+mod await_;
 mod ca;
 mod client;
 mod control_plane;
@@ -31,6 +32,10 @@ enum Command {
     ControlPlane(control_plane::Args),
     /// A local mesh in one command: control plane, sidecars, and a demo (or your services).
     Up(up::Args),
+    /// Kubernetes, before native sidecars: wait until the sidecar is ready; with `-- CMD`, run
+    /// it, then stop the sidecar and exit with CMD's code (Jobs).
+    #[command(name = "await")]
+    Await(await_::Args),
     #[command(flatten)]
     Client(client::Command),
 }
@@ -42,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Sidecar(args) => sidecar::run(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::Up(args) => up::run(args),
+        Command::Await(args) => await_::run(args),
         Command::Client(command) => client::run(cli.server, command),
     };
     match result {

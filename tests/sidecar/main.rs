@@ -9,6 +9,7 @@ mod identity;
 mod lifecycle;
 mod load;
 mod mtls;
+mod pod;
 mod resilience;
 mod support;
 mod tcp;
