@@ -16,15 +16,13 @@ use http_body_util::Empty;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use pilotfish_api::app_probe::{AppProbe, HttpProbe, Scheme};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{
-    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
-};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
+use crate::tls::verify::MeshServerVerifier;
 use crate::transport;
 
 /// What a forwarded probe found.
@@ -43,7 +41,7 @@ pub struct AppProber {
 
 impl AppProber {
     pub fn new(provider: &Arc<CryptoProvider>) -> Self {
-        let verifier = AnyCertificate(provider.signature_verification_algorithms);
+        let verifier = MeshServerVerifier::any_certificate(provider.signature_verification_algorithms);
         let config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("the sidecar's crypto provider supports the default TLS versions")
@@ -128,46 +126,6 @@ where
     Ok(res.status())
 }
 
-/// Accepts any certificate of the app (the kubelet's HTTPS probes skip verification), checking
-/// only that the handshake is signed by its key.
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +179,35 @@ mod tests {
             assert!(seen.contains(line), "{line} missing: {seen}");
         }
         assert!(!seen.contains("x-other") && !seen.contains("127.0.0.1"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn an_https_probe_takes_any_certificate_as_the_kubelet_does() {
+        // Self-signed, for another name: nothing the sidecar could verify.
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["app.invalid".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key.into())
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(stream).await.unwrap();
+            let mut buf = vec![0; 4096];
+            let _ = tls.read(&mut buf).await.unwrap();
+            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            tls.flush().await.unwrap();
+        });
+        let AppProbe::Http(mut probe) = http(port, &[]) else { unreachable!() };
+        probe.scheme = Scheme::Https;
+        let outcome = prober().probe(&AppProbe::Http(probe), &HeaderMap::new()).await;
+        assert_eq!(outcome, Outcome::Answered(StatusCode::NO_CONTENT));
     }
 
     #[tokio::test]
