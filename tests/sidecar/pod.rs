@@ -77,6 +77,30 @@ async fn the_status_port_serves_readiness_and_the_apps_probes_and_nothing_else()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_port_serves_a_few_connections_at_once_and_cuts_slow_clients_off() {
+    let sc = Sidecar::start_with(&sidecar_doc(None, ""), &["--status", "127.0.0.1:0"], &[]);
+    let status = sc.status.unwrap();
+    // One client that never finishes its headers, and more idle ones than the port serves at once.
+    let mut slow = TcpStream::connect(status).await.unwrap();
+    slow.write_all(b"GET /ready HTTP/1.1\r\nHost: pod\r\n").await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(TcpStream::connect(status).await.unwrap());
+    }
+    // A probe now waits for the 5 s header deadline to clear them, and is then answered.
+    let started = Instant::now();
+    let (code, _) = get(status, "pod", "/ready").await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(code, 200);
+    assert!(waited >= Duration::from_secs(4), "answered after {waited:?}: no connection limit");
+    assert!(waited < Duration::from_secs(15), "answered after {waited:?}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client is still connected");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "the slow client was served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_drain_delay_serves_on_not_ready_then_drains() {
     let users = backend("users").await;
     let config = format!("{}{}", sidecar_doc(None, ""), service_doc("users", &[users.addr], ""));
