@@ -75,7 +75,8 @@ impl Shared {
     }
 
     /// Ready once config is loaded, the listeners are bound and (managed mode) the mesh
-    /// identity is in hand, until drain starts or a long-lived task dies.
+    /// identity is in hand, until termination starts (SIGTERM, `POST /shutdown`) or a
+    /// long-lived task dies.
     pub fn is_ready(&self) -> bool {
         self.not_ready().is_none()
     }

@@ -228,10 +228,17 @@ async fn a_job_pod_completes_with_a_native_sidecar_stopped_by_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pilotfish_await_forwards_signals_and_gives_up_on_a_sidecar_that_is_not_there() {
-    // Without a command: exits 0 once the sidecar is ready (a postStart hook).
-    let mut sc = Sidecar::start(&sidecar_doc(None, ""));
-    let admin = sc.admin.to_string();
-    let out = tokio::process::Command::new(BIN).args(["await", "--admin", &admin]).output().await.unwrap();
+    // Without a command (a postStart hook, which may start before the sidecar): polls until
+    // the sidecar is ready, then exits 0.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let hook_admin = admin.clone();
+    let hook = tokio::spawn(async move {
+        tokio::process::Command::new(BIN).args(["await", "--admin", &hook_admin]).output().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!hook.is_finished(), "await returned before there was a sidecar");
+    let mut sc = Sidecar::start_with(&sidecar_doc(None, ""), &["--admin", &admin], &[]);
+    let out = tokio::time::timeout(Duration::from_secs(10), hook).await.unwrap().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(sc.admin_get("/ready").await.status, 200, "no command, no shutdown");
 
