@@ -169,8 +169,11 @@ impl AppProbes {
     }
 
     /// Reads the JSON of `PILOTFISH_APP_PROBES` (the sidecar's side); an error names the path
-    /// and field.
+    /// and field. Empty means no probes, as `{}` does.
     pub fn parse(json: &str) -> Result<Self, FieldError> {
+        if json.trim().is_empty() {
+            return Ok(Self::default());
+        }
         let raw: BTreeMap<String, serde_json::Value> = serde_json::from_str(json)
             .map_err(|e| FieldError::new(APP_PROBES_ENV, format!("not a JSON object of probes: {e}")))?;
         let mut probes = BTreeMap::new();
@@ -266,6 +269,7 @@ mod tests {
             .insert("web", ProbeKind::Liveness, AppProbe::Tcp { tcp: 8080, timeout_seconds: None })
             .unwrap();
         assert_eq!(AppProbes::parse(&probes.to_json()).unwrap(), probes);
+        assert!(AppProbes::parse(" ").unwrap().is_empty() && AppProbes::parse("{}").unwrap().is_empty());
         assert!(
             probes.to_json().contains(r#""/app-health/web/liveness":{"tcp":8080}"#),
             "{}",
