@@ -30,6 +30,8 @@
 //! - [`duration`]: Gateway API style durations (`500ms`, `2s`, `1h30m`).
 //! - [`manifest`]: carrying Kubernetes manifests over — what `kubectl get -o yaml` adds that is
 //!   dropped, and the Gateway API features that are warned about or refused.
+//! - [`app_probe`]: the app's own probes as the injector hands them to the sidecar's status port
+//!   (`PILOTFISH_APP_PROBES`).
 //! - [`wire`]: the control-plane API's and push protocol's messages, used by both ends, with the
 //!   protocol version and the supported version skew.
 //! - `client` (feature `client`, the one part with I/O): the typed client of the control
@@ -37,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app_probe;
 pub mod authz;
 pub mod bounds;
 #[cfg(feature = "x509")]

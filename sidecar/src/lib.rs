@@ -66,7 +66,7 @@ pub mod tls;
 pub mod transport;
 pub mod upstream;
 
-pub use run::{run, Error, Options, Source};
+pub use run::{run, Error, Lifecycle, Options, Source};
 pub use snapshot::Overrides;
 /// Managed mode's settings, where the command line has always found them.
 pub use source::managed;

@@ -1,11 +1,12 @@
 //! Running a sidecar: the first configuration, the listeners, the configuration source that
-//! follows it, and the drain at the end.
+//! follows it, and the end: the drain delay after SIGTERM, then the drain.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use pilotfish_api::app_probe::AppProbes;
 use pilotfish_api::client::SharedClientCert;
 use pilotfish_api::mtls::MtlsMode;
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,6 +17,7 @@ use crate::identity::files::{self, Files, FilesError};
 use crate::identity::mesh_feed;
 use crate::identity::renew::Renewer;
 use crate::identity::status::Mode;
+use crate::listener::status::{self, Status};
 use crate::listener::{accept, admin, inbound, local, outbound};
 use crate::snapshot::build::BuildError;
 use crate::snapshot::{Overrides, Snapshot};
@@ -24,6 +26,7 @@ use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Metrics};
 use crate::transport;
+use crate::upstream::app_probe::AppProber;
 use crate::upstream::health;
 
 /// How to run a sidecar.
@@ -31,6 +34,19 @@ use crate::upstream::health;
 pub struct Options {
     pub source: Source,
     pub overrides: Overrides,
+    pub lifecycle: Lifecycle,
+}
+
+/// The sidecar's life in a pod: the kubelet's status listener, and the end.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// The status listener for the kubelet (`--status`; none by default).
+    pub status: Option<SocketAddr>,
+    /// The app's probes it forwards (`PILOTFISH_APP_PROBES`).
+    pub app_probes: AppProbes,
+    /// How long the sidecar serves on after SIGTERM, not ready, before it drains
+    /// (`--drain-delay`): time for the endpoint's removal to reach every caller.
+    pub drain_delay: Duration,
 }
 
 /// Where the configuration comes from.
@@ -62,6 +78,12 @@ pub enum Error {
 /// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
 /// accepting, HTTP/2 connections get GOAWAY, in-flight requests and connections get the drain
 /// grace period to finish.
+///
+/// After SIGTERM or SIGINT, `/ready` answers 503 at once and the sidecar leaves the registry,
+/// but serves on normally, new connections too, for the drain delay: callers that have not yet
+/// heard of the departure still get answers. A second signal, or `POST /shutdown` (an explicit
+/// "drain now": `pilotfish await` once a Job's command is done, or a preStop hook), cuts the
+/// delay short.
 pub async fn run(mut opts: Options) -> Result<(), Error> {
     if let Source::ControlPlane(_) = opts.source {
         // Managed sidecars get an identity from the mesh CA: their inbound port is mesh mTLS
@@ -119,6 +141,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     let admin = bind("admin", snap.sidecar.admin)?;
     let outbound = bind("outbound", snap.sidecar.outbound.listen)?;
     let inbound = snap.sidecar.inbound.as_ref().map(|i| bind("inbound", i.listen)).transpose()?;
+    let status = opts.lifecycle.status.map(|addr| bind("status", addr)).transpose()?;
     // Where other sidecars reach this one: its inbound listener (loopback when it listens on
     // every address, as in a local mesh).
     let advertised =
@@ -138,6 +161,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         admin = %addr(&admin),
         outbound = %addr(&outbound),
         inbound = %inbound.as_ref().map(addr).unwrap_or_else(|| "-".into()),
+        status = %status.as_ref().map(addr).unwrap_or_else(|| "-".into()),
         services = snap.local_ports.len(),
         "sidecar listening"
     );
@@ -149,6 +173,11 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     }
 
     shared.supervise("admin listener", admin::serve(shared.clone(), admin));
+    if let Some(listener) = status {
+        let probes = std::mem::take(&mut opts.lifecycle.app_probes);
+        let status = Status { shared: shared.clone(), probes, prober: AppProber::new(&provider) };
+        shared.supervise("status listener", status::serve(status, listener));
+    }
     let s = shared.clone();
     shared.supervise(
         "outbound listener",
@@ -210,14 +239,27 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     }
     shared.set_ready();
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
-        _ = sigint.recv() => tracing::info!("SIGINT: draining"),
-        _ = shared.shutdown.cancelled() => {}
-    }
+    let signalled = tokio::select! {
+        _ = sigterm.recv() => Some("SIGTERM"),
+        _ = sigint.recv() => Some("SIGINT"),
+        _ = shared.shutdown.cancelled() => None,
+    };
+    shared.terminating.cancel();
     // Leave the registry first, while still serving, so callers learn of the departure
     // before the listeners close.
     registration.cancel();
+    let delay = opts.lifecycle.drain_delay;
+    if let Some(signal) = signalled.filter(|_| !delay.is_zero()) {
+        tracing::info!("{signal}: not ready; serving on for the drain delay of {delay:?}, then draining");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => tracing::info!("drain delay over: draining"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM again: draining now"),
+            _ = sigint.recv() => tracing::info!("SIGINT again: draining now"),
+            _ = shared.shutdown.cancelled() => tracing::info!("shutdown requested: draining now"),
+        }
+    } else if let Some(signal) = signalled {
+        tracing::info!("{signal}: draining");
+    }
     if let Some(registered) = registered {
         let _ = registered.await;
     }

@@ -1,6 +1,7 @@
 //! What every listener and connection of one sidecar shares: the config snapshot in force, the
-//! metrics, the shutdown signal with the tracker that drain waits on, and readiness — which the
-//! death of any long-lived task takes away (see [`Shared::supervise`]).
+//! metrics, the termination and shutdown signals with the tracker that drain waits on, and
+//! readiness — which termination or the death of any long-lived task takes away (see
+//! [`Shared::supervise`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,9 @@ pub struct Shared {
     /// The certificate presented to an https control plane: the mesh identity's, so the
     /// sidecar goes on after its join token expires.
     pub client_cert: SharedClientCert,
+    /// Cancelled when SIGTERM arrives: readiness goes at once, while everything serves on for
+    /// the drain delay (`--drain-delay`) before [`Shared::shutdown`].
+    pub terminating: CancellationToken,
     /// Cancelled when the sidecar starts draining.
     pub shutdown: CancellationToken,
     /// Every connection task, so that drain can wait for them.
@@ -62,6 +66,7 @@ impl Shared {
             identity_status: IdentityStatus::default(),
             reported: watch::Sender::new(None),
             client_cert,
+            terminating: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(false),
@@ -70,12 +75,27 @@ impl Shared {
     }
 
     /// Ready once config is loaded, the listeners are bound and (managed mode) the mesh
-    /// identity is in hand, until drain starts or a long-lived task dies.
+    /// identity is in hand, until termination starts (SIGTERM, `POST /shutdown`) or a
+    /// long-lived task dies.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && !self.shutdown.is_cancelled()
-            && self.died.get().is_none()
-            && self.identity_pending().is_none()
+        self.not_ready().is_none()
+    }
+
+    /// Why the sidecar is not ready (`/ready`'s answer), or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(died) = self.died() {
+            Some(format!("not ready: {died}"))
+        } else if self.shutdown.is_cancelled() {
+            Some("draining".into())
+        } else if self.terminating.is_cancelled() {
+            Some("terminating: serving on for the drain delay, then draining".into())
+        } else if let Some(pending) = self.identity_pending() {
+            Some(format!("not ready: {pending}"))
+        } else if !self.ready.load(Ordering::Acquire) {
+            Some("not ready: starting".into())
+        } else {
+            None
+        }
     }
 
     /// Why readiness waits for the mesh identity, if it does.

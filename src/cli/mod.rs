@@ -1,5 +1,6 @@
 //! The command line: one `clap` definition for every subcommand, and the dispatch to each.
 
+mod await_;
 mod ca;
 mod client;
 mod control_plane;
@@ -34,6 +35,10 @@ enum Command {
     Up(up::Args),
     /// Kubernetes: redirect a pod's TCP through its sidecar (iptables; the init container).
     Init(init::Args),
+    /// Kubernetes, before native sidecars: wait until the sidecar is ready; with `-- CMD`, run
+    /// it, then stop the sidecar and exit with CMD's code (Jobs).
+    #[command(name = "await")]
+    Await(await_::Args),
     #[command(flatten)]
     Client(client::Command),
 }
@@ -46,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::ControlPlane(args) => control_plane::run(args),
         Command::Up(args) => up::run(args),
         Command::Init(args) => init::run(args),
+        Command::Await(args) => await_::run(args),
         Command::Client(command) => client::run(cli.server, command),
     };
     match result {

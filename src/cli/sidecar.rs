@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use pilotfish_api::app_probe::AppProbes;
 use pilotfish_sidecar::identity::files::Files;
 use pilotfish_sidecar::managed::Managed;
-use pilotfish_sidecar::{Options, Overrides, Source};
+use pilotfish_sidecar::{Lifecycle, Options, Overrides, Source};
 
 /// Defaults: admin 127.0.0.1:15000, outbound 127.0.0.1:15001, inbound 0.0.0.0:15006 (only with
-/// an app). Flags override the file's `Sidecar` document. SIGHUP or a change to the file reloads
-/// it; SIGTERM or `POST /shutdown` on the admin listener drains and exits.
+/// an app), no status listener. Flags override the file's `Sidecar` document. SIGHUP or a change
+/// to the file reloads it; SIGTERM drains and exits after the drain delay (a second SIGTERM cuts
+/// the delay short); `POST /shutdown` on the admin listener drains and exits at once.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Static mode: multi-document YAML with a `Sidecar` and the `Service`s this app calls.
@@ -52,6 +54,17 @@ pub struct Args {
     /// Grace period for in-flight requests on shutdown (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<pilotfish_api::Duration>,
+    /// Status listener for the kubelet, on the pod IP (in a pod 0.0.0.0:15021): GET /ready,
+    /// /live and /app-health/<container>/<liveness|readiness|startup> only.
+    #[arg(long, value_name = "ADDR")]
+    status: Option<SocketAddr>,
+    /// The app's probes the status listener forwards, as the injector writes them (JSON).
+    #[arg(long, env = "PILOTFISH_APP_PROBES", value_name = "JSON", value_parser = app_probes, requires = "status")]
+    app_probes: Option<AppProbes>,
+    /// After SIGTERM: not ready at once, but serve on normally this long before draining, so
+    /// the endpoint's removal reaches every caller first (Kubernetes: a few seconds).
+    #[arg(long, env = "PILOTFISH_DRAIN_DELAY", value_name = "DURATION", default_value = "0s")]
+    drain_delay: pilotfish_api::Duration,
     /// How long a mesh mTLS connection to another sidecar takes new requests (default 1h):
     /// renewed certificates and trust bundles apply to connections opened after them.
     #[arg(long, value_name = "DURATION")]
@@ -81,6 +94,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outbound,
         app,
         drain_timeout,
+        status,
+        app_probes,
+        drain_delay,
         mesh_max_age,
         tls_cert,
         tls_key,
@@ -114,6 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mesh_max_age,
             inbound_mtls: None,
         },
+        lifecycle: Lifecycle {
+            status,
+            app_probes: app_probes.unwrap_or_default(),
+            drain_delay: drain_delay.get(),
+        },
     };
     // On one CPU (a sidecar pinned beside its app, or a pod with a one-core limit) a
     // current-thread runtime, as linkerd2-proxy runs on one core: the work is not handed between
@@ -134,4 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(pilotfish_sidecar::run(options))?;
     Ok(())
+}
+
+fn app_probes(json: &str) -> Result<AppProbes, String> {
+    AppProbes::parse(json).map_err(|e| format!("{}: {}", e.field, e.reason))
 }

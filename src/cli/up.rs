@@ -20,7 +20,7 @@ use pilotfish_api::wire::TokenRequest;
 use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::Embedded;
 use pilotfish_sidecar::managed::Managed;
-use pilotfish_sidecar::{Options, Overrides, Source};
+use pilotfish_sidecar::{Lifecycle, Options, Overrides, Source};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -218,7 +218,12 @@ async fn up(args: Args) -> anyhow::Result<()> {
             drain: Some(Duration::from_secs(3)),
             ..Overrides::default()
         };
-        tokio::spawn(pilotfish_sidecar::run(Options { source: Source::ControlPlane(managed), overrides }))
+        let lifecycle = Lifecycle::default();
+        tokio::spawn(pilotfish_sidecar::run(Options {
+            source: Source::ControlPlane(managed),
+            overrides,
+            lifecycle,
+        }))
     };
     let mut sidecars = Vec::new();
     for (n, i) in instances.iter().enumerate() {
@@ -241,6 +246,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
     sidecars.push(tokio::spawn(pilotfish_sidecar::run(Options {
         source: Source::ControlPlane(yours),
         overrides,
+        lifecycle: Lifecycle::default(),
     })));
 
     wait_until_routable(&cp, &instances, port(0), &mut sidecars).await?;

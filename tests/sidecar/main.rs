@@ -10,6 +10,7 @@ mod interception;
 mod lifecycle;
 mod load;
 mod mtls;
+mod pod;
 mod resilience;
 mod support;
 mod tcp;

@@ -52,6 +52,8 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     pub outbound: SocketAddr,
     pub inbound: Option<SocketAddr>,
+    /// The kubelet's status listener, with `--status`.
+    pub status: Option<SocketAddr>,
     pub config: PathBuf,
     _dir: tempfile::TempDir,
     stderr: Arc<Mutex<String>>,
@@ -103,6 +105,11 @@ impl Sidecar {
     /// to read every file `args` names.
     pub fn start_in_as(config: &str, args: &[&str], netns: &str, uid: u32) -> Self {
         Self::launch(Some(config), args, Some(netns), Some(uid), &[])
+    }
+
+    /// [`Sidecar::start`] with more arguments and environment variables.
+    pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(Some(config), args, None, env)
     }
 
     /// Starts a sidecar configured by its command line alone (managed mode; the control-plane
@@ -181,6 +188,7 @@ impl Sidecar {
             admin: field("admin").expect("admin address in the log"),
             outbound: field("outbound").expect("outbound address in the log"),
             inbound: field("inbound"),
+            status: field("status"),
             child,
             config: path,
             _dir: dir,

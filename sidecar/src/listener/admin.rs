@@ -61,19 +61,10 @@ fn route(
     let text = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/live") => reply(StatusCode::OK, text, "live\n"),
-        (&Method::GET | &Method::HEAD, "/ready") => {
-            if shared.is_ready() {
-                reply(StatusCode::OK, text, "ready\n")
-            } else if let Some(died) = shared.died() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {died}\n"))
-            } else if shared.shutdown.is_cancelled() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, text, "draining\n")
-            } else if let Some(pending) = shared.identity_pending() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {pending}\n"))
-            } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready: starting\n")
-            }
-        }
+        (&Method::GET | &Method::HEAD, "/ready") => match shared.not_ready() {
+            None => reply(StatusCode::OK, text, "ready\n"),
+            Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("{why}\n")),
+        },
         (&Method::GET | &Method::HEAD, "/metrics") => {
             reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode())
         }

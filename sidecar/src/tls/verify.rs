@@ -5,6 +5,9 @@
 //! (a DNS or IP SAN); mesh leaves carry only a SPIFFE URI SAN, so that step is left out here, as
 //! linkerd's `AnySanVerifier` and ztunnel's `IdentityVerifier` do. The identity is compared
 //! with the one the registry holds right after the handshake ([`super::handshake`]).
+//!
+//! The same verifier, with no chain to check, serves the local app's HTTPS probes
+//! ([`crate::upstream::app_probe`]): the kubelet does not verify the app's certificate either.
 
 use std::sync::Arc;
 
@@ -18,13 +21,28 @@ use rustls::{DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 /// Chain verification against the bundle, with the provider's signature algorithms.
 #[derive(Debug)]
 pub struct MeshServerVerifier {
-    roots: Arc<RootCertStore>,
+    chain: Chain,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// What the certificate chain must lead to.
+#[derive(Debug)]
+enum Chain {
+    /// A root of the trust bundle: the server is another sidecar.
+    Bundle(Arc<RootCertStore>),
+    /// Nothing: the server is the local app, answering its own probe.
+    Unchecked,
 }
 
 impl MeshServerVerifier {
     pub fn new(roots: Arc<RootCertStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        MeshServerVerifier { roots, algorithms }
+        MeshServerVerifier { chain: Chain::Bundle(roots), algorithms }
+    }
+
+    /// Any certificate, the handshake's signatures still checked: for the app's own HTTPS
+    /// probes only.
+    pub fn any_certificate(algorithms: WebPkiSupportedAlgorithms) -> Self {
+        MeshServerVerifier { chain: Chain::Unchecked, algorithms }
     }
 }
 
@@ -37,14 +55,9 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let Chain::Bundle(roots) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
         let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algorithms.all)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -4,10 +4,12 @@
 //! - [`endpoint`]: an endpoint — its pool, metrics, breaker, load and health, and the admission
 //!   and bookkeeping of one attempt on it;
 //! - [`app`]: the local app, the inbound path's one endpoint, and its ports' mTLS modes;
+//! - [`app_probe`]: the app's own probes, forwarded from the status port to its loopback;
 //! - [`health`]: active health checks that take endpoints out of the balancer and put them back;
 //! - [`mesh`]: dialling a meshed endpoint over mTLS, requiring the identity the registry holds.
 
 pub mod app;
+pub mod app_probe;
 pub mod endpoint;
 pub mod health;
 pub mod mesh;
