@@ -3,9 +3,11 @@
 mod ca;
 mod client;
 mod control_plane;
+mod inject;
 mod sidecar;
 mod table;
 mod up;
+mod yaml_stream;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -31,6 +33,10 @@ enum Command {
     ControlPlane(control_plane::Args),
     /// A local mesh in one command: control plane, sidecars, and a demo (or your services).
     Up(up::Args),
+    /// Add the Pilotfish sidecar to the workloads of Kubernetes manifests (printed to stdout).
+    Inject(inject::InjectArgs),
+    /// Take the sidecar `inject` added out again.
+    Uninject(inject::Input),
     #[command(flatten)]
     Client(client::Command),
 }
@@ -42,6 +48,8 @@ pub fn main() -> ExitCode {
         Command::Sidecar(args) => sidecar::run(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::Up(args) => up::run(args),
+        Command::Inject(args) => inject::run_inject(args),
+        Command::Uninject(input) => inject::run_uninject(input),
         Command::Client(command) => client::run(cli.server, command),
     };
     match result {
