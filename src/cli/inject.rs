@@ -101,7 +101,10 @@ type Edited = Result<Option<Vec<String>>, inject::InjectError>;
 
 /// Reads the stream, edits each object (a `List`'s items one by one) with `edit`, and prints
 /// the stream with the edited documents; all or nothing: an error prints nothing.
-fn edit(input: &Input, edit: impl Fn(&mut Value, &str, &BTreeMap<String, Annotations>) -> Edited) -> anyhow::Result<()> {
+fn edit(
+    input: &Input,
+    edit: impl Fn(&mut Value, &str, &BTreeMap<String, Annotations>) -> Edited,
+) -> anyhow::Result<()> {
     let text = read(&input.file)?;
     let docs = documents(&text);
     let parsed = docs
@@ -125,7 +128,8 @@ fn edit(input: &Input, edit: impl Fn(&mut Value, &str, &BTreeMap<String, Annotat
         let mut changed = false;
         for (item, describe) in items(&mut object) {
             let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let context = format!("{}: document {}{describe} ({})", input.file.display(), i + 1, name(item, &kind));
+            let context =
+                format!("{}: document {}{describe} ({})", input.file.display(), i + 1, name(item, &kind));
             if let Some(warnings) = edit(item, &kind, &namespaces).with_context(|| context.clone())? {
                 changed = true;
                 for warning in warnings {

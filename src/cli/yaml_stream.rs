@@ -100,7 +100,9 @@ pub fn ordered_like(new: &Json, old: Option<&Yaml>) -> Yaml {
                     None => old.get(index),
                 }
             };
-            Yaml::Sequence(items.iter().enumerate().map(|(i, item)| ordered_like(item, counterpart(i, item))).collect())
+            Yaml::Sequence(
+                items.iter().enumerate().map(|(i, item)| ordered_like(item, counterpart(i, item))).collect(),
+            )
         }
         scalar => serde_yaml_ng::to_value(scalar).expect("a JSON scalar is a YAML scalar"),
     }
@@ -134,8 +136,11 @@ mod tests {
 
     #[test]
     fn a_changed_document_keeps_its_key_order_and_a_replaced_key_its_place() {
-        let old: Yaml = serde_yaml_ng::from_str("name: web\nprobe:\n  tcpSocket: {port: 80}\n  period: 3\nimage: web\n").unwrap();
-        let new = json!({"name": "web", "image": "web", "probe": {"period": 3, "httpGet": {"port": 1}}, "env": []});
+        let old: Yaml =
+            serde_yaml_ng::from_str("name: web\nprobe:\n  tcpSocket: {port: 80}\n  period: 3\nimage: web\n")
+                .unwrap();
+        let new =
+            json!({"name": "web", "image": "web", "probe": {"period": 3, "httpGet": {"port": 1}}, "env": []});
         let yaml = serde_yaml_ng::to_string(&ordered_like(&new, Some(&old))).unwrap();
         assert_eq!(yaml, "name: web\nprobe:\n  httpGet:\n    port: 1\n  period: 3\nimage: web\nenv: []\n");
     }

@@ -110,15 +110,21 @@ fn every_injected_manifest_is_valid_for_kubernetes_1_32() {
         if case == "stream" {
             let list = injected.split("\n---\n").find(|doc| doc.contains("kind: List")).unwrap();
             let list: Value = serde_yaml_ng::from_str(list).unwrap();
-            let items: Vec<String> =
-                list["items"].as_array().unwrap().iter().map(|i| serde_yaml_ng::to_string(i).unwrap()).collect();
+            let items: Vec<String> = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| serde_yaml_ng::to_string(i).unwrap())
+                .collect();
             let (valid, report) = validate(&items.join("---\n"));
             assert!(valid && report.matches(" passed for resource ").count() == 2, "{case}: {report}");
         }
     }
     // The validator would see a field Kubernetes does not know.
     let injected = run("inject", &read("pod.in.yaml"));
-    let (valid, report) = validate(&injected.replace("    restartPolicy: Always\n", "    restartPolicy: Always\n    sidecar: true\n"));
+    let (valid, report) = validate(
+        &injected.replace("    restartPolicy: Always\n", "    restartPolicy: Always\n    sidecar: true\n"),
+    );
     assert!(!valid, "{report}");
 }
 
@@ -148,7 +154,9 @@ fn the_stream_keeps_what_it_does_not_inject_and_lets_the_pod_win_over_its_namesp
     let cart: Value = serde_yaml_ng::from_str(docs[2]).unwrap();
     let proxy = &cart["spec"]["template"]["spec"]["initContainers"][1];
     assert_eq!(proxy["name"], "pilotfish-proxy");
-    let env = |name: &str| proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()["value"].clone();
+    let env = |name: &str| {
+        proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()["value"].clone()
+    };
     assert_eq!(env("RUST_LOG"), "warn", "the pod's log level wins");
     let args: Vec<&str> = proxy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(args.windows(2).any(|w| w == ["--drain-delay", "10s"]), "the namespace's drain delay: {args:?}");
@@ -163,16 +171,19 @@ fn the_stream_keeps_what_it_does_not_inject_and_lets_the_pod_win_over_its_namesp
 
 #[test]
 fn a_workload_that_cannot_be_injected_fails_the_stream_naming_the_document_and_what_to_fix() {
-    let input = read("stream.in.yaml").replace("pilotfish.io/log-level: warn", "pilotfish.io/skip-inbound-ports: http");
+    let input = read("stream.in.yaml")
+        .replace("pilotfish.io/log-level: warn", "pilotfish.io/skip-inbound-ports: http");
     let out = pilotfish(&["inject", "-f", "-"], &input);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty(), "all or nothing");
     assert!(
-        stderr.contains("document 3 (Deployment shop/cart)") && stderr.contains("pilotfish.io/skip-inbound-ports"),
+        stderr.contains("document 3 (Deployment shop/cart)")
+            && stderr.contains("pilotfish.io/skip-inbound-ports"),
         "{stderr}"
     );
-    let unnamed = "apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    app: Not_A_Name\nspec:\n  containers: []\n";
+    let unnamed =
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    app: Not_A_Name\nspec:\n  containers: []\n";
     let stderr = String::from_utf8(pilotfish(&["inject", "-f", "-"], unnamed).stderr).unwrap();
     assert!(stderr.contains("pilotfish.io/service"), "{stderr}");
 }
@@ -214,11 +225,17 @@ fn the_webhook_answers_over_https_with_a_patch_that_makes_the_object_what_inject
             .arg(&url)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let apply = |name: &str, object: &Value, answer: &Value| -> Value {
-        let (object_file, answer_file) = (dir.path().join(format!("{name}.json")), dir.path().join(format!("{name}.answer.json")));
+        let (object_file, answer_file) =
+            (dir.path().join(format!("{name}.json")), dir.path().join(format!("{name}.answer.json")));
         std::fs::write(&object_file, object.to_string()).unwrap();
         std::fs::write(&answer_file, answer.to_string()).unwrap();
         let out = Command::new(support::python())
@@ -234,10 +251,17 @@ fn the_webhook_answers_over_https_with_a_patch_that_makes_the_object_what_inject
         let input = read(&format!("{case}.in.yaml"));
         let object: Value = serde_yaml_ng::from_str(&input).unwrap();
         let answer = post(case, &review(&object, "CREATE"));
-        assert_eq!((&answer["apiVersion"], &answer["kind"]), (&json!("admission.k8s.io/v1"), &json!("AdmissionReview")));
+        assert_eq!(
+            (&answer["apiVersion"], &answer["kind"]),
+            (&json!("admission.k8s.io/v1"), &json!("AdmissionReview"))
+        );
         let response = &answer["response"];
         assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002", "{case}: {answer}");
-        assert_eq!((&response["allowed"], &response["patchType"]), (&json!(true), &json!("JSONPatch")), "{case}: {answer}");
+        assert_eq!(
+            (&response["allowed"], &response["patchType"]),
+            (&json!(true), &json!("JSONPatch")),
+            "{case}: {answer}"
+        );
         let cli: Value = serde_yaml_ng::from_str(&run("inject", &input)).unwrap();
         assert_eq!(apply(case, &object, &answer), cli, "{case}: the webhook's patch and the CLI differ");
         if *case == "legacy-job" {
@@ -252,9 +276,12 @@ fn the_webhook_answers_over_https_with_a_patch_that_makes_the_object_what_inject
     let mut opted_out = pod.clone();
     opted_out["metadata"]["annotations"] = json!({"pilotfish.io/inject": "disabled"});
     let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
-    for (name, object, operation) in
-        [("injected", &injected, "CREATE"), ("opted-out", &opted_out, "CREATE"), ("update", &pod, "UPDATE"), ("configmap", &config_map, "CREATE")]
-    {
+    for (name, object, operation) in [
+        ("injected", &injected, "CREATE"),
+        ("opted-out", &opted_out, "CREATE"),
+        ("update", &pod, "UPDATE"),
+        ("configmap", &config_map, "CREATE"),
+    ] {
         let answer = post(name, &review(object, operation));
         assert_eq!(answer["response"]["allowed"], true, "{name}: {answer}");
         assert!(answer["response"].get("patch").is_none(), "{name}: {answer}");
@@ -263,11 +290,28 @@ fn the_webhook_answers_over_https_with_a_patch_that_makes_the_object_what_inject
     let mut bad = pod.clone();
     bad["metadata"]["annotations"] = json!({"pilotfish.io/proxy-cpu-limit": "lots"});
     let answer = post("bad", &review(&bad, "CREATE"));
-    assert_eq!((&answer["response"]["allowed"], &answer["response"]["status"]["code"]), (&json!(false), &json!(400)), "{answer}");
-    assert!(answer["response"]["status"]["message"].as_str().unwrap().contains("pilotfish.io/proxy-cpu-limit"), "{answer}");
+    assert_eq!(
+        (&answer["response"]["allowed"], &answer["response"]["status"]["code"]),
+        (&json!(false), &json!(400)),
+        "{answer}"
+    );
+    assert!(
+        answer["response"]["status"]["message"].as_str().unwrap().contains("pilotfish.io/proxy-cpu-limit"),
+        "{answer}"
+    );
     // Not an AdmissionReview: 400, with the reason.
     let answer = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--cacert", ca.to_str().unwrap()])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
         .args(["-H", "Content-Type: application/json", "--data", r#"{"kind": "Pod"}"#, &url])
         .output()
         .unwrap();

@@ -170,9 +170,11 @@ impl ControlPlane {
     }
 
     /// Sets the webhook's injector (its options, and with `--kubernetes` the lookup of a
-    /// namespace's annotations), once, before serving; gives it back if one is already in use.
-    pub fn set_injector(&self, injector: Injector) -> Result<(), Injector> {
-        self.injector.set(injector)
+    /// namespace's annotations), once, before serving. `false` (and nothing changes) if one is
+    /// already in use.
+    #[must_use]
+    pub fn set_injector(&self, injector: Injector) -> bool {
+        self.injector.set(injector).is_ok()
     }
 
     /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).

@@ -29,6 +29,9 @@ pub fn routes() -> OpenApiRouter<Shared> {
         (status = 413, response = PayloadTooLarge),
     ),
 )]
-async fn inject(State(cp): State<Shared>, Json(review): Json<AdmissionReview>) -> axum::Json<AdmissionReviewResponse> {
+async fn inject(
+    State(cp): State<Shared>,
+    Json(review): Json<AdmissionReview>,
+) -> axum::Json<AdmissionReviewResponse> {
     axum::Json(cp.injector().review(review).await)
 }

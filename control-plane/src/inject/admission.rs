@@ -70,8 +70,8 @@ impl Injector {
     /// The answer to `review`.
     pub async fn review(&self, review: AdmissionReview) -> AdmissionReviewResponse {
         AdmissionReviewResponse {
-            api_version: ApiVersion::V1,
-            kind: ReviewKind::AdmissionReview,
+            api_version: AdmissionApiVersion::V1,
+            kind: AdmissionReviewKind::AdmissionReview,
             response: self.respond(review.request).await,
         }
     }
@@ -79,7 +79,7 @@ impl Injector {
     async fn respond(&self, request: AdmissionRequest) -> AdmissionResponse {
         let mut response = AdmissionResponse::allow(request.uid);
         let kind = request.kind.kind;
-        let Some(object) = request.object.filter(|_| request.operation == Operation::Create) else {
+        let Some(object) = request.object.filter(|_| request.operation == AdmissionOperation::Create) else {
             return response;
         };
         if workload::pod_pointer(&kind).is_none() {
@@ -104,14 +104,17 @@ impl Injector {
             Ok(Outcome::Injected { warnings }) => {
                 let patch = json_patch::diff(&original, &injected);
                 let patch = serde_json::to_vec(&patch).expect("a JSON patch serializes");
-                response.patch_type = Some(PatchType::JsonPatch);
+                response.patch_type = Some(AdmissionPatchType::JsonPatch);
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
                 response.warnings.extend(warnings.into_iter().map(|w| format!("pilotfish: {w}")));
             }
             Ok(Outcome::AlreadyInjected | Outcome::OptedOut | Outcome::NotAWorkload) => {}
             Err(e) => {
                 response.allowed = false;
-                response.status = Some(Status { code: 400, message: format!("pilotfish cannot inject this {kind}: {e}") });
+                response.status = Some(AdmissionStatus {
+                    code: 400,
+                    message: format!("pilotfish cannot inject this {kind}: {e}"),
+                });
             }
         }
         response
@@ -122,8 +125,8 @@ impl Injector {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionReview {
-    pub api_version: ApiVersion,
-    pub kind: ReviewKind,
+    pub api_version: AdmissionApiVersion,
+    pub kind: AdmissionReviewKind,
     pub request: AdmissionRequest,
 }
 
@@ -131,19 +134,19 @@ pub struct AdmissionReview {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionReviewResponse {
-    pub api_version: ApiVersion,
-    pub kind: ReviewKind,
+    pub api_version: AdmissionApiVersion,
+    pub kind: AdmissionReviewKind,
     pub response: AdmissionResponse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-pub enum ApiVersion {
+pub enum AdmissionApiVersion {
     #[serde(rename = "admission.k8s.io/v1")]
     V1,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-pub enum ReviewKind {
+pub enum AdmissionReviewKind {
     AdmissionReview,
 }
 
@@ -157,7 +160,7 @@ pub struct AdmissionRequest {
     pub kind: GroupVersionKind,
     #[serde(default)]
     pub namespace: Option<String>,
-    pub operation: Operation,
+    pub operation: AdmissionOperation,
     /// The object being created.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -173,7 +176,7 @@ pub struct GroupVersionKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum Operation {
+pub enum AdmissionOperation {
     Create,
     Update,
     Delete,
@@ -186,13 +189,13 @@ pub struct AdmissionResponse {
     pub uid: String,
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_type: Option<PatchType>,
+    pub patch_type: Option<AdmissionPatchType>,
     /// The JSONPatch (RFC 6902), base64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<String>,
     /// Why the object was denied.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
+    pub status: Option<AdmissionStatus>,
     /// Shown to the client (`kubectl` prints them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -205,14 +208,14 @@ impl AdmissionResponse {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub enum PatchType {
+pub enum AdmissionPatchType {
     #[serde(rename = "JSONPatch")]
     JsonPatch,
 }
 
 /// The reason of a denial, as the API server shows it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Status {
+pub struct AdmissionStatus {
     pub code: u16,
     pub message: String,
 }
@@ -257,11 +260,16 @@ mod tests {
     #[tokio::test]
     async fn a_created_pod_gets_a_patch_that_makes_it_what_inject_makes_it() {
         let injector = Injector::new(Options::default(), Arc::new(Shop));
-        let answer = serde_json::to_value(injector.review(review("CREATE", "Pod", pod(json!({})))).await).unwrap();
+        let answer =
+            serde_json::to_value(injector.review(review("CREATE", "Pod", pod(json!({})))).await).unwrap();
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
         let response = &answer["response"];
-        assert_eq!((&response["uid"], &response["allowed"], &response["patchType"]), (&json!("u-1"), &json!(true), &json!("JSONPatch")));
-        let patch = base64::engine::general_purpose::STANDARD.decode(response["patch"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (&response["uid"], &response["allowed"], &response["patchType"]),
+            (&json!("u-1"), &json!(true), &json!("JSONPatch"))
+        );
+        let patch =
+            base64::engine::general_purpose::STANDARD.decode(response["patch"].as_str().unwrap()).unwrap();
         let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
         let mut patched = pod(json!({}));
         json_patch::patch(&mut patched, &patch).unwrap();
@@ -283,7 +291,9 @@ mod tests {
             let answer = injector.review(review(operation, kind, object)).await.response;
             assert!(answer.allowed && answer.patch.is_none(), "{operation} {kind}: {answer:?}");
         }
-        let denied = injector.review(review("CREATE", "Pod", pod(json!({"pilotfish.io/skip-inbound-ports": "http"})))).await;
+        let denied = injector
+            .review(review("CREATE", "Pod", pod(json!({"pilotfish.io/skip-inbound-ports": "http"}))))
+            .await;
         assert!(!denied.response.allowed);
         let message = denied.response.status.unwrap().message;
         assert!(message.contains("pilotfish.io/skip-inbound-ports"), "{message}");

@@ -86,7 +86,9 @@ pub fn inject(
         return Ok(Outcome::AlreadyInjected);
     }
     let labels = workload::string_map(pod, "labels");
-    let choice = [&annotations, &workload_annotations, &labels, namespace].into_iter().find_map(|a| a.get(keys::INJECT));
+    let choice = [&annotations, &workload_annotations, &labels, namespace]
+        .into_iter()
+        .find_map(|a| a.get(keys::INJECT));
     if choice.is_some_and(|c| c == "disabled") {
         return Ok(Outcome::OptedOut);
     }
@@ -97,14 +99,17 @@ pub fn inject(
     refuse_our_names(spec, kind)?;
     let runs_to_completion =
         matches!(spec.get("restartPolicy").and_then(Value::as_str), Some("Never" | "OnFailure"));
-    let containers =
-        spec.get_mut("containers").and_then(Value::as_array_mut).ok_or_else(|| malformed(kind, "spec.containers"))?;
+    let containers = spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| malformed(kind, "spec.containers"))?;
     let rewritten = probes::rewrite(containers);
     let mut warnings = rewritten.warnings;
     if !settings.native_sidecar && runs_to_completion {
         warnings.extend(wrap_commands(containers));
     }
-    let app_probes = (!rewritten.app_probes.is_empty()).then(|| Value::Object(rewritten.app_probes).to_string());
+    let app_probes =
+        (!rewritten.app_probes.is_empty()).then(|| Value::Object(rewritten.app_probes).to_string());
     let proxy = sidecar::proxy_container(&settings, &service, app_probes);
     let mut head = vec![sidecar::init_container(&settings)];
     if settings.native_sidecar {
@@ -120,7 +125,8 @@ pub fn inject(
     let annotations = object_field(metadata, "annotations", kind)?;
     annotations.insert(keys::INJECTED.into(), VERSION.into());
     if !rewritten.originals.is_empty() {
-        annotations.insert(keys::ORIGINAL_PROBES.into(), Value::Object(rewritten.originals).to_string().into());
+        annotations
+            .insert(keys::ORIGINAL_PROBES.into(), Value::Object(rewritten.originals).to_string().into());
     }
     Ok(Outcome::Injected { warnings })
 }
@@ -137,19 +143,23 @@ pub fn uninject(object: &mut Value, kind: &str) -> Result<bool, InjectError> {
         .and_then(|m| m.get("annotations"))
         .and_then(|a| a.get(keys::ORIGINAL_PROBES))
         .and_then(Value::as_str)
-        .map(|text| serde_json::from_str::<Map<String, Value>>(text))
+        .map(serde_json::from_str::<Map<String, Value>>)
         .transpose()
         .map_err(|e| InjectError::Malformed(format!("{kind}: annotation {}: {e}", keys::ORIGINAL_PROBES)))?;
     if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+        // Legacy mode (the proxy among the containers) is the one that wrapped commands.
+        let legacy =
+            spec.get("containers").and_then(Value::as_array).is_some_and(|c| c.iter().any(sidecar::is_ours));
         for field in ["initContainers", "containers", "volumes"] {
+            let ours = sidecar::added_to(field);
             if let Some(items) = spec.get_mut(field).and_then(Value::as_array_mut) {
-                items.retain(|item| !sidecar::is_ours(item) && !(field == "volumes" && sidecar::is_our_volume(item)));
+                items.retain(|item| !ours(item));
             }
         }
         let runs_to_completion =
             matches!(spec.get("restartPolicy").and_then(Value::as_str), Some("Never" | "OnFailure"));
         if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-            if runs_to_completion {
+            if legacy && runs_to_completion {
                 unwrap_commands(containers);
             }
             if let Some(originals) = &originals {
@@ -172,7 +182,11 @@ pub fn uninject(object: &mut Value, kind: &str) -> Result<bool, InjectError> {
 
 /// The service the proxy registers for: `pilotfish.io/service`, else the pod's label
 /// `app.kubernetes.io/name`, else `app`, else the workload's name.
-fn service_name(settings: &Settings, labels: &Annotations, workload: Option<String>) -> Result<String, InjectError> {
+fn service_name(
+    settings: &Settings,
+    labels: &Annotations,
+    workload: Option<String>,
+) -> Result<String, InjectError> {
     if let Some(service) = &settings.service {
         return Ok(service.clone());
     }
@@ -222,17 +236,25 @@ fn malformed(kind: &str, field: &str) -> InjectError {
 }
 
 /// The array `field` of `map`, created empty if absent.
-fn list<'a>(map: &'a mut Map<String, Value>, field: &str, kind: &str) -> Result<&'a mut Vec<Value>, InjectError> {
-    map.entry(field).or_insert_with(|| Value::Array(Vec::new())).as_array_mut().ok_or_else(|| malformed(kind, field))
+fn list<'a>(
+    map: &'a mut Map<String, Value>,
+    field: &str,
+    kind: &str,
+) -> Result<&'a mut Vec<Value>, InjectError> {
+    map.entry(field)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or_else(|| malformed(kind, field))
 }
 
 /// Injection's names must be free: a container or volume of the app by one of them would be
 /// taken for injection's own by uninject.
 fn refuse_our_names(spec: &Map<String, Value>, kind: &str) -> Result<(), InjectError> {
     for field in ["containers", "initContainers", "volumes"] {
-        let items = spec.get(field).map(|v| v.as_array().ok_or_else(|| malformed(kind, field))).transpose()?;
-        let ours = |item: &&Value| if field == "volumes" { sidecar::is_our_volume(item) } else { sidecar::is_ours(item) };
-        if let Some(taken) = items.into_iter().flatten().find(ours) {
+        let items =
+            spec.get(field).map(|v| v.as_array().ok_or_else(|| malformed(kind, field))).transpose()?;
+        let ours = sidecar::added_to(field);
+        if let Some(taken) = items.into_iter().flatten().find(|item| ours(item)) {
             return Err(InjectError::Malformed(format!(
                 "{kind}: spec.{field} already has one named {} but the pod has no {} annotation: rename it to inject",
                 taken["name"],
@@ -244,8 +266,15 @@ fn refuse_our_names(spec: &Map<String, Value>, kind: &str) -> Result<(), InjectE
 }
 
 /// The object `field` of `map`, created empty if absent.
-fn object_field<'a>(map: &'a mut Map<String, Value>, field: &str, kind: &str) -> Result<&'a mut Map<String, Value>, InjectError> {
-    map.entry(field).or_insert_with(|| Value::Object(Map::new())).as_object_mut().ok_or_else(|| malformed(kind, field))
+fn object_field<'a>(
+    map: &'a mut Map<String, Value>,
+    field: &str,
+    kind: &str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
+    map.entry(field)
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| malformed(kind, field))
 }
 
 fn drop_if_empty(map: &mut Map<String, Value>, field: &str) {
@@ -256,5 +285,151 @@ fn drop_if_empty(map: &mut Map<String, Value>, field: &str) {
     };
     if empty {
         map.remove(field);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment(template_metadata: Value) -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "annotations": {"team": "a"}},
+            "spec": {"template": {
+                "metadata": template_metadata,
+                "spec": {
+                    "initContainers": [{"name": "setup", "image": "setup"}],
+                    "containers": [{"name": "web", "image": "web", "readinessProbe": {"tcpSocket": {"port": 80}}}],
+                },
+            }},
+        })
+    }
+
+    fn injected(mut object: Value, namespace: &Annotations) -> (Value, Outcome) {
+        let outcome = inject(&mut object, "Deployment", &Options::default(), namespace).unwrap();
+        (object, outcome)
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn native_sidecars_go_first_among_the_init_containers_and_injecting_again_changes_nothing() {
+        let (once, outcome) = injected(deployment(json!({"labels": {"app": "shop"}})), &Annotations::new());
+        assert_eq!(outcome, Outcome::Injected { warnings: vec![] });
+        let pod = &once["spec"]["template"];
+        assert_eq!(names(&pod["spec"]["initContainers"]), ["pilotfish-init", "pilotfish-proxy", "setup"]);
+        assert_eq!(names(&pod["spec"]["containers"]), ["web"]);
+        assert_eq!(names(&pod["spec"]["volumes"]), ["pilotfish-token", "pilotfish-ca"]);
+        assert_eq!(pod["metadata"]["annotations"][keys::INJECTED], VERSION);
+        let proxy = &pod["spec"]["initContainers"][1];
+        assert_eq!(
+            (&proxy["restartPolicy"], &proxy["startupProbe"]["httpGet"]["path"]),
+            (&json!("Always"), &json!("/ready"))
+        );
+        assert!(proxy["args"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .any(|w| w == [json!("--service"), json!("shop")]));
+
+        let (twice, outcome) = injected(once.clone(), &Annotations::new());
+        assert_eq!((twice, outcome), (once, Outcome::AlreadyInjected));
+    }
+
+    #[test]
+    fn legacy_mode_puts_the_proxy_first_among_the_containers_with_a_post_start_wait() {
+        let metadata = json!({"annotations": {keys::NATIVE_SIDECAR: "false"}});
+        let (object, _) = injected(deployment(metadata), &Annotations::new());
+        let spec = &object["spec"]["template"]["spec"];
+        assert_eq!(names(&spec["initContainers"]), ["pilotfish-init", "setup"]);
+        assert_eq!(names(&spec["containers"]), ["pilotfish-proxy", "web"]);
+        assert_eq!(
+            spec["containers"][0]["lifecycle"]["postStart"]["exec"]["command"],
+            json!(["pilotfish", "await"])
+        );
+        assert!(spec["containers"][0].get("restartPolicy").is_none());
+    }
+
+    #[test]
+    fn uninject_gives_back_exactly_what_was_injected() {
+        for metadata in [
+            json!({"labels": {"app": "web"}}),
+            json!({"annotations": {keys::NATIVE_SIDECAR: "false", "other": "x"}}),
+            Value::Null,
+        ] {
+            let mut original = deployment(metadata.clone());
+            if metadata.is_null() {
+                original["spec"]["template"].as_object_mut().unwrap().remove("metadata");
+                original["spec"]["template"]["spec"]["restartPolicy"] = "Never".into();
+                original["spec"]["template"]["spec"]["containers"][0]["command"] = json!(["/web"]);
+            }
+            let (mut object, _) = injected(original.clone(), &Annotations::new());
+            assert_ne!(object, original);
+            assert!(uninject(&mut object, "Deployment").unwrap());
+            assert_eq!(object, original);
+            assert!(!uninject(&mut object, "Deployment").unwrap(), "nothing left to take out");
+        }
+    }
+
+    #[test]
+    fn disabled_opts_out_on_the_pod_its_labels_its_workload_or_its_namespace_unless_the_pod_says_enabled() {
+        let disabled: Annotations = [(keys::INJECT.to_owned(), "disabled".to_owned())].into();
+        let pod_annotation = deployment(json!({"annotations": {keys::INJECT: "disabled"}}));
+        let pod_label = deployment(json!({"labels": {keys::INJECT: "disabled"}}));
+        let mut workload = deployment(json!({}));
+        workload["metadata"]["annotations"][keys::INJECT] = "disabled".into();
+        for (object, namespace) in [
+            (pod_annotation, Annotations::new()),
+            (pod_label, Annotations::new()),
+            (workload, Annotations::new()),
+            (deployment(json!({})), disabled.clone()),
+        ] {
+            assert_eq!(injected(object.clone(), &namespace), (object, Outcome::OptedOut));
+        }
+        let enabled = deployment(json!({"annotations": {keys::INJECT: "enabled"}}));
+        assert!(matches!(injected(enabled, &disabled).1, Outcome::Injected { .. }));
+    }
+
+    #[test]
+    fn other_kinds_are_left_alone_and_our_names_in_the_app_are_refused() {
+        let mut service = json!({"kind": "Service", "spec": {"ports": [{"port": 80}]}});
+        let before = service.clone();
+        assert_eq!(
+            inject(&mut service, "Service", &Options::default(), &Annotations::new()).unwrap(),
+            Outcome::NotAWorkload
+        );
+        assert_eq!(service, before);
+
+        let mut taken = deployment(json!({}));
+        taken["spec"]["template"]["spec"]["containers"][0]["name"] = "pilotfish-proxy".into();
+        let err = inject(&mut taken, "Deployment", &Options::default(), &Annotations::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pilotfish-proxy") && err.contains("rename"), "{err}");
+    }
+
+    #[test]
+    fn the_service_is_the_annotation_then_the_name_label_then_app_then_the_workloads_name() {
+        let service = |metadata: Value| {
+            let (object, _) = injected(deployment(metadata), &Annotations::new());
+            let args =
+                object["spec"]["template"]["spec"]["initContainers"][1]["args"].as_array().unwrap().clone();
+            let at = args.iter().position(|a| a == "--service").unwrap();
+            args[at + 1].as_str().unwrap().to_owned()
+        };
+        let labels = json!({"app.kubernetes.io/name": "named", "app": "app"});
+        assert_eq!(
+            service(json!({"labels": labels, "annotations": {keys::SERVICE: "annotated"}})),
+            "annotated"
+        );
+        assert_eq!(service(json!({"labels": labels})), "named");
+        assert_eq!(service(json!({"labels": {"app": "app"}})), "app");
+        assert_eq!(service(json!({})), "web");
     }
 }

@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 
 use super::sidecar::STATUS_PORT;
 
-const KINDS: [(&str, &str); 3] = [("livenessProbe", "liveness"), ("readinessProbe", "readiness"), ("startupProbe", "startup")];
+const KINDS: [(&str, &str); 3] =
+    [("livenessProbe", "liveness"), ("readinessProbe", "readiness"), ("startupProbe", "startup")];
 
 /// What rewriting a pod's probes made.
 #[derive(Debug, Default)]
@@ -59,7 +60,8 @@ pub fn rewrite(containers: &mut [Value]) -> Rewritten {
 /// Where the status port forwards `probe` to; `None` for probes it does not take over (exec,
 /// none); an error for probes that would break but cannot be taken over.
 fn target(probe: &Map<String, Value>, ports: &Value) -> Result<Option<Value>, String> {
-    let elsewhere = |handler: &Value| handler.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
+    let elsewhere =
+        |handler: &Value| handler.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
     if let Some(http) = probe.get("httpGet") {
         if elsewhere(http) {
             return Ok(None);
@@ -70,7 +72,12 @@ fn target(probe: &Map<String, Value>, ports: &Value) -> Result<Option<Value>, St
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|h| json!([h.get("name").cloned().unwrap_or_default(), h.get("value").cloned().unwrap_or_default()]))
+            .map(|h| {
+                json!([
+                    h.get("name").cloned().unwrap_or_default(),
+                    h.get("value").cloned().unwrap_or_default()
+                ])
+            })
             .collect();
         let path = http.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
         let scheme = http.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
@@ -91,7 +98,9 @@ fn target(probe: &Map<String, Value>, ports: &Value) -> Result<Option<Value>, St
 /// A probe's port: a number, or the name of one of the container's ports.
 fn port(port: Option<&Value>, ports: &Value) -> Result<u64, String> {
     match port {
-        Some(Value::Number(n)) => n.as_u64().filter(|p| (1..=65535).contains(p)).ok_or(format!("port {n} is out of range")),
+        Some(Value::Number(n)) => {
+            n.as_u64().filter(|p| (1..=65535).contains(p)).ok_or(format!("port {n} is out of range"))
+        }
         Some(Value::String(name)) => ports
             .as_array()
             .into_iter()

@@ -88,7 +88,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { control_plane: DEFAULT_CONTROL_PLANE.into(), image: default_image(), resources: Resources::default() }
+        Self {
+            control_plane: DEFAULT_CONTROL_PLANE.into(),
+            image: default_image(),
+            resources: Resources::default(),
+        }
     }
 }
 
@@ -210,7 +214,9 @@ fn cidrs(value: Option<&str>) -> Result<Vec<String>, InjectError> {
         .filter(|c| !c.is_empty())
         .map(cidr)
         .collect::<Option<Vec<String>>>()
-        .ok_or_else(|| bad(keys::SKIP_OUTBOUND_CIDRS, value, "a comma-separated list of CIDRs such as 10.0.0.0/8"))
+        .ok_or_else(|| {
+            bad(keys::SKIP_OUTBOUND_CIDRS, value, "a comma-separated list of CIDRs such as 10.0.0.0/8")
+        })
 }
 
 /// A Kubernetes resource quantity (`100m`, `64Mi`, `1.5`, `1e3`), as the API server parses them.
@@ -265,7 +271,10 @@ mod tests {
 
     #[test]
     fn lists_take_spaces_and_quantities_take_the_api_servers_forms() {
-        let pod = annotations(&[(keys::SKIP_OUTBOUND_CIDRS, "10.0.0.0/8, fd00::/8"), (keys::OPAQUE_PORTS, " 3306 ,5432")]);
+        let pod = annotations(&[
+            (keys::SKIP_OUTBOUND_CIDRS, "10.0.0.0/8, fd00::/8"),
+            (keys::OPAQUE_PORTS, " 3306 ,5432"),
+        ]);
         let settings = Settings::new(&Options::default(), &Annotations::new(), &pod).unwrap();
         assert_eq!(settings.skip_outbound_cidrs, ["10.0.0.0/8", "fd00::/8"]);
         assert_eq!(settings.opaque_ports, [3306, 5432]);

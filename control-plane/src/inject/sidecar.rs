@@ -36,7 +36,8 @@ const TOKEN_SECONDS: u64 = 3600;
 /// port; the admin port answers only loopback).
 pub fn init_container(settings: &Settings) -> Value {
     let mut skip_inbound = vec![ADMIN_PORT, STATUS_PORT];
-    skip_inbound.extend(settings.skip_inbound_ports.iter().filter(|p| !skip_inbound.contains(p)).collect::<Vec<_>>());
+    skip_inbound
+        .extend(settings.skip_inbound_ports.iter().filter(|p| !skip_inbound.contains(p)).collect::<Vec<_>>());
     let mut args = vec![
         "init".to_owned(),
         "--proxy-uid".to_owned(),
@@ -144,7 +145,8 @@ pub fn proxy_container(settings: &Settings, service: &str, app_probes: Option<St
         startup["failureThreshold"] = 120.into();
         fields.insert("startupProbe".into(), startup);
     } else {
-        fields.insert("lifecycle".into(), json!({"postStart": {"exec": {"command": ["pilotfish", "await"]}}}));
+        fields
+            .insert("lifecycle".into(), json!({"postStart": {"exec": {"command": ["pilotfish", "await"]}}}));
     }
     proxy
 }
@@ -176,9 +178,10 @@ fn resources(r: &Resources) -> Value {
         map
     };
     let mut out = serde_json::Map::new();
-    for (field, values) in
-        [("requests", pick(&r.cpu_request, &r.memory_request)), ("limits", pick(&r.cpu_limit, &r.memory_limit))]
-    {
+    for (field, values) in [
+        ("requests", pick(&r.cpu_request, &r.memory_request)),
+        ("limits", pick(&r.cpu_limit, &r.memory_limit)),
+    ] {
         if !values.is_empty() {
             out.insert(field.into(), values.into());
         }
@@ -195,7 +198,13 @@ pub fn is_ours(container: &Value) -> bool {
     matches!(container.get("name").and_then(Value::as_str), Some(INIT_CONTAINER | PROXY_CONTAINER))
 }
 
-/// Whether `volume` is one injection added.
-pub fn is_our_volume(volume: &Value) -> bool {
-    matches!(volume.get("name").and_then(Value::as_str), Some(TOKEN_VOLUME | CA_VOLUME))
+/// Whether an item of the pod spec's list `field` (`containers`, `initContainers`,
+/// `volumes`) is one injection added: by its name, which is why the app may not use them.
+pub fn added_to(field: &str) -> fn(&Value) -> bool {
+    match field {
+        "volumes" => {
+            |volume| matches!(volume.get("name").and_then(Value::as_str), Some(TOKEN_VOLUME | CA_VOLUME))
+        }
+        _ => is_ours,
+    }
 }

@@ -19,7 +19,10 @@ pub fn pod_pointer(kind: &str) -> Option<&'static str> {
 
 /// The pod (template) of `object` of `kind` (`kind` as the object or the admission request
 /// says), or `None` when the kind is not a workload.
-pub fn pod_template<'a>(object: &'a mut Value, kind: &str) -> Result<Option<&'a mut Map<String, Value>>, InjectError> {
+pub fn pod_template<'a>(
+    object: &'a mut Value,
+    kind: &str,
+) -> Result<Option<&'a mut Map<String, Value>>, InjectError> {
     let Some(pointer) = pod_pointer(kind) else { return Ok(None) };
     let template = object.pointer_mut(pointer).and_then(Value::as_object_mut).ok_or_else(|| {
         let at = if pointer.is_empty() { "the object".to_owned() } else { pointer[1..].replace('/', ".") };
