@@ -141,6 +141,16 @@ fn injecting_twice_changes_nothing_and_uninject_gives_back_the_input_byte_for_by
 }
 
 #[test]
+fn a_workload_in_any_layout_comes_back_from_uninject_as_the_same_object_in_the_same_key_order() {
+    let input = "# web\nkind: Deployment\napiVersion: apps/v1\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      containers: [{name: web, image: \"web:1\", ports: [{containerPort: 80}]}]  # app\n      hostname: web\n  selector: {matchLabels: {app: web}}\n";
+    let uninjected = run("uninject", &run("inject", input));
+    let layout = |text: &str| {
+        serde_yaml_ng::to_string(&serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).unwrap()).unwrap()
+    };
+    assert_eq!(layout(&uninjected), layout(input));
+}
+
+#[test]
 fn the_stream_keeps_what_it_does_not_inject_and_lets_the_pod_win_over_its_namespace() {
     let input = read("stream.in.yaml");
     let injected = run("inject", &input);
