@@ -9,7 +9,8 @@
 //! `pilotfish.io/native-sidecar: "false"` for clusters before 1.29, the first regular
 //! container with a postStart hook that waits for readiness (a run-to-completion pod's app
 //! commands are then wrapped in `pilotfish await --`, which shuts the proxy down when the
-//! command ends) — the projected ServiceAccount token and trust-bundle volumes, the app's
+//! command ends) — the projected ServiceAccount token and trust-bundle volumes (and an
+//! `emptyDir` for iptables' lock file: `pilotfish-init`'s root filesystem is read-only), the app's
 //! probes rewritten to the status port ([`probes`]), and the marker annotation
 //! `pilotfish.io/injected`.
 //!
@@ -325,7 +326,7 @@ mod tests {
         let pod = &once["spec"]["template"];
         assert_eq!(names(&pod["spec"]["initContainers"]), ["pilotfish-init", "pilotfish-proxy", "setup"]);
         assert_eq!(names(&pod["spec"]["containers"]), ["web"]);
-        assert_eq!(names(&pod["spec"]["volumes"]), ["pilotfish-token", "pilotfish-ca"]);
+        assert_eq!(names(&pod["spec"]["volumes"]), ["pilotfish-xtables", "pilotfish-token", "pilotfish-ca"]);
         assert_eq!(pod["metadata"]["annotations"][keys::INJECTED], VERSION);
         let proxy = &pod["spec"]["initContainers"][1];
         assert_eq!(

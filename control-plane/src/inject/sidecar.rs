@@ -11,6 +11,9 @@ pub const INIT_CONTAINER: &str = "pilotfish-init";
 pub const PROXY_CONTAINER: &str = "pilotfish-proxy";
 pub const TOKEN_VOLUME: &str = "pilotfish-token";
 pub const CA_VOLUME: &str = "pilotfish-ca";
+/// A writable `/run` for `pilotfish-init`, whose root filesystem is read-only: iptables takes
+/// its lock file there (`/run/xtables.lock`).
+pub const XTABLES_VOLUME: &str = "pilotfish-xtables";
 /// The ConfigMap the control plane keeps current in every namespace labelled for injection.
 pub const CA_CONFIG_MAP: &str = "pilotfish-ca";
 
@@ -69,6 +72,7 @@ pub fn init_container(settings: &Settings) -> Value {
             "readOnlyRootFilesystem": true,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
         },
+        "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
     })
 }
 
@@ -151,11 +155,12 @@ pub fn proxy_container(settings: &Settings, service: &str, app_probes: Option<St
     proxy
 }
 
-/// The volumes the proxy mounts. The CA ConfigMap is required: a pod that cannot verify the
+/// The volumes the containers mount. The CA ConfigMap is required: a pod that cannot verify the
 /// control plane must not start (its event says the ConfigMap is missing: label the namespace
 /// `pilotfish.io/inject=enabled` so the control plane creates it).
-pub fn volumes() -> [Value; 2] {
+pub fn volumes() -> [Value; 3] {
     [
+        json!({"name": XTABLES_VOLUME, "emptyDir": {}}),
         json!({
             "name": TOKEN_VOLUME,
             "projected": {"sources": [{"serviceAccountToken": {
@@ -202,9 +207,12 @@ pub fn is_ours(container: &Value) -> bool {
 /// `volumes`) is one injection added: by its name, which is why the app may not use them.
 pub fn added_to(field: &str) -> fn(&Value) -> bool {
     match field {
-        "volumes" => {
-            |volume| matches!(volume.get("name").and_then(Value::as_str), Some(TOKEN_VOLUME | CA_VOLUME))
-        }
+        "volumes" => |volume| {
+            matches!(
+                volume.get("name").and_then(Value::as_str),
+                Some(TOKEN_VOLUME | CA_VOLUME | XTABLES_VOLUME)
+            )
+        },
         _ => is_ours,
     }
 }
