@@ -71,8 +71,21 @@ pub enum InjectError {
     Malformed(String),
 }
 
-/// Adds the sidecar to `object`, of `kind`, in a namespace with `namespace` annotations.
+/// Adds the sidecar to `object`, of `kind`, in a namespace with `namespace` annotations. On
+/// an error `object` is left as it was.
 pub fn inject(
+    object: &mut Value,
+    kind: &str,
+    options: &Options,
+    namespace: &Annotations,
+) -> Result<Outcome, InjectError> {
+    let mut injected = object.clone();
+    let outcome = inject_into(&mut injected, kind, options, namespace)?;
+    *object = injected;
+    Ok(outcome)
+}
+
+fn inject_into(
     object: &mut Value,
     kind: &str,
     options: &Options,
