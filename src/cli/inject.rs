@@ -106,11 +106,15 @@ fn edit(
     edit: impl Fn(&mut Value, &str, &BTreeMap<String, Annotations>) -> Edited,
 ) -> anyhow::Result<()> {
     let text = read(&input.file)?;
+    let source = match input.file.as_os_str() == "-" {
+        true => "stdin".to_owned(),
+        false => input.file.display().to_string(),
+    };
     let docs = documents(&text);
     let parsed = docs
         .iter()
         .enumerate()
-        .map(|(i, doc)| doc.parse().with_context(|| format!("{}: document {}", input.file.display(), i + 1)))
+        .map(|(i, doc)| doc.parse().with_context(|| format!("{source}: document {}", i + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let as_json = |yaml: &serde_yaml_ng::Value| serde_json::to_value(yaml);
     let mut objects = Vec::new();
@@ -128,8 +132,7 @@ fn edit(
         let mut changed = false;
         for (item, describe) in items(&mut object) {
             let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let context =
-                format!("{}: document {}{describe} ({})", input.file.display(), i + 1, name(item, &kind));
+            let context = format!("{source}: document {}{describe} ({})", i + 1, name(item, &kind));
             if let Some(warnings) = edit(item, &kind, &namespaces).with_context(|| context.clone())? {
                 changed = true;
                 for warning in warnings {
