@@ -20,6 +20,8 @@
 //! - [`ca`]: the mesh CA — a root and issuer generated at first start in `<data-dir>/ca/` (keys
 //!   mode 0600) or supplied as files, signing workload leaves from CSRs for the identity the
 //!   caller's credential decides; the trust bundle. No HTTP in it.
+//! - [`inject`]: sidecar injection for Kubernetes — the one mutation behind `pilotfish inject`
+//!   and the admission webhook (`POST /inject`), its inverse, and the webhook's JSONPatch.
 //! - [`names`]: a service and namespace as requests name them (DNS labels, `default`).
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
@@ -47,6 +49,7 @@ pub mod ca;
 pub mod core;
 pub mod history;
 pub mod http;
+pub mod inject;
 pub mod listener;
 pub mod model;
 pub mod names;

@@ -5,9 +5,11 @@ mod ca;
 mod client;
 mod control_plane;
 mod init;
+mod inject;
 mod sidecar;
 mod table;
 mod up;
+mod yaml_stream;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -39,6 +41,10 @@ enum Command {
     /// it, then stop the sidecar and exit with CMD's code (Jobs).
     #[command(name = "await")]
     Await(await_::Args),
+    /// Add the Pilotfish sidecar to the workloads of Kubernetes manifests (printed to stdout).
+    Inject(inject::InjectArgs),
+    /// Take the sidecar `inject` added out again.
+    Uninject(inject::Input),
     #[command(flatten)]
     Client(client::Command),
 }
@@ -52,6 +58,8 @@ pub fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Init(args) => init::run(args),
         Command::Await(args) => await_::run(args),
+        Command::Inject(args) => inject::run_inject(args),
+        Command::Uninject(input) => inject::run_uninject(input),
         Command::Client(command) => client::run(cli.server, command),
     };
     match result {

@@ -17,6 +17,7 @@ mod auth;
 mod authz;
 mod ca;
 mod ha;
+mod inject;
 mod managed;
 mod mesh;
 mod openapi;

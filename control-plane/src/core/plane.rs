@@ -3,7 +3,7 @@
 //! the push snapshot cache and the mesh CA. The operations on it live beside this file, one file per
 //! resource group; none of them knows HTTP.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::RwLock;
@@ -18,6 +18,7 @@ use super::caller::AdminToken;
 use super::leases::{Lease, Leases};
 use crate::ca::{Ca, MeshCa};
 use crate::history::History;
+use crate::inject::admission::Injector;
 use crate::model::{endpoint_aggregate, State};
 use crate::push::{self, Proxies, SnapshotCache};
 use crate::store::{EventStore, StoreError};
@@ -85,6 +86,8 @@ pub struct ControlPlane {
     /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
     /// does not wait on them forever.
     stopping: CancellationToken,
+    /// The admission webhook's injector, set once at start ([`ControlPlane::set_injector`]).
+    injector: OnceLock<Injector>,
 }
 
 impl ControlPlane {
@@ -134,6 +137,7 @@ impl ControlPlane {
             authz_default: settings.authz_default,
             ca_counters: CaCounters::default(),
             stopping: CancellationToken::new(),
+            injector: OnceLock::new(),
         }))
     }
 
@@ -157,6 +161,20 @@ impl ControlPlane {
     /// The push line of `state`, with the trust bundle and `renewBefore` of its point of the log.
     pub fn snapshot_line(&self, state: &State) -> (u64, bytes::Bytes) {
         self.snapshots.line(state, &self.ca.view().bundle_pem)
+    }
+
+    /// The admission webhook's injector: the one set with [`ControlPlane::set_injector`], or
+    /// the documented defaults without namespace annotations.
+    pub fn injector(&self) -> &Injector {
+        self.injector.get_or_init(Injector::default)
+    }
+
+    /// Sets the webhook's injector (its options, and with `--kubernetes` the lookup of a
+    /// namespace's annotations), once, before serving. `false` (and nothing changes) if one is
+    /// already in use.
+    #[must_use]
+    pub fn set_injector(&self, injector: Injector) -> bool {
+        self.injector.set(injector).is_ok()
     }
 
     /// Starts stopping: push streams end (sidecars reconnect elsewhere or later).

@@ -8,14 +8,15 @@
 //!   body and headers, each failing with a JSON error.
 //! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
 //!   document them.
-//! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`]: the
-//!   handlers.
+//! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`],
+//!   [`inject`] (the admission webhook): the handlers.
 
 mod ca;
 pub mod doc;
 pub mod error;
 pub mod extract;
 mod history;
+mod inject;
 mod ops;
 mod push;
 mod registry;

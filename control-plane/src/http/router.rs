@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
-use super::{ca, history, ops, push, registry, resources, tokens};
+use super::{ca, history, inject, ops, push, registry, resources, tokens};
 
 fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -24,6 +24,7 @@ fn api() -> OpenApiRouter<Shared> {
         .merge(push::routes())
         .merge(tokens::routes())
         .merge(ca::routes())
+        .merge(inject::routes())
 }
 
 /// The API over `cp`.
