@@ -109,7 +109,7 @@ impl Sidecar {
 
     /// [`Sidecar::start`] with more arguments and environment variables.
     pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::launch(Some(config), args, None, env)
+        Self::launch(Some(config), args, None, None, env)
     }
 
     /// Starts a sidecar configured by its command line alone (managed mode; the control-plane
