@@ -20,6 +20,9 @@
 //! - [`ca`]: the mesh CA — a root and issuer generated at first start in `<data-dir>/ca/` (keys
 //!   mode 0600) or supplied as files, signing workload leaves from CSRs for the identity the
 //!   caller's credential decides; the trust bundle. No HTTP in it.
+//! - [`kubernetes`]: `--kubernetes` — Services, EndpointSlices and Pods into the registry
+//!   (through [`core::Discovered`], never the log), TokenReview for sidecars' ServiceAccount
+//!   tokens, the trust-bundle ConfigMaps and the injector webhook's `caBundle`.
 //! - [`names`]: a service and namespace as requests name them (DNS labels, `default`).
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
@@ -47,6 +50,7 @@ pub mod ca;
 pub mod core;
 pub mod history;
 pub mod http;
+pub mod kubernetes;
 pub mod listener;
 pub mod model;
 pub mod names;

@@ -55,8 +55,9 @@ impl ControlPlane {
                     (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
                 }
                 (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
-                (None, Caller::Admin) => return Err(Error::BadRequest(
-                    "service is required when the admin token ACKs: add ?service=NAME (the proxy's service)"
+                (None, Caller::Admin | Caller::Account(_)) => return Err(Error::BadRequest(
+                    "service is required when the admin token or a service account ACKs: add \
+                     ?service=NAME (the proxy's service)"
                         .into(),
                 )),
             };
