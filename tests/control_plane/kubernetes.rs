@@ -454,7 +454,8 @@ async fn endpoint_slices_feed_the_sidecars_through_watches_relists_and_deletions
         (endpoints_in_force(&sc, "web").await?.len() == 2).then_some(())
     })
     .await;
-    assert!(cluster.0.lock().unwrap().bookmarks > 0, "the watches asked for bookmarks and got them");
+    // The watches asked for bookmarks; they get them and go on.
+    eventually("bookmarks sent", async || (cluster.0.lock().unwrap().bookmarks > 0).then_some(())).await;
 
     // 410 Gone: the watch ends, the watcher lists again. The list is slow, and the endpoint the
     // cluster dropped meanwhile is only known from it: until it completes both stay in force.
@@ -463,14 +464,18 @@ async fn endpoint_slices_feed_the_sidecars_through_watches_relists_and_deletions
     cluster.0.lock().unwrap().list_delay = Duration::from_secs(2);
     cluster.put_unwatched(slice("shop", "web-a", "web", ("http", port), &both[..1]));
     cluster.compact(slices);
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(endpoints_in_force(&sc, "web").await.unwrap().len(), 2, "endpoints lost before the re-list completed");
+    // Until then the sidecar keeps both (a watcher that dropped what it knew at the 410 would
+    // leave none for the 2 s the list takes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let eps = endpoints_in_force(&sc, "web").await.unwrap();
+        if eps == [(local.clone(), identity.clone())] {
+            break;
+        }
+        assert_eq!(eps.len(), 2, "endpoints lost before the re-list completed: {eps:?}");
+        assert!(std::time::Instant::now() < deadline, "the re-list never replaced the slice");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eventually("the re-list replaced the slice", async || {
-        (endpoints_in_force(&sc, "web").await? == [(local.clone(), identity.clone())]).then_some(())
-    })
-    .await;
     assert!(cluster.lists(slices) > lists, "a 410 Gone makes the watcher list again");
     cluster.0.lock().unwrap().list_delay = Duration::ZERO;
 
