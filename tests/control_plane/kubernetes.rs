@@ -29,6 +29,13 @@ use crate::ControlPlane;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// ServiceAccount tokens as the API server issues them (JWTs; the control plane sends nothing
+/// else for review).
+const CLIENT_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjbGllbnQifQ.c2lnMQ";
+const WEB_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ3ZWIifQ.c2lnMg";
+const API_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhcGkifQ.c2lnMw";
+const NODE_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJub2RlIn0.c2lnNA";
+
 /// One kind the fake serves: its collection path, its objects and the events since `floor`.
 struct Kind {
     path: &'static str,
@@ -45,8 +52,9 @@ struct Kind {
 struct Fake {
     kinds: Vec<Kind>,
     version: u64,
-    /// Tokens the TokenReview accepts: token → (username, audiences).
-    tokens: BTreeMap<String, (String, Vec<String>)>,
+    /// Tokens the TokenReview knows: token → (username, the audiences it was issued for; none:
+    /// an authenticator that knows no audiences, and says none).
+    tokens: BTreeMap<String, (String, Option<Vec<String>>)>,
     webhook: Value,
     /// Writes as (method, path, body).
     writes: Vec<(String, String, Value)>,
@@ -209,9 +217,20 @@ impl Cluster {
         match (method.as_str(), path.as_str()) {
             ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
                 let token = body["spec"]["token"].as_str().unwrap_or_default();
+                let asked: Vec<String> = serde_json::from_value(body["spec"]["audiences"].clone()).unwrap_or_default();
+                let user = |name: &str| json!({"username": name, "uid": "3f1c",
+                                               "groups": ["system:serviceaccounts", "system:authenticated"]});
+                // The audiences the token was issued for among those asked (all of them when
+                // none is asked); none in common is a refusal.
                 let status = match fake.tokens.get(token) {
-                    Some((user, audiences)) => json!({"authenticated": true, "audiences": audiences,
-                        "user": {"username": user, "uid": "3f1c", "groups": ["system:serviceaccounts", "system:authenticated"]}}),
+                    Some((name, Some(issued))) => {
+                        let both: Vec<&String> = issued.iter().filter(|a| asked.is_empty() || asked.contains(a)).collect();
+                        match both.is_empty() {
+                            false => json!({"authenticated": true, "audiences": both, "user": user(name)}),
+                            true => json!({"user": {}, "error": "[invalid bearer token, token audiences is invalid]"}),
+                        }
+                    }
+                    Some((name, None)) => json!({"authenticated": true, "user": user(name)}),
                     None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
                 };
                 let mut review = body.clone();
@@ -419,15 +438,15 @@ async fn endpoint_slices_feed_the_sidecars_through_watches_relists_and_deletions
     cluster.put(slice("shop", "web-a", "web", ("http", port), &[("127.0.0.1", "web-1", true)])).await;
     cluster.put(slice("shop", "db-a", "db", ("", 5432), &[("127.0.0.2", "db-0", true)])).await;
     cluster.0.lock().unwrap().tokens.insert(
-        "client-token".into(),
-        ("system:serviceaccount:shop:client".into(), vec!["pilotfish".into()]),
+        CLIENT_TOKEN.into(),
+        ("system:serviceaccount:shop:client".into(), Some(vec!["pilotfish".into()])),
     );
     let api = cluster.clone().serve().await;
     let (dir, cp) = control_plane(api);
 
     // A sidecar of namespace `shop` proves itself with its ServiceAccount token file.
     let token = dir.path().join("token");
-    std::fs::write(&token, "client-token\n").unwrap();
+    std::fs::write(&token, format!("{CLIENT_TOKEN}\n")).unwrap();
     let args = ["--control-plane", &cp.url(""), "--service", "client", "--namespace", "shop",
                 "--token-file", token.to_str().unwrap(), "--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0"];
     let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
@@ -506,13 +525,15 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
     cluster.put(namespace("other", false)).await;
     {
         let mut fake = cluster.0.lock().unwrap();
-        fake.tokens.insert("web-token".into(), ("system:serviceaccount:shop:web-sa".into(), vec!["pilotfish".into()]));
-        // Valid, but for the API server: not a mesh credential.
-        fake.tokens.insert(
-            "api-token".into(),
-            ("system:serviceaccount:shop:web-sa".into(), vec!["https://kubernetes.default.svc".into()]),
-        );
-        fake.tokens.insert("node-token".into(), ("system:node:n1".into(), vec!["pilotfish".into()]));
+        let aud = |a: &str| Some(vec![a.to_owned()]);
+        fake.tokens.insert(WEB_TOKEN.into(), ("system:serviceaccount:shop:web-sa".into(), aud("pilotfish")));
+        // Valid, but answered by an authenticator that says nothing of audiences: the control
+        // plane cannot know it is a mesh credential.
+        fake.tokens.insert(API_TOKEN.into(), ("system:serviceaccount:shop:web-sa".into(), None));
+        // For the API server only: the review itself refuses it for audience `pilotfish`.
+        let other = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlIn0.c2lnNQ";
+        fake.tokens.insert(other.into(), ("system:serviceaccount:shop:web-sa".into(), aud("https://kubernetes.default.svc")));
+        fake.tokens.insert(NODE_TOKEN.into(), ("system:node:n1".into(), aud("pilotfish")));
     }
     let api = cluster.clone().serve().await;
     let (dir, cp) = control_plane(api);
@@ -524,12 +545,12 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
     assert!(ok, "{out}");
     let csr = std::fs::read_to_string(dir.path().join("leaf.csr")).unwrap();
     let caller = |token: &str| Client::builder(&cp.url("")).token(Some(token.into())).timeout(Duration::from_secs(20)).build();
-    let issued = caller("web-token").certify(&CertifyRequest::new(csr.clone())).await.unwrap();
+    let issued = caller(WEB_TOKEN).certify(&CertifyRequest::new(csr.clone())).await.unwrap();
     std::fs::write(dir.path().join("leaf.pem"), &issued.chain_pem).unwrap();
     let (ok, san) = openssl(dir.path(), &["x509", "-in", "leaf.pem", "-noout", "-ext", "subjectAltName"]);
     assert!(ok && san.contains("URI:spiffe://pilotfish.local/ns/shop/sa/web-sa"), "{san}");
     assert!(!san.contains("kube-system"), "{san}");
-    for refused in ["made-up", "api-token", "node-token"] {
+    for refused in ["eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.bWFkZS11cA", API_TOKEN, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlIn0.c2lnNQ", NODE_TOKEN, "not-a-jwt"] {
         let err = caller(refused).certify(&CertifyRequest::new(csr.clone())).await.unwrap_err();
         assert!(matches!(err, pilotfish_api::client::ClientError::Unauthorized(_)), "{refused}: {err}");
     }
@@ -537,7 +558,7 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
     let q = pilotfish_api::wire::PushQuery {
         id: "p1".into(), service: "web".into(), namespace: "other".into(), version: 0, protocol: None,
     };
-    let err = caller("web-token").push(&q).await.err().expect("another namespace's push stream is refused");
+    let err = caller(WEB_TOKEN).push(&q).await.err().expect("another namespace's push stream is refused");
     assert!(matches!(err, pilotfish_api::client::ClientError::Forbidden(_)), "{err}");
 
     // The trust bundle: in the labelled namespace, then in one labelled later; the webhook's

@@ -73,9 +73,14 @@ impl Reviews {
         self.reviewer.get().is_some()
     }
 
-    /// The account `token` proves; `Ok(None)` without a reviewer or for a refused token.
+    /// The account `token` proves; `Ok(None)` without a reviewer or for a refused token. Only
+    /// a token shaped as a JWT (what the API server issues) is sent for review: anything else
+    /// costs the API server nothing.
     pub async fn account(&self, token: &str) -> Result<Option<ServiceAccount>, ReviewError> {
         let Some(reviewer) = self.reviewer.get() else { return Ok(None) };
+        if !looks_like_jwt(token) {
+            return Ok(None);
+        }
         let digest = sha256_hex(token.as_bytes());
         let now = Instant::now();
         if let Some((until, account)) = self.kept.lock().expect("reviews lock poisoned").get(&digest) {
@@ -97,6 +102,15 @@ impl Reviews {
     }
 }
 
+/// Three base64url parts, the first a JSON object (`eyJ` is `{"` encoded).
+fn looks_like_jwt(token: &str) -> bool {
+    let base64url = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    token.len() <= 16 * 1024 && parts.len() == 3 && parts.iter().all(|p| base64url(p)) && token.starts_with("eyJ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,30 +126,37 @@ mod tests {
         }
     }
 
+    const GOOD: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJnb29kIn0.c2ln";
+    const BAD: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiYWQifQ.c2ln";
+
     struct Counting(AtomicUsize);
 
     #[async_trait::async_trait]
     impl ReviewTokens for Counting {
         async fn review(&self, token: &str) -> Result<Option<ServiceAccount>, ReviewError> {
             self.0.fetch_add(1, Ordering::Relaxed);
-            Ok((token == "good").then(|| ServiceAccount { namespace: "shop".into(), name: "web".into() }))
+            Ok((token == GOOD).then(|| ServiceAccount { namespace: "shop".into(), name: "web".into() }))
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn answers_are_kept_for_a_while_then_asked_again() {
         let reviews = Reviews::default();
-        assert_eq!(reviews.account("good").await.unwrap(), None, "no reviewer: no account");
+        assert_eq!(reviews.account(GOOD).await.unwrap(), None, "no reviewer: no account");
         let counting = Arc::new(Counting(AtomicUsize::new(0)));
         reviews.set(counting.clone());
-        assert!(reviews.account("good").await.unwrap().is_some());
-        assert!(reviews.account("good").await.unwrap().is_some());
-        assert_eq!(reviews.account("bad").await.unwrap(), None);
-        assert_eq!(reviews.account("bad").await.unwrap(), None);
+        assert!(reviews.account(GOOD).await.unwrap().is_some());
+        assert!(reviews.account(GOOD).await.unwrap().is_some());
+        assert_eq!(reviews.account(BAD).await.unwrap(), None);
+        assert_eq!(reviews.account(BAD).await.unwrap(), None);
         assert_eq!(counting.0.load(Ordering::Relaxed), 2, "one review per token while kept");
         tokio::time::advance(KEEP_REFUSED + Duration::from_secs(1)).await;
-        reviews.account("bad").await.unwrap();
-        reviews.account("good").await.unwrap();
+        reviews.account(BAD).await.unwrap();
+        reviews.account(GOOD).await.unwrap();
         assert_eq!(counting.0.load(Ordering::Relaxed), 3, "a refusal is asked again sooner");
+        for not_a_jwt in ["admin-token", "id.secret.fingerprint", "eyJ.a.b.c", "eyJ..x"] {
+            assert_eq!(reviews.account(not_a_jwt).await.unwrap(), None);
+        }
+        assert_eq!(counting.0.load(Ordering::Relaxed), 3, "what is no JWT is never sent for review");
     }
 }

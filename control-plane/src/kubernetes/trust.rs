@@ -44,6 +44,9 @@ pub async fn run(
     // The bundle each namespace's ConfigMap holds, as this replica wrote it.
     let mut written: HashMap<String, String> = HashMap::new();
     let mut webhook_bundle: Option<String> = None;
+    // A missing webhook configuration (not deployed yet, or not at all) is said once, not
+    // every tick.
+    let mut webhook_warned = false;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -64,7 +67,11 @@ pub async fn run(
         if webhook_bundle.as_ref() != Some(&bundle) {
             match patch_webhook(&client, &webhook, &bundle).await {
                 Ok(()) => webhook_bundle = Some(bundle.clone()),
-                Err(e) => tracing::warn!(webhook = %webhook, error = %e, "cannot set the injector webhook's caBundle; retrying"),
+                Err(e) if !webhook_warned => {
+                    webhook_warned = true;
+                    tracing::warn!(webhook = %webhook, error = %e, "cannot set the injector webhook's caBundle; retrying quietly");
+                }
+                Err(e) => tracing::debug!(webhook = %webhook, error = %e, "cannot set the injector webhook's caBundle"),
             }
         }
         let injected = namespaces.injected();
