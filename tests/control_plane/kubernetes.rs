@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::channel::{Channel, Sender};
-use hyper::body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use pilotfish_api::client::Client;
 use pilotfish_api::wire::CertifyRequest;
@@ -107,7 +107,8 @@ impl Cluster {
         let mut object = object;
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         let k = fake.kinds.iter_mut().find(|k| k.path == kind).unwrap();
-        let kind_of_event = if k.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        let kind_of_event =
+            if k.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
         k.record(version, json!({"type": kind_of_event, "object": object}));
     }
 
@@ -217,17 +218,23 @@ impl Cluster {
         match (method.as_str(), path.as_str()) {
             ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
                 let token = body["spec"]["token"].as_str().unwrap_or_default();
-                let asked: Vec<String> = serde_json::from_value(body["spec"]["audiences"].clone()).unwrap_or_default();
-                let user = |name: &str| json!({"username": name, "uid": "3f1c",
-                                               "groups": ["system:serviceaccounts", "system:authenticated"]});
+                let asked: Vec<String> =
+                    serde_json::from_value(body["spec"]["audiences"].clone()).unwrap_or_default();
+                let user = |name: &str| {
+                    json!({"username": name, "uid": "3f1c",
+                                               "groups": ["system:serviceaccounts", "system:authenticated"]})
+                };
                 // The audiences the token was issued for among those asked (all of them when
                 // none is asked); none in common is a refusal.
                 let status = match fake.tokens.get(token) {
                     Some((name, Some(issued))) => {
-                        let both: Vec<&String> = issued.iter().filter(|a| asked.is_empty() || asked.contains(a)).collect();
+                        let both: Vec<&String> =
+                            issued.iter().filter(|a| asked.is_empty() || asked.contains(a)).collect();
                         match both.is_empty() {
                             false => json!({"authenticated": true, "audiences": both, "user": user(name)}),
-                            true => json!({"user": {}, "error": "[invalid bearer token, token audiences is invalid]"}),
+                            true => {
+                                json!({"user": {}, "error": "[invalid bearer token, token audiences is invalid]"})
+                            }
                         }
                     }
                     Some((name, None)) => json!({"authenticated": true, "user": user(name)}),
@@ -238,10 +245,14 @@ impl Cluster {
                 review["status"] = status;
                 reply(StatusCode::CREATED, &review)
             }
-            ("GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/pilotfish-injector") => {
-                reply(StatusCode::OK, &fake.webhook)
-            }
-            ("PUT", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/pilotfish-injector") => {
+            (
+                "GET",
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/pilotfish-injector",
+            ) => reply(StatusCode::OK, &fake.webhook),
+            (
+                "PUT",
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/pilotfish-injector",
+            ) => {
                 fake.writes.push((method.to_string(), path.clone(), body.clone()));
                 fake.webhook = body.clone();
                 reply(StatusCode::OK, &body)
@@ -376,9 +387,11 @@ fn pod(ns: &str, name: &str, account: &str, meshed: bool) -> Value {
 fn slice(ns: &str, name: &str, service: &str, port: (&str, u16), endpoints: &[(&str, &str, bool)]) -> Value {
     let endpoints: Vec<Value> = endpoints
         .iter()
-        .map(|(ip, pod, ready)| json!({"addresses": [ip],
+        .map(|(ip, pod, ready)| {
+            json!({"addresses": [ip],
             "conditions": {"ready": ready, "serving": ready, "terminating": !ready},
-            "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}))
+            "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}})
+        })
         .collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
@@ -412,9 +425,16 @@ fn control_plane(api: SocketAddr) -> (tempfile::TempDir, ControlPlane) {
 /// The endpoints of `service` in the sidecar's configuration in force: (address, identity).
 async fn endpoints_in_force(sc: &Sidecar, service: &str) -> Option<Vec<(String, Option<String>)>> {
     let config = sc.admin_get("/config").await.json();
-    let doc = config["resources"].as_array()?.iter().find(|r| r["kind"] == "Service" && r["metadata"]["name"] == service)?;
+    let doc = config["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == "Service" && r["metadata"]["name"] == service)?;
     let eps = doc["spec"]["endpoints"].as_array()?;
-    Some(eps.iter().map(|e| (e["address"].as_str().unwrap().to_owned(), e["identity"].as_str().map(Into::into))).collect())
+    Some(
+        eps.iter()
+            .map(|e| (e["address"].as_str().unwrap().to_owned(), e["identity"].as_str().map(Into::into)))
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,8 +467,20 @@ async fn endpoint_slices_feed_the_sidecars_through_watches_relists_and_deletions
     // A sidecar of namespace `shop` proves itself with its ServiceAccount token file.
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{CLIENT_TOKEN}\n")).unwrap();
-    let args = ["--control-plane", &cp.url(""), "--service", "client", "--namespace", "shop",
-                "--token-file", token.to_str().unwrap(), "--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0"];
+    let args = [
+        "--control-plane",
+        &cp.url(""),
+        "--service",
+        "client",
+        "--namespace",
+        "shop",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound",
+        "127.0.0.1:0",
+    ];
     let sc = tokio::task::block_in_place(|| Sidecar::start_managed(&args));
 
     let local = format!("127.0.0.1:{port}");
@@ -458,12 +490,28 @@ async fn endpoint_slices_feed_the_sidecars_through_watches_relists_and_deletions
     })
     .await;
     let config = sc.admin_get("/config").await.json();
-    let web_doc = config["resources"].as_array().unwrap().iter().find(|r| r["metadata"]["name"] == "web").unwrap().clone();
+    let web_doc = config["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metadata"]["name"] == "web")
+        .unwrap()
+        .clone();
     assert_eq!(web_doc["spec"]["addresses"], json!(["10.96.0.10"]), "{web_doc}");
-    assert_eq!(web_doc["spec"]["ports"], json!([{"port": 80, "protocol": "http", "name": "http"}]), "{web_doc}");
+    assert_eq!(
+        web_doc["spec"]["ports"],
+        json!([{"port": 80, "protocol": "http", "name": "http"}]),
+        "{web_doc}"
+    );
     // Headless: no virtual address; the pod has no sidecar, so no identity.
     assert_eq!(endpoints_in_force(&sc, "db").await.unwrap(), [("127.0.0.2:5432".to_owned(), None)]);
-    let db = config["resources"].as_array().unwrap().iter().find(|r| r["metadata"]["name"] == "db").unwrap().clone();
+    let db = config["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metadata"]["name"] == "db")
+        .unwrap()
+        .clone();
     assert!(db["spec"].get("addresses").is_none(), "{db}");
 
     // A watch event adds an endpoint.
@@ -514,8 +562,10 @@ async fn endpoint_slices_feed_the_sidecars_through_watches_relists_and_deletions
     })
     .await;
     cluster.delete(json!({"kind": "Service", "metadata": {"name": "web", "namespace": "shop"}})).await;
-    eventually("the deleted service is gone", async || endpoints_in_force(&sc, "web").await.is_none().then_some(()))
-        .await;
+    eventually("the deleted service is gone", async || {
+        endpoints_in_force(&sc, "web").await.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,31 +582,63 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
         fake.tokens.insert(API_TOKEN.into(), ("system:serviceaccount:shop:web-sa".into(), None));
         // For the API server only: the review itself refuses it for audience `pilotfish`.
         let other = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlIn0.c2lnNQ";
-        fake.tokens.insert(other.into(), ("system:serviceaccount:shop:web-sa".into(), aud("https://kubernetes.default.svc")));
+        fake.tokens.insert(
+            other.into(),
+            ("system:serviceaccount:shop:web-sa".into(), aud("https://kubernetes.default.svc")),
+        );
         fake.tokens.insert(NODE_TOKEN.into(), ("system:node:n1".into(), aud("pilotfish")));
     }
     let api = cluster.clone().serve().await;
     let (dir, cp) = control_plane(api);
 
     // The certificate's identity is the reviewed account, not what the CSR asks for.
-    let (ok, out) = openssl(dir.path(), &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "leaf.key", "-subj", "/CN=admin", "-out", "leaf.csr",
-        "-addext", "subjectAltName=URI:spiffe://pilotfish.local/ns/kube-system/sa/admin"]);
+    let (ok, out) = openssl(
+        dir.path(),
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-subj",
+            "/CN=admin",
+            "-out",
+            "leaf.csr",
+            "-addext",
+            "subjectAltName=URI:spiffe://pilotfish.local/ns/kube-system/sa/admin",
+        ],
+    );
     assert!(ok, "{out}");
     let csr = std::fs::read_to_string(dir.path().join("leaf.csr")).unwrap();
-    let caller = |token: &str| Client::builder(&cp.url("")).token(Some(token.into())).timeout(Duration::from_secs(20)).build();
+    let caller = |token: &str| {
+        Client::builder(&cp.url("")).token(Some(token.into())).timeout(Duration::from_secs(20)).build()
+    };
     let issued = caller(WEB_TOKEN).certify(&CertifyRequest::new(csr.clone())).await.unwrap();
     std::fs::write(dir.path().join("leaf.pem"), &issued.chain_pem).unwrap();
     let (ok, san) = openssl(dir.path(), &["x509", "-in", "leaf.pem", "-noout", "-ext", "subjectAltName"]);
     assert!(ok && san.contains("URI:spiffe://pilotfish.local/ns/shop/sa/web-sa"), "{san}");
     assert!(!san.contains("kube-system"), "{san}");
-    for refused in ["eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.bWFkZS11cA", API_TOKEN, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlIn0.c2lnNQ", NODE_TOKEN, "not-a-jwt"] {
+    for refused in [
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.bWFkZS11cA",
+        API_TOKEN,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlIn0.c2lnNQ",
+        NODE_TOKEN,
+        "not-a-jwt",
+    ] {
         let err = caller(refused).certify(&CertifyRequest::new(csr.clone())).await.unwrap_err();
         assert!(matches!(err, pilotfish_api::client::ClientError::Unauthorized(_)), "{refused}: {err}");
     }
     // An account acts for its own namespace's services only.
     let q = pilotfish_api::wire::PushQuery {
-        id: "p1".into(), service: "web".into(), namespace: "other".into(), version: 0, protocol: None,
+        id: "p1".into(),
+        service: "web".into(),
+        namespace: "other".into(),
+        version: 0,
+        protocol: None,
     };
     let err = caller(WEB_TOKEN).push(&q).await.err().expect("another namespace's push stream is refused");
     assert!(matches!(err, pilotfish_api::client::ClientError::Forbidden(_)), "{err}");
@@ -570,11 +652,20 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
     };
     let shop = eventually("ConfigMap pilotfish-ca written in shop", async || written("shop")).await;
     assert_eq!(shop["data"]["ca.pem"].as_str(), Some(bundle.as_str()), "{shop}");
-    assert_eq!((shop["kind"].as_str(), shop["metadata"]["namespace"].as_str()), (Some("ConfigMap"), Some("shop")));
+    assert_eq!(
+        (shop["kind"].as_str(), shop["metadata"]["namespace"].as_str()),
+        (Some("ConfigMap"), Some("shop"))
+    );
     assert!(written("other").is_none(), "an unlabelled namespace gets no ConfigMap");
     cluster.put(namespace("other", true)).await;
-    eventually("ConfigMap pilotfish-ca written in the newly labelled namespace", async || written("other")).await;
-    let webhook = cluster.writes().into_iter().find(|(m, _, _)| m == "PUT").expect("the webhook configuration replaced").2;
+    eventually("ConfigMap pilotfish-ca written in the newly labelled namespace", async || written("other"))
+        .await;
+    let webhook = cluster
+        .writes()
+        .into_iter()
+        .find(|(m, _, _)| m == "PUT")
+        .expect("the webhook configuration replaced")
+        .2;
     let ca_bundle = webhook["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap().to_owned();
     std::fs::write(dir.path().join("ca.b64"), ca_bundle).unwrap();
     let (ok, decoded) = openssl(dir.path(), &["base64", "-d", "-A", "-in", "ca.b64"]);
@@ -583,6 +674,13 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }

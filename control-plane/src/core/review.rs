@@ -108,7 +108,10 @@ fn looks_like_jwt(token: &str) -> bool {
         !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     let parts: Vec<&str> = token.split('.').collect();
-    token.len() <= 16 * 1024 && parts.len() == 3 && parts.iter().all(|p| base64url(p)) && token.starts_with("eyJ")
+    token.len() <= 16 * 1024
+        && parts.len() == 3
+        && parts.iter().all(|p| base64url(p))
+        && token.starts_with("eyJ")
 }
 
 #[cfg(test)]
@@ -121,7 +124,13 @@ mod tests {
     fn only_service_accounts_are_workloads() {
         let web = ServiceAccount::from_username("system:serviceaccount:shop:web").unwrap();
         assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web"));
-        for other in ["alice", "system:node:n1", "system:serviceaccount:shop", "system:serviceaccount::web", "system:serviceaccount:a:b:c"] {
+        for other in [
+            "alice",
+            "system:node:n1",
+            "system:serviceaccount:shop",
+            "system:serviceaccount::web",
+            "system:serviceaccount:a:b:c",
+        ] {
             assert_eq!(ServiceAccount::from_username(other), None, "{other}");
         }
     }

@@ -86,15 +86,17 @@ fn watch<K>(client: &Client) -> impl Stream<Item = watcher::Event<K>> + Send + '
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff().filter_map(|event| async {
-        match event {
-            Ok(event) => Some(event),
-            Err(e) => {
-                tracing::warn!(kind = %K::kind(&()), error = %e, "Kubernetes watch failed; retrying");
-                None
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff().filter_map(
+        |event| async {
+            match event {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&()), error = %e, "Kubernetes watch failed; retrying");
+                    None
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Publishes the cluster's services into the registry until `stop`.

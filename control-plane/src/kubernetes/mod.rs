@@ -44,7 +44,11 @@ pub struct KubernetesError(#[from] kube::Error);
 /// Connects to the cluster (in-cluster config, or KUBECONFIG) and starts using it for `cp`:
 /// its services and endpoints feed the registry, its TokenReview checks sidecars' tokens, and
 /// the trust bundle is kept in the labelled namespaces, until `stop`.
-pub async fn start(cp: Arc<ControlPlane>, options: Options, stop: CancellationToken) -> Result<(), KubernetesError> {
+pub async fn start(
+    cp: Arc<ControlPlane>,
+    options: Options,
+    stop: CancellationToken,
+) -> Result<(), KubernetesError> {
     let client = Client::try_default().await?;
     cp.discovered().enable();
     cp.review_tokens_with(Arc::new(review::TokenReviewer::new(client.clone())));

@@ -29,7 +29,9 @@ impl Namespaces {
         self.0
             .state()
             .iter()
-            .filter(|ns| ns.metadata.labels.as_ref().and_then(|l| l.get(INJECT)).is_some_and(|v| v == "enabled"))
+            .filter(|ns| {
+                ns.metadata.labels.as_ref().and_then(|l| l.get(INJECT)).is_some_and(|v| v == "enabled")
+            })
             .filter_map(|ns| ns.metadata.name.clone())
             .collect()
     }

@@ -21,7 +21,10 @@ impl TokenReviewer {
 impl ReviewTokens for TokenReviewer {
     async fn review(&self, token: &str) -> Result<Option<ServiceAccount>, ReviewError> {
         let review = TokenReview {
-            spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![AUDIENCE.to_owned()]) },
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![AUDIENCE.to_owned()]),
+            },
             ..TokenReview::default()
         };
         let answer =

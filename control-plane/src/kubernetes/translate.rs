@@ -147,7 +147,11 @@ pub fn slice(s: &EndpointSlice) -> Option<SliceFacts> {
                 ready,
                 serving: conditions.serving.unwrap_or(ready),
                 terminating: conditions.terminating.unwrap_or(false),
-                pod: e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| r.name.clone()),
+                pod: e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| r.name.clone()),
             }
         })
         .collect();
@@ -302,7 +306,10 @@ mod tests {
         assert_eq!((web.ports[0].port, web.ports[0].protocol), (80, Some(Protocol::Http)));
         // web-2 is terminating (a ready one exists), web-3's pod is not known yet.
         let eps: Vec<_> = web.endpoints.iter().map(|e| (e.address.to_string(), e.identity.clone())).collect();
-        assert_eq!(eps, [("10.0.0.1:8080".to_owned(), Some("spiffe://pilotfish.local/ns/shop/sa/web-sa".to_owned()))]);
+        assert_eq!(
+            eps,
+            [("10.0.0.1:8080".to_owned(), Some("spiffe://pilotfish.local/ns/shop/sa/web-sa".to_owned()))]
+        );
         // The second port: no slice port named `metrics`, so its numeric targetPort.
         let metrics = &services[&("web-9090".to_owned(), "shop".to_owned())];
         assert_eq!(metrics.endpoints[0].address.to_string(), "10.0.0.1:9091");
@@ -311,8 +318,10 @@ mod tests {
     #[test]
     fn terminating_endpoints_serve_only_when_none_is_ready_and_unmeshed_pods_have_no_identity() {
         let mut c = cluster();
-        c.pods.insert(("shop".into(), "web-1".into()), PodFacts { service_account: "x".into(), meshed: false });
-        c.pods.insert(("shop".into(), "web-3".into()), PodFacts { service_account: "x".into(), meshed: false });
+        c.pods
+            .insert(("shop".into(), "web-1".into()), PodFacts { service_account: "x".into(), meshed: false });
+        c.pods
+            .insert(("shop".into(), "web-3".into()), PodFacts { service_account: "x".into(), meshed: false });
         let web = &c.services("td")[&("web".to_owned(), "shop".to_owned())];
         let eps: Vec<_> = web.endpoints.iter().map(|e| (e.address.port(), e.identity.is_some())).collect();
         assert_eq!(eps, [(8080, false), (8080, false)], "web-1 and web-3 (unset conditions: ready)");
@@ -320,7 +329,11 @@ mod tests {
             s.endpoints.retain(|e| !e.ready);
         }
         let web = &c.services("td")[&("web".to_owned(), "shop".to_owned())];
-        assert_eq!(web.endpoints[0].address.to_string(), "10.0.0.2:8080", "the draining one, none being ready");
+        assert_eq!(
+            web.endpoints[0].address.to_string(),
+            "10.0.0.2:8080",
+            "the draining one, none being ready"
+        );
     }
 
     #[test]

@@ -38,8 +38,11 @@ pub async fn run(
     webhook: String,
     stop: CancellationToken,
 ) {
-    let events = reflector::reflector(writer, watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()))
-        .default_backoff();
+    let events = reflector::reflector(
+        writer,
+        watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
     tokio::pin!(events);
     // The bundle each namespace's ConfigMap holds, as this replica wrote it.
     let mut written: HashMap<String, String> = HashMap::new();
@@ -71,7 +74,9 @@ pub async fn run(
                     webhook_warned = true;
                     tracing::warn!(webhook = %webhook, error = %e, "cannot set the injector webhook's caBundle; retrying quietly");
                 }
-                Err(e) => tracing::debug!(webhook = %webhook, error = %e, "cannot set the injector webhook's caBundle"),
+                Err(e) => {
+                    tracing::debug!(webhook = %webhook, error = %e, "cannot set the injector webhook's caBundle")
+                }
             }
         }
         let injected = namespaces.injected();
@@ -85,7 +90,9 @@ pub async fn run(
                     tracing::info!(namespace = %ns, "trust bundle ConfigMap {CONFIG_MAP} written");
                     written.insert(ns, bundle.clone());
                 }
-                Err(e) => tracing::warn!(namespace = %ns, error = %e, "cannot write ConfigMap {CONFIG_MAP}; retrying"),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "cannot write ConfigMap {CONFIG_MAP}; retrying")
+                }
             }
         }
     }
@@ -105,7 +112,9 @@ async fn write_config_map(client: &Client, ns: &str, bundle: &str) -> Result<(),
         "data": { KEY: bundle },
     });
     let params = PatchParams::apply(MANAGER).force();
-    Api::<ConfigMap>::namespaced(client.clone(), ns).patch(CONFIG_MAP, &params, &Patch::Apply(config_map)).await?;
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(CONFIG_MAP, &params, &Patch::Apply(config_map))
+        .await?;
     Ok(())
 }
 

@@ -221,7 +221,8 @@ mod tests {
         for e in [registered("users", 9001), registered("users", 9002), registered("billing", 9100)] {
             state.endpoints.insert(e.id.clone(), e);
         }
-        let config = parse_with("push", &config_for(&state, &Discovery::default()), UnknownFields::Refuse).unwrap();
+        let config =
+            parse_with("push", &config_for(&state, &Discovery::default()), UnknownFields::Refuse).unwrap();
         let services: BTreeMap<_, _> = config
             .resources
             .into_iter()
@@ -251,7 +252,10 @@ mod tests {
         state.resources.insert("Service/default/users".into(), Arc::new(stored));
         let e = registered("users", 9002);
         state.endpoints.insert(e.id.clone(), e);
-        config_for(&state, &Discovery::default()).split("\n---\n").map(|d| serde_json::from_str(d).unwrap()).collect()
+        config_for(&state, &Discovery::default())
+            .split("\n---\n")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
     }
 
     #[test]

@@ -33,8 +33,7 @@ use std::time::Duration;
 
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::client::{
-    Bearer,
-    Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
+    Bearer, Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
 };
 use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
