@@ -74,11 +74,11 @@ impl<T> Mirror<T> {
     }
 }
 
-/// A change to one of the watched kinds.
+/// A change to one of the watched kinds (boxed: a Pod is large, and most changes are not one).
 enum Change {
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
-    Pod(watcher::Event<Pod>),
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Pod(Box<watcher::Event<Pod>>),
 }
 
 /// Watches every namespace's `K`, retrying with backoff (the watcher re-lists after a 410).
@@ -102,9 +102,9 @@ where
 /// Publishes the cluster's services into the registry until `stop`.
 pub async fn run(client: Client, cp: Arc<ControlPlane>, stop: CancellationToken) {
     let changes = futures::stream::select_all([
-        watch::<Service>(&client).map(Change::Service).boxed(),
-        watch::<EndpointSlice>(&client).map(Change::Slice).boxed(),
-        watch::<Pod>(&client).map(Change::Pod).boxed(),
+        watch::<Service>(&client).map(|e| Change::Service(Box::new(e))).boxed(),
+        watch::<EndpointSlice>(&client).map(|e| Change::Slice(Box::new(e))).boxed(),
+        watch::<Pod>(&client).map(|e| Change::Pod(Box::new(e))).boxed(),
     ]);
     tokio::pin!(changes);
     let mut cluster = Cluster::default();
@@ -118,9 +118,9 @@ pub async fn run(client: Client, cp: Arc<ControlPlane>, stop: CancellationToken)
             change = changes.next() => {
                 let Some(change) = change else { return };
                 let changed = match change {
-                    Change::Service(e) => services.apply(&mut cluster.services, e, translate::service),
-                    Change::Slice(e) => slices.apply(&mut cluster.slices, e, translate::slice),
-                    Change::Pod(e) => pods.apply(&mut cluster.pods, e, |p| Some(translate::pod(p))),
+                    Change::Service(e) => services.apply(&mut cluster.services, *e, translate::service),
+                    Change::Slice(e) => slices.apply(&mut cluster.slices, *e, translate::slice),
+                    Change::Pod(e) => pods.apply(&mut cluster.pods, *e, |p| Some(translate::pod(p))),
                 };
                 if changed && publish_at.is_none() {
                     publish_at = Some(tokio::time::Instant::now() + SETTLE);
