@@ -640,5 +640,23 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
     std::fs::write(dir.path().join("ca.b64"), ca_bundle).unwrap();
     let (ok, decoded) = openssl(dir.path(), &["base64", "-d", "-A", "-in", "ca.b64"]);
     assert!(ok && decoded == bundle, "caBundle is the base64 of the mesh's roots: {decoded}");
-    assert_eq!(cp.client().ca_bundle().await.unwrap(), bundle);
+
+    // A root rotation adds a root to the bundle: the ConfigMaps and the webhook follow.
+    cp.client().ca_rotate(&pilotfish_api::wire::RotateRequest { overlap: None }).await.unwrap();
+    let rotated = cp.client().ca_bundle().await.unwrap();
+    assert_ne!(rotated, bundle, "the new root joined the bundle");
+    let holds_new = |body: &Value| body["data"]["ca.pem"].as_str() == Some(rotated.as_str());
+    eventually("the ConfigMaps hold the rotated bundle", async || {
+        let writes = cluster.writes();
+        let both = ["shop", "other"].iter().all(|ns| {
+            let path = format!("/api/v1/namespaces/{ns}/configmaps/pilotfish-ca");
+            writes.iter().any(|(m, p, body)| m == "PATCH" && *p == path && holds_new(body))
+        });
+        both.then_some(())
+    })
+    .await;
+    eventually("the webhook's caBundle holds the rotated bundle", async || {
+        (cluster.writes().iter().filter(|(m, _, _)| m == "PUT").count() == 2).then_some(())
+    })
+    .await;
 }

@@ -320,3 +320,24 @@ async fn read(url: &str, res: Response<Incoming>) -> Result<Bytes, ClientError> 
         Err(source) => Err(ClientError::Body { url: url.to_owned(), source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_is_read_at_every_call() {
+        let path = std::env::temp_dir().join(format!("pilotfish-bearer-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let bearer = Bearer::File(path.clone());
+        assert_eq!(bearer.current(), None, "no file yet: no token");
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(bearer.current().as_deref(), Some("first"));
+        // The kubelet rotates a projected token in place.
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(bearer.current().as_deref(), Some("second"));
+        assert_eq!(bearer.given(), None, "a file's token pins no root");
+        assert_eq!(Bearer::from("t").current().as_deref(), Some("t"));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -259,6 +259,54 @@ mod tests {
     }
 
     #[test]
+    fn discovered_services_join_a_stored_one_or_stand_alone_and_the_operators_ports_win() {
+        use crate::core::DiscoveredService;
+        let found = |name: &str, port: u16| DiscoveredService {
+            name: name.into(),
+            namespace: "default".into(),
+            ports: vec![ServicePort { port: 80, protocol: None, name: None }],
+            addresses: vec![format!("10.96.0.{}", port % 100).parse().unwrap()],
+            endpoints: vec![Endpoint {
+                address: format!("10.0.0.1:{port}").parse().unwrap(),
+                identity: None,
+                labels: BTreeMap::new(),
+            }],
+        };
+        let discovery = Discovery {
+            generation: 1,
+            services: [("users", 8080), ("billing", 9000)]
+                .into_iter()
+                .map(|(n, p)| ((n.to_owned(), "default".to_owned()), found(n, p)))
+                .collect(),
+        };
+        let mut state = State { seq: 3, ..State::default() };
+        let stored = serde_json::json!({ "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service",
+            "metadata": { "name": "users", "namespace": "default" },
+            "spec": { "ports": [{ "port": 80, "protocol": "http" }] } });
+        state.resources.insert(
+            "Service/default/users".into(),
+            Arc::new(StoredResource { version: 1, seq: 1, document: stored }),
+        );
+        let e = registered("users", 9002);
+        state.endpoints.insert(e.id.clone(), e);
+        let config = parse_with("push", &config_for(&state, &discovery), UnknownFields::Refuse).unwrap();
+        let services: BTreeMap<_, _> = config
+            .resources
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some((s.metadata.name, s.spec)),
+                _ => None,
+            })
+            .collect();
+        let users = &services["users"];
+        assert_eq!(users.ports[0].protocol, Some(pilotfish_api::Protocol::Http), "the stored ports stay");
+        assert_eq!(users.addresses, ["10.96.0.80".parse::<IpAddr>().unwrap()], "none stored: the cluster's");
+        let ports: Vec<u16> = users.endpoints.iter().map(|e| e.address.port()).collect();
+        assert_eq!(ports, [8080, 9002], "discovered and registered endpoints together");
+        assert_eq!(services["billing"].endpoints[0].address.port(), 9000, "a service of its own");
+    }
+
+    #[test]
     fn fields_this_build_does_not_know_reach_the_sidecars_as_stored() {
         // Written by a newer replica sharing the log, mid-upgrade.
         let stored = serde_json::json!({
