@@ -135,3 +135,39 @@ pub async fn run(client: Client, cp: Arc<ControlPlane>, stop: CancellationToken)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_only_once_complete() {
+        let mut mirror = Mirror::default();
+        let mut objects = BTreeMap::new();
+        let mut apply = |objects: &mut BTreeMap<_, _>, e| mirror.apply(objects, e, translate::service);
+        assert!(apply(&mut objects, watcher::Event::Apply(named("a"))));
+        assert!(apply(&mut objects, watcher::Event::Apply(named("b"))));
+        // After a 410 Gone: a new list, in which `b` is gone and `c` appeared.
+        assert!(!apply(&mut objects, watcher::Event::Init));
+        assert!(!apply(&mut objects, watcher::Event::InitApply(named("a"))));
+        assert!(!apply(&mut objects, watcher::Event::InitApply(named("c"))));
+        let names = |o: &BTreeMap<Key, _>| o.keys().map(|(_, n)| n.clone()).collect::<Vec<String>>();
+        assert_eq!(names(&objects), ["a", "b"], "what was known stays until the list completes");
+        assert!(apply(&mut objects, watcher::Event::InitDone));
+        assert_eq!(names(&objects), ["a", "c"]);
+        assert!(apply(&mut objects, watcher::Event::Delete(named("a"))));
+        assert!(
+            !apply(&mut objects, watcher::Event::Delete(named("a"))),
+            "deleting the unknown changes nothing"
+        );
+        assert_eq!(names(&objects), ["c"]);
+    }
+}
