@@ -15,11 +15,9 @@ use std::sync::Arc;
 use pilotfish_api::{Endpoint, ServicePort};
 use tokio::sync::watch;
 
-/// One service as the source reports it.
+/// One service as the source reports it (its name and namespace are its key in [`Discovery`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiscoveredService {
-    pub name: String,
-    pub namespace: String,
     pub ports: Vec<ServicePort>,
     /// Virtual IPs the apps dial (a ClusterIP); none for a headless service.
     pub addresses: Vec<IpAddr>,
@@ -85,8 +83,6 @@ mod tests {
 
     fn service(port: u16) -> BTreeMap<(String, String), DiscoveredService> {
         let s = DiscoveredService {
-            name: "web".into(),
-            namespace: "shop".into(),
             ports: Vec::new(),
             addresses: Vec::new(),
             endpoints: vec![Endpoint {

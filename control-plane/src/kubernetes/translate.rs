@@ -194,10 +194,8 @@ impl Cluster {
                 };
                 let endpoints = self.endpoints(namespace, port, &slices, trust_domain);
                 out.insert(
-                    (service.clone(), namespace.clone()),
+                    (service, namespace.clone()),
                     DiscoveredService {
-                        name: service,
-                        namespace: namespace.clone(),
                         ports: vec![ServicePort {
                             port: port.port,
                             protocol: port.protocol,

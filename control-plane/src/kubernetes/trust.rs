@@ -28,6 +28,9 @@ pub const KEY: &str = "ca.pem";
 const MANAGER: &str = "pilotfish-control-plane";
 /// How often the bundle is compared with what was written, and failed writes are retried.
 const TICK: Duration = Duration::from_secs(2);
+/// How often every ConfigMap is written again whatever this replica wrote before: one deleted
+/// or edited by hand comes back.
+const RESYNC: Duration = Duration::from_secs(300);
 
 /// Keeps the ConfigMaps and the webhook's `caBundle` current until `stop`.
 pub async fn run(
@@ -51,6 +54,7 @@ pub async fn run(
     // every tick.
     let mut webhook_warned = false;
     let mut tick = tokio::time::interval(TICK);
+    let mut resync = tokio::time::interval(RESYNC);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -65,6 +69,7 @@ pub async fn run(
                 Some(Ok(_)) => {}
             },
             _ = tick.tick() => {}
+            _ = resync.tick() => written.clear(),
         }
         let bundle = cp.ca_bundle();
         if webhook_bundle.as_ref() != Some(&bundle) {

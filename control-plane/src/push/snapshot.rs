@@ -261,9 +261,7 @@ mod tests {
     #[test]
     fn discovered_services_join_a_stored_one_or_stand_alone_and_the_operators_ports_win() {
         use crate::core::DiscoveredService;
-        let found = |name: &str, port: u16| DiscoveredService {
-            name: name.into(),
-            namespace: "default".into(),
+        let found = |port: u16| DiscoveredService {
             ports: vec![ServicePort { port: 80, protocol: None, name: None }],
             addresses: vec![format!("10.96.0.{}", port % 100).parse().unwrap()],
             endpoints: vec![Endpoint {
@@ -276,7 +274,7 @@ mod tests {
             generation: 1,
             services: [("users", 8080), ("billing", 9000)]
                 .into_iter()
-                .map(|(n, p)| ((n.to_owned(), "default".to_owned()), found(n, p)))
+                .map(|(n, p)| ((n.to_owned(), "default".to_owned()), found(p)))
                 .collect(),
         };
         let mut state = State { seq: 3, ..State::default() };
