@@ -206,6 +206,19 @@ mod tests {
         }
     }
 
+    /// The Services pushed for `state` and `discovery`, by name, as the sidecar reads them.
+    fn pushed_services(state: &State, discovery: &Discovery) -> BTreeMap<String, ServiceSpec> {
+        let config = parse_with("push", &config_for(state, discovery), UnknownFields::Refuse).unwrap();
+        config
+            .resources
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some((s.metadata.name, s.spec)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn registered_endpoints_join_their_service_and_the_sidecar_reads_the_result() {
         let users = pilotfish_api::parse(
@@ -221,16 +234,7 @@ mod tests {
         for e in [registered("users", 9001), registered("users", 9002), registered("billing", 9100)] {
             state.endpoints.insert(e.id.clone(), e);
         }
-        let config =
-            parse_with("push", &config_for(&state, &Discovery::default()), UnknownFields::Refuse).unwrap();
-        let services: BTreeMap<_, _> = config
-            .resources
-            .into_iter()
-            .filter_map(|r| match r {
-                Resource::Service(s) => Some((s.metadata.name, s.spec)),
-                _ => None,
-            })
-            .collect();
+        let services = pushed_services(&state, &Discovery::default());
         let addresses =
             |name: &str| services[name].endpoints.iter().map(|e| e.address.port()).collect::<Vec<_>>();
         // The static endpoint stays, once; the registered one beside it; and a service known only
@@ -287,15 +291,7 @@ mod tests {
         );
         let e = registered("users", 9002);
         state.endpoints.insert(e.id.clone(), e);
-        let config = parse_with("push", &config_for(&state, &discovery), UnknownFields::Refuse).unwrap();
-        let services: BTreeMap<_, _> = config
-            .resources
-            .into_iter()
-            .filter_map(|r| match r {
-                Resource::Service(s) => Some((s.metadata.name, s.spec)),
-                _ => None,
-            })
-            .collect();
+        let services = pushed_services(&state, &discovery);
         let users = &services["users"];
         assert_eq!(users.ports[0].protocol, Some(pilotfish_api::Protocol::Http), "the stored ports stay");
         assert_eq!(users.addresses, ["10.96.0.80".parse::<IpAddr>().unwrap()], "none stored: the cluster's");
