@@ -77,7 +77,7 @@ impl Checkpoints {
     /// Keeps `state` if it still falls on the spacing (another request may have widened it
     /// meanwhile); returns the spacing.
     fn keep(&mut self, state: State) -> u64 {
-        if state.seq % self.spacing != 0 {
+        if !state.seq.is_multiple_of(self.spacing) {
             return self.spacing;
         }
         self.at.insert(state.seq, state);

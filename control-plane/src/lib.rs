@@ -22,6 +22,9 @@
 //!   caller's credential decides; the trust bundle. No HTTP in it.
 //! - [`inject`]: sidecar injection for Kubernetes — the one mutation behind `pilotfish inject`
 //!   and the admission webhook (`POST /inject`), its inverse, and the webhook's JSONPatch.
+//! - [`kubernetes`]: `--kubernetes` — Services, EndpointSlices and Pods into the registry
+//!   (through [`core::Discovered`], never the log), TokenReview for sidecars' ServiceAccount
+//!   tokens, the trust-bundle ConfigMaps and the injector webhook's `caBundle`.
 //! - [`names`]: a service and namespace as requests name them (DNS labels, `default`).
 //! - [`history`]: the configuration at earlier points of the log, from checkpoints, at a
 //!   bounded cost per request.
@@ -50,6 +53,7 @@ pub mod core;
 pub mod history;
 pub mod http;
 pub mod inject;
+pub mod kubernetes;
 pub mod listener;
 pub mod model;
 pub mod names;

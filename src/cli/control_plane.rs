@@ -10,6 +10,7 @@ use anyhow::Context;
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_control_plane::ca::{Ca, SealKey};
 use pilotfish_control_plane::core::{ControlPlane, Settings};
+use pilotfish_control_plane::kubernetes;
 use pilotfish_control_plane::listener::{serve as serve_plain, serve_tls};
 use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
 use pilotfish_control_plane::tls::{transport, Transport};
@@ -80,6 +81,16 @@ pub struct Args {
     /// none (`deny`), or calls from a verified mesh identity (`authenticated`).
     #[arg(long, value_name = "DEFAULT", default_value = "authenticated", value_parser = authz_default)]
     authz_default: MeshDefault,
+    /// Use the Kubernetes cluster (in-cluster service account, or KUBECONFIG): its Services,
+    /// EndpointSlices and Pods are the registry's endpoints, TokenReview checks sidecars'
+    /// ServiceAccount tokens (audience `pilotfish`), ConfigMap `pilotfish-ca` is kept in every
+    /// namespace labelled `pilotfish.io/inject=enabled`, and the injector webhook gets the CA.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: the MutatingWebhookConfiguration whose caBundle is set to the mesh
+    /// CA's roots.
+    #[arg(long, value_name = "NAME", default_value = kubernetes::DEFAULT_WEBHOOK_CONFIG, requires = "kubernetes")]
+    webhook_config: String,
 }
 
 /// The shortest --cert-ttl: sidecars renew at ~70% of it, so shorter would mean a renewal
@@ -109,6 +120,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         trust_domain,
         cert_ttl,
         authz_default,
+        kubernetes,
+        webhook_config,
     } = args;
     let cert_ttl = cert_ttl.get();
     if cert_ttl < MIN_CERT_TTL {
@@ -129,7 +142,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let ca = CaFlags { cert: ca_cert, key: ca_key, seal_key: ca_seal_key };
     let listen = Listen { addr: listen, tls_san, insecure };
-    runtime.block_on(serve(data_dir, store, listen, admin_token, ca, settings))
+    let cluster = kubernetes.then_some(kubernetes::Options { webhook_config });
+    runtime.block_on(serve(data_dir, store, listen, admin_token, ca, settings, cluster))
 }
 
 /// Where and how the API is served.
@@ -146,6 +160,7 @@ async fn serve(
     admin_token: Option<String>,
     ca: CaFlags,
     settings: impl FnOnce(String) -> Settings,
+    cluster: Option<kubernetes::Options>,
 ) -> anyhow::Result<()> {
     if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         anyhow::bail!("--admin-token must not be empty");
@@ -203,6 +218,9 @@ async fn serve(
         }
         shutdown.cancel();
     });
+    if let Some(options) = cluster {
+        kubernetes::start(cp.clone(), options, stop.clone()).await?;
+    }
     match served {
         Transport::Plain => serve_plain(cp, listener, stop).await?,
         Transport::Tls(config) => serve_tls(cp, listener, config, stop).await?,

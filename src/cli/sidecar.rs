@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use pilotfish_api::app_probe::AppProbes;
+use pilotfish_api::client::Bearer;
 use pilotfish_sidecar::identity::files::Files;
 use pilotfish_sidecar::managed::Managed;
 use pilotfish_sidecar::{Lifecycle, Options, Overrides, Source};
@@ -34,8 +35,17 @@ pub struct Args {
     #[arg(long, value_name = "NS", default_value = "default")]
     namespace: String,
     /// Managed mode: the token for the control plane.
-    #[arg(long, env = "PILOTFISH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "PILOTFISH_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
     token: Option<String>,
+    /// Managed mode, in Kubernetes: a file holding the pod's projected ServiceAccount token
+    /// (audience `pilotfish`), read again at every call (the kubelet rotates it). The control
+    /// plane (`--kubernetes`) checks it with a TokenReview.
+    #[arg(long, env = "PILOTFISH_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Managed mode: the roots an https control plane is verified against, PEM (in Kubernetes
+    /// ConfigMap `pilotfish-ca`); without it, the root a join token pins.
+    #[arg(long, env = "PILOTFISH_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Managed mode: the registration lease; renewed every third of it.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     lease_ttl: pilotfish_api::Duration,
@@ -88,6 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         service,
         namespace,
         token,
+        token_file,
+        ca_file,
         lease_ttl,
         admin,
         inbound,
@@ -114,7 +126,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             id: format!("{service}.{namespace}-{}", std::process::id()),
             service,
             namespace,
-            token: token.context("managed mode needs --token (or PILOTFISH_TOKEN)")?,
+            token: match (token, token_file) {
+                (Some(token), _) => token.into(),
+                (None, Some(path)) => Bearer::File(path),
+                (None, None) => anyhow::bail!(
+                    "managed mode needs --token (or PILOTFISH_TOKEN), or in Kubernetes --token-file \
+                     (or PILOTFISH_TOKEN_FILE)"
+                ),
+            },
+            ca_file,
             lease_ttl: lease_ttl.get(),
         }),
         (None, None) => anyhow::bail!("give --config FILE, or --control-plane URL with --service NAME"),

@@ -206,7 +206,8 @@ async fn up(args: Args) -> anyhow::Result<()> {
             servers: vec![cp_url.clone()],
             service: service.to_owned(),
             namespace: "default".to_owned(),
-            token: tokens[service].clone(),
+            token: tokens[service].clone().into(),
+            ca_file: None,
             id: format!("{service}-{}", base + offset),
             lease_ttl: Duration::from_secs(10),
         };
@@ -233,7 +234,8 @@ async fn up(args: Args) -> anyhow::Result<()> {
         servers: vec![cp_url.clone()],
         service: "laptop".to_owned(),
         namespace: "default".to_owned(),
-        token: tokens["laptop"].clone(),
+        token: tokens["laptop"].clone().into(),
+        ca_file: None,
         id: format!("laptop-{base}"),
         lease_ttl: Duration::from_secs(10),
     };

@@ -19,14 +19,14 @@ use crate::{ControlPlane, BIN, SEAL_KEY, TOKEN};
 const GREEDY: &str = "URI:spiffe://pilotfish.local/ns/default/sa/admin";
 
 /// `openssl <args>` in `dir`: its success and its output.
-fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
 /// A CSR made by openssl for a fresh P-256 key, asking for [`GREEDY`].
-fn greedy_csr(dir: &Path) -> String {
+pub(crate) fn greedy_csr(dir: &Path) -> String {
     let san = format!("subjectAltName={GREEDY}");
     let mut args: Vec<&str> =
         "req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -subj /CN=admin -out leaf.csr"

@@ -18,6 +18,7 @@ mod authz;
 mod ca;
 mod ha;
 mod inject;
+mod kubernetes;
 mod managed;
 mod mesh;
 mod openapi;
@@ -53,9 +54,14 @@ impl ControlPlane {
     }
 
     fn launch(args: &[&str]) -> Self {
+        Self::launch_with_env(args, &[])
+    }
+
+    fn launch_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["control-plane", "--admin-token", TOKEN])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

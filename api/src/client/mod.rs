@@ -1,7 +1,8 @@
 //! The typed client of the control plane's API (feature `client`): the CLI, the managed sidecar
 //! and the tests all call the control plane through it, with the `wire` types both ends share.
 //!
-//! - `transport`: [`Client`] — base URL, bearer token, hyper-util's pooled client, timeouts.
+//! - `transport`: [`Client`] — base URL, bearer token ([`Bearer`]: given, or read from a file at
+//!   each call), hyper-util's pooled client, timeouts.
 //! - `trust`: [`Trust`] — what an `https://` control plane is verified against (a CA file, or
 //!   the root fingerprint a join token pins, perhaps widened by [`SharedRoots`]).
 //! - `connect`: the connector, plain TCP or TLS (HTTP/2 when the server picks `h2`: then every
@@ -23,5 +24,5 @@ mod tests;
 pub use error::ClientError;
 pub use operations::Preconditions;
 pub use push_stream::{PushStream, StreamError, MAX_LINE, STREAM_IDLE};
-pub use transport::{Client, ClientBuilder};
+pub use transport::{Bearer, Client, ClientBuilder};
 pub use trust::{SharedClientCert, SharedRoots, Trust, TrustError};

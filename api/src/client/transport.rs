@@ -3,6 +3,7 @@
 //! request and an answer into a typed value or a [`ClientError`]. The operations themselves
 //! are in `operations`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +23,53 @@ use super::trust::Trust;
 
 type Http = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
+/// The bearer token a client sends: given once, or read from a file at every call (a
+/// Kubernetes projected ServiceAccount token, which the kubelet rotates in place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bearer {
+    Token(String),
+    File(PathBuf),
+}
+
+impl Bearer {
+    /// The token now; a file that cannot be read sends none (the call is judged by the
+    /// client certificate, if any, else refused with 401, which says what is missing).
+    fn current(&self) -> Option<String> {
+        match self {
+            Self::Token(token) => Some(token.clone()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .ok()
+                .map(|token| token.trim().to_owned())
+                .filter(|token| !token.is_empty()),
+        }
+    }
+
+    /// The token as given (none for a file: a file's token pins no root).
+    pub fn given(&self) -> Option<&str> {
+        match self {
+            Self::Token(token) => Some(token),
+            Self::File(_) => None,
+        }
+    }
+}
+
+impl From<String> for Bearer {
+    fn from(token: String) -> Self {
+        Self::Token(token)
+    }
+}
+
+impl From<&str> for Bearer {
+    fn from(token: &str) -> Self {
+        Self::Token(token.to_owned())
+    }
+}
+
 /// A client of one control plane's `/v1` API. Cloning it shares its connection pool.
 #[derive(Clone)]
 pub struct Client {
     base: Arc<str>,
-    token: Option<Arc<str>>,
+    token: Option<Bearer>,
     http: Http,
     /// Bounds each call, from sending it to the last byte of the answer (not a push stream's
     /// lines, which come for as long as the stream lasts).
@@ -51,7 +94,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     base: String,
-    token: Option<String>,
+    token: Option<Bearer>,
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
     trust: Option<Trust>,
@@ -81,7 +124,13 @@ impl ClientBuilder {
 
     /// The bearer token sent with every call (admin or join token).
     pub fn token(mut self, token: Option<String>) -> Self {
-        self.token = token;
+        self.token = token.map(Bearer::Token);
+        self
+    }
+
+    /// The bearer token sent with every call, given or read from a file at each call.
+    pub fn bearer(mut self, bearer: Bearer) -> Self {
+        self.token = Some(bearer);
         self
     }
 
@@ -117,7 +166,7 @@ impl ClientBuilder {
         }
         Client {
             base: self.base.trim_end_matches('/').into(),
-            token: self.token.map(Into::into),
+            token: self.token,
             http: http.build(Connector::new(connector, tls)),
             client_cert,
             timeout: self.timeout,
@@ -206,7 +255,7 @@ impl Client {
         call: &Call,
     ) -> Result<(Response<Incoming>, CaptureConnection), ClientError> {
         let mut req = Request::builder().method(call.method.clone()).uri(url);
-        if let Some(token) = &self.token {
+        if let Some(token) = self.token.as_ref().and_then(Bearer::current) {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         for (name, value) in &call.headers {
@@ -269,5 +318,26 @@ async fn read(url: &str, res: Response<Incoming>) -> Result<Bytes, ClientError> 
     match res.into_body().collect().await {
         Ok(body) => Ok(body.to_bytes()),
         Err(source) => Err(ClientError::Body { url: url.to_owned(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_is_read_at_every_call() {
+        let path = std::env::temp_dir().join(format!("pilotfish-bearer-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let bearer = Bearer::File(path.clone());
+        assert_eq!(bearer.current(), None, "no file yet: no token");
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(bearer.current().as_deref(), Some("first"));
+        // The kubelet rotates a projected token in place.
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(bearer.current().as_deref(), Some("second"));
+        assert_eq!(bearer.given(), None, "a file's token pins no root");
+        assert_eq!(Bearer::from("t").current().as_deref(), Some("t"));
+        std::fs::remove_file(&path).unwrap();
     }
 }

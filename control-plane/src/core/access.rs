@@ -10,6 +10,7 @@ use rustls::pki_types::CertificateDer;
 use super::caller::{stored_token, Caller, Presented};
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
+use super::review::ServiceAccount;
 
 impl ControlPlane {
     /// Who is calling, from the bearer token presented (`None`: no token; 401 without a valid
@@ -21,15 +22,34 @@ impl ControlPlane {
     /// Without a valid token, a verified client certificate of this trust domain proves its
     /// workload as its service's join token would: a sidecar bootstraps with its join token and
     /// goes on with its mesh identity once the token expires (renewals included).
+    ///
+    /// With `--kubernetes`, a token that is none of the control plane's own is reviewed as a
+    /// ServiceAccount token, and a certificate proves its ServiceAccount (which may act for any
+    /// service of its namespace, as its token would).
     pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Caller> {
         match self.by_token(credentials.bearer).await {
             Err(Error::Unauthorized) => {
+                if let Some(token) = credentials.bearer {
+                    match self.reviews.account(token).await {
+                        Ok(Some(account)) => return Ok(Caller::Account(account)),
+                        Ok(None) => {}
+                        Err(e) => return Err(Error::Unavailable(e.to_string())),
+                    }
+                }
                 // Judged now, against the roots in force: an expired certificate, or one under
                 // a retired root, proves nothing.
                 let peer =
                     credentials.peer.and_then(|chain| self.ca.view().verify_client(chain, SystemTime::now()));
                 match peer {
-                    Some(peer) if peer.trust_domain() == self.trust_domain => Ok(Caller::workload(&peer)),
+                    Some(peer) if peer.trust_domain() == self.trust_domain => {
+                        Ok(match self.reviews.enabled() {
+                            true => Caller::Account(ServiceAccount {
+                                namespace: peer.namespace().to_owned(),
+                                name: peer.service_account().to_owned(),
+                            }),
+                            false => Caller::workload(&peer),
+                        })
+                    }
                     _ => Err(Error::Unauthorized),
                 }
             }

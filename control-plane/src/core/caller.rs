@@ -6,7 +6,10 @@
 //! What each may do: the admin anything; a read-only token every read (the registry, the
 //! configuration, the log, the proxies; no secret is readable through the API at all) and no
 //! write (403, so the operator learns it holds the wrong token); a join token only what its
-//! sidecar needs — anything else is refused like no token at all (401).
+//! sidecar needs — anything else is refused like no token at all (401). A Kubernetes
+//! ServiceAccount (`--kubernetes`, its token reviewed) may do what a join token of any service
+//! of its namespace may: whoever can run a pod in a namespace can run it as any of the
+//! namespace's accounts and service names, so the namespace is the boundary Kubernetes draws.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +18,7 @@ use pilotfish_api::wire::TokenParts;
 use pilotfish_api::SpiffeId;
 
 use super::error::{Error, Result};
+use super::review::ServiceAccount;
 use crate::model::{TokenKind, TokenRecord};
 
 /// A caller whose token checked out.
@@ -25,6 +29,8 @@ pub enum Caller {
     ReadOnly(TokenRecord),
     /// A join token: one service's sidecars.
     Service(TokenRecord),
+    /// A Kubernetes ServiceAccount: the sidecars of its namespace's pods running as it.
+    Account(ServiceAccount),
 }
 
 impl Caller {
@@ -48,6 +54,7 @@ impl Caller {
             // A workload proven by its certificate: the record's id is its SPIFFE ID.
             Self::Service(t) if t.secret_sha256.is_empty() => format!("mesh identity {}", t.id),
             Self::Service(t) => format!("token {} ({}.{})", t.id, t.service, t.namespace),
+            Self::Account(a) => format!("service account {}/{}", a.namespace, a.name),
         }
     }
 
@@ -59,7 +66,7 @@ impl Caller {
             Self::ReadOnly(_) => Err(Error::Forbidden(
                 "it is read-only: writes need the admin token (--token or PILOTFISH_TOKEN)".into(),
             )),
-            Self::Service(_) => Err(Error::Unauthorized),
+            Self::Service(_) | Self::Account(_) => Err(Error::Unauthorized),
         }
     }
 
@@ -68,17 +75,18 @@ impl Caller {
     pub fn reader(&self) -> Result<()> {
         match self {
             Self::Admin | Self::ReadOnly(_) => Ok(()),
-            Self::Service(_) => Err(Error::Unauthorized),
+            Self::Service(_) | Self::Account(_) => Err(Error::Unauthorized),
         }
     }
 
     /// Whether the caller may act for `service.namespace`: the admin for any, a join token for
-    /// its own, a read-only token for none.
+    /// its own, a ServiceAccount for any of its namespace, a read-only token for none.
     pub fn owns(&self, service: &str, namespace: &str) -> bool {
         match self {
             Self::Admin => true,
             Self::ReadOnly(_) => false,
             Self::Service(t) => t.service == service && t.namespace == namespace,
+            Self::Account(a) => a.namespace == namespace,
         }
     }
 
@@ -88,6 +96,10 @@ impl Caller {
             Self::Service(t) if !self.owns(service, namespace) => Err(Error::Forbidden(format!(
                 "it belongs to service {}.{}, not {service}.{namespace}",
                 t.service, t.namespace
+            ))),
+            Self::Account(a) if !self.owns(service, namespace) => Err(Error::Forbidden(format!(
+                "it is service account {}/{}, whose pods are services of namespace {}, not {namespace}",
+                a.namespace, a.name, a.namespace
             ))),
             Self::ReadOnly(_) => Err(read_only_sidecar()),
             _ => Ok(self.actor()),

@@ -35,6 +35,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("{0}")]
     TooManyProxies(#[from] TooManyProxies),
+    /// Something the control plane relies on cannot answer now (the Kubernetes API, reviewing a
+    /// token): try again shortly.
+    #[error("{0}")]
+    Unavailable(String),
     /// The mesh CA cannot sign (a request's CSR problems are [`Error::BadRequest`]).
     #[error("{0}")]
     Ca(CaError),

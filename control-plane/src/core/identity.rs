@@ -1,6 +1,7 @@
 //! A caller's mesh identity: what its credential says it is, never what its request asks for.
 //! A join token of service `S` in namespace `N` is `spiffe://<trust domain>/ns/N/sa/S` (in local
-//! mode the service name is the account); the admin token is no workload and has none. The CA
+//! mode the service name is the account); a reviewed Kubernetes ServiceAccount token of account
+//! `A` in `N` is `spiffe://<trust domain>/ns/N/sa/A`, whatever service it acts for; the admin token is no workload and has none. The CA
 //! issues this identity, and the registry records it for the instances the token registers.
 
 use pilotfish_api::SpiffeId;
@@ -19,6 +20,9 @@ pub(super) fn workload_identity(caller: &Caller, trust_domain: &str) -> Result<S
         Caller::ReadOnly(_) => Err(read_only_sidecar()),
         Caller::Service(t) => SpiffeId::new(trust_domain, &t.namespace, &t.service)
             .map_err(|e| Error::BadRequest(e.to_string())),
+        Caller::Account(a) => {
+            SpiffeId::new(trust_domain, &a.namespace, &a.name).map_err(|e| Error::BadRequest(e.to_string()))
+        }
     }
 }
 
@@ -40,7 +44,7 @@ pub(super) fn registered_identity(
             None => Ok(None),
         },
         Caller::ReadOnly(_) => Err(read_only_sidecar()),
-        Caller::Service(_) => {
+        Caller::Service(_) | Caller::Account(_) => {
             let own = workload_identity(caller, trust_domain)?.to_string();
             match asked {
                 Some(asked) if asked != own => Err(Error::Forbidden(format!(

@@ -15,7 +15,10 @@ use pilotfish_api::wire::MeshSettings;
 
 use super::ca_counters::CaCounters;
 use super::caller::AdminToken;
+use super::discovered::Discovered;
 use super::leases::{Lease, Leases};
+use super::namespaces::{NamespaceAnnotations, Namespaces};
+use super::review::{ReviewTokens, Reviews};
 use crate::ca::{Ca, MeshCa};
 use crate::history::History;
 use crate::inject::admission::Injector;
@@ -83,6 +86,12 @@ pub struct ControlPlane {
     pub(super) ca_counters: CaCounters,
     /// The newest snapshot line, shared by every push stream (built once per version).
     snapshots: SnapshotCache,
+    /// Services and endpoints a discovery source (Kubernetes) reports: live, never in the log.
+    discovered: Discovered,
+    /// Checks Kubernetes ServiceAccount tokens (with `--kubernetes`), with its recent answers.
+    pub(super) reviews: Reviews,
+    /// Namespaces' annotations (with `--kubernetes`), for the injection webhook.
+    namespaces: Namespaces,
     /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
     /// does not wait on them forever.
     stopping: CancellationToken,
@@ -136,6 +145,9 @@ impl ControlPlane {
             cert_ttl: settings.cert_ttl,
             authz_default: settings.authz_default,
             ca_counters: CaCounters::default(),
+            discovered: Discovered::default(),
+            reviews: Reviews::default(),
+            namespaces: Namespaces::default(),
             stopping: CancellationToken::new(),
             injector: OnceLock::new(),
         }))
@@ -158,9 +170,37 @@ impl ControlPlane {
         self.ca.view().issuer.clone()
     }
 
-    /// The push line of `state`, with the trust bundle and `renewBefore` of its point of the log.
+    /// The push line of `state` and the services discovered now, with the trust bundle and
+    /// `renewBefore` of its point of the log.
     pub fn snapshot_line(&self, state: &State) -> (u64, bytes::Bytes) {
-        self.snapshots.line(state, &self.ca.view().bundle_pem)
+        self.snapshots.line(state, &self.discovered.current(), &self.ca.view().bundle_pem)
+    }
+
+    /// What a discovery source (Kubernetes) reports; it publishes here.
+    pub fn discovered(&self) -> &Discovered {
+        &self.discovered
+    }
+
+    /// Reviews bearer tokens that are none of the control plane's own with `reviewer` from now
+    /// on (`--kubernetes`: ServiceAccount tokens); set once at start.
+    pub fn review_tokens_with(&self, reviewer: Arc<dyn ReviewTokens>) {
+        self.reviews.set(reviewer);
+    }
+
+    /// Reads namespaces' annotations from `source` from now on; set once at start.
+    pub fn read_namespaces_with(&self, source: Arc<dyn NamespaceAnnotations>) {
+        self.namespaces.set(source);
+    }
+
+    /// A namespace's annotations (none without `--kubernetes`): the injection webhook's
+    /// defaults for the namespace's pods.
+    pub fn namespace_annotations(&self) -> &dyn NamespaceAnnotations {
+        &self.namespaces
+    }
+
+    /// The trust domain of every identity the CA issues.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// The admission webhook's injector: the one set with [`ControlPlane::set_injector`], or

@@ -48,18 +48,20 @@ impl ControlPlane {
         if let Some(roots) = &ack.trusted_roots {
             check_trusted_roots(roots).map_err(Error::BadRequest)?;
         }
-        let (service, namespace) =
-            match (service, caller) {
-                (Some(service), _) => (service, namespace_or_default(namespace)),
-                (None, Caller::Service(t)) => {
-                    (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
-                }
-                (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
-                (None, Caller::Admin) => return Err(Error::BadRequest(
-                    "service is required when the admin token ACKs: add ?service=NAME (the proxy's service)"
+        let (service, namespace) = match (service, caller) {
+            (Some(service), _) => (service, namespace_or_default(namespace)),
+            (None, Caller::Service(t)) => {
+                (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
+            }
+            (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
+            (None, Caller::Admin | Caller::Account(_)) => {
+                return Err(Error::BadRequest(
+                    "service is required when the admin token or a service account ACKs: add \
+                     ?service=NAME (the proxy's service)"
                         .into(),
-                )),
-            };
+                ))
+            }
+        };
         let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
         caller.act_for(&key.service, &key.namespace)?;
         if let Some(error) = &ack.error {

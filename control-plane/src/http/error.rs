@@ -64,7 +64,9 @@ impl ApiError {
                 Error::TooManyProxies(_) => StatusCode::TOO_MANY_REQUESTS,
                 Error::KeyReused(_) | Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
-                Error::Store(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Store(StoreError::Unavailable { .. }) | Error::Unavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 Error::Store(_) | Error::Ca(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }

@@ -1,26 +1,28 @@
 //! The snapshot a sidecar is pushed: the configuration in force as one line of the push stream,
-//! built from typed documents and endpoint records, and cached so every stream shares the one
-//! line built per version.
+//! built from typed documents, endpoint records and discovered services, and cached so every
+//! stream shares the one line built per version and discovery generation.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use pilotfish_api::document::PILOTFISH_V1ALPHA1;
-use pilotfish_api::{Endpoint, Metadata, ServiceSpec};
+use pilotfish_api::{Endpoint, Metadata, ServicePort, ServiceSpec};
 use serde::Serialize;
 use serde_json::Value;
 
 use pilotfish_api::wire::{MeshSettings, PushLine, DEFAULT_NAMESPACE};
 
+use crate::core::Discovery;
 use crate::model::{EndpointRecord, State};
 
 /// The newest snapshot line, shared by every push stream, and the mesh settings every line
 /// carries.
 pub struct SnapshotCache {
     mesh: MeshSettings,
-    line: Mutex<Option<(u64, Bytes)>>,
+    /// Keyed by (seq, discovery generation).
+    line: Mutex<Option<((u64, u64), Bytes)>>,
 }
 
 impl SnapshotCache {
@@ -28,20 +30,22 @@ impl SnapshotCache {
         Self { mesh, line: Mutex::default() }
     }
 
-    /// The line for `state`, whose trust bundle is `bundle_pem`: the cached one when it is of
-    /// the same version (the bundle changes only with events), else built anew.
-    pub fn line(&self, state: &State, bundle_pem: &str) -> (u64, Bytes) {
+    /// The line for `state` and `discovery`, whose trust bundle is `bundle_pem`: the cached one
+    /// when it is of the same version and generation (the bundle changes only with events), else
+    /// built anew.
+    pub fn line(&self, state: &State, discovery: &Discovery, bundle_pem: &str) -> (u64, Bytes) {
+        let key = (state.seq, discovery.generation);
         let mut cached = self.line.lock().expect("snapshot cache lock poisoned");
         match &*cached {
-            Some((seq, line)) if *seq == state.seq => (*seq, line.clone()),
+            Some((at, line)) if *at == key => (state.seq, line.clone()),
             _ => {
                 let mesh = MeshSettings {
                     trust_bundle_pem: bundle_pem.to_owned(),
                     renew_before: state.ca.renew_before.clone(),
                     ..self.mesh.clone()
                 };
-                let line = snapshot_line(state, &mesh);
-                *cached = Some((state.seq, line.clone()));
+                let line = snapshot_line(state, discovery, &mesh);
+                *cached = Some((key, line.clone()));
                 (state.seq, line)
             }
         }
@@ -49,8 +53,9 @@ impl SnapshotCache {
 }
 
 /// One snapshot line: a [`PushLine`] as JSON, and a newline.
-fn snapshot_line(state: &State, mesh: &MeshSettings) -> Bytes {
-    let line = PushLine { mesh: Some(mesh.clone()), ..PushLine::new(state.seq, config_for(state)) };
+fn snapshot_line(state: &State, discovery: &Discovery, mesh: &MeshSettings) -> Bytes {
+    let config = config_for(state, discovery);
+    let line = PushLine { mesh: Some(mesh.clone()), ..PushLine::new(state.seq, config) };
     let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
     bytes.push(b'\n');
     Bytes::from(bytes)
@@ -71,37 +76,50 @@ fn endpoint(e: &EndpointRecord) -> Endpoint {
     Endpoint { address: e.address, identity: e.identity.clone(), labels: e.labels.clone() }
 }
 
+/// What the registry adds to one service: the instances registered under a lease and those a
+/// discovery source reports, with the ports and virtual addresses the source knows.
+#[derive(Default)]
+struct Live {
+    ports: Vec<ServicePort>,
+    addresses: Vec<IpAddr>,
+    endpoints: Vec<Endpoint>,
+}
+
 /// The configuration a sidecar needs, as a document stream the sidecar parses exactly like a
-/// static file: the mesh's routes and policies, and every Service with its registered
-/// endpoints added to its own (a service known only from registrations gets a Service
+/// static file: the mesh's routes and policies, and every Service with its registered and
+/// discovered endpoints added to its own (a service known only from the registry gets a Service
 /// document of its own).
-fn config_for(state: &State) -> String {
-    let mut registered: BTreeMap<(String, String), Vec<Endpoint>> = BTreeMap::new();
+fn config_for(state: &State, discovery: &Discovery) -> String {
+    let mut live: BTreeMap<(String, String), Live> = BTreeMap::new();
+    for (key, s) in &discovery.services {
+        let entry = live.entry(key.clone()).or_default();
+        entry.ports.clone_from(&s.ports);
+        entry.addresses.clone_from(&s.addresses);
+        entry.endpoints.extend(s.endpoints.iter().cloned());
+    }
     for e in state.endpoints.values() {
-        registered.entry((e.service.clone(), e.namespace.clone())).or_default().push(endpoint(e));
+        let entry = live.entry((e.service.clone(), e.namespace.clone())).or_default();
+        // An address the source reports too is listed once (the source's, with its identity).
+        if !entry.endpoints.iter().any(|known| known.address == e.address) {
+            entry.endpoints.push(endpoint(e));
+        }
     }
     let mut docs: Vec<String> = Vec::new();
     for resource in state.resources.values() {
         let mut document = resource.document.clone();
         if document["kind"] == "Service" {
-            if let Some(extra) = service_key(&document).and_then(|key| registered.remove(&key)) {
-                add_endpoints(&mut document, extra);
+            if let Some(extra) = service_key(&document).and_then(|key| live.remove(&key)) {
+                add_live(&mut document, extra);
             }
         }
         docs.push(document.to_string());
     }
-    for ((name, namespace), endpoints) in registered {
+    for ((name, namespace), Live { ports, addresses, endpoints }) in live {
         let service = ServiceDocument {
             api_version: PILOTFISH_V1ALPHA1.to_owned(),
             kind: "Service".to_owned(),
             metadata: Metadata { name, namespace, labels: BTreeMap::new(), annotations: BTreeMap::new() },
-            spec: ServiceSpec {
-                ports: Vec::new(),
-                addresses: Vec::new(),
-                endpoints,
-                local_port: None,
-                mtls: Default::default(),
-            },
+            spec: ServiceSpec { ports, addresses, endpoints, local_port: None, mtls: Default::default() },
         };
         docs.push(serde_json::to_string(&service).expect("JSON serializes"));
     }
@@ -120,11 +138,12 @@ fn service_key(document: &Value) -> Option<(String, String)> {
     Some((name.to_owned(), namespace.to_owned()))
 }
 
-/// Adds the registered `extra` endpoints to a stored Service's `spec.endpoints`, after those
-/// already there (an address listed statically stays once). Only that list is touched: fields
-/// this build does not know (written by a newer replica sharing the log) reach the sidecars as
-/// they were stored.
-fn add_endpoints(document: &mut Value, extra: Vec<Endpoint>) {
+/// Adds what the registry knows of a stored Service: its endpoints after those already in
+/// `spec.endpoints` (an address listed statically stays once), and the source's ports and
+/// virtual addresses where the document names none (what the operator wrote wins). Only those
+/// fields are touched: fields this build does not know (written by a newer replica sharing the
+/// log) reach the sidecars as they were stored.
+fn add_live(document: &mut Value, Live { ports, addresses, endpoints: extra }: Live) {
     // A spec or list left out (or null) means the default: none yet.
     let empty = |v: &mut Value, with: Value| {
         if v.is_null() {
@@ -141,6 +160,13 @@ fn add_endpoints(document: &mut Value, extra: Vec<Endpoint>) {
         tracing::warn!("a stored Service's spec is not an object; pushed without its registered endpoints");
         return;
     };
+    let unnamed = |v: &Value| v.as_array().is_none_or(Vec::is_empty);
+    if !ports.is_empty() && spec.get("ports").is_none_or(unnamed) {
+        spec.insert("ports".into(), serde_json::to_value(ports).expect("ports serialize"));
+    }
+    if !addresses.is_empty() && spec.get("addresses").is_none_or(unnamed) {
+        spec.insert("addresses".into(), serde_json::to_value(addresses).expect("addresses serialize"));
+    }
     let endpoints = spec.entry("endpoints").or_insert(Value::Null);
     empty(endpoints, Value::Array(Vec::new()));
     let Value::Array(endpoints) = endpoints else {
@@ -180,6 +206,19 @@ mod tests {
         }
     }
 
+    /// The Services pushed for `state` and `discovery`, by name, as the sidecar reads them.
+    fn pushed_services(state: &State, discovery: &Discovery) -> BTreeMap<String, ServiceSpec> {
+        let config = parse_with("push", &config_for(state, discovery), UnknownFields::Refuse).unwrap();
+        config
+            .resources
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some((s.metadata.name, s.spec)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn registered_endpoints_join_their_service_and_the_sidecar_reads_the_result() {
         let users = pilotfish_api::parse(
@@ -195,15 +234,7 @@ mod tests {
         for e in [registered("users", 9001), registered("users", 9002), registered("billing", 9100)] {
             state.endpoints.insert(e.id.clone(), e);
         }
-        let config = parse_with("push", &config_for(&state), UnknownFields::Refuse).unwrap();
-        let services: BTreeMap<_, _> = config
-            .resources
-            .into_iter()
-            .filter_map(|r| match r {
-                Resource::Service(s) => Some((s.metadata.name, s.spec)),
-                _ => None,
-            })
-            .collect();
+        let services = pushed_services(&state, &Discovery::default());
         let addresses =
             |name: &str| services[name].endpoints.iter().map(|e| e.address.port()).collect::<Vec<_>>();
         // The static endpoint stays, once; the registered one beside it; and a service known only
@@ -225,7 +256,48 @@ mod tests {
         state.resources.insert("Service/default/users".into(), Arc::new(stored));
         let e = registered("users", 9002);
         state.endpoints.insert(e.id.clone(), e);
-        config_for(&state).split("\n---\n").map(|d| serde_json::from_str(d).unwrap()).collect()
+        config_for(&state, &Discovery::default())
+            .split("\n---\n")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn discovered_services_join_a_stored_one_or_stand_alone_and_the_operators_ports_win() {
+        use crate::core::DiscoveredService;
+        let found = |port: u16| DiscoveredService {
+            ports: vec![ServicePort { port: 80, protocol: None, name: None }],
+            addresses: vec![format!("10.96.0.{}", port % 100).parse().unwrap()],
+            endpoints: vec![Endpoint {
+                address: format!("10.0.0.1:{port}").parse().unwrap(),
+                identity: None,
+                labels: BTreeMap::new(),
+            }],
+        };
+        let discovery = Discovery {
+            generation: 1,
+            services: [("users", 8080), ("billing", 9000)]
+                .into_iter()
+                .map(|(n, p)| ((n.to_owned(), "default".to_owned()), found(p)))
+                .collect(),
+        };
+        let mut state = State { seq: 3, ..State::default() };
+        let stored = serde_json::json!({ "apiVersion": "pilotfish.io/v1alpha1", "kind": "Service",
+            "metadata": { "name": "users", "namespace": "default" },
+            "spec": { "ports": [{ "port": 80, "protocol": "http" }] } });
+        state.resources.insert(
+            "Service/default/users".into(),
+            Arc::new(StoredResource { version: 1, seq: 1, document: stored }),
+        );
+        let e = registered("users", 9002);
+        state.endpoints.insert(e.id.clone(), e);
+        let services = pushed_services(&state, &discovery);
+        let users = &services["users"];
+        assert_eq!(users.ports[0].protocol, Some(pilotfish_api::Protocol::Http), "the stored ports stay");
+        assert_eq!(users.addresses, ["10.96.0.80".parse::<IpAddr>().unwrap()], "none stored: the cluster's");
+        let ports: Vec<u16> = users.endpoints.iter().map(|e| e.address.port()).collect();
+        assert_eq!(ports, [8080, 9002], "discovered and registered endpoints together");
+        assert_eq!(services["billing"].endpoints[0].address.port(), 9000, "a service of its own");
     }
 
     #[test]

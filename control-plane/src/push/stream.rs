@@ -4,7 +4,8 @@
 //! edge), so a burst of writes costs a sidecar at most one snapshot per interval and never a
 //! queue of stale ones, while a single write waits for nothing. A slow sidecar holds up no one:
 //! each has its own task and a newer snapshot simply replaces an unsent older one. Empty lines
-//! in between are keepalives.
+//! in between are keepalives. Services a discovery source reports (Kubernetes) change without
+//! an event: their changes wake the stream the same way, and are sent under the same version.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,23 +31,27 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sender<Bytes, Infallible>) {
     let Connection { key, generation, resume } = connection;
     let mut heads = cp.store().subscribe();
+    let mut discovered = cp.discovered().subscribe();
     let stop = cp.stopping();
-    // A reconnecting sidecar that already has the current version gets nothing until a change.
-    let mut last_sent = (resume != 0).then_some(resume);
+    // A reconnecting sidecar that already has the current version gets nothing until a change;
+    // with a discovery source its version does not say which endpoints it holds, so it does.
+    let found = discovered.borrow_and_update().generation;
+    let mut last_sent = (resume != 0 && !cp.discovered().enabled()).then_some((resume, found));
     // When the last snapshot went out.
     let mut sent_at: Option<Instant> = None;
     'stream: loop {
         let head = *heads.borrow_and_update();
         match cp.refresh_to(head).await {
             Ok(_) => {
+                let found = discovered.borrow_and_update().generation;
                 let (version, line) = cp.snapshot_line(&*cp.state().read().await);
-                if last_sent != Some(version) {
+                if last_sent != Some((version, found)) {
                     match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
                         Ok(Ok(())) => {}
                         _ => break 'stream,
                     }
                     cp.proxies().sent(&key, version);
-                    last_sent = Some(version);
+                    last_sent = Some((version, found));
                     sent_at = Some(Instant::now());
                 }
             }
@@ -63,18 +68,21 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
                 if changed.is_err() {
                     break 'stream;
                 }
-                // Within the interval of the last push: wait for its end, and push the newest
-                // state then (whatever else changed meanwhile comes along).
-                if let Some(next) = sent_at.map(|at| at + MIN_INTERVAL).filter(|next| *next > Instant::now()) {
-                    tokio::time::sleep_until(next).await;
-                }
             }
+            // The registry lives as long as the control plane: this never ends.
+            Ok(()) = discovered.changed() => {}
             _ = tokio::time::sleep(KEEPALIVE) => {
                 match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
                     Ok(Ok(())) => {}
                     _ => break 'stream,
                 }
+                continue 'stream;
             }
+        }
+        // Within the interval of the last push: wait for its end, and push the newest state then
+        // (whatever else changed meanwhile comes along).
+        if let Some(next) = sent_at.map(|at| at + MIN_INTERVAL).filter(|next| *next > Instant::now()) {
+            tokio::time::sleep_until(next).await;
         }
     }
     cp.proxies().disconnected(&key, generation);

@@ -27,12 +27,13 @@
 //! the roots it brings instead of leaving them to a second ACK a moment later.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::client::{
-    Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
+    Bearer, Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
 };
 use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
@@ -63,7 +64,11 @@ pub struct Managed {
     pub servers: Vec<String>,
     pub service: String,
     pub namespace: String,
-    pub token: String,
+    /// A join token, or a file holding a Kubernetes ServiceAccount token (re-read at each call).
+    pub token: Bearer,
+    /// The roots an https control plane is verified against, PEM (else the root the join
+    /// token pins).
+    pub ca_file: Option<PathBuf>,
     /// This sidecar's name in the proxies API.
     pub id: String,
     /// How long the registration lease lasts without a heartbeat.
@@ -101,9 +106,15 @@ impl Managed {
                 // An https control plane is verified against the root its join token pins, or
                 // against the mesh's latest pushed bundle: after a root rotation its serving
                 // certificate chains to a root the token does not pin.
-                let trust = Trust::from_token(&self.token).map(|pin| pin.or_roots(pushed.clone()));
+                let trust = match &self.ca_file {
+                    Some(path) => Trust::ca_file(path)
+                        .inspect_err(|e| tracing::error!(error = %e, "cannot read the control plane's CA"))
+                        .ok(),
+                    None => self.token.given().and_then(Trust::from_token),
+                };
+                let trust = trust.map(|t| t.or_roots(pushed.clone()));
                 Client::builder(server)
-                    .token(Some(self.token.clone()))
+                    .bearer(self.token.clone())
                     .trust(trust)
                     .client_cert(Arc::new(cert.clone()))
                     .pool_idle_timeout(POOL_IDLE)

@@ -36,6 +36,7 @@ fn managed() -> Managed {
         service: "web".into(),
         namespace: "default".into(),
         token: "t".into(),
+        ca_file: None,
         id: "web-1".into(),
         lease_ttl: Duration::from_secs(30),
     }
