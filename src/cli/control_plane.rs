@@ -10,6 +10,7 @@ use anyhow::Context;
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_control_plane::ca::{Ca, SealKey};
 use pilotfish_control_plane::core::{ControlPlane, Settings};
+use pilotfish_control_plane::inject::admission::Injector;
 use pilotfish_control_plane::kubernetes;
 use pilotfish_control_plane::listener::{serve as serve_plain, serve_tls};
 use pilotfish_control_plane::store::{Embedded, Etcd, EventStore};
@@ -91,6 +92,8 @@ pub struct Args {
     /// CA's roots.
     #[arg(long, value_name = "NAME", default_value = kubernetes::DEFAULT_WEBHOOK_CONFIG, requires = "kubernetes")]
     webhook_config: String,
+    #[command(flatten, next_help_heading = "The injection webhook (POST /inject)")]
+    injector: super::inject::InjectorFlags,
 }
 
 /// The shortest --cert-ttl: sidecars renew at ~70% of it, so shorter would mean a renewal
@@ -122,6 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         authz_default,
         kubernetes,
         webhook_config,
+        injector,
     } = args;
     let cert_ttl = cert_ttl.get();
     if cert_ttl < MIN_CERT_TTL {
@@ -143,7 +147,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ca = CaFlags { cert: ca_cert, key: ca_key, seal_key: ca_seal_key };
     let listen = Listen { addr: listen, tls_san, insecure };
     let cluster = kubernetes.then_some(kubernetes::Options { webhook_config });
+    let cluster = Cluster { kubernetes: cluster, injector: Injector::new(injector.into_options()) };
     runtime.block_on(serve(data_dir, store, listen, admin_token, ca, settings, cluster))
+}
+
+/// What the control plane does for Kubernetes: the cluster it watches (`--kubernetes`), and how
+/// its webhook injects.
+struct Cluster {
+    kubernetes: Option<kubernetes::Options>,
+    injector: Injector,
 }
 
 /// Where and how the API is served.
@@ -160,7 +172,7 @@ async fn serve(
     admin_token: Option<String>,
     ca: CaFlags,
     settings: impl FnOnce(String) -> Settings,
-    cluster: Option<kubernetes::Options>,
+    cluster: Cluster,
 ) -> anyhow::Result<()> {
     if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         anyhow::bail!("--admin-token must not be empty");
@@ -198,6 +210,8 @@ async fn serve(
     let settings = settings(token);
     check_cert_ttl(&ca, settings.cert_ttl)?;
     let cp = ControlPlane::open(store, settings, ca).await.context("loading the read model")?;
+    // Nothing has served yet, so the control plane's own injector is not in use.
+    let _ = cp.set_injector(cluster.injector);
     // The issuer in force, after any root rotation in the log, signs the serving certificate.
     let served = transport(listen.addr, listen.insecure, &listen.tls_san, &cp.ca())?;
     let addr = listen.addr;
@@ -218,7 +232,7 @@ async fn serve(
         }
         shutdown.cancel();
     });
-    if let Some(options) = cluster {
+    if let Some(options) = cluster.kubernetes {
         kubernetes::start(cp.clone(), options, stop.clone()).await?;
     }
     match served {

@@ -29,6 +29,14 @@ pub struct Input {
 pub struct InjectArgs {
     #[command(flatten)]
     input: Input,
+    #[command(flatten)]
+    injector: InjectorFlags,
+}
+
+/// What the sidecar is injected with: the same flags for `pilotfish inject` and for the
+/// control plane's webhook.
+#[derive(Debug, clap::Args)]
+pub struct InjectorFlags {
     /// The control plane's API as the proxies reach it.
     #[arg(long, value_name = "URL", default_value = settings::DEFAULT_CONTROL_PLANE)]
     control_plane: String,
@@ -51,6 +59,21 @@ pub struct InjectArgs {
     proxy_memory_limit: String,
 }
 
+impl InjectorFlags {
+    pub fn into_options(self) -> Options {
+        Options {
+            control_plane: self.control_plane,
+            image: self.image,
+            resources: Resources {
+                cpu_request: Some(self.proxy_cpu_request),
+                memory_request: Some(self.proxy_memory_request),
+                cpu_limit: self.proxy_cpu_limit,
+                memory_limit: Some(self.proxy_memory_limit),
+            },
+        }
+    }
+}
+
 fn quantity(text: &str) -> Result<String, String> {
     match settings::is_quantity(text) {
         true => Ok(text.to_owned()),
@@ -59,25 +82,8 @@ fn quantity(text: &str) -> Result<String, String> {
 }
 
 pub fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
-    let InjectArgs {
-        input,
-        control_plane,
-        image,
-        proxy_cpu_request,
-        proxy_memory_request,
-        proxy_cpu_limit,
-        proxy_memory_limit,
-    } = args;
-    let options = Options {
-        control_plane,
-        image,
-        resources: Resources {
-            cpu_request: Some(proxy_cpu_request),
-            memory_request: Some(proxy_memory_request),
-            cpu_limit: proxy_cpu_limit,
-            memory_limit: Some(proxy_memory_limit),
-        },
-    };
+    let InjectArgs { input, injector } = args;
+    let options = injector.into_options();
     edit(&input, |object, kind, namespaces| {
         let namespace = object
             .pointer("/metadata/namespace")

@@ -61,6 +61,10 @@ pub struct Args {
     /// Address of the local app that inbound traffic is forwarded to.
     #[arg(long, value_name = "ADDR")]
     app: Option<SocketAddr>,
+    /// App ports whose inbound connections are opaque TCP (no protocol detection: e.g.
+    /// server-speaks-first protocols), comma-separated; with an inbound listener.
+    #[arg(long, env = "PILOTFISH_OPAQUE_PORTS", value_name = "PORT[,PORT]", value_delimiter = ',')]
+    opaque_ports: Vec<u16>,
     /// Grace period for in-flight requests on shutdown (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<pilotfish_api::Duration>,
@@ -105,6 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         inbound,
         outbound,
         app,
+        opaque_ports,
         drain_timeout,
         status,
         app_probes,
@@ -123,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(path), _) => Source::File { path, identity },
         (None, Some(service)) => Source::ControlPlane(Managed {
             servers: control_plane.into_iter().map(|u| u.trim_end_matches('/').to_owned()).collect(),
-            id: format!("{service}.{namespace}-{}", std::process::id()),
+            id: proxy_id(&service, &namespace),
             service,
             namespace,
             token: match (token, token_file) {
@@ -146,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             inbound,
             outbound,
             app,
+            opaque_ports: (!opaque_ports.is_empty()).then_some(opaque_ports),
             drain: drain_timeout.map(Into::into),
             mesh_max_age,
             inbound_mtls: None,
@@ -179,4 +185,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn app_probes(json: &str) -> Result<AppProbes, String> {
     AppProbes::parse(json).map_err(|e| format!("{}: {}", e.field, e.reason))
+}
+
+/// This sidecar's name in `pilotfish proxies`: its service and namespace, the host's name (a
+/// pod's name in Kubernetes, where every sidecar has the same small PID) and the PID (several
+/// sidecars on one laptop).
+fn proxy_id(service: &str, namespace: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(char::is_ascii_graphic).take(63).collect();
+    match host.is_empty() {
+        true => format!("{service}.{namespace}-{}", std::process::id()),
+        false => format!("{service}.{namespace}-{host}-{}", std::process::id()),
+    }
 }

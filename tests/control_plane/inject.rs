@@ -39,7 +39,7 @@ fn read(name: &str) -> String {
 }
 
 /// `pilotfish <args>` with `stdin`.
-fn pilotfish(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn pilotfish(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::piped())

@@ -660,3 +660,106 @@ async fn service_account_tokens_are_reviewed_and_the_trust_bundle_reaches_labell
     })
     .await;
 }
+
+/// The proxy exactly as `pilotfish inject` writes it into a pod — its arguments and environment
+/// — started against a `--kubernetes` control plane, with the trust bundle from the ConfigMap
+/// the control plane wrote: it proves itself with the projected ServiceAccount token, gets a
+/// certificate for the pod's account, becomes ready, and its status port answers the kubelet for
+/// itself and for the app's rewritten probe. What stands in for the pod: loopback addresses, the
+/// listeners on ports the test picks, files in a temporary directory for the mounted volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_proxy_runs_as_the_injector_wrote_it() {
+    let cluster = Cluster::new();
+    cluster.put(namespace("shop", true)).await;
+    cluster.0.lock().unwrap().tokens.insert(
+        WEB_TOKEN.into(),
+        ("system:serviceaccount:shop:web-sa".into(), Some(vec!["pilotfish".into()])),
+    );
+    let api = cluster.clone().serve().await;
+    let (dir, cp) = control_plane(api);
+    let app = backend("web").await;
+    let port = app.addr.port();
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: shop, labels: {{app: web}}}}\nspec:\n  \
+         serviceAccountName: web-sa\n  containers:\n  - name: web\n    image: web\n    ports: [{{containerPort: {port}}}]\n    \
+         readinessProbe: {{httpGet: {{path: /healthz, port: {port}}}}}\n"
+    );
+    let out = crate::inject::pilotfish(&["inject", "-f", "-", "--control-plane", &cp.url("")], &manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pod: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    let proxy = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "pilotfish-proxy")
+        .expect("the proxy is a native sidecar")
+        .clone();
+    let probe = &pod["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+    assert_eq!(
+        (probe["path"].as_str(), probe["port"].as_u64()),
+        (Some("/app-health/web/readiness"), Some(15021))
+    );
+
+    // The mounted volumes: the projected token, and the ConfigMap the control plane keeps.
+    let token = dir.path().join("token");
+    std::fs::write(&token, WEB_TOKEN).unwrap();
+    let path = "/api/v1/namespaces/shop/configmaps/pilotfish-ca";
+    let configmap = eventually("ConfigMap pilotfish-ca written in shop", async || {
+        cluster.writes().into_iter().find(|(m, p, _)| m == "PATCH" && p == path).map(|(_, _, body)| body)
+    })
+    .await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, configmap["data"]["ca.pem"].as_str().unwrap()).unwrap();
+
+    // The injector's arguments, with the pod's namespace and the listeners on free ports.
+    let written: Vec<String> =
+        proxy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    assert_eq!(written[0], "sidecar");
+    let mut args = Vec::new();
+    let mut listener = false;
+    for arg in &written[1..] {
+        let arg = match arg.as_str() {
+            "$(POD_NAMESPACE)" => "shop".to_owned(),
+            _ if listener => "127.0.0.1:0".to_owned(),
+            _ => arg.clone(),
+        };
+        listener = matches!(arg.as_str(), "--inbound" | "--outbound" | "--admin" | "--status");
+        args.push(arg);
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    for var in proxy["env"].as_array().unwrap() {
+        let (name, value) = (var["name"].as_str().unwrap(), var["value"].as_str());
+        let value = match name {
+            "PILOTFISH_TOKEN_FILE" => token.to_str().unwrap(),
+            "PILOTFISH_CA_FILE" => ca.to_str().unwrap(),
+            _ => match value {
+                Some(value) => value,
+                None => continue, // from the downward API: the namespace, given above
+            },
+        };
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    assert!(env.iter().any(|(n, _)| n == "PILOTFISH_APP_PROBES"), "{env:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let sc = tokio::task::block_in_place(|| Sidecar::start_managed_with_env(&args, &env));
+    let status = sc.status.expect("the status listener");
+
+    eventually("the injected proxy is ready on its status port", async || {
+        (crate::support::curl(&[&format!("http://{status}/ready")]).await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        crate::support::curl(&[&format!("http://{status}/app-health/web/readiness")]).await.status,
+        200
+    );
+    assert!(
+        app.faults.probes.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the app's own probe was asked"
+    );
+    let identity = sc.admin_get("/identity").await.json();
+    assert!(identity.to_string().contains("spiffe://pilotfish.local/ns/shop/sa/web-sa"), "{identity}");
+    let proxies = cp.client().proxies().await.unwrap();
+    let listed = serde_json::to_string(&proxies).unwrap();
+    assert!(listed.contains("web.shop-"), "the proxy is listed under its service: {listed}");
+}

@@ -33,5 +33,5 @@ async fn inject(
     State(cp): State<Shared>,
     Json(review): Json<AdmissionReview>,
 ) -> axum::Json<AdmissionReviewResponse> {
-    axum::Json(cp.injector().review(review).await)
+    axum::Json(cp.injector().review(review, cp.namespace_annotations()))
 }

@@ -10,14 +10,10 @@
 //!
 //! # The namespace's annotations
 //!
-//! An `AdmissionRequest` does not carry its namespace's annotations. The control plane learns
-//! them through [`NamespaceAnnotations`], set with the [`Injector`] at start
-//! (`ControlPlane::set_injector`): with `--kubernetes`, a lookup backed by the cluster's
-//! Namespaces (a watch or cache, so admission does not wait on the API server); without,
-//! [`NoNamespaceAnnotations`], and only the pod's annotations apply. A lookup that fails does
-//! not block the pod: it is injected with its own annotations and the response warns.
-
-use std::sync::Arc;
+//! An `AdmissionRequest` does not carry its namespace's annotations. The control plane knows
+//! them through [`NamespaceAnnotations`]: with `--kubernetes`, a reflector of the cluster's
+//! Namespaces (in memory, so admission never waits on the API server); without, none, and only
+//! the pod's annotations apply.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -25,58 +21,33 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{inject, workload, Annotations, Options, Outcome};
+use crate::core::NamespaceAnnotations;
 
-/// Where the webhook learns a namespace's annotations (see the module's documentation).
-#[async_trait::async_trait]
-pub trait NamespaceAnnotations: Send + Sync {
-    /// The annotations of namespace `namespace` (empty if it has none or does not exist).
-    async fn annotations(&self, namespace: &str) -> Result<Annotations, LookupError>;
-}
-
-/// A namespace's annotations could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LookupError(pub String);
-
-/// No namespace has annotations: the control plane without a cluster.
-pub struct NoNamespaceAnnotations;
-
-#[async_trait::async_trait]
-impl NamespaceAnnotations for NoNamespaceAnnotations {
-    async fn annotations(&self, _: &str) -> Result<Annotations, LookupError> {
-        Ok(Annotations::new())
-    }
-}
-
-/// The webhook's injector: the [`Options`] the control plane injects with and the namespace
-/// lookup.
+/// The webhook's injector: the [`Options`] the control plane injects with.
+#[derive(Default)]
 pub struct Injector {
     options: Options,
-    namespaces: Arc<dyn NamespaceAnnotations>,
-}
-
-impl Default for Injector {
-    /// The documented defaults; no namespace annotations.
-    fn default() -> Self {
-        Self::new(Options::default(), Arc::new(NoNamespaceAnnotations))
-    }
 }
 
 impl Injector {
-    pub fn new(options: Options, namespaces: Arc<dyn NamespaceAnnotations>) -> Self {
-        Self { options, namespaces }
+    pub fn new(options: Options) -> Self {
+        Self { options }
     }
 
-    /// The answer to `review`.
-    pub async fn review(&self, review: AdmissionReview) -> AdmissionReviewResponse {
+    /// The answer to `review`, with the annotations `namespaces` knows of its namespace.
+    pub fn review(
+        &self,
+        review: AdmissionReview,
+        namespaces: &dyn NamespaceAnnotations,
+    ) -> AdmissionReviewResponse {
         AdmissionReviewResponse {
             api_version: AdmissionApiVersion::V1,
             kind: AdmissionReviewKind::AdmissionReview,
-            response: self.respond(review.request).await,
+            response: self.respond(review.request, namespaces),
         }
     }
 
-    async fn respond(&self, request: AdmissionRequest) -> AdmissionResponse {
+    fn respond(&self, request: AdmissionRequest, namespaces: &dyn NamespaceAnnotations) -> AdmissionResponse {
         let mut response = AdmissionResponse::allow(request.uid);
         let kind = request.kind.kind;
         let Some(object) = request.object.filter(|_| request.operation == AdmissionOperation::Create) else {
@@ -91,12 +62,7 @@ impl Injector {
             .filter(|ns| !ns.is_empty())
             .or_else(|| original.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned));
         let annotations = match &namespace {
-            Some(ns) => self.namespaces.annotations(ns).await.unwrap_or_else(|e| {
-                response.warnings.push(format!(
-                    "pilotfish: the annotations of namespace {ns} could not be read ({e}); injected with the pod's own"
-                ));
-                Annotations::new()
-            }),
+            Some(ns) => namespaces.get(ns),
             None => Annotations::new(),
         };
         let mut injected = original.clone();
@@ -249,19 +215,26 @@ mod tests {
 
     struct Shop;
 
-    #[async_trait::async_trait]
     impl NamespaceAnnotations for Shop {
-        async fn annotations(&self, namespace: &str) -> Result<Annotations, LookupError> {
+        fn get(&self, namespace: &str) -> Annotations {
             assert_eq!(namespace, "shop");
-            Ok([("pilotfish.io/log-level".to_owned(), "debug".to_owned())].into())
+            [("pilotfish.io/log-level".to_owned(), "debug".to_owned())].into()
         }
     }
 
-    #[tokio::test]
-    async fn a_created_pod_gets_a_patch_that_makes_it_what_inject_makes_it() {
-        let injector = Injector::new(Options::default(), Arc::new(Shop));
+    struct NoNamespaces;
+
+    impl NamespaceAnnotations for NoNamespaces {
+        fn get(&self, _: &str) -> Annotations {
+            Annotations::new()
+        }
+    }
+
+    #[test]
+    fn a_created_pod_gets_a_patch_that_makes_it_what_inject_makes_it() {
+        let injector = Injector::new(Options::default());
         let answer =
-            serde_json::to_value(injector.review(review("CREATE", "Pod", pod(json!({})))).await).unwrap();
+            serde_json::to_value(injector.review(review("CREATE", "Pod", pod(json!({}))), &Shop)).unwrap();
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
         let response = &answer["response"];
         assert_eq!(
@@ -280,20 +253,21 @@ mod tests {
         assert!(patched.to_string().contains(r#""RUST_LOG","value":"debug""#), "{patched}");
     }
 
-    #[tokio::test]
-    async fn updates_opted_out_and_other_kinds_are_allowed_unchanged_and_bad_annotations_denied() {
+    #[test]
+    fn updates_opted_out_and_other_kinds_are_allowed_unchanged_and_bad_annotations_denied() {
         let injector = Injector::default();
         for (operation, kind, object) in [
             ("UPDATE", "Pod", pod(json!({}))),
             ("CREATE", "Pod", pod(json!({"pilotfish.io/inject": "disabled"}))),
             ("CREATE", "ConfigMap", json!({"data": {}})),
         ] {
-            let answer = injector.review(review(operation, kind, object)).await.response;
+            let answer = injector.review(review(operation, kind, object), &NoNamespaces).response;
             assert!(answer.allowed && answer.patch.is_none(), "{operation} {kind}: {answer:?}");
         }
-        let denied = injector
-            .review(review("CREATE", "Pod", pod(json!({"pilotfish.io/skip-inbound-ports": "http"}))))
-            .await;
+        let denied = injector.review(
+            review("CREATE", "Pod", pod(json!({"pilotfish.io/skip-inbound-ports": "http"}))),
+            &NoNamespaces,
+        );
         assert!(!denied.response.allowed);
         let message = denied.response.status.unwrap().message;
         assert!(message.contains("pilotfish.io/skip-inbound-ports"), "{message}");

@@ -124,7 +124,8 @@ fn inject_into(
     }
     let app_probes =
         (!rewritten.app_probes.is_empty()).then(|| Value::Object(rewritten.app_probes).to_string());
-    let proxy = sidecar::proxy_container(&settings, &service, app_probes);
+    let app_port = first_tcp_port(containers);
+    let proxy = sidecar::proxy_container(&settings, &service, app_port, app_probes);
     let mut head = vec![sidecar::init_container(&settings)];
     if settings.native_sidecar {
         head.push(proxy);
@@ -300,6 +301,19 @@ fn drop_if_empty(map: &mut Map<String, Value>, field: &str) {
     if empty {
         map.remove(field);
     }
+}
+
+/// The first TCP port the app's containers declare: where the proxy forwards inbound
+/// connections that reach its inbound port without interception. Intercepted ones keep their
+/// own port. 80 when none is declared.
+fn first_tcp_port(containers: &[Value]) -> u16 {
+    containers
+        .iter()
+        .filter_map(|c| c.get("ports").and_then(Value::as_array))
+        .flatten()
+        .filter(|p| p.get("protocol").and_then(Value::as_str).is_none_or(|proto| proto == "TCP"))
+        .find_map(|p| p.get("containerPort").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()))
+        .unwrap_or(80)
 }
 
 #[cfg(test)]

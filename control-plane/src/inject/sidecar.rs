@@ -80,7 +80,12 @@ pub fn init_container(settings: &Settings) -> Value {
 /// answers for. Native: restarted always and started up (probed on `/ready`) before the app's
 /// containers start. Legacy: a regular container whose postStart hook holds the next
 /// containers back until it is ready.
-pub fn proxy_container(settings: &Settings, service: &str, app_probes: Option<String>) -> Value {
+pub fn proxy_container(
+    settings: &Settings,
+    service: &str,
+    app_port: u16,
+    app_probes: Option<String>,
+) -> Value {
     let args = [
         "sidecar",
         "--control-plane",
@@ -91,6 +96,8 @@ pub fn proxy_container(settings: &Settings, service: &str, app_probes: Option<St
         "$(POD_NAMESPACE)",
         "--inbound",
         &format!("0.0.0.0:{INBOUND_PORT}"),
+        "--app",
+        &format!("127.0.0.1:{app_port}"),
         "--outbound",
         &format!("127.0.0.1:{OUTBOUND_PORT}"),
         "--admin",

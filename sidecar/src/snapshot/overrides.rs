@@ -13,6 +13,8 @@ pub struct Overrides {
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
     pub app: Option<SocketAddr>,
+    /// Replaces the inbound listener's opaque ports.
+    pub opaque_ports: Option<Vec<u16>>,
     pub drain: Option<std::time::Duration>,
     pub mesh_max_age: Option<pilotfish_api::Duration>,
     /// The inbound mTLS mode of ports the configuration leaves unset (managed mode: strict).
@@ -51,6 +53,17 @@ impl Overrides {
                 None => {
                     return Err(OverrideConflict(
                         "--inbound needs an app to forward to: pass --app ADDR or set spec.inbound.app in the Sidecar document".into(),
+                    ))
+                }
+            }
+        }
+        if let Some(ports) = &self.opaque_ports {
+            match &mut sidecar.inbound {
+                Some(inbound) => inbound.opaque_ports = ports.clone(),
+                None => {
+                    return Err(OverrideConflict(
+                        "--opaque-ports applies to the inbound listener: pass --app ADDR or set spec.inbound"
+                            .into(),
                     ))
                 }
             }

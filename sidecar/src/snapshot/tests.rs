@@ -128,13 +128,17 @@ fn overrides_win_over_the_file() {
     let o = Overrides {
         app: Some("127.0.0.1:8080".parse().unwrap()),
         inbound: Some("127.0.0.1:7000".parse().unwrap()),
+        opaque_ports: Some(vec![3306, 5432]),
         ..Overrides::default()
     };
     let snap = Snapshot::build("t", CONFIG, &o, None, &Metrics::new()).unwrap();
     let inbound = snap.sidecar.inbound.as_ref().unwrap();
     assert_eq!((inbound.listen.port(), inbound.app.port()), (7000, 8080));
+    assert_eq!(inbound.opaque_ports, [3306, 5432]);
 
     let o = Overrides { inbound: o.inbound, ..Overrides::default() };
+    assert!(matches!(Snapshot::build("t", CONFIG, &o, None, &Metrics::new()), Err(BuildError::Conflict(_))));
+    let o = Overrides { opaque_ports: Some(vec![3306]), ..Overrides::default() };
     assert!(matches!(Snapshot::build("t", CONFIG, &o, None, &Metrics::new()), Err(BuildError::Conflict(_))));
 }
 
