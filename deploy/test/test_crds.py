@@ -218,17 +218,20 @@ class AgainstTheControlPlane(unittest.TestCase):
             status, body = self.cp.apply(doc)
             self.assertEqual(status, 400, f"{kind} {name}: the control plane answered {status}: {body}")
 
-    def check_each(self, docs, check, where):
-        """`check` on each document of a CRD kind in `docs`, which must have every kind."""
+    def check_each(self, docs, check, where, kinds=KINDS):
+        """`check` on each document of a CRD kind in `docs`, which must have each of `kinds`."""
         docs = split(docs)
-        self.assertEqual({kind for kind, _, _ in docs}, KINDS, f"every kind has a document in {where}")
+        self.assertEqual({kind for kind, _, _ in docs}, kinds, f"every kind has a document in {where}")
         for kind, name, doc in docs:
             with self.subTest(kind=kind, name=name):
                 check(kind, name, doc)
 
     def test_the_examples_are_accepted(self):
         examples = [doc for path in sorted(glob.glob(str(REPO / "examples" / "*.yaml"))) for doc in load_all(path)]
-        self.check_each(examples, self.check_accepted, "examples/")
+        # The examples are what the control plane and the sidecar accept too (api's tests parse
+        # them), so Rollout, which the API does not have yet, has its documents in valid.yaml
+        # only.
+        self.check_each(examples, self.check_accepted, "examples/", KINDS - {"Rollout"})
 
     def test_documents_with_every_field_are_accepted(self):
         self.check_each(load_all(TEST / "valid.yaml"), self.check_accepted, "valid.yaml")

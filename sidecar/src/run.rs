@@ -225,7 +225,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             shared.supervise("identity renewal", renewer.run(mesh_rx));
             let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
-            if let Some(address) = advertised {
+            if let Some(address) = advertised.filter(|_| m.register) {
                 let cert = shared.client_cert.clone();
                 let register = managed::register(m.clone(), roots, cert, address, registration.clone());
                 registered = Some(tokio::spawn(register));

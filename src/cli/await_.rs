@@ -46,8 +46,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let code = runtime.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         let admin = Admin { client, base: format!("http://{admin}") };
-        admin.wait_ready(timeout).await?;
-        let Some((program, args)) = command.split_first() else { return Ok(0) };
+        let ready = admin.wait_ready(timeout).await;
+        let Some((program, args)) = command.split_first() else { return ready.map(|()| 0) };
+        if let Err(e) = ready {
+            // The command never runs; still tell a sidecar that may come up late to stop, or
+            // the Job's pod would never complete.
+            let _ = admin.shutdown().await;
+            return Err(e);
+        }
         let code = run_forwarding_signals(program, args).await;
         if let Err(e) = admin.shutdown().await {
             eprintln!(

@@ -93,6 +93,11 @@ pub fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         Ok(match inject::inject(object, kind, &options, &namespace)? {
             Outcome::Injected { warnings } => Some(warnings),
+            Outcome::HostNetwork => {
+                let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
+                eprintln!("Warning: {kind} {name}: {}", inject::HOST_NETWORK);
+                None
+            }
             Outcome::AlreadyInjected | Outcome::OptedOut | Outcome::NotAWorkload => None,
         })
     })

@@ -49,6 +49,10 @@ pub struct Args {
     /// Managed mode: the registration lease; renewed every third of it.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     lease_ttl: pilotfish_api::Duration,
+    /// Managed mode: do not register this instance in the registry (Kubernetes, where the
+    /// cluster's EndpointSlices list the pod).
+    #[arg(long)]
+    no_register: bool,
     /// Admin listener (/live, /ready, /metrics, /config, /shutdown).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -105,6 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         token_file,
         ca_file,
         lease_ttl,
+        no_register,
         admin,
         inbound,
         outbound,
@@ -141,6 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
             ca_file,
             lease_ttl: lease_ttl.get(),
+            register: !no_register,
         }),
         (None, None) => anyhow::bail!("give --config FILE, or --control-plane URL with --service NAME"),
     };

@@ -210,6 +210,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
             ca_file: None,
             id: format!("{service}-{}", base + offset),
             lease_ttl: Duration::from_secs(10),
+            register: true,
         };
         let overrides = Overrides {
             admin: Some(port(offset + 100)),
@@ -238,6 +239,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
         ca_file: None,
         id: format!("laptop-{base}"),
         lease_ttl: Duration::from_secs(10),
+        register: true,
     };
     let overrides = Overrides {
         admin: Some(port(0)),

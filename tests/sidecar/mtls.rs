@@ -394,8 +394,17 @@ async fn permissive_inbound_takes_mesh_mtls_and_plaintext_alike() {
     let a = caller(&pki, &b, "api", "api", "");
     let r = curl(&["-H", "Host: api", &format!("http://{}/hello", a.outbound)]).await;
     assert_eq!(r.status, 200);
-    let tls: Vec<String> = http_log(&b).iter().map(|l| l["tls"].as_str().unwrap_or("").to_owned()).collect();
-    assert!(tls.contains(&"plaintext".to_owned()) && tls.contains(&"mtls".to_owned()), "{tls:?}");
+    // Access log lines are written off the request path: they may follow the response.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tls: Vec<String> =
+            http_log(&b).iter().map(|l| l["tls"].as_str().unwrap_or("").to_owned()).collect();
+        if tls.contains(&"plaintext".to_owned()) && tls.contains(&"mtls".to_owned()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{tls:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(sample(&b.metrics().await, "pilotfish_inbound_tls_refused_total", &[]), 0.0);
 }
 

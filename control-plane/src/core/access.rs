@@ -10,7 +10,6 @@ use rustls::pki_types::CertificateDer;
 use super::caller::{stored_token, Caller, Presented};
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
-use super::review::ServiceAccount;
 
 impl ControlPlane {
     /// Who is calling, from the bearer token presented (`None`: no token; 401 without a valid
@@ -24,8 +23,8 @@ impl ControlPlane {
     /// goes on with its mesh identity once the token expires (renewals included).
     ///
     /// With `--kubernetes`, a token that is none of the control plane's own is reviewed as a
-    /// ServiceAccount token, and a certificate proves its ServiceAccount (which may act for any
-    /// service of its namespace, as its token would).
+    /// ServiceAccount token (which may act for any service of its namespace); a certificate
+    /// proves its one workload either way.
     pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Caller> {
         match self.by_token(credentials.bearer).await {
             Err(Error::Unauthorized) => {
@@ -40,16 +39,11 @@ impl ControlPlane {
                 // a retired root, proves nothing.
                 let peer =
                     credentials.peer.and_then(|chain| self.ca.view().verify_client(chain, SystemTime::now()));
+                // A certificate proves one workload, never a whole namespace: one issued to a
+                // join token's service must not gain its namespace's other services (a
+                // Kubernetes sidecar presents its reviewed token on every call anyway).
                 match peer {
-                    Some(peer) if peer.trust_domain() == self.trust_domain => {
-                        Ok(match self.reviews.enabled() {
-                            true => Caller::Account(ServiceAccount {
-                                namespace: peer.namespace().to_owned(),
-                                name: peer.service_account().to_owned(),
-                            }),
-                            false => Caller::workload(&peer),
-                        })
-                    }
+                    Some(peer) if peer.trust_domain() == self.trust_domain => Ok(Caller::workload(&peer)),
                     _ => Err(Error::Unauthorized),
                 }
             }

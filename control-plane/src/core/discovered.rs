@@ -57,15 +57,22 @@ impl Discovered {
         self.enabled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Replaces everything discovered; a new generation only when something changed.
+    /// Replaces everything discovered; a new generation the first time (even a cluster with no
+    /// services has been listed then) and when something changed.
     pub fn publish(&self, services: BTreeMap<(String, String), DiscoveredService>) {
         self.tx.send_if_modified(|current| {
-            if current.services == services {
+            if current.generation > 0 && current.services == services {
                 return false;
             }
             *current = Arc::new(Discovery { generation: current.generation + 1, services });
             true
         });
+    }
+
+    /// Whether a source feeds this and has not yet published its first complete view: until
+    /// then a snapshot would tell sidecars that no discovered service exists.
+    pub fn pending(&self) -> bool {
+        self.enabled() && self.tx.borrow().generation == 0
     }
 
     pub fn current(&self) -> Arc<Discovery> {
@@ -97,13 +104,18 @@ mod tests {
     #[test]
     fn only_a_change_makes_a_generation() {
         let discovered = Discovered::default();
+        discovered.enable();
+        assert!(discovered.pending(), "nothing listed yet");
         let mut rx = discovered.subscribe();
+        discovered.publish(BTreeMap::new());
+        assert!(!discovered.pending(), "a cluster with no services has been listed too");
+        assert_eq!(rx.borrow_and_update().generation, 1);
         discovered.publish(service(80));
         assert!(rx.has_changed().unwrap());
-        assert_eq!(rx.borrow_and_update().generation, 1);
+        assert_eq!(rx.borrow_and_update().generation, 2);
         discovered.publish(service(80));
         assert!(!rx.has_changed().unwrap(), "the same services again are no change");
         discovered.publish(service(81));
-        assert_eq!(discovered.current().generation, 2);
+        assert_eq!(discovered.current().generation, 3);
     }
 }

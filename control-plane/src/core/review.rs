@@ -68,11 +68,6 @@ impl Reviews {
         let _ = self.reviewer.set(reviewer);
     }
 
-    /// Whether tokens are reviewed (`--kubernetes`).
-    pub fn enabled(&self) -> bool {
-        self.reviewer.get().is_some()
-    }
-
     /// The account `token` proves; `Ok(None)` without a reviewer or for a refused token. Only
     /// a token shaped as a JWT (what the API server issues) is sent for review: anything else
     /// costs the API server nothing.

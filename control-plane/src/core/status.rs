@@ -14,6 +14,9 @@ impl ControlPlane {
     /// Ready while the event store answers; otherwise the reason, so a load balancer sends
     /// clients to a replica that can serve them.
     pub async fn ready(&self) -> Result<()> {
+        if self.discovered().pending() {
+            return Err(Error::Unavailable("waiting for the first lists of the Kubernetes cluster".into()));
+        }
         match tokio::time::timeout(READY_TIMEOUT, self.refresh()).await {
             Ok(result) => result.map(|_| ()).map_err(Error::from),
             Err(_) => Err(Error::Store(StoreError::Unavailable {

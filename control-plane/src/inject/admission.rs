@@ -74,6 +74,7 @@ impl Injector {
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
                 response.warnings.extend(warnings.into_iter().map(|w| format!("pilotfish: {w}")));
             }
+            Ok(Outcome::HostNetwork) => response.warnings.push(format!("pilotfish: {}", super::HOST_NETWORK)),
             Ok(Outcome::AlreadyInjected | Outcome::OptedOut | Outcome::NotAWorkload) => {}
             Err(e) => {
                 response.allowed = false;

@@ -58,7 +58,15 @@ pub enum Outcome {
     OptedOut,
     /// Not a kind that runs pods: left as it is.
     NotAWorkload,
+    /// Its pods use the node's network (`hostNetwork: true`): left as it is, since
+    /// `pilotfish init` would rewrite the node's own iptables and every such pod on a node would
+    /// want the same ports.
+    HostNetwork,
 }
+
+/// What is said of a workload left alone because of `hostNetwork`.
+pub const HOST_NETWORK: &str =
+    "its pods use the node's network (hostNetwork: true): not injected, as intercepting would redirect the whole node's traffic";
 
 /// Why an object could not be injected; each says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +113,9 @@ fn inject_into(
         .find_map(|a| a.get(keys::INJECT));
     if choice.is_some_and(|c| c == "disabled") {
         return Ok(Outcome::OptedOut);
+    }
+    if pod.get("spec").and_then(|s| s.get("hostNetwork")).and_then(Value::as_bool) == Some(true) {
+        return Ok(Outcome::HostNetwork);
     }
     let settings = Settings::new(options, namespace, &annotations)?;
     let service = service_name(&settings, &labels, workload_name)?;
@@ -368,6 +379,14 @@ mod tests {
 
         let (twice, outcome) = injected(once.clone(), &Annotations::new());
         assert_eq!((twice, outcome), (once, Outcome::AlreadyInjected));
+    }
+
+    #[test]
+    fn pods_on_the_nodes_network_are_left_alone() {
+        let mut object = deployment(json!({}));
+        object["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        let (left, outcome) = injected(object.clone(), &Annotations::new());
+        assert_eq!((left, outcome), (object, Outcome::HostNetwork));
     }
 
     #[test]

@@ -79,20 +79,36 @@ fn target(probe: &Map<String, Value>, ports: &Value) -> Result<Option<Value>, St
                 ])
             })
             .collect();
-        let path = http.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
+        // The kubelet puts a missing leading slash back; so does the status port's target.
+        let path = http.get("path").and_then(Value::as_str).unwrap_or_default();
+        let path = match path.starts_with('/') {
+            true => path.to_owned(),
+            false => format!("/{path}"),
+        };
         let scheme = http.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
-        return Ok(Some(json!({"port": port, "path": path, "scheme": scheme, "headers": headers})));
+        let mut target = json!({"port": port, "path": path, "scheme": scheme, "headers": headers});
+        target["timeoutSeconds"] = timeout_seconds(probe);
+        return Ok(Some(target));
     }
     if let Some(tcp) = probe.get("tcpSocket") {
         if elsewhere(tcp) {
             return Ok(None);
         }
-        return Ok(Some(json!({"tcp": port(tcp.get("port"), ports)?})));
+        return Ok(Some(
+            json!({"tcp": port(tcp.get("port"), ports)?, "timeoutSeconds": timeout_seconds(probe)}),
+        ));
     }
     if probe.contains_key("grpc") {
         return Err("a gRPC probe reaches the app through the inbound listener: list its port in pilotfish.io/skip-inbound-ports".into());
     }
     Ok(None)
+}
+
+/// The probe's own `timeoutSeconds` (Kubernetes' default 1), within what the status port takes
+/// (1-600 s): the kubelet waits that long for the forwarded answer.
+fn timeout_seconds(probe: &Map<String, Value>) -> Value {
+    let seconds = probe.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(1);
+    json!(seconds.clamp(1, 600))
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.
@@ -108,6 +124,7 @@ fn port(port: Option<&Value>, ports: &Value) -> Result<u64, String> {
             .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
             .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
             .or_else(|| name.parse().ok())
+            .filter(|p| (1..=65535).contains(p))
             .ok_or(format!("no container port is named {name:?}")),
         _ => Err("the probe names no port".into()),
     }
@@ -133,30 +150,36 @@ mod tests {
         let mut containers = vec![json!({
             "name": "web",
             "ports": [{"name": "http", "containerPort": 8080}],
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "httpHeaders": [{"name": "X-Probe", "value": "1"}]}, "periodSeconds": 3},
+            "livenessProbe": {"httpGet": {"path": "healthz", "port": "http", "httpHeaders": [{"name": "X-Probe", "value": "1"}]}, "periodSeconds": 3, "timeoutSeconds": 5},
             "readinessProbe": {"tcpSocket": {"port": 9090}},
             "startupProbe": {"exec": {"command": ["true"]}},
         })];
         let out = rewrite(&mut containers);
         assert_eq!(
             containers[0]["livenessProbe"],
-            json!({"httpGet": {"path": "/app-health/web/liveness", "port": 15021, "scheme": "HTTP"}, "periodSeconds": 3})
+            json!({"httpGet": {"path": "/app-health/web/liveness", "port": 15021, "scheme": "HTTP"}, "periodSeconds": 3, "timeoutSeconds": 5})
         );
         assert_eq!(containers[0]["readinessProbe"]["httpGet"]["path"], "/app-health/web/readiness");
         assert!(containers[0]["readinessProbe"].get("tcpSocket").is_none());
         assert_eq!(containers[0]["startupProbe"], json!({"exec": {"command": ["true"]}}));
         assert_eq!(
-            Value::Object(out.app_probes),
+            Value::Object(out.app_probes.clone()),
             json!({
-                "/app-health/web/liveness": {"port": 8080, "path": "/healthz", "scheme": "HTTP", "headers": [["X-Probe", "1"]]},
-                "/app-health/web/readiness": {"tcp": 9090},
+                "/app-health/web/liveness": {"port": 8080, "path": "/healthz", "scheme": "HTTP", "headers": [["X-Probe", "1"]], "timeoutSeconds": 5},
+                "/app-health/web/readiness": {"tcp": 9090, "timeoutSeconds": 1},
             })
         );
         assert!(out.warnings.is_empty());
+        // What the sidecar reads back is what it accepts.
+        let json = Value::Object(out.app_probes.clone()).to_string();
+        let probes = pilotfish_api::app_probe::AppProbes::parse(&json)
+            .expect("the sidecar takes the injector's probes");
+        assert_eq!(probes.len(), 2);
 
         let mut restored = containers.clone();
         restore(&mut restored, &out.originals);
         assert_eq!(restored[0]["livenessProbe"]["httpGet"]["port"], "http");
+        assert_eq!(restored[0]["livenessProbe"]["httpGet"]["path"], "healthz", "restored as it was");
         assert_eq!(restored[0]["readinessProbe"], json!({"tcpSocket": {"port": 9090}}));
     }
 

@@ -94,6 +94,7 @@ pub fn proxy_container(
         service,
         "--namespace",
         "$(POD_NAMESPACE)",
+        "--no-register",
         "--inbound",
         &format!("0.0.0.0:{INBOUND_PORT}"),
         "--app",

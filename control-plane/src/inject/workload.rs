@@ -41,10 +41,31 @@ pub fn string_map(object: &Map<String, Value>, field: &str) -> Annotations {
         .unwrap_or_default()
 }
 
-/// The name of `object`: `metadata.name`, or `metadata.generateName` without its trailing `-`
-/// (a pod a controller creates is named by the API server after admission).
+/// The name of the workload `object` belongs to: its controller's (a Deployment's pods and
+/// ReplicaSets are named after the Deployment, without the `pod-template-hash` suffix; a
+/// StatefulSet's pods after the set), else `metadata.name`, else `metadata.generateName` without
+/// its trailing `-` (a pod a controller creates is named by the API server after admission).
+/// So every pod of one workload is one service, whichever way it was injected.
 pub fn name(object: &Value) -> Option<String> {
     let metadata = object.get("metadata")?;
+    let controller = metadata
+        .get("ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|owner| owner.get("controller").and_then(Value::as_bool) == Some(true));
+    if let Some(owner) = controller {
+        let name = owner.get("name").and_then(Value::as_str).unwrap_or_default();
+        let hash = metadata.pointer("/labels/pod-template-hash").and_then(Value::as_str);
+        let is_replica_set = owner.get("kind").and_then(Value::as_str) == Some("ReplicaSet");
+        let name = match hash.filter(|_| is_replica_set) {
+            Some(hash) => name.strip_suffix(hash).and_then(|n| n.strip_suffix('-')).unwrap_or(name),
+            None => name,
+        };
+        if !name.is_empty() {
+            return Some(name.to_owned());
+        }
+    }
     if let Some(name) = metadata.get("name").and_then(Value::as_str) {
         return Some(name.to_owned());
     }
@@ -56,6 +77,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_pod_is_named_after_its_controller() {
+        let pod = |owner: Value, labels: Value| json!({"metadata": {"generateName": "x-", "labels": labels, "ownerReferences": [owner]}});
+        let rs = json!({"kind": "ReplicaSet", "name": "web-7d9f5c6b8", "controller": true});
+        assert_eq!(name(&pod(rs.clone(), json!({"pod-template-hash": "7d9f5c6b8"}))).as_deref(), Some("web"));
+        assert_eq!(
+            name(&pod(rs, json!({}))).as_deref(),
+            Some("web-7d9f5c6b8"),
+            "a bare ReplicaSet's own name"
+        );
+        let sts = json!({"kind": "StatefulSet", "name": "db", "controller": true});
+        assert_eq!(name(&pod(sts, json!({}))).as_deref(), Some("db"));
+        let not_controller = json!({"kind": "ConfigMap", "name": "cfg"});
+        assert_eq!(name(&pod(not_controller, json!({}))).as_deref(), Some("x"));
+    }
 
     #[test]
     fn each_kind_has_its_pod_where_kubernetes_keeps_it() {

@@ -28,11 +28,15 @@ const SETTLE: Duration = Duration::from_millis(100);
 struct Mirror<T> {
     /// Objects of a re-list under way; they replace the kind's own when it completes.
     listing: Option<BTreeMap<Key, T>>,
+    /// Whether the kind's first list has completed: until all three have, what is known is
+    /// partial (services without their slices, endpoints without their pods) and is not
+    /// published.
+    synced: bool,
 }
 
 impl<T> Default for Mirror<T> {
     fn default() -> Self {
-        Self { listing: None }
+        Self { listing: None, synced: false }
     }
 }
 
@@ -59,6 +63,7 @@ impl<T> Mirror<T> {
             }
             watcher::Event::InitDone => {
                 *objects = self.listing.take().unwrap_or_default();
+                self.synced = true;
                 true
             }
             watcher::Event::Apply(o) => {
@@ -122,7 +127,8 @@ pub async fn run(client: Client, cp: Arc<ControlPlane>, stop: CancellationToken)
                     Change::Slice(e) => slices.apply(&mut cluster.slices, *e, translate::slice),
                     Change::Pod(e) => pods.apply(&mut cluster.pods, *e, |p| Some(translate::pod(p))),
                 };
-                if changed && publish_at.is_none() {
+                let synced = services.synced && slices.synced && pods.synced;
+                if changed && synced && publish_at.is_none() {
                     publish_at = Some(tokio::time::Instant::now() + SETTLE);
                 }
             }

@@ -40,6 +40,20 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
     // When the last snapshot went out.
     let mut sent_at: Option<Instant> = None;
     'stream: loop {
+        // Not before the discovery source's first complete view: the sidecar keeps what it has.
+        if cp.discovered().pending() {
+            tokio::select! {
+                _ = stop.cancelled() => break 'stream,
+                Ok(()) = discovered.changed() => {}
+                _ = tokio::time::sleep(KEEPALIVE) => {
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
+                        Ok(Ok(())) => {}
+                        _ => break 'stream,
+                    }
+                }
+            }
+            continue 'stream;
+        }
         let head = *heads.borrow_and_update();
         match cp.refresh_to(head).await {
             Ok(_) => {

@@ -29,10 +29,13 @@ use crate::state::Shared;
 use crate::upstream::app_probe::{AppProber, Outcome};
 
 /// The kubelet probes a few containers every few seconds; more at once is not a kubelet.
-const MAX_CONNECTIONS: usize = 32;
+const MAX_CONNECTIONS: usize = 64;
 /// hyper's smallest read buffer: far more than a probe's request line and headers.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kubelet sends its request at once; a client that holds connections open without one is
+/// cut off soon, so that it cannot keep the kubelet's probes (1 s timeout by default) waiting
+/// for long.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the status listener answers from.
 pub struct Status {

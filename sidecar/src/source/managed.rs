@@ -73,6 +73,10 @@ pub struct Managed {
     pub id: String,
     /// How long the registration lease lasts without a heartbeat.
     pub lease_ttl: Duration,
+    /// Whether the sidecar registers its inbound address as an instance of its service. Not in
+    /// Kubernetes, where the cluster's EndpointSlices list the pod (and the inbound listener's
+    /// address, 0.0.0.0, says nothing of the pod's).
+    pub register: bool,
 }
 
 impl Managed {

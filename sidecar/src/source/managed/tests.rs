@@ -39,6 +39,7 @@ fn managed() -> Managed {
         ca_file: None,
         id: "web-1".into(),
         lease_ttl: Duration::from_secs(30),
+        register: true,
     }
 }
 
