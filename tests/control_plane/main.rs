@@ -21,6 +21,7 @@ mod inject;
 mod managed;
 mod mesh;
 mod openapi;
+mod stats;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]
 mod support;

@@ -15,6 +15,7 @@ mod plane;
 mod registry;
 mod resources;
 mod rotation;
+mod stats;
 mod status;
 mod sync;
 mod tokens;

@@ -22,6 +22,7 @@ use crate::inject::admission::Injector;
 use crate::model::{endpoint_aggregate, State};
 use crate::push::{self, Proxies, SnapshotCache};
 use crate::store::{EventStore, StoreError};
+use crate::telemetry::Telemetry;
 
 /// Events folded between two snapshots of the read model.
 const SNAPSHOT_EVERY: u64 = 1000;
@@ -81,6 +82,8 @@ pub struct ControlPlane {
     pub(super) authz_default: MeshDefault,
     /// What the CA issued and refused, for `/metrics`.
     pub(super) ca_counters: CaCounters,
+    /// The sidecars' telemetry reports, in rolling windows (`/v1/stats`).
+    pub(super) telemetry: Telemetry,
     /// The newest snapshot line, shared by every push stream (built once per version).
     snapshots: SnapshotCache,
     /// Cancelled when the control plane stops: ends the push streams, so a graceful shutdown
@@ -136,6 +139,7 @@ impl ControlPlane {
             cert_ttl: settings.cert_ttl,
             authz_default: settings.authz_default,
             ca_counters: CaCounters::default(),
+            telemetry: Telemetry::default(),
             stopping: CancellationToken::new(),
             injector: OnceLock::new(),
         }))

@@ -38,7 +38,7 @@ impl ControlPlane {
         &self,
         caller: &Caller,
         id: &str,
-        AckQuery { service, namespace }: AckQuery,
+        q: AckQuery,
         ack: Ack,
     ) -> Result<()> {
         ack.check_protocol()?;
@@ -48,20 +48,7 @@ impl ControlPlane {
         if let Some(roots) = &ack.trusted_roots {
             check_trusted_roots(roots).map_err(Error::BadRequest)?;
         }
-        let (service, namespace) =
-            match (service, caller) {
-                (Some(service), _) => (service, namespace_or_default(namespace)),
-                (None, Caller::Service(t)) => {
-                    (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
-                }
-                (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
-                (None, Caller::Admin) => return Err(Error::BadRequest(
-                    "service is required when the admin token ACKs: add ?service=NAME (the proxy's service)"
-                        .into(),
-                )),
-            };
-        let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
-        caller.act_for(&key.service, &key.namespace)?;
+        let key = proxy_of(caller, id, q)?;
         if let Some(error) = &ack.error {
             tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
         }
@@ -146,4 +133,23 @@ mod tests {
         assert!(unreadable.contains("cannot be read"), "{unreadable}");
         assert_eq!(certificate_warning(&report("2026-12-03T00:00:00Z", None), now, day, |_| false), None);
     }
+}
+
+/// The proxy `id` a sidecar's call (an ACK, a telemetry report) is from: of the service its
+/// query names, or its join token's when it names none; the caller must act for it.
+pub(super) fn proxy_of(caller: &Caller, id: &str, AckQuery { service, namespace }: AckQuery) -> Result<ProxyKey> {
+    let (service, namespace) = match (service, caller) {
+        (Some(service), _) => (service, namespace_or_default(namespace)),
+        (None, Caller::Service(t)) => (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone())),
+        (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
+        (None, Caller::Admin) => {
+            return Err(Error::BadRequest(
+                "service is required when the admin token speaks for a sidecar: add ?service=NAME (the proxy's service)"
+                    .into(),
+            ))
+        }
+    };
+    let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
+    caller.act_for(&key.service, &key.namespace)?;
+    Ok(key)
 }

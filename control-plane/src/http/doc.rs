@@ -102,7 +102,7 @@ const ADDRESS_PATTERN: &str = concat!(
 
 /// The operations of a proxy, whose `service` and `namespace` parameters the server checks as
 /// names (elsewhere they are filters, and any text merely matches nothing).
-const PROXY_OPERATIONS: [&str; 2] = ["/v1/push", "/v1/proxies/{id}/ack"];
+const PROXY_OPERATIONS: [&str; 3] = ["/v1/push", "/v1/proxies/{id}/ack", "/v1/proxies/{id}/stats"];
 
 /// The rules the server checks beyond the wire types' shape: names are DNS labels, addresses
 /// parse, `protocol` is one the server speaks, and a kind is one it knows.

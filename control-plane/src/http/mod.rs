@@ -9,7 +9,7 @@
 //! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
 //!   document them.
 //! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`],
-//!   [`inject`] (the admission webhook): the handlers.
+//!   [`inject`] (the admission webhook), [`stats`] (telemetry): the handlers.
 
 mod ca;
 pub mod doc;
@@ -21,6 +21,7 @@ mod ops;
 mod push;
 mod registry;
 mod resources;
+mod stats;
 pub mod router;
 mod tokens;
 
