@@ -155,12 +155,52 @@ pub enum StatsBy {
     Route,
 }
 
+/// The longest window: as far back as the control plane keeps.
+pub const MAX_WINDOW_SECONDS: u64 = 3600;
+/// The shortest window (two report periods and a half).
+pub const MIN_WINDOW_SECONDS: u64 = 5;
+/// The window of a read that names none.
+pub const DEFAULT_WINDOW_SECONDS: u64 = 60;
+
+/// What a window may be: a whole number (no leading zero) of seconds, minutes or an hour, from
+/// [`MIN_WINDOW_SECONDS`] to [`MAX_WINDOW_SECONDS`] — exactly what [`window_seconds`] takes.
+pub const WINDOW_PATTERN: &str =
+    "^(([5-9]|[1-9][0-9]|[1-9][0-9]{2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s|([1-9]|[1-5][0-9]|60)m|1h)$";
+
+/// A window that is not one of [`WINDOW_PATTERN`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("window {0:?} is not a window: give whole seconds, minutes or an hour from 5s to 1h, e.g. window=30s, 1m or 1h")]
+pub struct BadWindow(pub String);
+
+/// A window's length in seconds (`30s`, `5m`, `1h`).
+pub fn window_seconds(text: &str) -> Result<u64, BadWindow> {
+    let bad = || BadWindow(text.to_owned());
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        _ => return Err(bad()),
+    };
+    let digits = &text[..text.len() - 1];
+    let n: u64 = digits.parse().ok().filter(|_| digits.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
+    // No leading zeros, as the pattern has none.
+    if format!("{n}{unit}") != text {
+        return Err(bad());
+    }
+    Some(n * scale)
+        .filter(|s| (MIN_WINDOW_SECONDS..=MAX_WINDOW_SECONDS).contains(s))
+        .ok_or_else(bad)
+}
+
 /// `GET /v1/stats` query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// How far back to look: a duration from `5s` to `1h` (default `1m`).
+    /// How far back to look: whole seconds, minutes or an hour from `5s` to `1h` (default
+    /// `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^(([5-9]|[1-9][0-9]|[1-9][0-9]{2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s|([1-9]|[1-5][0-9]|60)m|1h)$")]
     pub window: Option<String>,
     /// Rows per service (default), edge or route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +297,25 @@ mod tests {
         assert_eq!(latency_bucket(30_000_000), LATENCY_BOUNDS_MS.len() - 1);
         assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
         assert_eq!(bucket_upper_ms(LATENCY_BUCKETS - 1), 30000);
+    }
+
+    #[test]
+    fn windows_are_whole_units_from_5s_to_an_hour_as_the_pattern_says() {
+        let pattern = regex::Regex::new(WINDOW_PATTERN).unwrap();
+        for (text, secs) in [("5s", 5), ("59s", 59), ("3600s", 3600), ("1m", 60), ("60m", 3600), ("1h", 3600)] {
+            assert_eq!(window_seconds(text), Ok(secs), "{text}");
+            assert!(pattern.is_match(text), "{text}");
+        }
+        for bad in ["4s", "3601s", "61m", "2h", "0m", "05s", "1500ms", "1m30s", "+5s", "soon", "", "s"] {
+            let e = window_seconds(bad).unwrap_err();
+            assert!(e.to_string().contains("from 5s to 1h"), "{bad}: {e}");
+            assert!(!pattern.is_match(bad), "{bad}");
+        }
+        // The query's documented pattern is this one.
+        use utoipa::IntoParams;
+        let params = serde_json::to_value(StatsQuery::into_params(|| None)).unwrap();
+        let window = params.as_array().unwrap().iter().find(|p| p["name"] == "window").unwrap();
+        assert_eq!(window["schema"]["pattern"], WINDOW_PATTERN, "{window}");
     }
 
     #[test]

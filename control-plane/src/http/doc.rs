@@ -137,7 +137,7 @@ impl Modify for ServerRules {
                 identity.pattern = Some(IDENTITY_PATTERN.to_owned());
             }
         }
-        for body in ["Registration", "TokenRequest", "Ack", "CertifyRequest"] {
+        for body in ["Registration", "TokenRequest", "Ack", "CertifyRequest", "StatsReport"] {
             let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(body) else { continue };
             for field in ["service", "namespace"] {
                 if let Some(RefOr::T(Schema::Object(name))) = object.properties.get_mut(field) {
@@ -149,6 +149,11 @@ impl Modify for ServerRules {
             }
             if let Some(RefOr::T(Schema::Object(protocol))) = object.properties.get_mut("protocol") {
                 protocol_range(protocol);
+            }
+            if body == "StatsReport" {
+                if let Some(RefOr::T(Schema::Object(identity))) = object.properties.get_mut("identity") {
+                    identity.pattern = Some(IDENTITY_PATTERN.to_owned());
+                }
             }
         }
         if let Some(RefOr::T(Schema::Object(token))) = components.schemas.remove("TokenRequest") {

@@ -12,7 +12,7 @@ use pilotfish_api::wire::stats::{bucket_upper_ms, LATENCY_BUCKETS};
 use pilotfish_api::wire::{EdgeCounts, Golden};
 
 /// How far back any window may reach.
-pub const RETAIN_SECONDS: u64 = 3600;
+pub const RETAIN_SECONDS: u64 = pilotfish_api::wire::stats::MAX_WINDOW_SECONDS;
 
 /// The size of one slot in memory.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
