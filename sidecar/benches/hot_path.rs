@@ -67,7 +67,9 @@ fn routing(c: &mut Criterion) {
     // the telemetry edge (the request path's whole cost of the control plane's telemetry).
     let target = metrics.target(pilotfish_sidecar::telemetry::metrics::Direction::Outbound, "svc-517.default");
     let edge = ep.metrics.edge.clone().expect("outbound endpoints count on an edge");
-    let answered = HeaderMap::new();
+    let mut answered = HeaderMap::new();
+    answered.insert("content-type", HeaderValue::from_static("application/grpc"));
+    answered.insert("grpc-status", HeaderValue::from_static("0"));
     let elapsed = Duration::from_micros(2300);
     let mut group = c.benchmark_group("respond_accounting");
     group.bench_function("without_telemetry", |b| {
@@ -77,6 +79,14 @@ fn routing(c: &mut Criterion) {
         })
     });
     group.bench_function("with_telemetry", |b| {
+        b.iter(|| {
+            target.duration.observe(black_box(elapsed).as_secs_f64());
+            ep.metrics.record(black_box(http::StatusCode::OK));
+            edge.record(black_box(200), None, black_box(elapsed));
+        })
+    });
+    // A gRPC call: its response headers are looked at for a grpc-status.
+    group.bench_function("with_telemetry_grpc", |b| {
         b.iter(|| {
             target.duration.observe(black_box(elapsed).as_secs_f64());
             ep.metrics.record(black_box(http::StatusCode::OK));

@@ -44,7 +44,8 @@ pub fn respond(
     metrics.duration.observe(elapsed.as_secs_f64());
     endpoint.metrics.record(res.status());
     if let Some(edge) = &endpoint.metrics.edge {
-        edge.record(res.status().as_u16(), Some(res.headers()), elapsed);
+        // Only a gRPC call's headers can carry a grpc-status worth the lookup.
+        edge.record(res.status().as_u16(), cx.grpc.then(|| res.headers()), elapsed);
     }
     let Downstream { mut record, on_upgrade } = downstream;
     let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;

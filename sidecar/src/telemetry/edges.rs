@@ -22,9 +22,10 @@ use pilotfish_api::wire::DEFAULT_NAMESPACE;
 /// One edge's counters since the last collection.
 #[derive(Default)]
 pub struct EdgeStats {
-    requests: AtomicU64,
-    successes: AtomicU64,
+    /// Requests by latency bucket: their sum is the requests, so a request costs one atomic
+    /// add, and a failure one more.
     latency: [AtomicU64; LATENCY_BUCKETS],
+    failures: AtomicU64,
     tcp_opened: AtomicU64,
     /// Not reset by collection: a gauge.
     tcp_open: AtomicU64,
@@ -35,12 +36,11 @@ pub struct EdgeStats {
 impl EdgeStats {
     /// A request answered with `status` (and response `headers`, for gRPC) after `elapsed`.
     pub fn record(&self, status: u16, headers: Option<&HeaderMap>, elapsed: Duration) {
-        self.requests.fetch_add(1, Relaxed);
-        if is_success(status, headers) {
-            self.successes.fetch_add(1, Relaxed);
-        }
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let micros = elapsed.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(elapsed.subsec_micros()));
         self.latency[latency_bucket(micros)].fetch_add(1, Relaxed);
+        if !is_success(status, headers) {
+            self.failures.fetch_add(1, Relaxed);
+        }
     }
 
     /// An opaque TCP connection opened; [`EdgeStats::tcp_closed`] when it ends.
@@ -58,12 +58,17 @@ impl EdgeStats {
 
     /// The counts since the last collection; `None` when there is nothing to report.
     fn take(&self) -> Option<EdgeCounts> {
+        let latency: Vec<(u8, u64)> = (0..LATENCY_BUCKETS)
+            .filter_map(|i| Some((i as u8, self.latency[i].swap(0, Relaxed))).filter(|(_, n)| *n > 0))
+            .collect();
+        let requests = latency.iter().map(|(_, n)| n).sum();
+        // A request counted between the two swaps may leave its failure in this report and its
+        // bucket for the next: one report one success short, the next one over; none lost.
+        let failures = self.failures.swap(0, Relaxed);
         let counts = EdgeCounts {
-            requests: self.requests.swap(0, Relaxed),
-            successes: self.successes.swap(0, Relaxed),
-            latency: (0..LATENCY_BUCKETS)
-                .filter_map(|i| Some((i as u8, self.latency[i].swap(0, Relaxed))).filter(|(_, n)| *n > 0))
-                .collect(),
+            requests,
+            successes: requests.saturating_sub(failures),
+            latency,
             tcp_opened: self.tcp_opened.swap(0, Relaxed),
             tcp_open: self.tcp_open.load(Relaxed),
             bytes_sent: self.bytes_sent.swap(0, Relaxed),
