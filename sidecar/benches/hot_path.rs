@@ -65,7 +65,8 @@ fn routing(c: &mut Criterion) {
     });
     // What `respond` does per response: the Prometheus duration and status, without and with
     // the telemetry edge (the request path's whole cost of the control plane's telemetry).
-    let target = metrics.target(pilotfish_sidecar::telemetry::metrics::Direction::Outbound, "svc-517.default");
+    let target =
+        metrics.target(pilotfish_sidecar::telemetry::metrics::Direction::Outbound, "svc-517.default");
     let edge = ep.metrics.edge.clone().expect("outbound endpoints count on an edge");
     let mut answered = HeaderMap::new();
     answered.insert("content-type", HeaderValue::from_static("application/grpc"));

@@ -56,7 +56,8 @@ pub async fn stat(api: &Client, args: StatArgs) -> anyhow::Result<()> {
         let mut table = Table::new(&["SERVICE", "MESHED", "SUCCESS", "RPS", "P50", "P95", "P99", "TCP_CONN"]);
         for row in &list.items {
             let g = &row.golden;
-            let meshed = row.meshed.as_ref().map(|m| format!("{}/{}", m.current, m.total)).unwrap_or_default();
+            let meshed =
+                row.meshed.as_ref().map(|m| format!("{}/{}", m.current, m.total)).unwrap_or_default();
             table.row([
                 row.service.clone().unwrap_or_default(),
                 meshed,

@@ -160,7 +160,12 @@ impl Client {
     }
 
     /// `POST /v1/proxies/{id}/stats`: a sidecar's telemetry since its previous report.
-    pub async fn report_stats(&self, id: &str, q: &AckQuery, report: &StatsReport) -> Result<(), ClientError> {
+    pub async fn report_stats(
+        &self,
+        id: &str,
+        q: &AckQuery,
+        report: &StatsReport,
+    ) -> Result<(), ClientError> {
         let path = format!("/v1/proxies/{}/stats{}", segment(id), query(q));
         self.empty(Call::new(Method::POST, path).json(report)).await
     }

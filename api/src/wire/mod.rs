@@ -65,8 +65,8 @@ pub use registry::{
 };
 pub use resources::{AppliedItem, ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
 pub use stats::{
-    EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList, StatsQuery, StatsReport,
-    StatsRow,
+    EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList, StatsQuery,
+    StatsReport, StatsRow,
 };
 pub use tokens::{is_fingerprint, JoinToken, TokenKind, TokenParts, TokenRequest};
 

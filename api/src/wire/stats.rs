@@ -19,8 +19,8 @@ use super::protocol::{unversioned, Versioned, PROTOCOL_VERSION};
 /// Upper bounds (inclusive, milliseconds) of the latency buckets; one more bucket counts
 /// everything slower. Both ends use these: a change is a protocol change.
 pub const LATENCY_BOUNDS_MS: [u32; 24] = [
-    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000,
-    10000, 30000,
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
+    30000,
 ];
 
 /// Buckets of a latency histogram: one per bound and one above the last.
@@ -183,14 +183,13 @@ pub fn window_seconds(text: &str) -> Result<u64, BadWindow> {
         _ => return Err(bad()),
     };
     let digits = &text[..text.len() - 1];
-    let n: u64 = digits.parse().ok().filter(|_| digits.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
+    let n: u64 =
+        digits.parse().ok().filter(|_| digits.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
     // No leading zeros, as the pattern has none.
     if format!("{n}{unit}") != text {
         return Err(bad());
     }
-    Some(n * scale)
-        .filter(|s| (MIN_WINDOW_SECONDS..=MAX_WINDOW_SECONDS).contains(s))
-        .ok_or_else(bad)
+    Some(n * scale).filter(|s| (MIN_WINDOW_SECONDS..=MAX_WINDOW_SECONDS).contains(s)).ok_or_else(bad)
 }
 
 /// `GET /v1/stats` query.
@@ -200,7 +199,9 @@ pub struct StatsQuery {
     /// How far back to look: whole seconds, minutes or an hour from `5s` to `1h` (default
     /// `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(pattern = r"^(([5-9]|[1-9][0-9]|[1-9][0-9]{2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s|([1-9]|[1-5][0-9]|60)m|1h)$")]
+    #[param(
+        pattern = r"^(([5-9]|[1-9][0-9]|[1-9][0-9]{2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s|([1-9]|[1-5][0-9]|60)m|1h)$"
+    )]
     pub window: Option<String>,
     /// Rows per service (default), edge or route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,7 +303,8 @@ mod tests {
     #[test]
     fn windows_are_whole_units_from_5s_to_an_hour_as_the_pattern_says() {
         let pattern = regex::Regex::new(WINDOW_PATTERN).unwrap();
-        for (text, secs) in [("5s", 5), ("59s", 59), ("3600s", 3600), ("1m", 60), ("60m", 3600), ("1h", 3600)] {
+        for (text, secs) in [("5s", 5), ("59s", 59), ("3600s", 3600), ("1m", 60), ("60m", 3600), ("1h", 3600)]
+        {
             assert_eq!(window_seconds(text), Ok(secs), "{text}");
             assert!(pattern.is_match(text), "{text}");
         }

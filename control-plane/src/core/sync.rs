@@ -34,13 +34,7 @@ impl ControlPlane {
 
     /// Records proxy `id`'s ACK (or NACK) under the service its push stream named. A join
     /// token's own service when left out, as sidecars one version back do (they predate it).
-    pub async fn acknowledge(
-        &self,
-        caller: &Caller,
-        id: &str,
-        q: AckQuery,
-        ack: Ack,
-    ) -> Result<()> {
+    pub async fn acknowledge(&self, caller: &Caller, id: &str, q: AckQuery, ack: Ack) -> Result<()> {
         ack.check_protocol()?;
         if let Some(certificate) = &ack.certificate {
             certificate.check().map_err(Error::BadRequest)?;
@@ -102,6 +96,29 @@ pub(super) fn certificate_warning(
     }
 }
 
+/// The proxy `id` a sidecar's call (an ACK, a telemetry report) is from: of the service its
+/// query names, or its join token's when it names none; the caller must act for it.
+pub(super) fn proxy_of(
+    caller: &Caller,
+    id: &str,
+    AckQuery { service, namespace }: AckQuery,
+) -> Result<ProxyKey> {
+    let (service, namespace) = match (service, caller) {
+        (Some(service), _) => (service, namespace_or_default(namespace)),
+        (None, Caller::Service(t)) => (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone())),
+        (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
+        (None, Caller::Admin) => {
+            return Err(Error::BadRequest(
+                "service is required when the admin token speaks for a sidecar: add ?service=NAME (the proxy's service)"
+                    .into(),
+            ))
+        }
+    };
+    let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
+    caller.act_for(&key.service, &key.namespace)?;
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,23 +150,4 @@ mod tests {
         assert!(unreadable.contains("cannot be read"), "{unreadable}");
         assert_eq!(certificate_warning(&report("2026-12-03T00:00:00Z", None), now, day, |_| false), None);
     }
-}
-
-/// The proxy `id` a sidecar's call (an ACK, a telemetry report) is from: of the service its
-/// query names, or its join token's when it names none; the caller must act for it.
-pub(super) fn proxy_of(caller: &Caller, id: &str, AckQuery { service, namespace }: AckQuery) -> Result<ProxyKey> {
-    let (service, namespace) = match (service, caller) {
-        (Some(service), _) => (service, namespace_or_default(namespace)),
-        (None, Caller::Service(t)) => (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone())),
-        (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
-        (None, Caller::Admin) => {
-            return Err(Error::BadRequest(
-                "service is required when the admin token speaks for a sidecar: add ?service=NAME (the proxy's service)"
-                    .into(),
-            ))
-        }
-    };
-    let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
-    caller.act_for(&key.service, &key.namespace)?;
-    Ok(key)
 }

@@ -21,8 +21,8 @@ mod ops;
 mod push;
 mod registry;
 mod resources;
-mod stats;
 pub mod router;
+mod stats;
 mod tokens;
 
 #[cfg(test)]

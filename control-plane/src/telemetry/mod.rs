@@ -34,6 +34,10 @@ use window::{Totals, Window, RETAIN_SECONDS};
 
 /// Edges kept at most.
 pub const MAX_EDGES: usize = 512;
+// The bound the module documents: slots of 152 bytes, under 300 MB in all.
+const _: () = assert!(window::SLOT_BYTES <= 152);
+const _: () = assert!(MAX_EDGES as u64 * RETAIN_SECONDS * window::SLOT_BYTES as u64 <= 300 << 20);
+
 /// Sidecars remembered at most.
 pub const MAX_SIDECARS: usize = 65_536;
 /// A sidecar that reported within this long is current (five report periods).

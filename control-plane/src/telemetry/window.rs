@@ -61,11 +61,13 @@ impl Totals {
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        self.latency.iter().position(|n| {
-            seen += n;
-            seen >= rank
-        })
-        .map(bucket_upper_ms)
+        self.latency
+            .iter()
+            .position(|n| {
+                seen += n;
+                seen >= rank
+            })
+            .map(bucket_upper_ms)
     }
 
     /// The golden metrics over `seconds`, with `tcp_open` connections open now.
@@ -179,7 +181,10 @@ mod tests {
         w.add(1, &counts(90, 90, 0));
         w.add(1, &counts(10, 0, 11));
         let t = w.totals(1, 60);
-        assert_eq!((t.quantile_ms(0.5), t.quantile_ms(0.9), t.quantile_ms(0.95)), (Some(1), Some(1), Some(100)));
+        assert_eq!(
+            (t.quantile_ms(0.5), t.quantile_ms(0.9), t.quantile_ms(0.95)),
+            (Some(1), Some(1), Some(100))
+        );
         let golden = t.golden(10, 0);
         assert_eq!((golden.rps, golden.success_rate), (10.0, Some(0.9)));
         assert_eq!(Totals::default().quantile_ms(0.5), None);

@@ -26,7 +26,8 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// [`Managed::clients`].
 pub async fn run(shared: Arc<Shared>, managed: Managed, roots: SharedRoots) {
     let clients = managed.clients(&roots, &shared.client_cert);
-    let query = AckQuery { service: Some(managed.service.clone()), namespace: Some(managed.namespace.clone()) };
+    let query =
+        AckQuery { service: Some(managed.service.clone()), namespace: Some(managed.namespace.clone()) };
     let mut server = 0;
     let mut ticks = tokio::time::interval(REPORT_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

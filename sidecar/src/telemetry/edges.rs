@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use pilotfish_api::wire::stats::{latency_bucket, LATENCY_BUCKETS, MAX_EDGES_PER_REPORT};
-use pilotfish_api::wire::{EdgeCounts, EdgeDirection, EdgePeer, EdgeReport};
 use pilotfish_api::wire::DEFAULT_NAMESPACE;
+use pilotfish_api::wire::{EdgeCounts, EdgeDirection, EdgePeer, EdgeReport};
 
 /// One edge's counters since the last collection.
 #[derive(Default)]
@@ -36,7 +36,8 @@ pub struct EdgeStats {
 impl EdgeStats {
     /// A request answered with `status` (and response `headers`, for gRPC) after `elapsed`.
     pub fn record(&self, status: u16, headers: Option<&HeaderMap>, elapsed: Duration) {
-        let micros = elapsed.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(elapsed.subsec_micros()));
+        let micros =
+            elapsed.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(elapsed.subsec_micros()));
         self.latency[latency_bucket(micros)].fetch_add(1, Relaxed);
         if !is_success(status, headers) {
             self.failures.fetch_add(1, Relaxed);
@@ -81,10 +82,7 @@ impl EdgeStats {
 /// Non-5xx, and for gRPC a `grpc-status` of 0 when the response headers carry one (a
 /// trailers-only answer); a status only in the trailers is not seen here.
 pub fn is_success(status: u16, headers: Option<&HeaderMap>) -> bool {
-    status < 500
-        && headers
-            .and_then(|h| h.get("grpc-status"))
-            .is_none_or(|v| v.as_bytes() == b"0")
+    status < 500 && headers.and_then(|h| h.get("grpc-status")).is_none_or(|v| v.as_bytes() == b"0")
 }
 
 /// Where an edge goes: the destination service (`name.namespace`) and the identity its
@@ -135,7 +133,7 @@ impl Edges {
             true
         });
         drop(by_key);
-        edges.sort_by(|a, b| b.counts.requests.cmp(&a.counts.requests));
+        edges.sort_by_key(|e| std::cmp::Reverse(e.counts.requests));
         let dropped = edges.len().saturating_sub(MAX_EDGES_PER_REPORT) as u64;
         edges.truncate(MAX_EDGES_PER_REPORT);
         (edges, dropped)
