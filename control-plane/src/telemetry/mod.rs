@@ -168,7 +168,7 @@ impl Telemetry {
                 }
                 for (key, edge) in inner.edges.iter().filter(|(k, _)| matches(&k.dst)) {
                     let row = rows.entry(key.dst.clone()).or_default();
-                    row.0.add(&edge.window.totals(now, seconds));
+                    edge.window.add_to(&mut row.0, now, seconds);
                     row.1 += open_now(edge);
                 }
                 rows.into_iter()
@@ -185,7 +185,7 @@ impl Telemetry {
                 for (key, edge) in inner.edges.iter().filter(|(k, _)| matches(&k.dst)) {
                     let route = key.route.clone().unwrap_or_default();
                     let row = rows.entry((key.dst.clone(), route)).or_default();
-                    row.0.add(&edge.window.totals(now, seconds));
+                    edge.window.add_to(&mut row.0, now, seconds);
                     row.1 += open_now(edge);
                 }
                 rows.into_iter()
@@ -209,7 +209,7 @@ impl Telemetry {
                         key.secured,
                     );
                     let row = rows.entry(id).or_default();
-                    row.0.add(&edge.window.totals(now, seconds));
+                    edge.window.add_to(&mut row.0, now, seconds);
                     row.1 += open_now(edge);
                 }
                 rows.into_iter()

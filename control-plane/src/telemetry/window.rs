@@ -41,17 +41,6 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn add(&mut self, other: &Totals) {
-        self.requests += other.requests;
-        self.successes += other.successes;
-        self.tcp_opened += other.tcp_opened;
-        self.bytes_sent += other.bytes_sent;
-        self.bytes_received += other.bytes_received;
-        for (mine, theirs) in self.latency.iter_mut().zip(other.latency) {
-            *mine += theirs;
-        }
-    }
-
     /// The latency (ms) below which a fraction `q` of the requests fell: the upper bound of
     /// the bucket holding the request at that rank.
     pub fn quantile_ms(&self, q: f64) -> Option<u32> {
@@ -125,9 +114,9 @@ impl Window {
         self.slots.is_empty()
     }
 
-    /// The counts of the last `seconds` up to `now` (the current second included).
-    pub fn totals(&self, now: u64, seconds: u64) -> Totals {
-        let mut totals = Totals::default();
+    /// Adds the counts of the last `seconds` up to `now` (the current second included) to
+    /// `totals`.
+    pub fn add_to(&self, totals: &mut Totals, now: u64, seconds: u64) {
         for slot in self.slots.iter().rev().take_while(|s| s.second + seconds > now) {
             totals.requests += slot.requests;
             totals.successes += slot.successes;
@@ -138,6 +127,13 @@ impl Window {
                 *t += u64::from(n);
             }
         }
+    }
+
+    /// The counts of the last `seconds` up to `now`.
+    #[cfg(test)]
+    fn totals(&self, now: u64, seconds: u64) -> Totals {
+        let mut totals = Totals::default();
+        self.add_to(&mut totals, now, seconds);
         totals
     }
 }
