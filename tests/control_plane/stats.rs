@@ -10,6 +10,7 @@ use pilotfish_api::wire::{StatsBy, StatsList, StatsQuery, StatsRow};
 use serde_json::json;
 
 use crate::managed::{eventually, managed_with_token};
+use crate::mesh::{call_until, control_plane, greeter_and_client};
 use crate::support::{self, backend};
 use crate::{curl, service, table_cells, ControlPlane, TOKEN};
 
@@ -185,4 +186,22 @@ async fn a_report_speaks_only_for_its_own_service_and_bad_windows_are_400() {
     let out = tokio::task::block_in_place(|| cp.cli(&["stat", "--window", "2h"]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("from 5s to 1h"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshed_edge_is_secured_and_names_both_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path(), &[]);
+    let (_app, _greeter, client) = greeter_and_client(&cp, &[]).await;
+    call_until(&client, "greeter", 200, &[]).await;
+    let edge = eventually("the client's report of its calls to greeter", async || {
+        row(&cp, "1m", StatsBy::Edge, "greeter").await.filter(|r| r.golden.successes > 0)
+    })
+    .await;
+    assert_eq!((edge.src.as_deref(), edge.dst.as_deref()), (Some("client.default"), Some("greeter.default")));
+    assert_eq!(edge.secured, Some(true), "{edge:?}");
+    let id = |sa: &str| Some(format!("spiffe://pilotfish.local/ns/default/sa/{sa}"));
+    assert_eq!((edge.src_identity, edge.dst_identity), (id("client"), id("greeter")));
+    let table = table_cells(&tokio::task::block_in_place(|| cp.cli_ok(&["edges", "greeter"])));
+    assert_eq!(table[1][2..5], [id("client").unwrap(), id("greeter").unwrap(), "yes".into()]);
 }
