@@ -30,6 +30,8 @@
 //!   bounded cost per request.
 //! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
 //!   control-plane` and `pilotfish up`), plaintext or TLS.
+//! - [`telemetry`]: the sidecars' telemetry reports in per-edge rolling windows (bounded
+//!   memory), and the rows of `/v1/stats`. No HTTP in it.
 //! - [`tls`]: when the API is served over TLS (not loopback only, unless `--insecure`), its
 //!   certificate from the mesh CA, and accepting TLS connections.
 //!
@@ -59,4 +61,5 @@ pub mod model;
 pub mod names;
 pub mod push;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

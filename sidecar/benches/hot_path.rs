@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-connection and per-request hot paths: protocol detection, service
 //! lookup by host among 1,000 services, route matching among 1,000 rules, hop-by-hop header
-//! handling, endpoint choice (L4 round-robin, L7 power of two choices), metric recording and
+//! handling, endpoint choice (L4 round-robin, L7 power of two choices), metric recording, the
+//! per-edge telemetry accounting (a response accounted with and without it, side by side) and
 //! rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
 
 use std::hint::black_box;
@@ -62,6 +63,38 @@ fn routing(c: &mut Criterion) {
     c.bench_function("metrics/record_status", |b| {
         b.iter(|| ep.metrics.record(black_box(http::StatusCode::OK)))
     });
+    // What `respond` does per response: the Prometheus duration and status, without and with
+    // the telemetry edge (the request path's whole cost of the control plane's telemetry).
+    let target =
+        metrics.target(pilotfish_sidecar::telemetry::metrics::Direction::Outbound, "svc-517.default");
+    let edge = ep.metrics.edge.clone().expect("outbound endpoints count on an edge");
+    let mut answered = HeaderMap::new();
+    answered.insert("content-type", HeaderValue::from_static("application/grpc"));
+    answered.insert("grpc-status", HeaderValue::from_static("0"));
+    let elapsed = Duration::from_micros(2300);
+    let mut group = c.benchmark_group("respond_accounting");
+    group.bench_function("without_telemetry", |b| {
+        b.iter(|| {
+            target.duration.observe(black_box(elapsed).as_secs_f64());
+            ep.metrics.record(black_box(http::StatusCode::OK));
+        })
+    });
+    group.bench_function("with_telemetry", |b| {
+        b.iter(|| {
+            target.duration.observe(black_box(elapsed).as_secs_f64());
+            ep.metrics.record(black_box(http::StatusCode::OK));
+            edge.record(black_box(200), None, black_box(elapsed));
+        })
+    });
+    // A gRPC call: its response headers are looked at for a grpc-status.
+    group.bench_function("with_telemetry_grpc", |b| {
+        b.iter(|| {
+            target.duration.observe(black_box(elapsed).as_secs_f64());
+            ep.metrics.record(black_box(http::StatusCode::OK));
+            edge.record(black_box(200), Some(black_box(&answered)), black_box(elapsed));
+        })
+    });
+    group.finish();
     c.bench_function("config/build_1000_services", |b| {
         let text = config(1000);
         b.iter(|| Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap())

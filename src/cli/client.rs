@@ -1,5 +1,5 @@
 //! The operator commands — `apply`, `get`, `delete`, `history`, `diff`, `rollback`, `token`,
-//! `proxies`, `ca` — through the typed client of the control plane's API
+//! `proxies`, `ca`, `stat`, `edges` — through the typed client of the control plane's API
 //! (`pilotfish_api::client`); tables come from [`super::table`].
 
 use std::io::Read;
@@ -127,6 +127,12 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Golden metrics per service: sidecars reporting, success rate, requests per second,
+    /// latency quantiles, open TCP connections.
+    Stat(super::stats::StatArgs),
+    /// Golden metrics per edge (caller → callee): identities, mTLS, requests per second,
+    /// success rate, p99 latency.
+    Edges(super::stats::StatArgs),
 }
 
 pub fn run(server: Server, command: Command) -> anyhow::Result<()> {
@@ -136,7 +142,7 @@ pub fn run(server: Server, command: Command) -> anyhow::Result<()> {
 
 /// A failed call as the operator reads it: the server's message, and what to do about a
 /// missing token.
-fn explain(e: ClientError) -> anyhow::Error {
+pub fn explain(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Unauthorized(_) => anyhow::anyhow!("{e} (pass --token or set PILOTFISH_TOKEN)"),
         e => e.into(),
@@ -145,7 +151,7 @@ fn explain(e: ClientError) -> anyhow::Error {
 
 /// Prints `value` as YAML or JSON with its keys sorted, as the CLI always printed the API's
 /// answers.
-fn print_sorted(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()> {
+pub fn print_sorted(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()> {
     let value = serde_json::to_value(value)?;
     if yaml {
         print!("{}", serde_yaml_ng::to_string(&value)?);
@@ -277,6 +283,8 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Stat(args) => super::stats::stat(&api, args).await?,
+        Command::Edges(args) => super::stats::edges(&api, args).await?,
         Command::Ca { action } => super::ca::execute(&api, action).await.map_err(explain)?,
         Command::Token { action: TokenAction::Create { service, namespace, read_only, ttl } } => {
             let kind = if read_only { TokenKind::ReadOnly } else { TokenKind::Join };

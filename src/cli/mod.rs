@@ -7,6 +7,7 @@ mod control_plane;
 mod init;
 mod inject;
 mod sidecar;
+mod stats;
 mod table;
 mod up;
 mod yaml_stream;

@@ -22,6 +22,7 @@ mod kubernetes;
 mod managed;
 mod mesh;
 mod openapi;
+mod stats;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]
 mod support;

@@ -18,7 +18,7 @@ use crate::ControlPlane;
 const TRUST_DOMAIN: &str = "spiffe://pilotfish.local/ns/default/sa";
 
 /// A control plane on `dir` with `extra` flags.
-fn control_plane(dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
+pub(crate) fn control_plane(dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
     let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     tokio::task::block_in_place(|| ControlPlane::launch(&args))
@@ -31,7 +31,10 @@ fn joined(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
 }
 
 /// `greeter`'s app and sidecar, and a `client` sidecar calling it; `extra` goes to both sidecars.
-async fn greeter_and_client(cp: &ControlPlane, extra: &[&str]) -> (support::Backend, Sidecar, Sidecar) {
+pub(crate) async fn greeter_and_client(
+    cp: &ControlPlane,
+    extra: &[&str],
+) -> (support::Backend, Sidecar, Sidecar) {
     let app = backend("greeter-app").await;
     let app_addr = app.addr.to_string();
     let mut args = vec!["--app", &app_addr, "--inbound", "127.0.0.1:0", "--lease-ttl", "120s"];
@@ -42,7 +45,12 @@ async fn greeter_and_client(cp: &ControlPlane, extra: &[&str]) -> (support::Back
 }
 
 /// Curls `service` through `caller`'s outbound listener until the answer is `status`.
-async fn call_until(caller: &Sidecar, service: &str, status: u16, extra: &[&str]) -> support::Reply {
+pub(crate) async fn call_until(
+    caller: &Sidecar,
+    service: &str,
+    status: u16,
+    extra: &[&str],
+) -> support::Reply {
     let url = format!("http://{}/hello", caller.outbound);
     let host = format!("Host: {service}");
     eventually(&format!("{service} answers {status} through the caller's sidecar"), async || {

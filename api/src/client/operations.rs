@@ -11,7 +11,7 @@ use crate::wire::{
     Ack, AckQuery, ApplyResult, CaStatus, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff,
     DiffQuery, EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery,
     ProxyList, PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest,
-    RollbackResult, RotateRequest, TokenRequest,
+    RollbackResult, RotateRequest, StatsList, StatsQuery, StatsReport, TokenRequest,
 };
 
 /// What an apply asks of the store besides the documents.
@@ -157,6 +157,22 @@ impl Client {
     pub async fn ack(&self, id: &str, q: &AckQuery, ack: &Ack) -> Result<(), ClientError> {
         let path = format!("/v1/proxies/{}/ack{}", segment(id), query(q));
         self.empty(Call::new(Method::POST, path).json(ack)).await
+    }
+
+    /// `POST /v1/proxies/{id}/stats`: a sidecar's telemetry since its previous report.
+    pub async fn report_stats(
+        &self,
+        id: &str,
+        q: &AckQuery,
+        report: &StatsReport,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/proxies/{}/stats{}", segment(id), query(q));
+        self.empty(Call::new(Method::POST, path).json(report)).await
+    }
+
+    /// `GET /v1/stats`: the mesh's golden metrics over a window.
+    pub async fn stats(&self, q: &StatsQuery) -> Result<StatsList, ClientError> {
+        self.json(Call::new(Method::GET, format!("/v1/stats{}", query(q)))).await
     }
 
     /// `GET /readyz`: whether the control plane can serve (its event store answers).

@@ -28,6 +28,7 @@
 //! - [`history`]: events and pages of them, diff, rollback.
 //! - [`proxies`]: each sidecar's sync status.
 //! - [`tokens`]: join and read-only tokens, and how a token's text splits.
+//! - [`stats`]: the sidecars' telemetry reports and `/v1/stats`.
 //! - [`identity`]: the mesh CA's certify request and answer, and its status.
 //! - [`error`]: the error body.
 //!
@@ -43,6 +44,7 @@ pub mod proxies;
 pub mod push;
 pub mod registry;
 pub mod resources;
+pub mod stats;
 pub mod tokens;
 
 pub use error::ErrorBody;
@@ -62,6 +64,10 @@ pub use registry::{
     Registration,
 };
 pub use resources::{AppliedItem, ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
+pub use stats::{
+    EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList, StatsQuery,
+    StatsReport, StatsRow,
+};
 pub use tokens::{is_fingerprint, JoinToken, TokenKind, TokenParts, TokenRequest};
 
 /// Parses `value` as `T` and asserts it serializes back to exactly `value`, and that the same

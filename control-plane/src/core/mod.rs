@@ -18,6 +18,7 @@ mod registry;
 mod resources;
 mod review;
 mod rotation;
+mod stats;
 mod status;
 mod sync;
 mod tokens;

@@ -25,6 +25,7 @@ use crate::inject::admission::Injector;
 use crate::model::{endpoint_aggregate, State};
 use crate::push::{self, Proxies, SnapshotCache};
 use crate::store::{EventStore, StoreError};
+use crate::telemetry::Telemetry;
 
 /// Events folded between two snapshots of the read model.
 const SNAPSHOT_EVERY: u64 = 1000;
@@ -84,6 +85,8 @@ pub struct ControlPlane {
     pub(super) authz_default: MeshDefault,
     /// What the CA issued and refused, for `/metrics`.
     pub(super) ca_counters: CaCounters,
+    /// The sidecars' telemetry reports, in rolling windows (`/v1/stats`).
+    pub(super) telemetry: Telemetry,
     /// The newest snapshot line, shared by every push stream (built once per version).
     snapshots: SnapshotCache,
     /// Services and endpoints a discovery source (Kubernetes) reports: live, never in the log.
@@ -148,6 +151,7 @@ impl ControlPlane {
             discovered: Discovered::default(),
             reviews: Reviews::default(),
             namespaces: Namespaces::default(),
+            telemetry: Telemetry::default(),
             stopping: CancellationToken::new(),
             injector: OnceLock::new(),
         }))

@@ -34,13 +34,7 @@ impl ControlPlane {
 
     /// Records proxy `id`'s ACK (or NACK) under the service its push stream named. A join
     /// token's own service when left out, as sidecars one version back do (they predate it).
-    pub async fn acknowledge(
-        &self,
-        caller: &Caller,
-        id: &str,
-        AckQuery { service, namespace }: AckQuery,
-        ack: Ack,
-    ) -> Result<()> {
+    pub async fn acknowledge(&self, caller: &Caller, id: &str, q: AckQuery, ack: Ack) -> Result<()> {
         ack.check_protocol()?;
         if let Some(certificate) = &ack.certificate {
             certificate.check().map_err(Error::BadRequest)?;
@@ -48,22 +42,7 @@ impl ControlPlane {
         if let Some(roots) = &ack.trusted_roots {
             check_trusted_roots(roots).map_err(Error::BadRequest)?;
         }
-        let (service, namespace) = match (service, caller) {
-            (Some(service), _) => (service, namespace_or_default(namespace)),
-            (None, Caller::Service(t)) => {
-                (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone()))
-            }
-            (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
-            (None, Caller::Admin | Caller::Account(_)) => {
-                return Err(Error::BadRequest(
-                    "service is required when the admin token or a service account ACKs: add \
-                     ?service=NAME (the proxy's service)"
-                        .into(),
-                ))
-            }
-        };
-        let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
-        caller.act_for(&key.service, &key.namespace)?;
+        let key = proxy_of(caller, id, q)?;
         if let Some(error) = &ack.error {
             tracing::warn!(proxy = %id, service = %key.service, version = ack.version, error = %error, "sidecar rejected a configuration");
         }
@@ -115,6 +94,30 @@ pub(super) fn certificate_warning(
         )),
         _ => None,
     }
+}
+
+/// The proxy `id` a sidecar's call (an ACK, a telemetry report) is from: of the service its
+/// query names, or its join token's when it names none; the caller must act for it.
+pub(super) fn proxy_of(
+    caller: &Caller,
+    id: &str,
+    AckQuery { service, namespace }: AckQuery,
+) -> Result<ProxyKey> {
+    let (service, namespace) = match (service, caller) {
+        (Some(service), _) => (service, namespace_or_default(namespace)),
+        (None, Caller::Service(t)) => (t.service.clone(), namespace.unwrap_or_else(|| t.namespace.clone())),
+        (None, Caller::ReadOnly(_)) => return Err(read_only_sidecar()),
+        (None, Caller::Admin | Caller::Account(_)) => {
+            return Err(Error::BadRequest(
+                "service is required when the admin token or a service account speaks for a sidecar: add \
+                 ?service=NAME (the proxy's service)"
+                    .into(),
+            ))
+        }
+    };
+    let key = ProxyKey::new(&service, &namespace, id).map_err(Error::BadRequest)?;
+    caller.act_for(&key.service, &key.namespace)?;
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ const ADDRESS_PATTERN: &str = concat!(
 
 /// The operations of a proxy, whose `service` and `namespace` parameters the server checks as
 /// names (elsewhere they are filters, and any text merely matches nothing).
-const PROXY_OPERATIONS: [&str; 2] = ["/v1/push", "/v1/proxies/{id}/ack"];
+const PROXY_OPERATIONS: [&str; 3] = ["/v1/push", "/v1/proxies/{id}/ack", "/v1/proxies/{id}/stats"];
 
 /// The rules the server checks beyond the wire types' shape: names are DNS labels, addresses
 /// parse, `protocol` is one the server speaks, and a kind is one it knows.
@@ -137,7 +137,7 @@ impl Modify for ServerRules {
                 identity.pattern = Some(IDENTITY_PATTERN.to_owned());
             }
         }
-        for body in ["Registration", "TokenRequest", "Ack", "CertifyRequest"] {
+        for body in ["Registration", "TokenRequest", "Ack", "CertifyRequest", "StatsReport"] {
             let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(body) else { continue };
             for field in ["service", "namespace"] {
                 if let Some(RefOr::T(Schema::Object(name))) = object.properties.get_mut(field) {
@@ -149,6 +149,11 @@ impl Modify for ServerRules {
             }
             if let Some(RefOr::T(Schema::Object(protocol))) = object.properties.get_mut("protocol") {
                 protocol_range(protocol);
+            }
+            if body == "StatsReport" {
+                if let Some(RefOr::T(Schema::Object(identity))) = object.properties.get_mut("identity") {
+                    identity.pattern = Some(IDENTITY_PATTERN.to_owned());
+                }
             }
         }
         if let Some(RefOr::T(Schema::Object(token))) = components.schemas.remove("TokenRequest") {

@@ -9,7 +9,7 @@
 //! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
 //!   document them.
 //! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`],
-//!   [`inject`] (the admission webhook): the handlers.
+//!   [`inject`] (the admission webhook), [`stats`] (telemetry): the handlers.
 
 mod ca;
 pub mod doc;
@@ -22,6 +22,7 @@ mod push;
 mod registry;
 mod resources;
 pub mod router;
+mod stats;
 mod tokens;
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
-use super::{ca, history, inject, ops, push, registry, resources, tokens};
+use super::{ca, history, inject, ops, push, registry, resources, stats, tokens};
 
 fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -25,6 +25,7 @@ fn api() -> OpenApiRouter<Shared> {
         .merge(tokens::routes())
         .merge(ca::routes())
         .merge(inject::routes())
+        .merge(stats::routes())
 }
 
 /// The API over `cp`.

@@ -98,6 +98,9 @@ impl<'a> RequestContext<'a> {
         let res = e.respond(self.grpc);
         // gRPC callers get a 200 carrying grpc-status; the metric counts the failure's status.
         local.record(e.status());
+        if let Some(edge) = &local.edge {
+            edge.record(e.status().as_u16(), None, self.started.elapsed());
+        }
         if let Some(entry) = record {
             let (mut r, started) = *entry;
             r.status = res.status().as_u16();

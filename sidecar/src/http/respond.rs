@@ -40,8 +40,13 @@ pub fn respond(
     metrics: &TargetMetrics,
     downstream: Downstream,
 ) -> Response<ProxyBody> {
-    metrics.duration.observe(cx.started.elapsed().as_secs_f64());
+    let elapsed = cx.started.elapsed();
+    metrics.duration.observe(elapsed.as_secs_f64());
     endpoint.metrics.record(res.status());
+    if let Some(edge) = &endpoint.metrics.edge {
+        // Only a gRPC call's headers can carry a grpc-status worth the lookup.
+        edge.record(res.status().as_u16(), cx.grpc.then(|| res.headers()), elapsed);
+    }
     let Downstream { mut record, on_upgrade } = downstream;
     let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(res.headers_mut(), switching && on_upgrade.is_some());

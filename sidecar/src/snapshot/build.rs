@@ -344,7 +344,7 @@ fn service(
         endpoints: endpoint_list,
         next: AtomicUsize::new(0),
         metrics: metrics.target(Direction::Outbound, &key),
-        local: metrics.endpoint(Direction::Outbound, &key, ""),
+        local: metrics.endpoint(Direction::Outbound, &key, "").with_edge(metrics.edges.outbound(&key, None)),
         routes,
         policy: ServicePolicy::new(backend_policy),
         budget: prev
@@ -423,6 +423,11 @@ impl Pools {
         guard: impl FnOnce(&str) -> Option<Arc<EndpointGuard>>,
     ) -> Arc<EndpointRt> {
         let label = addr.to_string();
+        let mut endpoint_metrics = metrics.endpoint(direction, service, &label);
+        if direction == Direction::Outbound {
+            let edge = metrics.edges.outbound(service, identity.as_ref().map(|id| id.to_string()));
+            endpoint_metrics = endpoint_metrics.with_edge(edge);
+        }
         let pool = self
             .by_endpoint
             .entry((addr, identity.clone()))
@@ -430,7 +435,7 @@ impl Pools {
         Arc::new(EndpointRt {
             addr,
             conns: pool.clone(),
-            metrics: metrics.endpoint(direction, service, &label),
+            metrics: endpoint_metrics,
             guard: guard(&label),
             label,
         })

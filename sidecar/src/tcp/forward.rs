@@ -22,6 +22,7 @@ use crate::resilience::retry::Outcome;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::access_log::{self, TcpRecord, Tls};
+use crate::telemetry::edges::EdgeStats;
 use crate::telemetry::metrics::{Direction, TargetMetrics};
 use crate::tls::MeshAlpn;
 use crate::transport;
@@ -57,7 +58,7 @@ async fn connect_to_service(
     timeout: std::time::Duration,
     identity: Option<&Arc<Identity>>,
     opened: &prometheus::IntCounter,
-) -> std::io::Result<Upstream> {
+) -> std::io::Result<(Upstream, Option<Arc<EdgeStats>>)> {
     let mut tried = Vec::new();
     let mut last = None;
     while tried.len() < MAX_CONNECT_ATTEMPTS {
@@ -96,7 +97,7 @@ async fn connect_to_service(
             guard.settle(attempt, outcome, done - now, &svc.policy.failure_on, done);
         }
         match connected {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => return Ok((stream, endpoint.metrics.edge.clone())),
             Err(e) => last = Some(e),
         }
     }
@@ -139,10 +140,11 @@ pub async fn forward<C>(
             (server, &svc.metrics, Some(&*svc.key))
         }
         TcpTarget::Addr(addr, metrics, service) => {
-            (transport::connect(addr, connect_timeout).await.map(Either::Left), metrics, service)
+            let server = transport::connect(addr, connect_timeout).await;
+            (server.map(|s| (Either::Left(s), None)), metrics, service)
         }
     };
-    let mut server = match server {
+    let (mut server, edge) = match server {
         Ok(server) => server,
         Err(e) => {
             tracing::debug!(client = %client_addr, error = %e, "opaque connection refused");
@@ -154,6 +156,9 @@ pub async fn forward<C>(
         Either::Left(tcp) => (tcp.peer_addr().ok(), Tls::of(peer.is_some())),
         Either::Right(mesh) => (mesh.get_ref().0.peer_addr().ok(), Tls::Mtls),
     };
+    if let Some(edge) = &edge {
+        edge.tcp_opened();
+    }
     let mut result = Ok(());
     if !prefix.is_empty() {
         result = server.write_all(&prefix).await;
@@ -166,6 +171,9 @@ pub async fn forward<C>(
         (moved, result) = splice::splice(client, server, idle, counters).await;
     }
     moved.client_to_server += prefix.len() as u64;
+    if let Some(edge) = &edge {
+        edge.tcp_closed(moved.client_to_server, moved.server_to_client);
+    }
     if let Err(e) = &result {
         tracing::debug!(client = %client_addr, error = %e, "opaque connection ended with an error");
     }

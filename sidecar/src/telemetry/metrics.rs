@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use super::edges::{EdgeStats, Edges};
 use super::identity::IdentityMetrics;
 use super::mesh::MeshMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
@@ -56,6 +57,10 @@ pub struct Metrics {
     authz_denied: IntCounterVec,
     pub mesh: MeshMetrics,
     pub identity: IdentityMetrics,
+    /// Per-edge counts for the control plane's telemetry (managed mode reports them).
+    pub edges: Edges,
+    /// Telemetry reports the control plane did not take (their counts are lost).
+    pub stats_reports_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -145,6 +150,12 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let stats_reports_dropped = IntCounter::new(
+            "pilotfish_stats_reports_dropped_total",
+            "Telemetry reports to the control plane that failed (their counts are lost)",
+        )
+        .expect("valid metric");
+
         let registry = Registry::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -161,6 +172,7 @@ impl Metrics {
             Box::new(retry_budget_exhausted.clone()),
             Box::new(ratelimited.clone()),
             Box::new(authz_denied.clone()),
+            Box::new(stats_reports_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -184,6 +196,8 @@ impl Metrics {
             ratelimited,
             authz_denied,
             identity,
+            edges: Edges::default(),
+            stats_reports_dropped,
         })
     }
 
@@ -215,6 +229,7 @@ impl Metrics {
             family: self.requests.clone(),
             labels: [direction.as_str().to_owned(), service.to_owned(), endpoint.to_owned()],
             codes: Default::default(),
+            edge: None,
         }
     }
 }
@@ -371,9 +386,16 @@ pub struct EndpointMetrics {
     family: IntCounterVec,
     labels: [String; 3],
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
+    /// The telemetry edge its requests count on (outbound to a service only).
+    pub edge: Option<Arc<EdgeStats>>,
 }
 
 impl EndpointMetrics {
+    /// Counting its requests on `edge` too.
+    pub fn with_edge(self, edge: Arc<EdgeStats>) -> Self {
+        Self { edge: Some(edge), ..self }
+    }
+
     pub fn record(&self, status: StatusCode) {
         let resolve = || {
             let [d, s, e] = &self.labels;
