@@ -40,40 +40,29 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
     // When the last snapshot went out.
     let mut sent_at: Option<Instant> = None;
     'stream: loop {
-        // Not before the discovery source's first complete view: the sidecar keeps what it has.
-        if cp.discovered().pending() {
-            tokio::select! {
-                _ = stop.cancelled() => break 'stream,
-                Ok(()) = discovered.changed() => {}
-                _ = tokio::time::sleep(KEEPALIVE) => {
-                    match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
-                        Ok(Ok(())) => {}
-                        _ => break 'stream,
+        // Not before the discovery source's first complete view: the sidecar keeps what it has
+        // and gets keepalives until then.
+        if !cp.discovered().pending() {
+            let head = *heads.borrow_and_update();
+            match cp.refresh_to(head).await {
+                Ok(_) => {
+                    let found = discovered.borrow_and_update().generation;
+                    let (version, line) = cp.snapshot_line(&*cp.state().read().await);
+                    if last_sent != Some((version, found)) {
+                        if !send(&mut tx, line).await {
+                            break 'stream;
+                        }
+                        cp.proxies().sent(&key, version);
+                        last_sent = Some((version, found));
+                        sent_at = Some(Instant::now());
                     }
                 }
-            }
-            continue 'stream;
-        }
-        let head = *heads.borrow_and_update();
-        match cp.refresh_to(head).await {
-            Ok(_) => {
-                let found = discovered.borrow_and_update().generation;
-                let (version, line) = cp.snapshot_line(&*cp.state().read().await);
-                if last_sent != Some((version, found)) {
-                    match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(line)).await {
-                        Ok(Ok(())) => {}
-                        _ => break 'stream,
-                    }
-                    cp.proxies().sent(&key, version);
-                    last_sent = Some((version, found));
-                    sent_at = Some(Instant::now());
+                Err(e) => {
+                    // Without a readable log this replica cannot serve the sidecar: end the
+                    // stream so it moves to another replica.
+                    tracing::error!(proxy = %key.id, service = %key.service, error = %e, "cannot read the event log; closing the push stream");
+                    break 'stream;
                 }
-            }
-            Err(e) => {
-                // Without a readable log this replica cannot serve the sidecar: end the stream so
-                // it moves to another replica.
-                tracing::error!(proxy = %key.id, service = %key.service, error = %e, "cannot read the event log; closing the push stream");
-                break 'stream;
             }
         }
         tokio::select! {
@@ -86,9 +75,8 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
             // The registry lives as long as the control plane: this never ends.
             Ok(()) = discovered.changed() => {}
             _ = tokio::time::sleep(KEEPALIVE) => {
-                match tokio::time::timeout(SEND_TIMEOUT, tx.send_data(Bytes::from_static(b"\n"))).await {
-                    Ok(Ok(())) => {}
-                    _ => break 'stream,
+                if !send(&mut tx, Bytes::from_static(b"\n")).await {
+                    break 'stream;
                 }
                 continue 'stream;
             }
@@ -100,4 +88,9 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
         }
     }
     cp.proxies().disconnected(&key, generation);
+}
+
+/// Sends `data` on the stream; `false` when the sidecar is gone or too slow to take it.
+async fn send(tx: &mut Sender<Bytes, Infallible>, data: Bytes) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send_data(data)).await, Ok(Ok(())))
 }
