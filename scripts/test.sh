@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients and tools the end-to-end tests drive: curl, nghttp/h2load, iptables, ip, setpriv,
-# openssl, tcpdump; nginx and HAProxy for the mesh benchmark's smoke run.
+# openssl, tcpdump; nginx and HAProxy for the mesh benchmark's smoke run; Chromium for the dashboard.
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
 need curl curl
@@ -22,6 +22,9 @@ need nginx nginx-light
 need haproxy haproxy
 need etcd etcd-server
 need protoc protobuf-compiler
+# The dashboard's browser test: Debian's Chromium, headless, and its WebDriver.
+need chromium chromium
+need chromedriver chromium-driver
 # protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs, are only
 # a Recommends of protobuf-compiler, and --no-install-recommends leaves them out.
 [[ -f /usr/include/google/protobuf/descriptor.proto ]] || packages+=(libprotobuf-dev)
@@ -33,7 +36,8 @@ if ((${#packages[@]})); then
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
-# Python test clients (grpcio, websockets, prometheus-client), reinstalled when the list changes.
+# Python test clients (grpcio, websockets, prometheus-client, selenium), reinstalled when the list
+# changes.
 venv=.venv-test
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)

@@ -16,6 +16,7 @@ use serde_json::Value;
 mod auth;
 mod authz;
 mod ca;
+mod dashboard;
 mod ha;
 mod inject;
 mod kubernetes;

@@ -10,8 +10,10 @@
 //!   document them.
 //! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`],
 //!   [`inject`] (the admission webhook), [`stats`] (telemetry): the handlers.
+//! - [`dashboard`]: the dashboard page at `/` (embedded static files over the API).
 
 mod ca;
+mod dashboard;
 pub mod doc;
 pub mod error;
 pub mod extract;

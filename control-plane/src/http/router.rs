@@ -1,6 +1,7 @@
 //! The API's router, built from every resource group's routes: the same list the OpenAPI
 //! document is generated from (`utoipa-axum`), so the document cannot drift from the routes.
-//! Unknown paths and methods answer through [`ApiError`] too, with JSON bodies.
+//! Unknown paths and methods answer through [`ApiError`] too, with JSON bodies. The dashboard's
+//! page and files are routed beside the API, outside the document.
 
 use std::sync::OnceLock;
 
@@ -12,7 +13,7 @@ use utoipa_axum::routes;
 use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
-use super::{ca, history, inject, ops, push, registry, resources, stats, tokens};
+use super::{ca, dashboard, history, inject, ops, push, registry, resources, stats, tokens};
 
 fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -32,6 +33,7 @@ fn api() -> OpenApiRouter<Shared> {
 pub fn router(cp: &Shared) -> Router {
     let (router, _) = api().split_for_parts();
     router
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(cp.clone())
