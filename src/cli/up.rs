@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pilotfish_api::wire::TokenRequest;
+use pilotfish_api::wire::{TokenKind, TokenRequest};
 use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::Embedded;
 use pilotfish_sidecar::managed::Managed;
@@ -25,6 +25,11 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+
+/// How long the dashboard's read-only token works. The control plane lives in `up`'s
+/// process, so the token reads nothing once `up` stops; a later `up` on the same data directory
+/// prints a new one, and this bounds how long an old one (from scrollback, say) keeps working.
+const DASHBOARD_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Ports: BASE your sidecar's admin, BASE+1 its outbound listener (send your requests there),
 /// BASE+100 the control plane, BASE+200.. the services' apps and sidecars.
@@ -253,8 +258,22 @@ async fn up(args: Args) -> anyhow::Result<()> {
         lifecycle: Lifecycle::default(),
     })));
 
+    // The dashboard's token: read-only, and it expires.
+    let dashboard = cp
+        .create_token(
+            "pilotfish up".to_owned(),
+            TokenRequest {
+                service: None,
+                namespace: "default".to_owned(),
+                kind: TokenKind::ReadOnly,
+                ttl: Some(pilotfish_api::Duration::from_secs(DASHBOARD_TOKEN_TTL.as_secs())),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the dashboard's read-only token: {e}"))?;
+
     wait_until_routable(&cp, &instances, port(0), &mut sidecars).await?;
-    print_banner(&instances, base, &data_dir, file.is_none());
+    print_banner(&instances, base, &data_dir, file.is_none(), &dashboard.token);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -382,12 +401,18 @@ async fn wait_until_routable(
     }
 }
 
-fn print_banner(instances: &[Instance], base: u16, data_dir: &std::path::Path, demo: bool) {
+fn print_banner(instances: &[Instance], base: u16, data_dir: &std::path::Path, demo: bool, token: &str) {
     let out = base + 1;
     println!(
         "Pilotfish mesh is up. Control plane: http://127.0.0.1:{} (state in {})",
         base + 100,
         data_dir.display()
+    );
+    // The token rides in the fragment, which the browser never sends: it stays out of logs.
+    println!("Dashboard: http://127.0.0.1:{}/#token={token}", base + 100);
+    println!(
+        "  (a read-only token, valid for {} h; the next `up` prints a new one)",
+        DASHBOARD_TOKEN_TTL.as_secs() / 3600
     );
     println!("Services:");
     for (n, i) in instances.iter().enumerate() {

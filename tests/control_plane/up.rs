@@ -1,5 +1,6 @@
 //! `pilotfish up`: the README's first command, for real — the demo mesh comes up, the commands it
-//! prints work, and Ctrl-C leaves nothing behind; `up -f` runs the user's own services.
+//! prints work (the dashboard's URL with a read-only token too), and Ctrl-C leaves nothing
+//! behind; `up -f` runs the user's own services.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -106,6 +107,19 @@ fn up_runs_the_demo_mesh_whose_printed_commands_work_and_ctrl_c_cleans_up() {
     assert_eq!(codes.split_whitespace().filter(|c| *c == "200").count(), 20, "{codes}");
     let metrics = up.banner.iter().find(|l| l.contains("/metrics")).unwrap().trim().to_owned();
     assert!(sh(&metrics).contains("pilotfish_requests_total"));
+
+    // The dashboard's URL carries a read-only token in its fragment: it reads, never writes.
+    let dashboard = up.banner.iter().find_map(|l| l.strip_prefix("Dashboard: ")).expect("a dashboard URL");
+    let page = format!("http://127.0.0.1:{}/", base + 100);
+    let token = dashboard.strip_prefix(&format!("{page}#token=")).unwrap_or_else(|| panic!("{dashboard}"));
+    assert!(sh(&format!("curl -s {page}")).contains("Pilotfish dashboard"));
+    let auth = format!("Authorization: Bearer {token}");
+    let (status, body) = crate::curl(&["-H", &auth, &format!("{page}v1/stats?by=edge")]);
+    assert_eq!(status, 200, "{body}");
+    let tokens = format!("{page}v1/tokens");
+    let json = "Content-Type: application/json";
+    let (status, body) = crate::curl(&["-X", "POST", "-H", &auth, "-H", json, "-d", "{}", &tokens]);
+    assert_eq!(status, 403, "a read-only token cannot write: {body}");
 
     let status = up.interrupt();
     assert!(status.success(), "{status}");
