@@ -1,7 +1,8 @@
 //! The dashboard at `/`: the embedded page and its files, served open with a strict
 //! Content-Security-Policy and revalidated by ETag, referring to nothing outside the control
 //! plane; and the page in a real browser (Debian's headless Chromium driven by selenium,
-//! `tests/python/dashboard_check.py`) against a mesh with a healthy and a failing edge.
+//! `tests/python/dashboard_check.py`) against a mesh with a healthy plaintext edge and a failing
+//! mTLS one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,9 +10,10 @@ use std::process::Command;
 
 use pilotfish_api::wire::{StatsBy, StatsQuery};
 
-use crate::managed::{eventually, managed_with_token};
+use crate::managed::eventually;
+use crate::mesh::{call_until, control_plane, greeter_and_client};
 use crate::support::{self, backend};
-use crate::{curl, service, ControlPlane, TOKEN};
+use crate::{curl, service, ControlPlane};
 
 /// A GET with curl: status, headers (lowercase names) and body.
 fn get(url: &str, headers: &[&str]) -> (u16, BTreeMap<String, String>, Vec<u8>) {
@@ -141,27 +143,23 @@ fn traffic(outbound: &str, host: &str, paths: &[&str], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(dir.path()));
-    let (users, orders) = (backend("users").await, backend("orders").await);
-    let client = cp.client();
-    client.apply(&service("users", users.addr.port())).await.unwrap();
-    client.apply(&service("orders", orders.addr.port())).await.unwrap();
-    let web = managed_with_token(&cp, "web", TOKEN, &[]);
-    let outbound = web.outbound.to_string();
-    eventually("the sidecar routes to both", async || {
-        let users = support::curl(&["-H", "Host: users", &format!("http://{outbound}/")]).await;
-        let orders = support::curl(&["-H", "Host: orders", &format!("http://{outbound}/")]).await;
-        (users.status == 200 && orders.status == 200).then_some(())
-    })
-    .await;
-    // users fails half its requests (no retries: no route asks for them); orders none.
+    // client → greeter over mTLS (both sidecars on their own join tokens, so with certificates),
+    // and client → orders in plaintext (orders has no sidecar).
+    let cp = control_plane(dir.path(), &[]);
+    let (_greeter_app, _greeter, client) = greeter_and_client(&cp, &[]).await;
+    let orders = backend("orders").await;
+    cp.client().apply(&service("orders", orders.addr.port())).await.unwrap();
+    call_until(&client, "greeter", 200, &[]).await;
+    call_until(&client, "orders", 200, &[]).await;
+    // greeter fails half its requests (no retries: no route asks for them); orders none.
+    let outbound = client.outbound.to_string();
     tokio::task::block_in_place(|| {
-        traffic(&outbound, "users", &["/status/500", "/"], 60);
+        traffic(&outbound, "greeter", &["/status/500", "/"], 60);
         traffic(&outbound, "orders", &["/"], 60);
     });
     let by_edge = StatsQuery { by: Some(StatsBy::Edge), ..StatsQuery::default() };
     eventually("both edges are reported", async || {
-        let edges = client.stats(&by_edge).await.unwrap().items;
+        let edges = cp.client().stats(&by_edge).await.unwrap().items;
         (edges.iter().filter(|e| e.golden.requests >= 60).count() == 2).then_some(())
     })
     .await;
@@ -173,8 +171,9 @@ async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
     let out = tokio::process::Command::new(support::python())
         .arg(support::script("dashboard_check.py"))
         .args(["--url", &cp.url("/"), "--token", token])
-        .args(["--service", "web.default", "--service", "users.default", "--service", "orders.default"])
-        .args(["--failing", "web.default>users.default", "--healthy", "web.default>orders.default"])
+        .args(["--service", "client.default", "--service", "greeter.default", "--service", "orders.default"])
+        .args(["--failing", "client.default>greeter.default", "--healthy", "client.default>orders.default"])
+        .arg("--secured=client.default>greeter.default")
         .arg("--screenshot")
         .arg(&shot)
         .output()

@@ -3,18 +3,20 @@ Debian's chromedriver, against a running control plane with traffic.
 
 Checks what a user would see: the URL's `#token=` is taken and removed from the address bar;
 every service is drawn and listed; an edge has a non-zero rate; the failing edge is drawn in the
-failing colour and the healthy one in the healthy colour; the graph's labels can be reached with
+failing colour and the healthy one in the healthy colour; mTLS edges (only they) have a padlock,
+and proxies show when their certificates expire; the graph's labels can be reached with
 the keyboard; a configuration event opens its diff; no rollouts; the console shows no error
 (a Content-Security-Policy violation would be one); without a token the page asks for one in a
 form, and works once it is given. Saves a screenshot. Exits 1 with the reasons on failure.
 
     dashboard_check.py --url http://127.0.0.1:PORT/ --token TOKEN --service web.default ...
         --failing web.default>users.default --healthy web.default>orders.default
-        --screenshot target/dashboard.png
+        [--secured web.default>users.default] --screenshot target/dashboard.png
 """
 
 import argparse
 import os
+import re
 import sys
 
 # selenium must use the driver and browser given, never fetch its own.
@@ -111,9 +113,18 @@ def check_content(driver, args):
         cells = driver.find_element(By.CSS_SELECTOR, f"#edges-table tr[data-edge={css(edge)}]").text
         expect(word.capitalize() in cells, f"{edge}'s row reads {cells!r}")
 
-    # Proxies: the caller's sidecar, on the configuration in force.
+    # The mTLS edge has a padlock (and says so); the others have none.
+    for label in driver.find_elements(By.CSS_SELECTOR, "g.edge-label"):
+        edge = label.get_attribute("data-edge")
+        locked = bool(label.find_elements(By.CSS_SELECTOR, ".lock"))
+        expect(locked == (edge in args.secured), f"{edge}: padlock {locked}")
+        expect(("not mTLS" not in label.get_attribute("aria-label")) == locked, f"{edge}: {label.get_attribute('aria-label')!r}")
+
+    # Proxies: on the configuration in force, and when their certificates expire.
     proxies = driver.find_element(By.ID, "proxies-table").text
     expect("current" in proxies, f"no current proxy: {proxies!r}")
+    if args.secured:
+        expect(re.search(r"in \d+ (h|min|days)", proxies), f"no certificate expiry: {proxies!r}")
     rollouts = driver.find_element(By.ID, "rollouts").text
     expect("No rollouts" in rollouts or "Rollout" in rollouts, f"rollouts: {rollouts!r}")
 
@@ -189,6 +200,7 @@ def main():
     parser.add_argument("--service", action="append", required=True, help="a service the page must show")
     parser.add_argument("--failing", required=True, help="an edge SRC>DST that must be drawn as failing")
     parser.add_argument("--healthy", required=True, help="an edge SRC>DST with traffic, drawn as healthy")
+    parser.add_argument("--secured", action="append", default=[], help="an edge SRC>DST that is mTLS")
     parser.add_argument("--screenshot", required=True)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--chromedriver", default="/usr/bin/chromedriver")
