@@ -8,13 +8,15 @@
 //! - `connect`: the connector, plain TCP or TLS (HTTP/2 when the server picks `h2`: then every
 //!   call, a push stream and its ACKs too, shares one connection).
 //! - `operations`: one method per API operation (a new API call goes here).
-//! - `push_stream`: [`PushStream`], the push stream's typed lines.
+//! - `push_stream`: [`PushStream`], the push stream's typed lines ([`PushMessage`]).
+//! - `tap_stream`: [`TapStream`], the lines of `GET /v1/tap`.
 //! - `error`: [`ClientError`], a variant per failure a caller acts on.
 
 mod connect;
 mod error;
 mod operations;
 mod push_stream;
+mod tap_stream;
 mod transport;
 mod trust;
 
@@ -23,6 +25,7 @@ mod tests;
 
 pub use error::ClientError;
 pub use operations::Preconditions;
-pub use push_stream::{PushStream, StreamError, MAX_LINE, STREAM_IDLE};
+pub use push_stream::{PushMessage, PushStream, StreamError, MAX_LINE, STREAM_IDLE};
+pub use tap_stream::{TapStream, TAP_IDLE};
 pub use transport::{Bearer, Client, ClientBuilder};
 pub use trust::{SharedClientCert, SharedRoots, Trust, TrustError};

@@ -6,12 +6,13 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::error::ClientError;
 use super::push_stream::PushStream;
+use super::tap_stream::TapStream;
 use super::transport::{Call, Client};
 use crate::wire::{
     Ack, AckQuery, ApplyResult, CaStatus, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff,
     DiffQuery, EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery,
     ProxyList, PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest,
-    RollbackResult, RotateRequest, StatsList, StatsQuery, StatsReport, TokenRequest,
+    RollbackResult, RotateRequest, StatsList, StatsQuery, StatsReport, TapQuery, TapReport, TokenRequest,
 };
 
 /// What an apply asks of the store besides the documents.
@@ -173,6 +174,19 @@ impl Client {
     /// `GET /v1/stats`: the mesh's golden metrics over a window.
     pub async fn stats(&self, q: &StatsQuery) -> Result<StatsList, ClientError> {
         self.json(Call::new(Method::GET, format!("/v1/stats{}", query(q)))).await
+    }
+
+    /// `GET /v1/tap`: a live stream of the requests a service's sidecars record. Answers once
+    /// the stream's headers came; not bounded by the client's timeout.
+    pub async fn tap(&self, q: &TapQuery) -> Result<TapStream, ClientError> {
+        let res = self.send(Call::new(Method::GET, format!("/v1/tap{}", query(q)))).await?;
+        Ok(TapStream::new(res.into_body()))
+    }
+
+    /// `POST /v1/proxies/{id}/tap`: events a sidecar recorded for the taps open on its service.
+    pub async fn report_tap(&self, id: &str, q: &AckQuery, report: &TapReport) -> Result<(), ClientError> {
+        let path = format!("/v1/proxies/{}/tap{}", segment(id), query(q));
+        self.empty(Call::new(Method::POST, path).json(report)).await
     }
 
     /// `GET /readyz`: whether the control plane can serve (its event store answers).

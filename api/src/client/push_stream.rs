@@ -1,5 +1,5 @@
-//! A push stream as it is read: newline-delimited JSON, one [`PushLine`] per line, empty lines
-//! as keepalives. Silence longer than the idle bound and a line past the size bound end it, so
+//! A push stream as it is read: newline-delimited JSON, one [`PushMessage`] per line (a
+//! configuration snapshot, or a tap line), empty lines as keepalives. Silence longer than the idle bound and a line past the size bound end it, so
 //! a dead or broken connection is noticed and the caller reconnects.
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::wire::protocol::{self, UnsupportedProtocol, UNVERSIONED_PROTOCOL};
-use crate::wire::PushLine;
+use crate::wire::{PushLine, TapControl, TapLine};
 
 /// Without even a keepalive line for this long, the stream is presumed dead (the control plane
 /// sends one every 10 s).
@@ -35,33 +35,61 @@ pub enum StreamError {
     Unsupported { version: u64, error: UnsupportedProtocol },
 }
 
+/// One line of the push stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushMessage {
+    /// A configuration snapshot.
+    Config(PushLine),
+    /// What to tap from now on (protocol 2; no filters: stop).
+    Tap(TapControl),
+}
+
 /// The lines of one `GET /v1/push` answer; [`crate::client::Client::push`].
 pub struct PushStream {
-    body: Incoming,
-    buf: BytesMut,
+    lines: Lines,
 }
 
 impl PushStream {
     /// Lines may be at most [`MAX_LINE`] bytes, and at most [`STREAM_IDLE`] apart (keepalives
     /// count).
     pub(crate) fn new(body: Incoming) -> Self {
-        Self { body, buf: BytesMut::new() }
+        Self { lines: Lines::new(body, STREAM_IDLE, MAX_LINE) }
     }
 
-    /// The next snapshot. After an error the stream is done: reconnect.
-    pub async fn next(&mut self) -> Result<PushLine, StreamError> {
+    /// The next snapshot or tap line. After an error the stream is done: reconnect.
+    pub async fn next(&mut self) -> Result<PushMessage, StreamError> {
+        read_line(&self.lines.next().await?)
+    }
+}
+
+/// The non-empty lines of a newline-delimited body, each within a size bound and an idle bound
+/// (an empty line, a keepalive, resets the idle bound too).
+pub(crate) struct Lines {
+    body: Incoming,
+    buf: BytesMut,
+    idle: Duration,
+    max_line: usize,
+}
+
+impl Lines {
+    pub(crate) fn new(body: Incoming, idle: Duration, max_line: usize) -> Self {
+        Self { body, buf: BytesMut::new(), idle, max_line }
+    }
+
+    /// The next line that is not blank (with its newline).
+    pub(crate) async fn next(&mut self) -> Result<BytesMut, StreamError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(pos + 1);
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return read_line(&line);
+                return Ok(line);
             }
-            if self.buf.len() > MAX_LINE {
-                return Err(StreamError::LineTooLong(MAX_LINE));
+            if self.buf.len() > self.max_line {
+                return Err(StreamError::LineTooLong(self.max_line));
             }
-            match tokio::time::timeout(STREAM_IDLE, self.body.frame()).await {
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(mut data) = frame.into_data() {
                         while data.has_remaining() {
@@ -74,7 +102,7 @@ impl PushStream {
                 }
                 Ok(Some(Err(e))) => return Err(StreamError::Broken(e)),
                 Ok(None) => return Err(StreamError::Ended),
-                Err(_) => return Err(StreamError::Idle(STREAM_IDLE)),
+                Err(_) => return Err(StreamError::Idle(self.idle)),
             }
         }
     }
@@ -83,11 +111,14 @@ impl PushStream {
 /// One line, its protocol read first: a protocol too far from this build's may have changed
 /// what the other fields look like, and must come back as [`StreamError::Unsupported`] (to be
 /// NACKed) rather than as an unreadable line that only makes the sidecar reconnect.
-pub(crate) fn read_line(line: &[u8]) -> Result<PushLine, StreamError> {
+///
+/// A line with a `tap` member is a tap line; any other is a snapshot.
+pub(crate) fn read_line(line: &[u8]) -> Result<PushMessage, StreamError> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         protocol: Option<serde_json::Value>,
         version: Option<serde_json::Value>,
+        tap: Option<serde::de::IgnoredAny>,
     }
     let envelope: Envelope = serde_json::from_slice(line).map_err(StreamError::Unreadable)?;
     let got = match envelope.protocol {
@@ -99,7 +130,11 @@ pub(crate) fn read_line(line: &[u8]) -> Result<PushLine, StreamError> {
         let version = envelope.version.and_then(|v| v.as_u64()).unwrap_or(0);
         return Err(StreamError::Unsupported { version, error });
     }
-    serde_json::from_slice(line).map_err(StreamError::Unreadable)
+    if envelope.tap.is_some() {
+        let tap: TapLine = serde_json::from_slice(line).map_err(StreamError::Unreadable)?;
+        return Ok(PushMessage::Tap(tap.tap));
+    }
+    serde_json::from_slice(line).map(PushMessage::Config).map_err(StreamError::Unreadable)
 }
 
 #[cfg(test)]
@@ -127,11 +162,22 @@ mod tests {
     #[test]
     fn a_line_of_a_supported_protocol_must_still_have_todays_shape() {
         let line = format!("{{\"protocol\":{PROTOCOL_VERSION},\"version\":3,\"config\":\"a\"}}");
-        assert_eq!(read_line(line.as_bytes()).unwrap().version, 3);
+        assert!(matches!(read_line(line.as_bytes()).unwrap(), PushMessage::Config(l) if l.version == 3));
         for bad in
             ["{\"version\":3,\"config\":{}}", "{\"protocol\":\"one\",\"version\":3,\"config\":\"a\"}", "[]"]
         {
             assert!(matches!(read_line(bad.as_bytes()), Err(StreamError::Unreadable(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tap_line_is_told_from_a_snapshot_by_its_tap_member() {
+        let line = br#"{"protocol":2,"tap":{"filters":[{"path":"/api","method":"GET"}],"sample":0.5}}"#;
+        let Ok(PushMessage::Tap(tap)) = read_line(line) else { panic!("a tap line") };
+        assert_eq!(tap.filters.len(), 1);
+        assert!(tap.filters[0].matches("GET", "/api/x"));
+        let stop = read_line(br#"{"protocol":2,"tap":{"filters":[]}}"#).unwrap();
+        assert_eq!(stop, PushMessage::Tap(TapControl::default()), "no filters: stop");
+        assert!(matches!(read_line(br#"{"protocol":2,"tap":7}"#), Err(StreamError::Unreadable(_))));
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{Client, ClientError, StreamError};
+use super::{Client, ClientError, PushMessage, StreamError};
 use crate::wire::{Ack, AckQuery, Heartbeat, ListQuery, PushQuery, PROTOCOL_VERSION};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -115,11 +115,12 @@ async fn a_push_stream_yields_typed_lines_across_frames_and_skips_keepalives() {
             return full(StatusCode::BAD_REQUEST, "{\"error\":\"unexpected query\"}");
         }
         // A keepalive, a line split over two frames (with a field from the future), a line of
-        // a control plane before the protocol field, then garbage.
+        // a control plane before the protocol field, a tap line, then garbage.
         let frames = [
             "\n",
             "{\"protocol\":2,\"version\":1,\"con",
             "fig\":\"a\",\"delta\":[]}\n{\"version\":2,\"config\":\"b\"}\n",
+            "{\"protocol\":2,\"tap\":{\"filters\":[{\"method\":\"GET\"}]}}\n",
             "not json\n",
         ];
         let (mut tx, body) = Channel::<Bytes, Infallible>::new(frames.len());
@@ -142,9 +143,15 @@ async fn a_push_stream_yields_typed_lines_across_frames_and_skips_keepalives() {
         protocol: Some(PROTOCOL_VERSION),
     };
     let mut stream = client.push(&query).await.unwrap();
-    let first = stream.next().await.unwrap();
+    let config = |message| match message {
+        PushMessage::Config(line) => line,
+        other => panic!("a snapshot: {other:?}"),
+    };
+    let first = config(stream.next().await.unwrap());
     assert_eq!((first.protocol, first.version, first.config.as_str()), (2, 1, "a"));
-    let second = stream.next().await.unwrap();
+    let second = config(stream.next().await.unwrap());
     assert_eq!((second.protocol, second.version, second.config.as_str()), (1, 2, "b"));
+    let PushMessage::Tap(tap) = stream.next().await.unwrap() else { panic!("a tap line") };
+    assert_eq!(tap.filters[0].method.as_deref(), Some("GET"));
     assert!(matches!(stream.next().await, Err(StreamError::Unreadable(_))));
 }

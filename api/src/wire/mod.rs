@@ -8,8 +8,8 @@
 //! - Every message tolerates fields it does not know (none of these types denies unknown
 //!   fields): a newer peer may add fields, an older one ignores them. Only what users author —
 //!   the configuration documents — is refused for unknown fields, by `crate::document`.
-//! - The messages a sidecar and the control plane exchange — push lines ([`PushLine`]), ACK
-//!   and NACK ([`Ack`]) and registration ([`Registration`]) — carry the sender's
+//! - The messages a sidecar and the control plane exchange — push lines ([`PushLine`],
+//!   [`TapLine`]), ACK and NACK ([`Ack`]) and registration ([`Registration`]) — carry the sender's
 //!   [`PROTOCOL_VERSION`] in `protocol`; a message without it is [`UNVERSIONED_PROTOCOL`] (from
 //!   a release before the field, which it matches in every other way).
 //! - Protocol `N + 1` only adds to `N`. A receiver accepts [`SUPPORTED_PROTOCOLS`], one version
@@ -29,6 +29,8 @@
 //! - [`proxies`]: each sidecar's sync status.
 //! - [`tokens`]: join and read-only tokens, and how a token's text splits.
 //! - [`stats`]: the sidecars' telemetry reports and `/v1/stats`.
+//! - [`tap`]: `/v1/tap`'s query and stream, the push stream's tap line, the sidecars' tap
+//!   reports.
 //! - [`identity`]: the mesh CA's certify request and answer, and its status.
 //! - [`error`]: the error body.
 //!
@@ -45,6 +47,7 @@ pub mod push;
 pub mod registry;
 pub mod resources;
 pub mod stats;
+pub mod tap;
 pub mod tokens;
 
 pub use error::ErrorBody;
@@ -67,6 +70,10 @@ pub use resources::{AppliedItem, ApplyResult, ApplyWarning, Deleted, ListQuery, 
 pub use stats::{
     EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList, StatsQuery,
     StatsReport, StatsRow,
+};
+pub use tap::{
+    TapControl, TapEnd, TapEvent, TapFilter, TapLine, TapMessage, TapQuery, TapReport, MAX_TAPS,
+    MAX_TAP_EVENTS_PER_REPORT,
 };
 pub use tokens::{is_fingerprint, JoinToken, TokenKind, TokenParts, TokenRequest};
 

@@ -10,7 +10,12 @@
 use std::ops::RangeInclusive;
 
 /// The protocol this build speaks, sent in every push line, ACK/NACK and registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: configuration snapshots on the push stream; ACK/NACK; registration; telemetry reports.
+/// - 2: tap lines on the push stream (`{"protocol":2,"tap":{"filters":[..]}}`) and tap reports.
+///   A line unlike a snapshot would break a protocol-1 sidecar's stream (it reconnects), so the
+///   control plane sends tap lines only to sidecars whose push query says 2 or later.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The protocol of a message without the field: peers from before the field existed, whose
 /// messages are otherwise exactly protocol 1's.

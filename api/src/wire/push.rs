@@ -158,9 +158,9 @@ mod tests {
             serde_json::to_value(&line).unwrap(),
             json!({ "protocol": PROTOCOL_VERSION, "version": 7, "config": "kind: Service" })
         );
-        // Today's control plane sends no protocol.
-        let today: PushLine = serde_json::from_str(r#"{"version":7,"config":"kind: Service"}"#).unwrap();
-        assert_eq!(today, line);
+        // A control plane from before the field sends none: protocol 1.
+        let before: PushLine = serde_json::from_str(r#"{"version":7,"config":"kind: Service"}"#).unwrap();
+        assert_eq!(before, PushLine { protocol: UNVERSIONED_PROTOCOL, ..line });
     }
 
     #[test]
@@ -188,9 +188,11 @@ mod tests {
             serde_json::to_value(Ack::refused(4, "bad".into())).unwrap(),
             json!({ "protocol": p, "version": 4, "error": "bad" })
         );
-        // Today's sidecars: no protocol; an ACK with `error: null`, or none at all.
-        for today in [json!({ "version": 3, "error": null }), json!({ "version": 3 })] {
-            assert_eq!(serde_json::from_value::<Ack>(today).unwrap(), Ack::accepted(3));
+        // Sidecars from before the field: no protocol (1); an ACK with `error: null`, or none at
+        // all.
+        for before in [json!({ "version": 3, "error": null }), json!({ "version": 3 })] {
+            let ack = serde_json::from_value::<Ack>(before).unwrap();
+            assert_eq!(ack, Ack { protocol: UNVERSIONED_PROTOCOL, ..Ack::accepted(3) });
         }
     }
 

@@ -126,6 +126,7 @@ mod tests {
 
     use super::*;
     use crate::wire::round_trip;
+    use crate::wire::UNVERSIONED_PROTOCOL;
 
     #[test]
     fn a_registration_is_what_sidecars_send_plus_their_protocol() {
@@ -134,10 +135,13 @@ mod tests {
         let mut sent = today.clone();
         sent["protocol"] = json!(PROTOCOL_VERSION);
         assert_eq!(serde_json::to_value(&reg).unwrap(), sent);
-        assert_eq!(serde_json::from_value::<Registration>(today).unwrap(), reg);
-        let future = json!({ "protocol": 2, "service": "web", "address": "[::1]:80", "zone": "eu-1" });
+        // From before the field: protocol 1.
+        let before = serde_json::from_value::<Registration>(today).unwrap();
+        assert_eq!(before, Registration { protocol: UNVERSIONED_PROTOCOL, ..reg });
+        let next = PROTOCOL_VERSION + 1;
+        let future = json!({ "protocol": next, "service": "web", "address": "[::1]:80", "zone": "eu-1" });
         let parsed: Registration = serde_json::from_value(future).unwrap();
-        assert_eq!((parsed.protocol, parsed.namespace, parsed.ttl_seconds), (2, None, None));
+        assert_eq!((parsed.protocol, parsed.namespace, parsed.ttl_seconds), (next, None, None));
     }
 
     #[test]
