@@ -2,6 +2,7 @@
 //! something wrong, may not do it, named nothing that exists, or the store failed. How a
 //! transport shows these (an HTTP status, a JSON body) is the transport's business (`http::error`).
 
+use super::tap::TooManyTaps;
 use crate::ca::CaError;
 use crate::push::TooManyProxies;
 use crate::store::StoreError;
@@ -35,6 +36,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("{0}")]
     TooManyProxies(#[from] TooManyProxies),
+    #[error("{0}")]
+    TooManyTaps(#[from] TooManyTaps),
     /// Something the control plane relies on cannot answer now (the Kubernetes API, reviewing a
     /// token): try again shortly.
     #[error("{0}")]

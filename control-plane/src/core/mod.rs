@@ -21,6 +21,7 @@ mod rotation;
 mod stats;
 mod status;
 mod sync;
+mod tap;
 mod tokens;
 
 pub use access::Credentials;
@@ -34,3 +35,4 @@ pub use resources::{canonical_kind, plural, Applied, KINDS};
 pub use review::{ReviewError, ReviewTokens, ServiceAccount, AUDIENCE};
 pub use rotation::DEFAULT_OVERLAP;
 pub use sync::Connection;
+pub use tap::TapSession;

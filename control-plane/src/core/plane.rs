@@ -19,6 +19,7 @@ use super::discovered::Discovered;
 use super::leases::{Lease, Leases};
 use super::namespaces::{NamespaceAnnotations, Namespaces};
 use super::review::{ReviewTokens, Reviews};
+use super::tap::Taps;
 use crate::ca::{Ca, MeshCa};
 use crate::history::History;
 use crate::inject::admission::Injector;
@@ -87,6 +88,8 @@ pub struct ControlPlane {
     pub(super) ca_counters: CaCounters,
     /// The sidecars' telemetry reports, in rolling windows (`/v1/stats`).
     pub(super) telemetry: Telemetry,
+    /// The taps open on this replica (`/v1/tap`).
+    pub(super) taps: Arc<Taps>,
     /// The newest snapshot line, shared by every push stream (built once per version).
     snapshots: SnapshotCache,
     /// Services and endpoints a discovery source (Kubernetes) reports: live, never in the log.
@@ -152,6 +155,7 @@ impl ControlPlane {
             reviews: Reviews::default(),
             namespaces: Namespaces::default(),
             telemetry: Telemetry::default(),
+            taps: Arc::default(),
             stopping: CancellationToken::new(),
             injector: OnceLock::new(),
         }))

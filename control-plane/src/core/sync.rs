@@ -12,12 +12,13 @@ use pilotfish_api::wire::{
     check_trusted_roots, Ack, AckQuery, CertificateReport, ProxyList, PushQuery, Versioned,
 };
 
-/// A push stream the control plane accepted: which proxy, which of its connections, and the
-/// version the sidecar already has.
+/// A push stream the control plane accepted: which proxy, which of its connections, the
+/// version the sidecar already has, and the protocol it speaks.
 pub struct Connection {
     pub key: ProxyKey,
     pub generation: u64,
     pub resume: u64,
+    pub protocol: u32,
 }
 
 impl ControlPlane {
@@ -29,7 +30,7 @@ impl ControlPlane {
         let key = ProxyKey::new(&q.service, &q.namespace, &q.id).map_err(Error::BadRequest)?;
         caller.act_for(&key.service, &key.namespace)?;
         let generation = self.proxies.connected(&key, q.version)?;
-        Ok(Connection { key, generation, resume: q.version })
+        Ok(Connection { key, generation, resume: q.version, protocol: q.protocol() })
     }
 
     /// Records proxy `id`'s ACK (or NACK) under the service its push stream named. A join

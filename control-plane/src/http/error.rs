@@ -61,7 +61,7 @@ impl ApiError {
                 Error::Unauthorized => StatusCode::UNAUTHORIZED,
                 Error::Forbidden(_) => StatusCode::FORBIDDEN,
                 Error::NotFound(_) => StatusCode::NOT_FOUND,
-                Error::TooManyProxies(_) => StatusCode::TOO_MANY_REQUESTS,
+                Error::TooManyProxies(_) | Error::TooManyTaps(_) => StatusCode::TOO_MANY_REQUESTS,
                 Error::KeyReused(_) | Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
                 Error::Store(StoreError::Unavailable { .. }) | Error::Unavailable(_) => {
@@ -115,7 +115,8 @@ pub struct Conflict(pub ErrorBody);
 #[derive(ToResponse)]
 pub struct PayloadTooLarge(pub ErrorBody);
 
-/// The service already has as many connected sidecars as it may.
+/// The service already has as many connected sidecars as it may, or as many taps are open as
+/// may be.
 #[derive(ToResponse)]
 pub struct TooManyRequests(pub ErrorBody);
 

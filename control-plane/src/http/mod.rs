@@ -9,7 +9,8 @@
 //! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
 //!   document them.
 //! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`],
-//!   [`inject`] (the admission webhook), [`stats`] (telemetry): the handlers.
+//!   [`inject`] (the admission webhook), [`stats`] (telemetry), [`tap`] (live requests): the
+//!   handlers.
 //! - [`dashboard`]: the dashboard page at `/` (embedded static files over the API).
 
 mod ca;
@@ -25,6 +26,7 @@ mod registry;
 mod resources;
 pub mod router;
 mod stats;
+mod tap;
 mod tokens;
 
 #[cfg(test)]

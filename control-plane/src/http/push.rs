@@ -24,7 +24,8 @@ pub fn routes() -> OpenApiRouter<Shared> {
 /// A sidecar's configuration stream
 ///
 /// Newline-delimited JSON: one `PushLine` per version (the whole configuration), empty
-/// lines as keepalives. The proxy is known by its id under the service the caller's token may
+/// lines as keepalives; to a sidecar of protocol 2 or later also a `TapLine`
+/// (`{"protocol":2,"tap":{"filters":[...]}}`) whenever the taps open on its service change. The proxy is known by its id under the service the caller's token may
 /// act for.
 #[utoipa::path(
     get, path = "/v1/push", tag = "push",

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
-use super::{ca, dashboard, history, inject, ops, push, registry, resources, stats, tokens};
+use super::{ca, dashboard, history, inject, ops, push, registry, resources, stats, tap, tokens};
 
 fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -27,6 +27,7 @@ fn api() -> OpenApiRouter<Shared> {
         .merge(ca::routes())
         .merge(inject::routes())
         .merge(stats::routes())
+        .merge(tap::routes())
 }
 
 /// The API over `cp`.

@@ -671,3 +671,69 @@ async fn a_supplied_ca_is_not_rotated_by_the_control_plane() {
     assert_eq!(status, StatusCode::CONFLICT, "{out}");
     assert!(out["error"].as_str().unwrap().contains("--ca-cert/--ca-key"), "{out}");
 }
+
+/// The next non-empty line of a streamed body (every line is a frame of its own), within 5 s.
+async fn next_line(body: &mut Body) -> String {
+    let read = async {
+        loop {
+            let frame = http_body_util::BodyExt::frame(body).await.expect("the stream goes on").unwrap();
+            let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+            if !text.trim().is_empty() {
+                return text;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("a line within 5 s")
+}
+
+/// A tap goes to the push streams of its service that read tap lines (protocol 2 and later;
+/// an older sidecar would take one for a malformed snapshot) as soon as it opens; events a
+/// sidecar of the service reports reach it; and when its client goes away, an empty tap line
+/// stops the sidecars.
+#[tokio::test]
+async fn a_tap_reaches_the_push_streams_that_read_tap_lines_and_its_end_stops_them() {
+    let (_dir, _store, cp) = empty().await;
+    let push = |id: &str, protocol: u32| format!("/v1/push?id={id}&service=web&protocol={protocol}");
+    let mut new = send(&cp, "GET", &push("web-1", 2), Some(ADMIN), "").await.into_body();
+    let mut old = send(&cp, "GET", &push("web-2", 1), Some(ADMIN), "").await.into_body();
+    let mut other =
+        send(&cp, "GET", "/v1/push?id=db-1&service=db&protocol=2", Some(ADMIN), "").await.into_body();
+    for stream in [&mut new, &mut old, &mut other] {
+        assert!(next_line(stream).await.contains("\"config\""), "a snapshot first");
+    }
+
+    let tap = send(&cp, "GET", "/v1/tap?service=web&method=GET", Some(ADMIN), "").await;
+    assert_eq!(tap.status(), StatusCode::OK);
+    assert_eq!(tap.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    let mut tap = tap.into_body();
+    let line: serde_json::Value = serde_json::from_str(&next_line(&mut new).await).unwrap();
+    assert_eq!(line, json!({ "protocol": 2, "tap": { "filters": [{ "method": "GET" }] } }));
+    for stream in [&mut old, &mut other] {
+        let silent = tokio::time::timeout(std::time::Duration::from_millis(300), next_line(stream)).await;
+        assert!(silent.is_err(), "protocol 1, or another service: no tap line");
+    }
+
+    let event = json!({
+        "at": "2026-12-03T08:00:00.000Z", "direction": "inbound", "method": "GET", "authority": "web",
+        "path": "/x", "status": 200, "latencyMs": 1.0, "secured": false,
+    });
+    let report = json!({ "protocol": 2, "events": [event.clone(), with_method(&event, "POST")] });
+    let (status, _, body) =
+        call(&cp, "POST", "/v1/proxies/web-1/tap?service=web", Some(ADMIN), &report.to_string()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&next_line(&mut tap).await).unwrap();
+    assert_eq!(
+        (got["event"]["method"].clone(), got["event"]["proxy"].clone()),
+        (json!("GET"), json!("web-1"))
+    );
+
+    drop(tap);
+    let line: serde_json::Value = serde_json::from_str(&next_line(&mut new).await).unwrap();
+    assert_eq!(line["tap"], json!({ "filters": [] }), "the client went away: stop");
+}
+
+fn with_method(event: &serde_json::Value, method: &str) -> serde_json::Value {
+    let mut e = event.clone();
+    e["method"] = json!(method);
+    e
+}

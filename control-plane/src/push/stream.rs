@@ -6,6 +6,10 @@
 //! each has its own task and a newer snapshot simply replaces an unsent older one. Empty lines
 //! in between are keepalives. Services a discovery source reports (Kubernetes) change without
 //! an event: their changes wake the stream the same way, and are sent under the same version.
+//!
+//! A sidecar of protocol 2 or later also gets a tap line whenever the taps open on its service
+//! change (after its first snapshot): the filters to record requests for, none to stop.
+//! Older sidecars get none (they would take it for a malformed snapshot and reconnect).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +20,10 @@ use http_body_util::channel::Sender;
 use tokio::time::Instant;
 
 use crate::core::{Connection, ControlPlane};
+use pilotfish_api::wire::{TapControl, TapLine};
+
+/// The first protocol whose sidecars read tap lines.
+const TAP_PROTOCOL: u32 = 2;
 
 /// The least time between two snapshots to one sidecar. It bounds what a burst of writes costs
 /// (every snapshot is a line to build, send, parse, apply and ACK) without delaying the first
@@ -29,9 +37,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Streams snapshots to one sidecar until it goes away or the control plane stops.
 pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sender<Bytes, Infallible>) {
-    let Connection { key, generation, resume } = connection;
+    let Connection { key, generation, resume, protocol } = connection;
     let mut heads = cp.store().subscribe();
     let mut discovered = cp.discovered().subscribe();
+    let taps_followed = protocol >= TAP_PROTOCOL;
+    let mut taps = cp.taps().subscribe();
+    // What the sidecar was last told to tap (a new connection records nothing).
+    let mut tapping = TapControl::default();
     let stop = cp.stopping();
     // A reconnecting sidecar that already has the current version gets nothing until a change;
     // with a discovery source its version does not say which endpoints it holds, so it does.
@@ -65,6 +77,20 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
                 }
             }
         }
+        // Once the sidecar has a configuration (it reads tap lines only then).
+        taps.borrow_and_update();
+        if taps_followed && last_sent.is_some() {
+            let now = cp.taps().control(&key.service, &key.namespace);
+            if now != tapping {
+                let mut line =
+                    serde_json::to_vec(&TapLine::new(now.filters.clone())).expect("a tap line serializes");
+                line.push(b'\n');
+                if !send(&mut tx, Bytes::from(line)).await {
+                    break 'stream;
+                }
+                tapping = now;
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => break 'stream,
             changed = heads.changed() => {
@@ -74,6 +100,8 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
             }
             // The registry lives as long as the control plane: this never ends.
             Ok(()) = discovered.changed() => {}
+            // Nor do the taps.
+            Ok(()) = taps.changed(), if taps_followed => {}
             _ = tokio::time::sleep(KEEPALIVE) => {
                 if !send(&mut tx, Bytes::from_static(b"\n")).await {
                     break 'stream;
