@@ -1,8 +1,9 @@
 //! Micro-benchmarks of the per-connection and per-request hot paths: protocol detection, service
 //! lookup by host among 1,000 services, route matching among 1,000 rules, hop-by-hop header
 //! handling, endpoint choice (L4 round-robin, L7 power of two choices), metric recording, the
-//! per-edge telemetry accounting (a response accounted with and without it, side by side) and
-//! rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
+//! per-edge telemetry accounting (a response accounted with and without it, side by side), the
+//! tap check every request makes when no one taps (a request's lookup with and without it, side
+//! by side) and rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -16,6 +17,7 @@ use pilotfish_sidecar::snapshot::route::{RouteSource, RouteTable};
 use pilotfish_sidecar::snapshot::{Overrides, Snapshot};
 use pilotfish_sidecar::tcp::forward::pick;
 use pilotfish_sidecar::telemetry::metrics::Metrics;
+use pilotfish_sidecar::telemetry::tap::Tap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +101,32 @@ fn routing(c: &mut Criterion) {
         let text = config(1000);
         b.iter(|| Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap())
     });
+}
+
+fn tap_check(c: &mut Criterion) {
+    // What `record_for` adds to every request: whether a tap samples it. With no one tapping
+    // (every sidecar, nearly always) that is one atomic load; measured beside the service
+    // lookup and access-log check a request makes anyway.
+    let metrics = Metrics::new();
+    let snap = Snapshot::build("bench", &config(100), &Overrides::default(), None, &metrics).unwrap();
+    let tap = Tap::default();
+    let (get, path) = (http::Method::GET, "/api/users/42");
+    let mut group = c.benchmark_group("tap_check");
+    group.bench_function("request_without_tap", |b| {
+        b.iter(|| {
+            let svc = snap.service_by_authority(black_box("svc-57")).unwrap();
+            black_box(svc.key.len()) > 0 && black_box(snap.sidecar.access_log)
+        })
+    });
+    group.bench_function("request_with_inactive_tap", |b| {
+        b.iter(|| {
+            let svc = snap.service_by_authority(black_box("svc-57")).unwrap();
+            let tapped = tap.sample(black_box(&get), black_box(path));
+            black_box(svc.key.len()) > 0 && (black_box(snap.sidecar.access_log) || tapped)
+        })
+    });
+    group.bench_function("inactive_check_alone", |b| b.iter(|| tap.sample(black_box(&get), black_box(path))));
+    group.finish();
 }
 
 fn headers(c: &mut Criterion) {
@@ -210,5 +238,5 @@ fn rate_limits(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, detection, routing, headers, route_matching, rate_limits);
+criterion_group!(benches, detection, routing, tap_check, headers, route_matching, rate_limits);
 criterion_main!(benches);

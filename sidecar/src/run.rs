@@ -21,7 +21,7 @@ use crate::listener::status::{self, Status};
 use crate::listener::{accept, admin, inbound, local, outbound};
 use crate::snapshot::build::BuildError;
 use crate::snapshot::{Overrides, Snapshot};
-use crate::source::{managed, reload, report};
+use crate::source::{managed, reload, report, tap};
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Metrics};
@@ -226,6 +226,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
             let follow = managed::follow(shared.clone(), local, push, opts.overrides.clone(), mesh_tx);
             shared.supervise("configuration push", follow);
             shared.supervise("telemetry report", report::run(shared.clone(), m.clone(), roots.clone()));
+            shared.supervise("tap report", tap::run(shared.clone(), m.clone(), roots.clone()));
             if let Some(address) = advertised.filter(|_| m.register) {
                 let cert = shared.client_cert.clone();
                 let register = managed::register(m.clone(), roots, cert, address, registration.clone());

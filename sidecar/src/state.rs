@@ -18,6 +18,7 @@ use crate::identity::status::Status as IdentityStatus;
 use crate::identity::Identity;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::tap::Tap;
 
 pub struct Shared {
     /// Swapped whole on reload; a connection or request loads it once.
@@ -41,6 +42,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every connection task, so that drain can wait for them.
     pub tracker: TaskTracker,
+    /// What to record for the operators tapping this sidecar's service (managed mode).
+    pub tap: Arc<Tap>,
     ready: AtomicBool,
     /// Why the sidecar can no longer be ready: the first long-lived task that died.
     died: OnceLock<String>,
@@ -69,6 +72,7 @@ impl Shared {
             terminating: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            tap: Arc::default(),
             ready: AtomicBool::new(false),
             died: OnceLock::new(),
         })

@@ -111,18 +111,26 @@ impl<'a> RequestContext<'a> {
         res
     }
 
-    /// The request's access-log line, when the access log is on; `service` empty when none
-    /// was chosen.
+    /// The request's access-log line, when the access log is on or a tap samples the request;
+    /// `service` empty when none was chosen.
     pub fn record_for<B>(
         &self,
         req: &Request<B>,
         authority: Option<&Authority>,
         service: &str,
     ) -> PendingRecord {
-        self.snap.sidecar.access_log.then(|| Box::new((self.record(req, authority, service), self.started)))
+        let tapped = self.conn.shared.tap.sample(req.method(), req.uri().path());
+        (self.snap.sidecar.access_log || tapped)
+            .then(|| Box::new((self.record(req, authority, service, tapped), self.started)))
     }
 
-    fn record<B>(&self, req: &Request<B>, authority: Option<&Authority>, service: &str) -> HttpRecord {
+    fn record<B>(
+        &self,
+        req: &Request<B>,
+        authority: Option<&Authority>,
+        service: &str,
+        tapped: bool,
+    ) -> HttpRecord {
         HttpRecord {
             direction: self.conn.direction.as_str(),
             client: self.conn.client,
@@ -147,7 +155,11 @@ impl<'a> RequestContext<'a> {
             // Outbound, the endpoint decides (see `respond`).
             tls: Tls::of(self.conn.peer.is_some()),
             peer: self.conn.peer.clone(),
+            // Outbound, the endpoint decides (see `respond`).
+            server: None,
             error: None,
+            logged: self.snap.sidecar.access_log,
+            tap: tapped.then(|| self.conn.shared.tap.clone()),
         }
     }
 }

@@ -67,8 +67,9 @@ pub fn respond(
     if let Some(r) = record.as_mut() {
         r.0.status = res.status().as_u16();
         r.0.upstream = Some(endpoint.addr);
-        if endpoint.conns.identity().is_some() {
+        if let Some(server) = endpoint.conns.identity() {
             r.0.tls = Tls::Mtls;
+            r.0.server = Some(server.clone());
         }
     }
     res.map(|body| ProxyBody::upstream(body, Completion::new(conn, record)))

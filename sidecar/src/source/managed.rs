@@ -15,6 +15,10 @@
 //! `Sidecar` document's `spec.authorization.default`, so authorization reads it where static
 //! mode puts it.
 //!
+//! Tap lines on the same stream (protocol 2) say which requests to record for operators
+//! tapping the service; they go straight to [`Shared::tap`], and tapping stops whenever the
+//! stream ends (the control plane that asked for it may be gone; the next one says again).
+//!
 //! Every ACK and NACK carries the certificate in force and the fingerprints of the roots its
 //! handshakes trust ([`Shared::reported`]): a root rotation goes by those roots, not by which
 //! versions were ACKed, since an ACK says nothing of a bundle the renew loop could not use, and
@@ -33,7 +37,7 @@ use std::time::Duration;
 
 use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::client::{
-    Bearer, Client, ClientError, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
+    Bearer, Client, ClientError, PushMessage, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
 };
 use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
 use pilotfish_api::UnknownFields;
@@ -47,6 +51,7 @@ use crate::identity::publish::Reported;
 use crate::listener::local::LocalListeners;
 use crate::snapshot::Overrides;
 use crate::state::Shared;
+use crate::telemetry::tap::Tap;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connecting includes waiting for the response headers of the stream.
@@ -170,6 +175,8 @@ pub struct PushClient {
     reported: Option<Reported>,
     /// The roots of the latest pushed trust bundle, which every control-plane client trusts.
     roots: SharedRoots,
+    /// Where tap lines go, once the sidecar has its state.
+    tap: Option<Arc<Tap>>,
 }
 
 impl PushClient {
@@ -187,7 +194,13 @@ impl PushClient {
             in_force: None,
             reported: None,
             roots,
+            tap: None,
         }
+    }
+
+    /// Hands every tap line to `tap` from now on.
+    pub fn tap_into(&mut self, tap: Arc<Tap>) {
+        self.tap = Some(tap);
     }
 
     /// The roots of the latest pushed trust bundle, for the other control-plane clients.
@@ -234,7 +247,11 @@ impl PushClient {
                 continue;
             };
             match stream.next().await {
-                Ok(line) => {
+                Ok(PushMessage::Tap(control)) => match &self.tap {
+                    Some(tap) => tap.set(control),
+                    None => tracing::debug!("tap line before the sidecar started; ignored"),
+                },
+                Ok(PushMessage::Config(line)) => {
                     // Only a snapshot proves the server healthy; connecting is not enough.
                     self.failures = 0;
                     if let Some(mesh) = &line.mesh {
@@ -265,6 +282,9 @@ impl PushClient {
     /// failure in a row, so a server that accepts and then fails cannot cause a reconnect storm.
     fn fail_over(&mut self) {
         self.stream = None;
+        if let Some(tap) = &self.tap {
+            tap.stop();
+        }
         self.server = (self.server + 1) % self.clients.len();
         self.failures += 1;
         self.retry_at = Some(Instant::now() + backoff(self.failures));
@@ -335,6 +355,7 @@ pub async fn follow(
     mesh: MeshSender,
 ) {
     push.report_from(shared.reported.subscribe());
+    push.tap_into(shared.tap.clone());
     let mut installed = shared.reported.subscribe();
     loop {
         let mut pushed = tokio::select! {

@@ -17,6 +17,8 @@ use pilotfish_api::SpiffeId;
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use super::tap::Tap;
+
 /// Lines queued and not yet written, at most.
 const QUEUE_LINES: usize = 16 * 1024;
 
@@ -106,7 +108,16 @@ pub struct HttpRecord {
     /// The caller's verified identity (inbound over mesh mTLS).
     #[serde(serialize_with = "peer")]
     pub peer: Option<Arc<SpiffeId>>,
+    /// The endpoint's verified identity (outbound over mesh mTLS).
+    #[serde(serialize_with = "peer", skip_serializing_if = "Option::is_none")]
+    pub server: Option<Arc<SpiffeId>>,
     pub error: Option<&'static str>,
+    /// Whether the line is written: a record may exist for a tap alone.
+    #[serde(skip)]
+    pub logged: bool,
+    /// The tap that sampled the request, which gets its event when it ends.
+    #[serde(skip)]
+    pub tap: Option<Arc<Tap>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,8 +169,15 @@ struct Line<'a, T> {
     record: &'a T,
 }
 
+/// A request's record once it ended: its line when the access log is on, and its event when
+/// a tap sampled it.
 pub fn http(record: &HttpRecord) {
-    write("http", record);
+    if let Some(tap) = &record.tap {
+        tap.record(record);
+    }
+    if record.logged {
+        write("http", record);
+    }
 }
 
 pub fn tcp(record: &TcpRecord) {

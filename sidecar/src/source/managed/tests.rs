@@ -1,7 +1,7 @@
 //! Managed mode against a stand-in control plane on a real socket: the authorization default
 //! of the synthesized `Sidecar` document, and what the ACKs say and when — the certificate and
-//! roots in force on every ACK and NACK, a renewal or new bundle reported at once, and a version
-//! ACKed only once its trust bundle is in force.
+//! roots in force on every ACK and NACK, a renewal or new bundle reported at once, a version
+//! ACKed only once its trust bundle is in force, and tap lines.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -119,9 +119,13 @@ impl StandIn {
     }
 
     fn push(&self, line: PushLine) {
-        let text = format!("{}\n", serde_json::to_string(&line).unwrap());
+        self.push_text(&format!("{}\n", serde_json::to_string(&line).unwrap()));
+    }
+
+    /// Sends `text` as it is (one or more lines).
+    fn push_text(&self, text: &str) {
         let stream = self.stream.lock().unwrap();
-        stream.as_ref().expect("a push stream is open").send(Bytes::from(text)).unwrap();
+        stream.as_ref().expect("a push stream is open").send(Bytes::from(text.to_owned())).unwrap();
     }
 
     /// Ends the open push stream, as a control plane going away does.
@@ -317,4 +321,40 @@ async fn a_pushed_bundle_is_what_every_control_plane_client_trusts_besides_the_p
     cp.push(line);
     assert_eq!(next.await.unwrap(), 4);
     assert_eq!(roots.len(), 2);
+}
+
+#[tokio::test]
+async fn a_tap_line_sets_what_is_recorded_and_a_broken_stream_stops_it() {
+    let mut cp = StandIn::start().await;
+    let (shared, _mesh) = follow_stand_in(&cp).await;
+    cp.push(PushLine::new(1, String::new()));
+    assert_eq!(cp.ack(QUIET).await.unwrap().version, 1);
+    assert!(!shared.tap.is_active(), "no one taps");
+    let tapping = |active: bool| {
+        let shared = shared.clone();
+        async move {
+            let turned = async {
+                while shared.tap.is_active() != active {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), turned).await.expect("the tap line takes effect");
+        }
+    };
+    let tap = |filters: &str| format!("{{\"protocol\":2,\"tap\":{{\"filters\":{filters}}}}}\n");
+
+    cp.push_text(&tap(r#"[{"path":"/api"}]"#));
+    tapping(true).await;
+    assert!(shared.tap.sample(&http::Method::GET, "/api/x"));
+    assert!(!shared.tap.sample(&http::Method::GET, "/other"), "filtered");
+    assert_eq!(cp.ack(QUIET).await, None, "a tap line is not a version to ACK");
+
+    cp.push_text(&tap("[]"));
+    tapping(false).await;
+
+    // Started again, then the control plane that asked goes away: tapping stops.
+    cp.push_text(&tap("[{}]"));
+    tapping(true).await;
+    cp.hang_up();
+    tapping(false).await;
 }
