@@ -1,5 +1,5 @@
 //! The operator commands — `apply`, `get`, `delete`, `history`, `diff`, `rollback`, `token`,
-//! `proxies`, `ca`, `stat`, `edges` — through the typed client of the control plane's API
+//! `proxies`, `ca`, `stat`, `edges`, `tap` — through the typed client of the control plane's API
 //! (`pilotfish_api::client`); tables come from [`super::table`].
 
 use std::io::Read;
@@ -133,6 +133,10 @@ pub enum Command {
     /// Golden metrics per edge (caller → callee): identities, mTLS, requests per second,
     /// success rate, p99 latency.
     Edges(super::stats::StatArgs),
+    /// A service's requests as they happen (sampled on its sidecars, at most 100 a second
+    /// each): method, authority, path, status, latency, request id, peer identity. Needs the
+    /// admin token.
+    Tap(super::tap::TapArgs),
 }
 
 pub fn run(server: Server, command: Command) -> anyhow::Result<()> {
@@ -285,6 +289,7 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
         }
         Command::Stat(args) => super::stats::stat(&api, args).await?,
         Command::Edges(args) => super::stats::edges(&api, args).await?,
+        Command::Tap(args) => super::tap::tap(&api, args).await?,
         Command::Ca { action } => super::ca::execute(&api, action).await.map_err(explain)?,
         Command::Token { action: TokenAction::Create { service, namespace, read_only, ttl } } => {
             let kind = if read_only { TokenKind::ReadOnly } else { TokenKind::Join };

@@ -9,6 +9,7 @@ mod inject;
 mod sidecar;
 mod stats;
 mod table;
+mod tap;
 mod up;
 mod yaml_stream;
 

@@ -158,7 +158,11 @@ async fn registration_records_the_token_identity_and_the_push_line_carries_the_b
         version: 0,
         protocol: None,
     };
-    let line = web.push(&query).await.unwrap().next().await.unwrap();
+    let pilotfish_api::client::PushMessage::Config(line) =
+        web.push(&query).await.unwrap().next().await.unwrap()
+    else {
+        panic!("a snapshot first")
+    };
     let mesh = line.mesh.expect("the push line carries the mesh settings");
     assert_eq!(mesh.trust_domain, "pilotfish.local");
     assert_eq!(mesh.trust_bundle_pem, cp.client().ca_bundle().await.unwrap());

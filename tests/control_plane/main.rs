@@ -27,6 +27,7 @@ mod stats;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]
 mod support;
+mod tap;
 mod up;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
