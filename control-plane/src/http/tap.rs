@@ -35,7 +35,7 @@ pub const TAP_TIME_LIMIT: Duration = Duration::from_secs(3600);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn routes() -> OpenApiRouter<Shared> {
-    OpenApiRouter::new().routes(routes!(tap)).routes(routes!(report))
+    OpenApiRouter::new().routes(routes!(tap)).routes(routes!(report_tap))
 }
 
 /// A live stream of a service's requests (admin token)
@@ -91,7 +91,7 @@ async fn tap(
     ),
     security(("bearer" = [])),
 )]
-async fn report(
+async fn report_tap(
     caller: Caller,
     State(cp): State<Shared>,
     Path(id): Path<String>,
