@@ -134,7 +134,8 @@ def check_content(driver, args):
 
 
 def check_keyboard(driver):
-    """Tab from the top reaches a graph label, which reads as a sentence."""
+    """Tab from the top reaches a graph label, which reads as a sentence and keeps the focus
+    when the page refreshes (the graph is redrawn)."""
     driver.execute_script("document.querySelector('.skip').focus()")
     actions = webdriver.ActionChains(driver)
     for _ in range(60):
@@ -142,8 +143,14 @@ def check_keyboard(driver):
         focused = driver.switch_to.active_element
         if "edge-label" in (focused.get_attribute("class") or ""):
             expect("requests per second" in focused.get_attribute("aria-label"), "an edge's label has no text")
-            return
-    raise Failed("the keyboard never reaches an edge of the graph")
+            break
+    else:
+        raise Failed("the keyboard never reaches an edge of the graph")
+    edge = focused.get_attribute("data-edge")
+    updated = driver.find_element(By.ID, "updated").text
+    wait(driver, "a refresh", lambda d: d.find_element(By.ID, "updated").text != updated, seconds=10)
+    after = driver.switch_to.active_element
+    expect(after.get_attribute("data-edge") == edge, f"the focus left {edge} on a refresh: {after.get_attribute('outerHTML')[:80]}")
 
 
 def check_diff(driver):

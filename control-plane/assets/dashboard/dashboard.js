@@ -528,6 +528,17 @@
   let timer = null;
   let running = false;
 
+  /** A selector for the focused graph node, edge or diff link, which a refresh redraws: focus
+   *  returns to its new self, so a keyboard user is not thrown back to the top every 5 s. */
+  function focusedKey() {
+    const active = document.activeElement;
+    if (!active || !active.matches) return null;
+    if (active.matches('g.node')) return `g.node[data-service="${CSS.escape(active.dataset.service)}"]`;
+    if (active.matches('g.edge-label')) return `g.edge-label[data-edge="${CSS.escape(active.dataset.edge)}"]`;
+    if (active.matches('#events-table a')) return `#events-table a[href="${CSS.escape(active.getAttribute('href'))}"]`;
+    return null;
+  }
+
   async function refresh() {
     const span = $('window').value;
     const [services, edges, proxies, events, rollouts] = await Promise.allSettled([
@@ -545,6 +556,7 @@
       return false;
     }
     const value = (r) => (r.status === 'fulfilled' ? r.value : undefined);
+    const focused = focusedKey();
     if (services.status === 'fulfilled') renderServices(services.value);
     if (edges.status === 'fulfilled') renderEdges(edges.value);
     if (services.status === 'fulfilled' && edges.status === 'fulfilled') {
@@ -554,6 +566,8 @@
     if (events.status === 'fulfilled') renderEvents(events.value);
     if (rollouts.status === 'fulfilled') renderRollouts(rollouts.value);
     renderCards({ services: value(services), edges: value(edges), proxies: value(proxies) });
+    const refocus = focused && document.querySelector(focused);
+    if (refocus && refocus !== document.activeElement) refocus.focus({ preventScroll: true });
     const failed = all.filter((r) => r.status === 'rejected').map((r) => r.reason.message);
     problem(failed.length ? `Some data could not be read (retrying every ${REFRESH_MS / 1000} s): ${failed.join('; ')}` : '');
     $('updated').textContent = `Updated ${new Date().toLocaleTimeString()}`;
@@ -564,6 +578,8 @@
   async function refreshNow() {
     clearTimeout(timer);
     if (running) return;
+    // A hidden tab asks nothing; it refreshes when shown again.
+    if (document.hidden) return;
     running = true;
     let again = false;
     try {
@@ -620,6 +636,9 @@
       showLogin('The token is forgotten in this tab.');
     });
     $('window').addEventListener('change', refreshNow);
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden && token() && $('login').hidden) refreshNow();
+    });
     if (token()) showDashboard();
     else showLogin();
   }
