@@ -3,12 +3,15 @@
 //! handling, endpoint choice (L4 round-robin, L7 power of two choices), metric recording, the
 //! per-edge telemetry accounting (a response accounted with and without it, side by side), the
 //! tap check every request makes when no one taps (a request's lookup with and without it, side
-//! by side) and rate-limit checks. Run: `cargo bench -p pilotfish-sidecar --bench hot_path`.
+//! by side), rate-limit checks, and a hop's trace context with traces off, on but unsampled, and
+//! sampled (its span exported), side by side. Run: `cargo bench -p pilotfish-sidecar --bench
+//! hot_path`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use pilotfish_sidecar::http::correlation::next_hop;
 use pilotfish_sidecar::http::headers::strip_hop_by_hop;
 use pilotfish_sidecar::http::outbound::endpoint::choose;
 use pilotfish_sidecar::listener::detect::classify;
@@ -16,8 +19,9 @@ use pilotfish_sidecar::resilience::ratelimit::limiter::{RateLimiter, Window};
 use pilotfish_sidecar::snapshot::route::{RouteSource, RouteTable};
 use pilotfish_sidecar::snapshot::{Overrides, Snapshot};
 use pilotfish_sidecar::tcp::forward::pick;
-use pilotfish_sidecar::telemetry::metrics::Metrics;
+use pilotfish_sidecar::telemetry::metrics::{Direction, Metrics};
 use pilotfish_sidecar::telemetry::tap::Tap;
+use pilotfish_sidecar::telemetry::trace::{HopSpan, Sampling, Tracing};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,5 +242,52 @@ fn rate_limits(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, detection, routing, tap_check, headers, route_matching, rate_limits);
+/// An exporter that drops what it gets: the batch processor's thread runs as with a collector,
+/// and the request path's share (the span built and queued) is what is measured.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+/// What a request without a `traceparent` costs in trace context: the header written (traces
+/// off), the sampling decision too (on, not sampled), and the span built, ended and queued for
+/// export (sampled).
+fn tracing(c: &mut Criterion) {
+    let req = http::Request::get("/api/users/42").body(()).unwrap();
+    let (service, route): (Arc<str>, Arc<str>) = ("users.default".into(), "default/users".into());
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(Discard).build();
+    let sampled = Tracing::with_processor(Sampling::ALL, "bench", processor);
+    let unsampled = Sampling::ratio(0.0);
+    let mut group = c.benchmark_group("trace_hop");
+    group.bench_function("traces_off", |b| {
+        b.iter_batched(HeaderMap::new, |mut h| (next_hop(&mut h, None), h), BatchSize::SmallInput)
+    });
+    group.bench_function("unsampled", |b| {
+        b.iter_batched(HeaderMap::new, |mut h| (next_hop(&mut h, unsampled), h), BatchSize::SmallInput)
+    });
+    group.bench_function("sampled_span", |b| {
+        b.iter_batched(
+            HeaderMap::new,
+            |mut h| {
+                let hop = next_hop(&mut h, Some(sampled.sampling())).expect("sampled");
+                let span = HopSpan::start(hop, Direction::Outbound, &req);
+                span.learned.routed(&service, &route);
+                span.end(&sampled, http::StatusCode::OK, None, None);
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, detection, routing, tap_check, headers, route_matching, rate_limits, tracing);
 criterion_main!(benches);

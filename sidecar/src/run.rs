@@ -25,6 +25,7 @@ use crate::source::{managed, reload, report, tap};
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Metrics};
+use crate::telemetry::trace::{TraceError, TraceOptions, Tracing};
 use crate::transport;
 use crate::upstream::app_probe::AppProber;
 use crate::upstream::health;
@@ -35,6 +36,8 @@ pub struct Options {
     pub source: Source,
     pub overrides: Overrides,
     pub lifecycle: Lifecycle,
+    /// Where spans go, and which are sampled (`--otlp-endpoint`); `None`: no spans.
+    pub tracing: Option<TraceOptions>,
 }
 
 /// The sidecar's life in a pod: the kubelet's status listener, and the end.
@@ -73,6 +76,8 @@ pub enum Error {
     Signal(std::io::Error),
     #[error("no usable mesh identity: {0}")]
     Identity(#[from] FilesError),
+    #[error("{0}")]
+    Tracing(#[from] TraceError),
 }
 
 /// Runs the sidecar until SIGTERM, SIGINT or `POST /shutdown`, then drains: listeners stop
@@ -166,7 +171,15 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         "sidecar listening"
     );
     let drain = snap.sidecar.timeouts.drain.get();
+    // Spans name the service this sidecar's app is (managed), or the `Sidecar` document.
+    let service = match &opts.source {
+        Source::ControlPlane(m) => m.service.clone(),
+        Source::File { .. } => snap.name.clone(),
+    };
     let shared = Shared::with_client_cert(snap, metrics, client_cert);
+    if let Some(options) = &opts.tracing {
+        let _ = shared.tracing.set(Tracing::start(options, &service)?);
+    }
     if let Some((files, built)) = identity {
         shared.identity_status.set_mode(Mode::Files);
         shared.supervise("identity reload", files::watch(shared.clone(), files, built, provider.clone()));
@@ -277,5 +290,8 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
         tracing::info!(connections = open, "drained");
     }
     access_log::flush();
+    if let Some(tracing) = shared.tracing.get() {
+        tracing.shutdown().await;
+    }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! What every listener and connection of one sidecar shares: the config snapshot in force, the
-//! metrics, the termination and shutdown signals with the tracker that drain waits on, and
-//! readiness — which termination or the death of any long-lived task takes away (see
+//! metrics, the span export (when traces are on), the termination and shutdown signals with the
+//! tracker that drain waits on, and readiness — which termination or the death of any long-lived task takes away (see
 //! [`Shared::supervise`]).
 
 use std::future::Future;
@@ -19,11 +19,14 @@ use crate::identity::Identity;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tap::Tap;
+use crate::telemetry::trace::Tracing;
 
 pub struct Shared {
     /// Swapped whole on reload; a connection or request loads it once.
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// The span export, set once at start with `--otlp-endpoint`.
+    pub tracing: OnceLock<Tracing>,
     /// This sidecar's mesh identity, once it has one; swapped whole on renewal.
     pub identity: ArcSwapOption<Identity>,
     /// Where the identity comes from, its roots and renewals (`GET /identity`).
@@ -65,6 +68,7 @@ impl Shared {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            tracing: OnceLock::new(),
             identity: ArcSwapOption::empty(),
             identity_status: IdentityStatus::default(),
             reported: watch::Sender::new(None),

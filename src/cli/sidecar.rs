@@ -9,6 +9,7 @@ use pilotfish_api::app_probe::AppProbes;
 use pilotfish_api::client::Bearer;
 use pilotfish_sidecar::identity::files::Files;
 use pilotfish_sidecar::managed::Managed;
+use pilotfish_sidecar::telemetry::trace::{Endpoint, Sampling, TraceOptions};
 use pilotfish_sidecar::{Lifecycle, Options, Overrides, Source};
 
 /// Defaults: admin 127.0.0.1:15000, outbound 127.0.0.1:15001, inbound 0.0.0.0:15006 (only with
@@ -97,6 +98,35 @@ pub struct Args {
     /// Static mode: the roots the mesh trusts, PEM.
     #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     trust_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    traces: TraceArgs,
+}
+
+/// Traces: a span per hop, exported over OTLP/HTTP.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// Export a span per request and hop to this OpenTelemetry collector (OTLP/HTTP, protobuf;
+    /// e.g. http://127.0.0.1:4318, which posts to /v1/traces). The span ids are those of the
+    /// `traceparent` header the sidecar forwards.
+    #[arg(long, env = "PILOTFISH_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<Endpoint>,
+    /// The share of new traces sampled, 0.0 to 1.0; a `traceparent` that arrives keeps its
+    /// own decision (its sampled flag).
+    #[arg(
+        long,
+        env = "PILOTFISH_TRACE_SAMPLING",
+        value_name = "RATIO",
+        default_value = "1.0",
+        requires = "otlp_endpoint"
+    )]
+    pub trace_sampling: Sampling,
+}
+
+impl TraceArgs {
+    pub fn options(self) -> Option<TraceOptions> {
+        let sampling = self.trace_sampling;
+        self.otlp_endpoint.map(|endpoint| TraceOptions { endpoint, sampling })
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -123,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         trust_bundle,
+        traces,
     } = args;
     // clap has checked that the three come together.
     let identity = match (tls_cert, tls_key, trust_bundle) {
@@ -167,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             app_probes: app_probes.unwrap_or_default(),
             drain_delay: drain_delay.get(),
         },
+        tracing: traces.options(),
     };
     // On one CPU (a sidecar pinned beside its app, or a pod with a one-core limit) a
     // current-thread runtime, as linkerd2-proxy runs on one core: the work is not handed between

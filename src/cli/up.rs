@@ -21,6 +21,8 @@ use pilotfish_control_plane::core::{ControlPlane, Settings};
 use pilotfish_control_plane::store::Embedded;
 use pilotfish_sidecar::managed::Managed;
 use pilotfish_sidecar::{Lifecycle, Options, Overrides, Source};
+
+use super::sidecar::TraceArgs;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -44,6 +46,9 @@ pub struct Args {
     data_dir: PathBuf,
     #[arg(long, value_name = "PORT", default_value_t = 15000)]
     base_port: u16,
+    /// Every sidecar of the mesh exports its spans there.
+    #[command(flatten)]
+    traces: TraceArgs,
 }
 
 /// The mesh to run.
@@ -121,7 +126,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn up(args: Args) -> anyhow::Result<()> {
-    let Args { file, data_dir, base_port: base } = args;
+    let Args { file, data_dir, base_port: base, traces } = args;
+    let traces = traces.options();
     let port = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base + offset));
     let (instances, config) = match &file {
         None => (demo(port(200)), Some(DEMO_CONFIG.to_owned())),
@@ -230,6 +236,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
             source: Source::ControlPlane(managed),
             overrides,
             lifecycle,
+            tracing: traces.clone(),
         }))
     };
     let mut sidecars = Vec::new();
@@ -256,6 +263,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
         source: Source::ControlPlane(yours),
         overrides,
         lifecycle: Lifecycle::default(),
+        tracing: traces.clone(),
     })));
 
     // The dashboard's token: read-only, and it expires.

@@ -14,5 +14,6 @@ mod pod;
 mod resilience;
 mod support;
 mod tcp;
+mod trace;
 mod transparent;
 mod websocket;

@@ -21,6 +21,7 @@ use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::access_log::{self, HttpRecord, Tls};
 use crate::telemetry::metrics::{Direction, EndpointMetrics};
+use crate::telemetry::trace::Learned;
 use crate::upstream::endpoint::EndpointRt;
 
 /// Where the requests of one connection go.
@@ -65,13 +66,15 @@ pub struct RequestContext<'a> {
     pub started: Instant,
     /// Whether the client speaks gRPC: local failures answer with a `grpc-status`.
     pub grpc: bool,
+    /// What a sampled request's span learns on the way; `None` when it is not sampled.
+    pub span: Option<&'a Learned>,
 }
 
 impl<'a> RequestContext<'a> {
     pub fn new<B>(conn: &'a Connection, snap: &'a Snapshot, req: &Request<B>, started: Instant) -> Self {
         let grpc =
             req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        Self { conn, snap, started, grpc }
+        Self { conn, snap, started, grpc, span: None }
     }
 
     /// A request refused before reaching an endpoint (the body may already be gone: `B` is

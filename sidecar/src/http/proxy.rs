@@ -15,8 +15,10 @@ use hyper::body::Incoming;
 use super::body::ProxyBody;
 use super::context::{Connection, HttpTarget, RequestContext};
 use super::correlation;
+use super::errors::ERROR_HEADER;
 use super::inbound::to_app;
 use super::outbound::to_service;
+use crate::telemetry::trace::HopSpan;
 
 /// Handles the requests of one downstream connection.
 #[derive(Clone)]
@@ -58,12 +60,18 @@ fn handle(
         let started = Instant::now();
         let snap = conn.shared.snapshot.load_full();
         let request_id = correlation::request_id(req.headers_mut());
-        correlation::next_hop(req.headers_mut());
-        let cx = RequestContext::new(&conn, &snap, &req, started);
+        let tracing = conn.shared.tracing.get();
+        let hop = correlation::next_hop(req.headers_mut(), tracing.map(|t| t.sampling()));
+        let span = hop.map(|hop| HopSpan::start(hop, conn.direction, &req));
+        let mut cx = RequestContext::new(&conn, &snap, &req, started);
+        cx.span = span.as_ref().map(|s| &s.learned);
         let mut res = match &conn.target {
             HttpTarget::App(adhoc) => to_app(cx, adhoc.as_ref(), req).await,
             _ => to_service(cx, req).await,
         };
+        if let (Some(span), Some(tracing)) = (span, tracing) {
+            span.end(tracing, res.status(), res.headers().get(ERROR_HEADER), conn.peer.as_deref());
+        }
         res.headers_mut().entry(&correlation::REQUEST_ID).or_insert(request_id);
         Ok(res)
     }

@@ -64,6 +64,9 @@ pub fn to_service<'a>(
             }
             Err(Unrouted::Redirected(res)) => return *res,
         };
+        if let Some(span) = cx.span {
+            span.routed(&routed.service.key, &routed.rule.route);
+        }
         let record = cx.record_for(&req, routed.authority.as_ref(), &routed.service.key);
         let upgrade = cx.conn.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -71,6 +74,9 @@ pub fn to_service<'a>(
         let (parts, incoming) = req.into_parts();
         match attempts::run(&cx, &routed, parts, incoming, upgrade).await {
             Ok(Answered { mut answer, endpoint, metrics }) => {
+                if let Some(span) = cx.span {
+                    span.endpoint(endpoint.conns.identity());
+                }
                 if let Some(mods) = &routed.rule.response_headers {
                     mods.apply(answer.0.headers_mut());
                 }
