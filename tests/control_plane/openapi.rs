@@ -132,7 +132,7 @@ fn an_ipv6_registration_the_server_takes_is_one_the_document_allows() {
 
 /// `validate_openapi.py` on the served document: each JSON line of `lines` against the
 /// document's schema `schema`.
-fn validate(cp: &ControlPlane, schema: &str, lines: &std::path::Path) -> std::process::Output {
+pub(crate) fn validate(cp: &ControlPlane, schema: &str, lines: &std::path::Path) -> std::process::Output {
     let doc = Command::new("curl").args(["-s", &cp.url("/v1/openapi.json")]).output().unwrap().stdout;
     let mut validator = Command::new(support::python())
         .arg(support::script("validate_openapi.py"))

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::managed::eventually;
 use crate::mesh::{call_until, control_plane, greeter_and_client};
+use crate::openapi::validate;
 use crate::support::{self, Sidecar};
 use crate::{curl, ControlPlane, BIN, TOKEN};
 
@@ -123,6 +124,12 @@ async fn tap_shows_requests_as_they_happen_filtered_and_bounded_and_stops_with_i
         (Some(&*format!("{TRUST_DOMAIN}/client")), Some(true))
     );
     assert!(get["proxy"].as_str().is_some_and(|p| !p.is_empty()), "{get}");
+    // Each event is what the OpenAPI document says one is.
+    let events = dir.path().join("events.ndjson");
+    let lines: Vec<String> = all.lines().into_iter().map(|(_, l)| l + "\n").collect();
+    std::fs::write(&events, lines.concat()).unwrap();
+    let verdict = tokio::task::block_in_place(|| validate(&cp, "TapEvent", &events));
+    assert!(verdict.status.success(), "not a TapEvent: {}", String::from_utf8_lossy(&verdict.stderr));
 
     // client's side: its one outbound POST under /api, the peer being greeter.
     let post =
@@ -158,6 +165,7 @@ async fn tap_shows_requests_as_they_happen_filtered_and_bounded_and_stops_with_i
     tokio::time::sleep(Duration::from_millis(600)).await;
     let recorded = all.lines().len() - before;
     let budget = 100 * (took.as_secs() as usize + 2);
+    eprintln!("flood: 1500 requests in {took:?}, {recorded} tapped (budget {budget})");
     assert!((1..=budget).contains(&recorded), "{recorded} events for 1500 requests in {took:?}");
 
     all.kill();
