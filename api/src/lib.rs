@@ -23,6 +23,8 @@
 //! - [`policy`]: `BackendPolicy` and `RateLimitPolicy`, attached by `targetRef`.
 //! - [`authz`]: the `AuthorizationPolicy` kind — which peers may call a service, attached by
 //!   `targetRef` — and the mesh default for services no ALLOW policy targets.
+//! - [`rollout`]: the `Rollout` kind — progressive delivery of a canary Service behind an
+//!   HTTPRoute: the steps, the analysis, the rollback mode.
 //! - [`schema`]: the OpenAPI schema of a whole document (`Resource`), closed to unknown fields
 //!   as the API is; each spec type derives its own beside its serde derives.
 //! - [`field`]: `FieldError`, what every check returns: a field path and why.
@@ -53,6 +55,7 @@ pub mod identity;
 pub mod manifest;
 pub mod mtls;
 pub mod policy;
+pub mod rollout;
 pub mod route;
 pub mod schema;
 pub mod service;

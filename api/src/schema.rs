@@ -18,6 +18,7 @@ use crate::authz::AuthorizationPolicySpec;
 use crate::document::{Metadata, Resource, KINDS};
 use crate::manifest::{CLUSTER_SET, UNSUPPORTED};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
+use crate::rollout::RolloutSpec;
 use crate::route::HttpRouteSpec;
 use crate::{ServiceSpec, SidecarSpec};
 
@@ -30,6 +31,7 @@ impl PartialSchema for Resource {
             .item(document::<BackendPolicySpec>("BackendPolicy"))
             .item(document::<RateLimitPolicySpec>("RateLimitPolicy"))
             .item(document::<AuthorizationPolicySpec>("AuthorizationPolicy"))
+            .item(document::<RolloutSpec>("Rollout"))
             .description(Some("A configuration document: one of the kinds, told apart by `kind`"))
             .into()
     }
@@ -44,6 +46,7 @@ impl ToSchema for Resource {
         collect::<BackendPolicySpec>(schemas);
         collect::<RateLimitPolicySpec>(schemas);
         collect::<AuthorizationPolicySpec>(schemas);
+        collect::<RolloutSpec>(schemas);
     }
 }
 

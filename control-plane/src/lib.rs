@@ -30,6 +30,8 @@
 //!   bounded cost per request.
 //! - [`listener`]: [`listener::serve`], the one way a control plane runs (`pilotfish
 //!   control-plane` and `pilotfish up`), plaintext or TLS.
+//! - [`rollout`]: progressive delivery as a saga — each `Rollout`'s steps, verdicts and
+//!   compensations as events, the decisions over them, and the driver that takes them.
 //! - [`telemetry`]: the sidecars' telemetry reports in per-edge rolling windows (bounded
 //!   memory), and the rows of `/v1/stats`. No HTTP in it.
 //! - [`tls`]: when the API is served over TLS (not loopback only, unless `--insecure`), its
@@ -60,6 +62,7 @@ pub mod listener;
 pub mod model;
 pub mod names;
 pub mod push;
+pub mod rollout;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -59,6 +59,7 @@ where
 /// shutdown of the server waits for: `shutdown`, after which the push streams end.
 fn running(cp: Arc<ControlPlane>, shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
     tokio::spawn(background::run(cp.clone(), shutdown.clone()));
+    tokio::spawn(crate::rollout::driver::run(cp.clone(), shutdown.clone()));
     async move {
         shutdown.cancelled().await;
         cp.stop();

@@ -1,6 +1,7 @@
 //! The read model (the CQRS projection): the resources and registered endpoints in force, folded
 //! from the event log. It is rebuilt at start-up from the latest snapshot plus the events after
-//! it, then follows the log; `history` folds it to earlier points for diff and rollback.
+//! it, then follows the log; `history` folds it to earlier points for diff and rollback. The
+//! rollouts' sagas fold into it too (`rollout::Runs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use pilotfish_api::wire::{Change, EndpointRecord, RotationPhase, TokenKind};
 
+use crate::rollout::Runs;
 use crate::store::{AppendRequest, Event, StoreError};
 
 /// Event kinds written to the log.
@@ -53,6 +55,9 @@ pub struct State {
     /// What root rotations did to the mesh CA.
     #[serde(default)]
     pub ca: CaLog,
+    /// Every rollout's latest run of its saga, by `namespace/name`.
+    #[serde(default)]
+    pub rollouts: Runs,
 }
 
 /// The mesh CA as the log knows it: the roots rotations added and retired, the issuer in force
@@ -243,6 +248,9 @@ impl State {
             }
             kind::CA_ROOT_ADDED | kind::CA_ISSUER_ACTIVATED | kind::CA_ROOT_RETIRED => {
                 self.ca.apply(event).map_err(corrupt)?;
+            }
+            rollout if crate::rollout::kind::is_rollout(rollout) => {
+                self.rollouts.apply(event).map_err(corrupt)?;
             }
             other => return Err(corrupt(format!("unknown event kind {other:?}"))),
         }

@@ -28,6 +28,8 @@ STRICTER = {
     ("AuthorizationPolicy", "spec.rules[].to[]"): "validate(): at least one of paths, methods, ports",
     ("AuthorizationPolicy", "spec.rules[].to[].paths[]"): "PathPattern::try_from",
     ("AuthorizationPolicy", "spec.rules[].to[].methods[]"): "validate(): route::http_method",
+    ("Rollout", "spec.steps"): "validate(): at least one step",
+    ("Rollout", "spec.steps[]"): "validate(): exactly one of setWeight or pause",
 }
 
 
@@ -186,9 +188,8 @@ class AgainstTheControlPlane(unittest.TestCase):
         cls.cp.close()
 
     def test_each_crd_has_the_fields_types_enums_ranges_and_defaults_of_the_api_type(self):
-        # Rollout joins once the API has it (issue 13).
         checked = KINDS & set(self.api_specs)
-        self.assertLessEqual({"BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"}, checked)
+        self.assertEqual(KINDS, checked)
         for kind in checked:
             problems = drift(kind, self.components, crd_schema(kind)["properties"]["spec"], self.api_specs[kind])
             self.assertEqual(problems, [], kind)
@@ -229,9 +230,8 @@ class AgainstTheControlPlane(unittest.TestCase):
     def test_the_examples_are_accepted(self):
         examples = [doc for path in sorted(glob.glob(str(REPO / "examples" / "*.yaml"))) for doc in load_all(path)]
         # The examples are what the control plane and the sidecar accept too (api's tests parse
-        # them), so Rollout, which the API does not have yet, has its documents in valid.yaml
-        # only.
-        self.check_each(examples, self.check_accepted, "examples/", KINDS - {"Rollout"})
+        # them).
+        self.check_each(examples, self.check_accepted, "examples/")
 
     def test_documents_with_every_field_are_accepted(self):
         self.check_each(load_all(TEST / "valid.yaml"), self.check_accepted, "valid.yaml")

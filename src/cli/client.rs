@@ -82,7 +82,8 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show resources of a kind (Service, HTTPRoute, BackendPolicy, RateLimitPolicy, AuthorizationPolicy), or one.
+    /// Show resources of a kind (Service, HTTPRoute, BackendPolicy, RateLimitPolicy, AuthorizationPolicy,
+    /// Rollout), or one.
     Get {
         kind: String,
         name: Option<String>,
@@ -137,6 +138,11 @@ pub enum Command {
     /// each): method, authority, path, status, latency, request id, peer identity. Needs the
     /// admin token.
     Tap(super::tap::TapArgs),
+    /// Progressive delivery: a Rollout's status, and pause, resume, abort or promote it.
+    Rollout {
+        #[command(subcommand)]
+        action: super::rollout::RolloutCommand,
+    },
 }
 
 pub fn run(server: Server, command: Command) -> anyhow::Result<()> {
@@ -290,6 +296,7 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
         Command::Stat(args) => super::stats::stat(&api, args).await?,
         Command::Edges(args) => super::stats::edges(&api, args).await?,
         Command::Tap(args) => super::tap::tap(&api, args).await?,
+        Command::Rollout { action } => super::rollout::execute(&api, action).await?,
         Command::Ca { action } => super::ca::execute(&api, action).await.map_err(explain)?,
         Command::Token { action: TokenAction::Create { service, namespace, read_only, ttl } } => {
             let kind = if read_only { TokenKind::ReadOnly } else { TokenKind::Join };

@@ -6,6 +6,7 @@ mod client;
 mod control_plane;
 mod init;
 mod inject;
+mod rollout;
 mod sidecar;
 mod stats;
 mod table;

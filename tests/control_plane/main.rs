@@ -23,6 +23,7 @@ mod kubernetes;
 mod managed;
 mod mesh;
 mod openapi;
+mod rollout;
 mod stats;
 #[path = "../sidecar/support.rs"]
 #[allow(dead_code)]

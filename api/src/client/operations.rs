@@ -12,7 +12,8 @@ use crate::wire::{
     Ack, AckQuery, ApplyResult, CaStatus, CertifyRequest, CertifyResponse, Deleted, Deregistered, Diff,
     DiffQuery, EndpointList, EndpointQuery, EventPage, EventsQuery, Heartbeat, JoinToken, ListQuery,
     ProxyList, PushQuery, Registered, Registration, ResourceItem, ResourceList, RollbackRequest,
-    RollbackResult, RotateRequest, StatsList, StatsQuery, StatsReport, TapQuery, TapReport, TokenRequest,
+    RollbackResult, RolloutAction, RolloutList, RolloutStatus, RotateRequest, StatsList, StatsQuery,
+    StatsReport, TapQuery, TapReport, TokenRequest,
 };
 
 /// What an apply asks of the store besides the documents.
@@ -187,6 +188,28 @@ impl Client {
     pub async fn report_tap(&self, id: &str, q: &AckQuery, report: &TapReport) -> Result<(), ClientError> {
         let path = format!("/v1/proxies/{}/tap{}", segment(id), query(q));
         self.empty(Call::new(Method::POST, path).json(report)).await
+    }
+
+    /// `GET /v1/rollouts`: every rollout's status.
+    pub async fn rollouts(&self) -> Result<RolloutList, ClientError> {
+        self.json(Call::new(Method::GET, "/v1/rollouts".into())).await
+    }
+
+    /// `GET /v1/rollouts/{namespace}/{name}`; [`ClientError::NotFound`] when there is none.
+    pub async fn rollout(&self, namespace: &str, name: &str) -> Result<RolloutStatus, ClientError> {
+        let path = format!("/v1/rollouts/{}/{}", segment(namespace), segment(name));
+        self.json(Call::new(Method::GET, path)).await
+    }
+
+    /// `POST /v1/rollouts/{namespace}/{name}/{action}`: pause, resume, abort or promote.
+    pub async fn rollout_action(
+        &self,
+        namespace: &str,
+        name: &str,
+        action: RolloutAction,
+    ) -> Result<RolloutStatus, ClientError> {
+        let path = format!("/v1/rollouts/{}/{}/{}", segment(namespace), segment(name), action.as_str());
+        self.json(Call::new(Method::POST, path)).await
     }
 
     /// `GET /readyz`: whether the control plane can serve (its event store answers).

@@ -14,6 +14,7 @@ use crate::authz::AuthorizationPolicySpec;
 use crate::field::FieldError;
 use crate::manifest::{self, FieldWarning};
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
+use crate::rollout::RolloutSpec;
 use crate::route::HttpRouteSpec;
 use crate::{ServiceSpec, SidecarSpec};
 
@@ -229,6 +230,9 @@ fn parse_document(
             w,
             RateLimitPolicySpec::validate,
         )?)),
+        "Rollout" => {
+            Resource::Rollout(Box::new(object_of(value, unknown, &object, w, RolloutSpec::validate)?))
+        }
         _ => Resource::AuthorizationPolicy(Box::new(object_of(
             value,
             unknown,

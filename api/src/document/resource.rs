@@ -4,6 +4,7 @@
 use super::metadata::Metadata;
 use crate::authz::AuthorizationPolicySpec;
 use crate::policy::{BackendPolicySpec, RateLimitPolicySpec};
+use crate::rollout::RolloutSpec;
 use crate::route::{HttpRouteSpec, GATEWAY_V1};
 use crate::{ServiceSpec, SidecarSpec};
 
@@ -27,16 +28,18 @@ pub enum Resource {
     BackendPolicy(Box<Object<BackendPolicySpec>>),
     RateLimitPolicy(Box<Object<RateLimitPolicySpec>>),
     AuthorizationPolicy(Box<Object<AuthorizationPolicySpec>>),
+    Rollout(Box<Object<RolloutSpec>>),
 }
 
 /// Every kind, with its `apiVersion`.
-pub(crate) const KINDS: [(&str, &str); 6] = [
+pub(crate) const KINDS: [(&str, &str); 7] = [
     ("Sidecar", PILOTFISH_V1ALPHA1),
     ("Service", PILOTFISH_V1ALPHA1),
     ("HTTPRoute", GATEWAY_V1),
     ("BackendPolicy", PILOTFISH_V1ALPHA1),
     ("RateLimitPolicy", PILOTFISH_V1ALPHA1),
     ("AuthorizationPolicy", PILOTFISH_V1ALPHA1),
+    ("Rollout", PILOTFISH_V1ALPHA1),
 ];
 
 impl Resource {
@@ -48,6 +51,7 @@ impl Resource {
             Self::BackendPolicy(_) => "BackendPolicy",
             Self::RateLimitPolicy(_) => "RateLimitPolicy",
             Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Self::Rollout(_) => "Rollout",
         }
     }
 
@@ -64,6 +68,7 @@ impl Resource {
             Self::BackendPolicy(o) => &o.metadata,
             Self::RateLimitPolicy(o) => &o.metadata,
             Self::AuthorizationPolicy(o) => &o.metadata,
+            Self::Rollout(o) => &o.metadata,
         }
     }
 
@@ -76,6 +81,7 @@ impl Resource {
             Self::BackendPolicy(o) => serde_json::to_value(&o.spec),
             Self::RateLimitPolicy(o) => serde_json::to_value(&o.spec),
             Self::AuthorizationPolicy(o) => serde_json::to_value(&o.spec),
+            Self::Rollout(o) => serde_json::to_value(&o.spec),
         }
         .expect("specs serialize to JSON");
         serde_json::json!({

@@ -21,7 +21,8 @@ pub(super) fn validate_stream(resources: &[Resource]) -> Result<(), (usize, Fiel
             Resource::HttpRoute(_)
             | Resource::BackendPolicy(_)
             | Resource::RateLimitPolicy(_)
-            | Resource::AuthorizationPolicy(_) => {}
+            | Resource::AuthorizationPolicy(_)
+            | Resource::Rollout(_) => {}
             Resource::Sidecar(_) => {
                 sidecars += 1;
                 if sidecars > 1 {

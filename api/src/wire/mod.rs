@@ -28,6 +28,7 @@
 //! - [`history`]: events and pages of them, diff, rollback.
 //! - [`proxies`]: each sidecar's sync status.
 //! - [`tokens`]: join and read-only tokens, and how a token's text splits.
+//! - [`rollouts`]: each rollout's status, as the saga's events leave it, and its actions.
 //! - [`stats`]: the sidecars' telemetry reports and `/v1/stats`.
 //! - [`tap`]: `/v1/tap`'s query and stream, the push stream's tap line, the sidecars' tap
 //!   reports.
@@ -46,6 +47,7 @@ pub mod proxies;
 pub mod push;
 pub mod registry;
 pub mod resources;
+pub mod rollouts;
 pub mod stats;
 pub mod tap;
 pub mod tokens;
@@ -67,6 +69,9 @@ pub use registry::{
     Registration,
 };
 pub use resources::{AppliedItem, ApplyResult, ApplyWarning, Deleted, ListQuery, ResourceItem, ResourceList};
+pub use rollouts::{
+    RolloutAction, RolloutList, RolloutPhase, RolloutStatus, Verdict, VerdictResult, MAX_VERDICTS,
+};
 pub use stats::{
     EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList, StatsQuery,
     StatsReport, StatsRow,

@@ -61,7 +61,12 @@ impl ControlPlane {
         }
         self.refresh().await?;
         let target = self.history.at(&*self.store, to_seq).await?;
-        let batch = self.state.read().await.restore(&target, &format!("{actor} (rollback to {to_seq})"));
+        let batch = {
+            let state = self.state.read().await;
+            let batch = state.restore(&target, &format!("{actor} (rollback to {to_seq})"));
+            super::rollouts::refuse_under_rollouts(&state, &batch)?;
+            batch
+        };
         let events = if batch.is_empty() { Vec::new() } else { self.store.append_batch(batch).await? };
         self.settle().await;
         Ok(RollbackResult { rolled_back_to: to_seq, events })

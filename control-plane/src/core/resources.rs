@@ -10,8 +10,8 @@ use crate::store::AppendRequest;
 use pilotfish_api::wire::{AppliedItem, Deleted, ResourceItem, ResourceList};
 
 /// The kinds the API stores (a `Sidecar` is one sidecar's local settings, not mesh config).
-pub const KINDS: [&str; 5] =
-    ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy"];
+pub const KINDS: [&str; 6] =
+    ["Service", "HTTPRoute", "BackendPolicy", "RateLimitPolicy", "AuthorizationPolicy", "Rollout"];
 
 /// What an apply did: one entry per document, and the warnings about fields accepted with a
 /// caveat (kept without effect, or dropped).
@@ -172,6 +172,7 @@ mod tests {
             ("RateLimitPolicies", "RateLimitPolicy"),
             ("authorizationpolicy", "AuthorizationPolicy"),
             ("authorizationpolicies", "AuthorizationPolicy"),
+            ("rollouts", "Rollout"),
         ] {
             assert_eq!(super::canonical_kind(name).unwrap(), kind, "{name}");
         }

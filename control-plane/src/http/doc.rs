@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use pilotfish_api::schema::ClosedDocuments;
-use pilotfish_api::wire::{ErrorBody, SUPPORTED_PROTOCOLS};
+use pilotfish_api::wire::{ErrorBody, RolloutAction, SUPPORTED_PROTOCOLS};
 use pilotfish_api::Resource;
 use utoipa::openapi::schema::{AllOfBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -33,7 +33,7 @@ pub const IDENTITY_PATTERN: &str =
         description = "The mesh's source of truth: resources, history, the registry, and the sidecars' configuration streams."
     ),
     components(
-        schemas(ErrorBody, KindName),
+        schemas(ErrorBody, KindName, RolloutAction),
         responses(
             BadRequest,
             Unauthorized,

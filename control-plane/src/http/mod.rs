@@ -9,8 +9,8 @@
 //! - [`error`]: failures → status and JSON body, and the reusable OpenAPI error responses that
 //!   document them.
 //! - [`resources`], [`history`], [`registry`], [`push`], [`tokens`], [`ca`], [`ops`],
-//!   [`inject`] (the admission webhook), [`stats`] (telemetry), [`tap`] (live requests): the
-//!   handlers.
+//!   [`inject`] (the admission webhook), [`stats`] (telemetry), [`tap`] (live requests),
+//!   [`rollouts`]: the handlers.
 //! - [`dashboard`]: the dashboard page at `/` (embedded static files over the API).
 
 mod ca;
@@ -24,6 +24,7 @@ mod ops;
 mod push;
 mod registry;
 mod resources;
+mod rollouts;
 pub mod router;
 mod stats;
 mod tap;

@@ -23,7 +23,7 @@ pub fn routes() -> OpenApiRouter<Shared> {
 #[utoipa::path(
     post, path = "/v1/resources", tag = "resources",
     request_body(
-        description = "A document stream: YAML documents separated by `---` (JSON is YAML, so JSON documents too), each a `Resource` (Service, HTTPRoute, BackendPolicy, RateLimitPolicy, AuthorizationPolicy); as `application/json`, one `Resource`",
+        description = "A document stream: YAML documents separated by `---` (JSON is YAML, so JSON documents too), each a `Resource` (Service, HTTPRoute, BackendPolicy, RateLimitPolicy, AuthorizationPolicy, Rollout); as `application/json`, one `Resource`",
         content((String = "application/yaml"), (Resource = "application/json")),
     ),
     params(

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::doc::{finish, ApiDoc};
 use super::error::ApiError;
 use super::extract::Shared;
-use super::{ca, dashboard, history, inject, ops, push, registry, resources, stats, tap, tokens};
+use super::{ca, dashboard, history, inject, ops, push, registry, resources, rollouts, stats, tap, tokens};
 
 fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -28,6 +28,7 @@ fn api() -> OpenApiRouter<Shared> {
         .merge(inject::routes())
         .merge(stats::routes())
         .merge(tap::routes())
+        .merge(rollouts::routes())
 }
 
 /// The API over `cp`.

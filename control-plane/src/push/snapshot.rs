@@ -106,6 +106,10 @@ fn config_for(state: &State, discovery: &Discovery) -> String {
     }
     let mut docs: Vec<String> = Vec::new();
     for resource in state.resources.values() {
+        // The control plane runs rollouts; sidecars see only the route weights they write.
+        if resource.document["kind"] == "Rollout" {
+            continue;
+        }
         let mut document = resource.document.clone();
         if document["kind"] == "Service" {
             if let Some(extra) = service_key(&document).and_then(|key| live.remove(&key)) {

@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
             events_since_pages_in_order,
             snapshots_keep_the_latest,
             subscribers_see_each_new_head,
+            a_lock_is_held_once_until_released,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {$(
@@ -284,4 +285,24 @@ pub async fn subscribers_see_each_new_head(store: Arc<dyn EventStore>) {
 
     let late = store.subscribe();
     assert_eq!(*late.borrow(), 4, "a new subscriber starts at the current head");
+}
+
+pub async fn a_lock_is_held_once_until_released(store: Arc<dyn EventStore>) {
+    let held = store.hold("rollout/default/web").await.unwrap().expect("a free lock is taken");
+    assert!(store.hold("rollout/default/web").await.unwrap().is_none(), "one lock held twice");
+    let other = store.hold("rollout/default/api").await.unwrap().expect("another name is another lock");
+    assert!(!held.is_lost() && !other.is_lost());
+    drop(held);
+    // Released at once (etcd: the lease is revoked in the background, so allow it a moment).
+    let again = within(async {
+        loop {
+            if let Some(hold) = store.hold("rollout/default/web").await.unwrap() {
+                return hold;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(store.hold("rollout/default/web").await.unwrap().is_none());
+    drop((again, other));
 }

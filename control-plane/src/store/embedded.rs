@@ -1,15 +1,18 @@
 //! The embedded backend: the event log in one redb file in the data directory — crash-safe, no
-//! server to run, one control-plane process at a time (redb locks the file).
+//! server to run, one control-plane process at a time (redb locks the file), so its locks
+//! ([`EventStore::hold`]) are this process's alone.
 
+use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use super::{AppendRequest, Event, EventStore, Result, StoreError};
+use super::{AppendRequest, Event, EventStore, Hold, Result, StoreError};
 
 /// seq → the event as JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -26,6 +29,20 @@ const FILE_NAME: &str = "events.redb";
 /// blocking pool and async callers never stall the runtime.
 pub struct Embedded {
     inner: Arc<Inner>,
+    /// The locks held ([`EventStore::hold`]): one process owns the file, so they live here.
+    held: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Releases a lock of [`Embedded::held`] when dropped.
+struct Release {
+    held: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+    }
 }
 
 struct Inner {
@@ -54,7 +71,7 @@ impl Embedded {
             Ok(Inner { db, head: watch::Sender::new(head) })
         })
         .await?;
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self { inner: Arc::new(inner), held: Arc::default() })
     }
 
     async fn with_inner<T: Send + 'static>(
@@ -106,6 +123,14 @@ impl EventStore for Embedded {
     async fn head(&self) -> Result<u64> {
         // Exact for this process: the only writer (redb locks the file) updates it after each commit.
         Ok(*self.inner.head.borrow())
+    }
+
+    async fn hold(&self, name: &str) -> Result<Option<Hold>> {
+        // Never lost: nothing else can write this log while the process runs.
+        let taken = self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+        Ok(taken.then(|| {
+            Hold::new(CancellationToken::new(), Release { held: self.held.clone(), name: name.to_owned() })
+        }))
     }
 
     async fn aggregate_version(&self, aggregate: &str) -> Result<u64> {

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -142,5 +143,38 @@ pub trait EventStore: Send + Sync + 'static {
     /// in one replica's memory — leases — may be renewed elsewhere.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// Takes the lock `name` if no one (this process or another replica sharing the backend)
+    /// holds it: `None` when someone does. The lock is held until the [`Hold`] is dropped, or
+    /// until it is lost — a replica that cannot renew it within a few seconds (etcd: a lease of
+    /// [`HOLD_TTL`]) loses it, and another may take it. Work done under a lock must still be
+    /// fenced by the log (expected versions): a holder learns of a loss only after the fact.
+    async fn hold(&self, name: &str) -> Result<Option<Hold>>;
+}
+
+/// How long a lock outlives a replica that stopped renewing it (died, or lost the backend).
+pub const HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A lock taken with [`EventStore::hold`]; dropping it releases the lock.
+pub struct Hold {
+    lost: CancellationToken,
+    _release: Box<dyn Send + Sync>,
+}
+
+impl Hold {
+    /// A held lock: `lost` is cancelled when it lapses; `release` is dropped to let it go.
+    pub(super) fn new(lost: CancellationToken, release: impl Send + Sync + 'static) -> Self {
+        Self { lost, _release: Box::new(release) }
+    }
+
+    /// Whether the lock lapsed (it could not be renewed in time): someone else may hold it now.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Completes when the lock lapses.
+    pub fn lost(&self) -> WaitForCancellationFuture<'_> {
+        self.lost.cancelled()
     }
 }

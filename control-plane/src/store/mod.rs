@@ -19,4 +19,4 @@ pub(crate) mod testing;
 
 pub use embedded::Embedded;
 pub use etcd::Etcd;
-pub use event_store::{AppendRequest, Event, EventStore, Result, StoreError};
+pub use event_store::{AppendRequest, Event, EventStore, Hold, Result, StoreError, HOLD_TTL};

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{AppendRequest, Embedded, Event, EventStore, Result, StoreError};
+use super::{AppendRequest, Embedded, Event, EventStore, Hold, Result, StoreError};
 use crate::model::kind;
 
 pub struct Instrumented {
@@ -70,6 +70,11 @@ impl EventStore for Instrumented {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.subscribe()
+    }
+
+    async fn hold(&self, name: &str) -> Result<Option<Hold>> {
+        self.reachable()?;
+        self.inner.hold(name).await
     }
 }
 

@@ -485,7 +485,10 @@ impl Attachments {
                         a.service_limits.insert(format!("{name}.{tns}"), i);
                     }
                 }
-                Resource::Sidecar(_) | Resource::Service(_) | Resource::AuthorizationPolicy(_) => {}
+                Resource::Sidecar(_)
+                | Resource::Service(_)
+                | Resource::AuthorizationPolicy(_)
+                | Resource::Rollout(_) => {}
             }
         }
         for routes in a.routes.values_mut() {

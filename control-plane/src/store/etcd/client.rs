@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, KvClient, Txn};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, KvClient, LeaseClient, Txn};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -28,6 +28,7 @@ pub struct Etcd {
 
 struct Inner {
     kv: KvClient,
+    lease: LeaseClient,
     keys: Keys,
     endpoints: String,
     head: watch::Sender<u64>,
@@ -79,7 +80,14 @@ impl Etcd {
             stop.clone(),
         ));
         Ok(Etcd {
-            inner: Arc::new(Inner { kv, keys, endpoints: shown, head, _stop_watch: stop.drop_guard() }),
+            inner: Arc::new(Inner {
+                kv,
+                lease: client.lease_client(),
+                keys,
+                endpoints: shown,
+                head,
+                _stop_watch: stop.drop_guard(),
+            }),
         })
     }
 
@@ -94,6 +102,10 @@ impl Etcd {
 
     pub(super) fn kv(&self) -> KvClient {
         self.inner.kv.clone()
+    }
+
+    pub(super) fn lease(&self) -> LeaseClient {
+        self.inner.lease.clone()
     }
 
     pub(super) fn keys(&self) -> &Keys {

@@ -41,6 +41,11 @@ impl Keys {
         format!("{}snapshot", self.prefix)
     }
 
+    /// A lock ([`crate::store::EventStore::hold`]), attached to its holder's lease.
+    pub(super) fn lock(&self, name: &str) -> String {
+        format!("{}locks/{name}", self.prefix)
+    }
+
     pub(super) fn ca(&self) -> String {
         format!("{}ca", self.prefix)
     }

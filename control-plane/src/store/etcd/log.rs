@@ -9,7 +9,7 @@ use super::client::{Etcd, MAX_ATTEMPTS};
 use super::codec::{decode_event, decode_snapshot, malformed, parse_number, StoredSnapshot};
 use super::request::within_result;
 use super::watch::read_head;
-use crate::store::{AppendRequest, Event, EventStore, Result, StoreError};
+use crate::store::{AppendRequest, Event, EventStore, Hold, Result, StoreError};
 
 #[async_trait]
 impl EventStore for Etcd {
@@ -89,6 +89,10 @@ impl EventStore for Etcd {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn hold(&self, name: &str) -> Result<Option<Hold>> {
+        self.take_lock(name).await
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

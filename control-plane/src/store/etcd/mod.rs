@@ -11,6 +11,7 @@
 //! | `keys/<idempotency key>`    | the seq of the first event written with it       |
 //! | `snapshot`                  | `{"seq": N, "state": ...}`, only the latest      |
 //! | `ca`                        | the mesh CA replicas share: certificates, sealed keys (`ca::shared`) |
+//! | `locks/<name>`              | a lock's holder, attached to its lease (`hold`)  |
 //!
 //! An append reads the head, the versions and the idempotency keys it touches in one read-only
 //! transaction (one consistent revision), decides the outcome in memory exactly as the embedded
@@ -30,11 +31,14 @@
 //! - `watch`: the head watch, which tells this replica of every replica's commits.
 //! - `request`: one request's timeout, and etcd's errors as [`super::StoreError`]s.
 //! - `codec`: the values as stored (numbers, events, snapshots).
+//! - `hold`: locks ([`super::EventStore::hold`]): a key created only if absent, attached to a
+//!   lease of [`super::HOLD_TTL`] that the holder keeps alive, so a dead holder's lock lapses.
 //! - `shared_ca`: the one key beside the log, the CA replicas share, created by the first.
 
 mod append;
 mod client;
 mod codec;
+mod hold;
 mod keys;
 mod log;
 mod request;

@@ -25,6 +25,42 @@ async fn fresh() -> (Arc<dyn EventStore>, String) {
 
 crate::store::conformance::conformance_tests!(fresh);
 
+/// A replica that dies holding a lock (its runtime gone: no renewal, no revoke) loses it to
+/// another replica within the lease's TTL, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_lock_passes_to_another_within_the_ttl() {
+    let prefix = fresh_prefix();
+    let endpoint = shared_etcd().endpoint();
+    let doomed = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (endpoints, p) = ([endpoint.clone()], prefix.clone());
+    let hold = doomed
+        .spawn(async move {
+            let a = Etcd::connect(&endpoints, &p).await.unwrap();
+            let hold = a.hold("rollout/default/web").await.unwrap().expect("a free lock");
+            (a, hold)
+        })
+        .await
+        .unwrap();
+    let b = Etcd::connect(&[endpoint], &prefix).await.unwrap();
+    assert!(b.hold("rollout/default/web").await.unwrap().is_none(), "held by the first replica");
+    // Renewed while the first replica lives: still held after more than a TTL.
+    tokio::time::sleep(crate::store::HOLD_TTL + Duration::from_secs(1)).await;
+    assert!(b.hold("rollout/default/web").await.unwrap().is_none(), "renewals keep it held");
+    assert!(!hold.1.is_lost());
+    let died = Instant::now();
+    std::mem::forget(hold);
+    doomed.shutdown_background();
+    let taken = loop {
+        if let Some(hold) = b.hold("rollout/default/web").await.unwrap() {
+            break hold;
+        }
+        assert!(died.elapsed() < Duration::from_secs(10), "the dead replica's lock never lapsed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(died.elapsed() <= crate::store::HOLD_TTL + Duration::from_secs(2), "{:?}", died.elapsed());
+    assert!(!taken.is_lost());
+}
+
 fn request(aggregate: &str, n: u64) -> AppendRequest {
     AppendRequest::new(aggregate, "Applied", json!({ "n": n }), "tester")
 }
