@@ -39,7 +39,9 @@ use pilotfish_api::authz::MeshDefault;
 use pilotfish_api::client::{
     Bearer, Client, ClientError, PushMessage, PushStream, SharedClientCert, SharedRoots, StreamError, Trust,
 };
-use pilotfish_api::wire::{Ack, AckQuery, MeshSettings, PushQuery, Registration, PROTOCOL_VERSION};
+use pilotfish_api::wire::{
+    Ack, AckQuery, MeshSettings, PushQuery, Registration, TapControl, PROTOCOL_VERSION,
+};
 use pilotfish_api::UnknownFields;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -177,6 +179,9 @@ pub struct PushClient {
     roots: SharedRoots,
     /// Where tap lines go, once the sidecar has its state.
     tap: Option<Arc<Tap>>,
+    /// Until then, the latest tap line (the first configuration may have been NACKed, with a
+    /// tap line after it read while waiting for the next).
+    tap_pending: Option<TapControl>,
 }
 
 impl PushClient {
@@ -195,11 +200,15 @@ impl PushClient {
             reported: None,
             roots,
             tap: None,
+            tap_pending: None,
         }
     }
 
-    /// Hands every tap line to `tap` from now on.
+    /// Hands every tap line to `tap` from now on, starting with one read before.
     pub fn tap_into(&mut self, tap: Arc<Tap>) {
+        if let Some(control) = self.tap_pending.take() {
+            tap.set(control);
+        }
         self.tap = Some(tap);
     }
 
@@ -249,7 +258,7 @@ impl PushClient {
             match stream.next().await {
                 Ok(PushMessage::Tap(control)) => match &self.tap {
                     Some(tap) => tap.set(control),
-                    None => tracing::debug!("tap line before the sidecar started; ignored"),
+                    None => self.tap_pending = Some(control),
                 },
                 Ok(PushMessage::Config(line)) => {
                     // Only a snapshot proves the server healthy; connecting is not enough.
@@ -282,6 +291,7 @@ impl PushClient {
     /// failure in a row, so a server that accepts and then fails cannot cause a reconnect storm.
     fn fail_over(&mut self) {
         self.stream = None;
+        self.tap_pending = None;
         if let Some(tap) = &self.tap {
             tap.stop();
         }

@@ -358,3 +358,25 @@ async fn a_tap_line_sets_what_is_recorded_and_a_broken_stream_stops_it() {
     cp.hang_up();
     tapping(false).await;
 }
+
+#[tokio::test]
+async fn a_tap_line_read_before_the_sidecar_started_applies_once_it_has() {
+    let cp = StandIn::start().await;
+    let mut push =
+        PushClient::new(Managed { servers: vec![cp.url.clone()], ..managed() }, &Default::default());
+    let read = tokio::spawn(async move {
+        let first = push.next().await.version;
+        // As start-up does after NACKing the first version: the next one, past a tap line.
+        let second = push.next().await.version;
+        (push, first, second)
+    });
+    cp.connected().await;
+    cp.push(PushLine::new(1, "kind: [unclosed".into()));
+    cp.push_text("{\"protocol\":2,\"tap\":{\"filters\":[{\"method\":\"GET\"}]}}\n");
+    cp.push(PushLine::new(2, String::new()));
+    let (mut push, first, second) = read.await.unwrap();
+    assert_eq!((first, second), (1, 2));
+    let tap = Arc::new(Tap::default());
+    push.tap_into(tap.clone());
+    assert!(tap.is_active(), "the tap line read while starting applies");
+}
