@@ -178,7 +178,7 @@ pub async fn run(mut opts: Options) -> Result<(), Error> {
     };
     let shared = Shared::with_client_cert(snap, metrics, client_cert);
     if let Some(options) = &opts.tracing {
-        let _ = shared.tracing.set(Tracing::start(options, &service)?);
+        let _ = shared.tracing.set(Tracing::start(options, &service, &provider)?);
     }
     if let Some((files, built)) = identity {
         shared.identity_status.set_mode(Mode::Files);

@@ -7,8 +7,11 @@ parent's empty for a root), the kind's name (`SPAN_KIND_CLIENT`...), attributes 
 the status code's name, and the resource's `service.name`. A body that does not decode answers 400
 and is counted in `GET /spans`'s `X-Bad-Requests` header.
 
+With `--tls CERT KEY` it serves https with that certificate chain and key.
 Prints "PORT <n>" once listening on 127.0.0.1."""
 import json
+import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -84,5 +87,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if sys.argv[1:2] == ["--tls"]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()

@@ -2,11 +2,16 @@
 //! receiver that decodes them with the official OpenTelemetry protobufs
 //! (`tests/python/otlp_receiver.py`); the spans carry the ids of the `traceparent` headers the
 //! app sees, new traces are sampled by `--trace-sampling`, a sampled flag that arrives decides,
-//! and a collector that never answers costs no request.
+//! a collector that never answers costs no request, and an https collector is verified.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use serde_json::Value;
 
 use crate::support::*;
@@ -14,20 +19,29 @@ use crate::support::*;
 /// Batches go out every 100 ms instead of the SDK's 5 s, so that tests wait little.
 const QUICK_EXPORT: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
 
-struct Receiver(App);
+struct Receiver {
+    app: App,
+    scheme: &'static str,
+}
 
 impl Receiver {
     fn start() -> Self {
-        Self(App::python("otlp_receiver.py"))
+        Self { app: App::python("otlp_receiver.py"), scheme: "http" }
+    }
+
+    /// Serving https with this certificate chain and key.
+    fn start_tls(cert: &Path, key: &Path) -> Self {
+        let args = ["--tls", cert.to_str().unwrap(), key.to_str().unwrap()];
+        Self { app: App::python_with("otlp_receiver.py", &args), scheme: "https" }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.0.addr())
+        format!("{}://{}", self.scheme, self.app.addr())
     }
 
     /// Every span received so far (the receiver's JSON), once none failed to decode.
     async fn spans(&self) -> Vec<Value> {
-        let r = curl(&[&format!("http://{}/spans", self.0.addr())]).await;
+        let r = curl(&["--insecure", &format!("{}/spans", self.endpoint())]).await;
         assert_eq!(r.header("x-bad-requests"), Some("0"), "exports that did not decode");
         r.json().as_array().unwrap().clone()
     }
@@ -183,6 +197,50 @@ async fn a_collector_that_never_answers_costs_no_request() {
     assert_eq!(sc.admin_get("/ready").await.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_is_verified_against_the_system_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, cert, key) =
+        (dir.path().join("root.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "collector root");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = params.signed_by(&leaf_key, &ca).unwrap();
+    std::fs::write(&root, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let receiver = Receiver::start_tls(&cert, &key);
+    let app = backend("app").await;
+    let config = format!("{}{}", sidecar_doc(None, ""), service_doc("app", &[app.addr], ""));
+    let args = ["--otlp-endpoint", &receiver.endpoint()];
+
+    // The system's roots, as SSL_CERT_FILE names them, include the collector's.
+    let root_env = ("SSL_CERT_FILE", root.to_str().unwrap());
+    let trusting = Sidecar::start_with(&config, &args, &[QUICK_EXPORT, root_env]);
+    let r = curl(&["-H", "Host: app", &format!("http://{}/", trusting.outbound)]).await;
+    let trace = traceparent(&r)[1].clone();
+    let spans = receiver.spans_until(|s| !s.is_empty()).await;
+    assert_eq!(spans[0]["traceId"], trace.as_str());
+
+    // Another root only: the export fails (and says so), the request does not.
+    let elsewhere = dir.path().join("other.pem");
+    let other =
+        CertifiedIssuer::self_signed(CertificateParams::default(), KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(&elsewhere, other.pem()).unwrap();
+    let wary =
+        Sidecar::start_with(&config, &args, &[QUICK_EXPORT, ("SSL_CERT_FILE", elsewhere.to_str().unwrap())]);
+    let r = curl(&["-H", "Host: app", &format!("http://{}/", wary.outbound)]).await;
+    assert_eq!(r.status, 200);
+    wary.wait_for_log("trace export failed").await;
+    assert!(wary.stderr().contains("UnknownIssuer"), "the log says why: {}", wary.stderr());
+    assert_eq!(receiver.spans().await.len(), 1);
+}
+
 #[test]
 fn bad_trace_flags_are_refused_naming_the_flag() {
     let refused = |args: &[&str]| {
@@ -200,7 +258,7 @@ fn bad_trace_flags_are_refused_naming_the_flag() {
     let e = refused(&["--otlp-endpoint", "http://127.0.0.1:4318", "--trace-sampling", "some"]);
     assert!(e.contains("--trace-sampling") && e.contains("not a ratio"), "{e}");
     let e = refused(&["--otlp-endpoint", "ftp://collector"]);
-    assert!(e.contains("--otlp-endpoint") && e.contains("only http://"), "{e}");
+    assert!(e.contains("--otlp-endpoint") && e.contains("http:// or https://"), "{e}");
     let e = refused(&["--otlp-endpoint", "collector"]);
     assert!(e.contains("--otlp-endpoint") && e.contains("not a URL"), "{e}");
     let e = refused(&["--trace-sampling", "0.5"]);

@@ -1,6 +1,7 @@
 //! The client's connector: plain TCP for `http://` URLs, and TLS over it (tokio-rustls, with
 //! the [`Trust`](super::Trust) the client was given) for `https://` ones. Written here rather
-//! than taken from hyper-rustls, whose default features pull the aws-lc-rs provider in.
+//! than taken from hyper-rustls, whose default features pull the aws-lc-rs provider in. Public
+//! for the sidecar's other https client, its trace exporter.
 
 use std::future::Future;
 use std::io;
@@ -20,15 +21,16 @@ use tokio_rustls::TlsConnector;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Opens connections for the pooled client.
+/// Opens connections for a pooled hyper-util client.
 #[derive(Clone)]
-pub(crate) struct Connector {
+pub struct Connector {
     http: HttpConnector,
     /// `None`: the client was given nothing to trust, so `https://` URLs cannot be reached.
     tls: Option<TlsConnector>,
 }
 
 impl Connector {
+    /// Connects with `http`, and over TLS with `tls` for `https://` URLs (`None`: those fail).
     pub fn new(mut http: HttpConnector, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         http.enforce_http(false);
         Self { http, tls: tls.map(TlsConnector::from) }
@@ -74,8 +76,8 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
-/// A connection to the control plane, plain or TLS.
-pub(crate) enum Stream {
+/// A connection to the control plane (or a collector), plain or TLS.
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }

@@ -5,7 +5,7 @@
 //!   each call), hyper-util's pooled client, timeouts.
 //! - `trust`: [`Trust`] — what an `https://` control plane is verified against (a CA file, or
 //!   the root fingerprint a join token pins, perhaps widened by [`SharedRoots`]).
-//! - `connect`: the connector, plain TCP or TLS (HTTP/2 when the server picks `h2`: then every
+//! - `connect`: [`Connector`], plain TCP or TLS (HTTP/2 when the server picks `h2`: then every
 //!   call, a push stream and its ACKs too, shares one connection).
 //! - `operations`: one method per API operation (a new API call goes here).
 //! - `push_stream`: [`PushStream`], the push stream's typed lines ([`PushMessage`]).
@@ -23,6 +23,7 @@ mod trust;
 #[cfg(test)]
 mod tests;
 
+pub use connect::{Connector, Stream};
 pub use error::ClientError;
 pub use operations::Preconditions;
 pub use push_stream::{PushMessage, PushStream, StreamError, MAX_LINE, STREAM_IDLE};

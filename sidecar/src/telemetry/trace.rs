@@ -19,7 +19,8 @@
 //! queue (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048) drained by its own thread every
 //! `OTEL_BSP_SCHEDULE_DELAY` (default 5 s); when the collector is slow or down, spans beyond the
 //! queue are dropped. The exporter posts through [`Client`], a hyper-util client on the sidecar's
-//! own runtime, so there is no second HTTP stack.
+//! own runtime, so there is no second HTTP stack; an https collector is verified against the
+//! system's roots, with the sidecar's one crypto provider.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -39,7 +40,10 @@ use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor};
 use opentelemetry_sdk::Resource;
+use pilotfish_api::client::Connector;
 use pilotfish_api::SpiffeId;
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::telemetry::metrics::Direction;
 
@@ -62,7 +66,7 @@ pub struct TraceOptions {
 pub enum TraceSettingError {
     #[error("{0:?} is not a URL: give the collector's OTLP/HTTP address, e.g. http://127.0.0.1:4318")]
     NotAUrl(String),
-    #[error("{0:?}: only http:// collectors are supported")]
+    #[error("{0:?}: a collector's URL is http:// or https://")]
     Scheme(String),
     #[error("{0:?} is not a ratio: give a number from 0.0 (no new trace sampled) to 1.0 (every one)")]
     NotARatio(String),
@@ -82,7 +86,7 @@ impl FromStr for Endpoint {
         match uri.scheme_str() {
             _ if uri.host().is_none_or(str::is_empty) => return Err(not_a_url()),
             None => return Err(not_a_url()),
-            Some("http") => {}
+            Some("http" | "https") => {}
             Some(_) => return Err(TraceSettingError::Scheme(text.to_owned())),
         }
         if uri.path() != "/" {
@@ -165,17 +169,27 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Starts exporting spans of `service` (the resource's `service.name`) to the collector.
-    /// Inside the sidecar's runtime, whose handle the exporter's client keeps.
-    pub fn start(options: &TraceOptions, service: &str) -> Result<Self, TraceError> {
+    /// Starts exporting spans of `service` (the resource's `service.name`) to the collector, an
+    /// https one verified with `provider` against the system's roots. Inside the sidecar's
+    /// runtime, whose handle the exporter's client keeps.
+    pub fn start(
+        options: &TraceOptions,
+        service: &str,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TraceError> {
+        let failed = |reason: String| TraceError { endpoint: options.endpoint.to_string(), reason };
+        let tls = match options.endpoint.0.scheme_str() {
+            Some("https") => Some(system_roots(provider).map_err(failed)?),
+            _ => None,
+        };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(Client::new(tokio::runtime::Handle::current()))
+            .with_http_client(Client::new(tokio::runtime::Handle::current(), tls))
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(options.endpoint.to_string())
             .with_timeout(EXPORT_TIMEOUT)
             .build()
-            .map_err(|e| TraceError { endpoint: options.endpoint.to_string(), reason: e.to_string() })?;
+            .map_err(|e| failed(e.to_string()))?;
         tracing::info!(endpoint = %options.endpoint, "exporting traces over OTLP/HTTP");
         let processor = BatchSpanProcessor::builder(exporter).build();
         Ok(Self::with_processor(options.sampling, service, processor))
@@ -272,14 +286,15 @@ impl HopSpan {
         peer: Option<&SpiffeId>,
     ) {
         let Self { hop, kind, start, method, path, learned } = self;
+        let method = method_name(&method);
         let mut attributes = Vec::with_capacity(7);
-        attributes.push(KeyValue::new("http.request.method", method.as_str().to_owned()));
+        attributes.push(KeyValue::new("http.request.method", method.clone()));
         attributes.push(KeyValue::new("url.path", path));
         attributes.push(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
         if let Some((service, route)) = learned.routed.into_inner() {
-            attributes.push(KeyValue::new("peer.service", service.to_string()));
+            attributes.push(KeyValue::new("peer.service", service));
             if !route.is_empty() {
-                attributes.push(KeyValue::new("pilotfish.route", route.to_string()));
+                attributes.push(KeyValue::new("pilotfish.route", route));
             }
         }
         let identity =
@@ -310,7 +325,7 @@ impl HopSpan {
             parent_span_id: hop.parent.map_or(SpanId::INVALID, SpanId::from),
             parent_span_is_remote: hop.parent.is_some(),
             span_kind: kind,
-            name: Cow::Owned(method.as_str().to_owned()),
+            name: method,
             start_time: start,
             end_time: SystemTime::now(),
             attributes,
@@ -323,11 +338,46 @@ impl HopSpan {
     }
 }
 
-/// The exporter's HTTP client: hyper-util's, run on the sidecar's runtime (the SDK's batch
-/// thread has none), each export bounded by [`EXPORT_TIMEOUT`].
+/// TLS 1.3 to an https collector, verified against the system's roots (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` name others).
+fn system_roots(provider: &Arc<CryptoProvider>) -> Result<Arc<ClientConfig>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "no trusted root certificates found on this system to verify it with (name a PEM file \
+             with SSL_CERT_FILE){}",
+            if errors.is_empty() { String::new() } else { format!(": {}", errors.join("; ")) }
+        ));
+    }
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+type Pooled = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+
+/// A standard method's name without a copy (the span's name and an attribute share it).
+fn method_name(method: &Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] =
+        ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+    match STANDARD.iter().find(|m| **m == method.as_str()) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
+/// The exporter's HTTP client: hyper-util's (with the control-plane client's connector, for
+/// https), run on the sidecar's runtime (the SDK's batch thread has none), each export bounded
+/// by [`EXPORT_TIMEOUT`].
 #[derive(Clone)]
 struct Client {
-    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    inner: Pooled,
     runtime: tokio::runtime::Handle,
     /// Whether the last export failed: a failure after a success is a warning, the ones after
     /// it only debug lines (the collector is still down).
@@ -341,26 +391,35 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    fn new(runtime: tokio::runtime::Handle) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(EXPORT_TIMEOUT));
-        connector.set_nodelay(true);
+    fn new(runtime: tokio::runtime::Handle, tls: Option<Arc<ClientConfig>>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(EXPORT_TIMEOUT));
+        http.set_nodelay(true);
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1)
-            .build(connector);
+            .build(Connector::new(http, tls));
         Self { inner, runtime, failing: Arc::new(AtomicBool::new(false)) }
     }
 
-    async fn post(
-        inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
-        request: Request<Bytes>,
-    ) -> Result<Response<Bytes>, HttpError> {
+    async fn post(inner: Pooled, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let res = inner.request(request.map(Full::new)).await?;
         let (parts, body) = res.into_parts();
         let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// `e` and what caused it: hyper-util's "client error (Connect)" says little alone.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 #[async_trait::async_trait]
@@ -377,7 +436,7 @@ impl HttpClient for Client {
         let failure = match &answer {
             Ok(res) if res.status().is_success() => None,
             Ok(res) => Some(format!("the collector answered {}", res.status())),
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(with_causes(e.as_ref())),
         };
         match failure {
             None => {
@@ -409,6 +468,8 @@ mod tests {
         for bad in ["", "collector:4318", "/v1/traces", "http://", "not a url"] {
             assert!(matches!(bad.parse::<Endpoint>(), Err(TraceSettingError::NotAUrl(_))), "{bad}");
         }
+        let e: Endpoint = "https://collector".parse().unwrap();
+        assert_eq!(e.to_string(), "https://collector/v1/traces");
         assert_eq!("ftp://x".parse::<Endpoint>(), Err(TraceSettingError::Scheme("ftp://x".into())));
     }
 
@@ -493,6 +554,14 @@ mod tests {
         assert_eq!(attribute(s, "pilotfish.route").as_deref(), Some("default/users"));
         assert_eq!(attribute(s, "pilotfish.error").as_deref(), Some("circuit-open"));
         assert_eq!(s.status, Status::error("circuit-open"));
+    }
+
+    #[test]
+    fn standard_methods_are_named_without_a_copy() {
+        assert!(matches!(method_name(&Method::GET), Cow::Borrowed("GET")));
+        assert!(matches!(method_name(&Method::PATCH), Cow::Borrowed("PATCH")));
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        assert!(matches!(method_name(&purge), Cow::Owned(name) if name == "PURGE"));
     }
 
     #[test]
