@@ -1,8 +1,8 @@
 //! The dashboard at `/`: the embedded page and its files, served open with a strict
 //! Content-Security-Policy and revalidated by ETag, referring to nothing outside the control
 //! plane; and the page in a real browser (Debian's headless Chromium driven by selenium,
-//! `tests/python/dashboard_check.py`) against a mesh with a healthy plaintext edge and a failing
-//! mTLS one.
+//! `tests/python/dashboard_check.py`) against a mesh with a healthy plaintext edge, a failing
+//! mTLS one and a rollout.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -149,6 +149,15 @@ async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
     let (_greeter_app, _greeter, client) = greeter_and_client(&cp, &[]).await;
     let orders = backend("orders").await;
     cp.client().apply(&service("orders", orders.addr.port())).await.unwrap();
+    // A rollout of shop (both versions on orders' backend): no traffic reaches it, so it
+    // progresses and then pauses for want of data.
+    let port = orders.addr.port();
+    let shop = format!(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: shop}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n---\n{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: shop}}\nspec:\n  parentRefs: [{{name: shop}}]\n  rules:\n  - backendRefs: [{{name: shop-v1, port: 80}}]\n---\napiVersion: pilotfish.io/v1alpha1\nkind: Rollout\nmetadata: {{name: shop}}\nspec:\n  targetRef: {{kind: HTTPRoute, name: shop}}\n  stable: shop-v1\n  canary: shop-v2\n  steps: [{{setWeight: 50}}]\n  analysis: {{interval: 5s, minRequests: 20, onNoData: pause}}\n",
+        service("shop-v1", port),
+        service("shop-v2", port),
+    );
+    cp.client().apply(&shop).await.unwrap();
     call_until(&client, "greeter", 200, &[]).await;
     call_until(&client, "orders", 200, &[]).await;
     // greeter fails half its requests (no retries: no route asks for them); orders none.
@@ -174,6 +183,7 @@ async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
         .args(["--service", "client.default", "--service", "greeter.default", "--service", "orders.default"])
         .args(["--failing", "client.default>greeter.default", "--healthy", "client.default>orders.default"])
         .arg("--secured=client.default>greeter.default")
+        .args(["--rollout", "default/shop"])
         .arg("--screenshot")
         .arg(&shot)
         .output()

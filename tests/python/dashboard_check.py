@@ -4,14 +4,16 @@ Debian's chromedriver, against a running control plane with traffic.
 Checks what a user would see: the URL's `#token=` is taken and removed from the address bar;
 every service is drawn and listed; an edge has a non-zero rate; the failing edge is drawn in the
 failing colour and the healthy one in the healthy colour; mTLS edges (only they) have a padlock,
-and proxies show when their certificates expire; the graph's labels can be reached with
-the keyboard; a configuration event opens its diff; no rollouts; the console shows no error
-(a Content-Security-Policy violation would be one); without a token the page asks for one in a
-form, and works once it is given. Saves a screenshot. Exits 1 with the reasons on failure.
+and proxies show when their certificates expire; the rollouts given are listed (or "No
+rollouts"); the graph's labels can be reached with the keyboard and keep the focus across a
+refresh; a configuration event opens its diff; the console shows no error (a
+Content-Security-Policy violation would be one); without a token the page asks for one in a
+form, refuses a wrong one, and works once given the right one. Saves a screenshot. Exits 1
+with the reasons on failure.
 
     dashboard_check.py --url http://127.0.0.1:PORT/ --token TOKEN --service web.default ...
         --failing web.default>users.default --healthy web.default>orders.default
-        [--secured web.default>users.default] --screenshot target/dashboard.png
+        [--secured web.default>users.default] [--rollout default/web] --screenshot target/dashboard.png
 """
 
 import argparse
@@ -125,8 +127,18 @@ def check_content(driver, args):
     expect("current" in proxies, f"no current proxy: {proxies!r}")
     if args.secured:
         expect(re.search(r"in \d+ (h|min|days)", proxies), f"no certificate expiry: {proxies!r}")
-    rollouts = driver.find_element(By.ID, "rollouts").text
-    expect("No rollouts" in rollouts or "Rollout" in rollouts, f"rollouts: {rollouts!r}")
+    # Rollouts: each given one with its phase and its canary's weight, or none at all.
+    if args.rollout:
+        for name in args.rollout:
+            row = wait(driver, f"the rollout {name} is listed", lambda d: d.find_elements(
+                By.CSS_SELECTOR, f"#rollouts-table tr[data-rollout={css(name)}]"))[0]
+            phase = row.find_elements(By.TAG_NAME, "td")[0].text
+            expect(phase in ("Progressing", "Paused", "Promoted", "Aborted", "RollingBack"), f"{name}: phase {phase!r}")
+            meter = row.find_element(By.TAG_NAME, "meter")
+            expect(meter.get_attribute("aria-label"), f"{name}: the weight has no label")
+    else:
+        rollouts = driver.find_element(By.ID, "rollouts").text
+        expect("No rollouts" in rollouts, f"rollouts: {rollouts!r}")
 
     # Landmarks and headings.
     for selector in ("header", "main", "nav", "h1", "#topology h2", "svg[role=group]"):
@@ -154,23 +166,21 @@ def check_keyboard(driver):
 
 
 def check_diff(driver):
-    links = driver.find_elements(By.CSS_SELECTOR, "#events-table a[href^='#diff-']")
-    expect(links, "no configuration event with a diff link")
-    links[-1].click()  # the oldest shown: a service being added
-    wait(driver, "the diff shows", lambda d: "added" in d.find_element(By.ID, "diff").text)
-    text = driver.find_element(By.ID, "diff").text
+    """A Service applied opens its diff, with the lines it added."""
+    rows = [r for r in driver.find_elements(By.CSS_SELECTOR, "#events-table tbody tr")
+            if "ResourceApplied" in r.text and "Service/" in r.text]
+    expect(rows, "no Service applied among the configuration events")
+    rows[0].find_element(By.CSS_SELECTOR, "a[href^='#diff-']").click()
+    wait(driver, "the diff shows", lambda d: "Service/" in d.find_element(By.ID, "diff-body").text)
+    text = driver.find_element(By.ID, "diff-body").text
     expect("+ " in text, f"the diff shows no added line: {text!r}")
 
 
 def check_console(driver):
     errors = []
     for entry in driver.get_log("browser"):
-        if entry["level"] != "SEVERE":
-            continue
-        # Until rollouts exist, their list answers 404, which the page shows as "No rollouts".
-        if "/v1/rollouts" in entry["message"] and "404" in entry["message"]:
-            continue
-        errors.append(entry["message"])
+        if entry["level"] == "SEVERE":
+            errors.append(entry["message"])
     expect(not errors, f"console errors: {errors}")
 
 
@@ -208,6 +218,7 @@ def main():
     parser.add_argument("--failing", required=True, help="an edge SRC>DST that must be drawn as failing")
     parser.add_argument("--healthy", required=True, help="an edge SRC>DST with traffic, drawn as healthy")
     parser.add_argument("--secured", action="append", default=[], help="an edge SRC>DST that is mTLS")
+    parser.add_argument("--rollout", action="append", default=[], help="a rollout NAMESPACE/NAME to be listed")
     parser.add_argument("--screenshot", required=True)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--chromedriver", default="/usr/bin/chromedriver")

@@ -60,8 +60,8 @@
 
   class Refused extends Error {}
 
-  /** A GET of the API as JSON; `null` for 404 when `missingOk`. */
-  async function api(path, missingOk) {
+  /** A GET of the API as JSON. */
+  async function api(path) {
     const response = await fetch(path, {
       headers: { Authorization: `Bearer ${token()}`, Accept: 'application/json' },
       cache: 'no-store',
@@ -70,7 +70,6 @@
     if (response.status === 401) {
       throw new Refused('The control plane refused the token (expired, or not a read-only or admin token).');
     }
-    if (response.status === 404 && missingOk) return null;
     if (!response.ok) {
       let detail = '';
       try {
@@ -375,7 +374,7 @@
 
   function renderRollouts(list) {
     const body = $('rollouts-body');
-    const items = list ? list.items : [];
+    const items = list.items;
     if (!items.length) {
       body.replaceChildren(h('p', { class: 'muted' }, 'No rollouts.'));
       return;
@@ -390,22 +389,26 @@
         h('td', {},
           `${r.stable} ${r.stableWeight}% · ${r.canary} ${r.canaryWeight}% `,
           h('meter', { min: 0, max: 100, value: r.canaryWeight, 'aria-label': `${r.canary}'s weight` })),
+        h('td', { class: r.failures ? 'bad' : '' }, r.failureLimit ? `${r.failures} of ${r.failureLimit}` : String(r.failures || 0)),
         h('td', {}, verdict
-          ? `${verdict.result}: ${verdict.requests} requests, ${percent(verdict.successRate)} success, p99 ${ms(verdict.p99Ms)}`
+          ? `${verdict.result}: ${verdict.requests} requests`
+            + (verdict.requests ? `, ${percent(verdict.successRate)} success, p99 ${ms(verdict.p99Ms)}` : '')
+            + (verdict.reason && verdict.reason !== r.message ? ` (${verdict.reason})` : '')
           : '-'),
         h('td', {}, r.message || '-'));
     });
     const table = h('table', { id: 'rollouts-table' },
       h('caption', { class: 'visually-hidden' }, 'Progressive deliveries and their latest verdicts'),
-      h('thead', {}, h('tr', {}, ['Rollout', 'Phase', 'Step', 'Weights', 'Latest verdict', 'Message'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('thead', {}, h('tr', {}, ['Rollout', 'Phase', 'Step', 'Weights', 'Failed intervals', 'Latest verdict', 'Message'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, rows));
     body.replaceChildren(h('div', { class: 'scroll' }, table));
   }
 
   // ---- configuration events and their diffs ------------------------------------------------
 
-  /** Resource and rollout events: not registrations or tokens. */
-  const isConfiguration = (e) => e.kind.startsWith('Resource') || e.kind.startsWith('Rollout') || e.kind.startsWith('Rollback');
+  /** What changed the mesh's configuration: resources, rollout steps, the CA's roots; not
+   *  registrations, tokens or a rollout's every verdict. */
+  const isConfiguration = (e) => !/^(Endpoint|Token)/.test(e.kind) && e.kind !== 'RolloutVerdict';
 
   let head = 0;
 
@@ -546,7 +549,7 @@
       api(`/v1/stats?window=${span}&by=edge`),
       api('/v1/proxies'),
       latestEvents(),
-      api('/v1/rollouts', true),
+      api('/v1/rollouts'),
     ]);
     const all = [services, edges, proxies, events, rollouts];
     const refused = all.find((r) => r.status === 'rejected' && r.reason instanceof Refused);
