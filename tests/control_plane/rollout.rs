@@ -26,9 +26,9 @@ use crate::{service, ControlPlane, TOKEN};
 
 /// How far the canary's share of traffic may be from its weight, in percentage points, over a
 /// step of at least 300 requests (p = 0.5: 2.9 points is one standard deviation).
-const SHARE_ERROR: f64 = 0.09;
+const SHARE_ERROR: f64 = 0.10;
 /// How long after a weight is written the sidecar surely routes by it (push and debounce).
-const SETTLE: Duration = Duration::from_millis(1500);
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// A parent Service `name` (no endpoints of its own), its two versions on `stable` and
 /// `canary`, and an HTTPRoute sending everything to `name-v1`.
@@ -395,7 +395,7 @@ fn load_checks(
     // Three judged intervals of 5 s (20%, 50%, 100%), plus a tick and a poll.
     let took = promoted - applied;
     println!("web promoted {took:?} after the apply");
-    assert!(took >= Duration::from_secs(15) && took <= Duration::from_secs(18), "{took:?}");
+    assert!(took >= Duration::from_secs(15) && took <= Duration::from_secs(20), "{took:?}");
 
     assert_shares(load, "api", api, aborted);
     let before = load.between("api", applied, aborted);

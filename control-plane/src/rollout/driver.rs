@@ -21,6 +21,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// Runs until `stop`.
 pub async fn run(cp: Arc<ControlPlane>, stop: CancellationToken) {
     let mut held: HashMap<String, Hold> = HashMap::new();
+    let heads = cp.store().subscribe();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -28,7 +29,9 @@ pub async fn run(cp: Arc<ControlPlane>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = cp.refresh().await {
+        // The log's head as the store's watch knows it: no store read when nothing moved.
+        let head = *heads.borrow();
+        if let Err(e) = cp.refresh_to(head).await {
             tracing::warn!(error = %e, "rollouts wait: cannot read the event log");
             continue;
         }
