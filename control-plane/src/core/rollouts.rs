@@ -9,7 +9,7 @@ use pilotfish_api::wire::{RolloutAction, RolloutList, RolloutStatus, StatsBy};
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
 use crate::model::{kind as log_kind, resource_aggregate, State};
-use crate::rollout::{self, kind, run_aggregate, Run, Sample, Transition};
+use crate::rollout::{self, kind, run_aggregate, Observed, Run, Sample, Transition};
 use crate::store::{AppendRequest, StoreError};
 
 /// What one move of the driver found.
@@ -160,10 +160,11 @@ impl ControlPlane {
     }
 
     /// What the telemetry saw of `run`'s canary over the last `seconds`.
-    fn canary_sample(&self, run: &Run, seconds: u64) -> Sample {
+    fn canary_sample(&self, run: &Run, seconds: u64) -> Observed {
         let service = format!("{}.{}", run.spec.canary, run.spec.route_namespace(&run.namespace));
         let rows = self.telemetry.rows(seconds.clamp(5, 3600), StatsBy::Service, Some(&service));
-        Sample::of(rows.iter().find(|r| r.service.as_deref() == Some(service.as_str())))
+        let client = Sample::of(rows.iter().find(|r| r.service.as_deref() == Some(service.as_str())));
+        Observed { server: Sample::default(), client }
     }
 
     /// `transition` of `run` as one batch: its events, and the route with its weights. `Err`:

@@ -23,7 +23,7 @@ mod run;
 mod saga;
 mod weights;
 
-pub use analysis::Sample;
+pub use analysis::{Observed, Sample};
 pub use run::{kind, now_ms, run_aggregate, Run, Runs};
 pub use saga::{act, next, replaced, start, Transition};
 pub use weights::{shifted, WeightsError};

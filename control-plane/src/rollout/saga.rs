@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use pilotfish_api::rollout::{OnNoData, RollbackMode, RolloutSpec, Step};
 use pilotfish_api::wire::{RolloutAction, RolloutPhase, Verdict, VerdictResult};
 
-use super::analysis::{judge, Sample};
+use super::analysis::{judge, Observed};
 use super::run::{kind, Reason, Run, Started, Weights};
 
 /// Events to append (in order, to the run's aggregate) and the route's weights after them
@@ -57,7 +57,7 @@ pub fn replaced(run: &Run, canary: &str) -> Transition {
 
 /// What `run` does next at `now` (Unix ms); `sample` reads the canary's telemetry over the
 /// last so many seconds, asked only when an interval is due.
-pub fn next(run: &Run, now: u64, sample: impl FnOnce(u64) -> Sample) -> Option<Transition> {
+pub fn next(run: &Run, now: u64, sample: impl FnOnce(u64) -> Observed) -> Option<Transition> {
     let plan = run.plan();
     let interval = run.spec.analysis.interval.get().as_millis() as u64;
     match run.phase() {

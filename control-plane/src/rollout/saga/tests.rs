@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use pilotfish_api::rollout::{RollbackMode, RolloutSpec};
 use pilotfish_api::wire::{RolloutAction, RolloutPhase, VerdictResult};
 
-use super::super::analysis::Sample;
+use super::super::analysis::{Observed, Sample};
 use super::super::run::{kind, Runs};
 use super::{act, next, start, Transition};
 use crate::store::Event;
@@ -71,7 +71,8 @@ impl Sim {
     fn tick_for(&mut self, seconds: u64, sample: Sample) {
         for _ in 0..seconds * 4 {
             self.now += 250;
-            if let Some(t) = next(self.run(), self.now, |_| sample) {
+            let seen = Observed { server: sample, client: sample };
+            if let Some(t) = next(self.run(), self.now, |_| seen) {
                 self.commit(t);
             }
         }
