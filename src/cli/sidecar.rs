@@ -106,8 +106,8 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
     /// Export a span per request and hop to this OpenTelemetry collector (OTLP/HTTP, protobuf;
-    /// e.g. http://127.0.0.1:4318, which posts to /v1/traces). The span ids are those of the
-    /// `traceparent` header the sidecar forwards.
+    /// e.g. http://127.0.0.1:4318, which posts to /v1/traces; https:// is verified against the
+    /// system's roots). The span ids are those of the `traceparent` header the sidecar forwards.
     #[arg(long, env = "PILOTFISH_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<Endpoint>,
     /// The share of new traces sampled, 0.0 to 1.0; a `traceparent` that arrives keeps its
