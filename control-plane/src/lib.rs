@@ -61,6 +61,7 @@ pub mod kubernetes;
 pub mod listener;
 pub mod model;
 pub mod names;
+pub mod ndjson;
 pub mod push;
 pub mod rollout;
 pub mod store;

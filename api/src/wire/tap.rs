@@ -170,6 +170,40 @@ impl TapReport {
     pub fn new(events: Vec<TapEvent>) -> Self {
         Self { protocol: PROTOCOL_VERSION, events }
     }
+
+    /// Whether the report is within its bounds: at most [`MAX_TAP_EVENTS_PER_REPORT`] events,
+    /// each string at most [`MAX_TAP_TEXT`] bytes (a method [`MAX_TAP_METHOD`]) and free of
+    /// control characters — a sidecar cuts what it records to these, and the control plane
+    /// copies each event into every matching tap's queue and onto operators' terminals, so it
+    /// takes nothing longer. The error names the event and its field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.events.len() > MAX_TAP_EVENTS_PER_REPORT {
+            return Err(format!(
+                "events: a report carries at most {MAX_TAP_EVENTS_PER_REPORT}, this one {}",
+                self.events.len()
+            ));
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            let texts = [
+                ("at", Some(&e.at), MAX_TAP_METHOD),
+                ("method", Some(&e.method), MAX_TAP_METHOD),
+                ("authority", Some(&e.authority), MAX_TAP_TEXT),
+                ("path", Some(&e.path), MAX_TAP_TEXT),
+                ("requestId", e.request_id.as_ref(), MAX_TAP_TEXT),
+                ("peer", e.peer.as_ref(), MAX_TAP_TEXT),
+                ("error", e.error.as_ref(), MAX_TAP_METHOD),
+            ];
+            for (field, text, max) in texts {
+                let Some(text) = text else { continue };
+                if text.len() > max || text.chars().any(char::is_control) {
+                    return Err(format!(
+                        "events[{i}].{field}: at most {max} bytes without control characters"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Versioned for TapReport {
@@ -244,6 +278,26 @@ mod tests {
             assert!(err.starts_with(field), "{q:?}: {err}");
         }
         assert!(query(Some("/"), Some("PURGE"), Some(1)).filter().is_ok());
+    }
+
+    #[test]
+    fn a_report_past_its_bounds_names_the_event_and_field() {
+        let event: TapEvent = serde_json::from_value(json!({
+            "at": "2026-12-03T08:00:00.123Z", "direction": "inbound", "method": "GET",
+            "authority": "web", "path": "/", "status": 200, "latencyMs": 1.0, "secured": false,
+        }))
+        .unwrap();
+        assert_eq!(TapReport::new(vec![event.clone(); MAX_TAP_EVENTS_PER_REPORT]).check(), Ok(()));
+        let too_many = TapReport::new(vec![event.clone(); MAX_TAP_EVENTS_PER_REPORT + 1]);
+        assert!(too_many.check().unwrap_err().starts_with("events:"));
+        let long = TapEvent { path: format!("/{}", "a".repeat(MAX_TAP_TEXT)), ..event.clone() };
+        let err = TapReport::new(vec![event.clone(), long]).check().unwrap_err();
+        assert!(err.starts_with("events[1].path:"), "{err}");
+        let escape = TapEvent { peer: Some("spiffe://x\u{1b}[2J".into()), ..event.clone() };
+        let err = TapReport::new(vec![escape]).check().unwrap_err();
+        assert!(err.starts_with("events[0].peer:"), "{err}");
+        let method = TapEvent { method: "G".repeat(MAX_TAP_METHOD + 1), ..event };
+        assert!(TapReport::new(vec![method]).check().unwrap_err().starts_with("events[0].method:"));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use pilotfish_api::wire::TapControl;
 use pilotfish_api::wire::{AckQuery, TapEvent, TapFilter, TapQuery, TapReport, Versioned, MAX_TAPS};
-use pilotfish_api::wire::{TapControl, MAX_TAP_EVENTS_PER_REPORT};
 use tokio::sync::{mpsc, watch};
 
 use super::caller::Caller;
@@ -54,6 +54,13 @@ struct Table {
 struct Open {
     service: String,
     namespace: String,
+    filter: TapFilter,
+    events: mpsc::Sender<TapEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// What delivering to an open tap needs, taken out of the table.
+struct Tapping {
     filter: TapFilter,
     events: mpsc::Sender<TapEvent>,
     dropped: Arc<AtomicU64>,
@@ -133,11 +140,20 @@ impl Taps {
         Ok(TapSession { id, taps: self.clone(), events: rx, dropped, max })
     }
 
-    /// Hands each event to every tap on `service.namespace` that wants it.
+    /// Hands each event to every tap on `service.namespace` that wants it. The table's lock is
+    /// held only to find the taps: push streams take it too.
     fn deliver(&self, service: &str, namespace: &str, proxy: &str, events: Vec<TapEvent>) {
-        let table = self.table();
-        let taps: Vec<&Open> =
-            table.open.values().filter(|o| o.service == service && o.namespace == namespace).collect();
+        let taps: Vec<Tapping> = self
+            .table()
+            .open
+            .values()
+            .filter(|o| o.service == service && o.namespace == namespace)
+            .map(|o| Tapping {
+                filter: o.filter.clone(),
+                events: o.events.clone(),
+                dropped: o.dropped.clone(),
+            })
+            .collect();
         if taps.is_empty() {
             return;
         }
@@ -156,15 +172,14 @@ impl Taps {
 impl ControlPlane {
     /// Opens a tap on a service's requests: the admin token only.
     pub fn tap(&self, caller: &Caller, q: TapQuery) -> Result<TapSession> {
-        match caller {
-            Caller::Admin => {}
-            Caller::ReadOnly(_) => return Err(Error::Forbidden(
+        caller.admin().map_err(|e| match e {
+            Error::Forbidden(_) => Error::Forbidden(
                 "it is read-only: tapping shows live requests (paths, request ids, identities) and needs \
-                     the admin token (--token or PILOTFISH_TOKEN)"
+                 the admin token (--token or PILOTFISH_TOKEN)"
                     .into(),
-            )),
-            Caller::Service(_) | Caller::Account(_) => return Err(Error::Unauthorized),
-        }
+            ),
+            other => other,
+        })?;
         let filter = q.filter().map_err(Error::BadRequest)?;
         let namespace = namespace_or_default(q.namespace);
         check_service(&q.service, &namespace).map_err(Error::BadRequest)?;
@@ -176,12 +191,7 @@ impl ControlPlane {
     pub fn report_tap(&self, caller: &Caller, id: &str, q: AckQuery, report: TapReport) -> Result<()> {
         report.check_protocol()?;
         let key = proxy_of(caller, id, q)?;
-        if report.events.len() > MAX_TAP_EVENTS_PER_REPORT {
-            return Err(Error::BadRequest(format!(
-                "events: a report carries at most {MAX_TAP_EVENTS_PER_REPORT}, this one {}",
-                report.events.len()
-            )));
-        }
+        report.check().map_err(Error::BadRequest)?;
         self.taps.deliver(&key.service, &key.namespace, &key.id, report.events);
         Ok(())
     }

@@ -1,11 +1,9 @@
 //! `/v1/push`, `/v1/proxies`: the sidecars' configuration streams, their ACK/NACKs, and every
 //! sidecar's sync status.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -47,11 +45,8 @@ async fn push(
 ) -> Result<Response, ApiError> {
     int64("version", q.version)?;
     let connection = cp.connect(&caller, &q).await?;
-    let (tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
-    tokio::spawn(stream::stream(cp.clone(), connection, tx));
-    let mut res = Response::new(Body::new(body));
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    Ok(res)
+    let cp = cp.clone();
+    Ok(crate::ndjson::respond(|tx| stream::stream(cp, connection, tx)))
 }
 
 /// ACK (or, with `error`, NACK) a pushed version

@@ -6,15 +6,12 @@
 //! closes and the sidecars stop recording). It ends after `max` events, after
 //! [`TAP_TIME_LIMIT`], or when the control plane stops, with an `end` line saying which.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::channel::Sender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +22,7 @@ use super::error::{
 };
 use super::extract::{Json, Path, Query, Shared};
 use crate::core::{Caller, TapSession};
+use crate::ndjson::{self, line, LineSender, KEEPALIVE_LINE};
 use pilotfish_api::wire::{AckQuery, TapEnd, TapMessage, TapQuery, TapReport};
 
 /// An empty line this often: a write to a client that went away fails, which closes its tap.
@@ -64,11 +62,8 @@ async fn tap(
     Query(q): Query<TapQuery>,
 ) -> Result<Response, ApiError> {
     let session = cp.tap(&caller, q)?;
-    let (tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
-    tokio::spawn(stream(session, tx, cp.stopping()));
-    let mut res = Response::new(Body::new(body));
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    Ok(res)
+    let stop = cp.stopping();
+    Ok(ndjson::respond(|tx| stream(session, tx, stop)))
 }
 
 /// Requests a sidecar recorded for the taps open on its service
@@ -104,7 +99,7 @@ async fn report_tap(
 
 /// Sends the session's events until it ends or the client goes away (dropping the session
 /// closes the tap).
-async fn stream(mut session: TapSession, mut tx: Sender<Bytes, Infallible>, stop: CancellationToken) {
+async fn stream(mut session: TapSession, mut tx: LineSender, stop: CancellationToken) {
     let deadline = Instant::now() + TAP_TIME_LIMIT;
     let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,7 +108,7 @@ async fn stream(mut session: TapSession, mut tx: Sender<Bytes, Infallible>, stop
         let delivered = tokio::select! {
             _ = stop.cancelled() => break TapEnd::Stopping,
             _ = tokio::time::sleep_until(deadline) => break TapEnd::TimeLimit,
-            _ = keepalive.tick() => send(&mut tx, Bytes::from_static(b"\n")).await,
+            _ = keepalive.tick() => send(&mut tx, KEEPALIVE_LINE).await,
             event = session.events.recv() => {
                 // The table holds the sender for as long as the session lives.
                 let Some(event) = event else { return };
@@ -133,13 +128,7 @@ async fn stream(mut session: TapSession, mut tx: Sender<Bytes, Infallible>, stop
     send(&mut tx, line(&TapMessage::End(end))).await;
 }
 
-fn line(message: &TapMessage) -> Bytes {
-    let mut line = serde_json::to_vec(message).expect("a tap message serializes");
-    line.push(b'\n');
-    line.into()
-}
-
 /// Sends `data` on the stream; `false` when the client is gone or too slow to take it.
-async fn send(tx: &mut Sender<Bytes, Infallible>, data: Bytes) -> bool {
-    matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send_data(data)).await, Ok(Ok(())))
+async fn send(tx: &mut LineSender, data: Bytes) -> bool {
+    ndjson::send(tx, data, SEND_TIMEOUT).await
 }

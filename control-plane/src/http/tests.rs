@@ -721,6 +721,13 @@ async fn a_tap_reaches_the_push_streams_that_read_tap_lines_and_its_end_stops_th
     let (status, _, body) =
         call(&cp, "POST", "/v1/proxies/web-1/tap?service=web", Some(ADMIN), &report.to_string()).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let mut long = event.clone();
+    long["path"] = json!(format!("/{}", "a".repeat(64 * 1024)));
+    let report = json!({ "protocol": 2, "events": [long] });
+    let (status, _, body) =
+        call(&cp, "POST", "/v1/proxies/web-1/tap?service=web", Some(ADMIN), &report.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an event past its bounds is refused: {body}");
+    assert!(body.to_string().contains("events[0].path"), "{body}");
     let got: serde_json::Value = serde_json::from_str(&next_line(&mut tap).await).unwrap();
     assert_eq!(
         (got["event"]["method"].clone(), got["event"]["proxy"].clone()),

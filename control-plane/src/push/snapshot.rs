@@ -55,10 +55,7 @@ impl SnapshotCache {
 /// One snapshot line: a [`PushLine`] as JSON, and a newline.
 fn snapshot_line(state: &State, discovery: &Discovery, mesh: &MeshSettings) -> Bytes {
     let config = config_for(state, discovery);
-    let line = PushLine { mesh: Some(mesh.clone()), ..PushLine::new(state.seq, config) };
-    let mut bytes = serde_json::to_vec(&line).expect("JSON serializes");
-    bytes.push(b'\n');
-    Bytes::from(bytes)
+    crate::ndjson::line(&PushLine { mesh: Some(mesh.clone()), ..PushLine::new(state.seq, config) })
 }
 
 /// A Service document for a service known only from registrations.

@@ -11,15 +11,14 @@
 //! change (after its first snapshot): the filters to record requests for, none to stop.
 //! Older sidecars get none (they would take it for a malformed snapshot and reconnect).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::channel::Sender;
 use tokio::time::Instant;
 
 use crate::core::{Connection, ControlPlane};
+use crate::ndjson::{self, LineSender};
 use pilotfish_api::wire::{TapControl, TapLine};
 
 /// The first protocol whose sidecars read tap lines.
@@ -36,7 +35,7 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Streams snapshots to one sidecar until it goes away or the control plane stops.
-pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sender<Bytes, Infallible>) {
+pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: LineSender) {
     let Connection { key, generation, resume, protocol } = connection;
     let mut heads = cp.store().subscribe();
     let mut discovered = cp.discovered().subscribe();
@@ -44,6 +43,8 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
     let mut taps = cp.taps().subscribe();
     // What the sidecar was last told to tap (a new connection records nothing).
     let mut tapping = TapControl::default();
+    // The taps' generation last looked at.
+    let mut taps_seen = None;
     let stop = cp.stopping();
     // A reconnecting sidecar that already has the current version gets nothing until a change;
     // with a discovery source its version does not say which endpoints it holds, so it does.
@@ -77,15 +78,14 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
                 }
             }
         }
-        // Once the sidecar has a configuration (it reads tap lines only then).
-        taps.borrow_and_update();
-        if taps_followed && last_sent.is_some() {
+        // Once the sidecar has a configuration (it reads tap lines only then), and only when
+        // a tap opened or closed since the last look.
+        let taps_now = *taps.borrow_and_update();
+        if taps_followed && last_sent.is_some() && taps_seen != Some(taps_now) {
+            taps_seen = Some(taps_now);
             let now = cp.taps().control(&key.service, &key.namespace);
             if now != tapping {
-                let mut line =
-                    serde_json::to_vec(&TapLine::new(now.filters.clone())).expect("a tap line serializes");
-                line.push(b'\n');
-                if !send(&mut tx, Bytes::from(line)).await {
+                if !send(&mut tx, ndjson::line(&TapLine::new(now.filters.clone()))).await {
                     break 'stream;
                 }
                 tapping = now;
@@ -103,7 +103,7 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
             // Nor do the taps.
             Ok(()) = taps.changed(), if taps_followed => {}
             _ = tokio::time::sleep(KEEPALIVE) => {
-                if !send(&mut tx, Bytes::from_static(b"\n")).await {
+                if !send(&mut tx, ndjson::KEEPALIVE_LINE).await {
                     break 'stream;
                 }
                 continue 'stream;
@@ -119,6 +119,6 @@ pub async fn stream(cp: Arc<ControlPlane>, connection: Connection, mut tx: Sende
 }
 
 /// Sends `data` on the stream; `false` when the sidecar is gone or too slow to take it.
-async fn send(tx: &mut Sender<Bytes, Infallible>, data: Bytes) -> bool {
-    matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send_data(data)).await, Ok(Ok(())))
+async fn send(tx: &mut LineSender, data: Bytes) -> bool {
+    ndjson::send(tx, data, SEND_TIMEOUT).await
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use pilotfish_api::wire::tap::MAX_TAP_TEXT;
+use pilotfish_api::wire::tap::{MAX_TAP_METHOD, MAX_TAP_TEXT};
 use pilotfish_api::wire::{EdgeDirection, TapControl, TapEvent, TapFilter, MAX_TAPS};
 use tokio::sync::Notify;
 
@@ -111,12 +111,14 @@ impl Tap {
 
     /// Queues a sampled request's event, its response ended; dropped when the queue is full.
     pub fn record(&self, record: &HttpRecord) {
+        // Built before taking the lock: the sidecar's request tasks share the queue.
+        let event = event(record);
         let mut queue = self.queue();
         if queue.len() >= QUEUE_EVENTS {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        queue.push(event(record));
+        queue.push(event);
         if queue.len() == 1 {
             self.queued.notify_one();
         }
@@ -141,7 +143,8 @@ impl Tap {
     }
 }
 
-/// A finished request's record as a tap event: its strings cut at [`MAX_TAP_TEXT`] bytes.
+/// A finished request's record as a tap event: its strings cut to what a report may carry
+/// ([`TapReport::check`](pilotfish_api::wire::TapReport::check)).
 fn event(r: &HttpRecord) -> TapEvent {
     let inbound = r.direction == "inbound";
     let peer = if inbound { r.peer.as_ref() } else { r.server.as_ref() };
@@ -149,28 +152,26 @@ fn event(r: &HttpRecord) -> TapEvent {
         at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         proxy: None,
         direction: if inbound { EdgeDirection::Inbound } else { EdgeDirection::Outbound },
-        method: cut(&r.method),
-        authority: cut(&r.authority),
-        path: cut(&r.path),
+        method: cut(&r.method, MAX_TAP_METHOD),
+        authority: cut(&r.authority, MAX_TAP_TEXT),
+        path: cut(&r.path, MAX_TAP_TEXT),
         status: r.status,
         latency_ms: r.duration_ms,
-        request_id: r.request_id.as_deref().map(cut),
+        request_id: r.request_id.as_deref().map(|id| cut(id, MAX_TAP_TEXT)),
         peer: peer.map(|id| id.to_string()),
         secured: r.tls == Tls::Mtls,
         error: r.error.map(str::to_owned),
     }
 }
 
-/// `s`, or its first [`MAX_TAP_TEXT`] bytes (at a character boundary).
-fn cut(s: &str) -> String {
-    if s.len() <= MAX_TAP_TEXT {
-        return s.to_owned();
-    }
-    let mut end = MAX_TAP_TEXT;
+/// `s`, or its first `max` bytes (at a character boundary), with control characters (a tab
+/// in a header value, say) as spaces.
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    s[..end].replace(char::is_control, " ")
 }
 
 #[cfg(test)]
@@ -178,6 +179,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use http::Method;
+    use pilotfish_api::wire::TapReport;
 
     use super::*;
 
@@ -234,14 +236,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn events_carry_the_record_and_the_queue_drops_past_its_bound() {
         let tap = Tap::default();
-        let mut long = record("GET", &format!("/{}", "é".repeat(MAX_TAP_TEXT)));
-        long.request_id = None;
+        let mut long = record(&"X".repeat(MAX_TAP_METHOD + 8), &format!("/{}", "é".repeat(MAX_TAP_TEXT)));
+        long.request_id = Some("tab\there".into());
         tap.record(&long);
         tap.wait().await;
         let (events, dropped) = tap.take();
         assert_eq!(dropped, 0);
+        assert_eq!(TapReport::new(events.clone()).check(), Ok(()), "what it records, a report may carry");
         let e = &events[0];
         assert!(e.path.len() <= MAX_TAP_TEXT && e.path.starts_with("/é"), "cut at a character boundary");
+        assert_eq!(e.method.len(), MAX_TAP_METHOD);
+        assert_eq!(e.request_id.as_deref(), Some("tab here"), "control characters become spaces");
         assert_eq!((e.status, e.latency_ms, e.secured), (503, 2.5, true));
         assert_eq!(e.peer.as_deref(), Some("spiffe://pilotfish.local/ns/default/sa/client"));
         assert_eq!((e.direction, e.error.as_deref()), (EdgeDirection::Inbound, Some("no-endpoints")));
