@@ -19,6 +19,7 @@ use pilotfish_sidecar::resilience::ratelimit::limiter::{RateLimiter, Window};
 use pilotfish_sidecar::snapshot::route::{RouteSource, RouteTable};
 use pilotfish_sidecar::snapshot::{Overrides, Snapshot};
 use pilotfish_sidecar::tcp::forward::pick;
+use pilotfish_sidecar::telemetry::edges::grpc_ok;
 use pilotfish_sidecar::telemetry::metrics::{Direction, Metrics};
 use pilotfish_sidecar::telemetry::tap::Tap;
 use pilotfish_sidecar::telemetry::trace::{HopSpan, Sampling, Tracing};
@@ -69,14 +70,35 @@ fn routing(c: &mut Criterion) {
     c.bench_function("metrics/record_status", |b| {
         b.iter(|| ep.metrics.record(black_box(http::StatusCode::OK)))
     });
-    // What `respond` does per response: the Prometheus duration and status, without and with
-    // the telemetry edge (the request path's whole cost of the control plane's telemetry).
-    let target =
-        metrics.target(pilotfish_sidecar::telemetry::metrics::Direction::Outbound, "svc-517.default");
-    let edge = ep.metrics.edge.clone().expect("outbound endpoints count on an edge");
+    c.bench_function("config/build_1000_services", |b| {
+        let text = config(1000);
+        b.iter(|| Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap())
+    });
+}
+
+/// What `respond` does per response: the Prometheus duration and status, without and with the
+/// telemetry edge (the request path's whole cost of the control plane's telemetry): the edge of
+/// the route that sent the request found among the endpoint's (three routes send it traffic),
+/// the count added; for a gRPC call with its status in the trailers, the edge held until they
+/// come and their grpc-status read.
+fn accounting(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let mut text = config(1);
+    for name in ["a", "b", "c"] {
+        text.push_str(&format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: svc-0}}]\n  rules: [{{matches: [{{path: {{type: PathPrefix, value: /{name}}}}}]}}]\n"
+        ));
+    }
+    let snap = Snapshot::build("bench", &text, &Overrides::default(), None, &metrics).unwrap();
+    let svc = snap.service("svc-0.default").unwrap().clone();
+    let route = svc.routes.select(&http::Method::GET, "/c/x", None, &HeaderMap::new()).unwrap().rule.route_id;
+    let ep = svc.endpoints[0].clone();
+    let target = metrics.target(pilotfish_sidecar::telemetry::metrics::Direction::Outbound, "svc-0.default");
     let mut answered = HeaderMap::new();
     answered.insert("content-type", HeaderValue::from_static("application/grpc"));
     answered.insert("grpc-status", HeaderValue::from_static("0"));
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let elapsed = Duration::from_micros(2300);
     let mut group = c.benchmark_group("respond_accounting");
     group.bench_function("without_telemetry", |b| {
@@ -89,22 +111,33 @@ fn routing(c: &mut Criterion) {
         b.iter(|| {
             target.duration.observe(black_box(elapsed).as_secs_f64());
             ep.metrics.record(black_box(http::StatusCode::OK));
-            edge.record(black_box(200), None, black_box(elapsed));
+            if let Some(edge) = ep.metrics.edge(black_box(route)) {
+                edge.record(black_box(200), None, black_box(elapsed));
+            }
         })
     });
-    // A gRPC call: its response headers are looked at for a grpc-status.
+    // A gRPC call answered in its headers (trailers-only): they are looked at for a grpc-status.
     group.bench_function("with_telemetry_grpc", |b| {
         b.iter(|| {
             target.duration.observe(black_box(elapsed).as_secs_f64());
             ep.metrics.record(black_box(http::StatusCode::OK));
-            edge.record(black_box(200), Some(black_box(&answered)), black_box(elapsed));
+            if let Some(edge) = ep.metrics.edge(black_box(route)) {
+                edge.record(black_box(200), Some(black_box(&answered)), black_box(elapsed));
+            }
+        })
+    });
+    // A gRPC call whose status comes in the trailers: the body holds the edge until then.
+    group.bench_function("with_telemetry_grpc_trailers", |b| {
+        b.iter(|| {
+            target.duration.observe(black_box(elapsed).as_secs_f64());
+            ep.metrics.record(black_box(http::StatusCode::OK));
+            if let Some(edge) = ep.metrics.edge(black_box(route)) {
+                let held = black_box(edge.clone());
+                held.record_outcome(grpc_ok(black_box(&trailers)), black_box(elapsed));
+            }
         })
     });
     group.finish();
-    c.bench_function("config/build_1000_services", |b| {
-        let text = config(1000);
-        b.iter(|| Snapshot::build("bench", &text, &Overrides::default(), Some(&snap), &metrics).unwrap())
-    });
 }
 
 fn tap_check(c: &mut Criterion) {
@@ -180,7 +213,7 @@ fn route_matching(c: &mut Criterion) {
     }
     let resources = pilotfish_api::parse_stream("bench", &text).unwrap();
     let pilotfish_api::Resource::HttpRoute(route) = &resources[0] else { unreachable!() };
-    let source = RouteSource { name: "default/big".into(), spec: &route.spec, rate_limit: None };
+    let source = RouteSource { name: "default/big".into(), id: 1, spec: &route.spec, rate_limit: None };
     let table = RouteTable::compile(&Arc::from("users.default"), "default", &[source]);
     let headers = HeaderMap::new();
     let get = http::Method::GET;
@@ -289,5 +322,15 @@ fn tracing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, detection, routing, tap_check, headers, route_matching, rate_limits, tracing);
+criterion_group!(
+    benches,
+    detection,
+    routing,
+    accounting,
+    tap_check,
+    headers,
+    route_matching,
+    rate_limits,
+    tracing
+);
 criterion_main!(benches);

@@ -129,11 +129,14 @@ pub enum Command {
         output: Output,
     },
     /// Golden metrics per service: sidecars reporting, success rate, requests per second,
-    /// latency quantiles, open TCP connections.
+    /// latency quantiles, open TCP connections, circuit breakers open toward it.
     Stat(super::stats::StatArgs),
     /// Golden metrics per edge (caller → callee): identities, mTLS, requests per second,
     /// success rate, p99 latency.
     Edges(super::stats::StatArgs),
+    /// Golden metrics per route (HTTPRoute `namespace/name`) into a service: success rate,
+    /// requests per second, latency quantiles.
+    Routes(super::stats::RoutesArgs),
     /// A service's requests as they happen (sampled on its sidecars, at most 100 a second
     /// each): method, authority, path, status, latency, request id, peer identity. Needs the
     /// admin token.
@@ -295,6 +298,7 @@ async fn execute(server: Server, command: Command) -> anyhow::Result<()> {
         }
         Command::Stat(args) => super::stats::stat(&api, args).await?,
         Command::Edges(args) => super::stats::edges(&api, args).await?,
+        Command::Routes(args) => super::stats::routes(&api, args).await?,
         Command::Tap(args) => super::tap::tap(&api, args).await?,
         Command::Rollout { action } => super::rollout::execute(&api, action).await?,
         Command::Ca { action } => super::ca::execute(&api, action).await.map_err(explain)?,

@@ -1,7 +1,8 @@
 """A gRPC client for the tests: python grpc_client.py TARGET AUTHORITY [--unary-only | --expect-code
-CODE]. Exits 0 only if unary calls (ok and failing), trailers and bidirectional streaming all
+CODE | --mix N]. Exits 0 only if unary calls (ok and failing), trailers and bidirectional streaming all
 behave; with --unary-only, only if 20 plain unary calls all succeed; with --expect-code, only if a
-unary call fails with that status (e.g. PERMISSION_DENIED), whose details it prints."""
+unary call fails with that status (e.g. PERMISSION_DENIED), whose details it prints; with --mix N,
+only if N unary calls alternating b"slow" (succeeds) and b"fail" (UNAVAILABLE) behave so."""
 import sys
 
 import grpc
@@ -19,6 +20,19 @@ if sys.argv[3:4] == ["--expect-code"]:
     except grpc.RpcError as e:
         assert e.code() == expected, (e.code(), e.details())
         print("ok", e.details(), flush=True)
+    raise SystemExit(0)
+
+if sys.argv[3:4] == ["--mix"]:
+    for i in range(int(sys.argv[4])):
+        if i % 2 == 0:
+            assert unary(b"slow", timeout=10) == b"echo:slow"
+            continue
+        try:
+            unary(b"fail", timeout=10)
+            raise SystemExit("expected UNAVAILABLE")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, (e.code(), e.details())
+    print("ok", flush=True)
     raise SystemExit(0)
 
 if "--unary-only" in sys.argv[3:]:

@@ -73,8 +73,8 @@ pub use rollouts::{
     RolloutAction, RolloutList, RolloutPhase, RolloutStatus, Verdict, VerdictResult, MAX_VERDICTS,
 };
 pub use stats::{
-    EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList, StatsQuery,
-    StatsReport, StatsRow,
+    BreakersOpen, EdgeCounts, EdgeDirection, EdgePeer, EdgeReport, Golden, Meshed, StatsBy, StatsList,
+    StatsQuery, StatsReport, StatsRow, StatsSide,
 };
 pub use tap::{
     TapControl, TapEnd, TapEvent, TapFilter, TapLine, TapMessage, TapQuery, TapReport, MAX_TAPS,

@@ -68,12 +68,27 @@ pub struct StatsReport {
     /// Edges left out because the report was full.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_edges: u64,
+    /// Destinations toward which some endpoint circuit breakers are open (or half-open) now,
+    /// at most [`MAX_EDGES_PER_REPORT`]; a destination not listed has none open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 256)]
+    pub breakers: Vec<BreakersOpen>,
 }
 
 impl StatsReport {
     pub fn new(identity: Option<String>, edges: Vec<EdgeReport>, dropped_edges: u64) -> Self {
-        Self { protocol: PROTOCOL_VERSION, identity, edges, dropped_edges }
+        Self { protocol: PROTOCOL_VERSION, identity, edges, dropped_edges, breakers: Vec::new() }
     }
+}
+
+/// How many of a destination's endpoints the reporting sidecar's circuit breakers keep out now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BreakersOpen {
+    pub service: String,
+    #[serde(default = "super::protocol::default_namespace")]
+    pub namespace: String,
+    /// Endpoints whose breaker is open or half-open.
+    pub open: u64,
 }
 
 impl Versioned for StatsReport {
@@ -155,6 +170,19 @@ pub enum StatsBy {
     Route,
 }
 
+/// Whose view `GET /v1/stats` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsSide {
+    /// What the callers' sidecars saw (outbound): every call once, as the caller got it,
+    /// destinations without a sidecar included.
+    #[default]
+    Client,
+    /// What the destinations' sidecars saw on their inbound listener: every attempt that
+    /// reached them (retries included), only destinations with a sidecar.
+    Server,
+}
+
 /// The longest window: as far back as the control plane keeps.
 pub const MAX_WINDOW_SECONDS: u64 = 3600;
 /// The shortest window (two report periods and a half).
@@ -209,6 +237,9 @@ pub struct StatsQuery {
     /// Only rows whose source or destination is this service (`name` or `name.namespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The callers' view (`client`, default) or the destinations' (`server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<StatsSide>,
 }
 
 /// Golden metrics of one row of `GET /v1/stats`.
@@ -269,6 +300,11 @@ pub struct StatsRow {
     /// by=service: the service's sidecars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meshed: Option<Meshed>,
+    /// Endpoint circuit breakers open (or half-open) toward the destination: the most any
+    /// one calling sidecar (by=edge: of the source service) keeps open, as of its latest
+    /// report within the window; 0 when none.
+    #[serde(default)]
+    pub breakers_open: u64,
     #[serde(flatten)]
     pub golden: Golden,
 }
@@ -280,6 +316,8 @@ pub struct StatsList {
     /// The window in seconds.
     pub window_seconds: u64,
     pub by: StatsBy,
+    #[serde(default)]
+    pub side: StatsSide,
     pub items: Vec<StatsRow>,
 }
 

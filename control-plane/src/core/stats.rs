@@ -17,11 +17,12 @@ impl ControlPlane {
     pub fn report_stats(&self, caller: &Caller, id: &str, q: AckQuery, report: StatsReport) -> Result<()> {
         report.check_protocol()?;
         let key = proxy_of(caller, id, q)?;
-        if report.edges.len() > MAX_EDGES_PER_REPORT {
-            return Err(Error::BadRequest(format!(
-                "a report carries at most {MAX_EDGES_PER_REPORT} edges, this one {}",
-                report.edges.len()
-            )));
+        for (what, len) in [("edges", report.edges.len()), ("breakers", report.breakers.len())] {
+            if len > MAX_EDGES_PER_REPORT {
+                return Err(Error::BadRequest(format!(
+                    "a report carries at most {MAX_EDGES_PER_REPORT} {what}, this one {len}"
+                )));
+            }
         }
         if let Some(claimed) = &report.identity {
             let own = SpiffeId::new(&self.trust_domain, &key.namespace, &key.service)
@@ -51,7 +52,8 @@ impl ControlPlane {
             Some(text) => window_seconds(text).map_err(|e| Error::BadRequest(e.to_string()))?,
         };
         let by = q.by.unwrap_or_default();
-        let items = self.telemetry.rows(seconds, by, q.service.as_deref());
-        Ok(StatsList { window_seconds: seconds, by, items })
+        let side = q.side.unwrap_or_default();
+        let items = self.telemetry.rows(seconds, side, by, q.service.as_deref());
+        Ok(StatsList { window_seconds: seconds, by, side, items })
     }
 }

@@ -20,6 +20,7 @@ use crate::listener::accept::ConnSlot;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::access_log::{self, HttpRecord, Tls};
+use crate::telemetry::edges::{EdgeStats, RouteId, NO_ROUTE};
 use crate::telemetry::metrics::{Direction, EndpointMetrics};
 use crate::telemetry::trace::Learned;
 use crate::upstream::endpoint::EndpointRt;
@@ -51,6 +52,9 @@ pub struct Connection {
     /// `peer` as the app reads it in `x-pilotfish-peer-identity`, made once per connection
     /// (see [`super::inbound::peer_header`]) so no request allocates it.
     pub peer_header: Option<HeaderValue>,
+    /// Inbound: the telemetry edge of calls from `peer` (the server side), resolved once per
+    /// connection. Outbound requests count on their endpoint's edge instead.
+    pub edge: Option<Arc<EdgeStats>>,
 }
 
 /// An access-log line waiting for its request to end (with when the request arrived).
@@ -68,13 +72,15 @@ pub struct RequestContext<'a> {
     pub grpc: bool,
     /// What a sampled request's span learns on the way; `None` when it is not sampled.
     pub span: Option<&'a Learned>,
+    /// The HTTPRoute that routed it, once one has ([`NO_ROUTE`] before, and inbound).
+    pub route: RouteId,
 }
 
 impl<'a> RequestContext<'a> {
     pub fn new<B>(conn: &'a Connection, snap: &'a Snapshot, req: &Request<B>, started: Instant) -> Self {
         let grpc =
             req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        Self { conn, snap, started, grpc, span: None }
+        Self { conn, snap, started, grpc, span: None, route: NO_ROUTE }
     }
 
     /// A request refused before reaching an endpoint (the body may already be gone: `B` is
@@ -101,7 +107,7 @@ impl<'a> RequestContext<'a> {
         let res = e.respond(self.grpc);
         // gRPC callers get a 200 carrying grpc-status; the metric counts the failure's status.
         local.record(e.status());
-        if let Some(edge) = &local.edge {
+        if let Some(edge) = self.edge(local) {
             edge.record(e.status().as_u16(), None, self.started.elapsed());
         }
         if let Some(entry) = record {
@@ -112,6 +118,15 @@ impl<'a> RequestContext<'a> {
             access_log::http(&r);
         }
         res
+    }
+
+    /// The telemetry edge of a response counted on `metrics`: its endpoint's for the route
+    /// that sent it (outbound), or the connection's caller's (inbound).
+    pub fn edge<'m>(&self, metrics: &'m EndpointMetrics) -> Option<&'m Arc<EdgeStats>>
+    where
+        'a: 'm,
+    {
+        metrics.edge(self.route).or(self.conn.edge.as_ref())
     }
 
     /// The request's access-log line, when the access log is on or a tap samples the request;

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Completion, ProxyBody};
+use super::body::{Completion, GrpcCall, ProxyBody};
 use super::context::{PendingRecord, RequestContext};
 use super::headers;
 use super::pool::Reusable;
@@ -43,10 +43,16 @@ pub fn respond(
     let elapsed = cx.started.elapsed();
     metrics.duration.observe(elapsed.as_secs_f64());
     endpoint.metrics.record(res.status());
-    if let Some(edge) = &endpoint.metrics.edge {
-        // Only a gRPC call's headers can carry a grpc-status worth the lookup.
-        edge.record(res.status().as_u16(), cx.grpc.then(|| res.headers()), elapsed);
-    }
+    let call = cx.edge(&endpoint.metrics).and_then(|edge| {
+        // Only a gRPC call's headers can carry a grpc-status worth the lookup; a call whose
+        // headers carry none ends with its status in the trailers, counted then.
+        let status = res.status().as_u16();
+        if cx.grpc && status < 500 && !res.headers().contains_key("grpc-status") {
+            return Some(GrpcCall { edge: edge.clone(), started: cx.started });
+        }
+        edge.record(status, cx.grpc.then(|| res.headers()), elapsed);
+        None
+    });
     let Downstream { mut record, on_upgrade } = downstream;
     let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(res.headers_mut(), switching && on_upgrade.is_some());
@@ -72,7 +78,7 @@ pub fn respond(
             r.0.server = Some(server.clone());
         }
     }
-    res.map(|body| ProxyBody::upstream(body, Completion::new(conn, record)))
+    res.map(|body| ProxyBody::upstream(body, Completion::new(conn, record, call)))
 }
 
 /// An upgraded connection (e.g. WebSocket) relayed byte for byte; it keeps the downstream

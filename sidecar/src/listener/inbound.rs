@@ -104,6 +104,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, client: SocketAd
         slot,
         peer: None,
         peer_header: None,
+        edge: Some(shared.metrics.edges.inbound(None)),
     };
     serve_http(conn, stream, prefix, &snap).await;
 }

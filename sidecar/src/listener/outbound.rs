@@ -133,6 +133,7 @@ pub async fn handle(
         slot,
         peer: None,
         peer_header: None,
+        edge: None,
     };
     serve_http(conn, stream, prefix, &snap).await;
 }

@@ -123,6 +123,7 @@ pub async fn serve(
         downstream: version,
         slot,
         peer_header: Some(peer_header(&peer)),
+        edge: Some(shared.metrics.edges.inbound(Some(&peer))),
         peer: Some(peer),
     };
     serve_http(conn, stream, prefix, snap).await;

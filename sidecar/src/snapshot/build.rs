@@ -32,6 +32,7 @@ use crate::http::pool::EndpointConns;
 use crate::resilience::balance::PeakEwma;
 use crate::resilience::breaker::{Breaker, BreakerConfig, EjectionBudget};
 use crate::resilience::ratelimit::policy::RateLimit;
+use crate::telemetry::edges::RouteId;
 use crate::telemetry::metrics::{Direction, Metrics};
 use crate::upstream::app::{InboundMtls, InboundRt};
 use crate::upstream::endpoint::{EndpointGuard, EndpointRt};
@@ -179,7 +180,7 @@ impl Snapshot {
             });
         let inbound = sidecar.inbound.clone().map(|spec| InboundRt {
             rate_limit: inbound_limit,
-            app: pools.endpoint(metrics, Direction::Inbound, &name, (spec.app, None), |_| None),
+            app: pools.endpoint(metrics, EndpointOf::App(&name), (spec.app, None), |_| None),
             mtls: InboundMtls::new(&spec.mtls, own_service, overrides.inbound_mtls),
             metrics: metrics.target(Direction::Inbound, &name),
             local: metrics.endpoint(Direction::Inbound, &name, ""),
@@ -211,6 +212,7 @@ impl Snapshot {
             builder: Builder {
                 metrics: metrics.clone(),
                 route_limits: attached.route_limits,
+                routes_to: attached.routes_to,
                 pools: Mutex::new(pools),
             },
         };
@@ -237,6 +239,8 @@ pub(super) struct Builder {
     metrics: Arc<Metrics>,
     /// Route `namespace/name` → its `RateLimitPolicy` (a position in the resources).
     route_limits: HashMap<String, u32>,
+    /// Service key → the HTTPRoutes that send it traffic (positions in the resources).
+    routes_to: HashMap<String, Vec<u32>>,
     /// Endpoints of different services at the same address share one pool.
     pools: Mutex<Pools>,
 }
@@ -251,7 +255,9 @@ impl Builder {
     ) -> Arc<ServiceRt> {
         // A panic while another thread held the lock left the map whole: inserts are atomic.
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        service(resources, slot, &self.route_limits, previous, &self.metrics, &mut pools)
+        let routes_to = self.routes_to.get(&*slot.key).map_or(&[][..], Vec::as_slice);
+        let attached = Attached { route_limits: &self.route_limits, routes_to };
+        service(resources, slot, attached, previous, &self.metrics, &mut pools)
     }
 }
 
@@ -276,11 +282,27 @@ fn rate_limit_spec(resources: &[Resource], i: u32) -> &RateLimitPolicySpec {
     }
 }
 
+/// What is attached to a service besides what its slot holds.
+struct Attached<'a> {
+    /// Route `namespace/name` → its `RateLimitPolicy`.
+    route_limits: &'a HashMap<String, u32>,
+    /// The HTTPRoutes that send the service traffic (positions in the resources).
+    routes_to: &'a [u32],
+}
+
+/// The [`RouteId`] and `namespace/name` of the HTTPRoute at `position` in the resources.
+fn route_name(resources: &[Resource], position: u32) -> (RouteId, Arc<str>) {
+    let Resource::HttpRoute(route) = &resources[position as usize] else {
+        unreachable!("a route attachment points at an HTTPRoute")
+    };
+    (position + 1, format!("{}/{}", route.metadata.namespace, route.metadata.name).into())
+}
+
 /// One service's runtime state, with what the previous snapshot had for it carried over.
 fn service(
     resources: &[Resource],
     slot: &ServiceSlot,
-    route_limits: &HashMap<String, u32>,
+    Attached { route_limits, routes_to }: Attached<'_>,
     previous: Option<&Snapshot>,
     metrics: &Metrics,
     pools: &mut Pools,
@@ -299,15 +321,17 @@ fn service(
         let old = kept.and_then(|old| old.endpoint(addr)).and_then(|e| e.guard.clone());
         Some(old.unwrap_or_else(|| Arc::new(new_guard(&cb, &budget, metrics, &key, label))))
     };
+    // Each endpoint's telemetry edges, one per route that sends it traffic, resolved here so
+    // that a request finds its own by the route's number.
+    let routes_to: Vec<(RouteId, Arc<str>)> = routes_to.iter().map(|&p| route_name(resources, p)).collect();
     let endpoint_list = spec
         .endpoints
         .iter()
         .map(|e| {
             // Validation parsed every identity already.
             let identity = e.identity.as_deref().and_then(|id| id.parse().ok()).map(Arc::new);
-            pools.endpoint(metrics, Direction::Outbound, &key, (e.address, identity), |label| {
-                guard(label, e.address)
-            })
+            let of = EndpointOf::Service { key: &key, routes: &routes_to };
+            pools.endpoint(metrics, of, (e.address, identity), |label| guard(label, e.address))
         })
         .collect();
     let carried = |route: &str, spec: &RateLimitPolicySpec| {
@@ -321,8 +345,9 @@ fn service(
             let Resource::HttpRoute(route) = &resources[i as usize] else {
                 unreachable!("a route attachment points at an HTTPRoute")
             };
-            let route_name: Arc<str> = format!("{}/{}", route.metadata.namespace, route.metadata.name).into();
+            let (id, route_name) = route_name(resources, i);
             RouteSource {
+                id,
                 rate_limit: route_limits.get(&*route_name).map(|&p| {
                     let p = rate_limit_spec(resources, p);
                     carried(&route_name, p).unwrap_or_else(|| {
@@ -344,7 +369,12 @@ fn service(
         endpoints: endpoint_list,
         next: AtomicUsize::new(0),
         metrics: metrics.target(Direction::Outbound, &key),
-        local: metrics.endpoint(Direction::Outbound, &key, "").with_edge(metrics.edges.outbound(&key, None)),
+        local: metrics.endpoint(Direction::Outbound, &key, "").with_edges(
+            &metrics.edges,
+            &key,
+            None,
+            &routes_to,
+        ),
         routes,
         policy: ServicePolicy::new(backend_policy),
         budget: prev
@@ -388,6 +418,14 @@ fn new_guard(
     }
 }
 
+/// Whose endpoint [`Pools::endpoint`] makes.
+enum EndpointOf<'a> {
+    /// An outbound service's (key `name.namespace`), which `routes` send traffic to.
+    Service { key: &'a str, routes: &'a [(RouteId, Arc<str>)] },
+    /// The local app's (the sidecar's own service `name`).
+    App(&'a str),
+}
+
 /// Connection pools by endpoint: the previous snapshot's, so that a reload keeps warm
 /// connections, and those made since.
 #[derive(Default)]
@@ -412,22 +450,24 @@ impl Pools {
         }
     }
 
-    /// An endpoint of `service` (meshed when it has an `identity`), with the guard `guard`
-    /// makes for it given its label (outbound endpoints have one).
+    /// An endpoint (meshed when it has an `identity`) of what `of` says, with the guard
+    /// `guard` makes for it given its label (outbound endpoints have one).
     fn endpoint(
         &mut self,
         metrics: &Metrics,
-        direction: Direction,
-        service: &str,
+        of: EndpointOf<'_>,
         (addr, identity): (SocketAddr, Option<Arc<SpiffeId>>),
         guard: impl FnOnce(&str) -> Option<Arc<EndpointGuard>>,
     ) -> Arc<EndpointRt> {
         let label = addr.to_string();
-        let mut endpoint_metrics = metrics.endpoint(direction, service, &label);
-        if direction == Direction::Outbound {
-            let edge = metrics.edges.outbound(service, identity.as_ref().map(|id| id.to_string()));
-            endpoint_metrics = endpoint_metrics.with_edge(edge);
-        }
+        let endpoint_metrics = match of {
+            EndpointOf::Service { key, routes } => {
+                let identity = identity.as_ref().map(|id| id.to_string());
+                let counted = metrics.endpoint(Direction::Outbound, key, &label);
+                counted.with_edges(&metrics.edges, key, identity, routes)
+            }
+            EndpointOf::App(name) => metrics.endpoint(Direction::Inbound, name, &label),
+        };
         let pool = self
             .by_endpoint
             .entry((addr, identity.clone()))
@@ -446,6 +486,8 @@ impl Pools {
 struct Attachments {
     /// Service key → its HTTPRoutes (`namespace/name`, position), in name order.
     routes: HashMap<String, Vec<(String, u32)>>,
+    /// Service key → the HTTPRoutes (position) that send it traffic, as a backend.
+    routes_to: HashMap<String, Vec<u32>>,
     backend: HashMap<String, u32>,
     service_limits: HashMap<String, u32>,
     /// Route `namespace/name` → its rate limit.
@@ -456,6 +498,7 @@ impl Attachments {
     fn collect(resources: &[Resource]) -> Self {
         let mut a = Attachments {
             routes: HashMap::new(),
+            routes_to: HashMap::new(),
             backend: HashMap::new(),
             service_limits: HashMap::new(),
             route_limits: HashMap::new(),
@@ -469,7 +512,20 @@ impl Attachments {
                 Resource::HttpRoute(route) => {
                     let name = format!("{ns}/{}", route.metadata.name);
                     for parent in &route.spec.parent_refs {
-                        let key = format!("{}.{}", parent.name, parent.namespace.as_deref().unwrap_or(ns));
+                        let parent_ns = parent.namespace.as_deref().unwrap_or(ns);
+                        let key = format!("{}.{parent_ns}", parent.name);
+                        // As the route table resolves them (`route::compile_rule`): no backend
+                        // is the parent itself, a backend without a namespace is in the
+                        // parent's.
+                        for rule in &route.spec.rules {
+                            if rule.backend_refs.is_empty() {
+                                a.routes_to.entry(key.clone()).or_default().push(i);
+                            }
+                            for b in &rule.backend_refs {
+                                let backend_ns = b.namespace.as_deref().unwrap_or(parent_ns);
+                                a.routes_to.entry(format!("{}.{backend_ns}", b.name)).or_default().push(i);
+                            }
+                        }
                         a.routes.entry(key).or_default().push((name.clone(), i));
                     }
                 }
@@ -493,6 +549,10 @@ impl Attachments {
         }
         for routes in a.routes.values_mut() {
             routes.sort_by(|x, y| x.0.cmp(&y.0));
+        }
+        for routes in a.routes_to.values_mut() {
+            routes.sort_unstable();
+            routes.dedup();
         }
         a
     }

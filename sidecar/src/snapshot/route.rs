@@ -20,11 +20,14 @@ use pilotfish_api::route::{
 use regex::Regex;
 
 use crate::resilience::ratelimit::policy::RateLimit;
+use crate::telemetry::edges::{RouteId, NO_ROUTE};
 
 /// A compiled rule: where matching requests go and how they are treated.
 pub struct Rule {
     /// `namespace/name` of the HTTPRoute (empty for a service's default route).
     pub route: Arc<str>,
+    /// The HTTPRoute's [`RouteId`], by which the telemetry edges of its requests are found.
+    pub route_id: RouteId,
     /// Service keys (`name.namespace`) with weights; never empty, total weight above zero.
     pub backends: Vec<(Arc<str>, u32)>,
     total_weight: u32,
@@ -107,6 +110,7 @@ pub struct Selected<'a> {
 /// One HTTPRoute's rules for a service, before ordering.
 pub struct RouteSource<'a> {
     pub name: Arc<str>,
+    pub id: RouteId,
     pub spec: &'a HttpRouteSpec,
     pub rate_limit: Option<Arc<RateLimit>>,
 }
@@ -114,7 +118,7 @@ pub struct RouteSource<'a> {
 impl RouteTable {
     /// The table for a service with no HTTPRoute: every request to the service itself.
     pub fn default_for(service: Arc<str>) -> Self {
-        let rule = Rule::to_backends("".into(), vec![(service, 1)]);
+        let rule = Rule::to_backends("".into(), NO_ROUTE, vec![(service, 1)]);
         let matcher = Matcher {
             path: PathMatcher::Prefix("/".into()),
             method: None,
@@ -318,7 +322,7 @@ fn compile_rule(service: &Arc<str>, namespace: &str, source: &RouteSource<'_>, r
             })
             .collect()
     };
-    let mut compiled = Rule::to_backends(source.name.clone(), backends);
+    let mut compiled = Rule::to_backends(source.name.clone(), source.id, backends);
     if let Some(t) = &rule.timeouts {
         compiled.request_timeout = t.request.map(|d| d.get()).filter(|d| !d.is_zero());
         compiled.try_timeout = t.backend_request.map(|d| d.get()).filter(|d| !d.is_zero());
@@ -358,10 +362,11 @@ fn compile_rule(service: &Arc<str>, namespace: &str, source: &RouteSource<'_>, r
 }
 
 impl Rule {
-    fn to_backends(route: Arc<str>, backends: Vec<(Arc<str>, u32)>) -> Self {
+    fn to_backends(route: Arc<str>, route_id: RouteId, backends: Vec<(Arc<str>, u32)>) -> Self {
         let total_weight = backends.iter().map(|(_, w)| *w).fold(0, u32::saturating_add);
         Self {
             route,
+            route_id,
             backends,
             total_weight,
             request_timeout: None,

@@ -22,7 +22,7 @@ use crate::resilience::retry::Outcome;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::access_log::{self, TcpRecord, Tls};
-use crate::telemetry::edges::EdgeStats;
+use crate::telemetry::edges::{EdgeStats, NO_ROUTE};
 use crate::telemetry::metrics::{Direction, TargetMetrics};
 use crate::tls::MeshAlpn;
 use crate::transport;
@@ -97,7 +97,7 @@ async fn connect_to_service(
             guard.settle(attempt, outcome, done - now, &svc.policy.failure_on, done);
         }
         match connected {
-            Ok(stream) => return Ok((stream, endpoint.metrics.edge.clone())),
+            Ok(stream) => return Ok((stream, endpoint.metrics.edge(NO_ROUTE).cloned())),
             Err(e) => last = Some(e),
         }
     }
@@ -145,6 +145,10 @@ pub async fn forward<C>(
         }
     };
     let (mut server, edge) = match server {
+        // Inbound, the edge is the caller's (the server side).
+        Ok((server, None)) if direction == Direction::Inbound => {
+            (server, Some(shared.metrics.edges.inbound(peer.map(|p| &**p))))
+        }
         Ok(server) => server,
         Err(e) => {
             tracing::debug!(client = %client_addr, error = %e, "opaque connection refused");

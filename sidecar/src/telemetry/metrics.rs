@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use super::edges::{EdgeStats, Edges};
+use super::edges::{EdgeStats, Edges, RouteId};
 use super::identity::IdentityMetrics;
 use super::mesh::MeshMetrics;
 use crate::resilience::breaker::{BreakerState, Transition};
@@ -230,6 +230,7 @@ impl Metrics {
             labels: [direction.as_str().to_owned(), service.to_owned(), endpoint.to_owned()],
             codes: Default::default(),
             edge: None,
+            routes: Box::default(),
         }
     }
 }
@@ -386,14 +387,37 @@ pub struct EndpointMetrics {
     family: IntCounterVec,
     labels: [String; 3],
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
-    /// The telemetry edge its requests count on (outbound to a service only).
-    pub edge: Option<Arc<EdgeStats>>,
+    /// The telemetry edge its requests count on when no route sent them (outbound to a
+    /// service only), and by route the edges of those that routes sent.
+    edge: Option<Arc<EdgeStats>>,
+    routes: Box<[(RouteId, Arc<EdgeStats>)]>,
 }
 
 impl EndpointMetrics {
-    /// Counting its requests on `edge` too.
-    pub fn with_edge(self, edge: Arc<EdgeStats>) -> Self {
-        Self { edge: Some(edge), ..self }
+    /// Counting its requests on the telemetry edges of calls to `service` at an endpoint
+    /// proving `identity`: one for each of `routes` (the HTTPRoutes that send it traffic), one
+    /// for requests no route sent.
+    pub fn with_edges(
+        self,
+        edges: &Edges,
+        service: &str,
+        identity: Option<String>,
+        routes: &[(RouteId, Arc<str>)],
+    ) -> Self {
+        let routes = routes
+            .iter()
+            .map(|(id, name)| (*id, edges.outbound(service, identity.clone(), Some(name.clone()))))
+            .collect();
+        Self { edge: Some(edges.outbound(service, identity, None)), routes, ..self }
+    }
+
+    /// The telemetry edge of its requests that `route` sent: a scan of the few routes to one
+    /// service, no lookup by name.
+    pub fn edge(&self, route: RouteId) -> Option<&Arc<EdgeStats>> {
+        match self.routes.iter().find(|(id, _)| *id == route) {
+            Some((_, edge)) => Some(edge),
+            None => self.edge.as_ref(),
+        }
     }
 
     pub fn record(&self, status: StatusCode) {

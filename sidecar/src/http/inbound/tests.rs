@@ -98,6 +98,7 @@ impl Inbound {
                         downstream: Version::Http1,
                         slot: Arc::new(ConnSlot::new(permit, IntGauge::new("open", "open").unwrap())),
                         peer_header: peer.as_deref().map(peer_header),
+                        edge: Some(serving.metrics.edges.inbound(peer.as_deref())),
                         peer: peer.clone(),
                     };
                     let spec = serving.snapshot.load().sidecar.clone();

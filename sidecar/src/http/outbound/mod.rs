@@ -67,6 +67,8 @@ pub fn to_service<'a>(
         if let Some(span) = cx.span {
             span.routed(&routed.service.key, &routed.rule.route);
         }
+        // From here on its telemetry counts on the route's edges.
+        let cx = RequestContext { route: routed.rule.route_id, ..cx };
         let record = cx.record_for(&req, routed.authority.as_ref(), &routed.service.key);
         let upgrade = cx.conn.downstream == Version::Http1 && headers::wants_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -8,7 +8,7 @@ fn table(yaml_rules: &str) -> RouteTable {
     );
     let resources = pilotfish_api::parse_stream("t", &text).unwrap();
     let pilotfish_api::Resource::HttpRoute(route) = &resources[0] else { panic!() };
-    let source = RouteSource { name: "default/r".into(), spec: &route.spec, rate_limit: None };
+    let source = RouteSource { name: "default/r".into(), id: 1, spec: &route.spec, rate_limit: None };
     RouteTable::compile(&Arc::from("users.default"), "default", &[source])
 }
 

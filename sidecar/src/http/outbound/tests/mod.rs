@@ -32,6 +32,7 @@ fn connection(yaml: &str, target: HttpTarget) -> Connection {
         slot: Arc::new(ConnSlot::new(permit, gauge)),
         peer: None,
         peer_header: None,
+        edge: None,
     }
 }
 
