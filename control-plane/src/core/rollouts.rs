@@ -4,7 +4,7 @@
 //! `rollout` module for the saga itself).
 
 use pilotfish_api::rollout::RolloutSpec;
-use pilotfish_api::wire::{RolloutAction, RolloutList, RolloutStatus, StatsBy};
+use pilotfish_api::wire::{RolloutAction, RolloutList, RolloutStatus, StatsBy, StatsSide};
 
 use super::error::{Error, Result};
 use super::plane::ControlPlane;
@@ -162,9 +162,11 @@ impl ControlPlane {
     /// What the telemetry saw of `run`'s canary over the last `seconds`.
     fn canary_sample(&self, run: &Run, seconds: u64) -> Observed {
         let service = format!("{}.{}", run.spec.canary, run.spec.route_namespace(&run.namespace));
-        let rows = self.telemetry.rows(seconds.clamp(5, 3600), StatsBy::Service, Some(&service));
-        let client = Sample::of(rows.iter().find(|r| r.service.as_deref() == Some(service.as_str())));
-        Observed { server: Sample::default(), client }
+        let sample = |side| {
+            let rows = self.telemetry.rows(seconds.clamp(5, 3600), side, StatsBy::Service, Some(&service));
+            Sample::of(rows.iter().find(|r| r.service.as_deref() == Some(service.as_str())))
+        };
+        Observed { server: sample(StatsSide::Server), client: sample(StatsSide::Client) }
     }
 
     /// `transition` of `run` as one batch: its events, and the route with its weights. `Err`:
