@@ -41,6 +41,13 @@ fn mesh_docs(name: &str, stable: u16, canary: u16, retry: bool) -> String {
     )
 }
 
+/// A sidecar of `service` on its own join token, so it proves that service's identity (mTLS to
+/// the canary's sidecar).
+fn joined(cp: &ControlPlane, service: &str, extra: &[&str]) -> Sidecar {
+    let token = tokio::task::block_in_place(|| cp.cli_ok(&["token", "create", "--service", service]));
+    managed_with_token(cp, service, token.trim(), extra)
+}
+
 fn rollout_doc(name: &str, steps: &str, analysis: &str) -> String {
     format!(
         "apiVersion: pilotfish.io/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\nspec:\n  targetRef: {{kind: HTTPRoute, name: {name}}}\n  stable: {name}-v1\n  canary: {name}-v2\n  steps: {steps}\n  analysis: {{interval: 5s, minRequests: 20, {analysis}}}\n"
@@ -150,9 +157,10 @@ impl Load {
         seen.iter().filter(|s| s.host == host && s.at >= from && s.at < to).cloned().collect()
     }
 
-    async fn stop(self) {
+    /// Stops the load; what it saw stays.
+    async fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             task.await.unwrap();
         }
     }
@@ -219,6 +227,9 @@ async fn canaries_are_promoted_aborted_or_paused_from_the_meshs_own_telemetry() 
     let (web_v1, web_v2, api_v1) =
         (backend("web-v1").await, backend("web-v2").await, backend("api-v1").await);
     let api_v2 = flaky("api-v2").await;
+    // The retried route's canary fails a fifth of its requests behind a sidecar of its own, which
+    // reports what it saw on inbound: every attempt, also those the caller's retries hide.
+    let (retry_v1, retry_app) = (backend("retry-v1").await, flaky("retry-v2").await);
     let (idle_v1, idle_v2, gone_v1, gone_v2) = (
         backend("idle-v1").await,
         backend("idle-v2").await,
@@ -230,18 +241,28 @@ async fn canaries_are_promoted_aborted_or_paused_from_the_meshs_own_telemetry() 
         mesh_docs("api", api_v1.addr.port(), api_v2.port, false),
         mesh_docs("idle", idle_v1.addr.port(), idle_v2.addr.port(), false),
         mesh_docs("gone", gone_v1.addr.port(), gone_v2.addr.port(), false),
+        mesh_docs("retry", retry_v1.addr.port(), 0, true)
+            .replace("  endpoints: [{address: 127.0.0.1:0}]\n", ""),
     ];
     cp.client().apply(&docs.join("---\n")).await.unwrap();
-    let caller = managed_with_token(&cp, "load", TOKEN, &[]);
+    let app = format!("127.0.0.1:{}", retry_app.port);
+    let _canary =
+        joined(&cp, "retry-v2", &["--app", &app, "--inbound", "127.0.0.1:0", "--lease-ttl", "120s"]);
+    let caller = joined(&cp, "load", &[]);
     let url = format!("http://{}/hello", caller.outbound);
-    for host in ["web", "api"] {
+    for host in ["web", "api", "retry"] {
         eventually("the caller's sidecar routes to the stable versions", async || {
             let reply = support::curl(&["-H", &format!("Host: {host}"), &url]).await;
             (reply.status == 200).then_some(())
         })
         .await;
     }
-    let load = Load::start(&caller, &["web", "api"]);
+    let mut load = Load::start(&caller, &["web", "api", "retry"]);
+    eventually("the retry canary's sidecar registered", async || {
+        let q = pilotfish_api::wire::EndpointQuery { service: Some("retry-v2".into()) };
+        (!cp.client().endpoints(&q).await.unwrap().items.is_empty()).then_some(())
+    })
+    .await;
     let seq_before = cp.client().events(&EventsQuery::default()).await.unwrap().head;
 
     let rollouts = [
@@ -249,6 +270,7 @@ async fn canaries_are_promoted_aborted_or_paused_from_the_meshs_own_telemetry() 
         rollout_doc("api", "[{setWeight: 20}, {setWeight: 50}]", "failureLimit: 2"),
         rollout_doc("idle", "[{setWeight: 50}]", "onNoData: pause"),
         rollout_doc("gone", "[{setWeight: 50}]", "onNoData: abort"),
+        rollout_doc("retry", "[{setWeight: 20}, {setWeight: 50}]", "failureLimit: 2"),
     ];
     cp.client().apply(&rollouts.join("---\n")).await.unwrap();
     let applied = load.now();
@@ -278,7 +300,11 @@ async fn canaries_are_promoted_aborted_or_paused_from_the_meshs_own_telemetry() 
                 aborted = Some(now);
             }
         }
-        if promoted.is_some() && aborted.is_some_and(|t| now > t + SETTLE + Duration::from_secs(2)) {
+        let retry_ended = status(&cp, "retry").await.is_some_and(|r| r.phase.is_final());
+        if promoted.is_some()
+            && retry_ended
+            && aborted.is_some_and(|t| now > t + SETTLE + Duration::from_secs(2))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "web: {w:?}\napi: {a:?}");
@@ -340,6 +366,27 @@ async fn canaries_are_promoted_aborted_or_paused_from_the_meshs_own_telemetry() 
     let events = saga_events(&cp, "api").await;
     let tail: Vec<&str> = events.iter().rev().take(3).map(|e| e.kind.as_str()).collect();
     assert_eq!(tail, ["RolloutCompensated", "RolloutAborted", "RolloutVerdict"], "{events:?}");
+
+    // With retries on, the same failing canary: its callers saw no failure, its own sidecars
+    // saw a fifth of its attempts fail, and it was aborted all the same.
+    let retry = status(&cp, "retry").await.unwrap();
+    assert_eq!(
+        (retry.phase, retry.canary_weight, retry.failures),
+        (RolloutPhase::Aborted, 0, 2),
+        "{retry:?}"
+    );
+    assert!(retry.verdicts[0].reason.contains("as the canary's sidecars saw it"), "{retry:?}");
+    let retried = load.between("retry", applied, end);
+    assert!(retried.len() > 500, "{}", retried.len());
+    let failed: Vec<_> = retried.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} retried requests failed: {:?}",
+        failed.len(),
+        retried.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(retried.iter().any(|s| s.backend == "retry-v2"), "the canary served some");
 
     // No traffic: paused (never promoted), or aborted as onNoData says.
     let idle = status(&cp, "idle").await.unwrap();
@@ -427,7 +474,7 @@ async fn a_killed_control_plane_resumes_the_rollout_at_the_same_step() {
         (support::curl(&["-H", "Host: web", &url]).await.status == 200).then_some(())
     })
     .await;
-    let load = Load::start(&caller, &["web"]);
+    let mut load = Load::start(&caller, &["web"]);
     let doc = rollout_doc("web", "[{setWeight: 30}, {setWeight: 60}]", "onNoData: continue");
     cp.client().apply(&doc).await.unwrap();
     eventually("the first step", async || status(&cp, "web").await.filter(|s| s.canary_weight == 30)).await;
@@ -466,7 +513,7 @@ async fn a_rollout_moves_to_the_other_replica_when_its_driver_dies() {
         (support::curl(&["-H", "Host: web", &url]).await.status == 200).then_some(())
     })
     .await;
-    let load = Load::start(&caller, &["web"]);
+    let mut load = Load::start(&caller, &["web"]);
     let doc = rollout_doc("web", "[{setWeight: 30}, {setWeight: 60}]", "onNoData: continue");
     a.client().apply(&doc).await.unwrap();
     eventually("the first step", async || status(&a, "web").await.filter(|s| s.canary_weight == 30)).await;
