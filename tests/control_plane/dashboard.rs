@@ -2,7 +2,7 @@
 //! Content-Security-Policy and revalidated by ETag, referring to nothing outside the control
 //! plane; and the page in a real browser (Debian's headless Chromium driven by selenium,
 //! `tests/python/dashboard_check.py`) against a mesh with a healthy plaintext edge, a failing
-//! mTLS one and a rollout.
+//! mTLS one, an open circuit breaker and a rollout.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -158,6 +158,14 @@ async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
         service("shop-v2", port),
     );
     cp.client().apply(&shop).await.unwrap();
+    // flaky: one endpoint of two always fails, so its breaker opens.
+    let (good, bad) = (backend("flaky-good").await, backend("flaky-bad").await);
+    bad.fail_with(500);
+    let flaky = format!(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Service\nmetadata: {{name: flaky}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  endpoints: [{{address: {}}}, {{address: {}}}]\n---\napiVersion: pilotfish.io/v1alpha1\nkind: BackendPolicy\nmetadata: {{name: flaky}}\nspec:\n  targetRef: {{kind: Service, name: flaky}}\n  loadBalancer: round-robin\n",
+        good.addr, bad.addr
+    );
+    cp.client().apply(&flaky).await.unwrap();
     call_until(&client, "greeter", 200, &[]).await;
     call_until(&client, "orders", 200, &[]).await;
     // greeter fails half its requests (no retries: no route asks for them); orders none.
@@ -166,10 +174,13 @@ async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
         traffic(&outbound, "greeter", &["/status/500", "/"], 60);
         traffic(&outbound, "orders", &["/"], 60);
     });
+    call_until(&client, "flaky", 200, &[]).await;
+    tokio::task::block_in_place(|| traffic(&outbound, "flaky", &["/"], 20));
     let by_edge = StatsQuery { by: Some(StatsBy::Edge), ..StatsQuery::default() };
-    eventually("both edges are reported", async || {
+    eventually("the edges and flaky's open breaker are reported", async || {
         let edges = cp.client().stats(&by_edge).await.unwrap().items;
-        (edges.iter().filter(|e| e.golden.requests >= 60).count() == 2).then_some(())
+        let busy = edges.iter().filter(|e| e.golden.requests >= 60).count() == 2;
+        (busy && edges.iter().any(|e| e.breakers_open > 0)).then_some(())
     })
     .await;
 
@@ -183,7 +194,7 @@ async fn a_browser_shows_every_service_the_traffic_and_the_failing_edge() {
         .args(["--service", "client.default", "--service", "greeter.default", "--service", "orders.default"])
         .args(["--failing", "client.default>greeter.default", "--healthy", "client.default>orders.default"])
         .arg("--secured=client.default>greeter.default")
-        .args(["--rollout", "default/shop"])
+        .args(["--rollout", "default/shop", "--breakers", "flaky.default"])
         .arg("--screenshot")
         .arg(&shot)
         .output()

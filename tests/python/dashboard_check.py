@@ -4,16 +4,17 @@ Debian's chromedriver, against a running control plane with traffic.
 Checks what a user would see: the URL's `#token=` is taken and removed from the address bar;
 every service is drawn and listed; an edge has a non-zero rate; the failing edge is drawn in the
 failing colour and the healthy one in the healthy colour; mTLS edges (only they) have a padlock,
-and proxies show when their certificates expire; the rollouts given are listed (or "No
-rollouts"); the graph's labels can be reached with the keyboard and keep the focus across a
-refresh; a configuration event opens its diff; the console shows no error (a
-Content-Security-Policy violation would be one); without a token the page asks for one in a
-form, refuses a wrong one, and works once given the right one. Saves a screenshot. Exits 1
-with the reasons on failure.
+proxies show when their certificates expire, the services given show their open circuit
+breakers; the rollouts given are listed (or "No rollouts"); the graph's labels can be reached
+with the keyboard and keep the focus across a refresh; a configuration event opens its diff;
+the console shows no error (a Content-Security-Policy violation would be one); without a token
+the page asks for one in a form, refuses a wrong one, and works once given the right one.
+Saves a screenshot. Exits 1 with the reasons on failure.
 
     dashboard_check.py --url http://127.0.0.1:PORT/ --token TOKEN --service web.default ...
         --failing web.default>users.default --healthy web.default>orders.default
-        [--secured web.default>users.default] [--rollout default/web] --screenshot target/dashboard.png
+        [--secured web.default>users.default] [--breakers users.default] [--rollout default/web]
+        --screenshot target/dashboard.png
 """
 
 import argparse
@@ -122,6 +123,15 @@ def check_content(driver, args):
         expect(locked == (edge in args.secured), f"{edge}: padlock {locked}")
         expect(("not mTLS" not in label.get_attribute("aria-label")) == locked, f"{edge}: {label.get_attribute('aria-label')!r}")
 
+    # Circuit breakers: the services given show theirs open, and the overview counts them.
+    for service in args.breakers:
+        row = driver.find_element(By.CSS_SELECTOR, f"#services-table tr[data-service={css(service)}]")
+        cells = row.find_elements(By.TAG_NAME, "td")
+        expect(int(cells[-1].text) >= 1, f"{service}: breakers open {cells[-1].text!r} in {row.text!r}")
+    if args.breakers:
+        cards = driver.find_element(By.ID, "cards").text
+        expect("circuit breakers open" in cards, f"no breaker card: {cards!r}")
+
     # Proxies: on the configuration in force, and when their certificates expire.
     proxies = driver.find_element(By.ID, "proxies-table").text
     expect("current" in proxies, f"no current proxy: {proxies!r}")
@@ -218,6 +228,7 @@ def main():
     parser.add_argument("--failing", required=True, help="an edge SRC>DST that must be drawn as failing")
     parser.add_argument("--healthy", required=True, help="an edge SRC>DST with traffic, drawn as healthy")
     parser.add_argument("--secured", action="append", default=[], help="an edge SRC>DST that is mTLS")
+    parser.add_argument("--breakers", action="append", default=[], help="a service with a circuit breaker open")
     parser.add_argument("--rollout", action="append", default=[], help="a rollout NAMESPACE/NAME to be listed")
     parser.add_argument("--screenshot", required=True)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
