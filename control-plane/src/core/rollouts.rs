@@ -103,10 +103,11 @@ impl ControlPlane {
         )))
     }
 
-    /// Rollouts to drive: those whose resource exists and whose run is under way or must start.
+    /// Rollouts to drive: those whose resource exists and whose run is under way or must start,
+    /// and the runs under way whose resource was deleted (to be aborted and compensated).
     pub async fn rollouts_to_drive(&self) -> Vec<String> {
         let state = self.state.read().await;
-        state
+        let existing = state
             .resources
             .keys()
             .filter_map(|aggregate| aggregate.strip_prefix("Rollout/"))
@@ -114,18 +115,31 @@ impl ControlPlane {
                 spec_of(&state, key)
                     .is_some_and(|spec| current(&state, key, &spec).is_none_or(|run| !run.phase().is_final()))
             })
-            .map(str::to_owned)
-            .collect()
+            .map(str::to_owned);
+        let orphaned = state
+            .rollouts
+            .0
+            .iter()
+            .filter(|(key, run)| !run.phase().is_final() && spec_of(&state, key).is_none())
+            .map(|(key, _)| key.clone());
+        existing.chain(orphaned).collect()
     }
 
     /// The driver's one move on rollout `key` (`namespace/name`): start a run, or take the
     /// next transition of its saga if one is due.
     pub async fn drive_rollout(&self, key: &str) -> Result<Moved> {
         let state = self.state.read().await;
-        let Some(spec) = spec_of(&state, key) else { return Ok(Moved::Waiting) };
         let Some((namespace, name)) = key.split_once('/') else { return Ok(Moved::Waiting) };
         let actor = format!("rollout {key}");
         let run = state.rollouts.0.get(key);
+        let Some(spec) = spec_of(&state, key) else {
+            // The resource was deleted under a run: nothing else would ever shift the route back.
+            let Some(run) = run.filter(|r| !r.phase().is_final()) else { return Ok(Moved::Waiting) };
+            let batch =
+                self.batch(&state, key, run, rollout::deleted(run), &actor).map_err(Error::Conflict)?;
+            drop(state);
+            return self.append_move(batch).await;
+        };
         let (version, transition) = match (run, current(&state, key, &spec)) {
             (Some(old), None) if !old.phase().is_final() => {
                 // A new canary while the last one is under way: the last is aborted first.
@@ -149,6 +163,11 @@ impl ControlPlane {
             None => requests(key, version, transition, &actor),
         };
         drop(state);
+        self.append_move(batch).await
+    }
+
+    /// Appends one move of the driver.
+    async fn append_move(&self, batch: Vec<AppendRequest>) -> Result<Moved> {
         match self.store.append_batch(batch).await {
             Ok(_) => {
                 self.settle().await;
@@ -221,6 +240,13 @@ pub(super) fn refuse_under_rollouts(state: &State, batch: &[AppendRequest]) -> R
         );
         let route = route_aggregate(run);
         if running && batch.iter().any(|r| r.aggregate == route) {
+            let key = format!("{}/{}", run.namespace, run.name);
+            if spec_of(state, &key).is_none() {
+                return Err(Error::Conflict(format!(
+                    "{route} is being shifted back by Rollout {key}, deleted while under way: its run is \
+                     being aborted and compensated; try again in a second"
+                )));
+            }
             let status = run.status();
             return Err(Error::Conflict(format!(
                 "{route} is being shifted by Rollout {}/{} ({:?}, step {} of {}): a rollback now would be \
@@ -257,4 +283,76 @@ fn requests(key: &str, version: u64, transition: Transition, actor: &str) -> Vec
             idempotency_key: None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use pilotfish_api::wire::RolloutPhase;
+
+    use super::*;
+    use crate::core::Settings;
+    use crate::store::testing::log_of;
+
+    const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\nspec:\n  parentRefs: [{name: web}]\n  rules:\n  - backendRefs: [{name: web-v1, port: 80}]\n";
+    const ROLLOUT: &str = "apiVersion: pilotfish.io/v1alpha1\nkind: Rollout\nmetadata: {name: web}\nspec:\n  targetRef: {kind: HTTPRoute, name: web}\n  stable: web-v1\n  canary: web-v2\n  steps: [{setWeight: 50}]\n  analysis: {interval: 5s}\n";
+
+    /// The route's backends with their weights.
+    async fn weights(cp: &ControlPlane) -> Vec<(String, u64)> {
+        let route = cp.get("HTTPRoute", "default", "web").await.unwrap().document;
+        let backends = route["spec"]["rules"][0]["backendRefs"].as_array().cloned().unwrap_or_default();
+        backends
+            .iter()
+            .map(|b| (b["name"].as_str().unwrap_or("").to_owned(), b["weight"].as_u64().unwrap_or(1)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_rollout_deleted_under_way_is_aborted_and_its_route_shifted_back_at_once() {
+        let (_dir, store) = log_of(0).await;
+        let cp =
+            ControlPlane::open(store, Settings::new("admin".into()), crate::ca::testing::ca()).await.unwrap();
+        let before = cp.apply("admin", ROUTE, None, None).await.unwrap().items[0].seq.unwrap();
+        cp.apply("admin", ROLLOUT, None, None).await.unwrap();
+        let key = "default/web";
+        for _ in 0..2 {
+            assert_eq!(cp.drive_rollout(key).await.unwrap(), Moved::Wrote, "started, then step 0 at 50%");
+        }
+        let half = [("web-v1".to_owned(), 50), ("web-v2".to_owned(), 50)];
+        assert_eq!(weights(&cp).await, half);
+        let err = cp.rollback("admin", before).await.unwrap_err().to_string();
+        assert!(err.contains("pilotfish rollout abort web"), "{err}");
+
+        cp.delete("admin".into(), ("Rollout", "default", "web"), None, None).await.unwrap();
+        // Until the driver's next move, a rollback is refused without pointing at the gone rollout.
+        let err = cp.rollback("admin", before).await.unwrap_err().to_string();
+        assert!(err.contains("deleted while under way") && !err.contains("rollout abort"), "{err}");
+        assert_eq!(cp.rollouts_to_drive().await, [key]);
+        assert_eq!(cp.drive_rollout(key).await.unwrap(), Moved::Wrote);
+
+        assert_eq!(weights(&cp).await, [("web-v1".to_owned(), 100), ("web-v2".to_owned(), 0)]);
+        let run = cp.state().read().await.rollouts.0[key].clone();
+        assert_eq!((run.phase(), run.stable_weight, run.canary_weight), (RolloutPhase::Aborted, 100, 0));
+        let page = cp.events(0, None).await.unwrap();
+        let last: Vec<(&str, &str, &str)> = page.events[page.events.len() - 3..]
+            .iter()
+            .map(|e| (e.kind.as_str(), e.aggregate.as_str(), e.actor.as_str()))
+            .collect();
+        let by = "rollout default/web";
+        assert_eq!(
+            last,
+            [
+                (kind::ABORTED, "RolloutRun/default/web", by),
+                (kind::COMPENSATED, "RolloutRun/default/web", by),
+                (log_kind::RESOURCE_APPLIED, "HTTPRoute/default/web", by)
+            ],
+            "one batch, as an abort is"
+        );
+        assert!(run.aborted.as_deref().is_some_and(|r| r.contains("deleted")), "{:?}", run.aborted);
+
+        // Nothing is left to drive, and the route is the admin's again.
+        assert!(cp.rollouts_to_drive().await.is_empty());
+        assert_eq!(cp.drive_rollout(key).await.unwrap(), Moved::Waiting);
+        cp.rollback("admin", before).await.unwrap();
+        assert_eq!(weights(&cp).await, [("web-v1".to_owned(), 1)], "the route as first applied");
+    }
 }

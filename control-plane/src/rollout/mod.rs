@@ -25,5 +25,5 @@ mod weights;
 
 pub use analysis::{Observed, Sample};
 pub use run::{kind, now_ms, run_aggregate, Run, Runs};
-pub use saga::{act, next, replaced, start, Transition};
+pub use saga::{act, deleted, next, replaced, start, Transition};
 pub use weights::{shifted, WeightsError};

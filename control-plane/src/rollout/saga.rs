@@ -10,6 +10,7 @@
 //! - An abort compensates every completed weight step in reverse: all in the abort's batch
 //!   (`immediate`), or the first at once and one more per interval (`gradual`). The last
 //!   compensation always leaves the stable Service at 100%.
+//! - A run whose Rollout resource is deleted is aborted and compensated at once.
 
 use serde_json::{json, Value};
 
@@ -53,6 +54,18 @@ pub fn start(namespace: &str, name: &str, spec: &RolloutSpec) -> Transition {
 /// A new canary was applied while `run` is under way: it is aborted (and compensated) first.
 pub fn replaced(run: &Run, canary: &str) -> Transition {
     abort(run, format!("replaced by a new canary, {canary}"))
+}
+
+/// `run`'s Rollout resource was deleted while it was under way: nothing will drive it on, so
+/// it is aborted (if not yet) and every completed step compensated at once, whatever the
+/// rollback mode, leaving the stable Service at 100%.
+pub fn deleted(run: &Run) -> Transition {
+    let all = run.undo.len().max(1);
+    if run.aborted.is_some() {
+        return compensate(run, run.undo.len(), all);
+    }
+    let reason = "its Rollout resource was deleted".to_owned();
+    Transition::of(kind::ABORTED, json!(Reason { reason })).then(compensate(run, run.undo.len(), all))
 }
 
 /// What `run` does next at `now` (Unix ms); `sample` reads the canary's telemetry over the

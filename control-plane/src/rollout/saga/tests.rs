@@ -8,7 +8,7 @@ use pilotfish_api::wire::{RolloutAction, RolloutPhase, VerdictResult};
 
 use super::super::analysis::{Observed, Sample};
 use super::super::run::{kind, Runs};
-use super::{act, next, start, Transition};
+use super::{act, deleted, next, start, Transition};
 use crate::store::Event;
 
 const KEY: &str = "default/web";
@@ -221,4 +221,37 @@ fn actions_apply_in_their_phases_only() {
         (sim.run().phase(), sim.run().step, sim.run().canary_weight),
         (RolloutPhase::Progressing, 0, 20)
     );
+}
+
+#[test]
+fn a_deleted_rollout_is_aborted_and_compensated_at_once_even_when_gradual() {
+    let mut spec =
+        spec("[{setWeight: 10}, {setWeight: 30}, {setWeight: 60}]", "{interval: 5s, failureLimit: 1}");
+    spec.rollback.mode = RollbackMode::Gradual;
+    for phase in [RolloutPhase::Progressing, RolloutPhase::Paused, RolloutPhase::RollingBack] {
+        let mut sim = Sim::new(&spec);
+        sim.tick_for(11, healthy());
+        match phase {
+            RolloutPhase::Paused => sim.commit(act(sim.run(), RolloutAction::Pause, "admin", &spec).unwrap()),
+            RolloutPhase::RollingBack => sim.tick_for(5, failing_a_fifth()),
+            _ => {}
+        }
+        assert_eq!(sim.run().phase(), phase);
+        let written = sim.log.len();
+        sim.commit(deleted(sim.run()));
+        let run = sim.run();
+        assert_eq!(
+            (run.phase(), run.stable_weight, run.canary_weight),
+            (RolloutPhase::Aborted, 100, 0),
+            "{phase:?}"
+        );
+        let undone = if phase == RolloutPhase::RollingBack { 2 } else { 3 };
+        let mut expected = vec![kind::COMPENSATED; undone];
+        if phase != RolloutPhase::RollingBack {
+            expected.insert(0, kind::ABORTED);
+            assert!(run.aborted.as_ref().unwrap().contains("deleted"), "{:?}", run.aborted);
+        }
+        assert_eq!(sim.kinds()[written..], expected, "{phase:?}");
+        assert_eq!(sim.weights().last(), Some(&(100, 0)));
+    }
 }
