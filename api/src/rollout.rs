@@ -271,6 +271,20 @@ impl RolloutSpec {
         Ok(())
     }
 
+    /// What the spec must agree with in the rollout's own `namespace`: the route is there.
+    pub fn validate_in(&self, namespace: &str) -> Result<(), FieldError> {
+        match &self.target_ref.namespace {
+            Some(other) if other != namespace => Err(FieldError::new(
+                "spec.targetRef.namespace",
+                format!(
+                    "{other:?} is not the rollout's own namespace {namespace:?}: a rollout shifts a route \
+                     of its own namespace; leave the field out or apply the rollout in {other:?}"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The steps as the saga runs them: ending with the canary at 100%.
     pub fn plan(&self) -> Vec<Step> {
         let mut steps: Vec<Step> = self.steps.iter().map(RolloutStep::step).collect();
@@ -436,6 +450,15 @@ mod tests {
         assert_eq!(err.field, "spec.targetRef.kind", "{err}");
         let err = whole("kind: HTTPRoute,", "kind: HTTPRoute, group: example.com,").unwrap_err();
         assert_eq!(err.field, "spec.targetRef.group", "{err}");
+        let err = whole("name: web}\n  stable", "name: web, namespace: shop}\n  stable").unwrap_err();
+        assert_eq!(err.field, "spec.targetRef.namespace", "{err}");
+        assert!(err.reason.contains("\"shop\" is not the rollout's own namespace \"default\""), "{err}");
+        assert_eq!(err.object.as_deref(), Some("Rollout default/web"), "{err}");
+        whole("name: web}\n  stable", "name: web, namespace: default}\n  stable").unwrap();
+        let in_shop = doc("  steps: [{setWeight: 1}]\n")
+            .replace("metadata: {name: web}", "metadata: {name: web, namespace: shop}")
+            .replace("name: web}\n  stable", "name: web, namespace: shop}\n  stable");
+        parse_stream("f", &in_shop).unwrap();
         let err = whole("  stable: web-v1\n", "").unwrap_err();
         assert!(err.reason.contains("stable"), "{err}");
     }

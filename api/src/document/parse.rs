@@ -231,7 +231,9 @@ fn parse_document(
             RateLimitPolicySpec::validate,
         )?)),
         "Rollout" => {
-            Resource::Rollout(Box::new(object_of(value, unknown, &object, w, RolloutSpec::validate)?))
+            let rollout = object_of(value, unknown, &object, w, RolloutSpec::validate)?;
+            rollout.spec.validate_in(&rollout.metadata.namespace).map_err(|e| (object.clone(), e))?;
+            Resource::Rollout(Box::new(rollout))
         }
         _ => Resource::AuthorizationPolicy(Box::new(object_of(
             value,
