@@ -459,6 +459,21 @@ fn load_checks(
     assert!(after.iter().all(|s| s.status == 200 && s.backend == "api-v1"), "traffic back to stable");
 }
 
+/// Load through `caller` to web once it routes there, and a two-step rollout applied through
+/// `cp`, at its first step (30%).
+async fn load_at_first_step(cp: &ControlPlane, caller: &Sidecar) -> Load {
+    let url = format!("http://{}/hello", caller.outbound);
+    eventually("the caller routes to web", async || {
+        (support::curl(&["-H", "Host: web", &url]).await.status == 200).then_some(())
+    })
+    .await;
+    let load = Load::start(caller, &["web"]);
+    let doc = rollout_doc("web", "[{setWeight: 30}, {setWeight: 60}]", "onNoData: continue");
+    cp.client().apply(&doc).await.unwrap();
+    eventually("the first step", async || status(cp, "web").await.filter(|s| s.canary_weight == 30)).await;
+    load
+}
+
 /// Kills the control plane (SIGKILL) while a rollout is at its first step; the one restarted on
 /// the same data directory and address goes on from that step, and no step is taken twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,15 +484,7 @@ async fn a_killed_control_plane_resumes_the_rollout_at_the_same_step() {
     let (web_v1, web_v2) = (backend("web-v1").await, backend("web-v2").await);
     cp.client().apply(&mesh_docs("web", web_v1.addr.port(), web_v2.addr.port(), false)).await.unwrap();
     let caller = managed_with_token(&cp, "load", TOKEN, &[]);
-    let url = format!("http://{}/hello", caller.outbound);
-    eventually("the caller routes to web", async || {
-        (support::curl(&["-H", "Host: web", &url]).await.status == 200).then_some(())
-    })
-    .await;
-    let mut load = Load::start(&caller, &["web"]);
-    let doc = rollout_doc("web", "[{setWeight: 30}, {setWeight: 60}]", "onNoData: continue");
-    cp.client().apply(&doc).await.unwrap();
-    eventually("the first step", async || status(&cp, "web").await.filter(|s| s.canary_weight == 30)).await;
+    let mut load = load_at_first_step(&cp, &caller).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = saga_events(&cp, "web").await;
     cp.kill();
@@ -508,15 +515,7 @@ async fn a_rollout_moves_to_the_other_replica_when_its_driver_dies() {
     a.client().apply(&mesh_docs("web", web_v1.addr.port(), web_v2.addr.port(), false)).await.unwrap();
     let servers = format!("{},{}", a.url(""), b.url(""));
     let caller = managed_at(&servers, "load", TOKEN, &[], &[]);
-    let url = format!("http://{}/hello", caller.outbound);
-    eventually("the caller routes to web", async || {
-        (support::curl(&["-H", "Host: web", &url]).await.status == 200).then_some(())
-    })
-    .await;
-    let mut load = Load::start(&caller, &["web"]);
-    let doc = rollout_doc("web", "[{setWeight: 30}, {setWeight: 60}]", "onNoData: continue");
-    a.client().apply(&doc).await.unwrap();
-    eventually("the first step", async || status(&a, "web").await.filter(|s| s.canary_weight == 30)).await;
+    let mut load = load_at_first_step(&a, &caller).await;
 
     let drives = |cp: &ControlPlane| cp.log.lock().unwrap().contains("driving the rollout");
     let (driver, survivor) = match (drives(&a), drives(&b)) {

@@ -239,9 +239,12 @@ pub(super) fn refuse_under_rollouts(state: &State, batch: &[AppendRequest]) -> R
             pilotfish_api::wire::RolloutPhase::Progressing | pilotfish_api::wire::RolloutPhase::RollingBack
         );
         let route = route_aggregate(run);
-        if running && batch.iter().any(|r| r.aggregate == route) {
-            let key = format!("{}/{}", run.namespace, run.name);
-            if spec_of(state, &key).is_none() {
+        let key = format!("{}/{}", run.namespace, run.name);
+        // A run whose resource was deleted is compensated by the driver whatever its phase
+        // (a paused one too): a rollback before that would be overwritten.
+        let deleted = !run.phase().is_final() && spec_of(state, &key).is_none();
+        if (running || deleted) && batch.iter().any(|r| r.aggregate == route) {
+            if deleted {
                 return Err(Error::Conflict(format!(
                     "{route} is being shifted back by Rollout {key}, deleted while under way: its run is \
                      being aborted and compensated; try again in a second"
@@ -354,5 +357,30 @@ mod tests {
         assert_eq!(cp.drive_rollout(key).await.unwrap(), Moved::Waiting);
         cp.rollback("admin", before).await.unwrap();
         assert_eq!(weights(&cp).await, [("web-v1".to_owned(), 1)], "the route as first applied");
+    }
+
+    /// A paused run does not hold rollbacks; deleted, it does until the driver has shifted the
+    /// route back (or the rollback would be overwritten).
+    #[tokio::test]
+    async fn a_paused_rollout_deleted_holds_rollbacks_until_compensated() {
+        let (_dir, store) = log_of(0).await;
+        let cp =
+            ControlPlane::open(store, Settings::new("admin".into()), crate::ca::testing::ca()).await.unwrap();
+        let before = cp.apply("admin", ROUTE, None, None).await.unwrap().items[0].seq.unwrap();
+        cp.apply("admin", ROLLOUT, None, None).await.unwrap();
+        let key = "default/web";
+        for _ in 0..2 {
+            assert_eq!(cp.drive_rollout(key).await.unwrap(), Moved::Wrote);
+        }
+        let paused = cp.rollout_action("admin", "default", "web", RolloutAction::Pause).await.unwrap();
+        assert_eq!(paused.phase, RolloutPhase::Paused);
+
+        cp.delete("admin".into(), ("Rollout", "default", "web"), None, None).await.unwrap();
+        let err = cp.rollback("admin", before).await.unwrap_err().to_string();
+        assert!(err.contains("deleted while under way"), "{err}");
+        assert_eq!(cp.drive_rollout(key).await.unwrap(), Moved::Wrote);
+        assert_eq!(weights(&cp).await, [("web-v1".to_owned(), 100), ("web-v2".to_owned(), 0)]);
+        cp.rollback("admin", before).await.unwrap();
+        assert_eq!(weights(&cp).await, [("web-v1".to_owned(), 1)], "the rollback stands");
     }
 }

@@ -514,13 +514,12 @@ impl Attachments {
                     for parent in &route.spec.parent_refs {
                         let parent_ns = parent.namespace.as_deref().unwrap_or(ns);
                         let key = format!("{}.{parent_ns}", parent.name);
-                        // As the route table resolves them (`route::compile_rule`): no backend
-                        // is the parent itself, a backend without a namespace is in the
-                        // parent's.
+                        // The parent counts its route's local failures (a body that failed, an
+                        // unknown backend) whatever the backends; as the route table resolves
+                        // them (`route::compile_rule`): no backend is the parent itself, a
+                        // backend without a namespace is in the parent's.
+                        a.routes_to.entry(key.clone()).or_default().push(i);
                         for rule in &route.spec.rules {
-                            if rule.backend_refs.is_empty() {
-                                a.routes_to.entry(key.clone()).or_default().push(i);
-                            }
                             for b in &rule.backend_refs {
                                 let backend_ns = b.namespace.as_deref().unwrap_or(parent_ns);
                                 a.routes_to.entry(format!("{}.{backend_ns}", b.name)).or_default().push(i);

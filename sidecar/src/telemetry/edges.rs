@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -120,9 +120,12 @@ struct EdgeKey {
 /// Every edge's handle, by direction, peer and route.
 #[derive(Default)]
 pub struct Edges {
-    /// Locked when a snapshot is built, when an inbound connection is accepted and when the
-    /// reporter collects, never per request.
+    /// Locked when a snapshot is built, when an mTLS inbound connection is accepted and when
+    /// the reporter collects, never per request.
     by_key: Mutex<HashMap<EdgeKey, Arc<EdgeStats>>>,
+    /// Plaintext callers' handle, taken once: a plaintext connection is often one request, so
+    /// accepting it takes no lock (holding it keeps the edge in `by_key`, counted or not).
+    plaintext: OnceLock<Arc<EdgeStats>>,
 }
 
 impl Edges {
@@ -141,15 +144,23 @@ impl Edges {
 
     /// The handle of calls into this sidecar's app from `peer` (`None`: a plaintext caller).
     pub fn inbound(&self, peer: Option<&SpiffeId>) -> Arc<EdgeStats> {
-        let peer = match peer {
-            Some(id) => EdgePeer {
-                service: id.service_account().to_owned(),
-                namespace: id.namespace().to_owned(),
-                identity: Some(id.to_string()),
-            },
-            None => {
-                EdgePeer { service: String::new(), namespace: DEFAULT_NAMESPACE.to_owned(), identity: None }
-            }
+        let Some(id) = peer else {
+            return self
+                .plaintext
+                .get_or_init(|| {
+                    let peer = EdgePeer {
+                        service: String::new(),
+                        namespace: DEFAULT_NAMESPACE.to_owned(),
+                        identity: None,
+                    };
+                    self.handle(EdgeKey { direction: EdgeDirection::Inbound, peer, route: None })
+                })
+                .clone();
+        };
+        let peer = EdgePeer {
+            service: id.service_account().to_owned(),
+            namespace: id.namespace().to_owned(),
+            identity: Some(id.to_string()),
         };
         self.handle(EdgeKey { direction: EdgeDirection::Inbound, peer, route: None })
     }
@@ -235,6 +246,15 @@ mod tests {
             ]
         );
         assert_eq!(report[1].peer.identity.as_deref(), Some("spiffe://td/ns/shop/sa/web"));
+        assert!(
+            Arc::ptr_eq(&edges.inbound(None), &edges.inbound(None)),
+            "plaintext callers share one handle"
+        );
+        edges.collect();
+        let (report, _) = edges.collect();
+        assert!(report.is_empty(), "nothing counted, nothing reported");
+        edges.inbound(None).record(200, None, Duration::ZERO);
+        assert_eq!(edges.collect().0.len(), 1, "the plaintext edge outlives quiet reports");
     }
 
     #[test]
